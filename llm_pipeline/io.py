@@ -1,0 +1,161 @@
+"""Files on disk: atomic output folders, Parquet document shards, JSON, and DVC-compatible content hashes.
+
+Every stage writes into a temporary sibling folder and renames it into place when done, so a crash never leaves a
+half-written output that looks finished. Document shards are Parquet files of bounded size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+STATS = "stats.json"
+
+# The columns every document shard carries; stages may add more after these.
+DOC_COLUMNS = ("id", "domain", "source", "text", "licence", "language")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on success it replaces `final` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale_temps(parent: Path) -> None:
+    """Remove temp folders left by a crashed run (they never count as outputs)."""
+    if parent.is_dir():
+        for p in parent.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class ShardWriter:
+    """Write dict records to numbered Parquet shards of at most `max_rows` rows each."""
+
+    def __init__(self, out_dir: Path, prefix: str = "shard", max_rows: int = 10_000, schema: pa.Schema | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.max_rows = max_rows
+        self.schema = schema
+        self._buffer: list[dict] = []
+        self.files: list[Path] = []
+        self.rows = 0
+
+    def write(self, record: dict) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self.max_rows:
+            self.flush()
+
+    def write_many(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self.write(r)
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        if self.schema is None:
+            self.schema = table.schema
+        path = self.out_dir / f"{self.prefix}-{len(self.files):05d}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        self.files.append(path)
+        self.rows += len(self._buffer)
+        self._buffer = []
+
+    def close(self) -> list[Path]:
+        self.flush()
+        return self.files
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def shard_files(folder: Path) -> list[Path]:
+    """The Parquet shards of a stage output (a domain folder, or all domain folders below it), in stable order."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
+    """Stream records from every shard below `folder`, a bounded batch at a time."""
+    for path in shard_files(folder):
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
+
+
+def iter_batches(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[list[dict]]:
+    for path in shard_files(folder):
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield batch.to_pylist()
+
+
+# ---------------------------------------------------------------- content hashes (the same values DVC computes)
+def file_md5(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dvc_hash(path: Path) -> str:
+    """DVC 3's md5 for a file, or its `<md5>.dir` hash for a folder (sorted relpath/md5 list, as DVC builds it)."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    entries = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(path).as_posix()
+            entries.append({"md5": file_md5(p), "relpath": rel})
+    entries.sort(key=lambda e: e["relpath"])
+    blob = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(blob).hexdigest() + ".dir"
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

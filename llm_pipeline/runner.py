@@ -1,0 +1,142 @@
+"""Run one stage: resolve its input folders, call its `run` in a temp folder, write stats and manifest, rename.
+
+This is the single entry the CLI (`llm-pipeline stage`), `dvc repro`, the Dagster assets and the tests share.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline import __version__
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, read_json, write_json
+from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
+
+
+class StageInputError(RuntimeError):
+    """An upstream output the stage needs is missing or unfinished."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    domain: str | None
+    output_dir: Path
+    stats: dict[str, Any]
+    preview: str
+    dvc_hash: str
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def code_version(root: Path | None = None) -> str:
+    """The package version plus the git commit of the checkout (with '+dirty' when it has uncommitted changes)."""
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return __version__
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "llm_pipeline"], cwd=root, capture_output=True, text=True, timeout=10)
+        return f"{__version__}+g{sha.stdout.strip()}{'.dirty' if dirty.stdout.strip() else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def stage_inputs(cfg: PipelineConfig, name: str, domain: str | None) -> dict[str, Path]:
+    stage = STAGES[name]
+    inputs: dict[str, Path] = {}
+    for dep in stage.deps:
+        dep_stage = STAGES[dep]
+        if dep_stage.partitioned and stage.partitioned:
+            path = output_dir(cfg.data_path, dep, domain)
+            missing = [] if (path / MANIFEST).exists() else [domain]
+        elif dep_stage.partitioned:
+            path = output_dir(cfg.data_path, dep)
+            missing = [d for d in cfg.domain_names if not (path / d / MANIFEST).exists()]
+        else:
+            path = output_dir(cfg.data_path, dep)
+            missing = [] if (path / MANIFEST).exists() else ["(all)"]
+        if missing:
+            raise StageInputError(
+                f"stage {name!r} needs {dep!r} for {', '.join(str(m) for m in missing)}, which is not materialized "
+                f"(no {MANIFEST} under {path}); run it first"
+            )
+        inputs[dep] = path
+    return inputs
+
+
+def _input_hashes(cfg: PipelineConfig, name: str, inputs: dict[str, Path]) -> dict[str, str]:
+    hashes = {}
+    for dep, path in inputs.items():
+        if STAGES[dep].partitioned and not STAGES[name].partitioned:
+            for d in cfg.domain_names:
+                hashes[f"{dep}/{d}"] = _recorded_hash(path / d)
+        else:
+            hashes[dep] = _recorded_hash(path)
+    return hashes
+
+
+def _recorded_hash(path: Path) -> str:
+    return dvc_hash(path)
+
+
+def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> StageResult:
+    stage = STAGES.get(name)
+    if stage is None:
+        raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    if stage.partitioned:
+        if domain is None:
+            raise ValueError(f"stage {name!r} is partitioned by domain: give a domain ({', '.join(cfg.domain_names)})")
+        if domain not in cfg.domains:
+            raise ValueError(f"unknown domain {domain!r}; the config declares: {', '.join(cfg.domain_names)}")
+    elif domain is not None:
+        raise ValueError(f"stage {name!r} is not partitioned: it reads every domain; drop the domain")
+
+    inputs = stage_inputs(cfg, name, domain)
+    final = output_dir(cfg.data_path, name, domain)
+    clean_stale_temps(final.parent)
+    fn = stage_function(name)
+    started = time.perf_counter()
+    with atomic_dir(final) as tmp:
+        out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
+        write_json(tmp / STATS, out.stats)
+        # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
+        # so an uninterrupted run and a resumed one produce byte-identical folders.
+        write_json(
+            tmp / MANIFEST,
+            {
+                "stage": name,
+                "domain": domain,
+                "config": str(cfg.config_path.name if cfg.config_path else None),
+                "config_fingerprint": cfg.fingerprint(),
+                "code_version": code_version_for_manifest(),
+                "seed": cfg.seed,
+                "inputs": _input_hashes(cfg, name, inputs),
+            },
+        )
+    seconds = time.perf_counter() - started
+    return StageResult(
+        name=name,
+        domain=domain,
+        output_dir=final,
+        stats=out.stats,
+        preview=out.preview,
+        dvc_hash=dvc_hash(final),
+        seconds=seconds,
+        metadata=out.metadata,
+    )
+
+
+def code_version_for_manifest() -> str:
+    # LLM_PIPELINE_CODE_VERSION lets CI pin it; otherwise the package version only, so that a commit that does not
+    # touch a stage does not make every output differ (lineage records the full git version separately).
+    return os.environ.get("LLM_PIPELINE_CODE_VERSION", __version__)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    return read_json(Path(path) / MANIFEST)
