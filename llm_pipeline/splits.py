@@ -14,7 +14,7 @@ SPLIT_SALT = "llm-pipeline/split/v1"
 
 def heldout_score(doc_id: str) -> float:
     """A number in [0, 1) that depends only on the document id."""
-    return xxhash.xxh64_intdigest(f"{SPLIT_SALT}:{doc_id}") / 2**64
+    return xxhash.xxh64_intdigest(f"{SPLIT_SALT}:{doc_id}".encode("utf-8")) / 2**64
 
 
 def is_heldout(doc_id: str, eval_fraction: float) -> bool:

@@ -1,0 +1,3 @@
+from llm_pipeline.cli import main
+import sys
+sys.exit(main())

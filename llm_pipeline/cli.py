@@ -1,0 +1,144 @@
+"""The `llm-pipeline` command.
+
+    llm-pipeline run [--select ASSET[,ASSET]] [--partition DOMAIN]   materialize through Dagster, in-process
+    llm-pipeline stage ASSET [--domain DOMAIN]                        run one stage directly (what dvc.yaml calls)
+    llm-pipeline dvc-yaml [--check]                                   (re)generate dvc.yaml from the config
+    llm-pipeline lineage data/dpo_model                               what made an output
+    llm-pipeline check-config                                         validate a config and print its domains
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from llm_pipeline.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _load(args: argparse.Namespace):
+    overrides = {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else None
+    return load_config(args.config, overrides=overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if not os.environ.get("DAGSTER_HOME"):
+        if Path("dagster.yaml").exists():
+            os.environ["DAGSTER_HOME"] = str(Path.cwd())
+    import dagster as dg  # the Dagster layer is only imported for this command
+
+    from llm_pipeline.defs.local_run import materialize_steps, plan
+    from llm_pipeline.defs.resources import PipelineConfigResource
+
+    select = [s for s in (args.select or "").split(",") if s] or None
+    steps = plan(cfg, select, args.partition)
+    resource = PipelineConfigResource(config_path=str(args.config), data_dir=args.data_dir)
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    with instance:
+        ok = materialize_steps(cfg, resource, steps, instance)
+    return 0 if ok else 1
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from llm_pipeline.runner import StageInputError, run_stage
+
+    cfg = _load(args)
+    try:
+        result = run_stage(cfg, args.asset, args.domain)
+    except (StageInputError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = {"stage": result.name, "domain": result.domain, "output": str(result.output_dir),
+               "dvc_hash": result.dvc_hash, "seconds": round(result.seconds, 2), "stats": result.stats}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from llm_pipeline.dvcgen import render
+
+    cfg = _load(args)
+    text = render(cfg, str(args.config))
+    target = Path(args.output)
+    if args.check:
+        if not target.exists() or target.read_text() != text:
+            print(f"{target} is out of date with {args.config}: run `llm-pipeline dvc-yaml`", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from llm_pipeline.io import MANIFEST
+    from llm_pipeline.lineage import lineage, render
+
+    if not (Path(args.output) / MANIFEST).exists():
+        print(f"error: {args.output} is not a finished stage output (no {MANIFEST})", file=sys.stderr)
+        return 2
+    nodes = lineage(Path(args.output))
+    print(json.dumps(nodes, indent=2) if args.json else render(nodes))
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(f"{args.config}: ok; domains: {', '.join(cfg.domain_names)}; data_dir: {cfg.data_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-pipeline", description="Raw domain documents to an aligned, evaluated model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", default=DEFAULT_CONFIG, help="pipeline config (default: %(default)s)")
+        sp.add_argument("--data-dir", default=None, help="override the config's data_dir")
+
+    sp = sub.add_parser("run", help="materialize the asset graph through Dagster, in-process")
+    common(sp)
+    sp.add_argument("--select", help="comma-separated assets to materialize (default: all)")
+    sp.add_argument("--partition", help="only this domain's partition of partitioned assets")
+    sp.set_defaults(fn=_cmd_run)
+
+    sp = sub.add_parser("stage", help="run one stage directly, outside Dagster (dvc.yaml calls this)")
+    common(sp)
+    sp.add_argument("asset")
+    sp.add_argument("--domain")
+    sp.set_defaults(fn=_cmd_stage)
+
+    sp = sub.add_parser("dvc-yaml", help="write dvc.yaml for the config")
+    common(sp)
+    sp.add_argument("--output", default="dvc.yaml")
+    sp.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    sp.set_defaults(fn=_cmd_dvc_yaml)
+
+    sp = sub.add_parser("lineage", help="print what made an output: upstream hashes, shards, configs, code, seeds")
+    sp.add_argument("output", help="an output folder, e.g. data/dpo_model")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_cmd_lineage)
+
+    sp = sub.add_parser("check-config", help="validate a config")
+    common(sp)
+    sp.set_defaults(fn=_cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Document quality filters: each one keeps a document (``True``) or drops it with a named reason.
+
+The rules follow the Gopher paper (repetition and quality heuristics, Rae et al. 2021) and C4 (Raffel et al. 2020)
+as datatrove implements them. A filter is a small object with a ``name`` and ``filter(doc) -> True | (False, reason)``;
+``build_filters(cfg)`` returns the list the config switches on, in order, and the first failing filter names the
+drop. C4's line rules also *edit* the text (they remove lines), so ``C4Lines.apply`` returns the new text.
+
+    doc = Doc(text)
+    for f in build_filters(cfg.cleaned_corpus):
+        verdict = f.filter(doc)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+
+from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.langid import detect_language, language_verdict
+
+Verdict = bool | tuple[bool, str]
+
+WORD_RE = re.compile(r"\w+(?:[-']\w+)*|[^\w\s]+")
+# The Gopher stop-word rule: real prose uses at least two of these common English words.
+STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+BULLETS = ("•", "●", "○", "▪", "◦", "*", "-", "–", "‣")
+ELLIPSES = ("...", "…")
+TERMINAL_PUNCT = (".", "!", "?", '"', "'", "”", "’", ":", ";", ")")
+POLICY_PHRASES = (
+    "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
+)
+
+
+@dataclass
+class Doc:
+    """A document's text with the views the filters share, each computed once."""
+
+    text: str
+    language: str = ""  # set by LanguageId; "" until then
+    language_score: float = 0.0
+
+    @cached_property
+    def words(self) -> list[str]:
+        return [w for w in WORD_RE.findall(self.text) if any(c.isalnum() for c in w)]
+
+    @cached_property
+    def tokens(self) -> list[str]:  # words and punctuation runs, for the symbol ratio
+        return WORD_RE.findall(self.text)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return [line for line in self.text.split("\n") if line.strip()]
+
+    @cached_property
+    def paragraphs(self) -> list[str]:
+        return [p for p in re.split(r"\n\s*\n", self.text) if p.strip()]
+
+
+class Filter:
+    name = "filter"
+
+    def filter(self, doc: Doc) -> Verdict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class WordCount(Filter):
+    name = "word_count"
+
+    def __init__(self, min_words: int, max_words: int):
+        self.min_words, self.max_words = min_words, max_words
+
+    def filter(self, doc: Doc) -> Verdict:
+        n = len(doc.words)
+        if n < self.min_words:
+            return False, "too_few_words"
+        if n > self.max_words:
+            return False, "too_many_words"
+        return True
+
+
+def _dup_fraction(items: list[str]) -> tuple[float, float]:
+    """Share of items that repeat an earlier one, by count and by characters."""
+    if not items:
+        return 0.0, 0.0
+    seen: set[str] = set()
+    dup_n = dup_chars = 0
+    for item in items:
+        if item in seen:
+            dup_n += 1
+            dup_chars += len(item)
+        seen.add(item)
+    return dup_n / len(items), dup_chars / max(1, sum(len(i) for i in items))
+
+
+class LanguageId(Filter):
+    """Keeps documents in one of the domain's languages; records the language on the document for later rules."""
+
+    name = "language_id"
+
+    def __init__(self, allowed: list[str], min_score: float):
+        self.allowed, self.min_score = list(allowed), min_score
+
+    def filter(self, doc: Doc) -> Verdict:
+        doc.language, doc.language_score = detect_language(doc.text)
+        reason = language_verdict(doc.language, doc.language_score, self.allowed, self.min_score)
+        return True if reason is None else (False, reason)
+
+
+class GopherRepetition(Filter):
+    """Repeated lines, paragraphs and n-grams: navigation residue, templated pages and generated spam."""
+
+    name = "gopher_repetition"
+    # Thresholds from Gopher's table A1.
+    TOP_NGRAMS = ((2, 0.20), (3, 0.18), (4, 0.16))
+    DUP_NGRAMS = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+
+    def filter(self, doc: Doc) -> Verdict:
+        para_frac, para_char_frac = _dup_fraction(doc.paragraphs)
+        if para_frac > 0.30:
+            return False, "dup_para_frac"
+        if para_char_frac > 0.20:
+            return False, "dup_para_char_frac"
+        line_frac, line_char_frac = _dup_fraction(doc.lines)
+        if line_frac > 0.30:
+            return False, "dup_line_frac"
+        if line_char_frac > 0.20:
+            return False, "dup_line_char_frac"
+        words = [w.lower() for w in doc.words]
+        total_chars = sum(len(w) for w in words) or 1
+        for n, limit in self.TOP_NGRAMS:
+            grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+            if not grams:
+                break
+            gram, count = Counter(grams).most_common(1)[0]
+            if count > 1 and len(gram.replace(" ", "")) * count / total_chars > limit:
+                return False, f"top_{n}_gram"
+        for n, limit in self.DUP_NGRAMS:
+            if self._dup_ngram_char_frac(words, n) / total_chars > limit:
+                return False, f"duplicated_{n}_n_grams"
+        return True
+
+    @staticmethod
+    def _dup_ngram_char_frac(words: list[str], n: int) -> int:
+        """Characters of words covered by an n-gram that occurred before (each word counted once)."""
+        seen: set[tuple[str, ...]] = set()
+        covered = [False] * len(words)
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i : i + n])
+            if gram in seen:
+                for j in range(i, i + n):
+                    covered[j] = True
+            seen.add(gram)
+        return sum(len(w) for w, c in zip(words, covered) if c)
+
+
+class GopherQuality(Filter):
+    """Word-shape heuristics that separate prose from tables of numbers, link lists and symbol soup."""
+
+    name = "gopher_quality"
+
+    def __init__(
+        self,
+        max_symbol_word_ratio: float = 0.1,
+        min_alpha_word_ratio: float = 0.8,
+        min_stop_words: int = 2,
+        stop_words_min_words: int = 0,
+    ):
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.min_alpha_word_ratio = min_alpha_word_ratio
+        self.min_stop_words = min_stop_words
+        self.stop_words_min_words = stop_words_min_words
+
+    def filter(self, doc: Doc) -> Verdict:
+        words = doc.words
+        if not words:
+            return False, "gopher_no_words"
+        mean_len = sum(len(w) for w in words) / len(words)
+        if not 3 <= mean_len <= 10:
+            return False, "gopher_mean_word_length"
+        symbols = doc.text.count("#") + sum(doc.text.count(e) for e in ELLIPSES)
+        if symbols / len(words) > self.max_symbol_word_ratio:
+            return False, "gopher_symbol_word_ratio"
+        lines = doc.lines
+        if lines and sum(line.lstrip().startswith(BULLETS) for line in lines) / len(lines) > 0.9:
+            return False, "gopher_bullet_lines"
+        if lines and sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > 0.3:
+            return False, "gopher_ellipsis_lines"
+        # Gopher counts whitespace-separated words here: "4.9.1," or "198.51.100.7" is one non-alphabetic word, not
+        # four, which would otherwise sink technical prose full of versions and addresses. Pure punctuation ("|" of a
+        # markdown table, a dash) is not a word at all.
+        spaced = [w for w in doc.text.split() if any(c.isalnum() for c in w)]
+        if spaced and sum(any(c.isalpha() for c in w) for w in spaced) / len(spaced) < self.min_alpha_word_ratio:
+            return False, "gopher_alpha_words"
+        # The stop-word list is English (other languages skip the rule), and short texts (an FAQ answer, a caption)
+        # can be good prose without any of the eight words, so the rule applies from `stop_words_min_words` on.
+        if (
+            doc.language in ("", "en")
+            and len(words) >= self.stop_words_min_words
+            and sum(w.lower() in STOP_WORDS for w in words) < self.min_stop_words
+        ):
+            return False, "gopher_stop_words"
+        return True
+
+
+class C4Lines(Filter):
+    """C4's rules: drop pages with lorem ipsum (or code braces), remove javascript/policy lines (and optionally lines
+    without terminal punctuation), then drop the page if nothing is left."""
+
+    name = "c4"
+
+    def __init__(self, terminal_punct: bool = False, curly_braces: bool = False):
+        self.terminal_punct = terminal_punct
+        self.curly_braces = curly_braces
+
+    def apply(self, text: str) -> tuple[str, str | None]:
+        """The text with C4's line removals applied, and a drop reason when the page goes as a whole."""
+        lowered = text.lower()
+        if "lorem ipsum" in lowered:
+            return text, "lorem_ipsum"
+        if self.curly_braces and "{" in text:
+            return text, "curly_bracket"
+        kept = []
+        for line in text.split("\n"):
+            low = line.lower()
+            if "javascript" in low or any(p in low for p in POLICY_PHRASES):
+                continue
+            if self.terminal_punct and line.strip() and not line.rstrip().endswith(TERMINAL_PUNCT):
+                continue
+            kept.append(line)
+        new_text = "\n".join(kept).strip()
+        if not new_text:
+            return new_text, "c4_no_lines_left"
+        return new_text, None
+
+    def filter(self, doc: Doc) -> Verdict:
+        _, reason = self.apply(doc.text)
+        return True if reason is None else (False, reason)
+
+
+class BlockedWords(Filter):
+    name = "blocked_words"
+
+    def __init__(self, words: list[str]):
+        self.pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+
+    def filter(self, doc: Doc) -> Verdict:
+        return (False, "blocked_word") if self.pattern.search(doc.text) else True
+
+
+def build_filters(cfg: CleanedCorpusConfig, languages: list[str] | None = None) -> list[Filter]:
+    """The document filters the config enables, in order (C4 edits text, so it runs separately, before).
+
+    Language id runs right after the word count: the Gopher rules assume the language is known (stop words are
+    English), and a French page should be dropped as French, not as "too few stop words"."""
+    filters: list[Filter] = [WordCount(cfg.min_words, cfg.max_words)]
+    if cfg.language_id:
+        filters.append(LanguageId(languages or [], cfg.min_language_score))
+    if cfg.blocked_words:
+        filters.append(BlockedWords(cfg.blocked_words))
+    # Repetition before quality (as in FineWeb): a template repeated 25 times is named as repetition, not as
+    # whatever word-shape rule it happens to fail.
+    if cfg.gopher_repetition:
+        filters.append(GopherRepetition())
+    if cfg.gopher_quality:
+        filters.append(
+            GopherQuality(cfg.max_symbol_word_ratio, cfg.min_alpha_word_ratio, cfg.min_stop_words, cfg.stop_words_min_words)
+        )
+    return filters
+
+
+def first_failure(doc: Doc, filters: list[Filter]) -> str | None:
+    """The drop reason of the first filter that rejects the document, or None when every filter keeps it."""
+    for f in filters:
+        verdict = f.filter(doc)
+        if verdict is not True:
+            return verdict[1] if isinstance(verdict, tuple) else f.name
+    return None

@@ -1,0 +1,264 @@
+"""From the bytes of one file to document texts: encoding detection and one small parser per file format.
+
+A parser takes an ``open_binary`` callable (a fresh binary stream per call, already decompressing ``.gz``) and
+yields ``Text(locator, text)`` for every document and ``Bad(locator, reason, detail, nbytes)`` for every piece of
+input it cannot use, so a bad row never hides the good rows around it. ``locator`` is appended to the file's source
+path: ``""`` for a whole file, ``"#L<line>"`` for a JSON Lines or CSV row, ``"#<index>"`` for an array or Parquet row.
+Record formats stream (JSON Lines, CSV, Parquet); a plain JSON file is parsed whole, as JSON cannot be streamed
+without another dependency. Errors of the stream itself (truncated gzip, permissions) are left to the caller.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SNIFF_BYTES = 64 * 1024  # enough to see a BOM, NUL bytes of a binary file, and a representative sample for charset guessing
+
+# file suffix -> the `format` a document records
+WHOLE_FILE_FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".rst": "rst",
+                      ".html": "html", ".htm": "html", ".xhtml": "html", ".xml": "xml"}
+RECORD_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+# Longest BOMs first: the UTF-32-LE BOM starts with the UTF-16-LE one.
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+class Text(NamedTuple):
+    locator: str
+    text: str
+
+
+class Bad(NamedTuple):
+    locator: str
+    reason: str
+    detail: str
+    nbytes: int = 0
+
+
+Opener = Callable[[], IO[bytes]]
+
+
+class DecodeFailed(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- encodings
+def bom_encoding(head: bytes) -> str | None:
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def is_binary(head: bytes) -> bool:
+    """NUL bytes never occur in text unless it is UTF-16/32, which announces itself with a BOM."""
+    return bom_encoding(head) is None and b"\x00" in head
+
+
+def guess_encoding(sample: bytes) -> str:
+    """UTF-8 (BOM or not), UTF-16/32 by BOM, then Windows-1252 (the usual legacy encoding of Western text), then a
+    statistical guess. Raises DecodeFailed when nothing decodes the sample cleanly."""
+    if enc := bom_encoding(sample):
+        return enc
+    for enc in ("utf-8", "cp1252"):
+        try:
+            codecs.getincrementaldecoder(enc)().decode(sample, final=False)  # a sample may end mid-character
+            return enc
+        except UnicodeDecodeError:
+            pass
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:  # pragma: no cover - it ships with `requests`, which `datasets` needs
+        raise DecodeFailed("not UTF-8 or Windows-1252, and no charset detector is installed") from None
+    best = from_bytes(sample).best()
+    if best is None:
+        raise DecodeFailed("not UTF-8, UTF-16/32 with a BOM or Windows-1252, and no other charset fits")
+    return best.encoding
+
+
+def decode(data: bytes) -> tuple[str, str]:
+    enc = guess_encoding(data)
+    try:
+        return data.decode(enc), enc
+    except UnicodeDecodeError as exc:
+        raise DecodeFailed(f"{enc}: {exc.reason} at byte {exc.start}") from None
+
+
+def _open_text(open_binary: Opener) -> tuple[IO[str] | None, Bad | None]:
+    """A text stream over the file with a sniffed encoding, or the reason there is none."""
+    with open_binary() as f:
+        head = f.read(SNIFF_BYTES)
+    if not head.strip():
+        return None, Bad("", "empty_file", "no content", len(head))
+    if is_binary(head):
+        return None, Bad("", "binary", "NUL bytes in the first 64 KiB", len(head))
+    try:
+        enc = guess_encoding(head)
+    except DecodeFailed as exc:
+        return None, Bad("", "decode_error", str(exc), len(head))
+    return io.TextIOWrapper(open_binary(), encoding=enc, errors="strict", newline=""), None
+
+
+# ---------------------------------------------------------------- whole-file formats
+def parse_whole(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+    """One document per file; HTML and XML keep their markup (main-text extraction happens in cleaning)."""
+    with open_binary() as f:
+        data = f.read()
+    if is_binary(data[:SNIFF_BYTES]):
+        yield Bad("", "binary", "NUL bytes in the first 64 KiB", len(data))
+        return
+    try:
+        text, _ = decode(data)
+    except DecodeFailed as exc:
+        yield Bad("", "decode_error", str(exc), len(data))
+        return
+    if not text.strip():
+        yield Bad("", "empty_file", "no content" if not data else "only whitespace", len(data))
+        return
+    yield Text("", text)
+
+
+# ---------------------------------------------------------------- records
+def field_text(record: Any, text_field: str, locator: str, nbytes: int) -> Text | Bad:
+    """The text of one record, or why it has none."""
+    if not isinstance(record, dict):
+        return Bad(locator, "malformed_json", f"a record must be a JSON object, got {type(record).__name__}", nbytes)
+    value = record.get(text_field)
+    if value is None:
+        keys = ", ".join(sorted(map(str, record))[:8])
+        return Bad(locator, "missing_text_field", f"no {text_field!r} field (fields: {keys})", nbytes)
+    if not isinstance(value, str):
+        return Bad(locator, "non_text_field", f"{text_field!r} is a {type(value).__name__}, not a string", nbytes)
+    if not value.strip():
+        return Bad(locator, "empty_text", f"{text_field!r} is blank", nbytes)
+    return Text(locator, value)
+
+
+def parse_json(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+    """An array of records, or one record."""
+    with open_binary() as f:
+        data = f.read()
+    if not data.strip():
+        yield Bad("", "empty_file", "no content", len(data))
+        return
+    try:
+        text, _ = decode(data)
+        obj = json.loads(text)
+    except DecodeFailed as exc:
+        yield Bad("", "decode_error", str(exc), len(data))
+        return
+    except json.JSONDecodeError as exc:
+        yield Bad("", "malformed_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}", len(data))
+        return
+    if isinstance(obj, list):
+        if not obj:
+            yield Bad("", "empty_file", "an empty JSON array", len(data))
+        for i, record in enumerate(obj):
+            yield field_text(record, text_field, f"#{i}", 0)
+    else:
+        yield field_text(obj, text_field, "", len(data))
+
+
+def parse_jsonl(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+    stream, bad = _open_text(open_binary)
+    if bad:
+        yield bad
+        return
+    with stream:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield Bad(f"#L{lineno}", "malformed_json", f"column {exc.colno}: {exc.msg}", len(line))
+                    continue
+                yield field_text(record, text_field, f"#L{lineno}", len(line))
+        except UnicodeDecodeError as exc:
+            yield Bad(f"#L{lineno + 1}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
+
+
+def parse_csv(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+    stream, bad = _open_text(open_binary)
+    if bad:
+        yield bad
+        return
+    csv.field_size_limit(2**31 - 1)  # documents are long fields; the default 128 KiB limit would reject them
+    with stream:
+        reader = csv.reader(stream, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if not header:
+                yield Bad("", "empty_file", "no header row")
+                return
+            if text_field not in header:
+                yield Bad("", "missing_text_field", f"no {text_field!r} column (columns: {', '.join(header[:8])})")
+                return
+            col = header.index(text_field)
+            start = reader.line_num + 1
+            for row in reader:
+                locator = f"#L{start}"
+                start = reader.line_num + 1
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    yield Bad(locator, "bad_csv", f"{len(row)} fields where the header has {len(header)}")
+                    continue
+                yield field_text(dict(zip(header, row)), text_field, locator, sum(map(len, row)))
+        except csv.Error as exc:
+            yield Bad(f"#L{start}", "bad_csv", f"{exc}; the rest of the file is skipped")
+        except UnicodeDecodeError as exc:
+            yield Bad(f"#L{start}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
+
+
+def parse_parquet(source: Any, text_field: str, batch_size: int = 1024) -> Iterator[Text | Bad]:
+    """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer)."""
+    try:
+        pf = pq.ParquetFile(source)
+    except (pa.ArrowException, OSError) as exc:
+        yield Bad("", "bad_parquet", str(exc)[:300])
+        return
+    schema = pf.schema_arrow
+    if text_field not in schema.names:
+        yield Bad("", "wrong_parquet_schema", f"no {text_field!r} column (columns: {', '.join(schema.names[:8])})")
+        return
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        yield Bad("", "wrong_parquet_schema", f"column {text_field!r} has type {kind}, not string")
+        return
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_size, columns=[text_field]):
+            for value in batch.column(0).to_pylist():
+                yield field_text({text_field: value}, text_field, f"#{index}", 0)
+                index += 1
+    except (pa.ArrowException, OSError) as exc:
+        yield Bad(f"#{index}", "bad_parquet", f"{str(exc)[:300]}; the rest of the file is skipped")
+
+
+def parse_buffered_parquet(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+    """A gzipped Parquet file: decompressed into memory, since Parquet cannot be read front to back."""
+    with open_binary() as f:
+        buffer = io.BytesIO(f.read())
+    yield from parse_parquet(buffer, text_field)
+
+
+PARSERS: dict[str, Callable[[Opener, str], Iterator[Text | Bad]]] = {
+    **{fmt: parse_whole for fmt in set(WHOLE_FILE_FORMATS.values())},
+    "json": parse_json,
+    "jsonl": parse_jsonl,
+    "csv": parse_csv,
+    "parquet": parse_buffered_parquet,
+}

@@ -1,0 +1,80 @@
+"""One Dagster asset per stage, built from the stage registry; each calls `runner.run_stage` and nothing more.
+
+Partitioned stages take the run's partition key as their domain. The asset's data version is the DVC hash of its
+output folder, so Dagster's staleness and `dvc status` speak of the same bytes.
+"""
+
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.defs.automation import SOURCES
+from llm_pipeline.defs.checks import CHECKS, check_results
+from llm_pipeline.defs.metadata import result_metadata
+from llm_pipeline.defs.resources import PipelineConfigResource
+from llm_pipeline.runner import run_stage
+from llm_pipeline.stages import STAGES, Stage
+
+PACKAGE = Path(__file__).resolve().parent.parent
+GROUPS = {
+    "raw_corpus": "curation", "cleaned_corpus": "curation", "deduped_shards": "curation",
+    "tokenizer": "training", "base_checkpoint": "training", "lora_adapter": "training", "dpo_model": "training",
+    "eval_report": "evaluation",
+}
+LIBRARY = {"curation": "curation", "training": "training", "evaluation": "evaluation"}
+
+
+def stage_code_version(name: str) -> str:
+    """Hash of the stage module and its library folder: a code change marks the asset stale in the UI."""
+    h = hashlib.sha256()
+    files = [PACKAGE / "stages" / f"{name}.py", PACKAGE / "runner.py"]
+    lib = PACKAGE / LIBRARY[GROUPS[name]]
+    if lib.is_dir():
+        files += sorted(lib.rglob("*.py"))
+    for f in files:
+        if f.exists():
+            h.update(f.relative_to(PACKAGE).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _make_asset(stage: Stage, partitions: dg.PartitionsDefinition, cfg: PipelineConfig) -> dg.AssetsDefinition:
+    deps = [dg.AssetDep(dep) for dep in stage.deps]
+    if stage.name == "raw_corpus":
+        deps.append(dg.AssetDep(SOURCES))
+    retry = dg.RetryPolicy(max_retries=cfg.orchestration.retries, delay=cfg.orchestration.retry_delay_seconds,
+                           backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+    specs = [dg.AssetCheckSpec(name, asset=stage.name, blocking=True, description=desc) for name, desc in CHECKS.get(stage.name, [])]
+
+    @dg.asset(
+        name=stage.name,
+        description=stage.description,
+        deps=deps,
+        retry_policy=retry,
+        partitions_def=partitions if stage.partitioned else None,
+        group_name=GROUPS[stage.name],
+        code_version=stage_code_version(stage.name),
+        check_specs=specs or None,
+        kinds={"python", "parquet"} if stage.partitioned else {"python", "pytorch"},
+        tags={"llm_pipeline/stage": stage.name},
+    )
+    def _asset(context: dg.AssetExecutionContext, pipeline: PipelineConfigResource) -> dg.MaterializeResult:
+        cfg: PipelineConfig = pipeline.load()
+        domain = context.partition_key if stage.partitioned else None
+        context.log.info(f"running stage {stage.name}" + (f" for domain {domain}" if domain else ""))
+        result = run_stage(cfg, stage.name, domain)
+        return dg.MaterializeResult(
+            metadata=result_metadata(result),
+            data_version=dg.DataVersion(result.dvc_hash),
+            check_results=check_results(stage.name, cfg, result) or None,
+        )
+
+    return _asset
+
+
+def build_assets(cfg: PipelineConfig) -> list[dg.AssetsDefinition]:
+    partitions = dg.StaticPartitionsDefinition(cfg.domain_names)
+    return [_make_asset(stage, partitions, cfg) for stage in STAGES.values()]

@@ -1,0 +1,120 @@
+"""Held-out perplexity and bits per byte, per document and per domain.
+
+A document is tokenized whole, preceded by the tokenizer's BOS (or EOS, the pretraining document separator) as
+context so that its first token is scored too, and cut into windows of the model's max positions. Each window after
+the first starts with the last token of the one before, so every document token is predicted exactly once.
+
+- perplexity = exp(total NLL / scored tokens): token-weighted, so long documents count for what they are.
+- bits per byte = total NLL (nats) / ln 2 / UTF-8 bytes: comparable across tokenizers, unlike perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llm_pipeline.evaluation.models import LoadedModel
+
+
+@dataclass
+class Score:
+    nll: float = 0.0  # nats, summed over scored tokens
+    tokens: int = 0
+    bytes: int = 0
+    documents: int = 0
+
+    def add(self, other: "Score") -> None:
+        self.nll += other.nll
+        self.tokens += other.tokens
+        self.bytes += other.bytes
+        self.documents += other.documents
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / self.bytes if self.bytes else float("nan")
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll / self.tokens if self.tokens else float("nan")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "mean_nll": self.mean_nll,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "documents": self.documents,
+        }
+
+
+def context_token(tokenizer) -> int | None:
+    """The id put before a document as context: BOS, else EOS (what separates documents in pretraining)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+def windows(ids: list[int], size: int) -> list[list[int]]:
+    """Cut a sequence into windows of at most `size` tokens, overlapping by one so each later token is a target once."""
+    if size < 2:
+        raise ValueError(f"a window needs at least 2 tokens, got {size}")
+    out = []
+    start = 0
+    while start < len(ids) - 1:
+        out.append(ids[start : start + size])
+        start += size - 1
+    return out
+
+
+@torch.inference_mode()
+def window_nll(model, batch: list[list[int]], pad_id: int) -> list[float]:
+    """Summed next-token NLL (nats) of each window in one padded forward pass."""
+    longest = max(len(w) for w in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for i, w in enumerate(batch):
+        input_ids[i, : len(w)] = torch.tensor(w, dtype=torch.long)
+        mask[i, : len(w)] = 1
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)
+    nll = nll * mask[:, 1:]
+    return nll.sum(dim=1).tolist()
+
+
+def score_texts(lm: LoadedModel, texts: list[str], batch_size: int = 8, window: int | None = None) -> list[Score]:
+    """One `Score` per text. Windows of all texts are batched together, shortest first, to waste little padding."""
+    tok = lm.tokenizer
+    size = window or lm.window
+    ctx = context_token(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scores = [Score(bytes=len(t.encode("utf-8")), documents=1) for t in texts]
+    jobs: list[tuple[int, list[int]]] = []
+    for i, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        seq = ([ctx] if ctx is not None else []) + list(ids)
+        for w in windows(seq, size):
+            jobs.append((i, w))
+            scores[i].tokens += len(w) - 1
+    jobs.sort(key=lambda job: len(job[1]))
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        for (i, _), nll in zip(chunk, window_nll(lm.model, [w for _, w in chunk], pad_id)):
+            scores[i].nll += nll
+    return scores
+
+
+def total(scores: list[Score]) -> Score:
+    out = Score()
+    for s in scores:
+        out.add(s)
+    return out

@@ -1,0 +1,124 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed) and saved as PNG.
+
+One colour per model throughout the report (plots and HTML), so base / SFT / DPO read the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+
+from llm_pipeline.evaluation.models import MODEL_LABELS  # noqa: E402
+
+COLORS = {"base": "#8a8f98", "sft": "#2f6fdb", "dpo": "#e4572e", "eval": "#2a9d8f"}
+STAGE_TITLES = {"base": "Pretraining (base)", "sft": "SFT (LoRA)", "dpo": "DPO"}
+DPI = 120
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", alpha=0.25)
+    ax.tick_params(labelsize=9)
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and value == value:  # skips NaN
+            xs.append(row.get("step", i))
+            ys.append(float(value))
+    return xs, ys
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def loss_curves(logs: dict[str, list[dict]], path: Path) -> Path:
+    """Training (and eval, where logged) loss over steps, one panel per training stage."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=DPI)
+    for ax, name in zip(axes, ("base", "sft", "dpo")):
+        rows = logs.get(name) or []
+        ax.set_title(STAGE_TITLES[name], fontsize=11, loc="left")
+        xs, ys = _series(rows, "loss")
+        ex, ey = _series(rows, "eval_loss")
+        if not xs and not ex:
+            _empty(ax, "no training log")
+            continue
+        _style(ax)
+        if xs:
+            ax.plot(xs, ys, color=COLORS[name], lw=1.8, label="train")
+        if ex:
+            ax.plot(ex, ey, color=COLORS["eval"], lw=1.4, ls="--", marker="o", ms=4, label="held-out")
+        ax.set_xlabel("step", fontsize=9)
+        ax.legend(frameon=False, fontsize=8)
+    axes[0].set_ylabel("loss (nats/token)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def perplexity_bars(ppl: dict[str, dict[str, float]], path: Path) -> Path:
+    """Grouped bars: held-out perplexity per domain (groups) and model (bars). Lower is better."""
+    models = [m for m in ("base", "sft", "dpo") if m in ppl]
+    domains = sorted({d for m in models for d in ppl[m]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.9 * len(domains) + 2), 3.8), dpi=DPI)
+    _style(ax)
+    width = 0.8 / max(1, len(models))
+    values = [v for m in models for v in ppl[m].values() if v == v]
+    if values and max(values) / max(min(values), 1e-9) > 30:
+        ax.set_yscale("log")  # an untrained base next to a trained model would flatten every other bar
+    for k, m in enumerate(models):
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(domains))]
+        ys = [ppl[m].get(d, float("nan")) for d in domains]
+        bars = ax.bar(xs, ys, width * 0.92, color=COLORS[m], label=MODEL_LABELS[m])
+        ax.bar_label(bars, labels=[f"{y:,.1f}" if y == y else "" for y in ys], fontsize=7.5, padding=2)
+    ax.set_xticks(range(len(domains)), domains, fontsize=10)
+    ax.set_ylabel("perplexity (lower is better)", fontsize=9)
+    ax.set_title("Held-out perplexity by domain", fontsize=11, loc="left")
+    ax.legend(frameon=False, fontsize=9, ncols=len(models), loc="upper left", bbox_to_anchor=(0, -0.12))
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def dpo_rewards(rows: list[dict], path: Path) -> Path:
+    """DPO reward margin and reward accuracy over training steps (train and held-out where logged)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=DPI)
+    panels = [
+        (left, "rewards/margins", "Reward margin (chosen - rejected)", None),
+        (right, "rewards/accuracies", "Reward accuracy", 0.5),
+    ]
+    for ax, key, title, chance in panels:
+        ax.set_title(title, fontsize=11, loc="left")
+        xs, ys = _series(rows, key)
+        ex, ey = _series(rows, f"eval_{key}")
+        if not xs and not ex:
+            _empty(ax, f"no `{key}` in the DPO log")
+            continue
+        _style(ax)
+        if xs:
+            ax.plot(xs, ys, color=COLORS["dpo"], lw=1.8, label="train")
+        if ex:
+            ax.plot(ex, ey, color=COLORS["eval"], lw=1.4, ls="--", marker="o", ms=4, label="held-out")
+        if chance is not None:
+            ax.axhline(chance, color="#999", lw=1, ls=":", label="chance")
+            ax.set_ylim(-0.02, 1.02)
+        else:
+            ax.axhline(0, color="#999", lw=1, ls=":")
+        ax.set_xlabel("step", fontsize=9)
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

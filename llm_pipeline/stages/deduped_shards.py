@@ -1,0 +1,223 @@
+"""Stage deduped_shards: cleaned_corpus/<domain> -> exact- and near-duplicate-free shards with a train/eval split.
+
+Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only its id, exact hash and
+MinHash signature (~0.6 KB at 128 permutations). The decisions are then made on those arrays, in id order so the
+kept set does not depend on input order:
+
+1. exact duplicates (same normalized-text hash): the smallest id stays;
+2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold): the smallest id of a cluster stays;
+3. with ``scope: global``, the domain's survivors are checked against the persisted index of the *other* domains
+   (``<data_dir>/.dedup_index/<domain>.npz``). The cross-domain rule is: a document is dropped only when its
+   duplicate lives in a domain that comes *earlier* in the config's domain order, so the first domain always keeps
+   its copy and the result does not depend on which partition ran first -- provided the earlier domains are
+   indexed (the stats list any that are not). A domain's index entries are its within-domain survivors, written
+   when it runs and replaced when it re-runs; a domain is never matched against itself.
+
+Pass 2 streams the documents again and writes the kept ones with ``split`` (train/eval by id hash, after dedup so a
+near copy of a held-out document cannot be trained on), and every drop to ``dropped.jsonl`` with the kept id.
+
+    llm-pipeline stage deduped_shards --domain legal
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash, match_against, near_duplicate_clusters
+from llm_pipeline.io import ShardWriter, iter_batches
+from llm_pipeline.splits import split_of
+from llm_pipeline.stages import StageOutput
+
+INDEX_DIR = ".dedup_index"
+READ_BATCH = 1024
+
+
+def index_path(cfg: PipelineConfig, domain: str) -> Path:
+    return cfg.data_path / INDEX_DIR / f"{domain}.npz"
+
+
+def _params(cfg: PipelineConfig) -> np.ndarray:
+    d = cfg.deduped_shards
+    return np.array([d.num_perm, d.ngram, d.bands, d.rows, cfg.seed], dtype=np.int64)
+
+
+def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.ndarray, sigs: np.ndarray, keys: np.ndarray) -> None:
+    """Replace a domain's index entries atomically (temp file, then rename)."""
+    path = index_path(cfg, domain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(ids, dtype=str), hashes=hashes, sigs=sigs, keys=keys, params=_params(cfg))
+    os.replace(tmp, path)
+
+
+def read_index(cfg: PipelineConfig, domain: str) -> dict[str, np.ndarray] | None:
+    """A domain's index, or None when it is missing or was built with other MinHash parameters."""
+    path = index_path(cfg, domain)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        index = {k: data[k] for k in data.files}
+    if not np.array_equal(index["params"], _params(cfg)):
+        return None
+    return index
+
+
+def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dict[int, tuple[str, str, str]], list[str], list[str]]:
+    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing."""
+    dcfg = cfg.deduped_shards
+    order = cfg.domain_names
+    earlier = order[: order.index(domain)]
+    drops: dict[int, tuple[str, str, str]] = {}
+    used, missing = [], []
+    for other in earlier:  # earliest first: a document's representative is its copy in the earliest domain
+        index = read_index(cfg, other)
+        if index is None:
+            missing.append(other)
+            continue
+        used.append(other)
+        todo = [r for r in rows if r not in drops]
+        if dcfg.exact:
+            first_id: dict[int, str] = {}
+            for h, i in sorted(zip(index["hashes"].tolist(), index["ids"].tolist()), reverse=True):
+                first_id[h] = i  # reverse sort: the smallest id per hash is written last and wins
+            for r in todo:
+                if int(hashes[r]) in first_id:
+                    drops[r] = ("exact_duplicate_cross_domain", other, first_id[int(hashes[r])])
+            todo = [r for r in todo if r not in drops]
+        if dcfg.near and todo:
+            matches = match_against(sigs[todo], keys[todo], index["sigs"], index["keys"], dcfg.threshold)
+            for local, js in matches.items():
+                drops[todo[local]] = ("near_duplicate_cross_domain", other, str(min(index["ids"][j] for j in js)))
+    return drops, used, missing
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    dcfg = cfg.deduped_shards
+    src = inputs["cleaned_corpus"]
+    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
+    need_sigs = dcfg.near
+
+    # Pass 1: per-document id, exact hash and signature; row = position in the input stream.
+    ids: list[str] = []
+    hash_list: list[int] = []
+    sig_blocks: list[np.ndarray] = []
+    bytes_in = 0
+    for batch in iter_batches(src, columns=["id", "text"], batch_size=READ_BATCH):
+        texts = [r["text"] or "" for r in batch]
+        ids.extend(r["id"] for r in batch)
+        hash_list.extend(exact_hash(t) for t in texts)
+        bytes_in += sum(len(t.encode("utf-8")) for t in texts)
+        if need_sigs:
+            sig_blocks.append(hasher.signatures(texts))
+    n = len(ids)
+    hashes = np.array(hash_list, dtype=np.uint64)
+    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, dcfg.num_perm if need_sigs else 0), dtype=np.uint32)
+    keys = band_keys(sigs, dcfg.bands, dcfg.rows) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+
+    by_id = sorted(range(n), key=lambda i: (ids[i], i))  # the order of preference: smallest id first
+    reason: dict[int, str] = {}
+    kept_as: dict[int, tuple[str, str]] = {}  # row -> (domain, id) of the copy that was kept
+
+    if dcfg.exact:
+        first: dict[int, int] = {}
+        for i in by_id:
+            rep = first.setdefault(int(hashes[i]), i)
+            if rep != i:
+                reason[i], kept_as[i] = "exact_duplicate", (domain, ids[rep])
+    if dcfg.near:
+        rows = [i for i in by_id if i not in reason]
+        clusters = near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)
+        for local, i in enumerate(rows):
+            root = clusters.find(local)
+            if root != local:
+                reason[i], kept_as[i] = "near_duplicate", (domain, ids[rows[root]])
+    survivors = [i for i in by_id if i not in reason]
+
+    index_used: list[str] = []
+    index_missing: list[str] = []
+    if dcfg.scope == "global":
+        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes, sigs, keys, survivors)
+        for i, (why, other, other_id) in cross.items():
+            reason[i], kept_as[i] = why, (other, other_id)
+        write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], sigs[survivors], keys[survivors])
+
+    # Pass 2: write the kept documents with their split, and every drop with its kept copy.
+    splits: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    bytes_kept = 0
+    # The preview's example pair: the near duplicate with the smallest id, and its kept copy (when in this domain).
+    near_rows = [i for i in by_id if reason.get(i, "exact_duplicate") != "exact_duplicate"]
+    pair: dict = {}
+    if near_rows:
+        ex = near_rows[0]
+        pair = {"row": ex, "id": ids[ex], "reason": reason[ex], "kept_domain": kept_as[ex][0], "kept_id": kept_as[ex][1]}
+    row = 0
+    with (
+        ShardWriter(output_dir, max_rows=dcfg.shard_rows) as writer,
+        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
+    ):
+        for batch in iter_batches(src, batch_size=READ_BATCH):
+            for rec in batch:
+                i, row = row, row + 1
+                if i in reason:
+                    kd, kid = kept_as[i]
+                    dropped[reason[i]] += 1
+                    dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
+                    if pair and i == pair["row"]:
+                        pair["text"] = rec["text"]
+                    continue
+                rec["split"] = split_of(rec["id"], cfg.eval_fraction)
+                splits[rec["split"]] += 1
+                bytes_kept += len((rec["text"] or "").encode("utf-8"))
+                writer.write(rec)
+                if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
+                    pair["kept_text"] = rec["text"]
+
+    kept = n - sum(dropped.values())
+    stats = {
+        "documents_in": n,
+        "documents_kept": kept,
+        "dropped": dict(sorted(dropped.items())),
+        "quarantined": 0,
+        "bytes_in": bytes_in,
+        "bytes_kept": bytes_kept,
+        "clusters": len(set(kept_as.values())),
+        "train_documents": splits.get("train", 0),
+        "eval_documents": splits.get("eval", 0),
+        "index_domains_used": len(index_used),
+        "index_domains_missing": len(index_missing),
+    }
+    assert stats["documents_in"] == kept + sum(dropped.values()) and kept == sum(splits.values()), stats
+    metadata = {"index_domains_used": index_used, "index_domains_missing": index_missing}
+    return StageOutput(stats=stats, preview=_preview(domain, stats, pair, index_missing), metadata=metadata)
+
+
+def _preview(domain: str | None, stats: dict, pair: dict, missing: list[str]) -> str:
+    lines = [
+        f"### deduped_shards `{domain}`",
+        "",
+        "| documents in | kept | train | eval | clusters |",
+        "|---|---|---|---|---|",
+        f"| {stats['documents_in']} | {stats['documents_kept']} | {stats['train_documents']} | {stats['eval_documents']} | {stats['clusters']} |",
+        "",
+        "| drop reason | documents |",
+        "|---|---|",
+    ]
+    lines += [f"| `{k}` | {v} |" for k, v in stats["dropped"].items()]
+    if missing:
+        lines += ["", f"Not yet indexed (cross-domain duplicates against them were not checked): {', '.join(missing)}"]
+    if pair:
+        lines += ["", f"Example `{pair['reason']}`: **{pair['id'][:12]}** duplicates kept **{pair['kept_domain']}/{pair['kept_id'][:12]}**"]
+        lines += [f"> dropped: {pair.get('text', '')[:300]}".replace("\n", " ")]
+        if pair.get("kept_text"):
+            lines += [f"> kept: {pair['kept_text'][:300]!s}".replace("\n", " ")]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,212 @@
+"""eval_report: held-out comparison of the base, SFT and DPO models, written as report.md, report.html and metrics.json.
+
+Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
+eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
+sft_eval, side-by-side samples and an n-gram contamination check, then draws the plots and renders the report.
+A missing optional input (no held-out pairs, no training log) becomes a note in the report, not a failure.
+
+    llm-pipeline stage eval_report     # or llm_pipeline.runner.run_stage(cfg, "eval_report")
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.evaluation import contamination, data, generation, models, perplexity, plots, preference, report
+from llm_pipeline.io import dvc_hash, file_md5, write_json
+from llm_pipeline.runner import code_version
+from llm_pipeline.stages import StageOutput
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf become null: metrics.json must be strict JSON for DVC and browsers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _lineage(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path]) -> dict:
+    hashes = {f"deduped_shards/{d}": dvc_hash(p) for d, p in domains.items()}
+    for name in ("tokenizer", "base_checkpoint", "lora_adapter", "dpo_model"):
+        if name in inputs and Path(inputs[name]).exists():
+            hashes[name] = dvc_hash(inputs[name])
+    config_path = cfg.config_path
+    return {
+        "inputs": hashes,
+        "config_path": str(config_path) if config_path else None,
+        "config_md5": file_md5(config_path) if config_path and Path(config_path).is_file() else None,
+        "config_fingerprint": cfg.fingerprint(),
+        "code_version": code_version(),
+    }
+
+
+def _training_summary(logs: dict[str, list[dict]]) -> dict:
+    out = {}
+    for name, rows in logs.items():
+        train = [r for r in rows if isinstance(r.get("loss"), (int, float))]
+        evals = [r for r in rows if isinstance(r.get("eval_loss"), (int, float))]
+        if not train and not evals:
+            continue
+        s: dict[str, Any] = {"steps": max((r.get("step", 0) for r in rows), default=0)}
+        if train:
+            s["first_loss"], s["final_loss"] = train[0]["loss"], train[-1]["loss"]
+        if evals:
+            s["final_eval_loss"] = evals[-1]["eval_loss"]
+        for key in ("rewards/margins", "rewards/accuracies"):
+            vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+            if vals:
+                s[f"final_{key.split('/')[1]}"] = vals[-1]
+        out[name] = s
+    return out
+
+
+def _pair_text(rec: dict) -> str:
+    return "\n".join((models.prompt_text(rec["prompt"]), rec["chosen"], rec["rejected"]))
+
+
+def _sft_text(rec: dict) -> str:
+    return f"{models.prompt_text(rec['prompt'])}\n{rec['completion']}"
+
+
+def _round_robin(rows: list[dict], n: int) -> list[int]:
+    """Indices of up to `n` rows taken in turn from each domain, so the samples do not all come from the first one."""
+    by_domain: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_domain.setdefault(str(r.get("domain")), []).append(i)
+    queues = list(by_domain.values())
+    picked: list[int] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    ec = cfg.eval_report
+    notes = data.Notes()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lora_dir, dpo_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["dpo_model"]), Path(inputs["base_checkpoint"])
+
+    # -- held-out data
+    domains = data.domain_folders(inputs["deduped_shards"], cfg.domain_names, notes)
+    docs = {d: data.eval_documents(p, d, cfg.eval_fraction, ec.max_eval_documents, ec.max_document_chars) for d, p in domains.items()}
+    for d, ds in docs.items():
+        if not ds:
+            notes.add(f"domain `{d}` has no held-out (split = eval) documents; its perplexity is not measured.")
+    sft_eval = data.sft_examples(lora_dir / "sft_eval.jsonl", notes)
+    pairs_eval = data.preference_pairs(dpo_dir / "pairs_eval.jsonl", notes)
+
+    # -- models
+    loaded = models.load_models(base_dir, {"sft": lora_dir, "dpo": dpo_dir}, notes, tokenizer_dir=inputs.get("tokenizer"))
+    timings["load"] = time.perf_counter() - t0
+
+    # -- 1. perplexity and bits per byte
+    t = time.perf_counter()
+    ppl: dict[str, dict] = {}
+    for name, lm in loaded.items():
+        by_domain, overall = {}, perplexity.Score()
+        for d, ds in docs.items():
+            if ds:
+                s = perplexity.total(perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size))
+                by_domain[d] = s.as_dict()
+                overall.add(s)
+        ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
+    timings["perplexity"] = time.perf_counter() - t
+
+    # -- 2. preference accuracy
+    t = time.perf_counter()
+    pref = None
+    if "dpo" in loaded and pairs_eval:
+        pref = preference.preference_accuracy(loaded["dpo"], loaded["base"], pairs_eval[: ec.max_eval_pairs], cfg.dpo_model.beta, ec.batch_size)
+    elif "dpo" in loaded:
+        notes.add("no held-out preference pairs: preference accuracy is not measured.")
+    timings["preference"] = time.perf_counter() - t
+
+    # -- 3. task metrics and 4. samples (sft_eval samples reuse the task completions: same greedy decoding)
+    t = time.perf_counter()
+    task_rows = sft_eval[: ec.max_task_examples]
+    picked = _round_robin(task_rows, ec.samples)
+    sample_rows = [{"prompt": models.prompt_text(task_rows[i]["prompt"]), "reference": task_rows[i]["completion"], "domain": task_rows[i].get("domain"), "source": "sft_eval", "index": i} for i in picked]
+    if not sample_rows and ec.samples:
+        # Without SFT eval data, the opening words of held-out documents still show how each model continues text.
+        for ds in docs.values():
+            for x in ds[: max(1, ec.samples // max(1, len(docs)))]:
+                sample_rows.append({"prompt": " ".join(x.text.split()[:16]), "reference": None, "domain": x.domain, "source": "eval document"})
+    sample_rows += [{"prompt": p, "reference": None, "domain": None, "source": "config"} for p in ec.prompts]
+    extra = [r["prompt"] for r in sample_rows if r["source"] != "sft_eval"]
+    tasks: dict[str, dict] = {}
+    for name, lm in loaded.items():
+        completions = generation.greedy(lm, [r["prompt"] for r in task_rows] + extra, ec.sample_max_new_tokens, ec.batch_size)
+        preds, extra_out = completions[: len(task_rows)], iter(completions[len(task_rows) :])
+        if task_rows:
+            tasks[name] = generation.task_metrics(preds, task_rows)
+        for r in sample_rows:
+            r.setdefault("outputs", {})[name] = preds[r["index"]] if r["source"] == "sft_eval" else next(extra_out)
+    for r in sample_rows:
+        r.pop("index", None)
+    timings["generation"] = time.perf_counter() - t
+
+    # -- 5. contamination
+    t = time.perf_counter()
+    train = contamination.TrainingNgrams(ec.contamination_ngram, ec.contamination_max_item_share)
+    for d, p in domains.items():
+        train.add_source(f"documents/{d}", (r["text"] for r in data.iter_documents(p, "train", cfg.eval_fraction)))
+    sft_train = data.sft_examples(lora_dir / "sft_train.jsonl", notes)
+    pairs_train = data.preference_pairs(dpo_dir / "pairs_train.jsonl", notes)
+    train.add_source("sft_train", (_sft_text(r) for r in sft_train))
+    train.add_source("pairs_train", (_pair_text(r) for r in pairs_train))
+    eval_sets = {"eval documents": [(x.id, x.text) for ds in docs.values() for x in ds]}
+    if sft_eval:
+        eval_sets["sft_eval"] = [(f"sft_eval:{i}", _sft_text(r)) for i, r in enumerate(sft_eval)]
+    if pairs_eval:
+        eval_sets["pairs_eval"] = [(f"pairs_eval:{i}", _pair_text(r)) for i, r in enumerate(pairs_eval)]
+    contam = contamination.contamination_report(train, eval_sets, ec.contamination_threshold)
+    timings["contamination"] = time.perf_counter() - t
+
+    # -- training logs and plots
+    t = time.perf_counter()
+    logs = {
+        "base": data.read_training_log(base_dir / "training_log.json", notes),
+        "sft": data.read_training_log(lora_dir / "training_log.json", notes),
+        "dpo": data.read_training_log(dpo_dir / "training_log.json", notes),
+    }
+    plot_paths = [
+        plots.loss_curves(logs, output_dir / "training_loss.png"),
+        plots.perplexity_bars({m: {d: v["perplexity"] for d, v in r["by_domain"].items()} for m, r in ppl.items()}, output_dir / "perplexity_by_domain.png"),
+        plots.dpo_rewards(logs["dpo"], output_dir / "dpo_rewards.png"),
+    ]
+    timings["plots"] = time.perf_counter() - t
+
+    metrics = {
+        "pipeline": cfg.name,
+        "models": list(loaded),
+        "eval_documents": {d: len(ds) for d, ds in docs.items()},
+        "perplexity": ppl,
+        "preference": pref,
+        "tasks": tasks,
+        "samples": sample_rows,
+        "contamination": contam,
+        "training": _training_summary(logs),
+        "serving_manifest": data.read_json_file(dpo_dir / "serving_manifest.json"),
+        "lineage": _lineage(cfg, inputs, domains),
+        "notes": notes.items,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    metrics = _clean(metrics)
+    stats = _clean(report.headline(metrics))
+    write_json(output_dir / "metrics.json", metrics)
+    md = report.render_markdown(metrics, [p.name for p in plot_paths])
+    (output_dir / "report.md").write_text(md, encoding="utf-8")
+    (output_dir / "report.html").write_text(report.render_html(metrics, plot_paths), encoding="utf-8")
+    # Plot paths are relative to the output folder: the runner renames this temp folder into place after we return.
+    return StageOutput(stats=stats, preview=md, metadata={"plots": [p.name for p in plot_paths]})

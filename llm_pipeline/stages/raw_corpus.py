@@ -1,0 +1,109 @@
+"""Stage `raw_corpus`: read one domain's sources into Parquet shards, quarantining what cannot be read.
+
+    llm-pipeline stage raw_corpus --domain legal     # or: run_stage(cfg, "raw_corpus", "legal")
+
+Output (``data/raw_corpus/<domain>/``): ``shard-*.parquet`` with ``id, domain, source, text, licence, language,
+format, bytes`` (raw text: HTML keeps its markup for the cleaning stage), and ``quarantine.jsonl`` with one
+``{source, reason, detail}`` object per unreadable input. This stage drops nothing that it can read, so
+``documents_in == documents_kept + quarantined``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.curation.readers import Quarantined, read_domain
+from llm_pipeline.io import DOC_COLUMNS, ShardWriter
+from llm_pipeline.stages import StageOutput
+
+# Raw documents are at most a few hundred KB each; 5,000 rows keep a shard to tens of MB and a reader's batch small.
+SHARD_ROWS = 5_000
+QUARANTINE_FILE = "quarantine.jsonl"
+PREVIEW_SAMPLES = 3
+PREVIEW_CHARS = 300
+
+SCHEMA = pa.schema([(name, pa.string()) for name in DOC_COLUMNS] + [("format", pa.string()), ("bytes", pa.int64())])
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    if domain is None:
+        raise ValueError("raw_corpus is partitioned by domain: give a domain")
+    kept = 0
+    bytes_kept = bytes_quarantined = 0
+    formats: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    samples: list[dict] = []
+    writer = ShardWriter(output_dir, max_rows=SHARD_ROWS, schema=SCHEMA)
+    with open(output_dir / QUARANTINE_FILE, "w", encoding="utf-8") as quarantine:
+        for item in read_domain(cfg, domain):
+            if isinstance(item, Quarantined):
+                quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+                reasons[item.reason] += 1
+                bytes_quarantined += item.nbytes
+                continue
+            writer.write({name: item[name] for name in SCHEMA.names})
+            kept += 1
+            bytes_kept += item["bytes"]
+            formats[item["format"]] += 1
+            _keep_sample(samples, item)
+    shards = writer.close()
+    if not shards:
+        # An empty domain still gets one (empty) shard, so readers downstream see the schema instead of nothing.
+        path = output_dir / "shard-00000.parquet"
+        pq.write_table(SCHEMA.empty_table(), path, compression="zstd")
+        shards = [path]
+
+    quarantined = sum(reasons.values())
+    stats = {
+        "documents_in": kept + quarantined,
+        "documents_kept": kept,
+        "dropped": {},
+        "quarantined": quarantined,
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "bytes_in": bytes_kept + bytes_quarantined,
+        "bytes_kept": bytes_kept,
+        "bytes_quarantined": bytes_quarantined,
+        "formats": dict(sorted(formats.items())),
+        "shards": len(shards),
+    }
+    assert stats["documents_in"] == kept + sum(stats["dropped"].values()) + quarantined
+    return StageOutput(stats=stats, preview=preview(domain, stats, samples))
+
+
+def _keep_sample(samples: list[dict], doc: dict) -> None:
+    """The first documents of distinct formats, so the preview shows the variety of what was read."""
+    if len(samples) < PREVIEW_SAMPLES and all(s["format"] != doc["format"] for s in samples):
+        samples.append({"source": doc["source"], "format": doc["format"], "text": doc["text"][:PREVIEW_CHARS]})
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#])")
+
+
+def md_escape(text: str) -> str:
+    """Plain text that renders as itself in markdown: one line, every markup character escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def preview(domain: str, stats: dict, samples: list[dict]) -> str:
+    rows = [
+        ("documents kept", stats["documents_kept"]),
+        ("quarantined", stats["quarantined"]),
+        ("bytes kept", stats["bytes_kept"]),
+        ("shards", stats["shards"]),
+    ]
+    rows += [(f"format {fmt}", n) for fmt, n in stats["formats"].items()]
+    rows += [(f"quarantine: {reason}", n) for reason, n in stats["quarantine_reasons"].items()]
+    lines = [f"### raw_corpus: {domain}", "", "| | count |", "|---|---:|"]
+    lines += [f"| {md_escape(label)} | {value:,} |" for label, value in rows]
+    if samples:
+        lines += ["", "**Samples** (first 300 characters)", ""]
+        for s in samples:
+            lines.append(f"- {md_escape(s['source'])} ({s['format']}): {md_escape(s['text'])}")
+    return "\n".join(lines) + "\n"

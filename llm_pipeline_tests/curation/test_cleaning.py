@@ -1,0 +1,119 @@
+"""Cleaning: extraction per format, unicode repair, URL removal, whitespace normalization."""
+
+import pytest
+
+from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.cleaning import (
+    clean_document,
+    extract_html,
+    normalize_whitespace,
+    remove_urls,
+    strip_markdown,
+    strip_rst,
+    strip_xml,
+)
+
+ARTICLE = " ".join(
+    f"The court held in paragraph {i} that the contract between the parties was valid and binding on both of them."
+    for i in range(12)
+)
+PAGE = f"""<html><head><title>Ruling</title><script>var tracking = 1;</script><style>p {{color: red}}</style></head>
+<body><nav><a href="/">Home</a> | <a href="/about">About us</a> | <a href="/login">Log in</a></nav>
+<article><h1>The ruling</h1><p>{ARTICLE}</p><p>{ARTICLE}</p></article>
+<footer>Copyright 2024. All rights reserved. Cookie settings.</footer></body></html>"""
+
+
+def test_trafilatura_keeps_the_article_and_drops_boilerplate():
+    text, extractor = extract_html(PAGE)
+    assert extractor == "trafilatura"
+    assert "contract between the parties" in text
+    assert "tracking" not in text and "color: red" not in text
+    assert "Log in" not in text
+
+
+def test_tiny_page_falls_back_to_selectolax():
+    text, extractor = extract_html("<div><span>Open 9 to 5 daily</span><script>x()</script></div>")
+    assert extractor == "selectolax"
+    assert text == "Open 9 to 5 daily"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("# Title\n\nSome **bold** and *italic* text.", "Title\n\nSome bold and italic text."),
+        ("See [the docs](https://example.com/docs) now.", "See the docs now."),
+        ("![a diagram](img.png)", "a diagram"),
+        ("> quoted line", "quoted line"),
+        ("Use `pip install x` here.", "Use pip install x here."),
+        ("```python\nprint(1)\n```", "\nprint(1)\n"),
+        ("Heading\n=======\nbody", "Heading\n\nbody"),
+    ],
+)
+def test_strip_markdown(raw, expected):
+    assert strip_markdown(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Title\n=====\n\nText.", "Title\n\n\nText."),
+        (".. note::\n\nA ``literal`` and **strong**.", "\n\nA literal and strong."),
+        ("See :ref:`the guide <guide>` and `Python <https://python.org>`_.", "See the guide and Python."),
+    ],
+)
+def test_strip_rst(raw, expected):
+    assert strip_rst(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected_words",
+    [
+        ('<?xml version="1.0"?><doc><title>Act</title><p>Section &amp; clause</p></doc>', ["Act", "Section & clause"]),
+        ("<a><!-- hidden --><b><![CDATA[raw <text>]]></b></a>", ["raw <text>"]),
+    ],
+)
+def test_strip_xml(raw, expected_words):
+    lines = [line for line in normalize_whitespace(strip_xml(raw)).split("\n") if line]
+    assert lines == expected_words
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("visit https://example.com/a?b=1 today", "visit  today"),
+        ("see www.example.org.", "see "),
+        ("no links here", "no links here"),
+    ],
+)
+def test_remove_urls(raw, expected):
+    assert remove_urls(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("a  b\t\tc", "a b c"),
+        ("  line one  \r\n\r\n\r\n\r\nline two ", "line one\n\nline two"),
+        ("x\u00a0\u00a0y", "x y"),
+    ],
+)
+def test_normalize_whitespace(raw, expected):
+    assert normalize_whitespace(raw) == expected
+
+
+def test_clean_document_repairs_mojibake_and_reports_extractor():
+    cfg = CleanedCorpusConfig()
+    text, extractor = clean_document("The caf\u00c3\u00a9 opened   at https://cafe.example.com today.", "txt", cfg)
+    assert text == "The café opened at today."
+    assert extractor == "plain"
+
+
+def test_clean_document_switches_off():
+    cfg = CleanedCorpusConfig(remove_urls=False, fix_unicode=False)
+    text, _ = clean_document("caf\u00c3\u00a9 https://x.org", "txt", cfg)
+    assert text == "caf\u00c3\u00a9 https://x.org"
+
+
+def test_clean_document_rejects_non_text():
+    with pytest.raises(TypeError, match="not a string"):
+        clean_document(None, "txt", CleanedCorpusConfig())

@@ -1,0 +1,121 @@
+"""Dedup primitives: normalized exact hashes, vectorized MinHash, LSH banding and clustering."""
+
+import random
+
+import numpy as np
+import pytest
+
+from llm_pipeline.curation.dedup import (
+    MinHasher,
+    UnionFind,
+    band_keys,
+    candidate_pairs,
+    exact_hash,
+    jaccard_estimate,
+    match_against,
+    near_duplicate_clusters,
+    normalize_text,
+)
+
+rng = random.Random(7)
+VOCAB = [f"w{i}" for i in range(2_000)]
+
+
+def random_doc(n_words: int = 200) -> str:
+    return " ".join(rng.choice(VOCAB) for _ in range(n_words))
+
+
+def edit(text: str, n_changes: int, seed: int) -> str:
+    r = random.Random(seed)
+    words = text.split()
+    for _ in range(n_changes):
+        words[r.randrange(len(words))] = "changed"
+    return " ".join(words)
+
+
+def true_jaccard(a: str, b: str, n: int) -> float:
+    def grams(t):
+        w = t.lower().split()
+        return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+    ga, gb = grams(a), grams(b)
+    return len(ga & gb) / len(ga | gb)
+
+
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        ("Hello, World!", "hello world", True),
+        ("The  cat\nsat.", "the cat sat", True),
+        ("“Quoted” — text…", "quoted text", True),
+        ("the cat sat", "the cat sat down", False),
+    ],
+)
+def test_exact_hash_ignores_case_punctuation_spacing(a, b, same):
+    assert (exact_hash(a) == exact_hash(b)) is same
+    assert (normalize_text(a) == normalize_text(b)) is same
+
+
+def test_signature_shape_dtype_and_determinism():
+    h = MinHasher(num_perm=64, ngram=3, seed=1)
+    sigs = h.signatures([random_doc(), random_doc(), ""])
+    assert sigs.shape == (3, 64) and sigs.dtype == np.uint32
+    text = "the same text hashed by two hashers built with the same seed"
+    assert np.array_equal(MinHasher(64, 3, 1).signatures([text]), h.signatures([text]))
+    assert not np.array_equal(MinHasher(64, 3, 2).signatures([text]), h.signatures([text]))
+    assert h.signatures([]).shape == (0, 64)
+
+
+@pytest.mark.parametrize("n_changes", [0, 5, 20, 60])
+def test_minhash_estimates_jaccard(n_changes):
+    h = MinHasher(num_perm=256, ngram=3, seed=3)
+    a = random_doc(300)
+    b = edit(a, n_changes, seed=n_changes)
+    sigs = h.signatures([a, b])
+    assert abs(jaccard_estimate(sigs[0], sigs[1]) - true_jaccard(a, b, 3)) < 0.1
+
+
+def test_short_documents_are_one_shingle():
+    h = MinHasher(num_perm=32, ngram=5, seed=0)
+    sigs = h.signatures(["two words", "two words", "other words"])
+    assert jaccard_estimate(sigs[0], sigs[1]) == 1.0
+    assert jaccard_estimate(sigs[0], sigs[2]) < 0.5
+
+
+def test_band_keys_match_only_on_equal_bands():
+    sigs = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [5, 6, 3, 4]], dtype=np.uint32)
+    keys = band_keys(sigs, bands=2, rows=2)
+    assert keys.shape == (3, 2)
+    assert keys[0, 0] == keys[1, 0] and keys[0, 1] != keys[1, 1]
+    assert keys[0, 1] == keys[2, 1] and keys[0, 0] != keys[2, 0]
+    assert candidate_pairs(keys) == {(0, 1), (0, 2)}
+
+
+def test_clusters_find_near_duplicates_and_keep_distinct_documents():
+    h = MinHasher(num_perm=128, ngram=5, seed=11)
+    base = [random_doc(250) for _ in range(20)]
+    docs = base + [edit(base[0], 3, 1), edit(base[0], 4, 2), edit(base[5], 2, 3)]
+    sigs = h.signatures(docs)
+    uf = near_duplicate_clusters(sigs, band_keys(sigs, 16, 8), threshold=0.7)
+    roots = [uf.find(i) for i in range(len(docs))]
+    assert roots[20] == roots[21] == roots[0] == 0
+    assert roots[22] == 5
+    assert len(set(roots[:20])) == 20  # unrelated documents stay apart
+
+
+def test_match_against_another_index():
+    h = MinHasher(num_perm=128, ngram=5, seed=11)
+    indexed = [random_doc(200) for _ in range(10)]
+    queries = [edit(indexed[3], 2, 9), random_doc(200)]
+    s_idx, s_q = h.signatures(indexed), h.signatures(queries)
+    found = match_against(s_q, band_keys(s_q, 16, 8), s_idx, band_keys(s_idx, 16, 8), threshold=0.7)
+    assert found == {0: [3]}
+
+
+def test_union_find_root_is_smallest():
+    uf = UnionFind(5)
+    uf.union(4, 2)
+    uf.union(2, 3)
+    uf.union(3, 1)
+    assert {uf.find(i) for i in (1, 2, 3, 4)} == {1}
+    assert uf.find(0) == 0

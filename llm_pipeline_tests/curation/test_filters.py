@@ -1,0 +1,151 @@
+"""Quality filters: each rule as a table of (document, expected verdict)."""
+
+import pytest
+
+from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.filters import (
+    BlockedWords,
+    C4Lines,
+    Doc,
+    GopherQuality,
+    GopherRepetition,
+    LanguageId,
+    WordCount,
+    build_filters,
+    first_failure,
+)
+
+PROSE = (
+    "The agreement sets out the duties of the tenant and the landlord.\n"
+    "Rent is due on the first day of each month and is paid to the landlord by bank transfer.\n"
+    "Either party may end the lease with two months of written notice to the other party.\n"
+    "Repairs to the structure of the building remain the responsibility of the landlord."
+)
+
+SENTENCE = (
+    "Judges review every appeal carefully before deciding whether lower courts applied statutes correctly under "
+    "existing precedent rules today."
+)
+
+
+def verdict(f, text):
+    out = f.filter(Doc(text))
+    return out if out is True else out[1]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("one two three", "too_few_words"),
+        ("one two three four five", True),
+        ("word " * 11, "too_many_words"),
+        ("   ", "too_few_words"),
+    ],
+)
+def test_word_count(text, expected):
+    assert verdict(WordCount(min_words=4, max_words=10), text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (PROSE, True),
+        ("\n\n".join(["Click here to subscribe to our newsletter today."] * 5 + [PROSE]), "dup_para_frac"),
+        ("\n".join(["Home", "About", "Home", "About", "Home", PROSE]), "dup_line_frac"),
+        ("\n\n".join([PROSE, PROSE] + [f"Short note {n}." for n in ("one", "two", "three", "four")]), "dup_para_char_frac"),
+        (PROSE + " " + "the tenant the tenant the tenant the tenant the tenant the tenant the tenant", "top_2_gram"),
+        (PROSE + " " + SENTENCE + " " + SENTENCE, "duplicated_5_n_grams"),
+    ],
+)
+def test_gopher_repetition(text, expected):
+    assert verdict(GopherRepetition(), text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (PROSE, True),
+        ("a b c d e f g h i j k l m n o p the and of to", "gopher_mean_word_length"),
+        ("internationalization telecommunications the and" + " incomprehensibilities" * 10, "gopher_mean_word_length"),
+        (PROSE + " #tag #law #rent #lease #home #flat #city #news #deal #money" * 3, "gopher_symbol_word_ratio"),
+        ("\n".join(f"- item number {i} of the list and more" for i in range(10)), "gopher_bullet_lines"),
+        ("\n".join([f"The story of the day continues {i}..." for i in range(5)] + [PROSE]), "gopher_ellipsis_lines"),
+        ("2024 1999 3000 4500 1234 5678 9012 3456 7890 1111 the and of rent", "gopher_alpha_words"),
+        ("Since upgrading to 4.9.1, the server at 198.51.100.214 fails with a timeout and the logs show it.", True),
+        ("| name | type | the description |\n|---|---|---|\n| `dry_run` | `bool` | check but change nothing, with care |", True),
+        ("Lorem cats sing loudly while dogs dance quickly around gardens nightly", "gopher_stop_words"),
+    ],
+)
+def test_gopher_quality(text, expected):
+    assert verdict(GopherQuality(), text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, kwargs, expected_text, expected_reason",
+    [
+        (PROSE, {}, PROSE, None),
+        ("Lorem ipsum dolor sit amet.", {}, "Lorem ipsum dolor sit amet.", "lorem_ipsum"),
+        ("Real text here.\nPlease enable JavaScript to view.\nMore text.", {}, "Real text here.\nMore text.", None),
+        ("Body text.\nRead our Privacy Policy.", {}, "Body text.", None),
+        ("Please enable javascript.", {}, "", "c4_no_lines_left"),
+        ("A heading\nA sentence.", {"terminal_punct": True}, "A sentence.", None),
+        ("int f() { return 1; }", {}, "int f() { return 1; }", None),
+        ("int f() { return 1; }", {"curly_braces": True}, "int f() { return 1; }", "curly_bracket"),
+    ],
+)
+def test_c4_lines(text, kwargs, expected_text, expected_reason):
+    new_text, reason = C4Lines(**kwargs).apply(text)
+    assert reason == expected_reason
+    if reason is None or reason == "c4_no_lines_left":
+        assert new_text == expected_text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("This is a clean sentence.", True), ("This has BadWord inside.", "blocked_word"), ("badwords is different", True)],
+)
+def test_blocked_words(text, expected):
+    assert verdict(BlockedWords(["badword"]), text) == expected
+
+
+def test_build_filters_follows_switches():
+    off = CleanedCorpusConfig(gopher_quality=False, gopher_repetition=False, language_id=False)
+    assert [f.name for f in build_filters(off)] == ["word_count"]
+    names = [f.name for f in build_filters(CleanedCorpusConfig(blocked_words=["x"]), ["en"])]
+    assert names == ["word_count", "language_id", "blocked_words", "gopher_repetition", "gopher_quality"]
+
+
+FRENCH = "Le locataire paie le loyer le premier jour de chaque mois par virement bancaire au propriétaire."
+
+
+@pytest.mark.parametrize(
+    "text, allowed, expected, language",
+    [
+        (PROSE, ["en"], True, "en"),
+        (FRENCH, ["en"], "language_not_allowed", "fr"),
+        (FRENCH, ["en", "fr"], True, "fr"),
+    ],
+)
+def test_language_id_filter_records_the_language(text, allowed, expected, language):
+    doc = Doc(text)
+    out = LanguageId(allowed, min_score=0.5).filter(doc)
+    assert (out if out is True else out[1]) == expected
+    assert doc.language == language
+
+
+def test_stop_word_rule_skips_short_texts():
+    faq = "Can I drink alcohol while taking amoxicillin? Small amounts are usually fine, but ask your pharmacist."
+    assert GopherQuality(stop_words_min_words=50).filter(Doc(faq)) is True
+    assert verdict(GopherQuality(stop_words_min_words=0), faq) == "gopher_stop_words"
+
+
+def test_stop_word_rule_applies_to_english_only():
+    assert verdict(GopherQuality(), FRENCH) == "gopher_stop_words"  # language unknown: treated as English
+    doc = Doc(FRENCH, language="fr")
+    assert GopherQuality().filter(doc) is True
+
+
+def test_first_failure_names_the_first_rule():
+    filters = build_filters(CleanedCorpusConfig(min_words=8))
+    assert first_failure(Doc(PROSE), filters) is None
+    assert first_failure(Doc("too short"), filters) == "too_few_words"

@@ -1,0 +1,105 @@
+"""`dagster dev` on a free loopback port shows the eight assets, and a materialization launched the way the UI
+launches one (GraphQL launchRun) succeeds. The server's whole process group is stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from llm_pipeline.stages import ORDER
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        out = json.loads(resp.read())
+    assert "errors" not in out, out
+    return out["data"]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path, fast_config):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LLM_PIPELINE_CONFIG": str(fast_config),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = open(tmp_path / "dagster_dev.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                data = gql(port, "{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name location { name } } } } }")
+                if data["repositoriesOrError"].get("nodes"):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+            time.sleep(2)
+        else:
+            pytest.fail("dagster dev did not come up:\n" + (tmp_path / "dagster_dev.log").read_text()[-3000:])
+        yield port, data["repositoriesOrError"]["nodes"][0]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_dagster_dev_shows_graph_and_materializes(dagster_dev, fast_config):
+    port, repo = dagster_dev
+    nodes = gql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } isPartitioned isObservable } }")["assetNodes"]
+    keys = {n["assetKey"]["path"][0] for n in nodes if not n["isObservable"]}
+    assert keys == set(ORDER)
+    parts = {n["assetKey"]["path"][0]: n["isPartitioned"] for n in nodes}
+    assert parts["raw_corpus"] and not parts["eval_report"]
+
+    launched = gql(port, """
+      mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""", {"p": {
+        "selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+                     "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_corpus"]}]},
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "legal"}]},
+    }})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.time() + 240
+    status = None
+    while time.time() < deadline:
+        status = gql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS"
+    from llm_pipeline.config import load_config
+
+    cfg = load_config(fast_config)
+    assert (cfg.data_path / "raw_corpus/legal/_manifest.json").exists()

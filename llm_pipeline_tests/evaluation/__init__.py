@@ -1,0 +1,1 @@
+"""Tests of the held-out evaluation library (llm_pipeline.evaluation)."""

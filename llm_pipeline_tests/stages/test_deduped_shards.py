@@ -1,0 +1,156 @@
+"""Stage deduped_shards through the runner: exact and near duplicates, determinism, the cross-domain index."""
+
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+import xxhash
+import yaml
+
+from llm_pipeline.config import load_config
+from llm_pipeline.io import MANIFEST, ShardWriter, iter_records
+from llm_pipeline.runner import run_stage
+from llm_pipeline.splits import split_of
+from llm_pipeline.stages.deduped_shards import index_path, read_index
+
+rng = random.Random(5)
+VOCAB = [f"term{i}" for i in range(3_000)]
+
+
+def doc(n=120):
+    return " ".join(rng.choice(VOCAB) for _ in range(n)) + "."
+
+
+def edit(text, n, seed):
+    r = random.Random(seed)
+    words = text.split()
+    for _ in range(n):
+        words[r.randrange(len(words))] = "edited"
+    return " ".join(words)
+
+
+BASE = [doc() for _ in range(12)]
+# legal: 12 distinct documents + an exact copy (case/punctuation changed) + two near copies of BASE[0] and BASE[1]
+LEGAL = BASE + [BASE[2].upper().replace(".", "!"), edit(BASE[0], 2, 1), edit(BASE[1], 3, 2)]
+SHARED = doc()
+MEDICINE_OWN = [doc() for _ in range(5)]
+
+
+def ident(text):
+    return xxhash.xxh3_128_hexdigest(text.encode())
+
+
+def write_cleaned(data_dir, domain, texts, shuffle_seed=None):
+    texts = list(texts)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(texts)
+    folder = data_dir / "cleaned_corpus" / domain
+    with ShardWriter(folder, max_rows=4) as w:
+        for i, t in enumerate(texts):
+            w.write({"id": ident(t), "domain": domain, "source": f"{domain}/{i}.txt", "text": t, "licence": "CC0",
+                     "language": "en", "format": "txt", "n_words": len(t.split()), "pii_counts": "{}",
+                     "extractor": "plain"})
+    (folder / MANIFEST).write_text(json.dumps({"stage": "cleaned_corpus"}))
+
+
+def make_cfg(tmp_path, **dedup):
+    conf = {
+        "data_dir": str(tmp_path / "data"),
+        "eval_fraction": 0.3,
+        "domains": {d: {"sources": [{"path": "unused"}]} for d in ("legal", "medicine")},
+        "deduped_shards": {"ngram": 5, "num_perm": 128, "bands": 16, "rows": 8, "threshold": 0.7, "shard_rows": 5, **dedup},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return load_config(path, root=tmp_path)
+
+
+def kept_ids(result):
+    return sorted(r["id"] for r in iter_records(result.output_dir))
+
+
+def dropped(result):
+    return {d["id"]: d for d in map(json.loads, (result.output_dir / "dropped.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    c = make_cfg(tmp_path, scope="domain")
+    write_cleaned(c.data_path, "legal", LEGAL)
+    return c
+
+
+def test_exact_and_near_duplicates_dropped_distinct_kept(cfg):
+    result = run_stage(cfg, "deduped_shards", "legal")
+    s = result.stats
+    assert s["documents_in"] == 15 and s["documents_kept"] == 12
+    assert s["dropped"] == {"exact_duplicate": 1, "near_duplicate": 2}
+    assert s["documents_in"] == s["documents_kept"] + sum(s["dropped"].values()) + s["quarantined"]
+    assert s["clusters"] == 3
+    kept = set(kept_ids(result))
+    assert kept == {min(ident(a), ident(b)) for a, b in [(BASE[0], LEGAL[13]), (BASE[1], LEGAL[14]), (BASE[2], LEGAL[12])]} | {
+        ident(t) for t in BASE[3:]
+    }
+    for d in dropped(result).values():
+        assert d["kept_id"] in kept and d["kept_domain"] == "legal"
+    assert "Example `near_duplicate`" in result.preview
+
+
+def test_split_column_and_bounded_shards(cfg):
+    result = run_stage(cfg, "deduped_shards", "legal")
+    rows = list(iter_records(result.output_dir))
+    assert all(r["split"] == split_of(r["id"], 0.3) for r in rows)
+    assert result.stats["train_documents"] + result.stats["eval_documents"] == len(rows)
+    assert all(pq.read_metadata(p).num_rows <= 5 for p in result.output_dir.glob("*.parquet"))
+    assert "split" in pq.read_schema(next(result.output_dir.glob("*.parquet"))).names
+
+
+def test_kept_set_does_not_depend_on_input_order(tmp_path):
+    results = []
+    for seed in (1, 2, 3):
+        c = make_cfg(tmp_path / f"run{seed}", scope="domain")
+        write_cleaned(c.data_path, "legal", LEGAL, shuffle_seed=seed)
+        results.append(run_stage(c, "deduped_shards", "legal"))
+    assert kept_ids(results[0]) == kept_ids(results[1]) == kept_ids(results[2])
+    assert dropped(results[0]).keys() == dropped(results[1]).keys()
+
+
+def test_cross_domain_rule_with_persisted_index(tmp_path):
+    c = make_cfg(tmp_path, scope="global")
+    near_shared = edit(SHARED, 2, 7)
+    write_cleaned(c.data_path, "legal", BASE[:6] + [SHARED])
+    write_cleaned(c.data_path, "medicine", MEDICINE_OWN + [near_shared, BASE[3]])
+
+    # medicine (later in config order) first: legal is not indexed yet, so nothing is dropped and the stats say so.
+    early = run_stage(c, "deduped_shards", "medicine")
+    assert early.stats["dropped"] == {} and early.stats["index_domains_missing"] == 1
+
+    legal = run_stage(c, "deduped_shards", "legal")  # earlier domain: never loses documents to a later one
+    assert legal.stats["dropped"] == {} and legal.stats["documents_kept"] == 7
+    assert index_path(c, "legal").exists() and index_path(c, "medicine").exists()
+
+    medicine = run_stage(c, "deduped_shards", "medicine")
+    assert medicine.stats["dropped"] == {"exact_duplicate_cross_domain": 1, "near_duplicate_cross_domain": 1}
+    assert medicine.stats["index_domains_used"] == 1 and medicine.stats["documents_kept"] == 5
+    drops = dropped(medicine)
+    assert drops[ident(near_shared)]["kept_id"] == ident(SHARED)
+    assert drops[ident(near_shared)]["kept_domain"] == "legal"
+    assert drops[ident(BASE[3])]["reason"] == "exact_duplicate_cross_domain"
+
+    # Re-running replaces medicine's own index entries and never matches a domain against itself.
+    again = run_stage(c, "deduped_shards", "medicine")
+    assert again.stats == medicine.stats
+    assert len(read_index(c, "medicine")["ids"]) == 7  # its within-domain survivors
+    assert run_stage(c, "deduped_shards", "legal").stats["dropped"] == {}
+
+
+def test_changed_minhash_parameters_ignore_a_stale_index(tmp_path):
+    c = make_cfg(tmp_path, scope="global")
+    write_cleaned(c.data_path, "legal", [SHARED])
+    write_cleaned(c.data_path, "medicine", [SHARED])
+    run_stage(c, "deduped_shards", "legal")
+    c2 = make_cfg(tmp_path, scope="global", num_perm=64, bands=8, rows=8)
+    assert read_index(c2, "legal") is None
+    assert run_stage(c2, "deduped_shards", "medicine").stats["index_domains_missing"] == 1
