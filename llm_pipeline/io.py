@@ -47,12 +47,39 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def clean_stale_temps(parent: Path) -> None:
-    """Remove temp folders left by a crashed run (they never count as outputs)."""
-    if parent.is_dir():
-        for p in parent.iterdir():
-            if p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def clean_stale_temps(parent: Path, name: str | None = None) -> None:
+    """Remove temp folders left by a crashed run (they never count as outputs).
+
+    With `name`, only the temps of that one output (``.tmp-<name>-<hex>``): the folder beside it may be another
+    domain's output, being written right now by another process, whose temp folder must not vanish under it."""
+    if not parent.is_dir():
+        return
+    if name is None:
+        prefixes: tuple[str, ...] = (".tmp-", ".old-")
+    else:
+        prefixes = (f".tmp-{name}-", f".old-{name}-")
+    for p in parent.iterdir():
+        if p.name.startswith(prefixes) and (name is None or len(p.name) == len(prefixes[0]) + 8):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(lock_dir: Path, key: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on one output while it is rebuilt.
+
+    A second run of the same output (two Dagster runs, a `dvc repro` beside a sensor-triggered run) waits instead of
+    deleting the first one's temp folder; the kernel releases the lock when its holder dies, even by SIGKILL, so a
+    crashed run never leaves a lock behind."""
+    import fcntl  # POSIX only, like the rest of the atomic-rename scheme
+
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -14,8 +14,12 @@ from typing import Any
 
 from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, read_json, write_json
+from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, read_json, write_json
+from llm_pipeline.security import check_data_dir
 from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
+
+
+LOCK_DIR = ".locks"  # under data_dir, beside (never inside) the outputs that DVC and Dagster hash
 
 
 class StageInputError(RuntimeError):
@@ -101,28 +105,31 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
     elif domain is not None:
         raise ValueError(f"stage {name!r} is not partitioned: it reads every domain; drop the domain")
 
+    check_data_dir(cfg)  # before anything is written: a config must not point the outputs outside its roots
     inputs = stage_inputs(cfg, name, domain)
     final = output_dir(cfg.data_path, name, domain)
-    clean_stale_temps(final.parent)
     fn = stage_function(name)
     started = time.perf_counter()
-    with atomic_dir(final) as tmp:
-        out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
-        write_json(tmp / STATS, out.stats)
-        # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
-        # so an uninterrupted run and a resumed one produce byte-identical folders.
-        write_json(
-            tmp / MANIFEST,
-            {
-                "stage": name,
-                "domain": domain,
-                "config": str(cfg.config_path.name if cfg.config_path else None),
-                "config_fingerprint": cfg.fingerprint(),
-                "code_version": code_version_for_manifest(),
-                "seed": cfg.seed,
-                "inputs": _input_hashes(cfg, name, inputs, domain),
-            },
-        )
+    # One run per output at a time; inside the lock, any temp folder of this output is a dead run's leftover.
+    with output_lock(cfg.data_path / LOCK_DIR, f"{name}-{domain}" if domain else name):
+        clean_stale_temps(final.parent, final.name)
+        with atomic_dir(final) as tmp:
+            out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
+            write_json(tmp / STATS, out.stats)
+            # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
+            # so an uninterrupted run and a resumed one produce byte-identical folders.
+            write_json(
+                tmp / MANIFEST,
+                {
+                    "stage": name,
+                    "domain": domain,
+                    "config": str(cfg.config_path.name if cfg.config_path else None),
+                    "config_fingerprint": cfg.fingerprint(),
+                    "code_version": code_version_for_manifest(),
+                    "seed": cfg.seed,
+                    "inputs": _input_hashes(cfg, name, inputs, domain),
+                },
+            )
     seconds = time.perf_counter() - started
     # A copy of the stats outside the output folder: DVC tracks it as the stage's metrics file (`dvc metrics show`).
     metrics = cfg.data_path / "metrics"

@@ -61,6 +61,7 @@ def write_fast_config(tmp_path: Path, domains: list[str] | None = None, **sectio
     data["dpo_model"].update(max_steps=6)
     for key, value in section_overrides.items():
         data.setdefault(key, {}).update(value)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "fast.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -71,6 +72,6 @@ def fast_config(tmp_path) -> Path:
     return write_fast_config(tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_fast_config():
     return write_fast_config

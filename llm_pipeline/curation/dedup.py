@@ -2,8 +2,9 @@
 
 Exact duplicates share the xxh3 hash of their normalized text (lowercased, punctuation and whitespace runs folded).
 Near duplicates are found with MinHash over word n-gram shingles: each document's shingles are hashed once
-(numpy, 32-bit), then all ``num_perm`` universal hash functions ``(a * h + b) mod p`` are applied as one matrix
-operation and reduced with a min over the shingle axis. LSH splits a signature into ``bands`` of ``rows`` values;
+(curation.shingles, vectorized over the batch), then all ``num_perm`` permutations ``(a * h + b) mod 2^32`` are
+applied to a whole batch's shingles as one uint32 matrix operation and reduced with a min per document
+(``np.minimum.reduceat``). LSH splits a signature into ``bands`` of ``rows`` values;
 documents sharing any band key become candidates, and a candidate pair is a duplicate only if its estimated
 Jaccard similarity (the share of equal signature values) reaches the threshold. Clusters are the connected
 components of verified pairs; the smallest id in a cluster is its representative, so the kept set does not depend
@@ -22,11 +23,14 @@ import string
 import numpy as np
 import xxhash
 
-MERSENNE_61 = np.uint64((1 << 61) - 1)
+from llm_pipeline.curation.shingles import ShingleHasher
+
+# Bumped whenever signatures for the same text and parameters change, so persisted indexes from before are not mixed in.
+SIGNATURE_SCHEME = 3
 MAX_HASH_32 = np.uint64(0xFFFFFFFF)
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»–—…]+")
-_WORD = re.compile(r"\w+")
-_SHINGLE_BLOCK = 4096  # shingles per matrix block: bounds memory at num_perm x 4096 x 8 bytes (4 MB at 128)
+# Shingles per matrix block: num_perm x 4096 x 4 bytes (2 MB at 128) stays in cache; larger blocks ran slower.
+_SHINGLE_BLOCK = 4096
 
 
 def normalize_text(text: str) -> str:
@@ -42,44 +46,59 @@ class MinHasher:
     def __init__(self, num_perm: int, ngram: int, seed: int):
         self.num_perm, self.ngram, self.seed = num_perm, ngram, seed
         rng = np.random.default_rng(seed)
-        # a in [1, 2^32), b in [0, 2^32): with 32-bit shingle hashes a*h + b stays below 2^64, so uint64 arithmetic
-        # is exact before the mod-p reduction.
-        self.a = rng.integers(1, 1 << 32, size=(num_perm, 1), dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64)
-        # Odd multipliers that fold n word hashes into one shingle hash.
-        self._mix = rng.integers(1, 1 << 63, size=ngram, dtype=np.uint64) | np.uint64(1)
+        # (a * h + b) mod 2^32 with odd a is a permutation of the 32-bit values. The shingle hashes it permutes are
+        # already well mixed (curation.shingles), so this cheap family estimates Jaccard as well as the mod-prime one
+        # (tests/test_dedup.py and benchmarks/dedup_bench.py check it), at half the memory traffic of 64-bit math.
+        self.a = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64).astype(np.uint32)
+        self.shingler = ShingleHasher(ngram, seed)
 
     def shingle_hashes(self, text: str) -> np.ndarray:
         """Unique 32-bit hashes of the text's word n-grams (the whole text is one shingle if it is shorter)."""
-        words = _WORD.findall(text.lower())
-        if not words:
-            return np.zeros(0, dtype=np.uint64)
-        # One hash per distinct word (a Python call per vocabulary item, not per shingle), then numpy combines them.
-        vocab, inverse = np.unique(np.array(words, dtype=object), return_inverse=True)
-        word_h = np.fromiter((xxhash.xxh64_intdigest(w.encode("utf-8"), self.seed) for w in vocab), dtype=np.uint64, count=len(vocab))
-        seq = word_h[inverse]
-        n = min(self.ngram, len(seq))
-        width = len(seq) - n + 1
-        with np.errstate(over="ignore"):  # uint64 wrap-around is the intended mixing
-            h = np.zeros(width, dtype=np.uint64)
-            for k in range(n):
-                h = (h ^ seq[k : k + width]) * self._mix[k]
-            h ^= h >> np.uint64(29)
-        return np.unique(h & MAX_HASH_32)
+        return np.unique(self.shingler.hash_batch([text])[0])
 
     def signature(self, text: str) -> np.ndarray:
-        hashes = self.shingle_hashes(text)
-        sig = np.full(self.num_perm, MAX_HASH_32, dtype=np.uint64)
-        for start in range(0, len(hashes), _SHINGLE_BLOCK):
-            block = hashes[start : start + _SHINGLE_BLOCK][None, :]
-            permuted = ((self.a * block + self.b) % MERSENNE_61) & MAX_HASH_32
-            np.minimum(sig, permuted.min(axis=1), out=sig)
-        return sig.astype(np.uint32)
+        return self.signatures([text])[0]
 
     def signatures(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.num_perm), dtype=np.uint32)
-        return np.stack([self.signature(t) for t in texts])
+        """(len(texts), num_perm) uint32 MinHash signatures; a text with no words gets the all-max signature.
+
+        The whole batch is one computation: the shingle hashes of every document (curation.shingles) are permuted
+        in blocks of columns and reduced per document with ``np.minimum.reduceat``. Repeated shingles need no
+        ``unique``: they cannot change a minimum."""
+        sigs = np.full((len(texts), self.num_perm), MAX_HASH_32, dtype=np.uint32)
+        hashes, owner = self.shingler.hash_batch(texts)
+        if len(hashes):
+            lengths = np.bincount(owner, minlength=len(texts))
+            owners = np.flatnonzero(lengths)
+            self._min_per_document(hashes.astype(np.uint32), lengths[owners], owners, sigs)
+        return sigs
+
+    def _permuted(self, block: np.ndarray) -> np.ndarray:
+        """(num_perm, len(block)) uint32 values (a * h + b) mod 2^32, computed in place in one buffer."""
+        with np.errstate(over="ignore"):  # the mod 2^32 is uint32 wrap-around
+            x = self.a * block[None, :]
+            x += self.b
+        return x
+
+    def _min_per_document(self, hashes: np.ndarray, lengths: np.ndarray, owners: np.ndarray, out: np.ndarray) -> None:
+        """out[owner] = per-permutation min over that document's shingles, a bounded block of columns at a time."""
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        # Documents are grouped by the block their first shingle falls in: one pass, no search per block. A group
+        # can run past the block by one document's length; a long document gets a group of its own below.
+        group = starts // _SHINGLE_BLOCK
+        bounds = np.flatnonzero(np.diff(group, prepend=-1, append=group[-1] + 1 if len(group) else 0))
+        for doc, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            lo, hi = int(starts[doc]), int(ends[last - 1])
+            if hi - lo > 2 * _SHINGLE_BLOCK:  # long documents: each alone, min over column chunks
+                for d in range(doc, last):
+                    row = out[owners[d]]
+                    for a in range(int(starts[d]), int(ends[d]), _SHINGLE_BLOCK):
+                        np.minimum(row, self._permuted(hashes[a : min(int(ends[d]), a + _SHINGLE_BLOCK)]).min(axis=1), out=row)
+            else:
+                mins = np.minimum.reduceat(self._permuted(hashes[lo:hi]), starts[doc:last] - lo, axis=1)
+                out[owners[doc:last]] = np.minimum(out[owners[doc:last]], mins.T)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

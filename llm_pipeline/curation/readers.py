@@ -6,7 +6,9 @@
 
 Local sources are walked lazily (one file open at a time, records streamed where the format allows), in sorted
 order so ids and shards come out the same on every run. Nothing bad is fatal and nothing is dropped silently: a
-missing path, a broken symlink, an undecodable file, a malformed row all become `Quarantined` items.
+missing path, a broken symlink, an undecodable file, a malformed row all become `Quarantined` items. Memory stays
+bounded: a document over the source's `max_document_bytes` is quarantined (`document_too_large`) without being read
+whole, and no path outside the config's allowed roots is read (`path_outside_root`, see llm_pipeline.security).
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ import xxhash
 
 from llm_pipeline.config import DomainConfig, PipelineConfig, SourceConfig
 from llm_pipeline.curation.formats import (
-    PARSERS, RECORD_FORMATS, WHOLE_FILE_FORMATS, Bad, Text, field_text, parse_parquet,
+    PARSERS, RECORD_FORMATS, WHOLE_FILE_FORMATS, Bad, Text, field_text, parse_parquet, too_large,
 )
+from llm_pipeline.security import OUTSIDE_ROOT, PathOutsideRoot, allowed_roots, is_inside, looks_like_path, outside_detail
+
+# SourceConfig's default, for callers that read a single file without a config.
+DEFAULT_MAX_BYTES = SourceConfig.model_fields["max_document_bytes"].default
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,15 @@ def doc_id(text: str) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
-def document(text: str, *, domain: str, source: str, licence: str, fmt: str) -> dict[str, Any] | Quarantined:
+def document(text: str, *, domain: str, source: str, licence: str, fmt: str,
+             max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any] | Quarantined:
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a "\ud800" escape in JSON
         return Quarantined(source, "decode_error", f"text is not encodable as UTF-8: {exc.reason}")
+    if len(data) > max_bytes:  # a Parquet cell or a dataset row arrives whole; everything after this stays small
+        bad = too_large("", len(data), max_bytes)
+        return Quarantined(source, bad.reason, bad.detail, len(data))
     return {"id": doc_id(text), "domain": domain, "source": source, "text": text,
             "licence": licence, "language": "", "format": fmt, "bytes": len(data)}
 
@@ -68,7 +78,7 @@ def read_source(cfg: PipelineConfig, domain: str, src: SourceConfig, licence: st
     for item in items:
         if not isinstance(item, Quarantined):
             source, fmt, text = item
-            item = document(text, domain=domain, source=source, licence=licence, fmt=fmt)
+            item = document(text, domain=domain, source=source, licence=licence, fmt=fmt, max_bytes=src.max_document_bytes)
             if not isinstance(item, Quarantined):
                 kept += 1
         yield item
@@ -112,8 +122,9 @@ def shown_path(cfg: PipelineConfig, path: Path) -> str:
         return path.as_posix()
 
 
-def iter_files(root: Path, pattern: str, shown: str) -> Iterator[Path | Quarantined]:
-    """Regular files under `root` matching `pattern`, sorted, following symlinks but never around a loop."""
+def iter_files(root: Path, pattern: str, shown: str, roots: list[Path] | None = None) -> Iterator[Path | Quarantined]:
+    """Regular files under `root` matching `pattern`, sorted, following symlinks but never around a loop, and
+    (when `roots` is given) never to a folder or file that resolves outside those roots."""
     regex = glob_regex(pattern)
     walk_errors: list[OSError] = []
     seen: set[str] = set()
@@ -131,6 +142,10 @@ def iter_files(root: Path, pattern: str, shown: str) -> Iterator[Path | Quaranti
                               f"links to {real}, which is already being read")
             continue
         seen.add(real)
+        if roots is not None and not is_inside(real, roots):  # a folder link out of the corpus: not one file of it
+            dirnames.clear()
+            yield Quarantined(_rel(shown, root, here), OUTSIDE_ROOT, outside_detail(here, roots))
+            continue
         dirnames.sort()
         for name in sorted(filenames):
             path = here / name
@@ -145,6 +160,9 @@ def iter_files(root: Path, pattern: str, shown: str) -> Iterator[Path | Quaranti
                 continue
             if not stat.S_ISREG(st.st_mode):
                 yield Quarantined(_rel(shown, root, path), "not_a_file", "not a regular file (a pipe, socket or device)")
+                continue
+            if roots is not None and not is_inside(path, roots):
+                yield Quarantined(_rel(shown, root, path), OUTSIDE_ROOT, outside_detail(path, roots), st.st_size)
                 continue
             yield path
     while walk_errors:  # an error on the root itself arrives after the last folder
@@ -173,30 +191,38 @@ def file_format(name: str) -> tuple[str | None, bool]:
 def _path_items(cfg: PipelineConfig, src: SourceConfig) -> Iterator[tuple[str, str, str] | Quarantined]:
     root = cfg.resolve(src.path)
     shown = shown_path(cfg, root)
+    roots = allowed_roots(cfg)
+    if not is_inside(root, roots):  # checked first: nothing outside the roots is even probed for existence
+        yield Quarantined(shown, OUTSIDE_ROOT, outside_detail(root, roots))
+        return
     if not root.exists():
         if root.is_symlink():
             yield Quarantined(shown, "broken_symlink", f"the source path links to {os.readlink(root)}, which does not exist")
         else:
             yield Quarantined(shown, "path_not_found", f"no file or folder at {root}")
         return
-    files = [root] if root.is_file() else iter_files(root, src.glob, shown)
+    files = [root] if root.is_file() else iter_files(root, src.glob, shown, roots)
     matched = 0
     for entry in files:
         if isinstance(entry, Quarantined):
             yield entry
             continue
         matched += 1
-        yield from read_file(entry, shown if entry == root else _rel(shown, root, entry), src.text_field)
+        yield from read_file(entry, shown if entry == root else _rel(shown, root, entry), src.text_field, src.max_document_bytes)
     if matched == 0 and not root.is_file():
         yield Quarantined(shown, "no_files", f"the glob {src.glob!r} matched no file under {root}")
 
 
-def read_file(path: Path, source: str, text_field: str) -> Iterator[tuple[str, str, str] | Quarantined]:
+def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[str, str, str] | Quarantined]:
     """Every document of one file as (source, format, text), or quarantine items; never raises for bad input."""
     fmt, gz = file_format(path.name)
     size = _size(path)
     if fmt is None:
         yield Quarantined(source, "unsupported_format", f"no reader for {path.suffix or 'files without a suffix'}", size)
+        return
+    if not gz and size > max_bytes and (fmt in WHOLE_FILE_FORMATS.values() or fmt == "json"):
+        bad = too_large("", size, max_bytes)  # read whole by its parser: refused from its size on disk alone
+        yield Quarantined(source, bad.reason, bad.detail, size)
         return
 
     def open_binary():
@@ -205,7 +231,7 @@ def read_file(path: Path, source: str, text_field: str) -> Iterator[tuple[str, s
     if fmt == "parquet" and not gz:
         items = parse_parquet(path, text_field)
     else:
-        items = PARSERS[fmt](open_binary, text_field)
+        items = PARSERS[fmt](open_binary, text_field, max_bytes)
     count = 0
     try:
         for item in items:
@@ -243,6 +269,8 @@ def _load_hf(cfg: PipelineConfig, src: SourceConfig):
     import datasets  # imported here: it takes a second, and most sources never need it
 
     local = cfg.resolve(src.hf_dataset)
+    if (looks_like_path(src.hf_dataset) or local.exists()) and not is_inside(local, allowed_roots(cfg)):
+        raise PathOutsideRoot(outside_detail(local, allowed_roots(cfg)))
     if local.is_file():
         builder = _HF_BUILDERS.get(os.path.splitext(local.name.removesuffix(".gz"))[1].lower())
         if builder is None:
@@ -262,6 +290,9 @@ def _hf_items(cfg: PipelineConfig, src: SourceConfig) -> Iterator[tuple[str, str
     base = f"hf://{src.hf_dataset}/{src.split}"
     try:
         ds = _load_hf(cfg, src)
+    except PathOutsideRoot as exc:
+        yield Quarantined(base, OUTSIDE_ROOT, str(exc)[:500])
+        return
     except Exception as exc:  # noqa: BLE001 - offline hubs, missing splits, bad files: all reported, none fatal
         yield Quarantined(base, "hf_load_error", f"{type(exc).__name__}: {exc}"[:500])
         return

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from llm_pipeline.config import PipelineConfig
+from llm_pipeline.config import ConfigError, PipelineConfig
 from llm_pipeline.defs.automation import SOURCES
 from llm_pipeline.defs.checks import CHECKS, check_results
 from llm_pipeline.defs.metadata import result_metadata
 from llm_pipeline.defs.resources import PipelineConfigResource
-from llm_pipeline.runner import run_stage
+from llm_pipeline.runner import StageInputError, run_stage
 from llm_pipeline.stages import STAGES, Stage
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -65,7 +65,11 @@ def _make_asset(stage: Stage, partitions: dg.PartitionsDefinition, cfg: Pipeline
         cfg: PipelineConfig = pipeline.load()
         domain = context.partition_key if stage.partitioned else None
         context.log.info(f"running stage {stage.name}" + (f" for domain {domain}" if domain else ""))
-        result = run_stage(cfg, stage.name, domain)
+        try:
+            result = run_stage(cfg, stage.name, domain)
+        except (StageInputError, ConfigError) as exc:
+            # Not transient: retrying cannot help, so fail at once with the message a person needs.
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         return dg.MaterializeResult(
             metadata=result_metadata(result),
             data_version=dg.DataVersion(result.dvc_hash),

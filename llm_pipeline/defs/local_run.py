@@ -59,6 +59,17 @@ def _headline(stats: dict) -> str:
     return ", ".join(parts[:3])
 
 
+def _failure_message(data) -> str:
+    """The message a person needs: a Failure's description, else the innermost error, without the traceback."""
+    ufd = getattr(data, "user_failure_data", None)
+    if ufd is not None and ufd.description:
+        return ufd.description
+    err = getattr(data, "error", None)
+    while err is not None and err.cause is not None:
+        err = err.cause
+    return err.message.strip() if err is not None else "(no error message)"
+
+
 def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, steps: list[Step], instance: dg.DagsterInstance,
                       console: Console | None = None) -> bool:
     console = console or Console()
@@ -81,8 +92,8 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
             failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
             if not result.success:
                 ok = False
-                errors = [ev.event_specific_data.error.message.strip() for ev in result.all_events
-                          if ev.event_type_value == "STEP_FAILURE" and ev.event_specific_data and ev.event_specific_data.error]
+                errors = [_failure_message(ev.event_specific_data) for ev in result.all_events
+                          if ev.event_type_value == "STEP_FAILURE" and ev.event_specific_data]
                 progress.console.print(f"[red]✗ {label} failed after {seconds:.1f}s[/red]\n  " + "\n  ".join(errors or ["(no error message)"]))
                 break
             mats = result.asset_materializations_for_node(step.asset)

@@ -85,11 +85,9 @@ def _redact(batch: list[dict], redactor: PiiRedactor, quarantine: list[tuple[dic
     return kept
 
 
-def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+def _process(cfg, inputs, output_dir, domain, c4, filters, redactor) -> tuple[_Counts, list[dict]]:
+    """Stream the domain's raw shards through cleaning, filters and PII; write kept, dropped and quarantined."""
     ccfg = cfg.cleaned_corpus
-    c4 = C4Lines(ccfg.c4_terminal_punct, ccfg.c4_curly_braces) if ccfg.c4_rules else None
-    filters = build_filters(ccfg, cfg.domains[domain].languages)
-    redactor = PiiRedactor(ccfg) if ccfg.pii else None  # fails fast (e.g. missing salt) before reading anything
     n = _Counts()
     samples: list[dict] = []
     columns = ["id", "source", "text", "licence", "format", "domain"]
@@ -130,6 +128,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                 n.pii.update(counts)
                 if counts and len(samples) < PREVIEW_SAMPLES:
                     samples.append(r)
+    return n, samples
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    ccfg = cfg.cleaned_corpus
+    c4 = C4Lines(ccfg.c4_terminal_punct, ccfg.c4_curly_braces) if ccfg.c4_rules else None
+    filters = build_filters(ccfg, cfg.domains[domain].languages)
+    redactor = PiiRedactor(ccfg) if ccfg.pii else None  # fails fast (e.g. missing salt) before reading anything
+    try:
+        n, samples = _process(cfg, inputs, output_dir, domain, c4, filters, redactor)
+    finally:
+        if redactor is not None:
+            redactor.close()  # stops PII worker processes, if a large batch started them
     stats = {
         "documents_in": n.documents_in,
         "documents_kept": n.documents_kept,

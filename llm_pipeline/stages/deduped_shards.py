@@ -31,7 +31,14 @@ import numpy as np
 import pyarrow as pa
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash, match_against, near_duplicate_clusters
+from llm_pipeline.curation.dedup import (
+    SIGNATURE_SCHEME,
+    MinHasher,
+    band_keys,
+    exact_hash,
+    match_against,
+    near_duplicate_clusters,
+)
 from llm_pipeline.io import ShardWriter, iter_batches
 from llm_pipeline.splits import split_of
 from llm_pipeline.stages import StageOutput
@@ -46,7 +53,7 @@ def index_path(cfg: PipelineConfig, domain: str) -> Path:
 
 def _params(cfg: PipelineConfig) -> np.ndarray:
     d = cfg.deduped_shards
-    return np.array([d.num_perm, d.ngram, d.bands, d.rows, cfg.seed], dtype=np.int64)
+    return np.array([d.num_perm, d.ngram, d.bands, d.rows, cfg.seed, SIGNATURE_SCHEME], dtype=np.int64)
 
 
 def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.ndarray, sigs: np.ndarray, keys: np.ndarray) -> None:
@@ -60,13 +67,14 @@ def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.nda
 
 
 def read_index(cfg: PipelineConfig, domain: str) -> dict[str, np.ndarray] | None:
-    """A domain's index, or None when it is missing or was built with other MinHash parameters."""
+    """A domain's index, or None when it is missing or was built with other MinHash parameters (or an older
+    signature scheme): its domain then counts as not indexed until it re-runs."""
     path = index_path(cfg, domain)
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as data:
         index = {k: data[k] for k in data.files}
-    if not np.array_equal(index["params"], _params(cfg)):
+    if index["params"].shape != _params(cfg).shape or not np.array_equal(index["params"], _params(cfg)):
         return None
     return index
 

@@ -5,7 +5,10 @@
 Output (``data/raw_corpus/<domain>/``): ``shard-*.parquet`` with ``id, domain, source, text, licence, language,
 format, bytes`` (raw text: HTML keeps its markup for the cleaning stage), and ``quarantine.jsonl`` with one
 ``{source, reason, detail}`` object per unreadable input. This stage drops nothing that it can read, so
-``documents_in == documents_kept + quarantined``.
+``documents_in == documents_kept + quarantined``. Besides unreadable input, two limits quarantine: a document over
+its source's ``max_document_bytes`` (``document_too_large``, refused before it is read whole, so memory stays
+bounded) and a path that resolves outside the config's allowed roots (``path_outside_root``, see
+llm_pipeline.security).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from llm_pipeline.stages import StageOutput
 SHARD_ROWS = 5_000
 QUARANTINE_FILE = "quarantine.jsonl"
 PREVIEW_SAMPLES = 3
-PREVIEW_CHARS = 300
 
 SCHEMA = pa.schema([(name, pa.string()) for name in DOC_COLUMNS] + [("format", pa.string()), ("bytes", pa.int64())])
 
@@ -80,7 +82,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 def _keep_sample(samples: list[dict], doc: dict) -> None:
     """The first documents of distinct formats, so the preview shows the variety of what was read."""
     if len(samples) < PREVIEW_SAMPLES and all(s["format"] != doc["format"] for s in samples):
-        samples.append({"source": doc["source"], "format": doc["format"], "text": doc["text"][:PREVIEW_CHARS]})
+        # No text: raw documents are not yet PII-redacted, and previews end up in Dagster's metadata and logs.
+        samples.append({"source": doc["source"], "format": doc["format"], "bytes": doc["bytes"]})
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#])")
@@ -103,7 +106,7 @@ def preview(domain: str, stats: dict, samples: list[dict]) -> str:
     lines = [f"### raw_corpus: {domain}", "", "| | count |", "|---|---:|"]
     lines += [f"| {md_escape(label)} | {value:,} |" for label, value in rows]
     if samples:
-        lines += ["", "**Samples** (first 300 characters)", ""]
+        lines += ["", "**Sample sources** (text previews start at cleaned_corpus, after PII redaction)", ""]
         for s in samples:
-            lines.append(f"- {md_escape(s['source'])} ({s['format']}): {md_escape(s['text'])}")
+            lines.append(f"- {md_escape(s['source'])} ({s['format']}, {s['bytes']:,} bytes)")
     return "\n".join(lines) + "\n"

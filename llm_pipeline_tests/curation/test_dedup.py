@@ -119,3 +119,18 @@ def test_union_find_root_is_smallest():
     uf.union(3, 1)
     assert {uf.find(i) for i in (1, 2, 3, 4)} == {1}
     assert uf.find(0) == 0
+
+
+def test_batch_signatures_equal_one_document_at_a_time_and_the_plain_definition():
+    h = MinHasher(num_perm=32, ngram=3, seed=5)
+    docs = [random_doc(50), "", "two words", random_doc(3000), "Ünïcode wörds “quoted” — text…", random_doc(7)]
+    batch = h.signatures(docs)
+    for i, d in enumerate(docs):
+        assert np.array_equal(batch[i], h.signatures([d])[0])
+        shingles = h.shingle_hashes(d).astype(np.uint32)
+        if len(shingles):  # the definition: per permutation, the min of (a * s + b) mod 2^32 over the shingles
+            with np.errstate(over="ignore"):
+                expected = (h.a * shingles[None, :] + h.b).min(axis=1)
+            assert np.array_equal(batch[i], expected)
+        else:
+            assert (batch[i] == 0xFFFFFFFF).all()

@@ -256,3 +256,45 @@ def test_unreadable_when_open_fails(tmp_path):
     (tmp_path / "x.txt").mkdir()
     items = list(read_file(tmp_path / "x.txt", "c/x.txt", "text"))
     assert [(q.source, q.reason) for q in items] == [("c/x.txt", "unreadable")]
+
+
+# ---------------------------------------------------------------- size cap: refused before being read whole
+BIG = "A sentence that is far longer than the tiny cap this test sets for one document. " * 3
+TOO_LARGE = [
+    ("txt", _write("big.txt", BIG.encode()), "c/big.txt"),
+    ("txt_gz", _write("big.txt.gz", gz(BIG.encode())), "c/big.txt.gz"),
+    ("json_file", _write("big.json", json.dumps([{"text": BIG}]).encode()), "c/big.json"),
+    ("jsonl_line", _write("big.jsonl", json.dumps({"text": BIG}).encode() + b"\n"), "c/big.jsonl#L1"),
+    ("csv_field", _write("big.csv", csv_bytes([["text"], [BIG]])), "c/big.csv#L2"),
+    ("parquet_cell", _write("big.parquet", parquet_bytes(pa.table({"text": [BIG]}))), "c/big.parquet#0"),
+]
+
+
+@pytest.mark.parametrize("setup,source", [t[1:] for t in TOO_LARGE], ids=[t[0] for t in TOO_LARGE])
+def test_document_over_the_cap_is_quarantined(tmp_path, setup, source):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "good.txt").write_text(DOC_B)
+    setup(folder)
+    docs, bad = read(tmp_path, {"path": "c", "max_document_bytes": 100})
+    assert [(q.source, q.reason) for q in bad] == [(source, "document_too_large")]
+    assert [d["text"] for d in docs] == [DOC_B]
+
+
+def test_jsonl_rows_after_a_too_long_line_are_still_read(tmp_path):
+    (tmp_path / "c").mkdir()
+    rows = [{"text": DOC_A}, {"text": BIG}, {"text": DOC_B}]
+    (tmp_path / "c" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs, bad = read(tmp_path, {"path": "c", "max_document_bytes": 100})
+    assert [(d["source"], d["text"]) for d in docs] == [("c/r.jsonl#L1", DOC_A), ("c/r.jsonl#L3", DOC_B)]
+    assert [(q.source, q.reason) for q in bad] == [("c/r.jsonl#L2", "document_too_large")]
+
+
+def test_source_outside_the_root_is_quarantined(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text(DOC_A)
+    os.symlink("/etc/passwd", tmp_path / "c" / "passwd.txt")
+    docs, bad = read(tmp_path, {"path": "c"})
+    assert [(q.source, q.reason) for q in bad] == [("c/passwd.txt", "path_outside_root")]
+    _, bad = read(tmp_path, {"path": "../../etc"})
+    assert [q.reason for q in bad] == ["path_outside_root"]

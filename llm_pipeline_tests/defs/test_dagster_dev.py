@@ -36,8 +36,10 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
     return out["data"]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path, fast_config):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory, make_fast_config):
+    tmp_path = tmp_path_factory.mktemp("dagster_dev")
+    fast_config = make_fast_config(tmp_path)
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -62,7 +64,7 @@ def dagster_dev(tmp_path, fast_config):
             time.sleep(2)
         else:
             pytest.fail("dagster dev did not come up:\n" + (tmp_path / "dagster_dev.log").read_text()[-3000:])
-        yield port, data["repositoriesOrError"]["nodes"][0]
+        yield port, data["repositoriesOrError"]["nodes"][0], fast_config
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -73,8 +75,8 @@ def dagster_dev(tmp_path, fast_config):
         log.close()
 
 
-def test_dagster_dev_shows_graph_and_materializes(dagster_dev, fast_config):
-    port, repo = dagster_dev
+def test_dagster_dev_shows_graph_and_materializes(dagster_dev):
+    port, repo, fast_config = dagster_dev
     nodes = gql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } isPartitioned isObservable } }")["assetNodes"]
     keys = {n["assetKey"]["path"][0] for n in nodes if not n["isObservable"]}
     assert keys == set(ORDER)
@@ -103,3 +105,23 @@ def test_dagster_dev_shows_graph_and_materializes(dagster_dev, fast_config):
 
     cfg = load_config(fast_config)
     assert (cfg.data_path / "raw_corpus/legal/_manifest.json").exists()
+
+
+def test_backfill_of_chosen_domains_from_the_cli(dagster_dev):
+    """`llm-pipeline backfill --domains a,b --url` launches a real partition backfill that the daemon runs."""
+    port, _, fast_config = dagster_dev
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(BIN / "llm-pipeline"), "backfill", "--config", str(fast_config), "--domains", "medicine,software",
+         "--select", "raw_corpus", "--url", f"http://127.0.0.1:{port}", "--wait"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "COMPLETED" in proc.stdout
+    from llm_pipeline.config import load_config
+
+    cfg = load_config(fast_config)
+    for d in ("medicine", "software"):
+        assert (cfg.data_path / "raw_corpus" / d / "_manifest.json").exists()
+    backfills = gql(port, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
+    assert backfills["partitionBackfillsOrError"]["results"]

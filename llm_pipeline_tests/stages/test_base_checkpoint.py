@@ -1,0 +1,111 @@
+"""The base_checkpoint stage through the runner: pretraining from scratch, resuming after a crash, and loading a
+pretrained model whose tokenizer was extended (new embedding rows = mean of their pieces)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from llm_pipeline.runner import run_stage
+from llm_pipeline.stages.base_checkpoint import checkpoint_dir
+from llm_pipeline.training import checkpoints
+from llm_pipeline_tests.training.fixtures import built_pipeline, tiny_config, write_deduped_shards
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    return built_pipeline(tmp_path_factory, "base_checkpoint")
+
+
+def test_scratch_model_is_saved_with_tokenizer_and_log(pipeline):
+    cfg, results = pipeline
+    out = results["base_checkpoint"].output_dir
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == cfg.tokenizer.vocab_size and model.config.hidden_size == 32
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    log = json.loads((out / "training_log.json").read_text())
+    assert [e["step"] for e in log if "eval_loss" in e] == [3, 6]
+    assert all({"step", "loss", "lr"} <= set(e) for e in log)
+    assert not checkpoint_dir(cfg).exists()  # resume checkpoints are removed once the output is complete
+
+
+def test_stats_report_held_out_loss_and_throughput(pipeline):
+    s = pipeline[1]["base_checkpoint"].stats
+    assert s["steps"] == 6 and s["resumed_from_step"] == 0
+    assert s["train_tokens"] > 0 and s["tokens_per_second"] > 0 and s["parameters"] > 0
+    assert s["eval_perplexity"] == pytest.approx(torch.exp(torch.tensor(s["eval_loss"])).item(), rel=1e-3)
+    assert s["precision"] in ("fp32", "bf16")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_crash_continues_from_the_checkpoint(pipeline, tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("killed right after the first checkpoint")
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        run_stage(cfg, "base_checkpoint")
+    assert [p.name for p in checkpoint_dir(cfg).glob("step-*.pt")] == ["step-0000003.pt"]
+    assert not (cfg.data_path / "base_checkpoint").exists()  # a crashed run leaves no output that looks finished
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
+    res = run_stage(cfg, "base_checkpoint")
+    assert res.stats["resumed_from_step"] == 3 and res.metadata["resume"] == "resumed from step-0000003.pt"
+    assert not checkpoint_dir(cfg).exists()
+    # Data order and RNG are restored, so the resumed run ends where an uninterrupted one does.
+    resumed = load_file(res.output_dir / "model.safetensors")
+    straight = load_file(pipeline[1]["base_checkpoint"].output_dir / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor)
+
+
+def test_checkpoint_from_another_config_is_ignored(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    folder = checkpoint_dir(cfg)
+    folder.mkdir(parents=True)
+    torch.save({"step": 3, "fingerprint": "someone-else"}, folder / "step-0000003.pt")
+    res = run_stage(cfg, "base_checkpoint")
+    assert res.stats["resumed_from_step"] == 0 and "different config" in res.metadata["resume"]
+
+
+def test_pretrained_source_with_extended_tokenizer_mean_initialises_new_rows(pipeline, tmp_path):
+    _, results = pipeline
+    base_dir = results["base_checkpoint"].output_dir
+    cfg = tiny_config(
+        tmp_path,
+        tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 4},
+        base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0},
+        allowed_roots=[str(base_dir)],
+    )
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    res = run_stage(cfg, "base_checkpoint")
+    ext = json.loads((cfg.data_path / "tokenizer" / "domain_tokens.json").read_text())
+    old = load_file(base_dir / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(res.output_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert new.shape[0] == res.stats["vocab_size"] > old.shape[0]
+    torch.testing.assert_close(new[: old.shape[0]], old)
+    for t in ext["tokens"]:
+        torch.testing.assert_close(new[t["token_id"]], old[t["base_piece_ids"]].mean(dim=0))
+    assert res.stats["embeddings_added"] == new.shape[0] - old.shape[0]
+
+
+def test_pretrained_source_refuses_a_freshly_trained_vocabulary(pipeline, tmp_path):
+    cfg = tiny_config(tmp_path, base_checkpoint={"source": "pretrained", "model": str(pipeline[1]["base_checkpoint"].output_dir)})
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    with pytest.raises(ValueError, match="tokenizer.mode is 'train'"):
+        run_stage(cfg, "base_checkpoint")

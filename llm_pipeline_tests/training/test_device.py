@@ -1,0 +1,27 @@
+"""Device and precision defaults."""
+
+import pytest
+import torch
+
+from llm_pipeline.training import device
+
+
+def test_auto_picks_a_precision_and_says_why():
+    plan = device.plan_device("auto")
+    assert plan.precision in ("fp32", "bf16", "fp16") and plan.reason
+    if not torch.cuda.is_available() and not device.cpu_has_native_bf16():
+        assert plan.precision == "fp32" and plan.use_cpu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU rule")
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        device.plan_device("fp16")
+
+
+def test_small_models_train_on_one_thread_and_the_setting_is_restored():
+    before = torch.get_num_threads()
+    plan = device.DevicePlan("cpu", "fp32", "test")
+    with device.cpu_threads_for(1000, plan) as info:
+        assert torch.get_num_threads() == 1 and info["cpu_threads"] == 1
+    assert torch.get_num_threads() == before
