@@ -247,6 +247,54 @@ def cluster_pairs(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
     return out
 
 
+# ---------------------------------------------------------------- a mixed corpus for the end-to-end benchmark
+_NOUNS = ("tenant landlord contract court judge patient doctor dose treatment clinic software release module user "
+          "server report committee budget invoice payment notice appeal hearing record schedule policy update team "
+          "office manager request decision result study trial symptom device network file system order").split()
+_VERBS = ("reviews signs approves rejects updates records sends receives checks explains requires changes delays "
+          "improves reports confirms describes measures supports replaces").split()
+_ADJS = ("new final signed late formal annual revised clinical stable secure minor major careful detailed short "
+         "written shared local monthly previous").split()
+_PREPS = ("before after during within under about for with against").split()
+
+
+def _sentence(rng: random.Random) -> str:
+    shape = rng.randrange(3)
+    n1, n2, n3 = rng.choice(_NOUNS), rng.choice(_NOUNS), rng.choice(_NOUNS)
+    if shape == 0:
+        s = f"the {rng.choice(_ADJS)} {n1} {rng.choice(_VERBS)} the {n2} {rng.choice(_PREPS)} the {rng.choice(_ADJS)} {n3}"
+    elif shape == 1:
+        s = f"every {n1} {rng.choice(_VERBS)} a {rng.choice(_ADJS)} {n2}, and the {n3} {rng.choice(_VERBS)} it"
+    else:
+        s = f"a {n1} that {rng.choice(_VERBS)} the {n2} also {rng.choice(_VERBS)} the {rng.choice(_ADJS)} {n3} {rng.choice(_PREPS)} {rng.randint(2, 90)} days"
+    return s[0].upper() + s[1:] + "."
+
+
+def curation_corpus(n: int, seed: int = 0, dup_fraction: float = 0.15, pii_fraction: float = 0.3, target_chars: int = 1200) -> list[str]:
+    """Prose documents of ~`target_chars`: paragraphs of varied sentences, a share with PII sentences, a share near
+    copies of earlier documents (one sentence changed), and a few fragments the filters should drop."""
+    rng = random.Random(seed)
+    docs: list[str] = []
+    for i in range(n):
+        if docs and rng.random() < dup_fraction:
+            sents = docs[rng.randrange(len(docs))].split(". ")
+            sents[rng.randrange(len(sents))] = _sentence(rng).rstrip(".")
+            docs.append(". ".join(sents))
+            continue
+        if rng.random() < 0.03:
+            docs.append(rng.choice(["Click here.", "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8, "Menu | Home | About"]))
+            continue
+        paras, size = [], 0
+        while size < target_chars:
+            para = " ".join(_sentence(rng) for _ in range(rng.randint(3, 6)))
+            paras.append(para)
+            size += len(para) + 2
+        if rng.random() < pii_fraction:
+            paras.insert(rng.randrange(len(paras) + 1), pii_document(rng, target_chars=0, pii_sentences=2).text.strip())
+        docs.append("\n\n".join(paras))
+    return docs
+
+
 if __name__ == "__main__":
     kind, count = sys.argv[1], int(sys.argv[2])
     if kind == "pii":

@@ -49,6 +49,7 @@ def write_fast_config(tmp_path: Path, domains: list[str] | None = None, **sectio
 
     data = yaml.safe_load((REPO / "configs/default.yaml").read_text())
     data["data_dir"] = str(tmp_path / "data")
+    data["allowed_roots"] = [str(REPO / "data/sample")]
     for name, dom in list(data["domains"].items()):
         if domains is not None and name not in domains:
             del data["domains"][name]

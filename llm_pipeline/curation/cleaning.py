@@ -146,10 +146,16 @@ def clean_document(raw: str, fmt: str, cfg: CleanedCorpusConfig) -> tuple[str, s
     """Readable, repaired, normalized text of one raw document, and the extractor used."""
     if not isinstance(raw, str):
         raise TypeError(f"text is {type(raw).__name__}, not a string")
-    # ftfy runs first so mojibake inside markup (e.g. "&amp;acirc;") is repaired before extraction reads it.
-    if cfg.fix_unicode:
+    # HTML: ftfy repairs the extracted text, not the page. Menus, scripts and attributes are most of a page's bytes,
+    # and ftfy over whole pages took ~70% of cleaning time (benchmarks/extraction_f1.py); the extractor has decoded
+    # the entities by then, so mojibake such as "Ã©" is still there to repair. Lightweight markup is repaired
+    # first, so mojibake inside it (e.g. "&amp;acirc;") is fixed before the regex rules read it.
+    is_html = (fmt or "").lower().lstrip(".") in HTML_FORMATS
+    if cfg.fix_unicode and not is_html:
         raw = ftfy.fix_text(raw)
     text, extractor = extract_text(raw, fmt)
+    if cfg.fix_unicode and is_html:
+        text = ftfy.fix_text(text)
     if cfg.remove_urls:
         text = remove_urls(text)
     return normalize_whitespace(text), extractor

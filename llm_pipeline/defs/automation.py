@@ -23,7 +23,7 @@ SOURCES = "domain_sources"
 
 
 def build_source_asset(cfg: PipelineConfig, partitions: dg.PartitionsDefinition) -> dg.SourceAsset:
-    @dg.observable_source_asset(name=SOURCES, partitions_def=partitions, group_name="curation",
+    @dg.observable_source_asset(name=SOURCES, partitions_def=partitions, group_name="llm_pipeline",
                                 description="Each domain's source files; data version = content fingerprint.")
     def domain_sources(pipeline: PipelineConfigResource) -> dg.DataVersionsByPartition:
         return dg.DataVersionsByPartition({d: dg.DataVersion(v) for d, v in fingerprints(pipeline.load()).items()})

@@ -6,6 +6,8 @@ would load every partition (see shared notes on partitioned asset checks).
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 
 from llm_pipeline.config import PipelineConfig
@@ -17,6 +19,9 @@ CHECKS: dict[str, list[tuple[str, str]]] = {
     "deduped_shards": [
         ("accounting", "documents in = kept + dropped by reason + quarantined"),
         ("great_expectations", "Great Expectations suite: non-null text, length bounds, unique ids, allowed languages, no PII pattern"),
+    ],
+    "eval_report": [
+        ("promotion_gates", "Promotion gates from eval_report config: DPO vs SFT perplexity, preference accuracy, no PII canary leak"),
     ],
 }
 
@@ -57,6 +62,35 @@ def _great_expectations(cfg: PipelineConfig, result: StageResult) -> dg.AssetChe
     )
 
 
+def _promotion_gates(result: StageResult) -> dg.AssetCheckResult:
+    """The gates the eval_report stage evaluated (metrics.json), as one blocking check: any failed gate fails it."""
+    path = result.output_dir / "metrics.json"
+    try:
+        gates = json.loads(path.read_text(encoding="utf-8"))["gates"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return dg.AssetCheckResult(
+            check_name="promotion_gates", asset_key="eval_report", passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"no gate verdict in {path} ({type(exc).__name__}): the model is not promoted",
+        )
+    failed = [g for g in gates if not g.get("passed")]
+    rows = ["| Gate | Status | Observed | Threshold | Why |", "|---|---|---|---|---|"]
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a pipe would split the markdown cell)
+    rows += [f"| {g['name']} | {'PASS' if g['passed'] else 'FAIL'} | {g.get('observed')} | {g.get('threshold')} | {cell(g.get('why', ''))} |" for g in gates]
+    return dg.AssetCheckResult(
+        check_name="promotion_gates",
+        asset_key="eval_report",
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=("not promoted: " + "; ".join(f"{g['name']}: {g.get('why', '')}" for g in failed))[:2000] if failed else None,
+        metadata={
+            "promoted": not failed,
+            "gates": len(gates),
+            "failed": dg.MetadataValue.json([g["name"] for g in failed]),
+            "verdict": dg.MetadataValue.md("\n".join(rows) if gates else "No promotion gate is configured."),
+        },
+    )
+
+
 def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[dg.AssetCheckResult]:
     out = []
     for name, _ in CHECKS.get(stage, []):
@@ -67,4 +101,6 @@ def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[
                 out.append(_great_expectations(cfg, result))
             else:
                 out.append(dg.AssetCheckResult(check_name=name, asset_key=stage, passed=True, metadata={"skipped": "validation.enabled is false"}))
+        elif name == "promotion_gates":
+            out.append(_promotion_gates(result))
     return out

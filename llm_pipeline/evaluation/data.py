@@ -112,6 +112,13 @@ def iter_documents(folder: Path, split: str, eval_fraction: float) -> Iterator[d
             yield rec
 
 
+def iter_all_documents(folder: Path) -> Iterator[dict]:
+    """Every document of one domain folder with text, whatever its split (for searches over all the data)."""
+    for rec in iter_records(folder):
+        if isinstance(rec.get("text"), str):
+            yield rec
+
+
 def eval_documents(folder: Path, domain: str, eval_fraction: float, limit: int, max_chars: int) -> list[EvalDocument]:
     """Up to `limit` held-out documents of one domain, in shard order (stable across runs)."""
     docs = []

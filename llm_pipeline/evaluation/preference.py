@@ -70,18 +70,21 @@ def length_baseline(chosen: str, rejected: str) -> float:
     return 1.0 if len(chosen) > len(rejected) else 0.0
 
 
+def implicit_rewards(policy: LoadedModel, fallback_ref: LoadedModel, items: list[tuple[str | list[dict], str]], beta: float, batch_size: int = 8) -> list[float]:
+    """beta * (log pi(y|x) - log pi_ref(y|x)) for each (prompt, completion)."""
+    pol = completion_logprobs(policy, items, batch_size)
+    with reference_of(policy, fallback_ref) as ref:
+        ref_lp = completion_logprobs(ref, items, batch_size)
+    return [beta * (p - r) for p, r in zip(pol, ref_lp)]
+
+
 def preference_accuracy(policy: LoadedModel, fallback_ref: LoadedModel, pairs: list[dict], beta: float, batch_size: int = 8) -> dict:
     """Implicit-reward accuracy, mean margin and the length baseline, overall and per domain."""
-    chosen = [(p["prompt"], p["chosen"]) for p in pairs]
-    rejected = [(p["prompt"], p["rejected"]) for p in pairs]
-    pol_c = completion_logprobs(policy, chosen, batch_size)
-    pol_r = completion_logprobs(policy, rejected, batch_size)
-    with reference_of(policy, fallback_ref) as ref:
-        ref_c = completion_logprobs(ref, chosen, batch_size)
-        ref_r = completion_logprobs(ref, rejected, batch_size)
+    items = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
+    rewards = implicit_rewards(policy, fallback_ref, items, beta, batch_size)
     groups: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for i, pair in enumerate(pairs):
-        margin = beta * (pol_c[i] - ref_c[i]) - beta * (pol_r[i] - ref_r[i])
+        margin = rewards[i] - rewards[len(pairs) + i]
         row = (float(margin > 0), margin, length_baseline(pair["chosen"], pair["rejected"]))
         groups["all"].append(row)
         groups[str(pair.get("domain") or "unknown")].append(row)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from llm_pipeline.evaluation import report_checks as checks
 from llm_pipeline.evaluation.models import MODEL_LABELS
 from llm_pipeline.evaluation.plots import COLORS
+from llm_pipeline.evaluation.tables import Cell, Table, fmt, pct
+
+__all__ = ["Cell", "Table", "fmt", "pct", "headline", "verdict", "render_markdown", "render_html", "md_table", "summary_table"]
 
 # (key in headline, label, direction, digits): direction says which way is better.
 SUMMARY_METRICS = [
@@ -22,36 +25,13 @@ SUMMARY_METRICS = [
     ("bits_per_byte", "Bits per byte", "lower", 3),
     ("rouge_l", "ROUGE-L F1 (sft_eval)", "higher", 3),
     ("exact_match", "Exact match (sft_eval)", "higher", 3),
+    ("probe_accuracy", "Few-shot probe accuracy", "higher", 3),
 ]
 PLOT_CAPTIONS = {
     "training_loss.png": "Training loss per stage (dashed: held-out loss where the trainer logged it).",
     "perplexity_by_domain.png": "Held-out perplexity by domain and model (lower is better).",
     "dpo_rewards.png": "DPO reward margin and reward accuracy over training steps.",
 }
-
-
-@dataclass
-class Cell:
-    text: str
-    cls: str = ""  # "better" | "worse" | "flag" | "ok" | "" (styling in HTML, a marker in markdown)
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[Cell | str]]
-
-
-def fmt(x, digits: int = 3) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return str(x)
-
-
-def pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 # ---------------------------------------------------------------- numbers
@@ -63,6 +43,8 @@ def headline(metrics: dict) -> dict:
         for m in metrics["models"]:
             if key in ("perplexity", "bits_per_byte"):
                 vals[m] = metrics["perplexity"].get(m, {}).get("overall", {}).get(key)
+            elif key == "probe_accuracy":
+                vals[m] = ((metrics.get("probes") or {}).get("accuracy") or {}).get(m)
             elif m in metrics.get("tasks", {}):
                 vals[m] = metrics["tasks"][m].get(key)
         out[key] = vals
@@ -74,12 +56,25 @@ def headline(metrics: dict) -> dict:
     sets = metrics.get("contamination", {}).get("sets", {})
     out["contamination_max_share"] = max((s["share"] for s in sets.values()), default=0.0)
     out["contamination_flagged"] = len(metrics.get("contamination", {}).get("flagged", []))
+    canaries = metrics.get("canaries") or {}
+    if canaries.get("checked"):
+        out["canaries_checked"], out["canaries_leaked"] = canaries["canaries"], canaries["leaked"]
+    if "gates" in metrics:
+        out["gates_failed"] = sum(not g["passed"] for g in metrics["gates"])
+        out["gates_passed"] = len(metrics["gates"]) - out["gates_failed"]
+        out["promoted"] = out["gates_failed"] == 0
+    if metrics.get("review"):
+        out["review_records"] = metrics["review"].get("records", 0)
     return out
 
 
 def verdict(metrics: dict) -> list[str]:
     """A few plain sentences for the top of the report: what improved, what did not, what to distrust."""
     lines = []
+    gates = metrics.get("gates")
+    if gates:
+        failed = [g["name"] for g in gates if not g["passed"]]
+        lines.append(f"Not promoted: gate(s) {', '.join(failed)} failed." if failed else f"Promoted: all {len(gates)} promotion gates passed.")
     ppl = metrics.get("perplexity", {})
     base = ppl.get("base", {})
     for m in ("sft", "dpo"):
@@ -113,6 +108,10 @@ def verdict(metrics: dict) -> list[str]:
         lines.append(f"Contamination: held-out items sharing {c['ngram']}-word n-grams with training data above {pct(c['threshold'])}: {', '.join(parts)}. Treat those numbers with care.")
     elif c.get("sets"):
         lines.append(f"Contamination: no held-out set above {pct(c['threshold'])} overlap ({c['ngram']}-word n-grams).")
+    canaries = metrics.get("canaries") or {}
+    if canaries.get("checked"):
+        leaked = [f"{r['canary']} ({', '.join(r['found_in'])})" for r in canaries["items"] if r["leaked"]]
+        lines.append(f"PII canaries: {len(leaked)} of {canaries['canaries']} leaked: {'; '.join(leaked)}." if leaked else f"PII canaries: none of {canaries['canaries']} found in shards, vocabulary, training sets or generations.")
     return lines
 
 
@@ -200,6 +199,8 @@ def lineage_table(lineage: dict) -> Table:
 def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
     """(title, intro text, table, plot file names) in report order."""
     out = [("Summary", "Held-out numbers per model; SFT and DPO are compared with the base model.", summary_table(metrics), [])]
+    if "gates" in metrics:
+        out.append(("Promotion gates", checks.gates_intro(metrics), checks.gates_table(metrics), []))
     out.append(("Perplexity by domain", "Token-weighted perplexity on the eval-split documents of each domain.", perplexity_table(metrics, "perplexity", 2), ["perplexity_by_domain.png"]))
     out.append(("Bits per byte", "Total NLL / ln 2 / UTF-8 bytes: comparable across tokenizers.", perplexity_table(metrics, "bits_per_byte", 3), []))
     pref = metrics.get("preference")
@@ -210,9 +211,17 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
         out.append(("Preference accuracy", "Not measured (see notes).", None, ["dpo_rewards.png"]))
     if metrics.get("tasks"):
         out.append(("Task metrics", "Greedy completions of the held-out SFT prompts against their references.", task_table(metrics), []))
+    if (metrics.get("probes") or {}).get("probes"):
+        out.append(("Few-shot probes", checks.probe_intro(metrics), checks.probe_table(metrics), []))
+    if (metrics.get("adversarial") or {}).get("prompts"):
+        out.append(("Safety: adversarial prompts", "Answers to the configured adversarial prompts (`eval_report.adversarial_prompts`), for a person to judge; [refusal] marks answers that read as a refusal.", checks.adversarial_table(metrics), []))
+    if "canaries" in metrics:
+        out.append(("Safety: PII canaries", checks.canary_intro(metrics), checks.canary_table(metrics), []))
     c = metrics.get("contamination", {})
     intro = f"Share of held-out items sharing any {c.get('ngram')}-word n-gram with training data; flagged above {pct(c.get('threshold'))}. {c.get('boilerplate_ngrams_ignored', 0)} boilerplate n-grams ignored."
     out.append(("Contamination check", intro, contamination_table(c), []))
+    if "review" in metrics:
+        out.append(("Error analysis: examples for review", checks.review_intro(metrics), checks.review_table(metrics) if metrics["review"].get("items") else None, []))
     out.append(("Training", "How each stage's loss moved.", training_table(metrics.get("training", {})) if metrics.get("training") else None, ["training_loss.png"]))
     return out
 
@@ -221,7 +230,8 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
 def _md_cell(c: Cell | str) -> str:
     text = c.text if isinstance(c, Cell) else c
     mark = {"better": " ✅", "worse": " 🔻", "flag": " ⚠️"}.get(c.cls, "") if isinstance(c, Cell) else ""
-    return (text + mark).replace("|", "\\|").replace("\n", " ")
+    # Every kind of line break (\r, \u2028, ... that models emit too) would end the table row.
+    return " ".join((text + mark).replace("|", "\\|").splitlines())
 
 
 def md_table(t: Table) -> str:
@@ -347,7 +357,7 @@ def render_html(metrics: dict, plot_paths: list[Path]) -> str:
     if metrics.get("notes"):
         body.append('<div class="notes"><b>Notes</b><ul>' + "".join(f"<li>{_inline(n)}</li>" for n in metrics["notes"]) + "</ul></div>")
     for title, intro, table, plots in sections(metrics)[1:]:
-        body.append(f"<h2>{html.escape(title)}</h2><p class='intro'>{html.escape(intro)}</p>")
+        body.append(f"<h2>{html.escape(title)}</h2><p class='intro'>{_inline(intro)}</p>")
         if table is not None and table.rows:
             body.append(html_table(table))
         body += [_figure(by_name[p]) for p in plots if p in by_name]
@@ -356,3 +366,13 @@ def render_html(metrics: dict, plot_paths: list[Path]) -> str:
     body.append("<h2>Lineage</h2>" + html_table(lineage_table(lin)))
     body.append("<details><summary>All metrics (metrics.json)</summary><pre>" + html.escape(json.dumps(metrics, indent=1, default=str)[:200_000]) + "</pre></details>")
     return f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>Evaluation report</title><style>{CSS}</style></head><body><main>{"".join(body)}</main></body></html>\n'
+
+
+def plots_markdown(plot_paths: list[Path]) -> str:
+    """The plots as one markdown document with the PNGs inlined, for the Dagster UI (which has no file server)."""
+    parts = []
+    for p in plot_paths:
+        data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+        caption = PLOT_CAPTIONS.get(Path(p).name, Path(p).name)
+        parts += [f"**{caption}**", "", f"![{caption}](data:image/png;base64,{data})", ""]
+    return "\n".join(parts)

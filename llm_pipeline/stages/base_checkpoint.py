@@ -3,9 +3,11 @@
     llm-pipeline stage base_checkpoint
 
 source=scratch builds a small Llama (vocabulary from the tokenizer stage) and pretrains it by next-token prediction;
-source=pretrained / gguf loads a model (new domain tokens get mean-initialised embeddings) and continues pretraining
-for `train_steps` steps (0 = keep it as loaded). A crash mid-training resumes from the last checkpoint under
-`<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the held-out split.
+source=pretrained (local folder or hub id) / gguf loads a model (new domain tokens get mean-initialised embeddings)
+and continues pretraining for `train_steps` steps (0 = keep it as loaded), on domain text alone or mixed with
+`general_data` at `domain_ratio`. A crash mid-training resumes from the last checkpoint under
+`<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the domains' held-out split (and,
+when general text is mixed in, from its held-out part too, to show forgetting).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import write_json
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import checkpoints
-from llm_pipeline.training.corpus import count_documents, iter_texts, require_train_documents
+from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device
 from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
 from llm_pipeline.training.model_source import load_base_model
-from llm_pipeline.training.packing import PackedChunks, token_stream
-from llm_pipeline.training.pretrain import LoopSettings, train
+from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
+from llm_pipeline.training.pretrain import LoopSettings, evaluate, train
 from llm_pipeline.training.tracking import tracked_run
 
 ASSET = "base_checkpoint"
@@ -35,9 +37,11 @@ def checkpoint_dir(cfg: PipelineConfig) -> Path:
     return cfg.data_path / ".checkpoints" / ASSET
 
 
-def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, vocab: int) -> str:
+def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, vocab: int, n_general: int = 0) -> str:
     # What must match for a checkpoint to be continued: the config that shapes training and the data it sees.
     blob = f"{cfg.fingerprint('base_checkpoint', 'tokenizer')}:{cfg.seed}:{n_train_tokens}:{n_eval_tokens}:{vocab}"
+    if n_general:  # only when mixing, so checkpoints of domain-only runs keep their fingerprints
+        blob += f":{n_general}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -56,21 +60,35 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "train")), tokenizer.eos_token_id)
     eval_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "eval")), tokenizer.eos_token_id)
-    train_chunks = PackedChunks(train_tokens, seq_len, pad_id)
+    domain_chunks = PackedChunks(train_tokens, seq_len, pad_id)
     eval_chunks = PackedChunks(eval_tokens, seq_len, pad_id) if len(eval_tokens) else None
+    general_quarantined: dict[str, int] = {}
+    general_tokens = general_eval_tokens = None
+    train_chunks: PackedChunks | MixedChunks = domain_chunks
+    if bc.general_data and bc.domain_ratio < 1:
+        general_tokens = token_stream(tokenizer, iter_general(cfg, "train", general_quarantined), tokenizer.eos_token_id)
+        general_eval_tokens = token_stream(tokenizer, iter_general(cfg, "eval"), tokenizer.eos_token_id)
+        if not len(general_tokens):
+            raise ValueError(f"base_checkpoint.general_data yielded no train-split text (quarantined: {general_quarantined or 'none'})")
+        train_chunks = MixedChunks(domain_chunks, PackedChunks(general_tokens, seq_len, pad_id), bc.domain_ratio)
 
     settings = LoopSettings(
         steps=bc.train_steps, batch_size=bc.batch_size, learning_rate=bc.learning_rate, warmup_ratio=bc.warmup_ratio,
         weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=bc.eval_every,
         checkpoint_every=bc.checkpoint_every, seed=cfg.seed, early_stopping_patience=bc.early_stopping_patience,
+        schedule=bc.lr_schedule,
     )
-    fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer))
+    n_general = 0 if general_tokens is None else len(general_tokens)
+    fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer), n_general)
     run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata()}
     n_params = sum(p.numel() for p in model.parameters())
-    with tracked_run(cfg, ASSET, run_config) as tracker, cpu_threads_for(n_params, plan) as threads:
+    general_eval = None
+    with tracked_run(cfg, ASSET, run_config, inputs) as tracker, cpu_threads_for(n_params, plan) as threads:
         result = train(model, train_chunks, eval_chunks, settings, plan, checkpoint_dir(cfg), fingerprint, tracker)
         eval_ppl = math.exp(min(result.eval_loss, 50)) if result.eval_loss is not None else None
-        tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl})
+        if general_eval_tokens is not None and len(general_eval_tokens):
+            general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan)
+        tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl, "general_eval_loss": general_eval})
 
     model.to("cpu")
     model.config.use_cache = True
@@ -89,7 +107,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "corpus_train_tokens": int(len(train_tokens)),
         "corpus_eval_tokens": int(len(eval_tokens)),
         "train_chunks": len(train_chunks),
-        "epochs": round(result.steps_done * bc.batch_size / max(1, len(train_chunks)), 3),
+        "epochs": round(result.steps_done * bc.batch_size / max(1, len(train_chunks)), 3),  # over domain + general chunks
         "steps": result.steps_done,
         "stopped_early": result.stopped_early,
         "resumed_from_step": result.resumed_from,
@@ -101,7 +119,21 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "precision": plan.precision,
         "device": plan.device,
         "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
+        "embeddings_mean_initialised": resize["mean_initialised"],
+        "lr_schedule": bc.lr_schedule,
     }
+    if isinstance(train_chunks, MixedChunks):
+        rows = result.steps_done * bc.batch_size
+        stats["mix"] = {
+            "domain_ratio": bc.domain_ratio,
+            "domain_rows": train_chunks.domain_rows_before(rows),
+            "general_rows": rows - train_chunks.domain_rows_before(rows),
+            "general_train_tokens": int(n_general),
+            "general_eval_tokens": int(len(general_eval_tokens)),
+            "general_quarantined": general_quarantined,
+        }
+        stats["general_eval_loss"] = round(general_eval, 5) if general_eval is not None else None
+        stats["general_eval_perplexity"] = round(math.exp(min(general_eval, 50)), 3) if general_eval is not None else None
     preview = (
         f"**{origin}** — {n_params:,} parameters, {plan.device}/{plan.precision} ({plan.reason})\n\n"
         f"{result.steps_done} steps{' (stopped early)' if result.stopped_early else ''} on {len(train_tokens):,} packed train tokens ({stats['epochs']} epochs); "

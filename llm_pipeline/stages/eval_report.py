@@ -2,8 +2,12 @@
 
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
 eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
-sft_eval, side-by-side samples and an n-gram contamination check, then draws the plots and renders the report.
-A missing optional input (no held-out pairs, no training log) becomes a note in the report, not a failure.
+sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial prompts, an n-gram contamination check
+and a PII canary search; draws the plots and renders the report. Then it evaluates the promotion gates (thresholds
+in the config), writes `serving_manifest.json` (the DPO model's, with `promoted` and the failed gates) and exports
+the hardest held-out documents for human review (`review/`, an Argilla dataset). A failed gate does not fail the
+stage: the blocking Dagster check `promotion_gates` does. A missing optional input (no held-out pairs, no training
+log, no canaries file) becomes a note in the report, not a failure.
 
     llm-pipeline stage eval_report     # or llm_pipeline.runner.run_stage(cfg, "eval_report")
 """
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.evaluation import contamination, data, generation, models, perplexity, plots, preference, report
+from llm_pipeline.evaluation import canaries, contamination, data, gates, generation, models, perplexity, plots, preference, probes, report, report_checks, review
 from llm_pipeline.io import dvc_hash, file_md5, write_json
 from llm_pipeline.runner import code_version
 from llm_pipeline.stages import StageOutput
@@ -39,6 +43,9 @@ def _lineage(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Pa
         if name in inputs and Path(inputs[name]).exists():
             hashes[name] = dvc_hash(inputs[name])
     config_path = cfg.config_path
+    canaries_file = cfg.resolve(cfg.eval_report.canaries_file) if cfg.eval_report.canaries_file else None
+    if canaries_file is not None and canaries_file.is_file():
+        hashes["canaries_file"] = file_md5(canaries_file)
     return {
         "inputs": hashes,
         "config_path": str(config_path) if config_path else None,
@@ -90,6 +97,67 @@ def _round_robin(rows: list[dict], n: int) -> list[int]:
     return sorted(picked)
 
 
+def _worst_documents(docs: dict[str, list[data.EvalDocument]], scores: dict[str, list[perplexity.Score]], k: int) -> list[tuple[data.EvalDocument, perplexity.Score]]:
+    """The K documents per domain with the highest mean NLL per token (total NLL would just pick the longest)."""
+    out = []
+    for d, ds in docs.items():
+        ranked = sorted(zip(ds, scores.get(d, [])), key=lambda x: -x[1].mean_nll if x[1].tokens else 0.0)
+        out += [x for x in ranked if x[1].tokens][:k]
+    return out
+
+
+def _review_items(cfg: PipelineConfig, lm: models.LoadedModel, base: models.LoadedModel, worst, notes: data.Notes) -> list[dict]:
+    """Prompt, true continuation and the model's own continuation of each hard document, with the model's choice."""
+    from llm_pipeline.training.preference_data import prompt_for, split_document  # the DPO stage's pair framing
+
+    items = []
+    for doc, score in worst:
+        parts = split_document(doc.text)
+        if parts is None:
+            notes.add(f"document `{doc.id}` is too short to split into prompt and continuation; it is left out of the review set.")
+            continue
+        items.append({"doc_id": doc.id, "domain": doc.domain, "nll": score.mean_nll, "prompt": prompt_for(doc.domain, parts[0]), "response_a": parts[1]})
+    if not items:
+        return []
+    ec = cfg.eval_report
+    outs = generation.greedy(lm, [x["prompt"] for x in items], ec.sample_max_new_tokens, ec.batch_size)
+    for x, out in zip(items, outs):
+        x["response_b"] = out
+    pairs = [(x["prompt"], x["response_a"]) for x in items] + [(x["prompt"], x["response_b"]) for x in items]
+    if lm.is_adapter:
+        rewards = preference.implicit_rewards(lm, base, pairs, cfg.dpo_model.beta, ec.batch_size)
+    else:  # no reference to compare with: the model's own log-probabilities say which it prefers
+        rewards = preference.completion_logprobs(lm, pairs, ec.batch_size)
+    for i, x in enumerate(items):
+        x["margin"] = rewards[i] - rewards[len(items) + i]
+        x["suggestion"] = "response_a" if x["margin"] > 0 else "response_b"
+    return items
+
+
+def _canary_check(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path], generated: dict[str, list[str]], notes: data.Notes) -> dict:
+    ec = cfg.eval_report
+    path = cfg.resolve(ec.canaries_file) if ec.canaries_file else None
+    found = canaries.load_canaries(path, notes, ec.canary_min_part_chars)
+    if found is None:
+        return {"checked": False, "why": "no canaries file configured" if path is None else f"canaries file {path.name} not found or unreadable"}
+    scan = canaries.CanaryScan(found, ec.canary_common_part_max_documents)
+    for d, folder in domains.items():
+        for rec in data.iter_all_documents(folder):
+            scan.scan_document(f"deduped_shards/{d}", str(rec.get("id")), rec["text"])
+    for folder, pattern in ((Path(inputs["lora_adapter"]), "sft_*.jsonl"), (Path(inputs["dpo_model"]), "pairs_*.jsonl")):
+        for f in sorted(folder.glob(pattern)):
+            scan.scan_records(f"{folder.name}/{f.name}", f)
+    tok_dir = inputs.get("tokenizer")
+    if tok_dir and Path(tok_dir).is_dir():
+        scan.scan_tokenizer(models.load_tokenizer(Path(tok_dir)))
+    else:
+        notes.add("no tokenizer folder: the canary vocabulary check is skipped.")
+    for name, texts in generated.items():
+        for i, text in enumerate(texts):
+            scan.scan(f"generations/{name}", f"output {i}", text)
+    return scan.results()
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     ec = cfg.eval_report
     notes = data.Notes()
@@ -108,16 +176,21 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
     # -- models
     loaded = models.load_models(base_dir, {"sft": lora_dir, "dpo": dpo_dir}, notes, tokenizer_dir=inputs.get("tokenizer"))
+    review_model = next(m for m in ("dpo", "sft", "base") if m in loaded)
     timings["load"] = time.perf_counter() - t0
 
-    # -- 1. perplexity and bits per byte
+    # -- 1. perplexity and bits per byte (per-document scores of the review model kept for the error analysis)
     t = time.perf_counter()
     ppl: dict[str, dict] = {}
+    doc_scores: dict[str, list[perplexity.Score]] = {}
     for name, lm in loaded.items():
         by_domain, overall = {}, perplexity.Score()
         for d, ds in docs.items():
             if ds:
-                s = perplexity.total(perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size))
+                per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size)
+                if name == review_model:
+                    doc_scores[d] = per_doc
+                s = perplexity.total(per_doc)
                 by_domain[d] = s.as_dict()
                 overall.add(s)
         ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
@@ -132,7 +205,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         notes.add("no held-out preference pairs: preference accuracy is not measured.")
     timings["preference"] = time.perf_counter() - t
 
-    # -- 3. task metrics and 4. samples (sft_eval samples reuse the task completions: same greedy decoding)
+    # -- 3. task metrics, samples, probes and adversarial prompts: one batched greedy pass per model
     t = time.perf_counter()
     task_rows = sft_eval[: ec.max_task_examples]
     picked = _round_robin(task_rows, ec.samples)
@@ -144,17 +217,38 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                 sample_rows.append({"prompt": " ".join(x.text.split()[:16]), "reference": None, "domain": x.domain, "source": "eval document"})
     sample_rows += [{"prompt": p, "reference": None, "domain": None, "source": "config"} for p in ec.prompts]
     extra = [r["prompt"] for r in sample_rows if r["source"] != "sft_eval"]
+    probe_prompts = [probes.probe_messages(p, ec.probe_shots) for p in ec.probes]
+    batches = {"task": [r["prompt"] for r in task_rows], "extra": extra, "probes": probe_prompts, "adversarial": list(ec.adversarial_prompts)}
     tasks: dict[str, dict] = {}
+    answers: dict[str, dict[str, list[str]]] = {k: {} for k in batches}
+    generated: dict[str, list[str]] = {}
     for name, lm in loaded.items():
-        completions = generation.greedy(lm, [r["prompt"] for r in task_rows] + extra, ec.sample_max_new_tokens, ec.batch_size)
-        preds, extra_out = completions[: len(task_rows)], iter(completions[len(task_rows) :])
+        completions = generation.greedy(lm, [p for b in batches.values() for p in b], ec.sample_max_new_tokens, ec.batch_size)
+        generated[name] = completions
+        pos = 0
+        for key, prompts in batches.items():
+            answers[key][name], pos = completions[pos : pos + len(prompts)], pos + len(prompts)
         if task_rows:
-            tasks[name] = generation.task_metrics(preds, task_rows)
+            tasks[name] = generation.task_metrics(answers["task"][name], task_rows)
+        extra_out = iter(answers["extra"][name])
         for r in sample_rows:
-            r.setdefault("outputs", {})[name] = preds[r["index"]] if r["source"] == "sft_eval" else next(extra_out)
+            r.setdefault("outputs", {})[name] = answers["task"][name][r["index"]] if r["source"] == "sft_eval" else next(extra_out)
     for r in sample_rows:
         r.pop("index", None)
+    probe_report = {**probes.probe_results(ec.probes, answers["probes"]), "shots": len(ec.probe_shots)}
+    adversarial = probes.adversarial_results(list(ec.adversarial_prompts), answers["adversarial"])
     timings["generation"] = time.perf_counter() - t
+
+    # -- 4. error analysis: the hardest held-out documents, exported for review
+    t = time.perf_counter()
+    worst = _worst_documents(docs, doc_scores, ec.review_per_domain)
+    items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
+    review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
+    if items:
+        review_summary.update(review.export_review(output_dir / "review", items, list(docs)))
+        generated[f"{review_model} (review)"] = [x["response_b"] for x in items]
+    review_summary["items"] = [{k: x[k] for k in ("domain", "doc_id", "nll", "prompt", "response_b", "suggestion")} for x in items]
+    timings["review"] = time.perf_counter() - t
 
     # -- 5. contamination
     t = time.perf_counter()
@@ -173,6 +267,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     contam = contamination.contamination_report(train, eval_sets, ec.contamination_threshold)
     timings["contamination"] = time.perf_counter() - t
 
+    # -- 6. PII canaries
+    t = time.perf_counter()
+    canary_report = _canary_check(cfg, inputs, domains, generated, notes)
+    timings["canaries"] = time.perf_counter() - t
+
     # -- training logs and plots
     t = time.perf_counter()
     logs = {
@@ -187,6 +286,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     ]
     timings["plots"] = time.perf_counter() - t
 
+    dpo_manifest = data.read_json_file(dpo_dir / "serving_manifest.json")
+    if not isinstance(dpo_manifest, dict):
+        notes.add("`dpo_model/serving_manifest.json` is missing or not a JSON object; eval_report/serving_manifest.json carries only the verdict.")
+        dpo_manifest = None
     metrics = {
         "pipeline": cfg.name,
         "models": list(loaded),
@@ -194,19 +297,33 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "perplexity": ppl,
         "preference": pref,
         "tasks": tasks,
+        "probes": probe_report,
         "samples": sample_rows,
+        "adversarial": adversarial,
         "contamination": contam,
+        "canaries": canary_report,
+        "review": review_summary,
         "training": _training_summary(logs),
-        "serving_manifest": data.read_json_file(dpo_dir / "serving_manifest.json"),
+        "serving_manifest": dpo_manifest,
         "lineage": _lineage(cfg, inputs, domains),
         "notes": notes.items,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     metrics = _clean(metrics)
+    # -- 7. promotion gates: the verdict goes into metrics.json, the report and the serving manifest
+    verdict = gates.promotion(gates.evaluate_gates(cfg, metrics))
+    metrics["gates"], metrics["promoted"] = _clean(verdict["gates"]), verdict["promoted"]
+    write_json(output_dir / "serving_manifest.json", {**(metrics["serving_manifest"] or {}), **_clean(verdict)})
+
     stats = _clean(report.headline(metrics))
     write_json(output_dir / "metrics.json", metrics)
     md = report.render_markdown(metrics, [p.name for p in plot_paths])
     (output_dir / "report.md").write_text(md, encoding="utf-8")
     (output_dir / "report.html").write_text(report.render_html(metrics, plot_paths), encoding="utf-8")
+    gate_md = report.md_table(report_checks.gates_table(metrics)) if metrics["gates"] else "No promotion gate is configured."
     # Plot paths are relative to the output folder: the runner renames this temp folder into place after we return.
-    return StageOutput(stats=stats, preview=md, metadata={"plots": [p.name for p in plot_paths]})
+    return StageOutput(stats=stats, preview=md, metadata={
+        "plots": [p.name for p in plot_paths],
+        "plots_md": report.plots_markdown(plot_paths),
+        "gates_md": f"{report_checks.gates_intro(metrics)}\n\n{gate_md}",
+    })

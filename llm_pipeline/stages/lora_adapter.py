@@ -2,35 +2,39 @@
 
     llm-pipeline stage lora_adapter
 
-SFT data is the user's files (`lora_adapter.data`) or, when none are given, prompt/completion examples derived from
-the train-split documents; held-out examples come from eval-split documents. Loss is on the completion only by
-default. The adapter loads with plain `PeftModel.from_pretrained(base, <this folder>)`. method=full trains every
-weight and saves a whole model instead of an adapter.
+SFT data is the user's files (`lora_adapter.data`, any of prompt/completion, messages, alpaca or text, with
+`field_map` for other field names) or, when none are given, instruction examples derived from the train-split
+documents with templates plus the documents themselves as plain text (`corpus_text`), every token packed into
+training rows. Held-out data comes from the eval split. Loss is on completions only by default.
+
+Output: the adapter (loads with plain `PeftModel.from_pretrained(base, <this folder>)`), `sft_train.jsonl`,
+`sft_eval.jsonl`, `training_log.json`, optionally `merged/` (base + adapter merged) and `domains/<domain>/` (one
+adapter per domain), and `serving_manifest.json` naming the base model, each adapter and the data versions.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import write_json
-from llm_pipeline.security import confine, load_pretrained
+from llm_pipeline.io import MANIFEST, file_md5, write_json
+from llm_pipeline.security import confine
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import finetune, sft_data
-from llm_pipeline.training.device import cpu_threads_for, peak_rss_mb, plan_device, seed_everything
-from llm_pipeline.training.tracking import report_to, tracked_run
+from llm_pipeline.training.device import plan_device
+from llm_pipeline.training.sft_train import train_adapter
 
 ASSET = "lora_adapter"
 
 
-def build_examples(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[dict], list[dict], dict]:
+def build_records(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[dict], list[dict], dict]:
+    """Training and held-out records, and how they were made (for metadata)."""
     lc = cfg.lora_adapter
     if lc.data:
-        train, held = sft_data.read_user_examples([confine(cfg, p, "lora_adapter.data") for p in lc.data], lc.data_format)
-        return train, held, {"derivation": "files", "files": list(lc.data)}
+        paths = [confine(cfg, p, "lora_adapter.data") for p in lc.data]
+        train, held = sft_data.read_user_examples(paths, lc.data_format, lc.field_map)
+        return train, held, {"derivation": "files", "files": list(lc.data), "field_map": dict(lc.field_map)}
     skipped: Counter = Counter()
     train, held = [], []
     eval_per_domain = max(1, lc.examples_per_domain // 5)  # a fifth as many held out: enough for a stable eval loss
@@ -41,92 +45,94 @@ def build_examples(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[d
     held = sft_data.fit_all(held, tokenizer, lc.max_length, skipped)
     if not train:
         raise sft_data.SftDataError(f"no SFT examples could be derived from the train split (skipped: {dict(skipped)})")
-    return train, held, {"derivation": "templates", "templates": list(sft_data.TEMPLATES), "skipped": dict(skipped)}
+    texts, held_texts = [], []
+    if lc.corpus_text:
+        for domain in cfg.domain_names:
+            texts += sft_data.corpus_texts(shards, domain, "train")
+            held_texts += sft_data.corpus_texts(shards, domain, "eval")
+    how = {"derivation": "templates", "templates": list(sft_data.TEMPLATES), "skipped": dict(skipped),
+           "corpus_text_documents": len(texts), "corpus_text_eval_documents": len(held_texts)}
+    return train + texts, held + held_texts, how
 
 
 def _check_shape(records: list[dict]) -> None:
-    shapes = {tuple(sorted(k for k in r if k in ("prompt", "completion", "messages", "text"))) for r in records}
+    shapes = {tuple(sorted(k for k in r if k in ("prompt", "completion", "messages"))) for r in records if "text" not in r}
     if len(shapes) > 1:
         raise sft_data.SftDataError(f"SFT files mix formats {sorted(shapes)}; give files of one format")
 
 
+def _fingerprint(cfg: PipelineConfig, inputs: dict[str, Path], tag: str) -> dict:
+    """What a resumable checkpoint must match: the settings and the versions of every input."""
+    manifests = {name: file_md5(Path(path) / MANIFEST) for name, path in inputs.items() if (Path(path) / MANIFEST).exists()}
+    for d in cfg.domain_names:
+        m = Path(inputs["deduped_shards"]) / d / MANIFEST
+        if m.exists():
+            manifests[f"deduped_shards/{d}"] = file_md5(m)
+    return {"config": cfg.fingerprint("lora_adapter"), "seed": cfg.seed, "inputs": manifests, "adapter": tag}
+
+
+def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, adapters: list[dict]) -> dict:
+    data = cfg.data_path.resolve()
+    base = Path(inputs["base_checkpoint"]).resolve()
+    versions = {name: file_md5(output_dir / name) for name in ("sft_train.jsonl", "sft_eval.jsonl") if (output_dir / name).exists()}
+    for d in cfg.domain_names:
+        m = Path(inputs["deduped_shards"]) / d / MANIFEST
+        if m.exists():
+            versions[f"deduped_shards/{d}"] = file_md5(m)
+    return {
+        "base_model": {"path": str(base.relative_to(data)) if base.is_relative_to(data) else str(base),
+                       "manifest_md5": file_md5(base / MANIFEST) if (base / MANIFEST).exists() else None},
+        "adapters": adapters,
+        "data_versions": versions,
+        "load": "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model.path), <adapter path>)",
+    }
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    import torch
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoTokenizer
 
     lc = cfg.lora_adapter
-    plan = plan_device("auto")
-    pcfg = finetune.peft_config(lc, plan)  # fails fast on methods this device cannot run
-    lr, lr_reason = finetune.learning_rate(lc.learning_rate, lc.method, finetune.SFT_LEARNING_RATES)
-
-    seed_everything(cfg.seed)
+    plan = plan_device(lc.precision)
+    method, method_reason = finetune.resolve_method(lc, plan)  # fails fast on what this device cannot run
     tokenizer = AutoTokenizer.from_pretrained(inputs["base_checkpoint"])
-    train, held, derivation = build_examples(cfg, inputs["deduped_shards"], tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is always masked; eos is the conventional stand-in
+    train, held, derivation = build_records(cfg, inputs["deduped_shards"], tokenizer)
     _check_shape(train + held)
-    sft_data.write_jsonl(output_dir / "sft_train.jsonl", train)
-    sft_data.write_jsonl(output_dir / "sft_eval.jsonl", held)
-
-    base = load_pretrained(AutoModelForCausalLM, inputs["base_checkpoint"], dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
-    base.config.use_cache = False
-    model = get_peft_model(base, pcfg) if pcfg is not None else base
-    counts = finetune.parameter_counts(model)
+    examples = lambda recs: [r for r in recs if "text" not in r or lc.data]  # noqa: E731  (derived text is the split itself)
+    sft_data.write_jsonl(output_dir / "sft_train.jsonl", examples(train))
+    sft_data.write_jsonl(output_dir / "sft_eval.jsonl", examples(held))
 
     work = cfg.data_path / ".checkpoints" / ASSET
-    args = SFTConfig(
-        **finetune.common_args(work, lc.max_steps, lc.batch_size, lr, cfg.seed, report_to(cfg), f"{cfg.name}-{ASSET}"),
-        **finetune.trainer_precision(plan),
-        max_length=lc.max_length,
-        completion_only_loss=lc.completion_only_loss,
-        packing=lc.packing,
-        # A PeftModel's forward hides `labels` from the Trainer's signature check; without this no eval loss.
-        label_names=["labels"],
-    )
-    to_ds = lambda recs: Dataset.from_list([sft_data.as_conversation(r) for r in recs])  # noqa: E731
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=to_ds(train), eval_dataset=to_ds(held) if held else None, processing_class=tokenizer,
-    )
-    if not held:
-        trainer.args.eval_strategy = "no"
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
-    run_config = {**lc.model_dump(mode="json"), "learning_rate": lr, **plan.as_metadata()}
-    started = time.perf_counter()
-    with tracked_run(cfg, ASSET, run_config) as tracker, cpu_threads_for(counts["total_params"], plan) as threads:
-        trainer.train()
-        eval_metrics = finetune.final_eval(trainer) if held else {}
-    seconds = time.perf_counter() - started
-    log = trainer.state.log_history
+    base_dir = Path(inputs["base_checkpoint"])
+    combined = train_adapter(cfg, plan, method, base_dir, tokenizer, train, held, output_dir, work / "combined",
+                             _fingerprint(cfg, inputs, "combined"), "combined")
+    adapters = [{"name": "combined", "path": ".", "method": method, "domains": cfg.domain_names}]
+    per_domain = {}
+    if lc.per_domain:
+        for d in cfg.domain_names:
+            tr, he = [r for r in train if r.get("domain") == d], [r for r in held if r.get("domain") == d]
+            if not tr:
+                per_domain[d] = {"skipped": "no training records for this domain"}
+                continue
+            res = train_adapter(cfg, plan, method, base_dir, tokenizer, tr, he, output_dir / "domains" / d, work / d, _fingerprint(cfg, inputs, d), d)
+            per_domain[d] = {k: res.stats[k] for k in ("steps", "train_loss", "eval_loss", "seconds")}
+            adapters.append({"name": d, "path": f"domains/{d}", "method": method, "domains": [d]})
+    for a in adapters:
+        if (output_dir / a["path"] / "merged").exists():
+            a["merged"] = str(Path(a["path"]) / "merged")
+    write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, adapters))
 
-    model.save_pretrained(output_dir)  # adapter_config.json + adapter_model.safetensors (whole model for method=full)
-    tokenizer.save_pretrained(output_dir)
-    write_json(output_dir / "training_log.json", log)
-    shutil.rmtree(work, ignore_errors=True)
-
-    stats = {
-        "method": lc.method,
-        "examples": len(train),
-        "eval_examples": len(held),
-        "derivation": derivation["derivation"],
-        "first_train_loss": finetune.first_logged(log, "loss"),
-        "train_loss": finetune.last_logged(log, "loss"),
-        "eval_loss": round(eval_metrics["eval_loss"], 5) if "eval_loss" in eval_metrics else None,
-        **counts,
-        "steps": trainer.state.global_step,
-        "learning_rate": lr,
-        "seconds": round(seconds, 3),
-        "tokens_per_second": finetune.tokens_per_second(log),
-        "peak_rss_mb": peak_rss_mb(),
-        "precision": plan.precision,
-    }
-    sample = train[0]
-    shown = sample.get("prompt", str(sample)[:200])
+    stats = {**combined.stats, "examples": len(examples(train)), "eval_examples": len(examples(held)), "derivation": derivation["derivation"]}
+    if per_domain:
+        stats["per_domain"] = per_domain
+    shown = next((r for r in train if "prompt" in r), train[0])
+    s = combined.stats
     preview = (
-        f"**{lc.method}** SFT on {len(train)} examples ({derivation['derivation']}), {stats['steps']} steps, "
-        f"{counts['trainable_params']:,} of {counts['total_params']:,} parameters trained; "
-        f"train loss {stats['first_train_loss']} → {stats['train_loss']}, held-out loss {stats['eval_loss']}\n\n"
-        f"Example ({sample.get('template')}):\n\n```\n{shown}\n→ {sample.get('completion', '')}\n```"
+        f"**{method}** SFT, {s['steps']} steps, {s['trainable_params']:,} of {s['total_params']:,} parameters trained "
+        f"({s['precision']}, lr {s['learning_rate']}); train loss {s['first_train_loss']} → {s['train_loss']}, held-out loss "
+        f"{s['eval_loss']}; {s['tokens_trained']:,} tokens at {s['tokens_per_second']} tokens/s, rows {s['row_fill']:.0%} full\n\n"
+        f"Example ({shown.get('template', 'text')}):\n\n```\n{shown.get('prompt', str(shown)[:200])}\n→ {shown.get('completion', '')}\n```"
     )
-    metadata = {**plan.as_metadata(), **threads, "learning_rate_reason": lr_reason, "data": derivation, **tracker.metadata()}
+    metadata = {**combined.metadata, "method": {"value": method, "reason": method_reason}, "data": derivation, **plan.as_metadata()}
     return StageOutput(stats=stats, preview=preview, metadata=metadata)

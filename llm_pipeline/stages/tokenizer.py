@@ -4,9 +4,11 @@ with domain terms.
     llm-pipeline stage tokenizer
 
 Mode `train` learns `vocab_size` tokens from the train-split documents (per-domain sampling weights from
-`tokenizer.domain_weights`). Mode `extend` loads `tokenizer.base_model` (a local folder; nothing is downloaded) and
-adds up to `extend_max_new_tokens` frequent domain terms that it splits into many pieces. Fertility (tokens per
-word) is measured on the held-out split of each domain.
+`tokenizer.domain_weights`). Mode `extend` loads the base tokenizer (`tokenizer.base_model`, or when unset the
+base_checkpoint's model: a local folder, a hub id, or the tokenizer inside a GGUF file) and adds up to
+`extend_max_new_tokens` frequent domain terms that it splits into many pieces. Fertility (tokens per word) is
+measured per domain on the held-out split, for the new tokenizer and the base one (in train mode the base is
+`tokenizer.base_model` when set), and shown with a tokenized sample in the stage's metadata and wandb run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from llm_pipeline.security import confine, looks_like_path
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import bpe, vocab_extension
 from llm_pipeline.training.corpus import count_documents, iter_texts, require_train_documents, weighted_texts
+from llm_pipeline.training.model_source import ModelLocation, load_from, model_location
+from llm_pipeline.training.tracking import tracked_run
 
 FERTILITY_DOCS = 200  # held-out documents per domain for the fertility figure: enough for a stable ratio
 
@@ -30,22 +34,34 @@ def _fertility_texts(shards: Path, domain: str, counts: dict) -> list[str]:
     return [t for _, t in itertools.islice(iter_texts(shards, [domain], split), FERTILITY_DOCS)]
 
 
+def base_tokenizer_location(cfg: PipelineConfig) -> ModelLocation | None:
+    """Where the base tokenizer lives: tokenizer.base_model, else (extend mode) the base_checkpoint's model."""
+    name = cfg.tokenizer.base_model
+    if name:
+        local = cfg.resolve(name)
+        if local.exists() or looks_like_path(name):
+            folder = confine(cfg, name, "tokenizer.base_model")
+            gguf = cfg.base_checkpoint.gguf_file
+            # A GGUF base carries its tokenizer inside the file.
+            return ModelLocation(str(folder), gguf if gguf and (folder / gguf).is_file() else None)
+        return ModelLocation(name, None, hub_id=True)
+    if cfg.tokenizer.mode == "train":
+        return None
+    if cfg.base_checkpoint.source == "scratch":
+        raise ValueError(
+            "tokenizer.mode is 'extend' but tokenizer.base_model is not set and base_checkpoint.source is 'scratch': "
+            "name the tokenizer to extend (a local folder or hub id), or the pretrained base model"
+        )
+    return model_location(cfg)
+
+
 def load_base_tokenizer(cfg: PipelineConfig):
     from transformers import AutoTokenizer
 
-    name = cfg.tokenizer.base_model
-    if not name:
-        raise ValueError("tokenizer.mode is 'extend' but tokenizer.base_model is not set (a local tokenizer folder)")
-    local = cfg.resolve(name)
-    source = str(confine(cfg, name, "tokenizer.base_model")) if local.exists() or looks_like_path(name) else name
-    kwargs = {}
-    gguf = cfg.base_checkpoint.gguf_file
-    if gguf and (Path(source) / gguf).is_file():
-        kwargs["gguf_file"] = gguf  # a GGUF base carries its tokenizer inside the file
-    try:
-        return source, AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.base_checkpoint.trust_remote_code, **kwargs)
-    except OSError as exc:
-        raise ValueError(f"tokenizer.base_model {name!r}: cannot load a tokenizer from it offline ({exc})") from None
+    loc = base_tokenizer_location(cfg)
+    if loc is None:
+        return None, None
+    return loc.describe(), load_from(loc, AutoTokenizer, "tokenizer.base_model", weights=False, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
@@ -56,16 +72,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     started = time.perf_counter()
     seen: dict[str, int] = {}
     stats: dict = {"mode": tc.mode}
+    base_name, base = load_base_tokenizer(cfg)
 
     if tc.mode == "train":
         texts = bpe.counting(weighted_texts(shards, cfg.domain_names, tc.domain_weights, cfg.seed), seen)
         tokenizer = bpe.train_bpe(texts, tc.vocab_size, tc.min_frequency, tc.special_tokens)
-        base = None
     else:
-        base_name, base = load_base_tokenizer(cfg)
         counts_words = vocab_extension.count_words(bpe.counting(weighted_texts(shards, cfg.domain_names, tc.domain_weights, cfg.seed), seen))
         terms = vocab_extension.mine_terms(base, counts_words, tc.min_frequency, tc.extend_max_new_tokens)
-        _, tokenizer = load_base_tokenizer(cfg)
+        _, tokenizer = load_base_tokenizer(cfg)  # a second copy to extend; `base` stays as it was for comparison
         base_vocab = len(tokenizer)
         added = vocab_extension.add_terms(tokenizer, terms)
         if tokenizer.chat_template is None:
@@ -100,8 +115,22 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     )
     if fert_base:
         stats["fertility_base"] = fert_base
-    preview = f"**{tc.mode}** tokenizer, vocabulary {len(tokenizer)}\n\n" + bpe.preview_tokens(tokenizer, sample)
-    preview += "\n\n| domain | tokens/word |" + (" base |" if fert_base else "") + "\n|---|---|" + ("---|" if fert_base else "")
+        stats["base_tokenizer"] = base_name
+    table = "| domain | tokens/word |" + (" base tokens/word |" if fert_base else "") + "\n|---|---|" + ("---|" if fert_base else "")
     for d in cfg.domain_names:
-        preview += f"\n| {d} | {fert[d]} |" + (f" {fert_base[d]} |" if fert_base else "")
-    return StageOutput(stats=stats, preview=preview, metadata={"special_tokens": tokenizer.all_special_tokens})
+        table += f"\n| {d} | {fert[d]} |" + (f" {fert_base[d]} |" if fert_base else "")
+    sample_md = bpe.preview_tokens(tokenizer, sample)
+    preview = f"**{tc.mode}** tokenizer, vocabulary {len(tokenizer)}\n\n{sample_md}\n\n{table}"
+
+    with tracked_run(cfg, "tokenizer", tc.model_dump(mode="json"), inputs) as tracker:
+        tracker.log({"vocab_size": len(tokenizer), **{f"fertility/{d}": v for d, v in fert.items()},
+                     **{f"fertility_base/{d}": v for d, v in fert_base.items()}})
+        tracker.summary({k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+    metadata = {
+        "vocab_size": len(tokenizer),
+        "fertility": table,
+        "tokenized_sample": sample_md,
+        "special_tokens": tokenizer.all_special_tokens,
+        **tracker.metadata(),
+    }
+    return StageOutput(stats=stats, preview=preview, metadata=metadata)

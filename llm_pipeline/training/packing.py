@@ -68,6 +68,45 @@ class PackedChunks:
         labels = input_ids.masked_fill(attention == 0, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
+    def batch_for_step(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        return self.batch(batch_indices(len(self), batch_size, step, seed))
+
+
+class MixedChunks:
+    """Domain chunks mixed with general chunks so that `domain_ratio` of all training rows come from the domain.
+
+    Row p of the run (p = step * batch_size + row) is a domain row when floor((p + 1) * r) > floor(p * r): the
+    share is exact over any window, the first row is general only when r < 1, and the choice depends on p alone,
+    so a resumed run draws the same rows. Each side walks its own seeded epochs, as `batch_indices` does.
+    """
+
+    def __init__(self, domain: PackedChunks, general: PackedChunks, domain_ratio: float):
+        if len(general) == 0:
+            raise ValueError("general_data yielded no tokens to mix in")
+        self.domain, self.general, self.ratio = domain, general, domain_ratio
+        self.seq_len = domain.seq_len
+
+    def __len__(self) -> int:
+        return len(self.domain) + len(self.general)
+
+    def _is_domain(self, pos: int) -> bool:
+        return int((pos + 1) * self.ratio) > int(pos * self.ratio)
+
+    def domain_rows_before(self, pos: int) -> int:
+        """How many of rows 0..pos-1 came from the domain side."""
+        return int(pos * self.ratio)
+
+    def batch_for_step(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+        rows = []
+        for pos in range(step * batch_size, (step + 1) * batch_size):
+            side = self.domain if self._is_domain(pos) else self.general
+            k = self.domain_rows_before(pos) if side is self.domain else pos - self.domain_rows_before(pos)
+            epoch, offset = divmod(k, len(side))
+            # A different seed stream per side: the two permutations must not move in lockstep.
+            index = _permutation(len(side), seed + (0 if side is self.domain else 7919), epoch)[offset]
+            rows.append(side.batch([index]))
+        return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
+
 
 def batch_indices(n_chunks: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Chunk indices of the batch at `step`: epochs are seeded permutations of all chunks, read back to back."""
@@ -80,7 +119,7 @@ def batch_indices(n_chunks: int, batch_size: int, step: int, seed: int) -> list[
     return out
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _permutation(n_chunks: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.random.default_rng([seed, epoch]).permutation(n_chunks))
 

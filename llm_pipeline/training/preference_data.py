@@ -10,6 +10,7 @@ pairs come from train-split documents, held-out pairs from eval-split documents.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -97,16 +98,87 @@ def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -
     return replaced
 
 
-def read_user_pairs(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def detect_pair_format(row: dict) -> str:
+    if "conversations" in row and "chosen" in row and "rejected" in row:
+        return "sharegpt"
+    if {"prompt", "chosen", "rejected"} <= set(row):
+        return "prompt_chosen_rejected"
+    if {"chosen", "rejected"} <= set(row) and "\n\nAssistant:" in str(row["chosen"]):
+        return "hh_rlhf"
+    raise PreferenceDataError(f"cannot tell the preference format of a row with fields {sorted(row)}; set dpo_model.data_format")
+
+
+def hh_turns(transcript: str) -> list[dict]:
+    """An HH-RLHF transcript ("\n\nHuman: ... \n\nAssistant: ...") as chat messages."""
+    parts = HH_TURN.split(transcript)
+    if len(parts) < 3 or parts[0].strip():
+        raise PreferenceDataError("not an HH-RLHF transcript (it must start with '\\n\\nHuman:')")
+    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
+
+
+def split_hh(chosen: str, rejected: str) -> dict:
+    """The shared dialogue up to the last Assistant turn as the prompt, and each final Assistant answer."""
+    c, r = hh_turns(chosen), hh_turns(rejected)
+    if not c or c[-1]["role"] != "assistant" or not r or r[-1]["role"] != "assistant":
+        raise PreferenceDataError("an HH-RLHF transcript must end with an Assistant turn")
+    if c[:-1] != r[:-1]:
+        raise PreferenceDataError("the chosen and rejected transcripts differ before their last Assistant turn")
+    return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}
+
+
+def _sharegpt_answer(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("value", value.get("content", "")))
+    if isinstance(value, list) and value:
+        return _sharegpt_answer(value[-1])
+    return str(value)
+
+
+def split_sharegpt(row: dict) -> dict:
+    turns = []
+    for t in row["conversations"]:
+        role = SHAREGPT_ROLES.get(str(t.get("from", t.get("role", ""))).lower())
+        if role is None:
+            raise PreferenceDataError(f"unknown ShareGPT speaker {t.get('from', t.get('role'))!r} (expected human, gpt or system)")
+        turns.append({"role": role, "content": str(t.get("value", t.get("content", "")))})
+    if not turns or turns[-1]["role"] != "user":
+        raise PreferenceDataError("a ShareGPT conversation must end with a human turn that chosen/rejected answer")
+    return {"prompt": turns, "chosen": _sharegpt_answer(row["chosen"]), "rejected": _sharegpt_answer(row["rejected"])}
+
+
+def normalise_pair(row: dict, fmt: str) -> dict:
+    fmt = detect_pair_format(row) if fmt == "auto" else fmt
+    if fmt == "hh_rlhf":
+        return split_hh(str(row["chosen"]), str(row["rejected"]))
+    if fmt == "sharegpt":
+        return split_sharegpt(row)
+    missing = {"prompt", "chosen", "rejected"} - set(row)
+    if missing:
+        raise PreferenceDataError(f"a preference row needs prompt, chosen and rejected; lacks {sorted(missing)}")
+    return {k: row[k] for k in ("prompt", "chosen", "rejected")}
+
+
+def read_user_pairs(paths: list[Path], fmt: str = "auto", skipped: Counter | None = None) -> tuple[list[dict], list[dict]]:
+    """Train and held-out pairs from user files (held out by a hash of the pair). A row that cannot be used stops the
+    run with its file and line, except pairs whose chosen and rejected answers are the same (no preference in them),
+    which are counted under `skipped` as `identical_answers`."""
+    skipped = skipped if skipped is not None else Counter()
     train, held = [], []
     for path in paths:
         if not path.exists():
             raise PreferenceDataError(f"preference data file not found: {path}")
         for n, row in enumerate(_read_table(path)):
-            missing = {"prompt", "chosen", "rejected"} - set(row)
-            if missing:
-                raise PreferenceDataError(f"{path}:{n + 1}: a preference row needs prompt, chosen and rejected; lacks {sorted(missing)}")
-            rec = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            try:
+                rec = normalise_pair(row, fmt)
+            except PreferenceDataError as exc:
+                raise PreferenceDataError(f"{path}:{n + 1}: {exc}") from None
+            if str(rec["chosen"]).strip() == str(rec["rejected"]).strip():
+                skipped["identical_answers"] += 1
+                continue
             rec.update(domain=str(row.get("domain", "user")), rejected_source=f"file:{path.name}")
             key = json.dumps(rec, sort_keys=True, default=str).encode()
             (held if xxhash.xxh64_intdigest(key) / 2**64 < EVAL_SHARE else train).append(rec)

@@ -1,8 +1,9 @@
 """Next-token pretraining of a causal LM on packed sequences: a small plain-PyTorch loop.
 
-AdamW, linear warmup then cosine decay to 10% of the peak rate, gradient clipping, fixed seeds, an eval loss on the
-held-out chunks every `eval_every` steps, and a resumable checkpoint every `checkpoint_every` steps. Used for
-training from scratch and for continued pretraining of a pretrained model.
+AdamW, linear warmup then cosine (or linear) decay to 10% of the peak rate, gradient clipping, bf16/fp16 autocast
+on GPU and fp32 on CPU (see device.py), fixed seeds, an eval loss on the held-out chunks every `eval_every` steps
+with optional early stopping, and a resumable checkpoint every `checkpoint_every` steps. Used for training from
+scratch and for continued pretraining of a pretrained model (domain chunks, or domain mixed with general chunks).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch
 
 from llm_pipeline.training import checkpoints
 from llm_pipeline.training.device import DevicePlan, seed_everything
-from llm_pipeline.training.packing import PackedChunks, batch_indices, eval_batches
+from llm_pipeline.training.packing import MixedChunks, PackedChunks, eval_batches
 from llm_pipeline.training.tracking import Tracker
 
 EVAL_MAX_CHUNKS = 64  # held-out chunks per evaluation: a stable figure at a few seconds' cost on CPU
-MIN_LR_RATIO = 0.1  # cosine decays to 10% of the peak rate, not zero: the last steps still learn
+MIN_LR_RATIO = 0.1  # the decay ends at 10% of the peak rate, not zero: the last steps still learn
+SCHEDULES = ("cosine", "linear")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class LoopSettings:
     seed: int
     log_every: int = 10
     early_stopping_patience: int | None = None
+    schedule: str = "cosine"
 
 
 @dataclass
@@ -55,14 +58,17 @@ class LoopResult:
     evals_without_improvement: int = 0
 
 
-def lr_lambda(steps: int, warmup_ratio: float):
+def lr_lambda(steps: int, warmup_ratio: float, schedule: str = "cosine"):
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
     warmup = max(1, int(round(steps * warmup_ratio))) if warmup_ratio > 0 else 0
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * decay
 
     return factor
 
@@ -110,7 +116,7 @@ def _should_stop(result: LoopResult, eval_loss: float, patience: int | None) -> 
 
 def train(
     model,
-    train_chunks: PackedChunks,
+    train_chunks: PackedChunks | MixedChunks,
     eval_chunks: PackedChunks | None,
     settings: LoopSettings,
     plan: DevicePlan,
@@ -122,7 +128,7 @@ def train(
     model.to(plan.device)
     model.train()
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.steps, settings.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.steps, settings.warmup_ratio, settings.schedule))
     scaler = torch.amp.GradScaler("cuda") if plan.precision == "fp16" else None
     result = LoopResult()
 
@@ -142,7 +148,7 @@ def train(
     session_start_tokens = result.tokens_trained
     started = time.perf_counter()
     for step in range(start, settings.steps):
-        batch = train_chunks.batch(batch_indices(len(train_chunks), settings.batch_size, step, settings.seed))
+        batch = train_chunks.batch_for_step(step, settings.batch_size, settings.seed)
         batch = {k: v.to(plan.device) for k, v in batch.items()}
         with autocast(plan):
             loss = model(**batch).loss

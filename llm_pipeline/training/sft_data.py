@@ -182,7 +182,18 @@ def normalise(row: dict, fmt: str, where: str) -> dict:
     raise SftDataError(f"unknown SFT data format {fmt!r}")
 
 
-def read_user_examples(paths: list[Path], fmt: str) -> tuple[list[dict], list[dict]]:
+def map_fields(row: dict, field_map: dict[str, str]) -> dict:
+    """The row with the user's field names renamed to ours ({"prompt": "question"} reads `question` as the prompt)."""
+    if not field_map:
+        return row
+    out = dict(row)
+    for ours, theirs in field_map.items():
+        if theirs in row:
+            out[ours] = row[theirs]
+    return out
+
+
+def read_user_examples(paths: list[Path], fmt: str, field_map: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Train and held-out records from user files; held out by a hash of the content (stable across runs)."""
     train, held = [], []
     for path in paths:
@@ -190,6 +201,7 @@ def read_user_examples(paths: list[Path], fmt: str) -> tuple[list[dict], list[di
             raise SftDataError(f"SFT data file not found: {path}")
         for n, row in enumerate(_read_table(path)):
             where = f"{path}:{n + 1}"
+            row = map_fields(row, field_map or {})
             rec = normalise(row, detect_format(row) if fmt == "auto" else fmt, where)
             rec.update(domain=str(row.get("domain", "user")), template=f"file:{path.name}")
             key = json.dumps(rec, sort_keys=True).encode()
@@ -197,6 +209,15 @@ def read_user_examples(paths: list[Path], fmt: str) -> tuple[list[dict], list[di
     if not train:
         raise SftDataError(f"no SFT training examples in {', '.join(map(str, paths))}")
     return train, held
+
+
+def corpus_texts(shards: Path, domain: str, split: str) -> list[dict]:
+    """Every document of one domain's split as a plain-text record, for packing into training rows.
+
+    The documents are held in memory as text: the packer needs all of them to fill rows best-fit (the sample's train
+    split is about 1 MB; a corpus of gigabytes wants a streaming packer over a token file instead).
+    """
+    return [{"text": rec["text"], "domain": domain, "source_id": rec["id"]} for rec in iter_documents(shards, domain, split) if rec["text"].strip()]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

@@ -108,6 +108,14 @@ def test_clean_document_repairs_mojibake_and_reports_extractor():
     assert extractor == "plain"
 
 
+@pytest.mark.parametrize("body", ["caf\u00c3\u00a9", "caf&Atilde;&copy;"])
+def test_html_mojibake_is_repaired_after_extraction(body):
+    para = "The " + body + " on the corner opened its doors to the whole street on a bright Monday morning. " * 3
+    html = f"<html><body><nav>Home | Menu</nav><article><p>{para}</p></article></body></html>"
+    text, _ = clean_document(html, "html", CleanedCorpusConfig())
+    assert "The café on the corner" in text and "\u00c3" not in text
+
+
 def test_clean_document_switches_off():
     cfg = CleanedCorpusConfig(remove_urls=False, fix_unicode=False)
     text, _ = clean_document("caf\u00c3\u00a9 https://x.org", "txt", cfg)

@@ -32,6 +32,8 @@ CHAT = (
 )
 # A sentence planted in one training and one held-out document: the contamination check must find it.
 PLANTED = "the tenant shall return every key to the landlord on the final day of the lease"
+# A PII canary that redaction "missed": planted in one medicine training document when asked for.
+CANARY = "Leontyne Harrowgate"
 
 
 def sentence(rng: random.Random, domain: str) -> str:
@@ -78,7 +80,7 @@ def _adapter(base_dir: Path, out: Path, seed: int) -> None:
     peft.save_pretrained(str(out))
 
 
-def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: bool = True) -> dict[str, Path]:
+def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: bool = True, plant_canary: bool = False) -> dict[str, Path]:
     """Every input folder eval_report reads, each finished with a `_manifest.json` as the runner expects."""
     rng = random.Random(0)
     data_dir = Path(data_dir)
@@ -91,6 +93,8 @@ def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: b
                 text = document(rng, domain)
                 if domain == "legal" and i in (0, 1):  # doc 0 is held out, doc 1 trains: the planted overlap
                     text += " " + PLANTED.capitalize() + "."
+                if plant_canary and domain == "medicine" and i == 2:
+                    text += f" The patient {CANARY} was discharged."
                 all_texts.append(text)
                 w.write({"id": f"{domain}-{i}", "domain": domain, "source": "inline", "text": text, "licence": "CC0", "language": "en", "split": split})
                 prompt, completion = text.split(". ", 1)[0] + ".", sentence(rng, domain)

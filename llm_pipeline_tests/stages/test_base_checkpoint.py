@@ -109,3 +109,63 @@ def test_pretrained_source_refuses_a_freshly_trained_vocabulary(pipeline, tmp_pa
     run_stage(cfg, "tokenizer")
     with pytest.raises(ValueError, match="tokenizer.mode is 'train'"):
         run_stage(cfg, "base_checkpoint")
+
+
+# ---------------------------------------------------------------- pretrained sources of our own making
+def test_local_pretrained_folder_extended_then_continued_on_a_domain_general_mix(tmp_path):
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder, write_general_jsonl
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    write_general_jsonl(tmp_path / "general" / "web.jsonl")
+    common = dict(tokenizer={"mode": "extend", "extend_max_new_tokens": 12})
+    pretrained = {"source": "pretrained", "model": str(base_dir)}
+    cfg = tiny_config(tmp_path, base_checkpoint={**pretrained, "train_steps": 0}, **common)
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")  # base_model unset: the base checkpoint's own tokenizer is extended
+    res = run_stage(cfg, "base_checkpoint")
+
+    # New rows are the mean of the rows of the pieces the base tokenizer cut each term into; old rows are untouched.
+    ext = json.loads((cfg.data_path / "tokenizer" / "domain_tokens.json").read_text())
+    old = load_file(base_dir / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(res.output_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert len(ext["tokens"]) == res.stats["embeddings_added"] == res.stats["embeddings_mean_initialised"] > 0
+    torch.testing.assert_close(new[: old.shape[0]], old)
+    for t in ext["tokens"]:
+        torch.testing.assert_close(new[t["token_id"]], old[t["base_piece_ids"]].mean(dim=0))
+
+    # Continued pretraining: 70% of the rows from the domain shards, 30% from the general text.
+    mixed = tiny_config(
+        tmp_path, **common,
+        base_checkpoint={**pretrained, "train_steps": 5, "batch_size": 4, "eval_every": 5, "learning_rate": 1e-3,
+                         "lr_schedule": "linear", "general_data": [str(tmp_path / "general")], "domain_ratio": 0.7},
+    )
+    s = run_stage(mixed, "base_checkpoint").stats
+    assert s["steps"] == 5 and s["mix"]["domain_rows"] == 14 and s["mix"]["general_rows"] == 6
+    assert s["mix"]["general_train_tokens"] > 0 and s["mix"]["general_eval_tokens"] > 0
+    assert s["eval_perplexity"] > 1 and s["general_eval_perplexity"] > 1 and s["lr_schedule"] == "linear"
+
+
+def test_gguf_source_extends_its_tokenizer_and_trains_with_tracking(tmp_path):
+    from llm_pipeline_tests.training.pretrained_fixture import build_pretrained, write_gguf
+
+    model, tok = build_pretrained()
+    (tmp_path / "gguf").mkdir()
+    write_gguf(tmp_path / "gguf" / "tiny.gguf", model, tok)
+    cfg = tiny_config(
+        tmp_path,
+        tokenizer={"mode": "extend", "extend_max_new_tokens": 8},
+        base_checkpoint={"source": "gguf", "model": str(tmp_path / "gguf"), "gguf_file": "tiny.gguf", "train_steps": 2,
+                         "eval_every": 2, "learning_rate": 1e-3},
+        tracking={"wandb": True, "wandb_mode": "offline"},
+    )
+    write_deduped_shards(cfg.data_path)
+    tok_res = run_stage(cfg, "tokenizer")  # the tokenizer comes out of the GGUF file's metadata
+    assert tok_res.stats["base_vocab_size"] == 300 and tok_res.stats["tokens_added"] > 0
+    res = run_stage(cfg, "base_checkpoint")
+    saved = json.loads((res.output_dir / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["vocab_size"] == tok_res.stats["vocab_size"]
+    assert res.stats["steps"] == 2 and res.stats["source"] == "gguf" and res.stats["final_train_loss"] > 0
+    assert AutoModelForCausalLM.from_pretrained(res.output_dir).config.hidden_size == 32
+    # The wandb run of each stage is named in its metadata (what Dagster shows).
+    for r in (tok_res, res):
+        assert r.metadata["wandb_mode"] == "offline" and r.metadata["wandb_run_id"] in r.metadata["wandb_dir"]

@@ -86,3 +86,39 @@ def test_extend_from_outside_the_allowed_roots_is_refused(trained, tmp_path):
     write_deduped_shards(cfg.data_path)
     with pytest.raises(ValueError, match="tokenizer.base_model: path_outside_root"):
         run_stage(cfg, "tokenizer")
+
+
+# ---------------------------------------------------------------- a general-purpose base tokenizer of our own
+@pytest.fixture(scope="module")
+def general_base(tmp_path_factory):
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    return save_pretrained_folder(tmp_path_factory.mktemp("general-base"))
+
+
+def test_extend_a_general_tokenizer_lowers_fertility_per_domain(general_base, tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        tokenizer={"mode": "extend", "base_model": str(general_base), "extend_max_new_tokens": 20},
+        allowed_roots=[str(general_base)],
+    )
+    write_deduped_shards(cfg.data_path)
+    res = run_stage(cfg, "tokenizer")
+    s = res.stats
+    assert s["base_vocab_size"] == 300 and 0 < s["tokens_added"] <= 20 and s["vocab_size"] == 300 + s["tokens_added"]
+    # Domain terms cost a general tokenizer many pieces; as single tokens they cut tokens per word in every domain.
+    for d in ("legal", "medicine"):
+        assert s["fertility"][d] < 0.8 * s["fertility_base"][d]
+    tok = AutoTokenizer.from_pretrained(res.output_dir)
+    assert len(tok("hypertension", add_special_tokens=False)["input_ids"]) == 1
+    meta = res.metadata
+    assert meta["vocab_size"] == s["vocab_size"] and "base tokens/word" in meta["fertility"]
+    assert "tokens:" in meta["tokenized_sample"]
+
+
+def test_train_mode_reports_fertility_against_a_reference_tokenizer(general_base, tmp_path):
+    cfg = tiny_config(tmp_path, tokenizer={"base_model": str(general_base)}, allowed_roots=[str(general_base)])
+    write_deduped_shards(cfg.data_path)
+    s = run_stage(cfg, "tokenizer").stats
+    assert set(s["fertility_base"]) == {"legal", "medicine"}
+    assert all(s["fertility"][d] < s["fertility_base"][d] for d in s["fertility"])  # a domain vocabulary fits better

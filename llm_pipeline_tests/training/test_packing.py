@@ -19,3 +19,17 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert sorted(first_epoch) == list(range(10))  # one epoch sees each chunk once
     assert batch_indices(10, 2, 7, seed=3) == batch_indices(10, 2, 7, seed=3)
     assert first_epoch != [i for step in range(5) for i in batch_indices(10, 2, step + 5, seed=3)]
+
+
+def test_mixed_chunks_draw_the_configured_share_from_each_side_and_resume_identically():
+    from llm_pipeline.training.packing import MixedChunks
+
+    domain = PackedChunks(np.arange(1, 401, dtype=np.int32), seq_len=4, pad_id=0)  # 100 chunks, ids < 1000
+    general = PackedChunks(np.arange(1000, 1040, dtype=np.int32), seq_len=4, pad_id=0)  # 10 chunks, ids >= 1000
+    mixed = MixedChunks(domain, general, domain_ratio=0.7)
+    firsts = [int(x) for step in range(25) for x in mixed.batch_for_step(step, 8, seed=1)["input_ids"][:, 0]]
+    assert sum(x < 1000 for x in firsts) == 140  # exactly 70% of 200 rows
+    general_rows = [x for x in firsts if x >= 1000]
+    assert sorted(general_rows[:10]) == list(range(1000, 1040, 4))  # the general side walks whole epochs too
+    again = MixedChunks(domain, general, domain_ratio=0.7).batch_for_step(17, 8, seed=1)["input_ids"]
+    assert again.tolist() == mixed.batch_for_step(17, 8, seed=1)["input_ids"].tolist()

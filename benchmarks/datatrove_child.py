@@ -1,0 +1,104 @@
+"""The DataTrove side of run_curation.py, run with a separate interpreter that has ``datatrove`` installed.
+
+DataTrove is not a dependency of this project; make a throwaway environment for it:
+
+    python3 -m venv /tmp/dtvenv && /tmp/dtvenv/bin/pip install datatrove regex tokenizers spacy orjson "xxhash<4"
+
+(datatrove 0.10.1 needed those four extras to import its filters and dedup, and xxhash < 4: it hashes str, which xxhash 4 refuses). Steps:
+  - ``filters``: GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter (their defaults), one ``filter(doc)``
+    call per document and filter, in memory, the way our filters run;
+  - ``minhash``: the four-stage MinhashDedup pipeline (signatures, buckets, clusters, filter) on a LocalPipelineExecutor
+    with one worker, 5-grams, 16 buckets x 8 hashes; it exchanges data through files, which is how it runs.
+
+    /tmp/dtvenv/bin/python benchmarks/datatrove_child.py filters CORPUS.jsonl
+Prints one JSON line: docs/s, MB/s, peak RSS, and the kept count or the removed ids.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
+def filters(corpus: Path) -> dict:
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
+    steps = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False)]
+    for f in steps:  # word tokenizers and sentence splitters load lazily: keep that out of the timing
+        f.filter(Document(text="Warm up the tokenizers. They load lazily on the first call.", id="0"))
+    kept = 0
+    t0 = time.perf_counter()
+    for i, text in enumerate(texts):
+        doc = Document(text=text, id=str(i))
+        ok = True
+        for f in steps:
+            verdict = f.filter(doc)
+            if verdict is not True and (verdict is False or not verdict[0]):
+                ok = False
+                break
+        kept += ok
+    secs = time.perf_counter() - t0
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    return {"documents": len(texts), "kept": kept, "seconds": secs, "docs_per_s": len(texts) / secs, "mb_per_s": mb / secs}
+
+
+def minhash(corpus: Path) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    cfg = MinhashConfig(n_grams=5, num_buckets=16, hashes_per_bucket=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        data = t / "in"
+        data.mkdir()
+        (data / "corpus.jsonl").write_bytes(corpus.read_bytes())
+        t0 = time.perf_counter()
+        stages = [
+            [JsonlReader(str(data)), MinhashDedupSignature(output_folder=str(t / "sigs"), config=cfg)],
+            [MinhashDedupBuckets(input_folder=str(t / "sigs"), output_folder=str(t / "buckets"), config=cfg)],
+            [MinhashDedupCluster(input_folder=str(t / "buckets"), output_folder=str(t / "remove"), config=cfg)],
+            [JsonlReader(str(data)), MinhashDedupFilter(input_folder=str(t / "remove"), exclusion_writer=JsonlWriter(str(t / "removed"))),
+             JsonlWriter(str(t / "out"))],
+        ]
+        tasks = [1, cfg.num_buckets, 1, 1]
+        for k, (pipeline, n_tasks) in enumerate(zip(stages, tasks)):
+            LocalPipelineExecutor(pipeline=pipeline, tasks=n_tasks, workers=1, logging_dir=str(t / f"logs{k}")).run()
+        secs = time.perf_counter() - t0
+        removed = []
+        for f in (t / "removed").glob("*.jsonl*"):
+            import gzip
+
+            opener = gzip.open if f.suffix == ".gz" else open
+            with opener(f, "rt", encoding="utf-8") as fh:
+                removed += [json.loads(line)["id"] for line in fh]
+    texts = corpus.read_text(encoding="utf-8").splitlines()
+    mb = sum(len(json.loads(x)["text"].encode()) for x in texts) / 1e6
+    return {"documents": len(texts), "removed": len(removed), "removed_ids": removed, "seconds": secs,
+            "docs_per_s": len(texts) / secs, "mb_per_s": mb / secs}
+
+
+if __name__ == "__main__":
+    step, path = sys.argv[1], Path(sys.argv[2])
+    result = (filters if step == "filters" else minhash)(path)
+    result.update(step=f"datatrove_{step}", peak_rss_mb=_peak_mb())
+    print(json.dumps(result), flush=True)

@@ -1,0 +1,156 @@
+"""Training settings chosen per device and method, each with the reason it was chosen.
+
+The libraries we build on default to what suits full fine-tuning on a large GPU: TRL 1.16 turns bf16 autocast on even
+on a CPU without native bf16 (over 7x slower than fp32 on such CPUs), turns gradient checkpointing on (an extra
+forward per step), and uses full-fine-tuning learning rates (SFT 2e-5, DPO 1e-6) that barely move a LoRA adapter in a
+short run. Here every such setting is decided explicitly:
+
+    settings = choose(stage="sft", method="lora", plan=plan, n_params=..., activation_bytes=..., overrides={...})
+    settings.value("learning_rate"), settings.as_metadata()  # {setting: {"value": ..., "reason": ...}}
+
+A value set in the config always wins, with the reason "set in config".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.training.device import DevicePlan
+
+# Adapter methods train few parameters from a zero (LoRA B) or identity (IA3) start: they need steps 10-50x larger
+# than full fine-tuning to move within a short run. DPO uses smaller steps than SFT: its loss pushes log-ratios
+# without bound, and a large step quickly drifts far from the reference.
+LEARNING_RATES = {
+    "sft": {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "ia3": 5e-3, "prefix": 1e-2, "full": 1e-4},
+    "dpo": {"lora": 5e-4, "dora": 5e-4, "qlora": 5e-4, "ia3": 2e-3, "prefix": 5e-3, "full": 5e-6},
+}
+# Warmup: a full fine-tune starts from a good model that large early steps can damage, so it warms up longer; an
+# adapter starts at zero change and a short warmup only delays learning. DPO starts at loss log 2 with zero margin
+# and needs none beyond a couple of steps.
+WARMUP = {"sft": {"adapter": 0.03, "full": 0.1}, "dpo": {"adapter": 0.0, "full": 0.1}}
+# Below this, one CPU op is too small to split across threads: a 240K-parameter Llama step measured 0.05-0.08 s on
+# one thread and 0.5-0.7 s on two (threads spin-waiting on each other).
+SMALL_MODEL_PARAMS = 20_000_000
+# Gradient checkpointing trades an extra forward per step for activation memory: worth it only when the estimated
+# training memory would take more than this share of what the device has free.
+CHECKPOINTING_MEMORY_SHARE = 0.5
+
+
+@dataclass
+class Settings:
+    """Chosen values with reasons, in the order they were decided."""
+
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, reason: str) -> Any:
+        self.chosen[name] = {"value": value, "reason": reason}
+        return value
+
+    def value(self, name: str) -> Any:
+        return self.chosen[name]["value"]
+
+    def as_metadata(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self.chosen.items()}
+
+    def values(self) -> dict[str, Any]:
+        return {k: v["value"] for k, v in self.chosen.items()}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory_bytes(plan: DevicePlan) -> int:
+    """Free memory of the training device: the GPU's free memory, or the host's MemAvailable."""
+    if plan.device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3  # unknown: assume a small laptop
+
+
+def training_memory_bytes(model_config: Any, n_params: int, trainable: int, batch_size: int, seq_len: int, precision: str) -> int:
+    """A rough upper estimate of training memory: weights, optimizer state and the activations kept for backward.
+
+    Activations per layer and token follow Korthikanti et al. (2022): about 34*h bytes in 16-bit plus 5*heads*seq for
+    the attention scores (doubled for fp32); the fp32 logits of the vocabulary are kept three times (logits, softmax,
+    gradient).
+    """
+    width = 2 if precision in ("bf16", "fp16") else 4
+    h = int(getattr(model_config, "hidden_size", 0) or 0)
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(model_config, "num_attention_heads", 1) or 1)
+    vocab = int(getattr(model_config, "vocab_size", 0) or 0)
+    tokens = batch_size * seq_len
+    per_layer = tokens * (34 * h + 5 * heads * seq_len) * width / 2
+    logits = 3 * tokens * vocab * 4
+    return int(n_params * width + trainable * 12 + layers * per_layer + logits)
+
+
+def choose(
+    stage: str,
+    method: str,
+    plan: DevicePlan,
+    n_params: int,
+    memory_needed: int,
+    *,
+    learning_rate: float | None = None,
+    warmup_ratio: float | None = None,
+    gradient_checkpointing: bool | None = None,
+    cpu_threads: int | None = None,
+) -> Settings:
+    """The settings for one training run of `stage` ("sft" or "dpo") with adapter `method` on `plan`'s device."""
+    s = Settings()
+    s.set("precision", plan.precision, plan.reason)
+    s.set("device", plan.device, "CUDA GPU found" if plan.device == "cuda" else "no CUDA GPU")
+    adapter = method != "full"
+
+    if learning_rate is not None:
+        s.set("learning_rate", learning_rate, "set in config")
+    else:
+        kind = f"{'adapter' if adapter else 'full fine-tuning'} {stage.upper()}"
+        why = ("adapters start at zero change and train few weights: they need far larger steps than full fine-tuning"
+               if adapter else "full fine-tuning moves every weight: small steps keep the pretrained model intact")
+        s.set("learning_rate", LEARNING_RATES[stage][method], f"default for {kind} ({method}): {why}")
+
+    if warmup_ratio is not None:
+        s.set("warmup_ratio", warmup_ratio, "set in config")
+    else:
+        s.set("warmup_ratio", WARMUP[stage]["adapter" if adapter else "full"],
+              "adapter training starts from no change: little warmup needed" if adapter
+              else "full fine-tuning: warm up so early large steps do not damage the pretrained weights")
+
+    free = available_memory_bytes(plan)
+    if gradient_checkpointing is not None:
+        s.set("gradient_checkpointing", gradient_checkpointing, "set in config")
+    else:
+        need = memory_needed > CHECKPOINTING_MEMORY_SHARE * free
+        s.set("gradient_checkpointing", need,
+              f"estimated training memory {memory_needed / 2**20:,.0f} MiB "
+              f"{'exceeds' if need else 'is within'} {CHECKPOINTING_MEMORY_SHARE:.0%} of the {free / 2**20:,.0f} MiB free"
+              + ("" if need else ": no extra forward per step"))
+
+    cores = available_cores()
+    if cpu_threads is not None:
+        s.set("cpu_threads", cpu_threads, "set in config")
+    elif plan.device != "cpu":
+        s.set("cpu_threads", min(cores, 4), "GPU training: CPU threads only feed the data loader")
+    elif n_params < SMALL_MODEL_PARAMS:
+        s.set("cpu_threads", 1, f"{n_params:,} parameters: ops too small to gain from more threads (measured slower on 2)")
+    else:
+        s.set("cpu_threads", cores, f"every core this process may use ({cores})")
+    return s

@@ -1,0 +1,190 @@
+"""Train one SFT adapter (or a full fine-tune) with TRL's SFTTrainer on packed rows; the lora_adapter stage calls it
+once for the combined adapter and once per domain when `per_domain` is on.
+
+    result = train_adapter(cfg, base_dir, tokenizer, train_records, eval_records, out_dir, work_dir, fingerprint)
+
+Rows come from `sft_packing` (chat template, completion-only labels, best-fit packing, position ids restarting per
+document); settings from `defaults.choose` (precision, checkpointing, threads, learning rate, warmup, with reasons).
+Checkpoints go to `work_dir`; a crashed run with the same fingerprint resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.io import write_json
+from llm_pipeline.security import load_pretrained
+from llm_pipeline.training import defaults, finetune, sft_packing
+from llm_pipeline.training.device import DevicePlan, peak_rss_mb, seed_everything, torch_threads
+from llm_pipeline.training.tracking import report_to, tracked_run
+
+# Held-out text rows scored at each evaluation: enough for a stable loss, few enough that evaluation stays a small
+# part of a short run (every held-out example is always scored).
+EVAL_TEXT_ROWS = 24
+
+
+@dataclass
+class AdapterResult:
+    stats: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _segments(records: list[dict], tokenizer, max_length: int, completion_only: bool, dropped: Counter):
+    whole = [sft_packing.encode(r, tokenizer, completion_only) for r in records]
+    pieces = [p for s in whole for p in sft_packing.fit(s, max_length, dropped)]
+    return whole, pieces
+
+
+def build_rows(train: list[dict], held: list[dict], tokenizer, max_length: int, completion_only: bool, packing: bool) -> tuple[list[dict], list[dict], dict]:
+    """Packed training and held-out rows, and the token accounting per domain (what the split holds vs what rows hold)."""
+    dropped: Counter = Counter()
+    whole, pieces = _segments(train, tokenizer, max_length, completion_only, dropped)
+    text = [s for s in pieces if s.kind == "text"]
+    examples = [s for s in pieces if s.kind == "example"]
+    rows_text = sft_packing.pack(text, max_length, packing)
+    rows_examples = sft_packing.pack(examples, max_length, packing)
+    # The split's text would drown a few hundred instruction examples: repeat their rows so they are about half of
+    # what training draws (each example is then seen a few times in a default run, as plain SFT would).
+    repeat = max(1, round(len(rows_text) / len(rows_examples))) if rows_text and rows_examples else 1
+    train_rows = sft_packing.as_records(rows_text + rows_examples * repeat, "train")
+    _, held_pieces = _segments(held, tokenizer, max_length, completion_only, Counter())
+    held_text = sft_packing.pack([s for s in held_pieces if s.kind == "text"], max_length, packing)[:EVAL_TEXT_ROWS]
+    held_examples = sft_packing.pack([s for s in held_pieces if s.kind == "example"], max_length, packing)
+    eval_rows = sft_packing.as_records(held_text + held_examples, "eval")
+    accounting = {
+        "split_tokens": dict(sft_packing.label_tokens_by_domain([s for s in whole if s.kind == "text"])),
+        "packed_tokens": dict(sft_packing.label_tokens_by_domain(text)),
+        "example_tokens": dict(sft_packing.label_tokens_by_domain([s for s in whole if s.kind == "example"])),
+        "example_packed_tokens": dict(sft_packing.label_tokens_by_domain(examples)),
+        "example_repeat": repeat,
+        "dropped_tokens": dict(dropped),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "fill": round(sum(len(r["input_ids"]) for r in train_rows) / (len(train_rows) * max_length), 4) if train_rows else 0.0,
+    }
+    return train_rows, eval_rows, accounting
+
+
+def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: Path, tokenizer, train: list[dict],
+                  held: list[dict], out: Path, work: Path, fingerprint: dict, tag: str) -> AdapterResult:
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    lc = cfg.lora_adapter
+    seed_everything(cfg.seed)
+    quant = finetune.quantization_config(method)
+    extra = {"quantization_config": quant} if quant is not None else {"dtype": torch.float32}
+    model = load_pretrained(AutoModelForCausalLM, base_dir, trust_remote_code=cfg.base_checkpoint.trust_remote_code, **extra)
+    model.config.use_cache = False
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model)
+    pcfg = finetune.peft_config(lc, method)
+    if pcfg is not None:
+        model = get_peft_model(model, pcfg)
+    counts = finetune.parameter_counts(model)
+
+    # Prefix tuning prepends learned keys/values to every sequence, which position-restarting rows cannot share.
+    packing = lc.packing and method != "prefix"
+    position_packing, packing_reason = sft_packing.supports_position_packing(model)
+    if not packing:
+        position_packing, packing_reason = False, ("prefix tuning: one example per row" if method == "prefix" else "packing off in config") + ", padded"
+    train_rows, eval_rows, accounting = build_rows(train, held, tokenizer, lc.max_length, lc.completion_only_loss, packing)
+    if not train_rows:
+        raise finetune.FinetuneError(f"{tag}: no SFT training rows (every record was empty)")
+
+    settings = defaults.choose(
+        "sft", method, plan, counts["total_params"],
+        defaults.training_memory_bytes(model.config, counts["total_params"], counts["trainable_params"], lc.batch_size, lc.max_length, plan.precision),
+        learning_rate=lc.learning_rate, warmup_ratio=lc.warmup_ratio, gradient_checkpointing=lc.gradient_checkpointing, cpu_threads=lc.cpu_threads,
+    )
+    settings.set("packing", packing, packing_reason if packing else packing_reason)
+    settings.set("position_packing", position_packing, packing_reason)
+    if settings.value("gradient_checkpointing") and pcfg is not None:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the embeddings are frozen
+
+    collator = sft_packing.PackedCollator(pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, position_packing=position_packing)
+    resume = finetune.prepare_work_dir(work, fingerprint)
+    args = SFTConfig(
+        **finetune.trainer_args(settings, work, max_steps=lc.max_steps, batch_size=lc.batch_size, seed=cfg.seed, report_to=report_to(cfg),
+                                run_name=f"{cfg.name}-lora_adapter-{tag}", eval_every=lc.eval_every, checkpoint_every=lc.checkpoint_every,
+                                early_stopping=lc.early_stopping_patience is not None and bool(eval_rows)),
+        max_length=None,  # rows are already cut to lora_adapter.max_length
+        packing=False,  # packed here, with documents kept apart
+        dataset_kwargs={"skip_prepare_dataset": True},
+        label_names=["labels"],  # a PeftModel's forward hides `labels` from the Trainer's signature check
+    )
+    if not eval_rows:
+        args.eval_strategy = "no"
+    callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the log is saved to a file instead
+    run_config = {**lc.model_dump(mode="json"), **settings.values(), "adapter": tag, "method_run": method}
+    started = time.perf_counter()
+    with tracked_run(cfg, f"lora_adapter-{tag}" if tag != "combined" else "lora_adapter", run_config) as tracker, torch_threads(settings.value("cpu_threads")):
+        trainer.train(resume_from_checkpoint=resume)
+        train_seconds = time.perf_counter() - started
+        eval_metrics = finetune.final_eval(trainer) if eval_rows else {}
+        log = trainer.state.log_history
+        trained = dict(collator.trained)
+        input_tokens = sum(trained.values())
+        summary = {
+            "tokens_per_second": round(input_tokens / train_seconds, 1) if train_seconds else None,
+            "peak_rss_mb": peak_rss_mb(), "trainable_share": counts["trainable_share"],
+        }
+        tracker.log(summary)
+        tracker.summary(summary)
+    seconds = time.perf_counter() - started
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors (a whole model for method=full)
+    tokenizer.save_pretrained(out)
+    write_json(out / "training_log.json", log)
+    if lc.merge and pcfg is not None and method in ("lora", "dora", "ia3"):
+        finetune.merge_export(model, tokenizer, out / "merged")
+    shutil.rmtree(work, ignore_errors=True)
+
+    by_domain = {}
+    for d in sorted(set(accounting["split_tokens"]) | set(accounting["example_tokens"])):
+        by_domain[d] = {
+            "split_tokens": accounting["split_tokens"].get(d, 0),
+            "packed_tokens": accounting["packed_tokens"].get(d, 0),
+            "trained_tokens": trained.get(f"text:{d}", 0),
+            "example_tokens": accounting["example_tokens"].get(d, 0),
+            "example_trained_tokens": trained.get(f"example:{d}", 0),
+        }
+    stats = {
+        "method": method,
+        "first_train_loss": finetune.first_logged(log, "loss"),
+        "train_loss": finetune.last_logged(log, "loss"),
+        "eval_loss": round(eval_metrics["eval_loss"], 5) if "eval_loss" in eval_metrics else None,
+        "eval_perplexity": round(math.exp(min(eval_metrics["eval_loss"], 50)), 3) if "eval_loss" in eval_metrics else None,
+        **counts,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
+        "learning_rate": settings.value("learning_rate"),
+        "seconds": round(seconds, 3),
+        "train_seconds": round(train_seconds, 3),
+        "tokens_trained": input_tokens,
+        "tokens_per_second": summary["tokens_per_second"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "precision": settings.value("precision"),
+        "train_rows": accounting["train_rows"],
+        "row_fill": accounting["fill"],
+    }
+    metadata = {"settings": settings.as_metadata(), "tokens": by_domain, "packing": {k: accounting[k] for k in ("example_repeat", "dropped_tokens", "train_rows", "eval_rows", "fill")}, **tracker.metadata()}
+    return AdapterResult(stats=stats, metadata=metadata)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up a development/runtime environment: a virtualenv in .venv with the project and its test tools, plus the
+# Debian packages the browser and PostgreSQL tests use when this machine can install them (root + apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+# constraints.txt pins every transitive dependency to the versions the test suite last passed with.
+.venv/bin/pip install --disable-pip-version-check -e '.[test]' -c constraints.txt
+
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages for the browser test: ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "note: install ${need[*]} (Debian packages) to run the browser test of the Dagster UI" >&2
+  fi
+fi
