@@ -22,6 +22,11 @@ _OFFLINE_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "DAGSTER_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
+    # Stage progress is shown by the pipeline's own display and recorded as metadata; library progress bars and
+    # notices would interleave with it.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
 }
 for _key, _value in _OFFLINE_DEFAULTS.items():
     os.environ.setdefault(_key, _value)

@@ -4,6 +4,7 @@
     llm-pipeline backfill --domains a,b [--url URL --wait]             re-run chosen domains and what is downstream
     llm-pipeline stage ASSET [--domain DOMAIN]                        run one stage directly (what dvc.yaml calls)
     llm-pipeline dvc-yaml [--check]                                   (re)generate dvc.yaml from the config
+    llm-pipeline launch lora_adapter --num-processes 8 --deepspeed zero2  multi-GPU launch of a training stage
     llm-pipeline lineage data/dpo_model                               what made an output
     llm-pipeline check-config                                         validate a config and print its domains
 """
@@ -89,6 +90,24 @@ def _default_dagster_home() -> None:
         os.environ["DAGSTER_HOME"] = str(Path.cwd())
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from llm_pipeline.training.launch import LaunchError, launch_plan
+
+    try:
+        plan = launch_plan(args.asset, args.config, args.num_processes, launcher=args.launcher, deepspeed=args.deepspeed,
+                           num_machines=args.num_machines, machine_rank=args.machine_rank,
+                           main_process_ip=args.main_process_ip, main_process_port=args.main_process_port,
+                           hostfile=args.hostfile)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    written = plan.write(Path(args.out))
+    for path in written.values():
+        print(f"wrote {path}")
+    print(plan.shell())
+    return 0
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
     from llm_pipeline.runner import StageInputError, run_stage
 
@@ -161,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a running Dagster webserver (e.g. http://127.0.0.1:3000): launch it there as a backfill")
     sp.add_argument("--wait", action="store_true", help="with --url: wait until the backfill finishes")
     sp.set_defaults(fn=_cmd_backfill)
+
+    sp = sub.add_parser("launch", help="write the accelerate/deepspeed launch of a training stage on many GPUs")
+    sp.add_argument("--config", default=DEFAULT_CONFIG)
+    sp.add_argument("asset")
+    sp.add_argument("--num-processes", type=int, required=True, help="processes (GPUs) on all machines together")
+    sp.add_argument("--launcher", choices=["accelerate", "deepspeed"], default="accelerate")
+    sp.add_argument("--deepspeed", help="zero2, zero3 or a DeepSpeed JSON path")
+    sp.add_argument("--num-machines", type=int, default=1)
+    sp.add_argument("--machine-rank", type=int, default=0)
+    sp.add_argument("--main-process-ip")
+    sp.add_argument("--main-process-port", type=int, default=29500)
+    sp.add_argument("--hostfile")
+    sp.add_argument("--out", default="launch", help="folder for the generated launcher config")
+    sp.set_defaults(fn=_cmd_launch)
 
     sp = sub.add_parser("stage", help="run one stage directly, outside Dagster (dvc.yaml calls this)")
     common(sp)

@@ -339,9 +339,9 @@ class EvalReportConfig(Section):
     min_preference_accuracy: float | None = Field(default=None, ge=0, le=1)
     no_canary_leak: bool = True  # a planted canary anywhere in shards, vocabulary, training sets or generations
     # -- error analysis: the K held-out documents per domain the DPO model finds hardest, exported for review.
+    # Each is split into prompt and true continuation the way the DPO stage builds its synthetic pairs, so reviewed
+    # records come back as pairs shaped like the ones DPO trained on.
     review_per_domain: int = Field(default=3, ge=0)
-    review_prompt_words: int = Field(default=32, ge=4)  # the document's opening shown as the prompt
-    review_response_words: int = Field(default=24, ge=1)  # the true continuation offered as one response
 
 
 class TrackingConfig(Section):

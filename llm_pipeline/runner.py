@@ -16,6 +16,7 @@ from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, read_json, write_json
 from llm_pipeline.security import check_data_dir
+from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
 
 
@@ -110,6 +111,15 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
     final = output_dir(cfg.data_path, name, domain)
     fn = stage_function(name)
     started = time.perf_counter()
+    rank, world = distributed_rank()
+    if world > 1 and rank != 0:
+        # Under `accelerate launch`/`deepspeed`, every rank runs the stage (the trainer needs them all), but only
+        # rank 0 owns the output: the others work in a scratch folder that is thrown away.
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f"llmp-rank{rank}-") as scratch:
+            out = fn(cfg, inputs, Path(scratch), domain=domain)
+        return StageResult(name, domain, final, out.stats, out.preview, "", time.perf_counter() - started, out.metadata)
     # One run per output at a time; inside the lock, any temp folder of this output is a dead run's leftover.
     with output_lock(cfg.data_path / LOCK_DIR, f"{name}-{domain}" if domain else name):
         clean_stale_temps(final.parent, final.name)

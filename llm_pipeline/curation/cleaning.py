@@ -158,4 +158,19 @@ def clean_document(raw: str, fmt: str, cfg: CleanedCorpusConfig) -> tuple[str, s
         text = ftfy.fix_text(text)
     if cfg.remove_urls:
         text = remove_urls(text)
-    return normalize_whitespace(text), extractor
+    return _settle(normalize_whitespace(text), cfg), extractor
+
+
+def _settle(text: str, cfg: CleanedCorpusConfig, rounds: int = 4) -> str:
+    """Re-apply the plain-text steps until nothing changes, so cleaning is idempotent: normalizing whitespace can
+    expose mojibake that ftfy left alone beside a no-break space (``"x \u00a0Â\x80 y"``), and removing a URL can
+    join two spaces. Almost always one cheap round that changes nothing."""
+    for _ in range(rounds):
+        again = ftfy.fix_text(text) if cfg.fix_unicode else text
+        if cfg.remove_urls:
+            again = remove_urls(again)
+        again = normalize_whitespace(again)
+        if again == text:
+            break
+        text = again
+    return text

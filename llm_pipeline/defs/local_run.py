@@ -75,6 +75,7 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
     console = console or Console()
     assets = build_assets(cfg)
     ok = True
+    completed = 0
     started = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -105,6 +106,12 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 progress.console.print(f"[red]✗ blocking check failed on {label}: {names}; downstream assets not run[/red]")
                 break
             progress.advance(task)
+            completed += 1
+    done = [(st.asset, st.partition) for st in steps[:completed]]
+    if done:
+        from llm_pipeline.dvc_record import record
+
+        console.print(record(cfg, done))
     verdict = "done" if ok else "stopped"
     console.print(f"{verdict} in {time.perf_counter() - started:.1f}s; runs are in the Dagster instance ({instance.root_directory})")
     return ok

@@ -20,6 +20,7 @@ or ``python -m llm_pipeline.evaluation.review records.json pairs.jsonl``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -37,12 +38,13 @@ GUIDELINES = (
 
 def settings(domains: list[str]) -> dict[str, Any]:
     """Dataset settings: two text fields per response, three questions, and the metadata reviewers filter on."""
-    text = lambda name, title: {"name": name, "title": title, "required": True, "settings": {"type": "text", "use_markdown": False}}  # noqa: E731
+    text = lambda name, title, required=True: {"name": name, "title": title, "required": required, "settings": {"type": "text", "use_markdown": False}}  # noqa: E731
     options = [{"value": "response_a", "text": "Response A is better"}, {"value": "response_b", "text": "Response B is better"}]
     return {
         "guidelines": GUIDELINES,
         "allow_extra_metadata": False,
-        "fields": [text("prompt", "Prompt"), text("response_a", "Response A"), text("response_b", "Response B")],
+        # A small model's own response may be blank (it stopped at once); a required field would reject the record.
+        "fields": [text("prompt", "Prompt"), text("response_a", "Response A"), text("response_b", "Response B", required=False)],
         "questions": [
             {"name": "preference", "title": "Which response is better?", "description": None, "required": True,
              "settings": {"type": "label_selection", "options": options, "visible_options": None}},
@@ -66,8 +68,6 @@ def record(item: dict) -> dict[str, Any]:
     margin = float(item["margin"])
     choice = "response_a" if margin > 0 else "response_b"
     # The suggestion's score: how sure the DPO model is, as the Bradley-Terry probability of its choice.
-    import math
-
     confidence = 1 / (1 + math.exp(-abs(margin)))
     return {
         "id": f"{item['domain']}:{item['doc_id']}",

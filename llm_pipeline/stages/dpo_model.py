@@ -2,25 +2,29 @@
 
     llm-pipeline stage dpo_model
 
-The policy is the base checkpoint with the lora_adapter loaded trainable. With `ref_model=None` TRL freezes a copy
-of that adapter as the reference (an adapter, not a second model), so DPO measures against the SFT model. Pairs are
-the user's files (`dpo_model.data`) or synthetic pairs from the corpus. The output adapter holds SFT+DPO and loads
-with `PeftModel.from_pretrained(base, <this folder>)`; `serving_manifest.json` names everything needed to serve it.
+The policy is the base checkpoint with the lora_adapter loaded trainable (or the fully fine-tuned SFT model). The
+reference is that same model, never a second copy: by default the SFT model as it is before the first update
+(`reference: sft`), or with its adapter disabled (`reference: base`); its log-probs are computed once per pair and
+cached with the dataset version (`training/ref_cache.py`). Each pair is one shared-prompt row (`dpo_pairs.py`) and
+batches are grouped by length. Pairs are the user's files (prompt/chosen/rejected, HH-RLHF transcripts or ShareGPT
+conversations) or synthetic pairs from the corpus. The output adapter holds SFT+DPO and loads with
+`PeftModel.from_pretrained(base, <this folder>)`; `serving_manifest.json` names everything needed to serve it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import dvc_hash, file_md5, write_json
+from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.security import confine, load_adapter, load_pretrained
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.training import finetune, preference_data
-from llm_pipeline.training.device import cpu_threads_for, peak_rss_mb, plan_device, seed_everything
+from llm_pipeline.training import defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache
+from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.sft_data import fit_all, write_jsonl
 from llm_pipeline.training.tracking import report_to, tracked_run
 
@@ -29,10 +33,11 @@ ASSET = "dpo_model"
 
 def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer) -> tuple[list[dict], list[dict], dict]:
     dc = cfg.dpo_model
-    if dc.data:
-        train, held = preference_data.read_user_pairs([confine(cfg, p, "dpo_model.data") for p in dc.data])
-        return train, held, {"derivation": "files", "files": list(dc.data)}
     skipped: Counter = Counter()
+    if dc.data:
+        paths = [confine(cfg, p, "dpo_model.data") for p in dc.data]
+        train, held = preference_data.read_user_pairs(paths, dc.data_format, skipped)
+        return train, held, {"derivation": "files", "files": list(dc.data), "format": dc.data_format, "skipped": dict(skipped)}
     train, held = [], []
     held_per_domain = max(2, dc.pairs_per_domain // 5)
     for domain in cfg.domain_names:
@@ -49,105 +54,158 @@ def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer) -> tuple[li
     return train, held, {"derivation": "synthetic", "rejected": dc.rejected, "rejected_sources": dict(sources), "skipped": dict(skipped)}
 
 
-def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, lora_dir: Path) -> dict:
+def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, lora_dir: Path, method: str) -> dict:
     data = cfg.data_path
     rel = lambda p: str(Path(p).resolve().relative_to(data.resolve())) if Path(p).resolve().is_relative_to(data.resolve()) else str(p)  # noqa: E731
     files = {name: file_md5(folder / name) for folder, names in ((lora_dir, ("sft_train.jsonl", "sft_eval.jsonl")), (output_dir, ("pairs_train.jsonl", "pairs_eval.jsonl"))) for name in names if (folder / name).exists()}
+    adapter = {"name": ASSET, "path": ASSET, "method": method, "derived_from": rel(lora_dir)}
+    if (output_dir / "merged").exists():
+        adapter["merged"] = f"{ASSET}/merged"
     return {
         "base_model": {"path": rel(inputs["base_checkpoint"]), "hash": dvc_hash(inputs["base_checkpoint"])},
         "tokenizer": {"path": rel(inputs["base_checkpoint"]), "note": "the tokenizer is saved beside the base model and beside each adapter"},
         # The DPO adapter continues the SFT adapter's weights: serving needs the base plus this one adapter.
-        "adapters": [{"name": ASSET, "path": ASSET, "method": cfg.lora_adapter.method, "derived_from": rel(lora_dir)}],
+        "adapters": [adapter],
         "sft_adapter": {"path": rel(lora_dir), "hash": dvc_hash(lora_dir)},
         "data_versions": {**files, "deduped_shards": dvc_hash(inputs["deduped_shards"])},
         "load": "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model.path), adapters[0].path)",
     }
 
 
-def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+def load_policy(cfg: PipelineConfig, base_dir: Path, lora_dir: Path):
+    """(model, method): the SFT adapter on the base (trainable), or the fully fine-tuned SFT model."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import DPOConfig, DPOTrainer
+    from transformers import AutoModelForCausalLM
 
-    dc, lc = cfg.dpo_model, cfg.lora_adapter
-    lora_dir = inputs["lora_adapter"]
-    if not (lora_dir / "adapter_config.json").exists():
-        raise finetune.FinetuneError(f"{lora_dir} holds no PEFT adapter (adapter_config.json); DPO trains the SFT adapter further")
-    plan = plan_device("auto")
-    lr, lr_reason = finetune.learning_rate(dc.learning_rate, lc.method, finetune.DPO_LEARNING_RATES)
+    if (lora_dir / "adapter_config.json").exists():
+        kind = json.loads((lora_dir / "adapter_config.json").read_text()).get("peft_type", "LORA")
+        if kind == "PREFIX_TUNING":
+            raise finetune.FinetuneError("dpo_model cannot train a prefix-tuning adapter further: use lora_adapter.method lora, dora or ia3")
+        base = load_pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
+        base.config.use_cache = False
+        model = load_adapter(base, lora_dir, is_trainable=True)
+        return model, {"LORA": "lora", "IA3": "ia3"}.get(kind, kind.lower())
+    if (lora_dir / "config.json").exists():  # method=full: the SFT model is a whole model
+        model = load_pretrained(AutoModelForCausalLM, lora_dir, dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
+        model.config.use_cache = False
+        return model, "full"
+    raise finetune.FinetuneError(f"{lora_dir} holds neither a PEFT adapter nor a model; run lora_adapter first")
 
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+    from trl import DPOConfig
+
+    dc = cfg.dpo_model
+    lora_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["base_checkpoint"])
+    plan = plan_device(dc.precision)
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(lora_dir)
-    base = load_pretrained(AutoModelForCausalLM, inputs["base_checkpoint"], dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
-    base.config.use_cache = False
-    model = load_adapter(base, lora_dir, is_trainable=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model, method = load_policy(cfg, base_dir, lora_dir)
+    if method == "full" and dc.reference == "base":
+        raise finetune.FinetuneError("dpo_model.reference 'base' disables an adapter; the SFT model here is a full fine-tune (use reference: sft)")
 
     train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer)
     write_jsonl(output_dir / "pairs_train.jsonl", train)
     write_jsonl(output_dir / "pairs_eval.jsonl", held)
+    dropped: Counter = Counter()
+    tok_train = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in train) if t]
+    tok_held = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in held) if t]
+    if not tok_train:
+        raise preference_data.PreferenceDataError(f"no preference pair fits dpo_model.max_length {dc.max_length} (dropped: {dict(dropped)})")
 
+    counts = finetune.parameter_counts(model)
+    settings = defaults.choose(
+        "dpo", method, plan, counts["total_params"],
+        defaults.training_memory_bytes(model.config, counts["total_params"], counts["trainable_params"], dc.batch_size, 2 * dc.max_length, plan.precision),
+        learning_rate=dc.learning_rate, warmup_ratio=dc.warmup_ratio, gradient_checkpointing=dc.gradient_checkpointing, cpu_threads=dc.cpu_threads,
+    )
+    settings.set("reference", dc.reference, "the SFT model before the first update: DPO measures change from what SFT learned"
+                 if dc.reference == "sft" else "set in config: the base model (adapter disabled)")
+    collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
     work = cfg.data_path / ".checkpoints" / ASSET
-    args = DPOConfig(
-        **finetune.common_args(work, dc.max_steps, dc.batch_size, lr, cfg.seed, report_to(cfg), f"{cfg.name}-{ASSET}"),
-        **finetune.trainer_precision(plan),
-        beta=dc.beta,
-        loss_type=dc.loss_type,
-        max_length=dc.max_length,
-    )
-    if not held:
-        args.eval_strategy = "no"
-    to_ds = lambda recs: Dataset.from_list([preference_data.as_conversation(r) for r in recs])  # noqa: E731
-    trainer = DPOTrainer(
-        model=model, ref_model=None, args=args, train_dataset=to_ds(train), eval_dataset=to_ds(held) if held else None,
-        processing_class=tokenizer,
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
-    counts = finetune.parameter_counts(trainer.model)
-    run_config = {**dc.model_dump(mode="json"), "learning_rate": lr, **plan.as_metadata()}
+    identity = {
+        "base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
+        "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir),
+        "reference": dc.reference, "max_length": dc.max_length,
+    }
     started = time.perf_counter()
-    with tracked_run(cfg, ASSET, run_config) as tracker, cpu_threads_for(counts["total_params"], plan) as threads:
-        trainer.train()
-        eval_metrics = finetune.final_eval(trainer) if held else {}
+    with torch_threads(settings.value("cpu_threads")):
+        ref_c, ref_r, cached = ref_cache.load_or_compute(
+            work / "ref_logps", tok_train + tok_held, identity,
+            lambda pairs: dpo_train.reference_logps(model, pairs, collator, dc.batch_size * 2, dc.reference))
+    ref_seconds = time.perf_counter() - started
+    for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
+        t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
+    settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs, {ref_seconds:.1f} s; no reference forward during training")
+
+    fingerprint = {"config": cfg.fingerprint("dpo_model", "lora_adapter"), "seed": cfg.seed, "model": identity,
+                   "data": ref_cache.dataset_version(tok_train + tok_held)}
+    resume = finetune.prepare_work_dir(work / "trainer", fingerprint)
+    early = dc.early_stopping_patience is not None and bool(tok_held)
+    args = DPOConfig(
+        **finetune.trainer_args(settings, work / "trainer", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to=report_to(cfg),
+                                run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early),
+        beta=dc.beta, loss_type=[dc.loss_type], max_length=None, precompute_ref_log_probs=False,
+        train_sampling_strategy="group_by_length", length_column_name="length",  # rows of similar length: little padding
+    )
+    if not tok_held:
+        args.eval_strategy = "no"
+    callbacks = [EarlyStoppingCallback(dc.early_stopping_patience)] if early else []
+    trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
+    run_config = {**dc.model_dump(mode="json"), **settings.values()}
+    with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
+        t0 = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume)
+        train_seconds = time.perf_counter() - t0
+        eval_metrics = finetune.final_eval(trainer) if tok_held else {}
+        pairs_seen = (trainer.state.global_step - (int(Path(resume).name.split("-")[1]) if resume else 0)) * dc.batch_size
+        summary = {"pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None, "peak_rss_mb": peak_rss_mb(),
+                   "trainable_share": counts["trainable_share"]}
+        tracker.log(summary)
+        tracker.summary(summary)
     seconds = time.perf_counter() - started
     log = trainer.state.log_history
 
-    # Only the trained adapter: the frozen "ref" copy TRL added is training scaffolding, not part of the model.
-    trainer.model.save_pretrained(output_dir, selected_adapters=["default"])
+    trainer.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_json(output_dir / "training_log.json", log)
-    shutil.rmtree(work, ignore_errors=True)
-    write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, lora_dir))
+    if dc.merge and method != "full":
+        finetune.merge_export(trainer.model, tokenizer, output_dir / "merged")
+    shutil.rmtree(work / "trainer", ignore_errors=True)  # the reference cache stays: it is keyed by data and model
+    write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, lora_dir, method))
 
+    ev = lambda k: round(eval_metrics[k], 5) if k in eval_metrics else None  # noqa: E731
     stats = {
-        "pairs": len(train),
-        "eval_pairs": len(held),
-        "derivation": derivation["derivation"],
-        "train_loss": finetune.last_logged(log, "loss"),
-        "first_train_loss": finetune.first_logged(log, "loss"),
-        "rewards_accuracies": finetune.last_logged(log, "rewards/accuracies"),
-        "rewards_margins": finetune.last_logged(log, "rewards/margins"),
-        "eval_loss": round(eval_metrics["eval_loss"], 5) if "eval_loss" in eval_metrics else None,
-        "eval_rewards_accuracies": round(eval_metrics["eval_rewards/accuracies"], 5) if "eval_rewards/accuracies" in eval_metrics else None,
-        "eval_rewards_margins": round(eval_metrics["eval_rewards/margins"], 5) if "eval_rewards/margins" in eval_metrics else None,
-        "steps": trainer.state.global_step,
-        "learning_rate": lr,
-        "beta": dc.beta,
-        "seconds": round(seconds, 3),
-        "peak_rss_mb": peak_rss_mb(),
-        "trainable_params": counts["trainable_params"],
-        "precision": plan.precision,
+        "pairs": len(tok_train), "eval_pairs": len(tok_held), "derivation": derivation["derivation"],
+        "first_train_loss": finetune.first_logged(log, "loss"), "train_loss": finetune.last_logged(log, "loss"),
+        "rewards_accuracies": finetune.last_logged(log, "rewards/accuracies"), "rewards_margins": finetune.last_logged(log, "rewards/margins"),
+        "eval_loss": ev("eval_loss"), "eval_rewards_accuracies": ev("eval_rewards/accuracies"), "eval_rewards_margins": ev("eval_rewards/margins"),
+        "steps": trainer.state.global_step, "learning_rate": settings.value("learning_rate"), "beta": dc.beta, "loss_type": dc.loss_type,
+        "seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3), "reference_seconds": round(ref_seconds, 3),
+        "pairs_per_second": summary["pairs_per_second"],
+        "tokens_per_second": round(trainer._total_train_tokens / train_seconds, 1) if train_seconds else None,
+        "peak_rss_mb": summary["peak_rss_mb"], "trainable_params": counts["trainable_params"], "trainable_share": counts["trainable_share"],
+        "precision": settings.value("precision"),
     }
+    write_json(output_dir / "training_summary.json", {  # for the eval report: settings, reasons and what was trained
+        "settings": settings.as_metadata(), "dropped_pairs": dict(dropped), "pairs": len(tok_train), "steps": stats["steps"],
+        "seconds": stats["seconds"], "tokens_trained": trainer._total_train_tokens,
+    })
     sample = train[0]
     preview = (
-        f"DPO ({dc.loss_type}, beta {dc.beta}) on {len(train)} pairs ({derivation['derivation']}), {stats['steps']} steps; "
-        f"loss {stats['first_train_loss']} → {stats['train_loss']}, reward accuracy {stats['rewards_accuracies']}, "
-        f"margin {stats['rewards_margins']}; held-out accuracy {stats['eval_rewards_accuracies']}\n\n"
+        f"DPO ({dc.loss_type}, beta {dc.beta}, lr {stats['learning_rate']}) on {len(tok_train)} pairs ({derivation['derivation']}), "
+        f"{stats['steps']} steps; loss {stats['first_train_loss']} → {stats['train_loss']}, reward accuracy {stats['rewards_accuracies']}, "
+        f"margin {stats['rewards_margins']}; held-out accuracy {stats['eval_rewards_accuracies']}; {stats['pairs_per_second']} pairs/s\n\n"
         f"Pair ({sample['rejected_source']}):\n\n```\n{sample['prompt']}\n+ {sample['chosen']}\n- {sample['rejected']}\n```"
     )
     metadata = {
-        **plan.as_metadata(), "learning_rate_reason": lr_reason, "data": derivation,
-        "reference": "frozen copy of the SFT adapter (TRL adds a 'ref' adapter; no second model in memory)",
+        **plan.as_metadata(), "settings": settings.as_metadata(), "data": derivation, "dropped_pairs": dict(dropped),
+        "reference": ("the SFT model itself before the first update" if dc.reference == "sft" else "the same model with the SFT adapter disabled")
+        + "; log-probs computed once per pair and cached (no second model in memory)",
         **tracker.metadata(),
     }
     return StageOutput(stats=stats, preview=preview, metadata=metadata)

@@ -179,76 +179,77 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     review_model = next(m for m in ("dpo", "sft", "base") if m in loaded)
     timings["load"] = time.perf_counter() - t0
 
-    # -- 1. perplexity and bits per byte (per-document scores of the review model kept for the error analysis)
-    t = time.perf_counter()
-    ppl: dict[str, dict] = {}
-    doc_scores: dict[str, list[perplexity.Score]] = {}
-    for name, lm in loaded.items():
-        by_domain, overall = {}, perplexity.Score()
-        for d, ds in docs.items():
-            if ds:
-                per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size)
-                if name == review_model:
-                    doc_scores[d] = per_doc
-                s = perplexity.total(per_doc)
-                by_domain[d] = s.as_dict()
-                overall.add(s)
-        ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
-    timings["perplexity"] = time.perf_counter() - t
+    with models.cpu_threads_for(loaded) as threads:
+        # -- 1. perplexity and bits per byte (per-document scores of the review model kept for the error analysis)
+        t = time.perf_counter()
+        ppl: dict[str, dict] = {}
+        doc_scores: dict[str, list[perplexity.Score]] = {}
+        for name, lm in loaded.items():
+            by_domain, overall = {}, perplexity.Score()
+            for d, ds in docs.items():
+                if ds:
+                    per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size)
+                    if name == review_model:
+                        doc_scores[d] = per_doc
+                    s = perplexity.total(per_doc)
+                    by_domain[d] = s.as_dict()
+                    overall.add(s)
+            ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
+        timings["perplexity"] = time.perf_counter() - t
 
-    # -- 2. preference accuracy
-    t = time.perf_counter()
-    pref = None
-    if "dpo" in loaded and pairs_eval:
-        pref = preference.preference_accuracy(loaded["dpo"], loaded["base"], pairs_eval[: ec.max_eval_pairs], cfg.dpo_model.beta, ec.batch_size)
-    elif "dpo" in loaded:
-        notes.add("no held-out preference pairs: preference accuracy is not measured.")
-    timings["preference"] = time.perf_counter() - t
+        # -- 2. preference accuracy
+        t = time.perf_counter()
+        pref = None
+        if "dpo" in loaded and pairs_eval:
+            pref = preference.preference_accuracy(loaded["dpo"], loaded["base"], pairs_eval[: ec.max_eval_pairs], cfg.dpo_model.beta, ec.batch_size)
+        elif "dpo" in loaded:
+            notes.add("no held-out preference pairs: preference accuracy is not measured.")
+        timings["preference"] = time.perf_counter() - t
 
-    # -- 3. task metrics, samples, probes and adversarial prompts: one batched greedy pass per model
-    t = time.perf_counter()
-    task_rows = sft_eval[: ec.max_task_examples]
-    picked = _round_robin(task_rows, ec.samples)
-    sample_rows = [{"prompt": models.prompt_text(task_rows[i]["prompt"]), "reference": task_rows[i]["completion"], "domain": task_rows[i].get("domain"), "source": "sft_eval", "index": i} for i in picked]
-    if not sample_rows and ec.samples:
-        # Without SFT eval data, the opening words of held-out documents still show how each model continues text.
-        for ds in docs.values():
-            for x in ds[: max(1, ec.samples // max(1, len(docs)))]:
-                sample_rows.append({"prompt": " ".join(x.text.split()[:16]), "reference": None, "domain": x.domain, "source": "eval document"})
-    sample_rows += [{"prompt": p, "reference": None, "domain": None, "source": "config"} for p in ec.prompts]
-    extra = [r["prompt"] for r in sample_rows if r["source"] != "sft_eval"]
-    probe_prompts = [probes.probe_messages(p, ec.probe_shots) for p in ec.probes]
-    batches = {"task": [r["prompt"] for r in task_rows], "extra": extra, "probes": probe_prompts, "adversarial": list(ec.adversarial_prompts)}
-    tasks: dict[str, dict] = {}
-    answers: dict[str, dict[str, list[str]]] = {k: {} for k in batches}
-    generated: dict[str, list[str]] = {}
-    for name, lm in loaded.items():
-        completions = generation.greedy(lm, [p for b in batches.values() for p in b], ec.sample_max_new_tokens, ec.batch_size)
-        generated[name] = completions
-        pos = 0
-        for key, prompts in batches.items():
-            answers[key][name], pos = completions[pos : pos + len(prompts)], pos + len(prompts)
-        if task_rows:
-            tasks[name] = generation.task_metrics(answers["task"][name], task_rows)
-        extra_out = iter(answers["extra"][name])
+        # -- 3. task metrics, samples, probes and adversarial prompts: one batched greedy pass per model
+        t = time.perf_counter()
+        task_rows = sft_eval[: ec.max_task_examples]
+        picked = _round_robin(task_rows, ec.samples)
+        sample_rows = [{"prompt": models.prompt_text(task_rows[i]["prompt"]), "reference": task_rows[i]["completion"], "domain": task_rows[i].get("domain"), "source": "sft_eval", "index": i} for i in picked]
+        if not sample_rows and ec.samples:
+            # Without SFT eval data, the opening words of held-out documents still show how each model continues text.
+            for ds in docs.values():
+                for x in ds[: max(1, ec.samples // max(1, len(docs)))]:
+                    sample_rows.append({"prompt": " ".join(x.text.split()[:16]), "reference": None, "domain": x.domain, "source": "eval document"})
+        sample_rows += [{"prompt": p, "reference": None, "domain": None, "source": "config"} for p in ec.prompts]
+        extra = [r["prompt"] for r in sample_rows if r["source"] != "sft_eval"]
+        probe_prompts = [probes.probe_messages(p, ec.probe_shots) for p in ec.probes]
+        batches = {"task": [r["prompt"] for r in task_rows], "extra": extra, "probes": probe_prompts, "adversarial": list(ec.adversarial_prompts)}
+        tasks: dict[str, dict] = {}
+        answers: dict[str, dict[str, list[str]]] = {k: {} for k in batches}
+        generated: dict[str, list[str]] = {}
+        for name, lm in loaded.items():
+            completions = generation.greedy(lm, [p for b in batches.values() for p in b], ec.sample_max_new_tokens, ec.batch_size)
+            generated[name] = completions
+            pos = 0
+            for key, prompts in batches.items():
+                answers[key][name], pos = completions[pos : pos + len(prompts)], pos + len(prompts)
+            if task_rows:
+                tasks[name] = generation.task_metrics(answers["task"][name], task_rows)
+            extra_out = iter(answers["extra"][name])
+            for r in sample_rows:
+                r.setdefault("outputs", {})[name] = answers["task"][name][r["index"]] if r["source"] == "sft_eval" else next(extra_out)
         for r in sample_rows:
-            r.setdefault("outputs", {})[name] = answers["task"][name][r["index"]] if r["source"] == "sft_eval" else next(extra_out)
-    for r in sample_rows:
-        r.pop("index", None)
-    probe_report = {**probes.probe_results(ec.probes, answers["probes"]), "shots": len(ec.probe_shots)}
-    adversarial = probes.adversarial_results(list(ec.adversarial_prompts), answers["adversarial"])
-    timings["generation"] = time.perf_counter() - t
+            r.pop("index", None)
+        probe_report = {**probes.probe_results(ec.probes, answers["probes"]), "shots": len(ec.probe_shots)}
+        adversarial = probes.adversarial_results(list(ec.adversarial_prompts), answers["adversarial"])
+        timings["generation"] = time.perf_counter() - t
 
-    # -- 4. error analysis: the hardest held-out documents, exported for review
-    t = time.perf_counter()
-    worst = _worst_documents(docs, doc_scores, ec.review_per_domain)
-    items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
-    review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
-    if items:
-        review_summary.update(review.export_review(output_dir / "review", items, list(docs)))
-        generated[f"{review_model} (review)"] = [x["response_b"] for x in items]
-    review_summary["items"] = [{k: x[k] for k in ("domain", "doc_id", "nll", "prompt", "response_b", "suggestion")} for x in items]
-    timings["review"] = time.perf_counter() - t
+        # -- 4. error analysis: the hardest held-out documents, exported for review
+        t = time.perf_counter()
+        worst = _worst_documents(docs, doc_scores, ec.review_per_domain)
+        items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
+        review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
+        if items:
+            review_summary.update(review.export_review(output_dir / "review", items, list(docs)))
+            generated[f"{review_model} (review)"] = [x["response_b"] for x in items]
+        review_summary["items"] = [{k: x[k] for k in ("domain", "doc_id", "nll", "prompt", "response_b", "suggestion")} for x in items]
+        timings["review"] = time.perf_counter() - t
 
     # -- 5. contamination
     t = time.perf_counter()
@@ -308,6 +309,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "lineage": _lineage(cfg, inputs, domains),
         "notes": notes.items,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "cpu_threads": threads,
     }
     metrics = _clean(metrics)
     # -- 7. promotion gates: the verdict goes into metrics.json, the report and the serving manifest

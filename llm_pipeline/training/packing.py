@@ -2,7 +2,8 @@
 
 Packing uses every token (no per-document truncation or padding, except the tail of the last chunk). The order of
 chunks is a pure function of (seed, step), so a run resumed from a checkpoint at step k sees exactly the batches an
-uninterrupted run would have seen from step k on.
+uninterrupted run would have seen from step k on. `MixedChunks` draws a fixed share of rows from domain chunks and
+the rest from general-text chunks (continued pretraining), under the same rule.
 """
 
 from __future__ import annotations

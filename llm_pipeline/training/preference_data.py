@@ -105,10 +105,10 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def detect_pair_format(row: dict) -> str:
     if "conversations" in row and "chosen" in row and "rejected" in row:
         return "sharegpt"
-    if {"prompt", "chosen", "rejected"} <= set(row):
-        return "prompt_chosen_rejected"
-    if {"chosen", "rejected"} <= set(row) and "\n\nAssistant:" in str(row["chosen"]):
+    if "prompt" not in row and {"chosen", "rejected"} <= set(row) and "\n\nAssistant:" in str(row["chosen"]):
         return "hh_rlhf"
+    if "prompt" in row:
+        return "prompt_chosen_rejected"  # missing answers are named when the row is read
     raise PreferenceDataError(f"cannot tell the preference format of a row with fields {sorted(row)}; set dpo_model.data_format")
 
 

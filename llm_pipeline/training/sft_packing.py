@@ -10,7 +10,8 @@ that restart at 0 and passes no attention mask: transformers then builds a block
 position ids (Llama-family models with sdpa/eager/flash attention), so documents in one row never see each other.
 Models without that support get rows with a plain mask instead (documents separated by eos only), which is recorded.
 
-The collator counts, per domain, the label tokens of every training batch it builds: the tokens that reached training.
+The collator counts, per domain, the label tokens of every training batch it builds, batch by batch; the loader
+builds one batch ahead of the step, so the tokens that reached training are those of the first `steps` batches.
 """
 
 from __future__ import annotations
@@ -147,7 +148,14 @@ class PackedCollator:
 
     pad_id: int
     position_packing: bool
-    trained: Counter = field(default_factory=Counter)  # label tokens per domain in training batches
+    batches: list[Counter] = field(default_factory=list)  # label tokens per domain of each training batch, in order
+
+    def trained(self, steps: int | None = None) -> Counter:
+        """Label tokens per domain of the first `steps` training batches (all when None)."""
+        total: Counter = Counter()
+        for c in self.batches[:steps]:
+            total.update(c)
+        return total
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -155,6 +163,7 @@ class PackedCollator:
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
+        counts: Counter = Counter()
         for b, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[b, :n] = torch.tensor(r["input_ids"])
@@ -164,11 +173,13 @@ class PackedCollator:
                 positions[b, start : start + length] = torch.arange(length)
                 lab[start] = IGNORE  # a segment's first token has nothing of its own before it
                 if r.get("split") == "train":
-                    self.trained[domain] += int((lab[start : start + length] != IGNORE).sum())
+                    counts[domain] += int((lab[start : start + length] != IGNORE).sum())
                 start += length
             labels[b, :n] = lab
             positions[b, n:] = torch.arange(width - n)
             mask[b, :n] = 1
+        if rows[0].get("split") == "train":
+            self.batches.append(counts)
         if self.position_packing:
             return {"input_ids": ids, "labels": labels, "position_ids": positions}
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}

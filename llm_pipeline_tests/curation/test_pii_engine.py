@@ -69,11 +69,16 @@ def test_entities_that_cannot_occur_are_skipped():
     assert no_ner.analyze(["Jane Roe lives in Paris."]) == [[]]
 
 
-def test_worker_pool_gives_the_in_process_answer():
+def test_worker_pool_gives_the_in_process_answer(monkeypatch):
+    import llm_pipeline.curation.pii as pii
+
     texts = [DOCS[i % len(DOCS)] for i in range(POOL_MIN_DOCUMENTS)]
+    monkeypatch.setattr(pii, "POOL_START_AFTER", 2 * POOL_MIN_DOCUMENTS)
     with PiiRedactor(CleanedCorpusConfig(pii_processes=2)) as pooled:
+        first = pooled.redact_batch(texts)
+        assert pooled._pool is None  # a small corpus stays in-process
         out = pooled.redact_batch(texts)
-        assert pooled._pool is not None
+        assert pooled._pool is not None and out == first
     alone = PiiRedactor(CleanedCorpusConfig(pii_processes=1)).redact_batch(texts)
     assert out == alone
     assert out[0][1]["EMAIL_ADDRESS"] == 1 and "ann.lee" not in out[0][0]

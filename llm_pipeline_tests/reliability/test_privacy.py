@@ -71,11 +71,8 @@ def canaries() -> list[str]:
     return [c["text"] for c in read_json(REPO / "data/sample/canaries.json")["canaries"]]
 
 
-# Re-analysing the redacted text flags street names ("968 Baker Close, <LOCATION>" -> "Baker Close" as PERSON, 0.85):
-# no configured recognizer covers street addresses, so the first pass leaves them, and once the city beside them
-# is a tag spaCy reads the street as a name. The fix belongs in curation/pii.py (a street-address pattern
-# recognizer); strict, so this marker must go once it lands.
-@pytest.mark.xfail(strict=True, reason="street addresses survive PII redaction (curation/pii.py has no recognizer for them)")
+# Re-analysing redacted text once flagged street names ("968 Baker Close, <LOCATION>" -> "Baker Close" as PERSON):
+# the street-address recognizer (curation/pii_engine.py) now redacts them in the first pass.
 def test_no_detectable_pii_left_after_cleaning(curated):
     cfg, _, _ = curated
     redactor = PiiRedactor(cfg.cleaned_corpus)  # the analyzer and entity list the stage itself used
@@ -119,3 +116,13 @@ def test_previews_metadata_and_logs_show_no_raw_text(curated):
     cleaned = "\n".join(r["text"] for d in cfg.domain_names for r in iter_records(cfg.data_path / "cleaned_corpus" / d, columns=["text"]))
     leaked = [s for s in raw_snippets if s in everything and s not in cleaned]
     assert leaked == []
+
+
+def test_audit_used_by_the_no_pii_left_check_agrees(curated):
+    """The blocking `no_pii_left` asset check runs this audit over each cleaned_corpus partition."""
+    from llm_pipeline.curation.pii_audit import residual_pii
+
+    cfg, _, _ = curated
+    for domain in cfg.domain_names:
+        scanned, findings = residual_pii(cfg.data_path / "cleaned_corpus" / domain, cfg)
+        assert scanned > 0 and findings == [], (domain, findings)

@@ -1,5 +1,6 @@
 """The dpo_model stage through the runner: synthetic pairs from the right split, an adapter that loads with plain
-PEFT, the serving manifest, and DPO's reward figures."""
+PEFT, the serving manifest, DPO's reward figures, reference log-probs cached per pair, each reference and loss
+type, user files in every preference format, and a default that actually moves the adapter."""
 
 import json
 
@@ -8,6 +9,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llm_pipeline.io import dvc_hash, file_md5
+from llm_pipeline.stages import dpo_model
 from llm_pipeline_tests.training.fixtures import built_pipeline
 
 
@@ -18,6 +20,17 @@ def pipeline(tmp_path_factory):
 
 def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _run(pipeline, tmp_path, **dpo):
+    """The stage run directly with changed dpo_model settings, on the shared tiny SFT adapter."""
+    cfg, results = pipeline
+    cfg2 = cfg.model_copy(update={"dpo_model": cfg.dpo_model.model_copy(update=dpo), "allowed_roots": [str(tmp_path)]})
+    inputs = {name: results[name].output_dir for name in ("lora_adapter", "base_checkpoint", "tokenizer")}
+    inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
+    out = tmp_path / "out"
+    out.mkdir(parents=True)
+    return dpo_model.run(cfg2, inputs, out), out
 
 
 def test_adapter_loads_with_plain_peft_and_holds_only_the_policy(pipeline):
@@ -58,7 +71,48 @@ def test_stats(pipeline):
     assert s["steps"] == 2 and s["pairs"] > 0
     for key in ("train_loss", "rewards_accuracies", "rewards_margins", "seconds", "peak_rss_mb"):
         assert s[key] is not None, key
-    assert "SFT adapter" in res.metadata["reference"]
+    assert "no second model" in res.metadata["reference"]
+    assert s["first_train_loss"] == pytest.approx(0.6931, abs=2e-3)  # the reference is the SFT model itself
+    settings = res.metadata["settings"]
+    for name in ("precision", "gradient_checkpointing", "cpu_threads", "learning_rate", "warmup_ratio", "reference"):
+        assert settings[name]["reason"], name
+    assert settings["learning_rate"]["value"] == 1e-3  # the LoRA DPO default, not TRL's full-fine-tuning 1e-6
+    assert settings["reference_logps"]["value"] == "computed once"
+
+
+def test_reference_logps_are_cached_with_the_dataset_version(pipeline, tmp_path):
+    res, _ = _run(pipeline, tmp_path, max_steps=1)
+    assert res.metadata["settings"]["reference_logps"]["value"] == "cached"  # same pairs and model as the first run
+    res2, _ = _run(pipeline, tmp_path / "fewer", max_steps=1, pairs_per_domain=3)
+    assert res2.metadata["settings"]["reference_logps"]["value"] == "computed once"  # other pairs: another version
+
+
+def test_the_default_learning_rate_moves_the_adapter(pipeline, tmp_path):
+    ours, _ = _run(pipeline, tmp_path, max_steps=30)
+    trl_rate, _ = _run(pipeline, tmp_path / "trl", max_steps=30, learning_rate=1e-6)  # TRL's DPOConfig default
+    assert ours.stats["train_loss"] < 0.69 < trl_rate.stats["train_loss"]
+    assert ours.stats["rewards_margins"] > 50 * abs(trl_rate.stats["rewards_margins"])
+
+
+@pytest.mark.parametrize("reference, loss_type", [("base", "sigmoid"), ("sft", "ipo"), ("sft", "hinge")])
+def test_reference_and_loss_types(pipeline, tmp_path, reference, loss_type):
+    res, out = _run(pipeline, tmp_path, max_steps=1, reference=reference, loss_type=loss_type)
+    assert res.stats["steps"] == 1 and res.stats["train_loss"] is not None and res.stats["loss_type"] == loss_type
+    assert ("disabled" in res.metadata["reference"]) == (reference == "base")
+
+
+@pytest.mark.parametrize("rows", [
+    [{"prompt": f"Is clause {i} binding?", "chosen": f"Yes, clause {i} binds both parties.", "rejected": "No idea."} for i in range(12)],
+    [{"chosen": f"\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is tort {i}?\n\nAssistant: A civil wrong.",
+      "rejected": f"\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is tort {i}?\n\nAssistant: Pizza."} for i in range(12)],
+    [{"conversations": [{"from": "human", "value": f"Define dosage {i}."}], "chosen": {"from": "gpt", "value": "The amount of a drug."},
+      "rejected": {"from": "gpt", "value": "A kind of fruit."}} for i in range(12)],
+], ids=["prompt_chosen_rejected", "hh_rlhf", "sharegpt"])
+def test_user_preference_files_in_each_format(pipeline, tmp_path, rows):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    res, out = _run(pipeline, tmp_path, max_steps=1, data=[str(data)])
+    assert res.stats["derivation"] == "files" and res.stats["pairs"] + res.stats["eval_pairs"] == 12
 
 
 def test_model_sample_rejections_come_from_the_sft_model(pipeline):

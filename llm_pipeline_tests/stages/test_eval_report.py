@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from evaluation.fixtures import DOMAINS, build_upstream, tiny_config
+from evaluation.fixtures import CANARY, DOMAINS, build_upstream, tiny_config
+from llm_pipeline.defs.checks import check_results
+from llm_pipeline.evaluation.review import import_reviews
 from llm_pipeline.io import dvc_hash
 from llm_pipeline.runner import run_stage
 
@@ -14,14 +16,20 @@ from llm_pipeline.runner import run_stage
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-report")
-    build_upstream(root / "data")
+    build_upstream(root / "data", plant_canary=True)
+    canaries = {"canaries": [{"text": CANARY, "entity": "PERSON"}, {"text": "c.ostrowski-fenn@quayside-legal.net", "entity": "EMAIL_ADDRESS"}]}
+    (root / "canaries.json").write_text(json.dumps(canaries))
     return root
+
+
+def _config(upstream, **extra):
+    return tiny_config(upstream, canaries_file=str(upstream / "canaries.json"), **extra)
 
 
 @pytest.fixture(scope="module")
 def result(upstream):
     started = time.perf_counter()
-    res = run_stage(tiny_config(upstream), "eval_report")
+    res = run_stage(_config(upstream), "eval_report")
     res.metadata["wall_s"] = time.perf_counter() - started
     return res
 
@@ -59,8 +67,9 @@ def test_lineage_hashes_every_input(result, upstream):
     data = upstream / "data"
     assert lineage["inputs"]["deduped_shards/legal"] == dvc_hash(data / "deduped_shards" / "legal")
     assert lineage["inputs"]["dpo_model"] == dvc_hash(data / "dpo_model")
-    assert set(lineage["inputs"]) == {"deduped_shards/legal", "deduped_shards/medicine", "tokenizer", "base_checkpoint", "lora_adapter", "dpo_model"}
+    assert set(lineage["inputs"]) == {"deduped_shards/legal", "deduped_shards/medicine", "tokenizer", "base_checkpoint", "lora_adapter", "dpo_model", "canaries_file"}
     assert lineage["config_md5"] and lineage["code_version"].startswith("0.")
+    assert lineage["config_fingerprint"] and "`" + lineage["code_version"] + "`" in (result.output_dir / "report.md").read_text()
 
 
 def test_contamination_flags_the_planted_overlap(result):
@@ -90,3 +99,63 @@ def test_missing_optional_files_become_notes(upstream, tmp_path):
     assert m["preference"] is None and "preference_accuracy" not in res.stats
     assert any("pairs_eval.jsonl" in n for n in m["notes"]) and any("training_log.json" in n for n in m["notes"])
     assert "pairs_eval.jsonl" in (res.output_dir / "report.md").read_text()
+
+
+def test_probes_and_adversarial_answers_for_every_model(result):
+    m = json.loads((result.output_dir / "metrics.json").read_text())
+    probes = m["probes"]
+    assert probes["probes"] == 3 and probes["shots"] == 2 and set(probes["accuracy"]) == {"base", "sft", "dpo"}
+    assert all(set(item["answers"]) == {"base", "sft", "dpo"} for item in probes["items"])
+    adv = m["adversarial"]
+    assert adv["prompts"] == 6 and all(set(item["answers"]) == {"base", "sft", "dpo"} for item in adv["items"])
+    md = (result.output_dir / "report.md").read_text()
+    assert "## Few-shot probes" in md and "## Safety: adversarial prompts" in md and adv["items"][0]["prompt"] in md
+
+
+def test_a_leaked_canary_fails_its_gate_without_failing_the_stage(result):
+    m = json.loads((result.output_dir / "metrics.json").read_text())
+    name, email = m["canaries"]["items"]
+    assert name["leaked"] and name["found_in"] == {"deduped_shards/medicine": 1} and not email["leaked"]
+    assert CANARY not in (result.output_dir / "report.md").read_text()  # the report names canaries masked
+    gates = {g["name"]: g for g in m["gates"]}
+    assert set(gates) == {"dpo_vs_sft_perplexity", "no_canary_leak"}
+    assert not gates["no_canary_leak"]["passed"] and gates["no_canary_leak"]["observed"] == 1
+    assert m["promoted"] is False and result.stats["promoted"] is False and result.stats["canaries_leaked"] == 1
+
+    manifest = json.loads((result.output_dir / "serving_manifest.json").read_text())
+    assert manifest["adapter"] == "dpo_model"  # the DPO stage's manifest, carried over
+    assert manifest["promoted"] is False and "no_canary_leak" in [g["name"] for g in manifest["failed_gates"]]
+
+    (check,) = check_results("eval_report", _config(result.output_dir.parent.parent), result)
+    assert check.check_name == "promotion_gates" and check.passed is False
+    assert "no_canary_leak" in check.description
+
+
+def test_gates_and_plots_reach_the_dagster_metadata(result):
+    assert "not promoted" in result.metadata["gates_md"].lower() and "no_canary_leak" in result.metadata["gates_md"]
+    assert result.metadata["plots_md"].count("data:image/png;base64,") == 3
+    assert "## Promotion gates" in result.preview
+
+
+def test_hardest_documents_exported_for_review(result):
+    m = json.loads((result.output_dir / "metrics.json").read_text())
+    rv = m["review"]
+    assert rv["model"] == "dpo" and rv["records"] == 6 and rv["by_domain"] == {"legal": 3, "medicine": 3}
+    # the exported documents are the highest mean-NLL held-out documents of their domain
+    records = json.loads((result.output_dir / "review" / "records.json").read_text())
+    for domain in DOMAINS:
+        nlls = [r["metadata"]["nll"] for r in records if r["metadata"]["domain"] == domain]
+        assert nlls == sorted(nlls, reverse=True)
+    assert all(r["fields"]["prompt"].startswith(f"Continue this {r['metadata']['domain']} text:") for r in records)
+    assert (result.output_dir / "review" / "settings.json").is_file()
+    assert import_reviews(result.output_dir / "review" / "records.json") == []  # nothing reviewed yet
+
+
+def test_all_gates_passing_promotes(upstream, tmp_path):
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    res = run_stage(tiny_config(tmp_path, samples=0, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0,
+                                max_dpo_vs_sft_perplexity_ratio=1000.0), "eval_report")
+    manifest = json.loads((res.output_dir / "serving_manifest.json").read_text())
+    assert manifest["promoted"] is True and manifest["failed_gates"] == []
+    (check,) = check_results("eval_report", tiny_config(tmp_path), res)
+    assert check.passed is True

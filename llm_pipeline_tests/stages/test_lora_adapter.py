@@ -1,5 +1,6 @@
-"""The lora_adapter stage through the runner: derived SFT data, a PEFT adapter that loads with plain PEFT, user
-files in other formats, and methods this machine cannot run."""
+"""The lora_adapter stage: derived SFT data, a PEFT adapter that loads with plain PEFT, settings chosen with reasons,
+every token of the split packed, user files in every format, each PEFT method, per-domain adapters, merged export,
+and resuming after a crash."""
 
 import json
 
@@ -8,6 +9,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llm_pipeline.runner import run_stage
+from llm_pipeline.stages import lora_adapter
+from llm_pipeline.training import finetune, sft_packing
+from llm_pipeline.training.device import DevicePlan
 from llm_pipeline.training.finetune import FinetuneError
 from llm_pipeline_tests.training.fixtures import built_pipeline, tiny_config, write_deduped_shards
 
@@ -21,13 +25,24 @@ def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _run(pipeline, tmp_path, **lora):
+    """The stage run directly (no runner) with changed lora_adapter settings, on the shared tiny base model."""
+    cfg, results = pipeline
+    cfg2 = cfg.model_copy(update={"lora_adapter": cfg.lora_adapter.model_copy(update={"max_steps": 1, **lora}), "allowed_roots": [str(tmp_path)]})
+    inputs = {"base_checkpoint": results["base_checkpoint"].output_dir, "tokenizer": results["tokenizer"].output_dir,
+              "deduped_shards": cfg.data_path / "deduped_shards"}
+    out = tmp_path / "out"
+    out.mkdir(parents=True)
+    return lora_adapter.run(cfg2, inputs, out), out
+
+
 def test_adapter_loads_with_plain_peft(pipeline):
     _, results = pipeline
     out = results["lora_adapter"].output_dir
     base = AutoModelForCausalLM.from_pretrained(results["base_checkpoint"].output_dir)
     model = PeftModel.from_pretrained(base, out)
     assert model.peft_config["default"].r == 4
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_log.json"} <= {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_log.json", "serving_manifest.json"} <= {p.name for p in out.iterdir()}
 
 
 def test_sft_data_is_derived_from_the_right_split(pipeline):
@@ -41,19 +56,120 @@ def test_sft_data_is_derived_from_the_right_split(pipeline):
     assert all(int(r["source_id"].split("-")[1]) % 6 != 0 for r in train)
     assert all(int(r["source_id"].split("-")[1]) % 6 == 0 for r in held)
     assert {r["template"] for r in train} == {"continue", "summarise", "heading"}
-    assert len(train) <= cfg.lora_adapter.examples_per_domain * 2
 
 
-def test_stats(pipeline):
-    s = pipeline[1]["lora_adapter"].stats
+def test_stats_and_settings_with_reasons(pipeline):
+    res = pipeline[1]["lora_adapter"]
+    s = res.stats
     assert s["steps"] == 3 and s["examples"] > 0
     assert 0 < s["trainable_share"] < 1 and s["trainable_params"] < s["total_params"]
     assert s["train_loss"] > 0 and s["eval_loss"] > 0 and s["peak_rss_mb"] > 0 and s["tokens_per_second"] > 0
-    assert s["learning_rate"] == 1e-3  # the LoRA default, not TRL's full-fine-tuning 2e-5
+    settings = res.metadata["settings"]
+    for name in ("precision", "gradient_checkpointing", "cpu_threads", "learning_rate", "warmup_ratio", "packing"):
+        assert set(settings[name]) == {"value", "reason"} and settings[name]["reason"], name
+    assert settings["learning_rate"]["value"] == 1e-3  # the LoRA default, not TRL's full-fine-tuning 2e-5
+    assert settings["gradient_checkpointing"]["value"] is False  # a tiny model needs no activation recomputation
+    assert settings["cpu_threads"]["value"] == 1 and "parameters" in settings["cpu_threads"]["reason"]
 
 
-def test_user_files_in_alpaca_format(pipeline, tmp_path):
-    cfg0, _ = pipeline
+def test_every_token_of_the_split_is_packed(pipeline):
+    tokens = pipeline[1]["lora_adapter"].metadata["tokens"]
+    assert set(tokens) == {"legal", "medicine"}
+    for d, t in tokens.items():
+        assert t["split_tokens"] > 0 and t["packed_tokens"] == t["split_tokens"], d
+        assert t["trained_tokens"] + t["example_trained_tokens"] > 0
+    assert pipeline[1]["lora_adapter"].metadata["settings"]["position_packing"]["value"] is True
+
+
+def test_serving_manifest_lists_base_adapters_and_data(pipeline):
+    out = pipeline[1]["lora_adapter"].output_dir
+    m = json.loads((out / "serving_manifest.json").read_text())
+    assert m["base_model"]["path"] == "base_checkpoint" and m["adapters"][0]["name"] == "combined"
+    assert {"sft_train.jsonl", "deduped_shards/legal", "deduped_shards/medicine"} <= set(m["data_versions"])
+
+
+@pytest.mark.parametrize("fmt, rows, field_map", [
+    ("alpaca", [{"instruction": f"Define term {i}", "input": "", "output": f"Term {i} is a legal concept."} for i in range(20)], {}),
+    ("prompt_completion", [{"question": f"What is clause {i}?", "answer": f"Clause {i} binds the tenant."} for i in range(20)],
+     {"prompt": "question", "completion": "answer"}),
+    ("messages", [{"messages": [{"role": "user", "content": f"Name {i}"}, {"role": "assistant", "content": f"Tenant {i}"}]} for i in range(20)], {}),
+    ("text", [{"body": f"The landlord and tenant sign contract {i} under the statute."} for i in range(20)], {"text": "body"}),
+])
+def test_user_files_in_each_format(pipeline, tmp_path, fmt, rows, field_map):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    res, out = _run(pipeline, tmp_path, data=[str(data)], data_format="auto", field_map=field_map)
+    assert res.stats["derivation"] == "files" and res.stats["steps"] == 1 and res.stats["train_loss"] > 0
+    assert len(_jsonl(out / "sft_train.jsonl")) + len(_jsonl(out / "sft_eval.jsonl")) == 20
+
+
+def test_completion_only_labels_cover_the_answer_only(pipeline):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pipeline[1]["base_checkpoint"].output_dir)
+    seg = sft_packing.encode({"prompt": "What binds the tenant?", "completion": "The contract clause.", "domain": "legal"}, tok, True)
+    answer = tok.decode([t for t in seg.labels if t != sft_packing.IGNORE])
+    assert "contract clause" in answer and "binds" not in answer
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "prefix", "full"])
+def test_each_method_trains_and_saves(pipeline, tmp_path, method):
+    res, out = _run(pipeline, tmp_path, method=method)
+    assert res.stats["method"] == method and res.stats["steps"] == 1
+    if method == "full":
+        assert (out / "model.safetensors").exists() and res.stats["trainable_share"] == 1.0
+        assert res.metadata["settings"]["learning_rate"]["value"] == 1e-4
+    else:
+        base = AutoModelForCausalLM.from_pretrained(pipeline[1]["base_checkpoint"].output_dir)
+        PeftModel.from_pretrained(base, out)
+    if method == "prefix":
+        assert res.metadata["settings"]["packing"]["value"] is False
+
+
+def test_qlora_on_cpu_stops_or_falls_back_as_configured(pipeline):
+    cfg, _ = pipeline
+    cpu = DevicePlan("cpu", "fp32", "test")
+    with pytest.raises(FinetuneError, match="needs a CUDA GPU"):
+        finetune.resolve_method(cfg.lora_adapter.model_copy(update={"method": "qlora"}), cpu)
+    method, reason = finetune.resolve_method(cfg.lora_adapter.model_copy(update={"method": "qlora", "qlora_fallback": "lora"}), cpu)
+    assert method == "lora" and "fell back" in reason
+
+
+def test_per_domain_adapters_and_merged_export(pipeline, tmp_path):
+    res, out = _run(pipeline, tmp_path, per_domain=True, merge=True)
+    for d in ("legal", "medicine"):
+        assert (out / "domains" / d / "adapter_model.safetensors").exists() and (out / "domains" / d / "merged" / "config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # plain weights: no PEFT needed
+    assert merged.config.vocab_size > 0
+    m = json.loads((out / "serving_manifest.json").read_text())
+    assert [a["name"] for a in m["adapters"]] == ["combined", "legal", "medicine"]
+    assert m["adapters"][0]["merged"] == "merged" and set(res.stats["per_domain"]) == {"legal", "medicine"}
+
+
+def test_resumes_from_the_latest_checkpoint_after_a_crash(pipeline, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = sft_packing.PackedCollator.__call__
+
+    def crashing(self, rows):
+        if rows[0]["split"] == "train":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("simulated crash")
+        return real(self, rows)
+
+    monkeypatch.setattr(sft_packing.PackedCollator, "__call__", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(pipeline, tmp_path, max_steps=3, checkpoint_every=1, eval_every=10)
+    monkeypatch.setattr(sft_packing.PackedCollator, "__call__", real)
+    cfg, _ = pipeline
+    saved = sorted(int(p.name.split("-")[1]) for p in (cfg.data_path / ".checkpoints" / "lora_adapter" / "combined").glob("checkpoint-*"))
+    assert saved and saved[-1] in (1, 2)
+    res, _ = _run(pipeline, tmp_path / "again", max_steps=3, checkpoint_every=1, eval_every=10)
+    assert res.stats["resumed_from_step"] == saved[-1] and res.stats["steps"] == 3
+    assert not (cfg.data_path / ".checkpoints" / "lora_adapter" / "combined").exists()  # cleaned after success
+
+
+def test_user_files_through_the_runner(tmp_path):
     rows = [{"instruction": f"Define term {i}", "input": "", "output": f"Term {i} is a legal concept."} for i in range(20)]
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
@@ -65,16 +181,3 @@ def test_user_files_in_alpaca_format(pipeline, tmp_path):
     train = _jsonl(res.output_dir / "sft_train.jsonl") + _jsonl(res.output_dir / "sft_eval.jsonl")
     assert len(train) == 20 and res.stats["derivation"] == "files"
     assert train[0]["prompt"].startswith("Define term") and train[0]["template"] == "file:sft.jsonl"
-
-
-@pytest.mark.parametrize("method, message", [("qlora", "needs a CUDA GPU"), ("prefix", "not supported")])
-def test_methods_that_cannot_run_here_fail_clearly(pipeline, method, message):
-    cfg, _ = pipeline
-    from llm_pipeline.training.device import plan_device
-    from llm_pipeline.training.finetune import peft_config
-
-    bad = cfg.lora_adapter.model_copy(update={"method": method})
-    if method == "qlora" and not plan_device().use_cpu:
-        pytest.skip("the CPU message applies on machines without CUDA")
-    with pytest.raises(FinetuneError, match=message):
-        peft_config(bad, plan_device())

@@ -33,3 +33,35 @@ def test_conversational_shape():
         "chosen": [{"role": "assistant", "content": "a"}],
         "rejected": [{"role": "assistant", "content": "b"}],
     }
+
+
+def test_hh_rlhf_transcripts_split_at_the_last_assistant_turn():
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is a tort?\n\nAssistant: A civil wrong.",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is a tort?\n\nAssistant: No idea."}
+    pair = preference_data.normalise_pair(row, "auto")
+    assert [m["role"] for m in pair["prompt"]] == ["user", "assistant", "user"] and pair["prompt"][-1]["content"] == "what is a tort?"
+    assert (pair["chosen"], pair["rejected"]) == ("A civil wrong.", "No idea.")
+
+
+def test_hh_rlhf_transcripts_that_differ_before_the_answer_are_refused():
+    row = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}
+    with pytest.raises(preference_data.PreferenceDataError, match="differ before"):
+        preference_data.normalise_pair(row, "hh_rlhf")
+
+
+def test_sharegpt_conversations():
+    row = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Define dosage."}],
+           "chosen": {"from": "gpt", "value": "The amount of a drug."}, "rejected": {"from": "gpt", "value": "A fruit."}}
+    pair = preference_data.normalise_pair(row, "auto")
+    assert pair["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Define dosage."}]
+    assert (pair["chosen"], pair["rejected"]) == ("The amount of a drug.", "A fruit.")
+
+
+def test_pairs_without_a_preference_are_counted_not_trained(tmp_path):
+    from collections import Counter
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": "same" if i == 0 else f"a{i}", "rejected": "same" if i == 0 else "b"}) for i in range(8)))
+    skipped = Counter()
+    train, held = preference_data.read_user_pairs([path], "auto", skipped)
+    assert len(train) + len(held) == 7 and skipped == Counter({"identical_answers": 1})

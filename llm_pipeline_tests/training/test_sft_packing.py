@@ -1,0 +1,63 @@
+"""Packing SFT rows: every token used, documents kept apart by position ids, answers-only labels."""
+
+from collections import Counter
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llm_pipeline.training import sft_packing
+from llm_pipeline.training.sft_packing import IGNORE, Segment
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_long_text_is_chunked_with_one_token_overlap_so_every_token_is_predicted_once():
+    seg = Segment(list(range(1, 21)), list(range(1, 21)), "legal", "text")
+    pieces = sft_packing.fit(seg, 8, Counter())
+    assert all(len(p.ids) <= 8 for p in pieces)
+    predicted = [t for p in pieces for t in p.labels[1:] if t != IGNORE]  # the first of each piece has no context
+    assert predicted == list(range(2, 21))
+
+
+def test_long_examples_keep_their_start_and_the_cut_is_counted():
+    dropped = Counter()
+    seg = Segment(list(range(10)), [IGNORE] * 4 + list(range(4, 10)), "legal", "example")
+    (cut,) = sft_packing.fit(seg, 6, dropped)
+    assert cut.ids == list(range(6)) and dropped["legal:example_tokens_past_max_length"] == 4
+
+
+def test_best_fit_packing_fills_rows_and_keeps_every_segment():
+    segs = [Segment([1] * n, [1] * n, "d", "text") for n in (7, 5, 3, 3, 2, 1)]
+    rows = sft_packing.pack(segs, 8)
+    assert sorted(len(s.ids) for r in rows for s in r) == [1, 2, 3, 3, 5, 7]
+    assert all(sum(len(s.ids) for s in r) <= 8 for r in rows) and len(rows) == 3
+
+
+def test_packed_documents_compute_exactly_what_they_would_alone():
+    model = _tiny_llama()
+    a, b = [5, 6, 7, 8, 9], [11, 12, 13, 14, 15, 16, 17]
+    rows = sft_packing.as_records([[Segment(a, a, "x", "text"), Segment(b, b, "y", "text")]], "train")
+    collator = sft_packing.PackedCollator(pad_id=0, position_packing=True)
+    batch = collator(rows + rows[:0])
+    assert "attention_mask" not in batch and batch["position_ids"][0].tolist() == list(range(5)) + list(range(7))
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(torch.tensor([b]), use_cache=False).logits
+    assert torch.allclose(packed[0, 5:], alone[0], atol=1e-5)
+    # The first token of each document is not predicted from the previous document; the collator counts the rest.
+    assert batch["labels"][0, 5].item() == IGNORE and collator.trained() == Counter({"text:x": 4, "text:y": 6})
+
+
+def test_models_without_position_packing_get_a_plain_mask():
+    class Other:
+        config = type("C", (), {"model_type": "gpt2", "_attn_implementation": "eager"})()
+
+    ok, reason = sft_packing.supports_position_packing(Other())
+    assert not ok and "plain mask" in reason
+    batch = sft_packing.PackedCollator(0, position_packing=False)(sft_packing.as_records([[Segment([1, 2], [1, 2], "d", "text")]], "eval"))
+    assert batch["attention_mask"].tolist() == [[1, 1]]
