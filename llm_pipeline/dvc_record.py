@@ -40,7 +40,7 @@ def record(cfg: PipelineConfig, steps: list[tuple[str, str | None]]) -> str:
     dvc = _dvc()
     if dvc is None:
         return "dvc not found: outputs not recorded in dvc.lock"
-    proc = subprocess.run([dvc, "commit", "--force", "--quiet", *keys], cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([dvc, "commit", "--force", *keys], cwd=root, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return f"dvc commit failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
     return f"recorded {len(keys)} outputs in dvc.lock (dvc status is clean; `dvc push` stores them)"
