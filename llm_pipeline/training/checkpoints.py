@@ -20,7 +20,11 @@ PATTERN = "step-*.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Plain lists and tuples only (no numpy objects), so a checkpoint loads with torch.load(weights_only=True):
+    # unpickling arbitrary objects from a writable folder would let whoever can write it run code.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -28,7 +32,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -65,8 +70,7 @@ def latest_checkpoint(folder: Path, fingerprint: str) -> tuple[dict[str, Any] | 
         return None, "no checkpoint: starting from step 0"
     path = paths[-1]
     try:
-        # weights_only=False: the file holds numpy/python RNG states, and it is one this stage wrote itself.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a checkpoint cut short by a crash during write is unusable, not fatal
         return None, f"checkpoint {path.name} unreadable ({type(exc).__name__}): starting from step 0"
     if payload.get("fingerprint") != fingerprint:
