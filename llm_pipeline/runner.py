@@ -84,14 +84,10 @@ def _input_hashes(cfg: PipelineConfig, name: str, inputs: dict[str, Path], domai
     for dep, path in inputs.items():
         if STAGES[dep].partitioned and not STAGES[name].partitioned:
             for d in cfg.domain_names:
-                hashes[f"{dep}/{d}"] = _recorded_hash(path / d)
+                hashes[f"{dep}/{d}"] = dvc_hash(path / d)
         else:
-            hashes[dep] = _recorded_hash(path)
+            hashes[dep] = dvc_hash(path)
     return hashes
-
-
-def _recorded_hash(path: Path) -> str:
-    return dvc_hash(path)
 
 
 def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> StageResult:
