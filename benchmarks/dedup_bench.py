@@ -25,44 +25,46 @@ from synthetic import dedup_corpus  # noqa: E402
 
 NGRAM, NUM_PERM, BANDS, ROWS, THRESHOLD, SEED = 5, 128, 16, 8, 0.7, 1234
 BATCH = 1024  # documents per signature batch, as deduped_shards reads them
-_WORD = re.compile(r"\w+")
+_WORD_BYTES = re.compile(rb"[0-9a-z_\x80-\xff]+")
 
 
 def ours(docs: list[str]) -> set[tuple[int, int]]:
     import numpy as np
 
-    from llm_pipeline.curation.dedup import MinHasher, band_keys, candidate_pairs, jaccard_estimate
+    from llm_pipeline.curation.dedup import MinHasher, band_keys, verified_pairs
 
     hasher = MinHasher(NUM_PERM, NGRAM, SEED)
     sigs = np.concatenate([hasher.signatures(docs[i : i + BATCH]) for i in range(0, len(docs), BATCH)])
-    keys = band_keys(sigs, BANDS, ROWS)
-    return {(i, j) for i, j in candidate_pairs(keys) if jaccard_estimate(sigs[i], sigs[j]) >= THRESHOLD}
+    i, j = verified_pairs(sigs, band_keys(sigs, BANDS, ROWS), THRESHOLD)
+    return set(zip(i.tolist(), j.tolist()))
+
+
+def shingles(text: str) -> list[bytes]:
+    """The word 5-grams of curation.shingles as bytes (its word bytes: ASCII letters, digits, _ and non-ASCII)."""
+    w = _WORD_BYTES.findall(text.lower().encode("utf-8"))
+    n = min(NGRAM, len(w))
+    return [b" ".join(w[k : k + n]) for k in range(len(w) - n + 1)] or [b""]
 
 
 def datasketch_lsh(docs: list[str]) -> set[tuple[int, int]]:
+    import xxhash
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, params=(BANDS, ROWS))
+    minhashes = []
     found = set()
     for start in range(0, len(docs), BATCH):
-        chunk = docs[start : start + BATCH]
-        shingles = []
-        for text in chunk:
-            w = _WORD.findall(text.lower())
-            n = min(NGRAM, len(w))
-            shingles.append([" ".join(w[k : k + n]).encode("utf-8") for k in range(len(w) - n + 1)] or [b""])
-        # MinHash.bulk builds the permutations once per batch: datasketch's own fast path for many documents.
-        for k, m in enumerate(MinHash.bulk(shingles, num_perm=NUM_PERM, seed=SEED)):
-            i = start + k
+        batch = [shingles(text) for text in docs[start : start + BATCH]]
+        # MinHash.bulk sets the permutations up once per batch; xxh32 (a C function, passed as is) in place of the
+        # default SHA-1 wrapper is the documented way to swap the hash and halves the time spent hashing shingles.
+        for m in MinHash.bulk(batch, num_perm=NUM_PERM, seed=SEED, hashfunc=xxhash.xxh32_intdigest):
+            i = len(minhashes)
             for j in lsh.query(m):  # query before insert: each pair is seen once, from its later document
-                if m.jaccard(lsh_minhashes[j]) >= THRESHOLD:
+                if m.jaccard(minhashes[j]) >= THRESHOLD:
                     found.add((j, i))
-            lsh.insert(i, m)
-            lsh_minhashes[i] = m
+            lsh.insert(i, m, check_duplication=False)  # keys are unique row numbers
+            minhashes.append(m)
     return found
-
-
-lsh_minhashes: dict = {}
 
 
 def score(found: set[tuple[int, int]], planted: set[tuple[int, int]], n: int) -> dict:
@@ -90,31 +92,42 @@ def child(step: str, n: int, seed: int) -> None:
         import llm_pipeline.curation.dedup  # noqa: F401
     else:
         import datasketch  # noqa: F401
+        import xxhash  # noqa: F401
     base_rss = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     found = ours(docs) if step == "ours" else datasketch_lsh(docs)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     mb = sum(len(d.encode()) for d in docs) / 1e6
-    emit({"step": step, "documents": n, "seconds": secs, "docs_per_s": n / secs, "mb_per_s": mb / secs,
-          "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss, **score(found, planted, n)})
+    emit({"step": step, "documents": n, "seconds": secs, "cpu_seconds": cpu, "docs_per_s": n / secs,
+          "docs_per_cpu_s": n / cpu, "mb_per_s": mb / secs, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
+          **score(found, planted, n)})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times; report each side's fastest run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.docs, args.seed)
-    rows = [run_child(Path(__file__), step, ["--docs", str(args.docs), "--seed", str(args.seed)]) for step in ("ours", "datasketch")]
+    runs: dict[str, list[dict]] = {"ours": [], "datasketch": []}
+    for _ in range(args.repeats):  # alternating, so a burst of load on a shared machine hits both sides alike
+        for step in runs:
+            runs[step].append(run_child(Path(__file__), step, ["--docs", str(args.docs), "--seed", str(args.seed)]))
+    rows = [min(r, key=lambda x: x.get("seconds", float("inf"))) for r in runs.values()]
     rows[0]["x_datasketch"] = rows[0]["docs_per_s"] / rows[1]["docs_per_s"]
+    rows[0]["x_datasketch_cpu"] = rows[0]["docs_per_cpu_s"] / rows[1]["docs_per_cpu_s"]
     print(f"near-dup, {args.docs} documents, {NGRAM}-gram shingles, {NUM_PERM} perms, {BANDS}x{ROWS} bands, threshold {THRESHOLD}")
     print(table(rows, [("step", "implementation", ""), ("docs_per_s", "docs/s", ".0f"), ("mb_per_s", "MB/s", ".2f"),
-                       ("peak_rss_mb", "peak RSS MB", ".0f"), ("precision", "precision", ".4f"), ("recall", "recall", ".4f"),
-                       ("x_datasketch", "x datasketch", ".1f")]))
+                       ("docs_per_cpu_s", "docs/CPU-s", ".0f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
+                       ("precision", "precision", ".4f"), ("recall", "recall", ".4f"),
+                       ("x_datasketch", "x datasketch", ".1f"), ("x_datasketch_cpu", "x (CPU time)", ".1f")]))
+    if args.repeats > 1:
+        print("ratio per round (wall):", ", ".join(f"{o['docs_per_s'] / d['docs_per_s']:.1f}" for o, d in zip(runs["ours"], runs["datasketch"])))
     OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "dedup_bench.json").write_text(json.dumps(rows, indent=2))
+    (OUT_DIR / "dedup_bench.json").write_text(json.dumps({"best": rows, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

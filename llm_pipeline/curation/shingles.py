@@ -4,33 +4,36 @@ MinHash needs, per document, the hash of every word n-gram. Tokenizing with a re
 Python costs about a microsecond per word, which made it the slowest part of near-dedup. Here the batch is one
 byte array instead:
 
-1. each text is lower-cased, common Unicode punctuation and spaces become ASCII spaces (``str.translate``), and the
-   texts are joined with NUL separators and UTF-8 encoded;
-2. a lookup table marks word bytes (ASCII letters, digits, ``_`` and every non-ASCII byte, i.e. the letters of
-   other scripts), so word starts and ends are where that mask changes;
-3. a word's hash is the wrap-around sum of ``byte * multiplier[position in word]`` (``np.add.reduceat``), mixed
-   with the word length and a seed and finalized with a xorshift-multiply; a shingle's hash folds ``n``
-   consecutive word hashes with odd multipliers, and shingles that would cross a document boundary are dropped.
+1. each text is lower-cased; in texts that are not pure ASCII, common Unicode punctuation and spaces become ASCII
+   spaces. The texts are UTF-8 encoded and joined with spaces; each document's byte offset is kept;
+2. word bytes are ASCII letters, digits, ``_`` and every non-ASCII byte (the letters of other scripts), so words
+   start and end where that byte class changes;
+3. a word's hash reads its bytes as little-endian 64-bit integers, 8 bytes at a time (one unaligned gather for
+   all words, one more per further 8 bytes for the longer ones), masked to the word's length and mixed with a
+   xorshift-multiply. Up to 8 bytes this is a bijection, so short words never collide; words over
+   ``MAX_VECTOR_WORD`` bytes (rare: URLs, base64) are hashed with xxh3 one at a time;
+4. a shingle's hash folds ``n`` consecutive word hashes with odd multipliers and keeps the high 32 bits of the last
+   product; shingles that would cross a document boundary are dropped, and a document shorter than ``n`` words is
+   one shingle of all its words (the fold's prefix, taken on the way).
 
-A document shorter than ``n`` words is one shingle of all its words. Work is done in slices of bounded bytes, so a
-batch holding one huge document does not allocate arrays many times the batch size at once.
+Work is done in slices of about ``SLICE_BYTES`` of text: a slice's arrays stay in cache and their memory is reused
+from slice to slice (larger slices ran slower, mostly from page faults on fresh allocations), and a batch holding
+one huge document does not allocate arrays many times the batch size at once.
 
-    hashes, owners = ShingleHasher(ngram=5, seed=1234).hash_batch(texts)   # uint64 hashes, document index of each
+    hashes, owners = ShingleHasher(ngram=5, seed=1234).hash_batch(texts)   # uint32 hashes, document index of each
 """
 
 from __future__ import annotations
 
 import numpy as np
+import xxhash
 
-MAX_HASH_32 = np.uint64(0xFFFFFFFF)
-SLICE_BYTES = 8 << 20  # text bytes per vectorized slice: ~10 uint64 arrays of this length live at once (~0.6 GB max)
-MAX_WORD_POSITION = 64  # characters after the 64th of a word share a multiplier: such "words" are rare and still hashed
+SLICE_BYTES = 256 << 10  # text bytes per vectorized slice: its arrays (~10x this) stay in cache and are reused, not re-mapped
+MAX_VECTOR_WORD = 256  # longer words get one xxh3 call each instead of one more gather per 8 bytes
 
-# Punctuation and spaces outside ASCII that would otherwise count as word bytes; NUL is the document separator.
-_TO_SPACE = str.maketrans({c: " " for c in "\x00“”„‘’‚«»‹›–—―…•·\u00a0\u2002\u2003\u2009\u200a\u200b\u202f\u3000"})
-_IS_WORD = np.zeros(256, dtype=bool)
-_IS_WORD[np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", dtype=np.uint8)] = True
-_IS_WORD[128:] = True
+# Punctuation and spaces outside ASCII that would otherwise count as word bytes.
+_TO_SPACE = str.maketrans({c: " " for c in "“”„‘’‚«»‹›–—―…•·\u00a0\u2002\u2003\u2009\u200a\u200b\u202f\u3000"})
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)  # mask of a word's first k bytes
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -44,78 +47,111 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _word_bytes(b: np.ndarray) -> np.ndarray:
+    """True for bytes that belong to words: [0-9A-Za-z_] and every byte >= 0x80 (four SIMD passes, no table lookup)."""
+    m = (b | np.uint8(0x20)) - np.uint8(ord("a")) < 26
+    m |= b - np.uint8(ord("0")) < 10
+    m |= b >= 0x80
+    m |= b == ord("_")
+    return m
+
+
+def _prepare(text: str) -> bytes:
+    text = text.lower()
+    if not text.isascii():  # O(1) in CPython; ASCII texts have nothing to translate
+        text = text.translate(_TO_SPACE)
+    return text.encode("utf-8", "surrogatepass")
+
+
 class ShingleHasher:
     def __init__(self, ngram: int, seed: int):
         self.ngram = ngram
         rng = np.random.default_rng([seed, 0x5A1])
-        self._pos_mult = rng.integers(1, 1 << 63, size=MAX_WORD_POSITION, dtype=np.uint64) | np.uint64(1)
-        self._len_mult = np.uint64(int(rng.integers(1, 1 << 62)) | 1)
-        self._seed = np.uint64(int(rng.integers(0, 1 << 62)))
+        self._seed = np.uint64(int(rng.integers(0, 1 << 63)))
         self._mix = rng.integers(1, 1 << 63, size=ngram, dtype=np.uint64) | np.uint64(1)
+        self._xxh_seed = int(rng.integers(0, 1 << 63))
 
     def word_hashes(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of the words in NUL-separated `data`, and each word's document number within it."""
-        b = np.frombuffer(data, dtype=np.uint8)
-        is_word = _IS_WORD[b]
-        edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        if len(starts) == 0:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        ends = np.flatnonzero(edges == -1)
+        """Hashes of the words in `data` (lower-cased UTF-8) and each word's start offset in it."""
+        # A space before and 8 bytes after: every word has a class change on both sides, and an 8-byte read from any
+        # word start stays inside the buffer.
+        buf = b" " + data + b" " * 8
+        b = np.frombuffer(buf, dtype=np.uint8)
+        is_word = _word_bytes(b)
+        change = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1  # alternately a word's first byte and one past its last
+        starts, ends = change[0::2], change[1::2]
         lengths = ends - starts
-        first = np.zeros(len(starts), dtype=np.int64)  # index among the word bytes of each word's first byte
-        np.cumsum(lengths[:-1], out=first[1:])
-        position = np.arange(int(lengths.sum())) - np.repeat(first, lengths)
-        np.minimum(position, MAX_WORD_POSITION - 1, out=position)
-        with np.errstate(over="ignore"):
-            values = b[is_word].astype(np.uint64) * self._pos_mult[position]
-            h = np.add.reduceat(values, first)
-            h += lengths.astype(np.uint64) * self._len_mult + self._seed
-        doc = np.searchsorted(np.flatnonzero(b == 0), starts)  # NULs before the word = its document number
-        return _mix64(h), doc
-
-    def _fold(self, seq: np.ndarray, n: int) -> np.ndarray:
-        """Hashes of the n-grams of a word-hash sequence: len(seq) - n + 1 values."""
-        width = len(seq) - n + 1
-        with np.errstate(over="ignore"):
-            h = np.zeros(width, dtype=np.uint64)
-            for k in range(n):
-                h = (h ^ seq[k : k + width]) * self._mix[k]
-        return _mix64(h) & MAX_HASH_32
+        # Every byte offset as the start of a little-endian uint64 (unaligned reads, no copy).
+        u64 = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+        h = u64[starts]
+        h &= _LOW_BYTES[np.minimum(lengths, 8)]
+        h ^= self._seed
+        longer = np.flatnonzero((lengths > 8) & (lengths <= MAX_VECTOR_WORD))
+        offset = 8
+        while len(longer):  # the next 8 bytes of every word that has them
+            rest = lengths[longer] - offset
+            chunk = u64[starts[longer] + offset] & _LOW_BYTES[np.minimum(rest, 8)]
+            h[longer] = _mix64(h[longer]) ^ chunk
+            longer = longer[rest > 8]
+            offset += 8
+        for i in np.flatnonzero(lengths > MAX_VECTOR_WORD).tolist():
+            h[i] = xxhash.xxh3_64_intdigest(buf[starts[i] : ends[i]], self._xxh_seed)
+        return _mix64(h), starts - 1
 
     def _hash_slice(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        data = "\x00".join(t.lower().translate(_TO_SPACE) for t in texts).encode("utf-8", "surrogatepass")
-        words, doc = self.word_hashes(data)
-        n = self.ngram
-        parts, owners = [], []
-        if len(words) >= n:
-            full = self._fold(words, n)
-            ok = doc[: len(full)] == doc[n - 1 :]  # all n words in one document
-            parts.append(full[ok])
-            owners.append(doc[: len(full)][ok])
-        counts = np.bincount(doc, minlength=len(texts))
-        for d in np.flatnonzero((counts > 0) & (counts < n)):  # short documents: one shingle of all their words
-            parts.append(self._fold(words[doc == d], int(counts[d])))
-            owners.append(np.array([d]))
-        if not parts:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        hashes, owner = np.concatenate(parts), np.concatenate(owners)
-        order = np.argsort(owner, kind="stable")  # shingles grouped by document, documents in order
-        return hashes[order], owner[order]
+        """32-bit shingle hashes of the texts, grouped by document in order, and the number of shingles of each."""
+        parts = [_prepare(t) for t in texts]
+        sizes = np.array([len(p) + 1 for p in parts], dtype=np.int64)
+        doc_start = np.cumsum(sizes) - sizes  # byte offset of each document in the joined data
+        words, word_start = self.word_hashes(b" ".join(parts))
+        n, n_words = self.ngram, len(words)
+        first = np.searchsorted(word_start, doc_start)  # index of each document's first word
+        counts = np.diff(first, append=n_words)
+        # Shingles per document: one per full n-gram, or one of all its words when it is shorter.
+        per_doc = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
+        if n_words == 0:
+            return np.zeros(0, dtype=np.uint32), per_doc
+        seq = np.concatenate([words, np.zeros(n - 1, dtype=np.uint64)])
+        short = np.flatnonzero((counts > 0) & (counts < n))
+        h = np.zeros(n_words, dtype=np.uint64)
+        prefix = np.zeros(len(short), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h ^= seq[k : k + n_words]
+                h *= self._mix[k]
+                done = counts[short] == k + 1
+                prefix[done] = h[first[short[done]]]  # a short document's shingle: the fold of its k + 1 words
+        h[first[short]] = prefix  # an n-gram starting there would cross into the next document anyway
+        # Drop the n-grams that start in a document's last n - 1 words (or after a short document's first word):
+        # at most n - 1 positions per document, so this touches far fewer values than a per-word test would.
+        drop_from, drop_count = first + per_doc, counts - per_doc
+        step = np.arange(n - 1)
+        drop = (drop_from[:, None] + step)[step < drop_count[:, None]]
+        keep = np.ones(n_words, dtype=bool)
+        keep[drop] = False
+        # The high half of the last odd multiply depends on every bit of the fold: a well-mixed 32-bit hash.
+        return (h[keep] >> np.uint64(32)).astype(np.uint32), per_doc
 
-    def hash_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """32-bit shingle hashes (in uint64) of every text, grouped by document, and the document index of each."""
-        out_h, out_d = [], []
+    def slices(self, texts: list[str]):
+        """(start, stop, hashes, counts) per slice of texts of about ``SLICE_BYTES``: see ``hash_counts``."""
         start = 0
         while start < len(texts):
             stop, size = start, 0
             while stop < len(texts) and (stop == start or size + len(texts[stop]) <= SLICE_BYTES):
                 size += len(texts[stop])
                 stop += 1
-            h, d = self._hash_slice(texts[start:stop])
-            out_h.append(h)
-            out_d.append(d + start)
+            yield (start, stop, *self._hash_slice(texts[start:stop]))
             start = stop
-        if not out_h:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(out_h), np.concatenate(out_d)
+
+    def hash_counts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """32-bit shingle hashes of every text, grouped by document in order, and the number of shingles of each."""
+        out_h, out_n = [np.zeros(0, dtype=np.uint32)], [np.zeros(0, dtype=np.int64)]
+        for _, _, h, n in self.slices(texts):
+            out_h.append(h)
+            out_n.append(n)
+        return np.concatenate(out_h), np.concatenate(out_n)
+
+    def hash_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """32-bit shingle hashes of every text, grouped by document, and the document index of each."""
+        hashes, counts = self.hash_counts(texts)
+        return hashes, np.repeat(np.arange(len(texts)), counts)

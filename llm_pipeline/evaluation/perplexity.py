@@ -91,16 +91,27 @@ def window_nll(model, batch: list[list[int]], pad_id: int) -> list[float]:
     return nll.sum(dim=1).tolist()
 
 
-def score_texts(lm: LoadedModel, texts: list[str], batch_size: int = 8, window: int | None = None) -> list[Score]:
-    """One `Score` per text. Windows of all texts are batched together, shortest first, to waste little padding."""
+def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens: one batched call into a fast tokenizer's Rust backend (the
+    same ids as calling the tokenizer on each text, without the per-call overhead), else one call per text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def score_texts(lm: LoadedModel, texts: list[str], batch_size: int = 8, window: int | None = None,
+                token_ids: list[list[int]] | None = None) -> list[Score]:
+    """One `Score` per text. Windows of all texts are batched together, shortest first, to waste little padding.
+    `token_ids` are the texts already tokenized with `lm.tokenizer` (models sharing a tokenizer tokenize once)."""
     tok = lm.tokenizer
     size = window or lm.window
     ctx = context_token(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     scores = [Score(bytes=len(t.encode("utf-8")), documents=1) for t in texts]
     jobs: list[tuple[int, list[int]]] = []
-    for i, text in enumerate(texts):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+    all_ids = token_ids if token_ids is not None else tokenize(tok, texts)
+    for i, ids in enumerate(all_ids):
         seq = ([ctx] if ctx is not None else []) + list(ids)
         for w in windows(seq, size):
             jobs.append((i, w))
@@ -118,3 +129,12 @@ def total(scores: list[Score]) -> Score:
     for s in scores:
         out.add(s)
     return out
+
+
+def to_rows(scores: list[Score]) -> list[list[float | int]]:
+    """Per-document scores as plain rows (for the result cache)."""
+    return [[s.nll, s.tokens, s.bytes] for s in scores]
+
+
+def from_rows(rows: list[list[float | int]]) -> list[Score]:
+    return [Score(nll=float(n), tokens=int(t), bytes=int(b), documents=1) for n, t, b in rows]

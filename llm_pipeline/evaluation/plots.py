@@ -1,18 +1,17 @@
 """The report's figures, drawn with matplotlib's Agg backend (no display needed) and saved as PNG.
 
-One colour per model throughout the report (plots and HTML), so base / SFT / DPO read the same everywhere.
+One colour per model throughout the report (plots and HTML), so base / SFT / DPO read the same everywhere. Figures
+are built with the object API (`Figure`), not pyplot's global figure list, so the report can draw them on a
+background thread while the models are evaluated.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
-
-from llm_pipeline.evaluation.models import MODEL_LABELS  # noqa: E402
+from llm_pipeline.evaluation.models import MODEL_LABELS
 
 COLORS = {"base": "#8a8f98", "sft": "#2f6fdb", "dpo": "#e4572e", "eval": "#2a9d8f"}
 STAGE_TITLES = {"base": "Pretraining (base)", "sft": "SFT (LoRA)", "dpo": "DPO"}
@@ -43,7 +42,8 @@ def _empty(ax, text: str) -> None:
 
 def loss_curves(logs: dict[str, list[dict]], path: Path) -> Path:
     """Training (and eval, where logged) loss over steps, one panel per training stage."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=DPI)
+    fig = Figure(figsize=(12, 3.6), dpi=DPI)
+    axes = fig.subplots(1, 3)
     for ax, name in zip(axes, ("base", "sft", "dpo")):
         rows = logs.get(name) or []
         ax.set_title(STAGE_TITLES[name], fontsize=11, loc="left")
@@ -62,7 +62,6 @@ def loss_curves(logs: dict[str, list[dict]], path: Path) -> Path:
     axes[0].set_ylabel("loss (nats/token)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -70,7 +69,8 @@ def perplexity_bars(ppl: dict[str, dict[str, float]], path: Path) -> Path:
     """Grouped bars: held-out perplexity per domain (groups) and model (bars). Lower is better."""
     models = [m for m in ("base", "sft", "dpo") if m in ppl]
     domains = sorted({d for m in models for d in ppl[m]})
-    fig, ax = plt.subplots(figsize=(max(6, 1.9 * len(domains) + 2), 3.8), dpi=DPI)
+    fig = Figure(figsize=(max(6, 1.9 * len(domains) + 2), 3.8), dpi=DPI)
+    ax = fig.subplots()
     _style(ax)
     width = 0.8 / max(1, len(models))
     values = [v for m in models for v in ppl[m].values() if v == v]
@@ -88,13 +88,55 @@ def perplexity_bars(ppl: dict[str, dict[str, float]], path: Path) -> Path:
     ax.margins(y=0.15)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    return Path(path)
+
+
+def training_compute(compute: dict, perplexity: dict[str, float | None], path: Path) -> Path:
+    """Left: held-out perplexity against the training seconds spent so far (base, then SFT on it, then DPO on SFT).
+    Right: passes over the available training data per model (data trained on / data available)."""
+    models = [m for m in ("base", "sft", "dpo") if m in compute.get("models", {})]
+    fig = Figure(figsize=(11, 3.6), dpi=DPI)
+    left, right = fig.subplots(1, 2)
+    left.set_title("Held-out perplexity vs training time", fontsize=11, loc="left")
+    pts = [(compute["models"][m].get("cumulative_seconds"), perplexity.get(m), m) for m in models]
+    pts = [(x, y, m) for x, y, m in pts if x is not None and y is not None and y == y]
+    if pts:
+        _style(left)
+        left.plot([x for x, _, _ in pts], [y for _, y, _ in pts], color="#c5c9d0", lw=1.2, zorder=1)
+        for x, y, m in pts:
+            left.scatter([x], [y], color=COLORS[m], s=42, zorder=2, label=MODEL_LABELS[m])
+            left.annotate(f"{MODEL_LABELS[m]} {y:,.1f}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ys = [y for _, y, _ in pts]
+        if max(ys) / max(min(ys), 1e-9) > 30:
+            left.set_yscale("log")
+        left.set_xlabel("cumulative training wall time (s)", fontsize=9)
+        left.set_ylabel("perplexity (lower is better)", fontsize=9)
+        left.margins(x=0.15, y=0.2)
+    else:
+        _empty(left, "no recorded training time")
+    right.set_title("Passes over the available training data", fontsize=11, loc="left")
+    bars = [(m, compute["models"][m].get("data", {})) for m in models]
+    bars = [(m, d) for m, d in bars if d.get("passes") is not None]
+    if bars:
+        _style(right)
+        xs = range(len(bars))
+        drawn = right.bar(xs, [d["passes"] for _, d in bars], 0.6, color=[COLORS[m] for m, _ in bars])
+        right.bar_label(drawn, labels=[f"{d['passes']:.2f} ({d['unit']})" for _, d in bars], fontsize=7.5, padding=2)
+        right.axhline(1.0, color="#999", lw=1, ls=":")
+        right.set_xticks(list(xs), [MODEL_LABELS[m] for m, _ in bars], fontsize=10)
+        right.set_ylabel("trained on / available", fontsize=9)
+        right.margins(y=0.2)
+    else:
+        _empty(right, "data use not recorded")
+    fig.tight_layout()
+    fig.savefig(path)
     return Path(path)
 
 
 def dpo_rewards(rows: list[dict], path: Path) -> Path:
     """DPO reward margin and reward accuracy over training steps (train and held-out where logged)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=DPI)
+    fig = Figure(figsize=(11, 3.6), dpi=DPI)
+    left, right = fig.subplots(1, 2)
     panels = [
         (left, "rewards/margins", "Reward margin (chosen - rejected)", None),
         (right, "rewards/accuracies", "Reward accuracy", 0.5),
@@ -120,5 +162,4 @@ def dpo_rewards(rows: list[dict], path: Path) -> Path:
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)

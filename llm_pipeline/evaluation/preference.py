@@ -55,6 +55,8 @@ def completion_logprobs(lm: LoadedModel, items: list[tuple[str | list[dict], str
             ids[row, : len(seq)] = torch.tensor(seq)
             attn[row, : len(seq)] = 1
             scored[row, cut : len(seq)] = 1
+        device = next(lm.model.parameters()).device
+        ids, attn, scored = ids.to(device), attn.to(device), scored.to(device)
         logits = lm.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         logp = -F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
         sums = (logp.view(len(idx), -1) * scored[:, 1:]).sum(dim=1).tolist()

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from llm_pipeline.evaluation import compute
 from llm_pipeline.evaluation import report_checks as checks
 from llm_pipeline.evaluation.models import MODEL_LABELS
 from llm_pipeline.evaluation.plots import COLORS
@@ -31,6 +32,7 @@ PLOT_CAPTIONS = {
     "training_loss.png": "Training loss per stage (dashed: held-out loss where the trainer logged it).",
     "perplexity_by_domain.png": "Held-out perplexity by domain and model (lower is better).",
     "dpo_rewards.png": "DPO reward margin and reward accuracy over training steps.",
+    "training_compute.png": "Held-out perplexity against cumulative training time, and passes over the available training data per model.",
 }
 
 
@@ -108,6 +110,10 @@ def verdict(metrics: dict) -> list[str]:
         lines.append(f"Contamination: held-out items sharing {c['ngram']}-word n-grams with training data above {pct(c['threshold'])}: {', '.join(parts)}. Treat those numbers with care.")
     elif c.get("sets"):
         lines.append(f"Contamination: no held-out set above {pct(c['threshold'])} overlap ({c['ngram']}-word n-grams).")
+    comp = compute.ordered(metrics)
+    if comp:
+        parts = [f"{MODEL_LABELS.get(m, m)} {fmt(e.get('seconds'), 1)} s" for m, e in comp]
+        lines.append(f"Training compute: {fmt(metrics['compute'].get('total_seconds'), 1)} s in all ({', '.join(parts)}); see Training compute.")
     canaries = metrics.get("canaries") or {}
     if canaries.get("checked"):
         leaked = [f"{r['canary']} ({', '.join(r['found_in'])})" for r in canaries["items"] if r["leaked"]]
@@ -223,7 +229,31 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
     if "review" in metrics:
         out.append(("Error analysis: examples for review", checks.review_intro(metrics), checks.review_table(metrics) if metrics["review"].get("items") else None, []))
     out.append(("Training", "How each stage's loss moved.", training_table(metrics.get("training", {})) if metrics.get("training") else None, ["training_loss.png"]))
+    out += compute_sections(metrics)
     return out
+
+
+def compute_sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
+    """What each model's training cost and bought (also the eval_report asset's `compute_md` metadata)."""
+    if not (metrics.get("compute") or {}).get("models"):
+        return [("Training compute", "Not recorded (see notes).", None, [])]
+    return [
+        ("Training compute: what each model cost and bought", compute.compute_intro(metrics), compute.compute_table(metrics), ["training_compute.png"]),
+        ("Training settings and why", "The settings each training stage used, with the reason it recorded for each choice "
+         "(`llm_pipeline/training/defaults.py` chooses precision, gradient checkpointing, threads, learning rate and warmup per device and method).",
+         compute.settings_table(metrics), []),
+        ("Training data used vs available", "Per model and domain, where the stage recorded it: tokens (pretraining), label tokens "
+         "(SFT documents and instruction examples) or preference pairs (DPO).", compute.data_table(metrics), []),
+    ]
+
+
+def compute_markdown(metrics: dict) -> str:
+    parts = []
+    for title, intro, table, _ in compute_sections(metrics):
+        parts += [f"### {title}", "", intro, ""]
+        if table is not None and table.rows:
+            parts += [md_table(table), ""]
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- markdown

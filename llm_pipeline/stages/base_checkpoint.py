@@ -8,14 +8,19 @@ and continues pretraining for `train_steps` steps (0 = keep it as loaded), on do
 `general_data` at `domain_ratio`. A crash mid-training resumes from the last checkpoint under
 `<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the domains' held-out split (and,
 when general text is mixed in, from its held-out part too, to show forgetting).
+
+Scale-out: the same command under `accelerate launch` / `torchrun` / `deepspeed` trains in every process (see
+training/pretrain.py); rank 0 alone tracks and writes the output, the other ranks' runs are thrown away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from llm_pipeline.config import PipelineConfig
@@ -25,10 +30,11 @@ from llm_pipeline.training import checkpoints
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device
 from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
+from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
-from llm_pipeline.training.pretrain import LoopSettings, evaluate, train
-from llm_pipeline.training.tracking import tracked_run
+from llm_pipeline.training.pretrain import LoopSettings, evaluate, save_trained_model, train
+from llm_pipeline.training.tracking import Tracker, tracked_run
 
 ASSET = "base_checkpoint"
 
@@ -37,11 +43,13 @@ def checkpoint_dir(cfg: PipelineConfig) -> Path:
     return cfg.data_path / ".checkpoints" / ASSET
 
 
-def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, vocab: int, n_general: int = 0) -> str:
+def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, vocab: int, n_general: int = 0, world: int = 1) -> str:
     # What must match for a checkpoint to be continued: the config that shapes training and the data it sees.
     blob = f"{cfg.fingerprint('base_checkpoint', 'tokenizer')}:{cfg.seed}:{n_train_tokens}:{n_eval_tokens}:{vocab}"
     if n_general:  # only when mixing, so checkpoints of domain-only runs keep their fingerprints
         blob += f":{n_general}"
+    if world > 1:  # the batches each step draws depend on the number of processes
+        blob += f":world{world}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -79,25 +87,27 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         schedule=bc.lr_schedule,
     )
     n_general = 0 if general_tokens is None else len(general_tokens)
-    fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer), n_general)
-    run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata()}
+    rank, world = distributed_rank()
+    fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer), n_general, world)
+    run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata(), "processes": world}
     n_params = sum(p.numel() for p in model.parameters())
     general_eval = None
-    with tracked_run(cfg, ASSET, run_config, inputs) as tracker, cpu_threads_for(n_params, plan) as threads:
+    # One tracked run per training, from rank 0; the other ranks' trackers are off.
+    tracking = tracked_run(cfg, ASSET, run_config, inputs) if rank == 0 else \
+        contextlib.nullcontext(Tracker(None, "disabled", f"rank {rank}: rank 0 tracks the run"))
+    with tracking as tracker, cpu_threads_for(n_params, plan) as threads:
         result = train(model, train_chunks, eval_chunks, settings, plan, checkpoint_dir(cfg), fingerprint, tracker)
         eval_ppl = math.exp(min(result.eval_loss, 50)) if result.eval_loss is not None else None
         if general_eval_tokens is not None and len(general_eval_tokens):
-            general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan)
+            general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan, result.accelerator)
         tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl, "general_eval_loss": general_eval})
 
-    model.to("cpu")
-    model.config.use_cache = True
-    # transformers 5 always writes safetensors (the safe_serialization switch is gone).
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    write_json(output_dir / "training_log.json", result.log)
-    # The output is complete (the runner only renames it now): the resume checkpoints have served their purpose.
-    checkpoints.clear_checkpoints(checkpoint_dir(cfg))
+    save_trained_model(result, model, output_dir)  # every rank: a gather under DeepSpeed, then a barrier
+    if result.is_main:
+        tokenizer.save_pretrained(output_dir)
+        write_json(output_dir / "training_log.json", result.log)
+        # The output is complete (the runner only renames it now): the resume checkpoints have served their purpose.
+        checkpoints.clear_checkpoints(checkpoint_dir(cfg))
 
     stats = {
         "source": bc.source,
@@ -107,7 +117,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "corpus_train_tokens": int(len(train_tokens)),
         "corpus_eval_tokens": int(len(eval_tokens)),
         "train_chunks": len(train_chunks),
-        "epochs": round(result.steps_done * bc.batch_size / max(1, len(train_chunks)), 3),  # over domain + general chunks
+        "epochs": round(result.steps_done * bc.batch_size * result.world_size / max(1, len(train_chunks)), 3),  # over domain + general chunks
         "steps": result.steps_done,
         "stopped_early": result.stopped_early,
         "resumed_from_step": result.resumed_from,
@@ -121,9 +131,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
         "embeddings_mean_initialised": resize["mean_initialised"],
         "lr_schedule": bc.lr_schedule,
+        "processes": result.world_size,
     }
+    if plan.device == "cuda":  # this process's peak; every rank holds about as much (less under ZeRO)
+        stats["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if isinstance(train_chunks, MixedChunks):
-        rows = result.steps_done * bc.batch_size
+        rows = result.steps_done * bc.batch_size * result.world_size
         stats["mix"] = {
             "domain_ratio": bc.domain_ratio,
             "domain_rows": train_chunks.domain_rows_before(rows),

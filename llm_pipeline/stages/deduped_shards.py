@@ -6,6 +6,9 @@ kept set does not depend on input order:
 
 1. exact duplicates (same normalized-text hash): the smallest id stays;
 2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold): the smallest id of a cluster stays;
+   with ``semantic: true``, the survivors are then embedded (one more pass over their text) and documents whose
+   embeddings reach ``semantic_threshold`` cosine are clustered the same way (``semantic_duplicate``,
+   curation.semantic_dedup);
 3. with ``scope: global``, the domain's survivors are checked against the persisted index of the *other* domains
    (``<data_dir>/.dedup_index/<domain>.npz``). The cross-domain rule is: a document is dropped only when its
    duplicate lives in a domain that comes *earlier* in the config's domain order, so the first domain always keeps
@@ -39,6 +42,7 @@ from llm_pipeline.curation.dedup import (
     match_against,
     near_duplicate_clusters,
 )
+from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches
 from llm_pipeline.splits import split_of
 from llm_pipeline.stages import StageOutput
@@ -108,10 +112,24 @@ def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dic
     return drops, used, missing
 
 
+def _embed_rows(embedder, src: Path, rows: list[int]) -> np.ndarray:
+    """Embeddings of the documents at stream positions `rows`, in the order of `rows` (one more pass over the text)."""
+    where = {r: k for k, r in enumerate(rows)}
+    vectors = np.zeros((len(rows), embedder.dim), dtype=np.float32)
+    row = 0
+    for batch in iter_batches(src, columns=["text"], batch_size=READ_BATCH):
+        wanted = [(where[row + k], r["text"] or "") for k, r in enumerate(batch) if row + k in where]
+        row += len(batch)
+        if wanted:
+            vectors[[k for k, _ in wanted]] = embedder.embed([t for _, t in wanted])
+    return vectors
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     dcfg = cfg.deduped_shards
     src = inputs["cleaned_corpus"]
     hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
+    embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
     need_sigs = dcfg.near
 
     # Pass 1: per-document id, exact hash and signature; row = position in the input stream.
@@ -148,6 +166,13 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             root = clusters.find(local)
             if root != local:
                 reason[i], kept_as[i] = "near_duplicate", (domain, ids[rows[root]])
+    if embedder is not None:
+        rows = [i for i in by_id if i not in reason]
+        clusters = semantic_clusters(_embed_rows(embedder, src, rows), dcfg.semantic_threshold)
+        for local, i in enumerate(rows):
+            root = clusters.find(local)
+            if root != local:
+                reason[i], kept_as[i] = "semantic_duplicate", (domain, ids[rows[root]])
     survivors = [i for i in by_id if i not in reason]
 
     index_used: list[str] = []

@@ -170,7 +170,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     seconds = time.perf_counter() - started
     log = trainer.state.log_history
 
-    trainer.model.save_pretrained(output_dir)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        trainer.save_model(str(output_dir))  # gathers ZeRO-3 shards before writing
+    else:
+        trainer.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_json(output_dir / "training_log.json", log)
     if dc.merge and method != "full":

@@ -3,27 +3,35 @@
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
 eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
 sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial prompts, an n-gram contamination check
-and a PII canary search; draws the plots and renders the report. Then it evaluates the promotion gates (thresholds
-in the config), writes `serving_manifest.json` (the DPO model's, with `promoted` and the failed gates) and exports
-the hardest held-out documents for human review (`review/`, an Argilla dataset). A failed gate does not fail the
-stage: the blocking Dagster check `promotion_gates` does. A missing optional input (no held-out pairs, no training
-log, no canaries file) becomes a note in the report, not a failure.
+and a PII canary search; shows what each model's training cost and bought (the settings each training stage chose and
+why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background
+thread, while the models run) and renders the report. A model's perplexity on a domain is read back from the result
+cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. Then it
+evaluates the promotion gates (thresholds in the config), writes `serving_manifest.json` (the DPO model's, with
+`promoted` and the failed gates) and exports the hardest held-out documents for human review (`review/`, an Argilla
+dataset). A failed gate does not fail the stage: the blocking Dagster check `promotion_gates` does. A missing optional
+input (no held-out pairs, no training log, no canaries file) becomes a note in the report, not a failure.
 
     llm-pipeline stage eval_report     # or llm_pipeline.runner.run_stage(cfg, "eval_report")
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.evaluation import canaries, contamination, data, gates, generation, models, perplexity, plots, preference, probes, report, report_checks, review
+from llm_pipeline.evaluation import cache as cache_mod
+from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, models, perplexity, plots, preference, probes, report, report_checks, review
 from llm_pipeline.io import dvc_hash, file_md5, write_json
 from llm_pipeline.runner import code_version
 from llm_pipeline.stages import StageOutput
+
+PLOTS = ("training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png")
 
 
 def _clean(obj: Any) -> Any:
@@ -73,6 +81,46 @@ def _training_summary(logs: dict[str, list[dict]]) -> dict:
                 s[f"final_{key.split('/')[1]}"] = vals[-1]
         out[name] = s
     return out
+
+
+def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], docs: dict[str, list[data.EvalDocument]],
+                  domains: dict[str, Path], folders: dict[str, list[Path]]) -> tuple[dict, dict, dict]:
+    """Per model: perplexity and bits per byte by domain and overall, and the per-document scores.
+
+    A model's scores on a domain are read from the result cache when neither the model's files nor the domain's
+    shard nor the eval settings changed since they were computed (see evaluation/cache.py); otherwise the domain is
+    scored and the result kept. Documents are tokenized once per distinct tokenizer, not once per model."""
+    ec = cfg.eval_report
+    cache = cache_mod.ResultCache(cfg.data_path)
+    code = cache_mod.source_version(perplexity, data)
+    shard_hash = {d: dvc_hash(p) for d, p in domains.items()}
+    token_ids: dict[tuple[str, str], list[list[int]]] = {}
+    ppl: dict[str, dict] = {}
+    doc_scores: dict[str, dict[str, list[perplexity.Score]]] = {}
+    folder_ids = {f: cache_mod.model_identity(f) for f in {f for fs in folders.values() for f in fs}}  # each folder hashed once
+    for name, lm in loaded.items():
+        identity = cache_mod.ResultCache.key(folders=[folder_ids[f] for f in folders[name]])
+        vocab = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode()).hexdigest() if hasattr(lm.tokenizer, "backend_tokenizer") else identity
+        by_domain, overall = {}, perplexity.Score()
+        for d, ds in docs.items():
+            if not ds:
+                continue
+            key = cache.key(model=identity, shard=shard_hash[d], window=lm.window, code=code, eval_fraction=cfg.eval_fraction,
+                            max_eval_documents=ec.max_eval_documents, max_document_chars=ec.max_document_chars)
+            hit = cache.get("perplexity", key)
+            if hit is not None and hit.get("ids") == [x.id for x in ds]:
+                per_doc = perplexity.from_rows(hit["scores"])
+            else:
+                if (vocab, d) not in token_ids:
+                    token_ids[(vocab, d)] = perplexity.tokenize(lm.tokenizer, [x.text for x in ds])
+                per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size, token_ids=token_ids[(vocab, d)])
+                cache.put("perplexity", key, {"ids": [x.id for x in ds], "scores": perplexity.to_rows(per_doc)})
+            doc_scores.setdefault(name, {})[d] = per_doc
+            s = perplexity.total(per_doc)
+            by_domain[d] = s.as_dict()
+            overall.add(s)
+        ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
+    return ppl, doc_scores, cache.stats()
 
 
 def _pair_text(rec: dict) -> str:
@@ -174,6 +222,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     sft_eval = data.sft_examples(lora_dir / "sft_eval.jsonl", notes)
     pairs_eval = data.preference_pairs(dpo_dir / "pairs_eval.jsonl", notes)
 
+    # -- training logs and what each model's training cost (read now: the plots of them draw while models run)
+    logs = {
+        "base": data.read_training_log(base_dir / "training_log.json", notes),
+        "sft": data.read_training_log(lora_dir / "training_log.json", notes),
+        "dpo": data.read_training_log(dpo_dir / "training_log.json", notes),
+    }
+    spent = compute.collect(cfg, base_dir, lora_dir, dpo_dir, notes)
+    # Matplotlib draws on one background thread; the models' forward passes release the GIL and, for the small
+    # models run on one intra-op thread, leave the other cores to it.
+    drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-plots")
+    plot_jobs = {"training_loss.png": drawing.submit(plots.loss_curves, logs, output_dir / "training_loss.png"),
+                 "dpo_rewards.png": drawing.submit(plots.dpo_rewards, logs["dpo"], output_dir / "dpo_rewards.png")}
+
     # -- models
     loaded = models.load_models(base_dir, {"sft": lora_dir, "dpo": dpo_dir}, notes, tokenizer_dir=inputs.get("tokenizer"))
     review_model = next(m for m in ("dpo", "sft", "base") if m in loaded)
@@ -182,20 +243,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     with models.cpu_threads_for(loaded) as threads:
         # -- 1. perplexity and bits per byte (per-document scores of the review model kept for the error analysis)
         t = time.perf_counter()
-        ppl: dict[str, dict] = {}
-        doc_scores: dict[str, list[perplexity.Score]] = {}
-        for name, lm in loaded.items():
-            by_domain, overall = {}, perplexity.Score()
-            for d, ds in docs.items():
-                if ds:
-                    per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size)
-                    if name == review_model:
-                        doc_scores[d] = per_doc
-                    s = perplexity.total(per_doc)
-                    by_domain[d] = s.as_dict()
-                    overall.add(s)
-            ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
+        tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
+        folders = {"base": [base_dir, *tok_dir], "sft": [base_dir, *tok_dir, lora_dir], "dpo": [base_dir, *tok_dir, dpo_dir]}
+        ppl, doc_scores, ppl_cache = _perplexities(cfg, loaded, docs, domains, folders)
+        review_scores = doc_scores.get(review_model, {})
         timings["perplexity"] = time.perf_counter() - t
+        plot_jobs["perplexity_by_domain.png"] = drawing.submit(
+            plots.perplexity_bars, {m: {d: v["perplexity"] for d, v in r["by_domain"].items()} for m, r in ppl.items()}, output_dir / "perplexity_by_domain.png")
+        plot_jobs["training_compute.png"] = drawing.submit(
+            plots.training_compute, spent, {m: r["overall"]["perplexity"] for m, r in ppl.items()}, output_dir / "training_compute.png")
 
         # -- 2. preference accuracy
         t = time.perf_counter()
@@ -242,7 +298,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
         # -- 4. error analysis: the hardest held-out documents, exported for review
         t = time.perf_counter()
-        worst = _worst_documents(docs, doc_scores, ec.review_per_domain)
+        worst = _worst_documents(docs, review_scores, ec.review_per_domain)
         items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
         review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
         if items:
@@ -273,19 +329,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     canary_report = _canary_check(cfg, inputs, domains, generated, notes)
     timings["canaries"] = time.perf_counter() - t
 
-    # -- training logs and plots
+    # -- plots: whatever the background thread has not finished yet
     t = time.perf_counter()
-    logs = {
-        "base": data.read_training_log(base_dir / "training_log.json", notes),
-        "sft": data.read_training_log(lora_dir / "training_log.json", notes),
-        "dpo": data.read_training_log(dpo_dir / "training_log.json", notes),
-    }
-    plot_paths = [
-        plots.loss_curves(logs, output_dir / "training_loss.png"),
-        plots.perplexity_bars({m: {d: v["perplexity"] for d, v in r["by_domain"].items()} for m, r in ppl.items()}, output_dir / "perplexity_by_domain.png"),
-        plots.dpo_rewards(logs["dpo"], output_dir / "dpo_rewards.png"),
-    ]
-    timings["plots"] = time.perf_counter() - t
+    drawing.shutdown(wait=True)
+    plot_paths = [plot_jobs[name].result() for name in PLOTS]
+    timings["plots_wait"] = time.perf_counter() - t
 
     dpo_manifest = data.read_json_file(dpo_dir / "serving_manifest.json")
     if not isinstance(dpo_manifest, dict):
@@ -305,10 +353,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "canaries": canary_report,
         "review": review_summary,
         "training": _training_summary(logs),
+        "compute": spent,
         "serving_manifest": dpo_manifest,
         "lineage": _lineage(cfg, inputs, domains),
         "notes": notes.items,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "perplexity_cache": ppl_cache,
         "cpu_threads": threads,
     }
     metrics = _clean(metrics)
@@ -328,4 +378,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "plots": [p.name for p in plot_paths],
         "plots_md": report.plots_markdown(plot_paths),
         "gates_md": f"{report_checks.gates_intro(metrics)}\n\n{gate_md}",
+        "compute_md": report.compute_markdown(metrics),
+        "training_seconds": metrics["compute"]["total_seconds"],
     })

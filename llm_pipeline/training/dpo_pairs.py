@@ -121,11 +121,105 @@ class PairCollator:
         return out
 
 
-def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_rows(batch: dict[str, torch.Tensor], rows: int) -> list[dict[str, torch.Tensor]]:
+    """The batch as consecutive groups of `rows` pairs, each cut to its own longest row (rows are padded on the right)."""
+    n = batch["input_ids"].shape[0]
+    if rows >= n:
+        return [batch]
+    parts = []
+    for s in range(0, n, rows):
+        seg = batch["segment"][s : s + rows]
+        w = int((seg != PAD).sum(dim=1).max())
+        part = {}
+        for key, value in batch.items():
+            if key == "attention_mask":
+                part[key] = value[s : s + rows, :, :w, :w]
+            elif value.dim() == 2:
+                part[key] = value[s : s + rows, :w]
+            else:
+                part[key] = value[s : s + rows]
+        parts.append(part)
+    return parts
+
+
+# Positions per vocabulary projection: a chunk's fp32 logits hold about this many numbers (64 MB), so a 49k-token
+# vocabulary is projected ~340 positions at a time and a small one in a single pass.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunk_logits(head, hidden: torch.Tensor, cap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.tanh(logits / cap) * cap if cap else logits  # Gemma 2 caps its logits in its own forward
+
+
+def _plain_logps(head, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None) -> torch.Tensor:
+    logits = _chunk_logits(head, hidden, cap)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """log p(target) through a frozen linear head, one chunk of positions at a time.
+
+    A position's log-prob depends on its own hidden state only, so its gradient with respect to that state,
+    (onehot(target) - softmax) @ W, is computed while the chunk's logits exist; backward only scales it by the
+    incoming gradient. The graph keeps an [N, hidden] tensor instead of [N, vocab] logits and softmax, and no
+    projection is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, cap, chunk):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s : s + chunk], targets[s : s + chunk]
+            z = torch.nn.functional.linear(h, weight, bias).float()
+            capped = torch.tanh(z / cap) if cap else None
+            logits = capped * cap if cap else z
+            lse = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(-1, t[:, None]).squeeze(-1) - lse
+            d = logits.sub_(lse[:, None]).exp_().neg_()  # -softmax, in place of the logits
+            d.scatter_add_(-1, t[:, None], torch.ones_like(lse[:, None]))
+            if cap:
+                d.mul_(1 - capped.square_())  # through tanh: d(cap * tanh(z / cap)) / dz
+            grad[s : s + chunk] = (d.to(weight.dtype) @ weight).to(grad.dtype)
+            del z, capped, logits, d
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out[:, None].to(grad.dtype), None, None, None, None, None
+
+
+def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None = None,
+                chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for [N, hidden] states, the vocabulary projected a chunk of positions at a time.
+
+    Equals log_softmax(head(hidden)).gather(targets) without ever holding the [N, vocab] logits (or their softmax and
+    gradient) of all positions at once. Without a graph to build the chunks are simply looped; a frozen linear head
+    (LoRA policies) uses `_FrozenHeadLogps`; a trainable head recomputes each chunk in backward instead of storing it.
+    """
+    chunk = max(1, chunk_elements // (getattr(head, "out_features", None) or head.weight.shape[0]))
+    params = list(head.parameters())
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or any(p.requires_grad for p in params)):
+        return torch.cat([_plain_logps(head, h, t, cap) for h, t in zip(hidden.split(chunk), targets.split(chunk))]) \
+            if hidden.shape[0] else hidden.new_zeros(0, dtype=torch.float32)
+    if type(head) is torch.nn.Linear and not any(p.requires_grad for p in params):
+        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, chunk)
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(_plain_logps, head, h, t, cap, use_reentrant=False)
+                      for h, t in zip(hidden.split(chunk), targets.split(chunk))])
+
+
+def answer_logps(model, batch: dict[str, torch.Tensor], chunk_elements: int = CHUNK_ELEMENTS
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and rejected answers per pair, and their token counts, from one forward.
 
     The decoder runs on the whole row; the vocabulary projection only on the hidden states that predict an answer
-    token (a PEFT model's injected adapter layers are inside both, so this is the adapted model).
+    token, in chunks (`token_logps`; a PEFT model's injected adapter layers are inside both, so this is the adapted
+    model).
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = inner.get_decoder()(
@@ -133,11 +227,8 @@ def answer_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     ).last_hidden_state
     target, seg = batch["target"], batch["segment"]
     keep = target != IGNORE
-    logits = inner.get_output_embeddings()(hidden[keep]).float()
     cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:  # Gemma 2 caps its logits in its own forward, which is bypassed here
-        logits = torch.tanh(logits / cap) * cap
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, target[keep][:, None]).squeeze(-1)
+    lp = token_logps(inner.get_output_embeddings(), hidden[keep], target[keep], cap, chunk_elements)
     # The kind of answer each kept position scores: the target after the repeated prompt token is rejected's first.
     side = torch.where(seg == PROMPT, CHOSEN, seg)[keep]
     rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]

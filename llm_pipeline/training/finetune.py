@@ -162,3 +162,22 @@ def merge_export(model, tokenizer, folder: Path) -> None:
     merged = model.merge_and_unload()
     merged.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def time_budget_callback(seconds: float):
+    """A TrainerCallback that ends training after the step during which `seconds` of `train()` have passed."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        started: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.started is not None and time.perf_counter() - self.started >= seconds:
+                control.should_training_stop = True
+
+    return TimeBudget()

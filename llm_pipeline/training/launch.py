@@ -9,7 +9,8 @@ reads. Nothing here starts a process; the command is printed (or returned) for t
 Multi-node: give `num_machines`, `machine_rank` (0 on the main node) and `main_process_ip`; run the same command on
 every node with its own `machine_rank`. The DeepSpeed JSON files under ``configs/deepspeed/`` use "auto" for every
 value the Hugging Face Trainer knows (batch sizes, accumulation, clipping, precision), so the stage config stays the
-one place those numbers are set. See docs/training.md.
+one place those numbers are set; `pretrain_deepspeed_config` fills them for the base_checkpoint loop, which has no
+Trainer. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def accelerate_config(
     if deepspeed_file:
         # The JSON is the single source of DeepSpeed settings; accelerate only points at it.
         cfg["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file), "deepspeed_multinode_launcher": "standard"}
+        # accelerate refuses a config that sets precision both here and in the DeepSpeed file; the file decides.
+        cfg.pop("mixed_precision", None)
     return cfg
 
 
@@ -166,6 +169,76 @@ def filled_deepspeed_config(preset_or_path: str, training_args, hidden_size: int
     hf.trainer_config_process(training_args)
     hf.trainer_config_finalize(training_args, SimpleNamespace(config=SimpleNamespace(hidden_size=hidden_size)), num_training_steps)
     return hf.config
+
+
+def pretrain_deepspeed_config(config: dict[str, Any], *, batch_size: int, grad_clip: float, precision: str,
+                              hidden_size: int, num_processes: int) -> dict[str, Any]:
+    """A copy of a DeepSpeed config with every "auto" filled for the base_checkpoint loop (which has no Trainer).
+
+    The loop takes one optimizer step per `batch_size` rows on each process and brings its own AdamW and schedule, so
+    accumulation, an `optimizer` or a `scheduler` section are refused; a value set by hand must agree with the stage
+    config. The bucket sizes follow the rule the Trainer and Accelerate use (from the model's hidden size).
+    """
+    import copy
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise LaunchError(f"unknown precision {precision!r}")
+    filled = copy.deepcopy(config)
+    refused = [k for k in ("optimizer", "scheduler") if k in filled]
+    if refused:
+        raise LaunchError(f"the DeepSpeed config sets {', '.join(refused)}: base_checkpoint brings its own AdamW and "
+                          "learning-rate schedule (remove those sections)")
+    required = {  # set when absent: DeepSpeed would otherwise not clip, or guess the batch
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": batch_size * num_processes,
+        "gradient_clipping": grad_clip,
+    }
+    present_only = {  # filled where the file has them
+        "bf16.enabled": precision == "bf16",
+        "fp16.enabled": precision == "fp16",
+        "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+    mismatches = []
+    for key, value in [*required.items(), *present_only.items()]:
+        *parents, leaf = key.split(".")
+        node = filled
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or (leaf not in node and key in present_only):
+            continue
+        current = node.get(leaf, "auto")
+        if current == "auto":
+            node[leaf] = value
+        elif not _agrees(current, value):
+            mismatches.append(f"{key}={current!r} (base_checkpoint needs {value!r})")
+    if precision in ("bf16", "fp16") and precision not in filled:
+        filled[precision] = {"enabled": True}
+    if mismatches:
+        raise LaunchError("the DeepSpeed config disagrees with the base_checkpoint settings: " + "; ".join(mismatches)
+                          + ' (set these to "auto")')
+    left = [k for k, v in _flatten(filled).items() if v == "auto"]
+    if left:
+        raise LaunchError(f"the base_checkpoint loop cannot fill these \"auto\" DeepSpeed values: {', '.join(left)}")
+    return filled
+
+
+def _agrees(current: Any, wanted: Any) -> bool:
+    if isinstance(wanted, bool):  # DeepSpeed reads "true"/"false" strings as booleans too
+        return str(current).lower() == str(wanted).lower()
+    return current == wanted
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def distributed_rank() -> tuple[int, int]:

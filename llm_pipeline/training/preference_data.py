@@ -29,6 +29,12 @@ class PreferenceDataError(ValueError):
     """Preference data that cannot be used."""
 
 
+class UnpairedRow(PreferenceDataError):
+    """A well-formed row that holds no comparison (its two answers do not share a prompt): skipped and counted."""
+
+    reason = "prompts_differ"
+
+
 def split_document(text: str) -> tuple[str, str] | None:
     words = text.split()
     if len(words) < MIN_WORDS:
@@ -126,7 +132,7 @@ def split_hh(chosen: str, rejected: str) -> dict:
     if not c or c[-1]["role"] != "assistant" or not r or r[-1]["role"] != "assistant":
         raise PreferenceDataError("an HH-RLHF transcript must end with an Assistant turn")
     if c[:-1] != r[:-1]:
-        raise PreferenceDataError("the chosen and rejected transcripts differ before their last Assistant turn")
+        raise UnpairedRow("the chosen and rejected transcripts differ before their last Assistant turn")
     return {"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"]}
 
 
@@ -163,9 +169,10 @@ def normalise_pair(row: dict, fmt: str) -> dict:
 
 
 def read_user_pairs(paths: list[Path], fmt: str = "auto", skipped: Counter | None = None) -> tuple[list[dict], list[dict]]:
-    """Train and held-out pairs from user files (held out by a hash of the pair). A row that cannot be used stops the
+    """Train and held-out pairs from user files (held out by a hash of the prompt). A row that cannot be used stops the
     run with its file and line, except pairs whose chosen and rejected answers are the same (no preference in them),
-    which are counted under `skipped` as `identical_answers`."""
+    which are counted under `skipped` as `identical_answers`, and HH-RLHF rows whose two transcripts differ before the
+    last answer, counted as `prompts_differ`."""
     skipped = skipped if skipped is not None else Counter()
     train, held = [], []
     for path in paths:
@@ -174,13 +181,19 @@ def read_user_pairs(paths: list[Path], fmt: str = "auto", skipped: Counter | Non
         for n, row in enumerate(_read_table(path)):
             try:
                 rec = normalise_pair(row, fmt)
+            except UnpairedRow as exc:
+                # Public sets have a few of these (HH-RLHF's harmless-base test split: 1 in ~2,300); the stage's
+                # metadata shows the count under `skipped`.
+                skipped[exc.reason] += 1
+                continue
             except PreferenceDataError as exc:
                 raise PreferenceDataError(f"{path}:{n + 1}: {exc}") from None
             if str(rec["chosen"]).strip() == str(rec["rejected"]).strip():
                 skipped["identical_answers"] += 1
                 continue
             rec.update(domain=str(row.get("domain", "user")), rejected_source=f"file:{path.name}")
-            key = json.dumps(rec, sort_keys=True, default=str).encode()
+            # Held out by prompt: pairs that share a prompt land on the same side, so no held-out prompt was trained on.
+            key = json.dumps(rec["prompt"], sort_keys=True, default=str).encode()
             (held if xxhash.xxh64_intdigest(key) / 2**64 < EVAL_SHARE else train).append(rec)
     if not train:
         raise PreferenceDataError(f"no preference pairs in {', '.join(map(str, paths))}")

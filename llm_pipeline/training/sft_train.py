@@ -170,6 +170,8 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     if not eval_rows:
         args.eval_strategy = "no"
     callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
+    if lc.max_train_seconds is not None:
+        callbacks.append(finetune.time_budget_callback(lc.max_train_seconds))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
@@ -195,7 +197,12 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     seconds = time.perf_counter() - started
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors (a whole model for method=full)
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        # Under ZeRO-3 each rank holds a shard of every weight: the Trainer gathers them before writing (a plain
+        # save_pretrained would write empty tensors).
+        trainer.save_model(str(out))
+    else:
+        model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors (a whole model for method=full)
     tokenizer.save_pretrained(out)
     write_json(out / "training_log.json", log)
     if lc.merge and pcfg is not None and method in ("lora", "dora", "ia3"):

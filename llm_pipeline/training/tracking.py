@@ -12,6 +12,7 @@ the metadata); anything else is offline.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,21 @@ class Tracker:
             "wandb_mode": self.mode,
             "wandb_mode_reason": self.reason,
         }
+
+
+@functools.lru_cache(maxsize=1)
+def installed_packages() -> str:
+    """`name==version` of every installed distribution, one a line, as wandb's requirements.txt lists them."""
+    from importlib.metadata import distributions
+
+    names = set()
+    for d in distributions():
+        try:
+            if d.metadata["Name"]:
+                names.add(f"{d.metadata['Name']}=={d.version}")
+        except (KeyError, UnicodeDecodeError, TypeError):  # a distribution with broken metadata is left out, as wandb does
+            continue
+    return "\n".join(sorted(names, key=str.lower)) + "\n"
 
 
 def wandb_dir(cfg: PipelineConfig) -> Path:
@@ -115,6 +131,9 @@ def tracked_run(cfg: PipelineConfig, stage: str, config: dict[str, Any], inputs:
     os.environ["WANDB_DIR"] = str(folder)
     hashes = input_hashes(cfg, inputs or {})
     run = wandb.init(
+        # wandb would list the installed packages again for every run (~0.7 s of package metadata each time, four
+        # times a pipeline); the same list, read once per process, goes where wandb puts it.
+        settings=wandb.Settings(x_save_requirements=False),
         project=cfg.tracking.wandb_project,
         entity=cfg.tracking.wandb_entity,
         name=f"{cfg.name}-{stage}",
@@ -126,6 +145,7 @@ def tracked_run(cfg: PipelineConfig, stage: str, config: dict[str, Any], inputs:
         mode=mode,
         reinit="finish_previous",
     )
+    (Path(run.dir) / "requirements.txt").write_text(installed_packages(), encoding="utf-8")
     tracker = Tracker(run, mode, reason)
     try:
         yield tracker

