@@ -17,7 +17,7 @@
 # seconds one run may take (default 1800).
 set -u -o pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 CONFIG="configs/default.yaml"

