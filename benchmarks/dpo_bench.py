@@ -56,9 +56,11 @@ def make_pairs(data_dir: Path, work: Path, n_pairs: int, per_domain: int | None,
     else:
         shards = data_dir / "deduped_shards"
         domains = sorted(p.name for p in shards.iterdir() if p.is_dir() and not p.name.startswith("."))
-        each = per_domain or -(-n_pairs // len(domains))
-        pairs = [p for d in domains for p in synthetic_pairs(shards, d, "train", each, 1234, Counter())]
-        pairs = pairs if per_domain else pairs[:n_pairs]
+        by_domain = [synthetic_pairs(shards, d, "train", per_domain or n_pairs, 1234, Counter()) for d in domains]
+        if per_domain:
+            pairs = [p for ps in by_domain for p in ps]
+        else:  # domains in turn, until there are enough (a small domain runs out first)
+            pairs = [ps[i] for i in range(max(map(len, by_domain))) for ps in by_domain if i < len(ps)][:n_pairs]
     (work / "pairs.json").write_text(json.dumps([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]))
     return len(pairs)
 
@@ -93,7 +95,7 @@ def _rss_callback(rss: dict):
     return FirstStepRss()
 
 
-def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, rss: dict) -> dict:
+def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, threads: int | None, rss: dict) -> dict:
     from trl import DPOConfig
 
     from llm_pipeline.training import defaults, dpo_pairs, dpo_train, finetune
@@ -106,7 +108,7 @@ def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, r
     rss["rss_model"] = round(peak_rss_mb())
     counts = finetune.parameter_counts(model)
     plan = plan_device("auto")
-    settings = defaults.choose("dpo", "lora", plan, counts["total_params"], 0, learning_rate=LR)
+    settings = defaults.choose("dpo", "lora", plan, counts["total_params"], 0, learning_rate=LR, cpu_threads=threads)
     started = time.perf_counter()
     tokenized = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, max_length, Counter()) for p in pairs) if t]
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
@@ -129,11 +131,13 @@ def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, r
             "threads": settings.value("cpu_threads")}
 
 
-def trl_best(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, rss: dict) -> dict:
+def trl_best(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, threads: int | None, rss: dict) -> dict:
     import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    if threads:
+        torch.set_num_threads(threads)
     rss["rss_imports"] = round(peak_rss_mb())
     pairs = json.loads((work / "pairs.json").read_text())
     tokenizer = _tokenizer(model_dir)
@@ -160,10 +164,10 @@ def trl_best(model_dir: Path, work: Path, steps: int, batch: int, max_length: in
             "threads": torch.get_num_threads()}
 
 
-def child(step: str, model_dir: Path, work: Path, steps: int, batch: int, max_length: int) -> None:
+def child(step: str, model_dir: Path, work: Path, steps: int, batch: int, max_length: int, threads: int | None) -> None:
     os.environ["HF_DATASETS_CACHE"] = str(work / f"datasets-{step}")  # TRL's reference cache file: never reused
     rss: dict = {}
-    result = (ours if step == "ours" else trl_best)(model_dir, work, steps, batch, max_length, rss)
+    result = (ours if step == "ours" else trl_best)(model_dir, work, steps, batch, max_length, threads, rss)
     result["pairs_per_s"] = round(result["pairs"] / result["seconds"], 2)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     emit({**result, **rss})
@@ -178,26 +182,27 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--pairs-per-domain", type=int, default=None, help="default: steps x batch pairs in all (one epoch)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both arms (default: ours picks by model size, TRL takes torch's)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--child", default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--model-dir", type=Path, default=None)
     a = ap.parse_args()
     if a.child:
-        return child(a.child, a.model_dir, a.work, a.steps, a.batch, a.max_length)
+        return child(a.child, a.model_dir, a.work, a.steps, a.batch, a.max_length, a.threads)
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
         work = Path(tmp)
         model_dir = a.model.resolve() if a.model else prepare(a.data_dir.resolve(), work)[0]
         n_pairs = make_pairs(a.data_dir.resolve(), work, a.steps * a.batch, a.pairs_per_domain, a.pairs.resolve() if a.pairs else None)
         common = ["--work", str(work), "--model-dir", str(model_dir), "--steps", str(a.steps), "--batch", str(a.batch),
-                  "--max-length", str(a.max_length)]
+                  "--max-length", str(a.max_length)] + (["--threads", str(a.threads)] if a.threads else [])
         rows = [run_child(Path(__file__), arm, common) for arm in a.arms.split(",")]
     print(table(rows, [("arm", "arm", ""), ("pairs", "pairs", "d"), ("seconds", "wall s", ".1f"), ("pairs_per_s", "pairs/s", ".2f"),
                        ("peak_rss_mb", "peak RSS MB", ".0f"), ("rss_model", "after load", ".0f"), ("rss_reference", "after ref", ".0f"),
                        ("final_loss", "loss", ".3f"), ("threads", "threads", "d")]))
     by = {r["arm"]: r for r in rows if "error" not in r}
     summary = {"model": str(a.model) if a.model else "bench_model", "pairs_file": str(a.pairs) if a.pairs else None, "pairs_built": n_pairs,
-               "steps": a.steps, "batch": a.batch, "max_length": a.max_length, "load_average": os.getloadavg(), "arms": rows}
+               "steps": a.steps, "batch": a.batch, "max_length": a.max_length, "threads": a.threads, "load_average": os.getloadavg(), "arms": rows}
     if len(by) == 2:
         o, t = by["ours"], by["trl_best"]
         summary["pairs_per_s_ratio"] = round(o["pairs_per_s"] / t["pairs_per_s"], 2)

@@ -7,7 +7,8 @@ fresh process (so each peak RSS is that step's own):
   step               ours                                           reference(s)
   clean + filters    cleaning + C4 lines + Gopher/C4 filters         DataTrove GopherRepetition + GopherQuality + C4Quality
                      (with and without language id)
-  PII                PiiRedactor.redact_batch (batches of 256)       Presidio AnalyzerEngine.analyze, one document at a time
+  PII                PiiRedactor.redact_batch (batches of 256; the   Presidio AnalyzerEngine.analyze, one document at a time
+                     default worker processes, and one process)      (half before ours, half after)
   exact + near dedup normalized-text hash + numpy MinHash LSH        datasketch MinHashLSH (same shingles, 128 perms,
                      (5-grams, 128 perms, 16 x 8 bands, 0.7)          16 x 8 bands, same verification); DataTrove MinhashDedup
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -69,27 +71,38 @@ def step_filters(language_id: bool) -> dict:
     return _result("ours_clean_filters" + ("" if language_id else "_no_langid"), texts, time.perf_counter() - t0, kept=kept)
 
 
-def step_pii(reference: bool, limit: int) -> dict:
+def step_pii(kind: str, limit: int, seed: int) -> dict:
+    """One PII run: ours with the default worker processes ("pii"), ours in one process ("pii_1proc"), or Presidio
+    one document at a time on half of the first `limit` documents ("pii_reference:0" / ":1": the halves run before
+    and after ours, so a change in the machine's load during the run falls on both sides)."""
+    from synthetic import curation_corpus
+
     from llm_pipeline.config import CleanedCorpusConfig
     from llm_pipeline.curation.pii import PiiRedactor, analyzer_engine
 
     cfg = CleanedCorpusConfig()
-    if reference:
+    warm = curation_corpus(2 * PII_BATCH, seed=seed + 1)  # warm-up on documents that are not measured
+    if kind.startswith("pii_reference"):
         texts = _texts(limit)
+        half = int(kind.rsplit(":", 1)[1])
+        texts = texts[: len(texts) // 2] if half == 0 else texts[len(texts) // 2 :]
         engine = analyzer_engine(cfg.spacy_model)
-        engine.analyze(texts[0], language="en", entities=cfg.pii_entities)
+        for t in warm[:20]:
+            engine.analyze(t, language="en", entities=cfg.pii_entities, score_threshold=cfg.pii_score_threshold)
         t0 = time.perf_counter()
         found = sum(len(engine.analyze(t, language="en", entities=cfg.pii_entities, score_threshold=cfg.pii_score_threshold)) for t in texts)
-        return _result("presidio_per_doc", texts, time.perf_counter() - t0, findings=found)
+        return _result("presidio_per_doc", texts, time.perf_counter() - t0, findings=found, load=os.getloadavg()[0])
     texts = _texts()
-    with PiiRedactor(cfg) as redactor:
-        redactor.redact_batch(texts[: 2 * PII_BATCH])  # start the worker processes outside the timing
+    with PiiRedactor(cfg.model_copy(update={"pii_processes": 1 if kind == "pii_1proc" else None})) as redactor:
+        redactor.start_workers()
+        redactor.redact_batch(warm)
         t0 = time.perf_counter()
         found = sum(sum(c.values()) for i in range(0, len(texts), PII_BATCH) for _, c in redactor.redact_batch(texts[i : i + PII_BATCH]))
         secs = time.perf_counter() - t0
     from common import children_peak_rss_mb
 
-    return _result("ours_pii", texts, secs, replaced=found, processes=redactor.processes, workers_peak_rss_mb=children_peak_rss_mb())
+    return _result("ours_pii" if kind == "pii" else "ours_pii_1_process", texts, secs, replaced=found,
+                   processes=redactor.processes, workers_peak_rss_mb=children_peak_rss_mb(), load=os.getloadavg()[0])
 
 
 def step_dedup(impl: str) -> dict:
@@ -119,7 +132,7 @@ def child(step: str, args) -> None:
     if step.startswith("filters"):
         emit(step_filters(language_id=step == "filters"))
     elif step.startswith("pii"):
-        emit(step_pii(reference=step == "pii_reference", limit=args.pii_reference_docs))
+        emit(step_pii(step, limit=args.pii_reference_docs, seed=args.seed))
     else:
         emit(step_dedup("ours" if step == "dedup" else "datasketch"))
 
@@ -152,12 +165,20 @@ def main() -> None:
     with CORPUS.open("w", encoding="utf-8") as f:
         for i, text in enumerate(curation_corpus(args.docs, seed=args.seed)):
             f.write(json.dumps({"id": f"{i:08d}", "text": text}) + "\n")
-    pass_on = ["--docs", str(args.docs), "--pii-reference-docs", str(args.pii_reference_docs)]
+    pass_on = ["--docs", str(args.docs), "--seed", str(args.seed), "--pii-reference-docs", str(args.pii_reference_docs)]
     have_dt = Path(args.datatrove_python).exists()
     rows: dict[str, dict] = {}
-    for step in ("filters", "filters_no_langid", "pii", "pii_reference", "dedup", "dedup_datasketch"):
+    steps = ("filters", "filters_no_langid", "pii_reference:0", "pii", "pii_1proc", "pii_reference:1", "dedup", "dedup_datasketch")
+    for step in steps:
         r = run_child(Path(__file__), step, pass_on)
-        rows[r["step"] if "error" not in r else step] = r
+        key = r["step"] if "error" not in r else step
+        if key in rows and "seconds" in rows[key]:  # the second half of Presidio's documents: one row for both
+            a = rows[key]
+            r = {**r, "documents": a["documents"] + r["documents"], "seconds": a["seconds"] + r["seconds"],
+                 "findings": a.get("findings", 0) + r.get("findings", 0), "peak_rss_mb": max(a["peak_rss_mb"], r["peak_rss_mb"]),
+                 "mb_per_s": (a["mb_per_s"] * a["seconds"] + r["mb_per_s"] * r["seconds"]) / (a["seconds"] + r["seconds"])}
+            r["docs_per_s"] = r["documents"] / r["seconds"]
+        rows[key] = r
         print(f"  ran {step}: {r.get('docs_per_s', 0):.1f} docs/s", file=sys.stderr, flush=True)
     for step in ("filters", "minhash"):
         r = datatrove(args.datatrove_python, step) if have_dt else {"step": f"datatrove_{step}", "error": "no datatrove interpreter"}
@@ -166,6 +187,7 @@ def main() -> None:
         "filters: ours (no langid) / DataTrove Gopher+C4": ("ours_clean_filters_no_langid", "datatrove_filters"),
         "filters: ours (with langid) / DataTrove Gopher+C4": ("ours_clean_filters", "datatrove_filters"),
         "PII: ours batched / Presidio per document": ("ours_pii", "presidio_per_doc"),
+        "PII: ours in one process / Presidio per document": ("ours_pii_1_process", "presidio_per_doc"),
         "dedup: ours exact+near / datasketch MinHashLSH": ("ours_dedup", "datasketch_minhash_lsh"),
         "dedup: ours exact+near / DataTrove MinhashDedup": ("ours_dedup", "datatrove_minhash"),
     }

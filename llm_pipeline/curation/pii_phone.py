@@ -10,12 +10,16 @@ its verdicts, and skips only what provably cannot match:
   floor comes from the library's own metadata (shortest national number, the digits a national-prefix rule may
   add, the shortest international prefix; see ``digit_floor``): two- and three-digit numbers never reach the
   parser, and a four-digit group only in Germany, whose shortest numbers have four digits;
+- a candidate without a plus, letters or extension marks, whose digits start with none of the region's
+  international prefix, country code or national prefix, parses as a national number made of all its digits; when
+  none of the number types of that country code's regions matches it (length and pattern, as is_valid_number
+  checks), it cannot be valid and is not parsed (``cannot_be_valid``): no region parses a card number or most years;
 - a candidate's verdict is **memoized**: it depends only on the candidate, its two neighbouring characters and
   the region, and not on the region at all when the candidate starts with ``+`` (the country code then comes from
   the number itself), so an international number is parsed once instead of eight times, and a number that recurs
   across documents once per corpus.
 
-tests/curation/test_pii_phone.py checks the results against Presidio's recognizer on the whole text.
+llm_pipeline_tests/curation/test_pii_phone.py checks the results against Presidio's recognizer on the whole text.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from itertools import product
 
 from phonenumbers import PhoneMetadata, PhoneNumberMatcher
 from phonenumbers.phonenumbermatcher import PhoneNumberMatch
-from phonenumbers.phonenumberutil import COUNTRY_CODES_FOR_NON_GEO_REGIONS, SUPPORTED_REGIONS
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, COUNTRY_CODES_FOR_NON_GEO_REGIONS, SUPPORTED_REGIONS
 from presidio_analyzer import EntityRecognizer
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
@@ -126,8 +130,69 @@ def digit_windows(text: str, margin: int = PHONE_WINDOW) -> list[tuple[int, int]
     return merged
 
 
+# Characters that let phonenumbers read more than a national number from a candidate: a plus sign, extension marks
+# (x, #, ~, ",,", ";ext=") and letters (read as keypad digits); also any other alphanumeric that is not a decimal
+# digit, so that the digits read here are the ones phonenumbers reads.
+_NOT_PLAIN = re.compile(r"[^\W\d_]|[+\uFF0B#\uFF03~\uFF5E,;]")
+_NOT_ASCII_DIGIT = re.compile(r"[^0-9]")
+
+
+# The number types is_valid_number tries (phonenumberutil._number_type_helper).
+_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
+          "fixed_line", "mobile")
+
+
+@lru_cache(maxsize=64)
+def _national_route(region: str):
+    """(country code, international prefix, national prefix pattern, {length: pattern}) for `region`; the pattern
+    for a length is the alternation of every number type, in every region of the country code, that allows that
+    length (None for a region the shortcut does not know)."""
+    md = PhoneMetadata.metadata_for_region(region)
+    if md is None:
+        return None
+    by_length: dict[int, list[str]] = {}
+    any_length: list[str] = []
+    for other in COUNTRY_CODE_TO_REGION_CODE.get(md.country_code, ()):
+        omd = PhoneMetadata.metadata_for_region(other)
+        if omd is None:
+            return None
+        for name in _TYPES:
+            desc = getattr(omd, name)
+            if desc is not None and desc.national_number_pattern:
+                if not desc.possible_length:  # lengths not listed: the pattern alone decides
+                    any_length.append(desc.national_number_pattern)
+                for n in desc.possible_length:
+                    by_length.setdefault(n, []).append(desc.national_number_pattern)
+    patterns = {n: re.compile("|".join(f"(?:{p})" for p in ps + any_length)) for n, ps in by_length.items()}
+    any_pattern = re.compile("|".join(f"(?:{p})" for p in any_length)) if any_length else None
+    idd = re.compile(md.international_prefix) if md.international_prefix else None
+    national = re.compile(md.national_prefix_for_parsing) if md.national_prefix_for_parsing else None
+    return str(md.country_code), idd, national, patterns, any_pattern
+
+
+def cannot_be_valid(candidate: str, region: str) -> bool:
+    """True when parsing `candidate` for `region` can only give an invalid number.
+
+    With no plus sign, letter or extension mark, phonenumbers reads the candidate's digits; unless they start with
+    the region's international prefix, its country code or a national prefix (each of which it may strip), they
+    are the national number, of the region's country code, and is_valid_number requires it to match (length and
+    pattern) a number type of a region with that country code."""
+    route = _national_route(region)
+    if route is None or _NOT_PLAIN.search(candidate):
+        return False
+    if candidate.isascii():
+        number = _NOT_ASCII_DIGIT.sub("", candidate)
+    else:  # other scripts' digits, as phonenumbers normalizes them
+        number = "".join(str(int(c)) for c in candidate if c.isdecimal())
+    code, idd, national, patterns, any_pattern = route
+    if number.startswith(code) or (idd is not None and idd.match(number)) or (national is not None and national.match(number)):
+        return False
+    pattern = patterns.get(len(number), any_pattern)
+    return pattern is None or pattern.fullmatch(number) is None
+
+
 class _GatedMatcher(PhoneNumberMatcher):
-    """phonenumbers' matcher whose per-candidate parse is skipped below the digit floor and memoized above it."""
+    """phonenumbers' matcher whose per-candidate parse is skipped where it cannot succeed, and memoized."""
 
     def __init__(self, text: str, region: str, leniency: int, memo: dict):
         super().__init__(text, region, leniency=leniency)
@@ -137,6 +202,8 @@ class _GatedMatcher(PhoneNumberMatcher):
         start = _START_CHAR.search(candidate)
         plus = start is not None and start.group() in "+\uFF0B"
         if nsn_digits(candidate) < digit_floor(self.preferred_region, plus):
+            return None
+        if not plus and cannot_be_valid(candidate, self.preferred_region):
             return None
         end = offset + len(candidate)
         # The verdict reads only the candidate, the characters on either side (a letter there rejects it) and the

@@ -6,6 +6,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.pii import POOL_MIN_DOCUMENTS, PiiRedactor
 from llm_pipeline.curation.pii_engine import (
+    LABELLED_NAME_REGEX,
     RECOGNIZER_GATES,
     RUN_ON,
     DigitWindowPhoneRecognizer,
@@ -60,6 +61,20 @@ def test_fast_analyzer_equals_presidio_at_the_edges():
     for text, ours in zip(EDGES, fast.analyze(EDGES)):
         ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
         assert key(ours) == key(ref), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Patient: Leontyne Harrowgate DOB: 15/12/1953", "Referred by Dr. Odalys Quennell-Brisk and Mr Tom Lee-Smith.",
+     "Name: jane roe\nName: Jane Roe\nsigned by Anna Maria Lopez Garcia Ruiz", "Mrs.Jane Roe, Prof. X, Ms Ann Bo"],
+)
+def test_labelled_name_pattern_matches_as_without_its_first_character_check(text):
+    import regex
+
+    plain = LABELLED_NAME_REGEX.removeprefix("(?=[A-Z])")
+    assert plain != LABELLED_NAME_REGEX
+    spans = lambda pattern: [m.span() for m in regex.finditer(pattern, text, regex.MULTILINE)]  # noqa: E731
+    assert spans(LABELLED_NAME_REGEX) == spans(plain)
 
 
 def test_a_recognizer_finds_nothing_where_its_gate_is_absent():

