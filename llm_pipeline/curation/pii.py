@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,15 @@ from dataclasses import dataclass
 
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.pii_engine import PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
+
+# What the type_tag and hash modes write, and what a later pass or the audit must not count as PII again.
+TYPE_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
+
+
+def only_tags(span: str) -> bool:
+    """True when a found span is nothing but replacement tags (and punctuation or masks around them)."""
+    return not re.sub(r"\W", "", TYPE_TAG.sub("", span))
+
 
 # A batch is split across workers only when it has at least this many documents (about a second of work per worker):
 # below that, pickling and scheduling cost more than the second core gives back.
@@ -187,7 +197,26 @@ class PiiRedactor:
         return "".join(parts), dict(sorted(counts.items()))
 
     def redact_batch(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
-        """Each text with its PII replaced, and the count of replaced spans per entity type."""
+        """Each text with its PII replaced, and the count of replaced spans per entity type.
+
+        A text that changed is analyzed again (up to ``pii_passes`` in all), because a replacement changes the
+        context spaCy's NER sees: "Call Dana Reyes, Oslo" with the name replaced can make "Oslo" read as a person.
+        The output is what the last pass found clean, so the no_pii_left audit (one more pass) agrees with it."""
         if not texts:
             return []
-        return [self.redact_text(t, res) for t, res in zip(texts, self.analyze_batch(texts))]
+        out = [self.redact_text(t, res) for t, res in zip(texts, self.analyze_batch(texts))]
+        changed = [i for i, (_, counts) in enumerate(out) if counts]
+        for _ in range(self.cfg.pii_passes - 1):
+            if not changed:
+                break
+            again = self.analyze_batch([out[i][0] for i in changed])
+            still = []
+            for i, found in zip(changed, again):
+                text, counts = out[i]
+                found = [r for r in found if not only_tags(text[r.start : r.end])]
+                if found:
+                    text, more = self.redact_text(text, found)
+                    out[i] = (text, dict(sorted((Counter(counts) + Counter(more)).items())))
+                    still.append(i)
+            changed = still
+        return out

@@ -6,13 +6,10 @@ show the span masked (first and last character), so the audit itself never sprea
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import iter_batches
-
-TYPE_TAG = re.compile(r"<[A-Z_]+>")
 
 
 def _mask(span: str) -> str:
@@ -21,7 +18,7 @@ def _mask(span: str) -> str:
 
 def residual_pii(folder: Path, cfg: PipelineConfig, batch_size: int = 256) -> tuple[int, list[dict]]:
     """(documents scanned, findings) for every shard below `folder`; a finding that is only type tags is ignored."""
-    from llm_pipeline.curation.pii import PiiRedactor
+    from llm_pipeline.curation.pii import PiiRedactor, only_tags
 
     findings: list[dict] = []
     scanned = 0
@@ -31,7 +28,7 @@ def residual_pii(folder: Path, cfg: PipelineConfig, batch_size: int = 256) -> tu
             for doc, results in zip(batch, redactor.analyze_batch([d["text"] for d in batch])):
                 for r in results:
                     span = doc["text"][r.start : r.end]
-                    if not re.sub(r"\W", "", TYPE_TAG.sub("", span)):
+                    if only_tags(span):
                         continue  # the redaction's own tag, maybe with punctuation around it
                     findings.append({"source": doc["source"], "entity": r.entity_type, "score": round(float(r.score), 2),
                                      "span": _mask(span)})

@@ -11,6 +11,7 @@ adapter (`lora_adapter.method: full`) is loaded as a model of its own.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,15 @@ def cpu_threads_for(loaded: dict[str, "LoadedModel"]) -> Iterator[int]:
         yield threads
     finally:
         torch.set_num_threads(before)
+
+
+def parallel_workers(loaded: dict[str, "LoadedModel"], threads: int) -> int:
+    """How many models may run at once: one per free core when each runs on one intra-op thread on a CPU (small
+    models, see `cpu_threads_for`), else 1 (a large model's own threads, or a GPU, already use the device)."""
+    on_cpu = all(next(lm.model.parameters()).device.type == "cpu" for lm in loaded.values())
+    if not on_cpu or threads != 1:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 
 
 def frame_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> str:

@@ -84,24 +84,25 @@ def _training_summary(logs: dict[str, list[dict]]) -> dict:
 
 
 def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], docs: dict[str, list[data.EvalDocument]],
-                  domains: dict[str, Path], folders: dict[str, list[Path]]) -> tuple[dict, dict, dict]:
+                  domains: dict[str, Path], folders: dict[str, list[Path]], workers: int = 1) -> tuple[dict, dict, dict]:
     """Per model: perplexity and bits per byte by domain and overall, and the per-document scores.
 
     A model's scores on a domain are read from the result cache when neither the model's files nor the domain's
     shard nor the eval settings changed since they were computed (see evaluation/cache.py); otherwise the domain is
-    scored and the result kept. Documents are tokenized once per distinct tokenizer, not once per model."""
+    scored and the result kept. Documents are tokenized once per distinct tokenizer, not once per model. With
+    `workers` > 1 (small models on a CPU, one intra-op thread each) the (model, domain) scorings run in that many
+    threads at once: the forward passes release the GIL, so each gets a core of its own."""
     ec = cfg.eval_report
     cache = cache_mod.ResultCache(cfg.data_path)
     code = cache_mod.source_version(perplexity, data)
     shard_hash = {d: dvc_hash(p) for d, p in domains.items()}
     token_ids: dict[tuple[str, str], list[list[int]]] = {}
-    ppl: dict[str, dict] = {}
-    doc_scores: dict[str, dict[str, list[perplexity.Score]]] = {}
     folder_ids = {f: cache_mod.model_identity(f) for f in {f for fs in folders.values() for f in fs}}  # each folder hashed once
+    per_doc: dict[tuple[str, str], list[perplexity.Score]] = {}
+    todo: list[tuple[str, str, str, tuple[str, str]]] = []  # (model, domain, cache key, token ids key)
     for name, lm in loaded.items():
         identity = cache_mod.ResultCache.key(folders=[folder_ids[f] for f in folders[name]])
         vocab = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode()).hexdigest() if hasattr(lm.tokenizer, "backend_tokenizer") else identity
-        by_domain, overall = {}, perplexity.Score()
         for d, ds in docs.items():
             if not ds:
                 continue
@@ -109,14 +110,36 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
                             max_eval_documents=ec.max_eval_documents, max_document_chars=ec.max_document_chars)
             hit = cache.get("perplexity", key)
             if hit is not None and hit.get("ids") == [x.id for x in ds]:
-                per_doc = perplexity.from_rows(hit["scores"])
-            else:
-                if (vocab, d) not in token_ids:
-                    token_ids[(vocab, d)] = perplexity.tokenize(lm.tokenizer, [x.text for x in ds])
-                per_doc = perplexity.score_texts(lm, [x.text for x in ds], ec.batch_size, token_ids=token_ids[(vocab, d)])
-                cache.put("perplexity", key, {"ids": [x.id for x in ds], "scores": perplexity.to_rows(per_doc)})
-            doc_scores.setdefault(name, {})[d] = per_doc
-            s = perplexity.total(per_doc)
+                per_doc[(name, d)] = perplexity.from_rows(hit["scores"])
+                continue
+            if (vocab, d) not in token_ids:
+                token_ids[(vocab, d)] = perplexity.tokenize(lm.tokenizer, [x.text for x in ds])
+            todo.append((name, d, key, (vocab, d)))
+
+    def score(job: tuple[str, str, str, tuple[str, str]]) -> list[perplexity.Score]:
+        name, d, _, ids = job
+        return perplexity.score_texts(loaded[name], [x.text for x in docs[d]], ec.batch_size, token_ids=token_ids[ids])
+
+    # Longest first, so that no thread is left with a large job at the end.
+    todo.sort(key=lambda job: -sum(map(len, token_ids[job[3]])))
+    if workers > 1 and len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="eval-ppl") as pool:
+            results = list(pool.map(score, todo))
+    else:
+        results = [score(job) for job in todo]
+    for (name, d, key, _), scores in zip(todo, results):
+        cache.put("perplexity", key, {"ids": [x.id for x in docs[d]], "scores": perplexity.to_rows(scores)})
+        per_doc[(name, d)] = scores
+
+    ppl: dict[str, dict] = {}
+    doc_scores: dict[str, dict[str, list[perplexity.Score]]] = {}
+    for name in loaded:
+        by_domain, overall = {}, perplexity.Score()
+        for d in docs:
+            if (name, d) not in per_doc:
+                continue
+            doc_scores.setdefault(name, {})[d] = per_doc[(name, d)]
+            s = perplexity.total(per_doc[(name, d)])
             by_domain[d] = s.as_dict()
             overall.add(s)
         ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
@@ -245,7 +268,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         t = time.perf_counter()
         tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
         folders = {"base": [base_dir, *tok_dir], "sft": [base_dir, *tok_dir, lora_dir], "dpo": [base_dir, *tok_dir, dpo_dir]}
-        ppl, doc_scores, ppl_cache = _perplexities(cfg, loaded, docs, domains, folders)
+        ppl, doc_scores, ppl_cache = _perplexities(cfg, loaded, docs, domains, folders, models.parallel_workers(loaded, threads))
         review_scores = doc_scores.get(review_model, {})
         timings["perplexity"] = time.perf_counter() - t
         plot_jobs["perplexity_by_domain.png"] = drawing.submit(
@@ -279,8 +302,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         tasks: dict[str, dict] = {}
         answers: dict[str, dict[str, list[str]]] = {k: {} for k in batches}
         generated: dict[str, list[str]] = {}
+        every_prompt = [p for b in batches.values() for p in b]
+        workers = models.parallel_workers(loaded, threads)
+
+        def complete(lm: models.LoadedModel) -> list[str]:
+            return generation.greedy(lm, every_prompt, ec.sample_max_new_tokens, ec.batch_size)
+
+        if workers > 1 and len(loaded) > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(loaded)), thread_name_prefix="eval-gen") as pool:
+                all_completions = dict(zip(loaded, pool.map(complete, loaded.values())))
+        else:
+            all_completions = {name: complete(lm) for name, lm in loaded.items()}
         for name, lm in loaded.items():
-            completions = generation.greedy(lm, [p for b in batches.values() for p in b], ec.sample_max_new_tokens, ec.batch_size)
+            completions = all_completions[name]
             generated[name] = completions
             pos = 0
             for key, prompts in batches.items():

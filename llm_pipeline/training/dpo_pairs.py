@@ -16,6 +16,8 @@ prompt tokens. Rows are grouped by length into batches, so little padding remain
 
 from __future__ import annotations
 
+import contextlib
+
 from collections import Counter
 
 import torch
@@ -192,6 +194,16 @@ class _FrozenHeadLogps(torch.autograd.Function):
         return grad * grad_out[:, None].to(grad.dtype), None, None, None, None, None
 
 
+def _gathered(params: list):
+    """Under DeepSpeed ZeRO-3 a parameter outside its module's forward is an empty partition (shape (0,)); this
+    gathers the full tensors for a read-only use and frees them after. Without ZeRO-3, nothing."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
+
+
 def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None = None,
                 chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """log p(targets[i] | hidden[i]) for [N, hidden] states, the vocabulary projected a chunk of positions at a time.
@@ -206,7 +218,8 @@ def token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, cap: float | 
         return torch.cat([_plain_logps(head, h, t, cap) for h, t in zip(hidden.split(chunk), targets.split(chunk))]) \
             if hidden.shape[0] else hidden.new_zeros(0, dtype=torch.float32)
     if type(head) is torch.nn.Linear and not any(p.requires_grad for p in params):
-        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, chunk)
+        with _gathered(params):  # the weight is read here, outside the head's forward
+            return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, cap, chunk)
     from torch.utils.checkpoint import checkpoint
 
     return torch.cat([checkpoint(_plain_logps, head, h, t, cap, use_reentrant=False)

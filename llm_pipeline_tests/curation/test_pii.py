@@ -9,7 +9,7 @@ import json
 import pytest
 
 from llm_pipeline.config import CleanedCorpusConfig
-from llm_pipeline.curation.pii import PiiConfigError, PiiRedactor, _chunks
+from llm_pipeline.curation.pii import PiiConfigError, PiiRedactor, _chunks, only_tags
 
 # (text, entity, the substring that must disappear): a small labelled set, a few cases per entity.
 LABELLED = [
@@ -106,3 +106,24 @@ def test_long_documents_are_chunked_with_offsets():
     assert new_text == text.replace("bob.stone@example.net", "<EMAIL_ADDRESS>")
     pieces = _chunks(text, 1_000)
     assert "".join(p for _, p in pieces) == text and all(len(p) <= 1_000 for _, p in pieces)
+
+
+def test_changed_text_is_analyzed_again_until_clean(redactor):
+    # With the street name replaced, spaCy reads "Cork" as a place only on a second look: one pass leaves it, which
+    # the blocking no_pii_left audit (the same analyzer over the output) would then find.
+    text = "Address: 71 Mill Road, Cork    Tel: +1 233 428 9784    E-mail: hyilmaz@example-clinic.org"
+    one = PiiRedactor(CleanedCorpusConfig(pii_mode="type_tag", pii_passes=1))
+    (once, _), = one.redact_batch([text])
+    assert "Cork" in once
+    (out, counts), = redactor.redact_batch([text])
+    assert "Cork" not in out and "Mill Road" not in out
+    assert sum(counts.values()) == out.count("<")  # every replaced span is counted once, over all passes
+    assert [r for r in redactor.analyze_batch([out])[0] if not only_tags(out[r.start : r.end])] == []
+
+
+def test_hash_tags_are_not_found_again(monkeypatch):
+    monkeypatch.setenv("TEST_PII_SALT", "s3cret")
+    r = PiiRedactor(CleanedCorpusConfig(pii_mode="hash", pii_hash_salt_env="TEST_PII_SALT"))
+    (out, counts), = r.redact_batch(["Write to Dana Okafor at dana.okafor@example.org about the Oslo office."])
+    assert counts and "Okafor" not in out
+    assert only_tags(out[out.index("<") : out.index(">") + 1])

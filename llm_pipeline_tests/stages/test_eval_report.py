@@ -194,3 +194,27 @@ def test_unchanged_models_and_domains_are_read_from_the_result_cache(result, ups
     for model in ("base", "sft", "dpo"):
         for d in DOMAINS:
             assert again["perplexity"][model]["by_domain"][d] == pytest.approx(first["perplexity"][model]["by_domain"][d])
+
+
+def test_models_scored_in_parallel_threads_give_the_same_numbers(upstream, tmp_path, monkeypatch):
+    from llm_pipeline.evaluation import cache as cache_mod
+    from llm_pipeline.evaluation import data, models
+    from llm_pipeline.stages import eval_report
+
+    monkeypatch.setattr(cache_mod.ResultCache, "get", lambda self, kind, key: None)  # score every time
+    cfg = _config(upstream)
+    dp = cfg.data_path
+    notes = data.Notes()
+    domains = data.domain_folders(dp / "deduped_shards", cfg.domain_names, notes)
+    docs = {d: data.eval_documents(p, d, cfg.eval_fraction, 50, 4000) for d, p in domains.items()}
+    loaded = models.load_models(dp / "base_checkpoint", {"sft": dp / "lora_adapter", "dpo": dp / "dpo_model"}, notes,
+                                tokenizer_dir=dp / "tokenizer")
+    folders = {"base": [dp / "base_checkpoint"], "sft": [dp / "base_checkpoint", dp / "lora_adapter"],
+               "dpo": [dp / "base_checkpoint", dp / "dpo_model"]}
+    with models.cpu_threads_for(loaded) as threads:
+        assert models.parallel_workers(loaded, threads) >= 1
+        one, scores_one, _ = eval_report._perplexities(cfg, loaded, docs, domains, folders, workers=1)
+        three, scores_three, _ = eval_report._perplexities(cfg, loaded, docs, domains, folders, workers=3)
+    assert one == three
+    assert {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_one.items()} == \
+           {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_three.items()}
