@@ -14,6 +14,7 @@ conversations) or synthetic pairs from the corpus. The output adapter holds SFT+
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -72,6 +73,22 @@ def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: P
     }
 
 
+def _sft_method(lora_dir: Path) -> str | None:
+    """The method lora_adapter actually ran (its stats.json), e.g. 'qlora', or None when it is not recorded."""
+    try:
+        return json.loads((lora_dir / "stats.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _can_quantize() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
 def load_policy(cfg: PipelineConfig, base_dir: Path, lora_dir: Path):
     """(model, method): the SFT adapter on the base (trainable), or the fully fine-tuned SFT model."""
     import torch
@@ -81,10 +98,18 @@ def load_policy(cfg: PipelineConfig, base_dir: Path, lora_dir: Path):
         kind = json.loads((lora_dir / "adapter_config.json").read_text()).get("peft_type", "LORA")
         if kind == "PREFIX_TUNING":
             raise finetune.FinetuneError("dpo_model cannot train a prefix-tuning adapter further: use lora_adapter.method lora, dora or ia3")
-        base = load_pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
+        # A QLoRA adapter trains on further over the same 4-bit base it was trained on, so DPO fits where SFT did.
+        # Without CUDA or bitsandbytes here, the adapter goes on the full-precision base (as it is served).
+        quant = finetune.quantization_config("qlora") if _sft_method(lora_dir) == "qlora" and _can_quantize() else None
+        extra = {"quantization_config": quant} if quant is not None else {"dtype": torch.float32}
+        base = load_pretrained(AutoModelForCausalLM, base_dir, trust_remote_code=cfg.base_checkpoint.trust_remote_code, **extra)
         base.config.use_cache = False
+        if quant is not None:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base)
         model = load_adapter(base, lora_dir, is_trainable=True)
-        return model, {"LORA": "lora", "IA3": "ia3"}.get(kind, kind.lower())
+        return model, "qlora" if quant is not None else {"LORA": "lora", "IA3": "ia3"}.get(kind, kind.lower())
     if (lora_dir / "config.json").exists():  # method=full: the SFT model is a whole model
         model = load_pretrained(AutoModelForCausalLM, lora_dir, dtype=torch.float32, trust_remote_code=cfg.base_checkpoint.trust_remote_code)
         model.config.use_cache = False
@@ -93,6 +118,7 @@ def load_policy(cfg: PipelineConfig, base_dir: Path, lora_dir: Path):
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
     from trl import DPOConfig
 
@@ -129,13 +155,18 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     identity = {
         "base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
         "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir),
-        "reference": dc.reference, "max_length": dc.max_length,
+        "reference": dc.reference, "max_length": dc.max_length, "precision": plan.precision,
     }
     started = time.perf_counter()
+    if plan.device == "cuda" and next(model.parameters()).device.type == "cpu" and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
+        # The reference pass runs before the Trainer places the model: on the GPU, not the CPU it was loaded on.
+        # (Under DeepSpeed the engine places and partitions the model itself.)
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    autocast = plan.dtype if plan.precision != "fp32" else None
     with torch_threads(settings.value("cpu_threads")):
         ref_c, ref_r, cached = ref_cache.load_or_compute(
             work / "ref_logps", tok_train + tok_held, identity,
-            lambda pairs: dpo_train.reference_logps(model, pairs, collator, dc.batch_size * 2, dc.reference))
+            lambda pairs: dpo_train.reference_logps(model, pairs, collator, dc.batch_size * 2, dc.reference, autocast))
     ref_seconds = time.perf_counter() - started
     for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
         t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r

@@ -50,16 +50,22 @@ def reference_mode(model, reference: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def reference_logps(model, tokenized: list[dict], collator, batch_size: int, reference: str) -> tuple[list[float], list[float]]:
-    """Summed reference log-probs of each pair's answers, in order; batches sorted by length to keep padding low."""
+def reference_logps(model, tokenized: list[dict], collator, batch_size: int, reference: str,
+                    autocast_dtype: torch.dtype | None = None) -> tuple[list[float], list[float]]:
+    """Summed reference log-probs of each pair's answers, in order; batches sorted by length to keep padding low.
+    Runs where the model is; on a GPU under `autocast_dtype` (the training precision, so that the policy's first
+    log-probs match the reference's)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # a 4-bit (QLoRA) base is placed on the GPU when it loads
     order = sorted(range(len(tokenized)), key=lambda i: tokenized[i]["length"])
     chosen, rejected = [0.0] * len(tokenized), [0.0] * len(tokenized)
     with reference_mode(model, reference):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            c, r, _, _ = dpo_pairs.answer_logps(model, collator([tokenized[i] for i in idx]))
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collator([tokenized[i] for i in idx]).items()}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None and device.type == "cuda"):
+                c, r, _, _ = dpo_pairs.answer_logps(model, batch)
             for i, cv, rv in zip(idx, c.tolist(), r.tolist()):
                 chosen[i], rejected[i] = cv, rv
     model.train(was_training)

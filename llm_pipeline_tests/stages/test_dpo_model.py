@@ -134,3 +134,20 @@ def test_model_sample_rejections_come_from_the_sft_model(pipeline):
             assert p["rejected_id"] is None and p["rejected"] != old
         else:  # an empty sample keeps the other-document rejection
             assert p["rejected"] == old
+
+
+def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline, tmp_path):
+    """An SFT adapter trained with QLoRA (on a GPU) goes on the 4-bit base there; on a machine without CUDA or
+    bitsandbytes it goes on the full-precision base, as it is served."""
+    import shutil
+
+    cfg, results = pipeline
+    lora = tmp_path / "lora_adapter"
+    shutil.copytree(results["lora_adapter"].output_dir, lora)
+    stats = json.loads((lora / "stats.json").read_text())
+    (lora / "stats.json").write_text(json.dumps({**stats, "method": "qlora"}))
+    assert dpo_model._sft_method(lora) == "qlora"
+    assert dpo_model._sft_method(tmp_path) is None
+    model, method = dpo_model.load_policy(cfg, results["base_checkpoint"].output_dir, lora)
+    assert dpo_model._can_quantize() or method == "lora"
+    assert next(model.parameters()).dtype.is_floating_point
