@@ -79,7 +79,7 @@ class AdapterResult:
 
 
 def _segments(records: list[dict], tokenizer, max_length: int, completion_only: bool, dropped: Counter):
-    whole = [sft_packing.encode(r, tokenizer, completion_only) for r in records]
+    whole = sft_packing.encode_all(records, tokenizer, completion_only)
     pieces = [p for s in whole for p in sft_packing.fit(s, max_length, dropped)]
     return whole, pieces
 

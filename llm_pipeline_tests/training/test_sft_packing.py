@@ -61,3 +61,23 @@ def test_models_without_position_packing_get_a_plain_mask():
     assert not ok and "plain mask" in reason
     batch = sft_packing.PackedCollator(0, position_packing=False)(sft_packing.as_records([[Segment([1, 2], [1, 2], "d", "text")]], "eval"))
     assert batch["attention_mask"].tolist() == [[1, 1]]
+
+
+def test_batched_encoding_gives_what_one_record_at_a_time_gives():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llm_pipeline.training import bpe
+
+    texts = ["The court held that the notice was late.", "Rotate the API key every ninety days.", "Take one tablet daily."]
+    bpe_model = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe_model.train_from_iterator(texts * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe_model, unk_token="<unk>", eos_token="</s>")
+    tok.chat_template = bpe.CHAT_TEMPLATE
+    records = [{"text": texts[0], "domain": "legal"}, {"prompt": "Summarize:", "completion": texts[1], "domain": "software"},
+               {"text": texts[2]}, {"messages": [{"role": "user", "content": "Dose?"}, {"role": "assistant", "content": texts[2]}]}]
+    for completion_only in (True, False):
+        batched = sft_packing.encode_all(records, tok, completion_only)
+        single = [sft_packing.encode(r, tok, completion_only) for r in records]
+        assert [(s.ids, s.labels, s.domain, s.kind) for s in batched] == [(s.ids, s.labels, s.domain, s.kind) for s in single]
