@@ -121,6 +121,16 @@ def parallel_workers(loaded: dict[str, "LoadedModel"], threads: int) -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
 
 
+def parallel_map(fn, items: list, workers: int, name: str) -> list:
+    """`[fn(x) for x in items]`, in up to `workers` threads when that is more than one (see `parallel_workers`)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix=name) as pool:
+        return list(pool.map(fn, items))
+
+
 def frame_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> str:
     """The prompt as the SFT and DPO trainers saw it: through the tokenizer's chat template when it has one.
 

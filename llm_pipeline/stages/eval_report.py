@@ -122,11 +122,7 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
 
     # Longest first, so that no thread is left with a large job at the end.
     todo.sort(key=lambda job: -sum(map(len, token_ids[job[3]])))
-    if workers > 1 and len(todo) > 1:
-        with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="eval-ppl") as pool:
-            results = list(pool.map(score, todo))
-    else:
-        results = [score(job) for job in todo]
+    results = models.parallel_map(score, todo, workers, "eval-ppl")
     for (name, d, key, _), scores in zip(todo, results):
         cache.put("perplexity", key, {"ids": [x.id for x in docs[d]], "scores": perplexity.to_rows(scores)})
         per_doc[(name, d)] = scores
@@ -308,11 +304,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         def complete(lm: models.LoadedModel) -> list[str]:
             return generation.greedy(lm, every_prompt, ec.sample_max_new_tokens, ec.batch_size)
 
-        if workers > 1 and len(loaded) > 1:
-            with ThreadPoolExecutor(max_workers=min(workers, len(loaded)), thread_name_prefix="eval-gen") as pool:
-                all_completions = dict(zip(loaded, pool.map(complete, loaded.values())))
-        else:
-            all_completions = {name: complete(lm) for name, lm in loaded.items()}
+        all_completions = dict(zip(loaded, models.parallel_map(complete, list(loaded.values()), workers, "eval-gen")))
         for name, lm in loaded.items():
             completions = all_completions[name]
             generated[name] = completions
