@@ -43,6 +43,17 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _adapter_files(folder: Path, notes: Notes, shown: str) -> tuple[dict, dict] | None:
+    """(stats, training summary) of an adapter stage's output; a missing summary is noted (`shown`: what it costs
+    the report), and None when neither file is there."""
+    stats, summary = _json(folder / STATS), _json(folder / SUMMARY)
+    if not summary:
+        notes.add(f"`{folder.name}/{SUMMARY}` is missing: {shown} not shown.")
+        if not stats:
+            return None
+    return stats, summary
+
+
 def _config_reason(section, name: str) -> str:
     return "set in config" if name in section.model_fields_set else "config default (llm_pipeline/config.py)"
 
@@ -109,11 +120,10 @@ def _base(cfg: PipelineConfig, folder: Path, notes: Notes) -> dict | None:
 
 
 def _sft(cfg: PipelineConfig, folder: Path, notes: Notes) -> dict | None:
-    stats, summary = _json(folder / STATS), _json(folder / SUMMARY)
-    if not summary:
-        notes.add(f"`{folder.name}/{SUMMARY}` is missing: the SFT model's settings and tokens are not shown.")
-        if not stats:
-            return None
+    files = _adapter_files(folder, notes, "the SFT model's settings and tokens are")
+    if files is None:
+        return None
+    stats, summary = files
     rows, used, available = [], 0, 0
     for d, t in sorted((summary.get("tokens") or {}).items()):
         for part, u, a in (("documents", t.get("trained_tokens"), t.get("split_tokens")),
@@ -138,11 +148,10 @@ def _sft(cfg: PipelineConfig, folder: Path, notes: Notes) -> dict | None:
 
 
 def _dpo(cfg: PipelineConfig, folder: Path, notes: Notes) -> dict | None:
-    stats, summary = _json(folder / STATS), _json(folder / SUMMARY)
-    if not summary:
-        notes.add(f"`{folder.name}/{SUMMARY}` is missing: the DPO model's settings and data use are not shown.")
-        if not stats:
-            return None
+    files = _adapter_files(folder, notes, "the DPO model's settings and data use are")
+    if files is None:
+        return None
+    stats, summary = files
     steps = summary.get("steps", stats.get("steps"))
     pairs = summary.get("pairs", stats.get("pairs"))
     # Pair rows drawn: one optimizer step takes `batch_size` pairs (the config that built this output: the runner

@@ -53,16 +53,6 @@ EDGES = [
 ]
 
 
-def test_fast_analyzer_equals_presidio_at_the_edges():
-    cfg = CleanedCorpusConfig()
-    stock = analyzer_engine(cfg.spacy_model)
-    fast = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
-    key = lambda rs: sorted((r.start, r.end, r.entity_type, round(r.score, 6)) for r in rs)  # noqa: E731
-    for text, ours in zip(EDGES, fast.analyze(EDGES)):
-        ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
-        assert key(ours) == key(ref), text
-
-
 @pytest.mark.parametrize(
     "text",
     ["Patient: Leontyne Harrowgate DOB: 15/12/1953", "Referred by Dr. Odalys Quennell-Brisk and Mr Tom Lee-Smith.",
@@ -96,12 +86,13 @@ def test_windowed_phone_recognizer_matches_presidio():
     assert spans(DigitWindowPhoneRecognizer().analyze(text, ["PHONE_NUMBER"])) == spans(PhoneRecognizer().analyze(text, ["PHONE_NUMBER"]))
 
 
-def test_fast_analyzer_equals_presidio_per_document():
+@pytest.mark.parametrize("texts", [DOCS, EDGES], ids=["documents", "edges"])
+def test_fast_analyzer_equals_presidio_per_document(texts):
     cfg = CleanedCorpusConfig()
     stock = analyzer_engine(cfg.spacy_model)
     fast = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
     key = lambda rs: sorted((r.start, r.end, r.entity_type, round(r.score, 6)) for r in rs)  # noqa: E731
-    for text, ours in zip(DOCS, fast.analyze(DOCS)):
+    for text, ours in zip(texts, fast.analyze(texts)):
         ref = stock.analyze(text, language="en", entities=ENTITIES, score_threshold=cfg.pii_score_threshold)
         assert key(ours) == key(ref), text
 
