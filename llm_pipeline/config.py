@@ -104,6 +104,11 @@ class CleanedCorpusConfig(Section):
     # and its memory grows with text length.
     pii_chunk_chars: int = Field(default=100_000, ge=1_000)
     batch_size: int = Field(default=256, ge=1)  # documents per batch: bounds memory, amortizes spaCy's per-call cost
+    # A document whose raw record, settings above and curation code are unchanged since the last run of its domain
+    # takes its result (kept text or drop reason, and the PII audit's verdict) from <data_dir>/.cache/ instead of
+    # being cleaned and analyzed again (curation.result_cache); the output is the same either way. False = every run
+    # computes every document.
+    reuse_results: bool = True
 
 
 class DedupConfig(Section):

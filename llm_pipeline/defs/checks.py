@@ -100,7 +100,7 @@ def _no_pii_left(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResul
                                    metadata={"skipped": "cleaned_corpus.pii is false"})
     from llm_pipeline.curation.pii_audit import residual_pii
 
-    scanned, findings = residual_pii(result.output_dir, cfg)
+    scanned, findings = residual_pii(result.output_dir, cfg, domain=result.domain)
     by_entity: dict[str, int] = {}
     for f in findings:
         by_entity[f["entity"]] = by_entity.get(f["entity"], 0) + 1

@@ -5,13 +5,19 @@ Per document, in order: text extraction and normalization (curation.cleaning), C
 (curation.pii). Every document ends up kept, dropped with a named reason (``dropped.jsonl``), or quarantined when
 its cleaning raised (``quarantine.jsonl``), so ``documents_in == documents_kept + sum(dropped) + quarantined``.
 
+Documents unchanged since the domain's last run reuse their result (``cleaned_corpus.reuse_results``,
+curation.result_cache): after one file of a domain changes, only that file's documents are cleaned and analyzed
+again. The metadata says how many were reused; the output does not depend on it.
+
     llm-pipeline stage cleaned_corpus --domain legal
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +26,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.curation.cleaning import clean_document
 from llm_pipeline.curation.filters import C4Lines, Doc, build_filters, first_failure
 from llm_pipeline.curation.pii import PiiRedactor
+from llm_pipeline.curation.result_cache import ResultCache, cache_path, fingerprint
 from llm_pipeline.io import ShardWriter, iter_batches
 from llm_pipeline.stages import StageOutput
 
@@ -44,6 +51,19 @@ class _Counts:
         self.extractors: Counter[str] = Counter()
 
 
+def result_fingerprint(cfg: PipelineConfig, domain: str, redactor: PiiRedactor | None) -> str:
+    """What a document's result depends on besides its own record: the settings that change results (not batch
+    sizes or worker counts), the domain's languages, the spaCy model's version, and in hash mode the salt's digest."""
+    ccfg = cfg.cleaned_corpus
+    settings = ccfg.model_dump(mode="json", exclude={"batch_size", "pii_processes", "reuse_results"})
+    try:
+        model_version = metadata.version(ccfg.spacy_model)
+    except metadata.PackageNotFoundError:  # a model folder rather than a package: its path is in the settings
+        model_version = "-"
+    salt = hashlib.sha256(redactor.salt).hexdigest() if redactor is not None and redactor.salt else ""
+    return fingerprint(settings=settings, languages=cfg.domains[domain].languages, spacy_model=model_version, salt=salt)
+
+
 def _prepare(rec: dict, cfg: PipelineConfig, c4: C4Lines | None, filters: list) -> tuple[dict | None, str | None]:
     """Clean, filter and language-check one raw record: (cleaned record, None) or (None, drop reason)."""
     ccfg = cfg.cleaned_corpus
@@ -63,8 +83,9 @@ def _prepare(rec: dict, cfg: PipelineConfig, c4: C4Lines | None, filters: list) 
     return out, None
 
 
-def _redact(batch: list[dict], redactor: PiiRedactor, quarantine: list[tuple[dict, str]]) -> list[dict]:
-    """Replace PII in a batch; if the batch call fails, retry one by one so only the bad document is quarantined."""
+def _redact(batch: list[dict], redactor: PiiRedactor, quarantine: list[tuple[dict, str]]) -> list[dict | None]:
+    """Replace PII in a batch; if the batch call fails, retry one by one so only the bad document is quarantined
+    (None in its place)."""
     try:
         redacted = redactor.redact_batch([r["text"] for r in batch])
     except Exception:  # noqa: BLE001 - narrowed below by retrying each document alone
@@ -75,18 +96,20 @@ def _redact(batch: list[dict], redactor: PiiRedactor, quarantine: list[tuple[dic
             except Exception as exc:  # noqa: BLE001 - a document that breaks the analyzer is quarantined, not fatal
                 redacted.append(None)
                 quarantine.append((r, f"pii_error: {type(exc).__name__}: {exc}"[:500]))
-    kept = []
+    out: list[dict | None] = []
     for r, res in zip(batch, redacted):
-        if res is None:
-            continue
-        r["text"], counts = res
-        r["pii_counts"] = json.dumps(counts, sort_keys=True)
-        kept.append(r)
-    return kept
+        if res is not None:
+            r["text"], counts = res
+            r["pii_counts"] = json.dumps(counts, sort_keys=True)
+        out.append(r if res is not None else None)
+    return out
 
 
-def _process(cfg, inputs, output_dir, domain, c4, filters, redactor) -> tuple[_Counts, list[dict]]:
-    """Stream the domain's raw shards through cleaning, filters and PII; write kept, dropped and quarantined."""
+def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: ResultCache) -> tuple[_Counts, list[dict]]:
+    """Stream the domain's raw shards through cleaning, filters and PII; write kept, dropped and quarantined.
+
+    A document whose result is in `cache` (same record, settings and code as a previous run) takes it from there;
+    the rest are computed and added. Output order and content are the same either way."""
     ccfg = cfg.cleaned_corpus
     n = _Counts()
     samples: list[dict] = []
@@ -97,28 +120,46 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor) -> tuple[_C
         open(output_dir / "quarantine.jsonl", "w", encoding="utf-8") as quarantine_f,
     ):
         for batch in iter_batches(inputs["raw_corpus"], columns=columns, batch_size=ccfg.batch_size):
-            survivors: list[dict] = []
+            survivors: list[dict | None] = []  # kept documents in input order; None until redacted
+            fresh: list[tuple[int, str, dict]] = []  # (slot, cache key, cleaned record) still to redact
             quarantine: list[tuple[dict, str]] = []
             for rec in batch:
                 n.documents_in += 1
                 n.bytes_in += len((rec.get("text") or "").encode("utf-8"))
                 rec["domain"] = rec.get("domain") or domain
-                try:
-                    out, reason = _prepare(rec, cfg, c4, filters)
-                except Exception as exc:  # noqa: BLE001 - one malformed document must not stop the domain
-                    quarantine.append((rec, f"cleaning_error: {type(exc).__name__}: {exc}"[:500]))
-                    continue
+                key = cache.key(rec)
+                hit = cache.get(key)
+                if hit is not None:
+                    out, reason = hit.get("kept"), hit.get("dropped")
+                else:
+                    try:
+                        out, reason = _prepare(rec, cfg, c4, filters)
+                    except Exception as exc:  # noqa: BLE001 - one malformed document must not stop the domain
+                        quarantine.append((rec, f"cleaning_error: {type(exc).__name__}: {exc}"[:500]))
+                        continue  # not cached: a quarantined document is tried again next run
                 if reason:
                     n.dropped[reason] += 1
                     dropped_f.write(json.dumps({"id": rec.get("id"), "source": rec.get("source"), "reason": reason}) + "\n")
-                else:
+                    if hit is None:
+                        cache.put(key, {"dropped": reason})
+                elif hit is not None or redactor is None:
                     survivors.append(out)
-            if redactor is not None and survivors:
-                survivors = _redact(survivors, redactor, quarantine)
+                    if hit is None:
+                        cache.put(key, {"kept": out})
+                else:
+                    fresh.append((len(survivors), key, out))
+                    survivors.append(None)
+            if fresh:
+                for (slot, key, _), r in zip(fresh, _redact([r for _, _, r in fresh], redactor, quarantine)):
+                    survivors[slot] = r
+                    if r is not None:
+                        cache.put(key, {"kept": r})
             for rec, reason in quarantine:
                 n.quarantined += 1
                 quarantine_f.write(json.dumps({"id": rec.get("id"), "source": rec.get("source"), "reason": reason}) + "\n")
             for r in survivors:
+                if r is None:  # quarantined by the PII step
+                    continue
                 writer.write(r)
                 n.documents_kept += 1
                 n.bytes_kept += len(r["text"].encode("utf-8"))
@@ -136,8 +177,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     c4 = C4Lines(ccfg.c4_terminal_punct, ccfg.c4_curly_braces) if ccfg.c4_rules else None
     filters = build_filters(ccfg, cfg.domains[domain].languages)
     redactor = PiiRedactor(ccfg) if ccfg.pii else None  # fails fast (e.g. missing salt) before reading anything
+    cache = ResultCache(cache_path(cfg.data_path, "cleaned_corpus", domain), result_fingerprint(cfg, domain, redactor),
+                        enabled=ccfg.reuse_results)
     try:
-        n, samples = _process(cfg, inputs, output_dir, domain, c4, filters, redactor)
+        with cache:
+            n, samples = _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache)
     finally:
         if redactor is not None:
             redactor.close()  # stops PII worker processes, if a large batch started them
@@ -153,7 +197,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "extractors": dict(sorted(n.extractors.items())),
     }
     assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
-    return StageOutput(stats=stats, preview=_preview(domain, stats, samples))
+    return StageOutput(stats=stats, preview=_preview(domain, stats, samples), metadata=cache.metadata())
 
 
 def _preview(domain: str | None, stats: dict, samples: list[dict]) -> str:

@@ -131,3 +131,55 @@ def test_hash_mode_without_salt_fails_before_reading(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="LLM_PIPELINE_PII_SALT"):
         run_stage(cfg, "cleaned_corpus", "legal")
     assert not (cfg.data_path / "cleaned_corpus" / "legal").exists()
+
+
+def test_rerun_reuses_unchanged_documents_and_writes_the_same_output(tmp_path):
+    """After one document changes, only it is computed again, and the output equals a run that computed everything."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg = make_cfg(tmp_path / "a")
+    write_raw(cfg.data_path)
+    first = run_stage(cfg, "cleaned_corpus", "legal")
+    assert first.metadata["documents_reused"] == 0 and first.metadata["documents_computed"] == 7
+    again = run_stage(cfg, "cleaned_corpus", "legal")
+    # The quarantined document is never stored: it is tried again every run.
+    assert again.metadata["documents_reused"] == 6 and again.metadata["documents_computed"] == 1
+    assert again.dvc_hash == first.dvc_hash
+
+    changed = [(s, f, t + " Call Jonas Berg on 212-555-0199 about it." if s == "pii.txt" else t) for s, f, t in DOCS]
+    write_raw(cfg.data_path, docs=changed)
+    reused = run_stage(cfg, "cleaned_corpus", "legal")
+    assert reused.metadata["documents_reused"] == 5 and reused.metadata["documents_computed"] == 2
+    fresh_cfg = make_cfg(tmp_path / "b", reuse_results=False)
+    write_raw(fresh_cfg.data_path, docs=changed)
+    fresh = run_stage(fresh_cfg, "cleaned_corpus", "legal")
+    assert fresh.metadata["documents_reused"] == 0 and "off in the config" in fresh.metadata["reuse_note"]
+    assert reused.stats == fresh.stats and reused.stats["pii_entities"] != first.stats["pii_entities"]
+    for name in ("dropped.jsonl", "quarantine.jsonl"):
+        assert (reused.output_dir / name).read_text() == (fresh.output_dir / name).read_text()
+    assert list(iter_records(reused.output_dir)) == list(iter_records(fresh.output_dir))
+    assert "Jonas Berg" not in json.dumps(list(iter_records(reused.output_dir)))
+
+
+def test_changed_settings_reuse_nothing(tmp_path):
+    cfg = make_cfg(tmp_path)
+    write_raw(cfg.data_path)
+    run_stage(cfg, "cleaned_corpus", "legal")
+    stricter = make_cfg(tmp_path, min_words=9)
+    assert run_stage(stricter, "cleaned_corpus", "legal").metadata["documents_reused"] == 0
+    # Batch size and worker count do not change a result, so they do not invalidate it.
+    wider = make_cfg(tmp_path, min_words=9, batch_size=2, pii_processes=1)
+    assert run_stage(wider, "cleaned_corpus", "legal").metadata["documents_reused"] == 6
+
+
+def test_unreadable_cache_is_ignored_with_a_note(tmp_path):
+    from llm_pipeline.curation.result_cache import cache_path
+
+    cfg = make_cfg(tmp_path)
+    write_raw(cfg.data_path)
+    first = run_stage(cfg, "cleaned_corpus", "legal")
+    cache_path(cfg.data_path, "cleaned_corpus", "legal").write_bytes(b"not a database")
+    again = run_stage(cfg, "cleaned_corpus", "legal")
+    assert again.metadata["documents_reused"] == 0 and "unreadable" in again.metadata["reuse_note"]
+    assert again.dvc_hash == first.dvc_hash
+    assert run_stage(cfg, "cleaned_corpus", "legal").metadata["documents_reused"] == 6  # rebuilt by that run
