@@ -37,18 +37,25 @@ def residual_pii(folder: Path, cfg: PipelineConfig, batch_size: int = 256, domai
     scanned = 0
     enabled = domain is not None and cfg.cleaned_corpus.reuse_results
     path = cache_path(cfg.data_path, "pii_audit", domain or "_")
-    with ResultCache(path, audit_fingerprint(cfg), enabled=enabled) as cache, PiiRedactor(cfg.cleaned_corpus) as redactor:
-        for batch in iter_batches(folder, columns=["source", "text"], batch_size=batch_size):
-            scanned += len(batch)
-            keys = [cache.key({"text": d["text"]}) for d in batch]
-            verdicts = [cache.get(k) for k in keys]
-            todo = [i for i, v in enumerate(verdicts) if v is None]
-            for i, results in zip(todo, redactor.analyze_batch([batch[i]["text"] for i in todo]) if todo else []):
-                text = batch[i]["text"]
-                found = [{"entity": r.entity_type, "score": round(float(r.score), 2), "span": _mask(text[r.start : r.end])}
-                         for r in results if not only_tags(text[r.start : r.end])]  # the redaction's own tags
-                verdicts[i] = {"findings": found}
-                cache.put(keys[i], verdicts[i])
-            for doc, verdict in zip(batch, verdicts):
-                findings += [{"source": doc["source"], **f} for f in verdict["findings"]]
+    redactor: PiiRedactor | None = None  # loaded on the first text without a verdict: spaCy takes seconds to load
+    try:
+        with ResultCache(path, audit_fingerprint(cfg), enabled=enabled) as cache:
+            for batch in iter_batches(folder, columns=["source", "text"], batch_size=batch_size):
+                scanned += len(batch)
+                keys = [cache.key({"text": d["text"]}) for d in batch]
+                verdicts = [cache.get(k) for k in keys]
+                todo = [i for i, v in enumerate(verdicts) if v is None]
+                if todo and redactor is None:
+                    redactor = PiiRedactor(cfg.cleaned_corpus)
+                for i, results in zip(todo, redactor.analyze_batch([batch[i]["text"] for i in todo]) if todo else []):
+                    text = batch[i]["text"]
+                    found = [{"entity": r.entity_type, "score": round(float(r.score), 2), "span": _mask(text[r.start : r.end])}
+                             for r in results if not only_tags(text[r.start : r.end])]  # the redaction's own tags
+                    verdicts[i] = {"findings": found}
+                    cache.put(keys[i], verdicts[i])
+                for doc, verdict in zip(batch, verdicts):
+                    findings += [{"source": doc["source"], **f} for f in verdict["findings"]]
+    finally:
+        if redactor is not None:
+            redactor.close()
     return scanned, findings
