@@ -58,12 +58,21 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fal
     return list(out)
 
 
+def _plain(rec: dict) -> bool:
+    return "text" in rec and "prompt" not in rec and "messages" not in rec
+
+
+def _text_segment(rec: dict, ids: list[int], tokenizer) -> Segment:
+    """A plain-text record's segment: its ids and an end-of-text token, every one of them a label."""
+    ids = list(ids) + [tokenizer.eos_token_id]
+    return Segment(ids, list(ids), str(rec.get("domain", "user")), "text")
+
+
 def encode(rec: dict, tokenizer, completion_only: bool) -> Segment:
     """One record as a segment; labels are IGNORE on what the loss must skip (prompt, user turns)."""
     domain = str(rec.get("domain", "user"))
-    if "text" in rec and "prompt" not in rec and "messages" not in rec:
-        ids = tokenizer(rec["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return Segment(ids, list(ids), domain, "text")
+    if _plain(rec):
+        return _text_segment(rec, tokenizer(rec["text"], add_special_tokens=False)["input_ids"], tokenizer)
     if "prompt" in rec:
         messages = [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["completion"]}]
     else:
@@ -87,12 +96,11 @@ def encode(rec: dict, tokenizer, completion_only: bool) -> Segment:
 def encode_all(records: list[dict], tokenizer, completion_only: bool) -> list[Segment]:
     """`encode` for every record, the plain-text ones tokenized in one batched call (the same ids, without a
     tokenizer call per document, which dominated on corpora of thousands of documents)."""
-    plain = [i for i, r in enumerate(records) if "text" in r and "prompt" not in r and "messages" not in r]
+    plain = [i for i, r in enumerate(records) if _plain(r)]
     ids = tokenizer([records[i]["text"] for i in plain], add_special_tokens=False)["input_ids"] if plain else []
     out: list[Segment | None] = [None] * len(records)
     for i, seq in zip(plain, ids):
-        seq = list(seq) + [tokenizer.eos_token_id]
-        out[i] = Segment(seq, list(seq), str(records[i].get("domain", "user")), "text")
+        out[i] = _text_segment(records[i], seq, tokenizer)
     return [seg if seg is not None else encode(r, tokenizer, completion_only) for seg, r in zip(out, records)]
 
 
