@@ -23,7 +23,7 @@ def prepare(data_dir: Path, work: Path) -> tuple[Path, dict[str, list[str]]]:
     tok_dir = data_dir / "tokenizer"
     shards = data_dir / "deduped_shards"
     if not (tok_dir / "tokenizer.json").exists() or not shards.exists():
-        raise SystemExit(f"{data_dir} needs materialized tokenizer and deduped_shards outputs (llm-pipeline run --upto tokenizer)")
+        raise SystemExit(f"{data_dir} needs materialized tokenizer and deduped_shards outputs (llm-pipeline run --select raw_corpus,cleaned_corpus,deduped_shards,tokenizer)")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     model_dir = work / "model"
     if not (model_dir / "config.json").exists():

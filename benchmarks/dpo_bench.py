@@ -108,9 +108,10 @@ def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, t
     rss["rss_model"] = round(peak_rss_mb())
     counts = finetune.parameter_counts(model)
     plan = plan_device("auto")
-    settings = defaults.choose("dpo", "lora", plan, counts["total_params"], 0, learning_rate=LR, cpu_threads=threads)
     started = time.perf_counter()
     tokenized = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, max_length, Counter()) for p in pairs) if t]
+    settings = defaults.choose("dpo", "lora", plan, counts["total_params"], 0, learning_rate=LR, cpu_threads=threads,
+                               op_macs=defaults.projection_macs(model.config, dpo_train.pass_tokens(model.config, tokenized, batch, plan.device)))
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
     with torch_threads(settings.value("cpu_threads")):
         ref_c, ref_r = dpo_train.reference_logps(model, tokenized, collator, batch * 2, "sft")
@@ -182,7 +183,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--pairs-per-domain", type=int, default=None, help="default: steps x batch pairs in all (one epoch)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for both arms (default: ours picks by model size, TRL takes torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both arms (default: ours picks by the size of a pass's matrix products, TRL takes torch's)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--child", default=None)
     ap.add_argument("--work", type=Path, default=None)

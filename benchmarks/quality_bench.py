@@ -21,9 +21,9 @@ builds one from public text this repository does not ship. The domain named by `
      no gradient checkpointing, BFD packing (padding-free, position ids per document), our batch size, sequence
      length, learning rate and warmup;
    - `ours`: the `lora_adapter` stage with the config's settings and its device defaults.
-   A budget becomes a step count the same way for every arm: an 8-step calibration run (cut short by the budget)
-   gives seconds per step, and the arm then trains floor(budget / seconds per step) steps with a schedule planned
-   for exactly those steps, stopped by the clock if it runs over. An arm none of whose steps finishes within the
+   A budget becomes a step count the same way for every arm: a short calibration run (`--calibration-steps`,
+   default 8, cut short by the budget) gives seconds per step, and the arm then trains floor(budget / seconds per
+   step) steps with a schedule planned for exactly those steps, stopped by the clock if it runs over. An arm none of whose steps finishes within the
    budget trains nothing and is scored as the base model (reported as such).
 3. Every arm's model scores the held-out documents of every domain (the untrained one included): perplexity, bits
    per byte, and the change against base. Printed as a table, written to benchmarks/out/quality_bench.json.
@@ -55,7 +55,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": 
     os.environ.setdefault(_k, _v)
 
 ARMS = ("base", "trl_default", "trl_best", "ours")
-CALIBRATION_STEPS = 8  # enough that the first step's warm-up (CUDA context, allocator) is a small share
+CALIBRATION_STEPS = 8  # enough that the first step's warm-up (CUDA context, allocator) is a small share (--calibration-steps)
 TRL_DEFAULT_LR = 2e-5  # SFTConfig's own default in TRL 1.16, recorded for the table
 
 
@@ -355,6 +355,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="windows per scoring forward")
     ap.add_argument("--tag", default="", help="suffix for the output JSON (e.g. cpu, gpu)")
     ap.add_argument("--allowance", type=float, default=900.0, help="seconds allowed per arm beyond its budget (loading, scoring)")
+    ap.add_argument("--calibration-steps", type=int, default=CALIBRATION_STEPS,
+                    help="steps timed to turn the budget into a step count (fewer on a CPU, where one step takes seconds)")
     ap.add_argument("--child", default=None)
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--calibrate", action="store_true")
@@ -373,7 +375,7 @@ def main() -> None:
             raise SystemExit(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
         steps = 0
         if arm != "base":
-            cal = run_arm(a, a.work, arm, CALIBRATION_STEPS, True, a.budget * 1.2 + load_allowance)
+            cal = run_arm(a, a.work, arm, a.calibration_steps, True, a.budget * 1.2 + load_allowance)
             if "error" in cal or not cal.get("train_seconds"):
                 rows.append({"arm": arm, "steps": 0, "note": f"calibration: {cal.get('error', 'no timing')}; trains nothing within the budget"})
                 print(f"{arm}: {rows[-1]['note']}", flush=True)

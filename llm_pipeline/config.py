@@ -252,7 +252,7 @@ class LoraAdapterConfig(Section):
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)  # None = per method
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPUs without native bf16
     gradient_checkpointing: bool | None = None  # None = on only when the activations would not fit in memory
-    cpu_threads: int | None = Field(default=None, ge=1)  # None = every core (one for tiny models)
+    cpu_threads: int | None = Field(default=None, ge=1)  # None = every core (one when a pass's matrix products are too small to split)
     completion_only_loss: bool = True
     # Several examples/documents per row with position ids restarting per document, and no padding. False = one
     # example per row, padded (what TRL does by default).

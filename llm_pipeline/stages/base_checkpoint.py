@@ -28,7 +28,7 @@ from llm_pipeline.io import write_json
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import checkpoints
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
-from llm_pipeline.training.device import cpu_threads_for, plan_device
+from llm_pipeline.training.device import cpu_threads_for, plan_device, projection_macs
 from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
@@ -95,7 +95,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # One tracked run per training, from rank 0; the other ranks' trackers are off.
     tracking = tracked_run(cfg, ASSET, run_config, inputs) if rank == 0 else \
         contextlib.nullcontext(Tracker(None, "disabled", f"rank {rank}: rank 0 tracks the run"))
-    with tracking as tracker, cpu_threads_for(n_params, plan) as threads:
+    with tracking as tracker, cpu_threads_for(n_params, plan, projection_macs(model.config, bc.batch_size * seq_len)) as threads:
         result = train(model, train_chunks, eval_chunks, settings, plan, checkpoint_dir(cfg), fingerprint, tracker)
         eval_ppl = math.exp(min(result.eval_loss, 50)) if result.eval_loss is not None else None
         if general_eval_tokens is not None and len(general_eval_tokens):

@@ -147,6 +147,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "dpo", method, plan, counts["total_params"],
         defaults.training_memory_bytes(model.config, counts["total_params"], counts["trainable_params"], dc.batch_size, 2 * dc.max_length, plan.precision),
         learning_rate=dc.learning_rate, warmup_ratio=dc.warmup_ratio, gradient_checkpointing=dc.gradient_checkpointing, cpu_threads=dc.cpu_threads,
+        op_macs=defaults.projection_macs(model.config, dpo_train.pass_tokens(model.config, tok_train, dc.batch_size, plan.device)),
     )
     settings.set("reference", dc.reference, "the SFT model before the first update: DPO measures change from what SFT learned"
                  if dc.reference == "sft" else "set in config: the base model (adapter disabled)")

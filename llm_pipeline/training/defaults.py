@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_pipeline.training import device
 from llm_pipeline.training.device import DevicePlan
 
 # Adapter methods train few parameters from a zero (LoRA B) or identity (IA3) start: they need steps 10-50x larger
@@ -32,9 +33,14 @@ LEARNING_RATES = {
 # adapter starts at zero change and a short warmup only delays learning. DPO starts at loss log 2 with zero margin
 # and needs none beyond a couple of steps.
 WARMUP = {"sft": {"adapter": 0.03, "full": 0.1}, "dpo": {"adapter": 0.0, "full": 0.1}}
-# Below this, one CPU op is too small to split across threads: a 240K-parameter Llama step measured 0.05-0.08 s on
-# one thread and 0.5-0.7 s on two (threads spin-waiting on each other).
-SMALL_MODEL_PARAMS = 20_000_000
+# Threads on a CPU follow the size of one step's matrix products, not the parameter count: a hidden x hidden
+# projection over the tokens of one forward pass, in multiply-accumulates. Measured on 2 cores (fp32 Llama, forward +
+# backward): 0.5M MACs ran no faster on two threads; 4.2M (hidden 64, 8 x 128 tokens) 1.37x faster, 17M 1.56x, 84M
+# (hidden 256, 8 x 160 tokens) 1.58x. Small ops stay on one thread because a busy machine punishes split tiny ops
+# hardest (a 240K-parameter Llama step: 0.05-0.08 s on one thread, 0.5-0.7 s on two, the threads spin-waiting on each
+# other); from SMALL_OP_MACS up every core is used. Without a pass size, SMALL_MODEL_PARAMS decides.
+SMALL_OP_MACS, SMALL_MODEL_PARAMS = device.SMALL_OP_MACS, device.SMALL_MODEL_PARAMS
+projection_macs = device.projection_macs
 # Gradient checkpointing trades an extra forward per step for activation memory: worth it only when the estimated
 # training memory would take more than this share of what the device has free.
 CHECKPOINTING_MEMORY_SHARE = 0.5
@@ -115,8 +121,10 @@ def choose(
     warmup_ratio: float | None = None,
     gradient_checkpointing: bool | None = None,
     cpu_threads: int | None = None,
+    op_macs: int | None = None,
 ) -> Settings:
-    """The settings for one training run of `stage` ("sft" or "dpo") with adapter `method` on `plan`'s device."""
+    """The settings for one training run of `stage` ("sft" or "dpo") with adapter `method` on `plan`'s device.
+    `op_macs` (`projection_macs`) sizes the CPU thread count; without it the parameter count does."""
     s = Settings()
     s.set("precision", plan.precision, plan.reason)
     s.set("device", plan.device, "CUDA GPU found" if plan.device == "cuda" else "no CUDA GPU")
@@ -152,6 +160,12 @@ def choose(
         s.set("cpu_threads", cpu_threads, "set in config")
     elif plan.device != "cpu":
         s.set("cpu_threads", min(cores, 4), "GPU training: CPU threads only feed the data loader")
+    elif op_macs is not None and op_macs < SMALL_OP_MACS:
+        s.set("cpu_threads", 1, f"one projection of a pass is {op_macs / 1e6:.1f}M multiply-accumulates: too small to gain "
+              f"from more threads (below {SMALL_OP_MACS / 1e6:.0f}M)")
+    elif op_macs is not None:
+        s.set("cpu_threads", cores, f"every core this process may use ({cores}): one projection of a pass is "
+              f"{op_macs / 1e6:.0f}M multiply-accumulates, large enough to split")
     elif n_params < SMALL_MODEL_PARAMS:
         s.set("cpu_threads", 1, f"{n_params:,} parameters: ops too small to gain from more threads (measured slower on 2)")
     else:

@@ -64,21 +64,34 @@ def plan_device(requested: str = "auto") -> DevicePlan:
     return DevicePlan("cpu", requested, f"precision {requested} set in config")
 
 
-SMALL_MODEL_PARAMS = 20_000_000  # below this a CPU op is too small to split across threads profitably
+SMALL_MODEL_PARAMS = 20_000_000  # without a pass size: below this many parameters a CPU op is too small to split
+SMALL_OP_MACS = 8_000_000  # one hidden x hidden projection of a pass below this: one thread (see training.defaults)
+
+
+def projection_macs(model_config: Any, tokens_per_pass: int) -> int:
+    """Multiply-accumulates of one hidden x hidden projection over a forward pass's tokens (the thread rule's measure)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0)
+    return int(tokens_per_pass) * hidden * hidden
 
 
 @contextlib.contextmanager
-def cpu_threads_for(n_params: int, plan: DevicePlan) -> Iterator[dict[str, Any]]:
-    """Run small-model CPU training on one intra-op thread, restoring the previous setting afterwards.
+def cpu_threads_for(n_params: int, plan: DevicePlan, op_macs: int | None = None) -> Iterator[dict[str, Any]]:
+    """Run CPU training whose ops are too small to split on one intra-op thread, restoring the setting afterwards.
 
-    The matrices of a model under ~20M parameters are too small to split: a 240K-parameter Llama step measured
-    0.05-0.08 s on one thread and 0.5-0.7 s on two when the machine had other work (threads spin-waiting on each
-    other). Larger models keep torch's default. Yields what was chosen and why, for stage metadata.
+    Judged by `op_macs`, the multiply-accumulates of one hidden x hidden projection over a pass's tokens
+    (`projection_macs`; the measurements are in `training.defaults`), or else by the parameter count: a
+    240K-parameter Llama step measured 0.05-0.08 s on one thread and 0.5-0.7 s on two when the machine had other work
+    (threads spin-waiting on each other). Larger ops keep torch's default. Yields what was chosen and why, for stage
+    metadata.
     """
     before = torch.get_num_threads()
-    if plan.use_cpu and n_params < SMALL_MODEL_PARAMS:
+    small = op_macs < SMALL_OP_MACS if op_macs is not None else n_params < SMALL_MODEL_PARAMS
+    if plan.use_cpu and small:
         torch.set_num_threads(1)
-        info = {"cpu_threads": 1, "cpu_threads_reason": f"{n_params:,} parameters: ops too small to gain from more threads"}
+        why = (f"one projection of a pass is {op_macs / 1e6:.1f}M multiply-accumulates" if op_macs is not None
+               else f"{n_params:,} parameters")
+        info = {"cpu_threads": 1, "cpu_threads_reason": f"{why}: ops too small to gain from more threads"}
     else:
         info = {"cpu_threads": before, "cpu_threads_reason": "torch default"}
     try:

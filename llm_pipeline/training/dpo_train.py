@@ -95,6 +95,12 @@ def rows_per_pass(config, row_width: int, device_type: str, budget: int = PASS_A
     return max(1, budget // max(1, row_width * activation_bytes_per_token(config)))
 
 
+def pass_tokens(config, tokenized: list[dict], batch_size: int, device_type: str) -> int:
+    """Tokens in one forward pass of training: a batch (on a CPU, `rows_per_pass` of its rows) of mean-length rows."""
+    row = max(1, round(sum(t["length"] for t in tokenized) / max(1, len(tokenized))))
+    return min(batch_size, rows_per_pass(config, row, device_type) or batch_size) * row
+
+
 def make_trainer_class():
     """The trainer class, built on first use so that importing this module does not import TRL."""
     from trl import DPOTrainer

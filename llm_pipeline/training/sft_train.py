@@ -150,6 +150,7 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         "sft", method, plan, counts["total_params"],
         defaults.training_memory_bytes(model.config, counts["total_params"], counts["trainable_params"], lc.batch_size, lc.max_length, plan.precision),
         learning_rate=lc.learning_rate, warmup_ratio=lc.warmup_ratio, gradient_checkpointing=lc.gradient_checkpointing, cpu_threads=lc.cpu_threads,
+        op_macs=defaults.projection_macs(model.config, lc.batch_size * lc.max_length),  # packed rows are full length
     )
     settings.set("packing", packing, packing_reason if packing else packing_reason)
     settings.set("position_packing", position_packing, packing_reason)

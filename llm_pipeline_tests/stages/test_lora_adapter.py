@@ -69,7 +69,7 @@ def test_stats_and_settings_with_reasons(pipeline):
         assert set(settings[name]) == {"value", "reason"} and settings[name]["reason"], name
     assert settings["learning_rate"]["value"] == 1e-3  # the LoRA default, not TRL's full-fine-tuning 2e-5
     assert settings["gradient_checkpointing"]["value"] is False  # a tiny model needs no activation recomputation
-    assert settings["cpu_threads"]["value"] == 1 and "parameters" in settings["cpu_threads"]["reason"]
+    assert settings["cpu_threads"]["value"] == 1 and "multiply-accumulates" in settings["cpu_threads"]["reason"]
 
 
 def test_every_token_of_the_split_is_packed(pipeline):

@@ -41,6 +41,19 @@ def test_threads_all_cores_for_real_models_one_for_tiny_ones():
     assert defaults.choose("sft", "lora", CPU, 135_000_000, 0).value("cpu_threads") == defaults.available_cores()
 
 
+def test_threads_follow_the_size_of_a_pass_not_the_parameter_count():
+    class Cfg:
+        hidden_size = 256
+
+    # A 4M-parameter model with 8 x 160 tokens a pass: 84M multiply-accumulates a projection, worth every core.
+    big = defaults.choose("dpo", "lora", CPU, 4_000_000, 0, op_macs=defaults.projection_macs(Cfg, 8 * 160))
+    assert big.value("cpu_threads") == defaults.available_cores() and "84M" in big.chosen["cpu_threads"]["reason"]
+    # The same model on 2 x 32 tokens a pass: too small to split.
+    small = defaults.choose("dpo", "lora", CPU, 4_000_000, 0, op_macs=defaults.projection_macs(Cfg, 2 * 32))
+    assert small.value("cpu_threads") == 1 and "multiply-accumulates" in small.chosen["cpu_threads"]["reason"]
+    assert defaults.choose("dpo", "lora", GPU, 4_000_000, 0, op_macs=1).value("cpu_threads") == min(defaults.available_cores(), 4)
+
+
 def test_memory_estimate_grows_with_batch_and_vocabulary():
     class Cfg:
         hidden_size, num_hidden_layers, num_attention_heads, vocab_size = 576, 30, 9, 49152

@@ -25,3 +25,9 @@ def test_small_models_train_on_one_thread_and_the_setting_is_restored():
     with device.cpu_threads_for(1000, plan) as info:
         assert torch.get_num_threads() == 1 and info["cpu_threads"] == 1
     assert torch.get_num_threads() == before
+    # The size of a pass decides when it is known: small ops on one thread, large ones on torch's default.
+    with device.cpu_threads_for(1000, plan, op_macs=device.SMALL_OP_MACS // 2) as info:
+        assert torch.get_num_threads() == 1 and "multiply-accumulates" in info["cpu_threads_reason"]
+    with device.cpu_threads_for(1000, plan, op_macs=device.SMALL_OP_MACS * 10) as info:
+        assert torch.get_num_threads() == before and info["cpu_threads"] == before
+    assert torch.get_num_threads() == before

@@ -114,6 +114,15 @@ def test_split_rows_cut_each_group_to_its_own_width():
     assert dpo_pairs.split_rows(batch, 2) == [batch]
 
 
+def test_pass_tokens_follow_the_rows_a_cpu_pass_takes():
+    config = _tiny_llama().config
+    assert dpo_train.pass_tokens(config, PAIRS, 4, "cuda") == 4 * 10  # mean row 9.5 rounds to 10; the whole batch
+    assert dpo_train.pass_tokens(config, PAIRS, 4, "cpu") == 4 * 10  # tiny rows: the batch fits one pass
+    per_token = dpo_train.activation_bytes_per_token(config)
+    long_rows = [dict(PAIRS[0], length=dpo_train.PASS_ACTIVATION_BYTES // (3 * per_token))]
+    assert dpo_train.pass_tokens(config, long_rows, 8, "cpu") == 3 * long_rows[0]["length"]
+
+
 def test_training_in_passes_of_rows_takes_the_same_step_as_the_whole_batch(tmp_path, monkeypatch):
     import copy
 
