@@ -22,8 +22,10 @@ builds one from public text this repository does not ship. The domain named by `
      length, learning rate and warmup;
    - `ours`: the `lora_adapter` stage with the config's settings and its device defaults.
    A budget becomes a step count the same way for every arm: a short calibration run (`--calibration-steps`,
-   default 8, cut short by the budget) gives seconds per step, and the arm then trains floor(budget / seconds per
-   step) steps with a schedule planned for exactly those steps, stopped by the clock if it runs over. An arm none of whose steps finishes within the
+   default 8, cut short by the budget) times each step, and the arm then trains floor(budget / seconds per step)
+   steps, a step's seconds being the median of the steps after the first (the first carries the warm-up: on a CPU it
+   took 2-3x a later one, and dividing by it planned arms that used 40% of their budget), with a schedule planned
+   for exactly those steps, stopped by the clock if it runs over. An arm none of whose steps finishes within the
    budget trains nothing and is scored as the base model (reported as such).
 3. Every arm's model scores the held-out documents of every domain (the untrained one included): perplexity, bits
    per byte, and the change against base. Printed as a table, written to benchmarks/out/quality_bench.json.
@@ -140,20 +142,25 @@ def _train_cfg(work: Path):
 
 
 class StepClock:
-    """A TrainerCallback that stops training once the wall-time budget is spent (a guard: the step count is chosen to fit)."""
+    """A TrainerCallback that stops training once the wall-time budget is spent (a guard: the step count is chosen to
+    fit) and times each step (`.durations`), as the `lora_adapter` stage does for itself."""
 
     def __new__(cls, budget: float | None):
         from transformers import TrainerCallback
 
         class _Clock(TrainerCallback):
             def __init__(self):
-                self.started = None
+                self.started = self.last = None
+                self.durations = []
 
             def on_train_begin(self, args, state, control, **kw):
-                self.started = time.perf_counter()
+                self.started = self.last = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
-                if budget is not None and time.perf_counter() - self.started > budget:
+                now = time.perf_counter()
+                self.durations.append(now - self.last)
+                self.last = now
+                if budget is not None and now - self.started > budget:
                     control.should_training_stop = True
 
         return _Clock()
@@ -191,16 +198,19 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
                       lr_scheduler_type="cosine")
     args = SFTConfig(**common)
     peft = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules, task_type="CAUSAL_LM")
+    clock = StepClock(budget)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft,
-                         callbacks=[StepClock(budget)])
+                         callbacks=[clock])
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     trainer.model.save_pretrained(out / "adapter")
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or None
+    from llm_pipeline.training.finetune import step_seconds
+
     return {"steps": trainer.state.global_step, "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
-            "tokens_seen": tokens,
+            "tokens_seen": tokens, **step_seconds(clock.durations),
             "settings": {"precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"), "gradient_checkpointing": args.gradient_checkpointing,
                          "packing": args.packing, "max_length": args.max_length, "batch_size": args.per_device_train_batch_size,
                          "learning_rate": args.learning_rate, "threads": torch.get_num_threads()}}
@@ -222,7 +232,8 @@ def ours_arm(work: Path, steps: int, budget: float | None, out: Path) -> dict:
     shutil.copytree(cfg.data_path / "lora_adapter", out / "adapter")
     s = result.stats
     return {"steps": s.get("steps"), "train_seconds": s.get("train_seconds"), "final_loss": s.get("train_loss"),
-            "tokens_seen": s.get("tokens_trained"),
+            "tokens_seen": s.get("tokens_trained"), "first_step_seconds": s.get("first_step_seconds"),
+            "step_seconds": s.get("step_seconds"),
             "settings": {k: v["value"] for k, v in summary.get("settings", {}).items()}}
 
 
@@ -381,9 +392,10 @@ def main() -> None:
                 print(f"{arm}: {rows[-1]['note']}", flush=True)
                 rows[-1].update(run_arm(a, a.work, "base", 0, False, load_allowance) | {"arm": arm, "steps": 0})
                 continue
-            per_step = cal["train_seconds"] / max(1, cal["steps"])
+            per_step = cal.get("step_seconds") or cal["train_seconds"] / max(1, cal["steps"])
             steps = max(1, int(a.budget // per_step))
-            print(f"{arm}: {per_step:.2f} s/step in calibration -> {steps} steps for {a.budget:.0f} s", flush=True)
+            print(f"{arm}: {per_step:.2f} s/step in calibration (first step {cal.get('first_step_seconds')} s) "
+                  f"-> {steps} steps for {a.budget:.0f} s", flush=True)
         row = run_arm(a, a.work, arm, steps, False, a.budget * 1.5 + load_allowance)
         row["planned_steps"] = steps
         rows.append(row)

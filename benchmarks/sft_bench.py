@@ -6,11 +6,12 @@ batch size (8, TRL's default) and sequence length (--max-length, 256 by default 
 CPU), same number of optimizer steps. Arms:
 
 - `ours`: `llm_pipeline.training.sft_train.train_adapter` with the pipeline's defaults (packed rows with position
-  ids restarting per document, fp32 on CPUs without native bf16, no gradient checkpointing, threads per model size);
+  ids restarting per document, fp32 on CPUs without native bf16, no gradient checkpointing, threads per op size);
 - `trl_default`: `SFTTrainer(model, args=SFTConfig(output_dir, max_steps, max_length, use_cpu=True), peft_config=...)`,
   nothing else set (TRL 1.16: bf16 on, gradient checkpointing on, no packing: each document truncated at max_length;
   `use_cpu` only because SFTConfig refuses to start on a machine without a GPU otherwise);
-- `trl_tuned` (--tuned): TRL with fp32, no checkpointing and BFD packing, to show where our margin comes from.
+- `trl_tuned` (--tuned): TRL with the device's precision (fp32 on CPUs without native bf16), no checkpointing and
+  BFD packing, to show where our margin comes from.
 
 Tokens/s counts tokens that reached the loss (label tokens) per second of `train()`; each arm runs in its own
 process so its peak RSS is its own.
@@ -83,7 +84,10 @@ def trl(work: Path, steps: int, max_length: int, tuned: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
     # use_cpu is the one setting the defaults need on a machine without a GPU: without it SFTConfig refuses to start
     # ("Your setup doesn't support bf16/gpu").
-    extra = {"bf16": False, "gradient_checkpointing": False, "packing": True} if tuned else {}
+    from llm_pipeline.training.device import plan_device
+
+    native_bf16 = plan_device("auto").precision == "bf16"  # as ours: bf16 only where the CPU computes it natively
+    extra = {"bf16": native_bf16, "gradient_checkpointing": False, "packing": True} if tuned else {}
     args = SFTConfig(use_cpu=True, output_dir=str(work / "trl-out"), max_steps=steps, max_length=max_length, report_to="none",
                      save_strategy="no", disable_tqdm=True, logging_steps=steps, **extra)
     ds = Dataset.from_list([{"text": t} for ts in texts.values() for t in ts])

@@ -164,6 +164,40 @@ def merge_export(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def step_timer_callback():
+    """A TrainerCallback that records each optimizer step's wall time in `.durations` (seconds, from the end of the
+    previous step, so data loading counts). The first step carries the warm-up (allocator, kernel selection)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.durations: list[float] = []
+            self._last: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            if self._last is not None:
+                self.durations.append(now - self._last)
+            self._last = now
+
+    return StepTimer()
+
+
+def step_seconds(durations: list[float]) -> dict:
+    """The first step's time and the median of the rest: what a step costs once warm, for planning a time budget."""
+    if not durations:
+        return {"first_step_seconds": None, "step_seconds": None}
+    rest = sorted(durations[1:]) or durations[:1]
+    mid = len(rest) // 2
+    median = rest[mid] if len(rest) % 2 else (rest[mid - 1] + rest[mid]) / 2
+    return {"first_step_seconds": round(durations[0], 3), "step_seconds": round(median, 3)}
+
+
 def time_budget_callback(seconds: float):
     """A TrainerCallback that ends training after the step during which `seconds` of `train()` have passed."""
     import time

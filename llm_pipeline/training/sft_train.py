@@ -173,6 +173,8 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
     if lc.max_train_seconds is not None:
         callbacks.append(finetune.time_budget_callback(lc.max_train_seconds))
+    timer = finetune.step_timer_callback()
+    callbacks.append(timer)
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
@@ -231,6 +233,7 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         "learning_rate": settings.value("learning_rate"),
         "seconds": round(seconds, 3),
         "train_seconds": round(train_seconds, 3),
+        **finetune.step_seconds(timer.durations),
         "tokens_trained": input_tokens,
         "tokens_per_second": summary["tokens_per_second"],
         "peak_rss_mb": summary["peak_rss_mb"],

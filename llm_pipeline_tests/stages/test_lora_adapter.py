@@ -64,6 +64,8 @@ def test_stats_and_settings_with_reasons(pipeline):
     assert s["steps"] == 3 and s["examples"] > 0
     assert 0 < s["trainable_share"] < 1 and s["trainable_params"] < s["total_params"]
     assert s["train_loss"] > 0 and s["eval_loss"] > 0 and s["peak_rss_mb"] > 0 and s["tokens_per_second"] > 0
+    # Three steps timed: the first (warm-up) apart, the median of the other two for budgeting.
+    assert s["first_step_seconds"] > 0 and 0 < s["step_seconds"] <= s["train_seconds"]
     settings = res.metadata["settings"]
     for name in ("precision", "gradient_checkpointing", "cpu_threads", "learning_rate", "warmup_ratio", "packing"):
         assert set(settings[name]) == {"value", "reason"} and settings[name]["reason"], name
