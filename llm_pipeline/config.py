@@ -257,7 +257,9 @@ class LoraAdapterConfig(Section):
     # Several examples/documents per row with position ids restarting per document, and no padding. False = one
     # example per row, padded (what TRL does by default).
     packing: bool = True
-    examples_per_domain: int = Field(default=40, ge=1)
+    # Instruction examples derived per domain from the train split; 0 = documents only (adaptation to the domain's
+    # text with no instruction following; needs corpus_text).
+    examples_per_domain: int = Field(default=40, ge=0)
     per_domain: bool = False  # also train one adapter per domain, under domains/<domain>/
     # Stop after this many evaluations without a lower held-out loss; None = run every step (the default budget is
     # short and a small eval set is noisy).
@@ -265,6 +267,13 @@ class LoraAdapterConfig(Section):
     eval_every: int | None = Field(default=None, ge=1)  # steps between evaluations; None = three per run
     checkpoint_every: int | None = Field(default=None, ge=1)  # None = at each evaluation; resume reads the latest
     merge: bool = False  # also export base + adapter merged (`merge_and_unload`) under merged/
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> "LoraAdapterConfig":
+        if self.examples_per_domain == 0 and not self.corpus_text and not self.data:
+            raise ValueError("examples_per_domain 0 with corpus_text off leaves nothing to train on: "
+                             "set corpus_text: true (documents only) or give examples")
+        return self
 
 
 class DpoModelConfig(Section):

@@ -37,20 +37,24 @@ def build_records(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[di
         return train, held, {"derivation": "files", "files": list(lc.data), "field_map": dict(lc.field_map)}
     skipped: Counter = Counter()
     train, held = [], []
-    eval_per_domain = max(1, lc.examples_per_domain // 5)  # a fifth as many held out: enough for a stable eval loss
+    # A fifth as many held out: enough for a stable eval loss. None at all when the run is documents only.
+    eval_per_domain = max(1, lc.examples_per_domain // 5) if lc.examples_per_domain else 0
     for domain in cfg.domain_names:
         train += sft_data.derive_examples(shards, domain, "train", lc.examples_per_domain, cfg.seed, skipped)
         held += sft_data.derive_examples(shards, domain, "eval", eval_per_domain, cfg.seed, skipped)
     train = sft_data.fit_all(train, tokenizer, lc.max_length, skipped)
     held = sft_data.fit_all(held, tokenizer, lc.max_length, skipped)
-    if not train:
+    if not train and lc.examples_per_domain:
         raise sft_data.SftDataError(f"no SFT examples could be derived from the train split (skipped: {dict(skipped)})")
     texts, held_texts = [], []
     if lc.corpus_text:
         for domain in cfg.domain_names:
             texts += sft_data.corpus_texts(shards, domain, "train")
             held_texts += sft_data.corpus_texts(shards, domain, "eval")
-    how = {"derivation": "templates", "templates": list(sft_data.TEMPLATES), "skipped": dict(skipped),
+    if not train and not texts:
+        raise sft_data.SftDataError("examples_per_domain is 0 and the train split holds no document text to train on")
+    how = {"derivation": "templates" if lc.examples_per_domain else "documents",
+           "templates": list(sft_data.TEMPLATES) if lc.examples_per_domain else [], "skipped": dict(skipped),
            "corpus_text_documents": len(texts), "corpus_text_eval_documents": len(held_texts)}
     return train + texts, held + held_texts, how
 

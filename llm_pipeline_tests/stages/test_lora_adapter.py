@@ -183,3 +183,21 @@ def test_user_files_through_the_runner(tmp_path):
     train = _jsonl(res.output_dir / "sft_train.jsonl") + _jsonl(res.output_dir / "sft_eval.jsonl")
     assert len(train) == 20 and res.stats["derivation"] == "files"
     assert train[0]["prompt"].startswith("Define term") and train[0]["template"] == "file:sft.jsonl"
+
+
+def test_documents_only_trains_on_the_split_text_alone(pipeline, tmp_path):
+    res, out = _run(pipeline, tmp_path, examples_per_domain=0)
+    assert res.stats["derivation"] == "documents" and res.stats["examples"] == 0 and res.stats["eval_examples"] == 0
+    tokens = res.metadata["tokens"]
+    assert all(t["example_tokens"] == 0 and t["example_trained_tokens"] == 0 for t in tokens.values())
+    assert sum(t["trained_tokens"] for t in tokens.values()) > 0
+    assert all("text" in r for r in _jsonl(out / "sft_train.jsonl"))
+
+
+def test_documents_only_needs_the_documents():
+    from pydantic import ValidationError
+
+    from llm_pipeline.config import LoraAdapterConfig
+
+    with pytest.raises(ValidationError, match="nothing to train on"):
+        LoraAdapterConfig(examples_per_domain=0, corpus_text=False)
