@@ -31,6 +31,9 @@ builds one from public text this repository does not ship. The domain named by `
    budget trains nothing and is scored as the base model (reported as such).
 3. Every arm's model scores the held-out documents of every domain (the untrained one included): perplexity, bits
    per byte, and the change against base. Printed as a table, written to benchmarks/out/quality_bench.json.
+   `--eval-chars` characters of each document are scored, from its beginning or from `--eval-offset`; openings and
+   bodies differ (a PEP opens with a formulaic header), so scoring both says what an arm learned. `--rescore` trains
+   nothing and scores the adapters an earlier run left under `--work` on the slice given now.
 
 Targets (issue: quality): our perplexity reduction on the trained domains >= 2x TRL's best at the same budget, and
 the untrained domain no more than 2% worse than base.
