@@ -148,31 +148,6 @@ def _train_cfg(work: Path):
     return load_config(work / "train.yaml")
 
 
-class StepClock:
-    """A TrainerCallback that stops training once the wall-time budget is spent (a guard: the step count is chosen to
-    fit) and times each step (`.durations`), as the `lora_adapter` stage does for itself."""
-
-    def __new__(cls, budget: float | None):
-        from transformers import TrainerCallback
-
-        class _Clock(TrainerCallback):
-            def __init__(self):
-                self.started = self.last = None
-                self.durations = []
-
-            def on_train_begin(self, args, state, control, **kw):
-                self.started = self.last = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                now = time.perf_counter()
-                self.durations.append(now - self.last)
-                self.last = now
-                if budget is not None and now - self.started > budget:
-                    control.should_training_stop = True
-
-        return _Clock()
-
-
 def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -> dict:
     import torch
     from datasets import Dataset
@@ -205,19 +180,22 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
                       lr_scheduler_type="cosine")
     args = SFTConfig(**common)
     peft = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules, task_type="CAUSAL_LM")
-    clock = StepClock(budget)
+    from llm_pipeline.training import finetune
+
+    # As the lora_adapter stage: stopped by the clock once the budget is spent (a guard: the step count is chosen to
+    # fit), each step timed.
+    timer = finetune.step_timer_callback()
+    callbacks = [timer] + ([finetune.time_budget_callback(budget)] if budget is not None else [])
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft,
-                         callbacks=[clock])
+                         callbacks=callbacks)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     trainer.model.save_pretrained(out / "adapter")
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or None
-    from llm_pipeline.training.finetune import step_seconds
-
     return {"steps": trainer.state.global_step, "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
-            "tokens_seen": tokens, **step_seconds(clock.durations),
+            "tokens_seen": tokens, **finetune.step_seconds(timer.durations),
             "settings": {"precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"), "gradient_checkpointing": args.gradient_checkpointing,
                          "packing": args.packing, "max_length": args.max_length, "batch_size": args.per_device_train_batch_size,
                          "learning_rate": args.learning_rate, "threads": torch.get_num_threads()}}
