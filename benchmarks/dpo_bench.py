@@ -9,9 +9,10 @@ tokenized with the model's own tokenizer, or the prompt/chosen/rejected records 
 there are as many pairs as the run trains on (steps x batch: one epoch), so both reference passes score what is
 trained. Arms:
 
-- `ours`: `llm_pipeline.training.dpo_train` as the dpo_model stage uses it: pairs tokenized once, reference
-  log-probs computed once (no cache is read: it starts empty), one shared-prompt row per pair, length-grouped batches,
-  answer log-probs from vocabulary chunks (never the full logits of a batch);
+- `ours`: the dpo_model stage's training as it runs in one process (`training.dpo_loop`, which imports neither TRL nor
+  datasets): pairs tokenized once, reference log-probs computed once (no cache is read: it starts empty), one
+  shared-prompt row per pair, length-grouped batches, answer log-probs from vocabulary chunks (never the full logits of
+  a batch);
 - `trl_best`: `DPOTrainer` with what helps on a CPU: fp32 (on a CPU with native bf16, TRL in bf16 ran no faster,
   10.0-11.2 pairs/s against 10.6-11.1, and peaked ~250 MB higher), no gradient checkpointing, `precompute_ref_log_probs`
   (one reference pass instead of one per step), the adapter-disabled reference (no model copy), length-grouped
@@ -97,9 +98,7 @@ def _rss_callback(rss: dict):
 
 
 def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, threads: int | None, rss: dict) -> dict:
-    from trl import DPOConfig
-
-    from llm_pipeline.training import defaults, dpo_pairs, dpo_train, finetune
+    from llm_pipeline.training import defaults, dpo_loop, dpo_pairs, dpo_train, finetune
     from llm_pipeline.training.device import plan_device, torch_threads
 
     rss["rss_imports"] = round(peak_rss_mb())
@@ -108,27 +107,24 @@ def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, t
     model = _policy(model_dir)
     rss["rss_model"] = round(peak_rss_mb())
     counts = finetune.parameter_counts(model)
-    plan = plan_device("auto")
+    plan = plan_device("auto", varying_shapes=True)
     started = time.perf_counter()
     tokenized = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, max_length, Counter()) for p in pairs) if t]
     settings = defaults.choose("dpo", "lora", plan, counts["total_params"], 0, learning_rate=LR, cpu_threads=threads,
                                op_macs=defaults.projection_macs(model.config, dpo_train.pass_tokens(model.config, tokenized, batch, plan.device)))
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
     with torch_threads(settings.value("cpu_threads")):
-        ref_c, ref_r = dpo_train.reference_logps(model, tokenized, collator, batch * 2, "sft")
+        ref_c, ref_r = dpo_train.reference_logps(model, tokenized, collator, batch, "sft")
         for t, c, r in zip(tokenized, ref_c, ref_r):
             t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
         rss["rss_reference"] = round(peak_rss_mb())
-        args = DPOConfig(
-            **finetune.trainer_args(settings, work / "ours-work", max_steps=steps, batch_size=batch, seed=1234, report_to="none",
-                                    run_name="dpo-bench", eval_every=None, checkpoint_every=None, early_stopping=False),
-            beta=BETA, max_length=None, train_sampling_strategy="group_by_length", length_column_name="length",
-        )
-        args.save_strategy, args.eval_strategy = "no", "no"
-        trainer = dpo_train.make_trainer(model, tokenizer, args, tokenized, [], collator, [_rss_callback(rss)])
-        trainer.train()
+        # As the dpo_model stage runs it in one process (engine auto): the loop, with the stage's schedule.
+        loop = dpo_loop.LoopSettings(steps=steps, batch_size=batch, learning_rate=LR, warmup_steps=int(round(settings.value("warmup_ratio") * steps)),
+                                     beta=BETA, loss_type="sigmoid", seed=1234, eval_every=steps, checkpoint_every=steps, log_every=steps)
+        step_rss = lambda step: rss.setdefault("rss_step1", round(peak_rss_mb())) and False  # noqa: E731
+        result = dpo_loop.train(model, tokenized, [], collator, loop, plan, work / "ours-work", "dpo-bench", on_step=step_rss)
     seconds = time.perf_counter() - started
-    loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    loss = [e["loss"] for e in result.log if "loss" in e]
     return {"arm": "ours", "pairs": steps * batch, "seconds": round(seconds, 3), "final_loss": loss[-1] if loss else None,
             "threads": settings.value("cpu_threads")}
 

@@ -302,6 +302,9 @@ class DpoModelConfig(Section):
     rejected: Literal["other_document", "model_sample"] = "other_document"
     early_stopping_patience: int | None = Field(default=None, ge=1)
     merge: bool = False  # also export base + adapter merged under merged/
+    # What runs the steps: our plain loop in one process (no TRL or datasets import: less memory, faster start), TRL's
+    # DPOTrainer (with our batches and loss) under a multi-process launch; auto picks by the launch.
+    engine: Literal["auto", "loop", "trl"] = "auto"
 
 
 class EvalProbe(Section):

@@ -1,4 +1,4 @@
-"""Stage `dpo_model`: align the SFT model with DPO (TRL DPOTrainer), training the SFT adapter further.
+"""Stage `dpo_model`: align the SFT model with DPO, training the SFT adapter further.
 
     llm-pipeline stage dpo_model
 
@@ -6,7 +6,8 @@ The policy is the base checkpoint with the lora_adapter loaded trainable (or the
 reference is that same model, never a second copy: by default the SFT model as it is before the first update
 (`reference: sft`), or with its adapter disabled (`reference: base`); its log-probs are computed once per pair and
 cached with the dataset version (`training/ref_cache.py`). Each pair is one shared-prompt row (`dpo_pairs.py`) and
-batches are grouped by length. Pairs are the user's files (prompt/chosen/rejected, HH-RLHF transcripts or ShareGPT
+batches are grouped by length. One process trains with our loop (`training/dpo_loop.py`); a multi-process or
+DeepSpeed launch with TRL's DPOTrainer carrying the same rows and loss (`training/dpo_train.py`). Pairs are the user's files (prompt/chosen/rejected, HH-RLHF transcripts or ShareGPT
 conversations) or synthetic pairs from the corpus. The output adapter holds SFT+DPO and loads with
 `PeftModel.from_pretrained(base, <this folder>)`; `serving_manifest.json` names everything needed to serve it.
 """
@@ -18,6 +19,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
@@ -117,14 +119,98 @@ def load_policy(cfg: PipelineConfig, base_dir: Path, lora_dir: Path):
     raise finetune.FinetuneError(f"{lora_dir} holds neither a PEFT adapter nor a model; run lora_adapter first")
 
 
-def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    import torch
-    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback
+def choose_engine(engine: str) -> tuple[str, str]:
+    """Which trainer runs the steps, and why: our loop in one process, TRL's DPOTrainer under a multi-process launch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    multi = world > 1 or deepspeed
+    if engine == "loop" and multi:
+        raise finetune.FinetuneError("dpo_model.engine 'loop' trains in one process; under a multi-process or DeepSpeed "
+                                     "launch use engine 'auto' or 'trl'")
+    if engine != "auto":
+        return engine, "set in config"
+    if multi:
+        return "trl", f"{world} processes{' under DeepSpeed' if deepspeed else ''}: TRL's DPOTrainer (with our rows and loss) runs them"
+    return "loop", "one process: a plain loop with the same rows, loss and schedule, without importing TRL or datasets"
+
+
+@dataclass
+class Trained:
+    model: object
+    log: list
+    global_step: int
+    start_step: int
+    tokens: int
+    eval_metrics: dict
+    train_seconds: float
+    step_durations: list
+    resume_note: str = ""
+    deepspeed: bool = False
+    trainer: object = None
+
+
+def _schedule(dc) -> dict:
+    """Evaluation, checkpoint, log and warmup steps: the same for both engines (cf. finetune.trainer_args)."""
+    eval_every = max(1, -(-dc.max_steps // 3))
+    return {"eval_every": eval_every, "checkpoint_every": eval_every, "log_every": max(1, dc.max_steps // 20)}
+
+
+def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker) -> Trained:
+    from llm_pipeline.training import dpo_loop
+
+    dc = cfg.dpo_model
+    early = dc.early_stopping_patience is not None and bool(tok_held)
+    loop = dpo_loop.LoopSettings(
+        steps=dc.max_steps, batch_size=dc.batch_size, learning_rate=settings.value("learning_rate"),
+        warmup_steps=int(round(settings.value("warmup_ratio") * dc.max_steps)), beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed,
+        early_stopping_patience=dc.early_stopping_patience if early else None,
+        gradient_checkpointing=bool(settings.value("gradient_checkpointing")), **_schedule(dc),
+    )
+    t0 = time.perf_counter()
+    result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
+                            json.dumps(fingerprint, sort_keys=True), tracker)
+    return Trained(model=model, log=result.log, global_step=result.global_step, start_step=result.start_step,
+                   tokens=result.tokens_trained, eval_metrics=result.eval_metrics, train_seconds=time.perf_counter() - t0,
+                   step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "")
+
+
+def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker) -> Trained:
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import DPOConfig
 
     dc = cfg.dpo_model
+    resume = finetune.prepare_work_dir(work / "trainer", fingerprint)
+    early = dc.early_stopping_patience is not None and bool(tok_held)
+    args = DPOConfig(
+        **finetune.trainer_args(settings, work / "trainer", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to=report_to(cfg),
+                                run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early),
+        beta=dc.beta, loss_type=[dc.loss_type], max_length=None, precompute_ref_log_probs=False,
+        train_sampling_strategy="group_by_length", length_column_name="length",  # rows of similar length: little padding
+    )
+    if not tok_held:
+        args.eval_strategy = "no"
+    timer = finetune.step_timer_callback()
+    callbacks = [timer] + ([EarlyStoppingCallback(dc.early_stopping_patience)] if early else [])
+    trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - t0
+    eval_metrics = finetune.final_eval(trainer) if tok_held else {}
+    return Trained(model=trainer.model, log=trainer.state.log_history, global_step=trainer.state.global_step,
+                   start_step=int(Path(resume).name.split("-")[1]) if resume else 0, tokens=trainer._total_train_tokens,
+                   eval_metrics=eval_metrics, train_seconds=train_seconds, step_durations=timer.durations,
+                   resume_note=f"resumed from {Path(resume).name}" if resume else "",
+                   deepspeed=bool(getattr(trainer, "is_deepspeed_enabled", False)), trainer=trainer)
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    import torch
+    from transformers import AutoTokenizer
+
+    dc = cfg.dpo_model
     lora_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["base_checkpoint"])
-    plan = plan_device(dc.precision)
+    plan = plan_device(dc.precision, varying_shapes=True)
     seed_everything(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(lora_dir)
     if tokenizer.pad_token is None:
@@ -175,42 +261,32 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
     fingerprint = {"config": cfg.fingerprint("dpo_model", "lora_adapter"), "seed": cfg.seed, "model": identity,
                    "data": ref_cache.dataset_version(tok_train + tok_held)}
-    resume = finetune.prepare_work_dir(work / "trainer", fingerprint)
-    early = dc.early_stopping_patience is not None and bool(tok_held)
-    args = DPOConfig(
-        **finetune.trainer_args(settings, work / "trainer", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to=report_to(cfg),
-                                run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early),
-        beta=dc.beta, loss_type=[dc.loss_type], max_length=None, precompute_ref_log_probs=False,
-        train_sampling_strategy="group_by_length", length_column_name="length",  # rows of similar length: little padding
-    )
-    if not tok_held:
-        args.eval_strategy = "no"
-    callbacks = [EarlyStoppingCallback(dc.early_stopping_patience)] if early else []
-    trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
+    engine, why = choose_engine(dc.engine)
+    settings.set("engine", engine, why)
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
-        t0 = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
-        train_seconds = time.perf_counter() - t0
-        eval_metrics = finetune.final_eval(trainer) if tok_held else {}
-        pairs_seen = (trainer.state.global_step - (int(Path(resume).name.split("-")[1]) if resume else 0)) * dc.batch_size
-        summary = {"pairs_per_second": round(pairs_seen / train_seconds, 2) if train_seconds else None, "peak_rss_mb": peak_rss_mb(),
-                   "trainable_share": counts["trainable_share"]}
+        train_fn = _train_loop if engine == "loop" else _train_trl
+        trained = train_fn(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker)
+        pairs_seen = (trained.global_step - trained.start_step) * dc.batch_size
+        summary = {"pairs_per_second": round(pairs_seen / trained.train_seconds, 2) if trained.train_seconds else None,
+                   "peak_rss_mb": peak_rss_mb(), "trainable_share": counts["trainable_share"]}
         tracker.log(summary)
         tracker.summary(summary)
     seconds = time.perf_counter() - started
-    log = trainer.state.log_history
+    log, eval_metrics, train_seconds = trained.log, trained.eval_metrics, trained.train_seconds
+    if trained.resume_note:
+        settings.set("resumed", trained.resume_note, "checkpoints of this run (same config, data and model) are continued")
 
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        trainer.save_model(str(output_dir))  # gathers ZeRO-3 shards before writing
+    if trained.deepspeed:
+        trained.trainer.save_model(str(output_dir))  # gathers ZeRO-3 shards before writing
     else:
-        trainer.model.save_pretrained(output_dir)
+        trained.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_json(output_dir / "training_log.json", log)
     if dc.merge and method != "full":
-        finetune.merge_export(trainer.model, tokenizer, output_dir / "merged")
-    shutil.rmtree(work / "trainer", ignore_errors=True)  # the reference cache stays: it is keyed by data and model
+        finetune.merge_export(trained.model, tokenizer, output_dir / "merged")
+    for folder in ("trainer", "loop"):  # the reference cache stays: it is keyed by data and model
+        shutil.rmtree(work / folder, ignore_errors=True)
     write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, lora_dir, method))
 
     ev = lambda k: round(eval_metrics[k], 5) if k in eval_metrics else None  # noqa: E731
@@ -219,16 +295,16 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "first_train_loss": finetune.first_logged(log, "loss"), "train_loss": finetune.last_logged(log, "loss"),
         "rewards_accuracies": finetune.last_logged(log, "rewards/accuracies"), "rewards_margins": finetune.last_logged(log, "rewards/margins"),
         "eval_loss": ev("eval_loss"), "eval_rewards_accuracies": ev("eval_rewards/accuracies"), "eval_rewards_margins": ev("eval_rewards/margins"),
-        "steps": trainer.state.global_step, "learning_rate": settings.value("learning_rate"), "beta": dc.beta, "loss_type": dc.loss_type,
+        "steps": trained.global_step, "step_seconds": finetune.step_seconds(trained.step_durations)["step_seconds"], "learning_rate": settings.value("learning_rate"), "beta": dc.beta, "loss_type": dc.loss_type,
         "seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3), "reference_seconds": round(ref_seconds, 3),
         "pairs_per_second": summary["pairs_per_second"],
-        "tokens_per_second": round(trainer._total_train_tokens / train_seconds, 1) if train_seconds else None,
+        "tokens_per_second": round(trained.tokens / train_seconds, 1) if train_seconds else None,
         "peak_rss_mb": summary["peak_rss_mb"], "trainable_params": counts["trainable_params"], "trainable_share": counts["trainable_share"],
-        "precision": settings.value("precision"),
+        "precision": settings.value("precision"), "engine": engine,
     }
     write_json(output_dir / "training_summary.json", {  # for the eval report: settings, reasons and what was trained
         "settings": settings.as_metadata(), "dropped_pairs": dict(dropped), "pairs": len(tok_train), "steps": stats["steps"],
-        "seconds": stats["seconds"], "tokens_trained": trainer._total_train_tokens,
+        "seconds": stats["seconds"], "tokens_trained": trained.tokens,
     })
     sample = train[0]
     preview = (
