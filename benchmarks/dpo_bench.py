@@ -10,9 +10,10 @@ there are as many pairs as the run trains on (steps x batch: one epoch), so both
 trained. Arms:
 
 - `ours`: the dpo_model stage's training as it runs in one process (`training.dpo_loop`, which imports neither TRL nor
-  datasets): pairs tokenized once, reference log-probs computed once (no cache is read: it starts empty), one
-  shared-prompt row per pair, length-grouped batches, answer log-probs from vocabulary chunks (never the full logits of
-  a batch);
+  datasets): pairs tokenized once, reference log-probs computed once with the LoRA merged into the weights (no cache
+  is read: it starts empty), one shared-prompt row per pair, length-grouped batches, answer log-probs from vocabulary
+  chunks (never the full logits of a batch), the stage's precision (fp32 on a CPU: DPO rows vary in width) and passes
+  of a few rows on a CPU;
 - `trl_best`: `DPOTrainer` with what helps on a CPU: fp32 (on a CPU with native bf16, TRL in bf16 ran no faster,
   10.0-11.2 pairs/s against 10.6-11.1, and peaked ~250 MB higher), no gradient checkpointing, `precompute_ref_log_probs`
   (one reference pass instead of one per step), the adapter-disabled reference (no model copy), length-grouped
@@ -114,7 +115,7 @@ def ours(model_dir: Path, work: Path, steps: int, batch: int, max_length: int, t
                                op_macs=defaults.projection_macs(model.config, dpo_train.pass_tokens(model.config, tokenized, batch, plan.device)))
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
     with torch_threads(settings.value("cpu_threads")):
-        ref_c, ref_r = dpo_train.reference_logps(model, tokenized, collator, batch, "sft")
+        ref_c, ref_r = dpo_train.reference_logps(model, tokenized, collator, dpo_train.reference_batch_size(batch, plan.device), "sft")
         for t, c, r in zip(tokenized, ref_c, ref_r):
             t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
         rss["rss_reference"] = round(peak_rss_mb())

@@ -253,7 +253,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     with torch_threads(settings.value("cpu_threads")):
         ref_c, ref_r, cached = ref_cache.load_or_compute(
             work / "ref_logps", tok_train + tok_held, identity,
-            lambda pairs: dpo_train.reference_logps(model, pairs, collator, dc.batch_size * 2, dc.reference, autocast))
+            lambda pairs: dpo_train.reference_logps(model, pairs, collator, dpo_train.reference_batch_size(dc.batch_size, plan.device),
+                                                  dc.reference, autocast))
     ref_seconds = time.perf_counter() - started
     for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
         t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r

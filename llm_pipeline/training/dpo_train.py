@@ -72,6 +72,12 @@ def merged(model, enabled: bool = True) -> Iterator[None]:
         model.unmerge_adapter()
 
 
+def reference_batch_size(batch_size: int, device_type: str) -> int:
+    """Pairs per reference forward: twice the training batch on a GPU (no activations are kept), the training batch
+    on a CPU, where larger batches ran no faster and raised the peak."""
+    return batch_size * 2 if device_type == "cuda" else batch_size
+
+
 @torch.no_grad()
 def reference_logps(model, tokenized: list[dict], collator, batch_size: int, reference: str,
                     autocast_dtype: torch.dtype | None = None) -> tuple[list[float], list[float]]:
@@ -98,8 +104,9 @@ def reference_logps(model, tokenized: list[dict], collator, batch_size: int, ref
 # On a CPU a batch is trained in passes of a few rows whose saved activations stay under this many bytes: every
 # pair's loss depends on its own row only, so the passes' summed gradients are the batch's, and peak memory follows
 # one pass instead of the batch (a 135M model at batch 4 kept ~1.8 GB of activations for one step). Matmuls on a
-# CPU are nearly as fast on one or two ~200-token rows as on eight: with a small Llama (hidden 256) 48 MB (two rows)
-# peaked ~230 MB lower than whole batches of 8 for ~5% more time a step; one row at a time cost ~12% more time.
+# CPU are nearly as fast on two or three ~200-token rows as on eight: with a small Llama (hidden 256, fp32, 20 steps
+# of 8 pairs) whole batches peaked at 753 MB in 4.9 s, passes of three rows at 594 MB in 5.1 s, one row at a time at
+# 528 MB in 5.7 s. 48 MB takes two such rows.
 # A GPU runs the whole batch at once.
 PASS_ACTIVATION_BYTES = 48 * 2**20
 
