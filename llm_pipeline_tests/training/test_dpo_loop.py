@@ -163,3 +163,24 @@ def test_the_merged_reference_pass_equals_the_plain_one_and_restores_the_weights
         assert torch.allclose(value, dict(policy.named_parameters())[name], atol=1e-6), name
     policy.peft_config["default"].use_dora = True  # DoRA (and 4-bit or ZeRO-3 weights) run the plain pass
     assert not dpo_train.can_merge(policy)
+
+
+def test_gradient_checkpointing_takes_the_same_steps(base, tmp_path):
+    model, tok = base
+    pairs = _pairs(4)
+    collator = dpo_pairs.PairCollator(tok.pad_token_id)
+    plain, checkpointed = _policy(model), _policy(model)
+    dpo_loop.train(plain, pairs, [], collator, _settings(steps=2), FP32, tmp_path / "a", "fp")
+    dpo_loop.train(checkpointed, pairs, [], collator, _settings(steps=2, gradient_checkpointing=True), FP32, tmp_path / "b", "fp")
+    for name, value in _trainable(plain).items():
+        assert torch.allclose(value, _trainable(checkpointed)[name], atol=1e-6), name
+    assert not checkpointed.base_model.model.is_gradient_checkpointing  # switched off again for saving and serving
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_steps_run_under_autocast(base, tmp_path, precision):
+    """The GPU precisions' code paths (autocast; for fp16 a loss scaler) on the CPU, where torch supports both."""
+    model, tok = base
+    result = dpo_loop.train(_policy(model), _pairs(4), _pairs(2), dpo_pairs.PairCollator(tok.pad_token_id),
+                            _settings(steps=2), DevicePlan("cpu", precision, "test"), tmp_path / precision, "fp")
+    assert result.global_step == 2 and all(math.isfinite(e.get("loss", e.get("eval_loss"))) for e in result.log)
