@@ -7,8 +7,9 @@ reference is that same model, never a second copy: by default the SFT model as i
 (`reference: sft`), or with its adapter disabled (`reference: base`); its log-probs are computed once per pair and
 cached with the dataset version (`training/ref_cache.py`). Each pair is one shared-prompt row (`dpo_pairs.py`) and
 batches are grouped by length. One process trains with our loop (`training/dpo_loop.py`); a multi-process or
-DeepSpeed launch with TRL's DPOTrainer carrying the same rows and loss (`training/dpo_train.py`). Pairs are the user's files (prompt/chosen/rejected, HH-RLHF transcripts or ShareGPT
-conversations) or synthetic pairs from the corpus. The output adapter holds SFT+DPO and loads with
+DeepSpeed launch with TRL's DPOTrainer carrying the same rows and loss (`training/dpo_train.py`). Pairs are the
+user's files (prompt/chosen/rejected, HH-RLHF transcripts or ShareGPT conversations) or synthetic pairs from the
+corpus. The output adapter holds SFT+DPO and loads with
 `PeftModel.from_pretrained(base, <this folder>)`; `serving_manifest.json` names everything needed to serve it.
 """
 
@@ -149,22 +150,19 @@ class Trained:
     trainer: object = None
 
 
-def _schedule(dc) -> dict:
-    """Evaluation, checkpoint, log and warmup steps: the same for both engines (cf. finetune.trainer_args)."""
-    eval_every = max(1, -(-dc.max_steps // 3))
-    return {"eval_every": eval_every, "checkpoint_every": eval_every, "log_every": max(1, dc.max_steps // 20)}
-
-
 def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker) -> Trained:
     from llm_pipeline.training import dpo_loop
 
     dc = cfg.dpo_model
     early = dc.early_stopping_patience is not None and bool(tok_held)
+    # The schedule the Trainer would get (evaluations, checkpoints, logging, warmup), so both engines train alike.
+    args = finetune.trainer_args(settings, work / "loop", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to="none",
+                                 run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early)
     loop = dpo_loop.LoopSettings(
-        steps=dc.max_steps, batch_size=dc.batch_size, learning_rate=settings.value("learning_rate"),
-        warmup_steps=int(round(settings.value("warmup_ratio") * dc.max_steps)), beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed,
-        early_stopping_patience=dc.early_stopping_patience if early else None,
-        gradient_checkpointing=bool(settings.value("gradient_checkpointing")), **_schedule(dc),
+        steps=args["max_steps"], batch_size=dc.batch_size, learning_rate=args["learning_rate"], warmup_steps=args["warmup_steps"],
+        beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed, eval_every=args["eval_steps"], checkpoint_every=args["save_steps"],
+        log_every=args["logging_steps"], early_stopping_patience=dc.early_stopping_patience if early else None,
+        gradient_checkpointing=args["gradient_checkpointing"],
     )
     t0 = time.perf_counter()
     result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
