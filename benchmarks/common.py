@@ -13,23 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llm_pipeline.memory import peak_rss_mb  # noqa: E402,F401  (VmHWM: a child's own peak, not its parent's)
+
 OUT_DIR = Path(__file__).resolve().parent / "out"
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB: VmHWM, the high-water mark of its own memory map.
-
-    Not ru_maxrss: Linux carries a process's ru_maxrss across fork and exec, so a child started by a parent holding
-    500 MB reports at least 500 MB whatever it uses itself (every arm would share the parent's floor).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the closest figure there is
 
 
 def children_peak_rss_mb() -> float:

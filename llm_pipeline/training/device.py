@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_pipeline.memory import peak_rss_mb  # noqa: F401  (re-exported: the stages read it from here)
+
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -126,17 +128,8 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB: VmHWM (its own memory map's high-water mark) on Linux.
-    ru_maxrss is the fallback only: Linux carries it across fork and exec, so a process started by a large parent
-    (a Dagster run worker) would report the parent's size."""
-    import resource
-
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def autocast(plan: DevicePlan):
+    """The plan's mixed-precision context for a forward pass (nothing for fp32)."""
+    if plan.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=plan.device, dtype=plan.dtype)

@@ -20,7 +20,6 @@ seed alone, so a resumed run trains the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from llm_pipeline.training import checkpoints, dpo_pairs
-from llm_pipeline.training.device import DevicePlan
+from llm_pipeline.training.device import DevicePlan, autocast
 from llm_pipeline.training.dpo_train import dpo_loss, rows_per_pass
 
 MEGABATCH = 50  # length grouping as the Trainer's sampler: sort by length within runs of up to 50 batches of a shuffled order
@@ -118,19 +117,13 @@ class _Trainable:
                 params[n].copy_(value.to(params[n].device, params[n].dtype))
 
 
-def _autocast(plan: DevicePlan):
-    if plan.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=plan.device, dtype=plan.dtype)
-
-
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _pair_terms(model, part: dict, settings: LoopSettings, plan: DevicePlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair losses and the detached [6, B] terms the metrics are made of (as METRICS)."""
-    with _autocast(plan):
+    with autocast(plan):
         chosen, rejected, n_c, n_r = dpo_pairs.answer_logps(model, part)
     c_ratio = chosen - part["ref_chosen_logps"].to(chosen)
     r_ratio = rejected - part["ref_rejected_logps"].to(rejected)

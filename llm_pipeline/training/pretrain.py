@@ -15,7 +15,6 @@ checkpoints (all ranks write their shards under DeepSpeed) and saves the model.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from llm_pipeline.training import checkpoints
-from llm_pipeline.training.device import DevicePlan, seed_everything
+from llm_pipeline.training.device import DevicePlan, autocast, seed_everything
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, eval_batches
 from llm_pipeline.training.tracking import Tracker
 
@@ -102,12 +101,6 @@ def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimiz
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
-
-
-def autocast(plan: DevicePlan):
-    if plan.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=plan.device, dtype=plan.dtype)
 
 
 @torch.no_grad()
