@@ -22,13 +22,16 @@ builds one from public text this repository does not ship. The domain named by `
      length, learning rate and warmup;
    - `ours`: the `lora_adapter` stage with the config's settings and its device defaults;
    - `ours_text` (not run unless named in `--arms`): the same stage with `examples_per_domain: 0`, the train
-     documents alone as the TRL arms have them, no instruction examples.
-   A budget becomes a step count the same way for every arm: a short calibration run (`--calibration-steps`,
-   default 8, cut short by the budget) times each step, and the arm then trains floor(budget / seconds per step)
-   steps, a step's seconds being the median of the steps after the first (the first carries the warm-up: on a CPU it
-   took 2-3x a later one, and dividing by it planned arms that used 40% of their budget), with a schedule planned
-   for exactly those steps, stopped by the clock if it runs over. An arm none of whose steps finishes within the
-   budget trains nothing and is scored as the base model (reported as such).
+     documents alone as the TRL arms have them, no instruction examples;
+   - `trl_split` (not run unless named): `trl_best` with `packing_strategy: bfd_split`, which splits a document
+     longer than `max_length` into several rows instead of truncating it (every token of the split, as ours).
+   TRL takes a step count: a short calibration run (`--calibration-steps`, default 8, cut short by the budget)
+   times each of its steps, and the arm then trains floor(budget / seconds per step) steps, a step's seconds being
+   the median of the steps after the first (the first carries the warm-up: on a CPU it took 2-3x a later one), with
+   a schedule planned for exactly those steps, stopped by the clock if it runs over. The calibration's own time is not
+   counted. An arm none of whose steps finishes within the budget trains nothing and is scored as the base model
+   (reported as such). Ours is given the budget itself (`lora_adapter.max_train_seconds`): its schedule follows the
+   seconds spent and it stops before a step that would end past them (`llm_pipeline/training/budget.py`).
 3. Every arm's model scores the held-out documents of every domain (the untrained one included): perplexity, bits
    per byte, and the change against base. Printed as a table, written to benchmarks/out/quality_bench.json.
    `--eval-chars` characters of each document are scored, from its beginning or from `--eval-offset`; openings and
@@ -61,7 +64,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": 
                "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(_k, _v)
 
-ARMS = ("base", "trl_default", "trl_best", "ours", "ours_text")
+ARMS = ("base", "trl_default", "trl_best", "ours", "ours_text", "trl_split")
 CALIBRATION_STEPS = 8  # enough that the first step's warm-up (CUDA context, allocator) is a small share (--calibration-steps)
 TRL_DEFAULT_LR = 2e-5  # SFTConfig's own default in TRL 1.16, recorded for the table
 
@@ -168,7 +171,7 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
               "include_num_input_tokens_seen": True}  # counting only: the table's token column
     if device == "cpu":
         common["use_cpu"] = True  # SFTConfig refuses to start without a GPU otherwise
-    if arm == "trl_best":
+    if arm in ("trl_best", "trl_split"):
         from llm_pipeline.training import defaults
         from llm_pipeline.training.device import plan_device
 
@@ -177,7 +180,7 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
         common.update(bf16=plan.precision == "bf16", fp16=plan.precision == "fp16", gradient_checkpointing=False,
                       packing=True, max_length=lc.max_length, per_device_train_batch_size=lc.batch_size,
                       learning_rate=chosen.value("learning_rate"), warmup_steps=int(round(chosen.value("warmup_ratio") * steps)),
-                      lr_scheduler_type="cosine")
+                      lr_scheduler_type="cosine", **({"packing_strategy": "bfd_split"} if arm == "trl_split" else {}))
     args = SFTConfig(**common)
     peft = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules, task_type="CAUSAL_LM")
     from llm_pipeline.training import finetune
@@ -197,7 +200,7 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
     return {"steps": trainer.state.global_step, "train_seconds": round(seconds, 2), "final_loss": losses[-1] if losses else None,
             "tokens_seen": tokens, **finetune.step_seconds(timer.durations),
             "settings": {"precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"), "gradient_checkpointing": args.gradient_checkpointing,
-                         "packing": args.packing, "max_length": args.max_length, "batch_size": args.per_device_train_batch_size,
+                         "packing": args.packing, "packing_strategy": args.packing_strategy if args.packing else None, "max_length": args.max_length, "batch_size": args.per_device_train_batch_size,
                          "learning_rate": args.learning_rate, "threads": torch.get_num_threads()}}
 
 
@@ -206,9 +209,10 @@ def ours_arm(work: Path, steps: int, budget: float | None, out: Path, documents_
 
     cfg = _train_cfg(work)
     lc = cfg.lora_adapter
-    # The budget's step count; no evaluation or checkpoint inside `train()`, so the timing is of training, as for the
-    # TRL arms (the stage's own held-out evaluation runs after `train()`, outside the budget).
-    cfg.lora_adapter = lc.model_copy(update={"max_steps": steps, "eval_every": steps + 1, "checkpoint_every": steps + 1,
+    # The stage's own time budget (steps 0: no step cap; a calibration run caps it at its few steps); no evaluation
+    # or checkpoint inside `train()`, as for the TRL arms (the stage's held-out evaluation runs after `train()`).
+    never = 10**9
+    cfg.lora_adapter = lc.model_copy(update={"max_steps": steps or None, "eval_every": never, "checkpoint_every": never,
                                              "max_train_seconds": budget, **({"examples_per_domain": 0} if documents_only else {})})
     result = run_stage(cfg, "lora_adapter")
     summary = json.loads((cfg.data_path / "lora_adapter" / "training_summary.json").read_text(encoding="utf-8"))
@@ -218,7 +222,7 @@ def ours_arm(work: Path, steps: int, budget: float | None, out: Path, documents_
     s = result.stats
     return {"steps": s.get("steps"), "train_seconds": s.get("train_seconds"), "final_loss": s.get("train_loss"),
             "tokens_seen": s.get("tokens_trained"), "first_step_seconds": s.get("first_step_seconds"),
-            "step_seconds": s.get("step_seconds"),
+            "step_seconds": s.get("step_seconds"), "stopped_by": s.get("stopped_by"), "budget_spent_seconds": s.get("budget_spent_seconds"),
             "settings": {k: v["value"] for k, v in summary.get("settings", {}).items()}}
 
 
@@ -339,7 +343,7 @@ def summarise(rows: list[dict], untrained: str) -> dict:
         out[arm] = {"mean_ppl_reduction": round(sum(red) / len(red), 4),
                     "untrained_change": round(r["scores"][untrained]["perplexity"] / base[untrained]["perplexity"] - 1, 4)}
     for mine in ("ours", "ours_text"):
-        for ref in ("trl_best", "trl_default"):
+        for ref in ("trl_best", "trl_split", "trl_default"):
             if mine in out and ref in out:
                 theirs = out[ref]["mean_ppl_reduction"]
                 out[f"{mine}_vs_{ref}"] = round(out[mine]["mean_ppl_reduction"] / theirs, 2) if theirs > 0 else math.inf
@@ -383,7 +387,9 @@ def main() -> None:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
         steps = 0
-        if arm != "base" and not a.rescore:
+        # TRL takes a step count, so its arms get one from a calibration run (time a TRL user would spend too, not
+        # counted here); ours trains for the budget itself (lora_adapter.max_train_seconds).
+        if arm not in ("base", "ours", "ours_text") and not a.rescore:
             cal = run_arm(a, a.work, arm, a.calibration_steps, True, a.budget * 1.2 + load_allowance)
             if "error" in cal or not cal.get("train_seconds"):
                 rows.append({"arm": arm, "steps": 0, "note": f"calibration: {cal.get('error', 'no timing')}; trains nothing within the budget"})
@@ -416,7 +422,7 @@ def main() -> None:
     for arm, s in summary.items():
         if isinstance(s, dict):
             print(f"{arm:>12}: mean perplexity reduction on trained domains {s['mean_ppl_reduction']:+.1%}, untrained domain {s['untrained_change']:+.1%} vs base")
-    for k in ("ours_vs_trl_best", "ours_vs_trl_default", "ours_text_vs_trl_best", "ours_text_vs_trl_default"):
+    for k in [f"{m}_vs_{r}" for m in ("ours", "ours_text") for r in ("trl_best", "trl_split", "trl_default")]:
         if k in summary:
             print(f"{k}: {summary[k]}x the perplexity reduction (target >= 2x vs trl_best)")
     OUT_DIR.mkdir(exist_ok=True)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -242,9 +242,12 @@ class LoraAdapterConfig(Section):
     # Derived data: train-split documents as plain text (domain adaptation: every token of the split is packed into
     # training rows) alongside the instruction templates. Off = templates only.
     corpus_text: bool = True
-    max_steps: int = Field(default=60, ge=1)
-    # A wall-clock cap on training (seconds of `train()`): the run stops after the step that crosses it and saves the
-    # adapter as it is. None = no cap. The schedule is planned for max_steps, so set both for a budgeted run.
+    # Optimizer steps. None = 60, or no step cap when max_train_seconds is set (the budget alone ends the run).
+    max_steps: int | None = Field(default=None, ge=1)
+    # A training budget in seconds of `train()` ("train for 20 minutes"): warmup, cosine decay, evaluations and
+    # checkpoints are laid over the budget's seconds (or over max_steps, when set and further along), and training
+    # stops before a step that would end past it (llm_pipeline/training/budget.py); per adapter with per_domain.
+    # None = a run of max_steps.
     max_train_seconds: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, ge=1)
     max_length: int = Field(default=128, ge=8)
@@ -267,6 +270,15 @@ class LoraAdapterConfig(Section):
     eval_every: int | None = Field(default=None, ge=1)  # steps between evaluations; None = three per run
     checkpoint_every: int | None = Field(default=None, ge=1)  # None = at each evaluation; resume reads the latest
     merge: bool = False  # also export base + adapter merged (`merge_and_unload`) under merged/
+
+    DEFAULT_STEPS: ClassVar[int] = 60
+
+    @property
+    def step_cap(self) -> int | None:
+        """The steps a run may take: max_steps, else 60 without a time budget, else None (the budget ends it)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.max_train_seconds is not None else self.DEFAULT_STEPS
 
     @model_validator(mode="after")
     def _something_to_train(self) -> "LoraAdapterConfig":

@@ -33,7 +33,7 @@ STAGE = {"base": "base_checkpoint", "sft": "lora_adapter", "dpo": "dpo_model"}
 # Config fields shown beside the chosen settings: what shapes a step (the settings table says which were defaults).
 SHAPE_FIELDS = {
     "base": ("train_steps", "batch_size", "seq_len", "learning_rate", "lr_schedule", "warmup_ratio", "weight_decay", "grad_clip"),
-    "sft": ("method", "r", "alpha", "max_steps", "batch_size", "max_length"),
+    "sft": ("method", "r", "alpha", "max_steps", "max_train_seconds", "batch_size", "max_length"),
     "dpo": ("max_steps", "batch_size", "max_length", "beta", "loss_type"),
 }
 

@@ -70,10 +70,17 @@ def peft_config(lc: LoraAdapterConfig, method: str):
 
 
 def trainer_args(settings: Settings, work: Path, *, max_steps: int, batch_size: int, seed: int, report_to: str,
-                 run_name: str, eval_every: int | None, checkpoint_every: int | None, early_stopping: bool) -> dict[str, Any]:
-    """TrainingArguments fields shared by the SFT and DPO trainers."""
+                 run_name: str, eval_every: int | None, checkpoint_every: int | None, early_stopping: bool,
+                 budgeted: bool = False) -> dict[str, Any]:
+    """TrainingArguments fields shared by the SFT and DPO trainers. `budgeted`: a time budget lays the schedule,
+    evaluations and checkpoints over seconds (`budget.py`); `max_steps` is then a cap (`budget.BUDGET_STEP_CAP`: none)."""
+    from llm_pipeline.training.budget import BUDGET_STEP_CAP
+
     precision = settings.value("precision")
-    eval_steps = eval_every or max(1, -(-max_steps // 3))  # three held-out evaluations, the last at the final step
+    if budgeted:  # evaluations at shares of the budget, unless set in steps
+        eval_steps = eval_every or BUDGET_STEP_CAP
+    else:
+        eval_steps = eval_every or max(1, -(-max_steps // 3))  # three held-out evaluations, the last at the final step
     # Early stopping keeps the best checkpoint, which needs a save at every evaluation.
     save_steps = eval_steps if early_stopping else (checkpoint_every or eval_steps)
     checkpointing = bool(settings.value("gradient_checkpointing"))
@@ -84,8 +91,10 @@ def trainer_args(settings: Settings, work: Path, *, max_steps: int, batch_size: 
         "per_device_eval_batch_size": batch_size,
         "learning_rate": settings.value("learning_rate"),
         "lr_scheduler_type": "cosine",
-        "warmup_steps": int(round(settings.value("warmup_ratio") * max_steps)),
-        "logging_steps": max(1, max_steps // 20),
+        # Under a budget the scheduler follows the clock (warmup as a share of it) and the step count is unknown:
+        # every step is logged.
+        "warmup_steps": 0 if budgeted else int(round(settings.value("warmup_ratio") * max_steps)),
+        "logging_steps": 1 if budgeted and max_steps >= BUDGET_STEP_CAP else max(1, max_steps // 20),
         "eval_strategy": "steps",
         "eval_steps": eval_steps,
         "save_strategy": "steps",

@@ -21,7 +21,7 @@ from typing import Any
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import write_json
 from llm_pipeline.security import load_pretrained
-from llm_pipeline.training import defaults, finetune, sft_packing
+from llm_pipeline.training import budget, defaults, finetune, sft_packing
 from llm_pipeline.training.device import DevicePlan, peak_rss_mb, seed_everything, torch_threads
 from llm_pipeline.training.tracking import report_to, tracked_run
 
@@ -57,6 +57,16 @@ def make_trainer_class():
 
     class PackedSFTTrainer(SFTTrainer):
         use_plain_loss = True  # False for prompt-learning methods, whose forward adds virtual tokens
+        lr_factor = None  # under a time budget: the multiplier from the clock (budget.lr_factor_fn)
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_factor is None or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            from torch.optim.lr_scheduler import LambdaLR
+
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.lr_factor)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self.use_plain_loss:
@@ -159,9 +169,21 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
 
     collator = sft_packing.PackedCollator(pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, position_packing=position_packing)
     resume = finetune.prepare_work_dir(work, fingerprint)
+    cap = lc.step_cap
+    clock = None
+    if lc.max_train_seconds is not None:
+        clock = budget.Clock(lc.max_train_seconds, spent=budget.Clock.spent_in(resume))
+        settings.set("schedule", f"{lc.max_train_seconds:g} s budget" + (f", at most {cap} steps" if cap else ""),
+                     "max_train_seconds set in config: warmup, cosine decay, evaluations and checkpoints follow the share of the "
+                     "budget spent" + (" (or of max_steps, when further along)" if cap else "") + "; the run stops before a step "
+                     "that would end past it")
+    else:
+        settings.set("schedule", f"{cap} steps", "max_steps" + (" set in config" if lc.max_steps is not None else
+                     f" default ({lc.DEFAULT_STEPS}); set lora_adapter.max_train_seconds to train for a time instead"))
     args = SFTConfig(
-        **finetune.trainer_args(settings, work, max_steps=lc.max_steps, batch_size=lc.batch_size, seed=cfg.seed, report_to=report_to(cfg),
-                                run_name=f"{cfg.name}-lora_adapter-{tag}", eval_every=lc.eval_every, checkpoint_every=lc.checkpoint_every,
+        **finetune.trainer_args(settings, work, max_steps=cap or budget.BUDGET_STEP_CAP, batch_size=lc.batch_size, seed=cfg.seed,
+                                report_to=report_to(cfg), run_name=f"{cfg.name}-lora_adapter-{tag}", eval_every=lc.eval_every,
+                                checkpoint_every=lc.checkpoint_every, budgeted=clock is not None,
                                 early_stopping=lc.early_stopping_patience is not None and bool(eval_rows)),
         max_length=None,  # rows are already cut to lora_adapter.max_length
         packing=False,  # packed here, with documents kept apart
@@ -171,8 +193,10 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     if not eval_rows:
         args.eval_strategy = "no"
     callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
-    if lc.max_train_seconds is not None:
-        callbacks.append(finetune.time_budget_callback(lc.max_train_seconds))
+    budget_cb = None
+    if clock is not None:  # evaluations at shares of the budget unless eval_every sets them in steps
+        budget_cb = budget.budget_callback(clock, eval_fractions=(1 / 3, 2 / 3), evaluate=lc.eval_every is None and bool(eval_rows))
+        callbacks.append(budget_cb)
     timer = finetune.step_timer_callback()
     callbacks.append(timer)
     trainer = make_trainer_class()(
@@ -181,11 +205,16 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the log is saved to a file instead
     trainer.use_plain_loss = method != "prefix"
+    if clock is not None:
+        trainer.lr_factor = budget.lr_factor_fn(clock, cap, settings.value("warmup_ratio"))
     run_config = {**lc.model_dump(mode="json"), **settings.values(), "adapter": tag, "method_run": method}
     started = time.perf_counter()
     with tracked_run(cfg, f"lora_adapter-{tag}" if tag != "combined" else "lora_adapter", run_config) as tracker, torch_threads(settings.value("cpu_threads")):
+        if clock is not None:
+            clock.start()  # the budget is seconds of train(), the Trainer's own setup included
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.perf_counter() - started
+        budget_spent = round(clock.spent(), 3) if clock is not None else None
         eval_metrics = finetune.final_eval(trainer) if eval_rows else {}
         log = trainer.state.log_history
         steps_run = trainer.state.global_step - (int(Path(resume).name.split("-")[1]) if resume else 0)
@@ -229,6 +258,10 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         "eval_perplexity": round(math.exp(min(eval_metrics["eval_loss"], 50)), 3) if "eval_loss" in eval_metrics else None,
         **counts,
         "steps": trainer.state.global_step,
+        "stopped_by": ("budget" if budget_cb is not None and budget_cb.stopped_by_budget else
+                       "max_steps" if trainer.state.global_step >= (cap or budget.BUDGET_STEP_CAP) else "early_stopping"),
+        "budget_seconds": lc.max_train_seconds,
+        "budget_spent_seconds": budget_spent,
         "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
         "learning_rate": settings.value("learning_rate"),
         "seconds": round(seconds, 3),

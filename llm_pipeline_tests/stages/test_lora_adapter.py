@@ -148,21 +148,27 @@ def test_per_domain_adapters_and_merged_export(pipeline, tmp_path):
     assert m["adapters"][0]["merged"] == "merged" and set(res.stats["per_domain"]) == {"legal", "medicine"}
 
 
-def test_resumes_from_the_latest_checkpoint_after_a_crash(pipeline, tmp_path, monkeypatch):
+def _crash_at_batch(monkeypatch, n: int):
+    """Make the n-th training batch raise (a crash mid-run); returns a function that undoes it."""
     calls = {"n": 0}
     real = sft_packing.PackedCollator.__call__
 
     def crashing(self, rows):
         if rows[0]["split"] == "train":
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == n:
                 raise RuntimeError("simulated crash")
         return real(self, rows)
 
     monkeypatch.setattr(sft_packing.PackedCollator, "__call__", crashing)
+    return lambda: monkeypatch.setattr(sft_packing.PackedCollator, "__call__", real)
+
+
+def test_resumes_from_the_latest_checkpoint_after_a_crash(pipeline, tmp_path, monkeypatch):
+    undo = _crash_at_batch(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(pipeline, tmp_path, max_steps=3, checkpoint_every=1, eval_every=10)
-    monkeypatch.setattr(sft_packing.PackedCollator, "__call__", real)
+    undo()
     cfg, _ = pipeline
     saved = sorted(int(p.name.split("-")[1]) for p in (cfg.data_path / ".checkpoints" / "lora_adapter" / "combined").glob("checkpoint-*"))
     assert saved and saved[-1] in (1, 2)
@@ -201,3 +207,45 @@ def test_documents_only_needs_the_documents():
 
     with pytest.raises(ValidationError, match="nothing to train on"):
         LoraAdapterConfig(examples_per_domain=0, corpus_text=False)
+
+
+def test_a_time_budget_lays_the_schedule_over_its_seconds(pipeline, tmp_path):
+    res, out = _run(pipeline, tmp_path, max_steps=None, max_train_seconds=4.0)
+    s = res.stats
+    assert s["stopped_by"] == "budget" and s["budget_seconds"] == 4.0
+    assert s["steps"] > 3  # as many as the seconds allow, not the default 60 nor a guess
+    # Stopped before a step that would end past the budget (a step takes a fraction of a second here).
+    assert s["budget_spent_seconds"] <= 4.0 + 3 * s["step_seconds"] + 0.5
+    log = json.loads((out / "training_log.json").read_text())
+    rates = [e["learning_rate"] for e in log if "learning_rate" in e]
+    peak = res.metadata["settings"]["learning_rate"]["value"]
+    assert max(rates) > 0.8 * peak and rates[-1] < 0.1 * peak  # warmed up, then decayed to ~0 by the budget's end
+    evals = [e["step"] for e in log if "eval_loss" in e]
+    assert len(evals) >= 3 and evals[-1] == s["steps"]  # at a third, two thirds and the end of the budget
+    schedule = res.metadata["settings"]["schedule"]
+    assert schedule["value"].startswith("4 s budget") and "share of the budget" in schedule["reason"]
+
+
+def test_a_step_count_without_a_budget_says_so():
+    from llm_pipeline.config import LoraAdapterConfig
+
+    assert LoraAdapterConfig().step_cap == 60 and LoraAdapterConfig(max_steps=7).step_cap == 7
+    assert LoraAdapterConfig(max_train_seconds=30).step_cap is None
+    assert LoraAdapterConfig(max_train_seconds=30, max_steps=5).step_cap == 5
+
+
+def test_a_budgeted_run_resumes_with_the_seconds_left(pipeline, tmp_path, monkeypatch):
+    undo = _crash_at_batch(monkeypatch, 7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(pipeline, tmp_path, max_steps=None, max_train_seconds=6.0, checkpoint_every=3)
+    undo()
+    cfg, _ = pipeline
+    folder = cfg.data_path / ".checkpoints" / "lora_adapter" / "combined"
+    latest = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    spent = json.loads((latest / "budget_clock.json").read_text())["spent_seconds"]
+    assert 0 < spent < 6.0
+    res, _ = _run(pipeline, tmp_path / "again", max_steps=None, max_train_seconds=6.0, checkpoint_every=3)
+    s = res.stats
+    assert s["resumed_from_step"] == int(latest.name.split("-")[1]) and s["stopped_by"] == "budget"
+    assert s["budget_spent_seconds"] >= spent  # the earlier run's seconds count
+    assert s["train_seconds"] < 6.0 - spent + 3 * s["step_seconds"] + 1.0  # this run had only what was left

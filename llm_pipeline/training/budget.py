@@ -1,0 +1,158 @@
+"""A training budget in seconds: the schedule laid over wall time instead of a step count.
+
+    clock = Clock(1200.0, spent=Clock.spent_in(resume_checkpoint))
+    scheduler = LambdaLR(optimizer, lr_factor_fn(clock, max_steps=None, warmup=0.03))
+    trainer callbacks += [budget_callback(clock, eval_fractions=(1/3, 2/3))]
+
+"Train for twenty minutes" is how compute is usually given, and a step count only approximates it: a step's time
+depends on the machine, its load and the data, and a schedule planned for too many steps is cut before its learning
+rate decays (the adapter ends half-trained), one planned for too few leaves the rest of the budget unused. Here the
+schedule's progress is the share of the budget spent (or of `max_steps` taken, when a cap is set and is further
+along): warmup and cosine decay follow it, evaluations and checkpoints fall at fixed shares of it, and training stops
+before a step that would end past the budget. The clock counts only time inside training; it is saved with every
+checkpoint, so a resumed run goes on with what is left.
+
+A budgeted run's step count depends on the machine; the stage records it, and `max_steps` set to it (without the
+budget) repeats the run by steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+CLOCK_FILE = "budget_clock.json"  # in each checkpoint folder: seconds spent when it was written
+# The step a budget stops before is predicted from the median of the latest step times (the first, which carries the
+# warm-up, is left out once there are others): one slow step must not end a run early.
+RECENT_STEPS = 8
+
+
+def cosine_factor(progress: float, warmup: float) -> float:
+    """The learning-rate multiplier at `progress` (0..1) of a run: linear warmup over the first `warmup` share, then
+    cosine decay to zero at 1 (the shape of transformers' cosine schedule with warmup, in shares instead of steps)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
+
+
+class Clock:
+    """Seconds of training spent against a budget, across resumes."""
+
+    def __init__(self, budget_seconds: float, spent: float = 0.0):
+        if budget_seconds <= 0:
+            raise ValueError(f"a time budget must be positive, not {budget_seconds}")
+        self.budget = float(budget_seconds)
+        self._before = float(spent)  # spent by earlier runs this one resumes
+        self._started: float | None = None
+        self.step_times: list[float] = []
+        self._last: float | None = None
+
+    def start(self) -> None:
+        """Start counting (once: a caller that starts it before the trainer's own setup counts that setup too)."""
+        if self._started is None:
+            self._started = self._last = time.perf_counter()
+
+    def spent(self) -> float:
+        return self._before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def left(self) -> float:
+        return self.budget - self.spent()
+
+    def progress(self, step: int = 0, max_steps: int | None = None) -> float:
+        """Share of the run done: of the budget, or of the step cap when that is further along."""
+        by_time = self.spent() / self.budget
+        return max(by_time, step / max_steps) if max_steps else by_time
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_times.append(now - self._last)
+        self._last = now
+
+    def expected_step(self) -> float:
+        """What the next step should take: the median of the latest steps (the first left out once there are others)."""
+        times = self.step_times[1:] or self.step_times
+        if not times:
+            return 0.0
+        recent = sorted(times[-RECENT_STEPS:])
+        mid = len(recent) // 2
+        return recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+
+    def another_step_fits(self, reserve: float = 0.0) -> bool:
+        """Whether the next step, and then `reserve` seconds (the final evaluation and checkpoint), end within budget."""
+        return self.spent() + self.expected_step() + reserve <= self.budget
+
+    def save(self, folder: Path) -> None:
+        (folder / CLOCK_FILE).write_text(json.dumps({"spent_seconds": round(self.spent(), 3), "budget_seconds": self.budget}))
+
+    @staticmethod
+    def spent_in(checkpoint: str | Path | None) -> float:
+        """Seconds a checkpoint's run had spent (0 for none, or for a checkpoint written without a budget)."""
+        if checkpoint is None or not (Path(checkpoint) / CLOCK_FILE).exists():
+            return 0.0
+        return float(json.loads((Path(checkpoint) / CLOCK_FILE).read_text())["spent_seconds"])
+
+
+def lr_factor_fn(clock: Clock, max_steps: int | None, warmup: float):
+    """A LambdaLR function: the multiplier from the clock's progress (a plain function, so that the scheduler's saved
+    state holds only its step count, and a resumed run reads the clock from the checkpoint instead)."""
+
+    def factor(step: int) -> float:
+        return cosine_factor(clock.progress(step, max_steps), warmup)
+
+    return factor
+
+
+def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evaluate: bool = True):
+    """A TrainerCallback that starts the clock, evaluates and checkpoints at `eval_fractions` of the run and at its
+    end (when `evaluate`), saves the clock beside every checkpoint, and stops training before a step that would not
+    finish within the budget."""
+    from transformers import TrainerCallback
+
+    class BudgetCallback(TrainerCallback):
+        def __init__(self):
+            self.pending = sorted(eval_fractions)
+            self.stopped_by_budget = False
+            # What an evaluation and checkpoint took (measured at the first one): the final one must fit too.
+            self.eval_seconds = 0.0
+            self._eval_from: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.start()
+            done = clock.progress(state.global_step, args.max_steps if args.max_steps < BUDGET_STEP_CAP else None)
+            self.pending = [f for f in self.pending if f > done]  # a resumed run has passed some already
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_done()
+            cap = args.max_steps if args.max_steps < BUDGET_STEP_CAP else None
+            done = clock.progress(state.global_step, cap)
+            if not clock.another_step_fits(self.eval_seconds if evaluate else 0.0):
+                control.should_training_stop = True
+                self.stopped_by_budget = True
+            if evaluate and (control.should_training_stop or (self.pending and done >= self.pending[0]) or state.global_step >= args.max_steps):
+                control.should_evaluate = control.should_save = True
+                self.pending = [f for f in self.pending if f > done]
+                self._eval_from = time.perf_counter()
+            return control
+
+        def _evaluated(self) -> None:
+            if self._eval_from is not None:
+                self.eval_seconds = max(self.eval_seconds, time.perf_counter() - self._eval_from)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self._evaluated()
+
+        def on_save(self, args, state, control, **kwargs):
+            self._evaluated()
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                clock.save(folder)
+
+    return BudgetCallback()
+
+
+# The Trainer needs a step count; under a budget with no cap this one is never reached.
+BUDGET_STEP_CAP = 10**9

@@ -1,0 +1,66 @@
+"""The time-budget schedule: the cosine-with-warmup shape in shares of a run, the clock across resumes, and the
+prediction of whether another step fits."""
+
+import pytest
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from llm_pipeline.training import budget
+from llm_pipeline.training.budget import Clock, cosine_factor, lr_factor_fn
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 3, 10])
+def test_cosine_factor_is_the_transformers_schedule_in_shares(warmup_steps):
+    total = 100
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_cosine_schedule_with_warmup(opt, warmup_steps, total)
+    for step in range(total + 1):
+        expected = sched.lr_lambdas[0](step)
+        assert cosine_factor(step / total, warmup_steps / total) == pytest.approx(expected, abs=1e-9), step
+
+
+def test_cosine_factor_clamps_outside_the_run():
+    assert cosine_factor(-0.5, 0.1) == 0.0
+    assert cosine_factor(1.7, 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_factor(0.0, 0.0) == 1.0
+
+
+def test_the_expected_step_leaves_out_the_warm_up_and_one_slow_step():
+    clock = Clock(100.0)
+    clock.step_times = [5.0, 1.0, 1.1, 0.9, 9.0, 1.0]
+    assert clock.expected_step() == pytest.approx(1.0)
+    clock.step_times = [5.0]  # only the first so far
+    assert clock.expected_step() == 5.0
+
+
+def test_another_step_fits_only_within_the_budget():
+    clock = Clock(10.0, spent=8.5)
+    clock.step_times = [3.0, 1.0, 1.0]
+    assert clock.another_step_fits()  # 8.5 + 1.0 <= 10
+    clock.step_times = [3.0, 2.0, 2.0]
+    assert not clock.another_step_fits()
+
+
+def test_the_clock_resumes_from_a_checkpoint(tmp_path):
+    clock = Clock(60.0, spent=12.0)
+    clock.start()
+    clock.save(tmp_path)
+    spent = Clock.spent_in(tmp_path)
+    assert 12.0 <= spent < 13.0
+    assert Clock.spent_in(None) == 0.0 and Clock.spent_in(tmp_path / "none") == 0.0
+    assert Clock(60.0, spent=spent).left() == pytest.approx(60.0 - spent, abs=0.1)
+
+
+def test_progress_is_time_or_steps_whichever_is_further():
+    clock = Clock(100.0, spent=25.0)
+    assert clock.progress() == 0.25
+    assert clock.progress(step=10, max_steps=20) == 0.5  # the step cap is further along
+    assert clock.progress(step=1, max_steps=20) == 0.25
+    f = lr_factor_fn(clock, max_steps=20, warmup=0.0)
+    assert f(10) == pytest.approx(cosine_factor(0.5, 0.0))
+
+
+def test_a_budget_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        Clock(0)
+    assert budget.BUDGET_STEP_CAP > 10**6
