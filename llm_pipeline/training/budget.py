@@ -38,8 +38,27 @@ def cosine_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
 
 
+def rank_zero(values: list[float]) -> list[float]:
+    """Rank 0's values on every rank of a distributed run (one small broadcast), the values as they are otherwise.
+
+    Each process times its own steps; were each to follow its own clock, the ranks would set different learning rates
+    (and the replicas drift apart) and stop after different steps (and the next collective would hang)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
 class Clock:
-    """Seconds of training spent against a budget, across resumes."""
+    """Seconds of training spent against a budget, across resumes.
+
+    `step_done()` marks the end of a step: from then until the next mark, the schedule and the stop decision use the
+    seconds spent at that mark (rank 0's in a distributed run), so that every rank sets the same learning rate."""
 
     def __init__(self, budget_seconds: float, spent: float = 0.0):
         if budget_seconds <= 0:
@@ -49,6 +68,8 @@ class Clock:
         self._started: float | None = None
         self.step_times: list[float] = []
         self._last: float | None = None
+        self.marked = float(spent)  # seconds spent at the latest step end
+        self.must_stop = False  # set at a step end: the next step (and the reserve) would not fit
 
     def start(self) -> None:
         """Start counting (once: a caller that starts it before the trainer's own setup counts that setup too)."""
@@ -62,15 +83,18 @@ class Clock:
         return self.budget - self.spent()
 
     def progress(self, step: int = 0, max_steps: int | None = None) -> float:
-        """Share of the run done: of the budget, or of the step cap when that is further along."""
-        by_time = self.spent() / self.budget
+        """Share of the run done at the latest step end: of the budget, or of the step cap when further along."""
+        by_time = self.marked / self.budget
         return max(by_time, step / max_steps) if max_steps else by_time
 
-    def step_done(self) -> None:
+    def step_done(self, reserve: float = 0.0) -> None:
+        """Mark a step's end: time it, and decide whether another (and then `reserve` seconds) fits."""
         now = time.perf_counter()
         if self._last is not None:
             self.step_times.append(now - self._last)
         self._last = now
+        spent, stop = rank_zero([self.spent(), 0.0 if self.another_step_fits(reserve) else 1.0])
+        self.marked, self.must_stop = spent, stop > 0
 
     def expected_step(self) -> float:
         """What the next step should take: the median of the latest steps (the first left out once there are others)."""
@@ -126,10 +150,10 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             self.pending = [f for f in self.pending if f > done]  # a resumed run has passed some already
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock.step_done()
+            clock.step_done(self.eval_seconds if evaluate else 0.0)
             cap = args.max_steps if args.max_steps < BUDGET_STEP_CAP else None
             done = clock.progress(state.global_step, cap)
-            if not clock.another_step_fits(self.eval_seconds if evaluate else 0.0):
+            if clock.must_stop:
                 control.should_training_stop = True
                 self.stopped_by_budget = True
             if evaluate and (control.should_training_stop or (self.pending and done >= self.pending[0]) or state.global_step >= args.max_steps):
@@ -148,7 +172,7 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
         def on_save(self, args, state, control, **kwargs):
             self._evaluated()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if state.is_world_process_zero and folder.is_dir():  # rank 0 writes the checkpoint, and the clock beside it
                 clock.save(folder)
 
     return BudgetCallback()

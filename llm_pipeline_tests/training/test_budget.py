@@ -64,3 +64,44 @@ def test_a_budget_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         Clock(0)
     assert budget.BUDGET_STEP_CAP > 10**6
+
+
+def test_a_step_end_decides_whether_another_fits():
+    clock = Clock(10.0, spent=8.0)
+    clock.step_times = [3.0, 1.5]
+    clock.step_done(reserve=0.0)  # the first mark only starts timing here
+    assert clock.marked >= 8.0 and not clock.must_stop  # 8 + 1.5 <= 10
+    clock.step_done(reserve=5.0)
+    assert clock.must_stop  # the final evaluation's reserve would not fit
+
+
+def _rank(rank: int, world: int, init: str, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        clock = Clock(10.0, spent=4.0 + rank)  # each rank timed a different run so far
+        clock.step_times = [1.0, 0.5] if rank == 0 else [1.0, 9.0]  # and rank 1's steps look slow
+        clock.step_done()
+        out.put((rank, clock.marked, clock.must_stop, lr_factor_fn(clock, None, 0.0)(3)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_follows_rank_zeros_clock(tmp_path):
+    """Ranks that set different learning rates drift apart, and ranks that stop after different steps hang."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_rank, args=(r, 2, init, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    (_, marked0, stop0, lr0), (_, marked1, stop1, lr1) = results
+    assert marked0 == marked1 and 4.0 <= marked0 < 5.0  # rank 0's seconds, not rank 1's 5+
+    assert stop0 is stop1 is False  # rank 1 alone would have stopped (5 + 9 > 10)
+    assert lr0 == lr1
