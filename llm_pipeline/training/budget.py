@@ -23,6 +23,8 @@ import math
 import time
 from pathlib import Path
 
+from llm_pipeline.io import write_json
+
 CLOCK_FILE = "budget_clock.json"  # in each checkpoint folder: seconds spent when it was written
 # The step a budget stops before is predicted from the median of the latest step times (the first, which carries the
 # warm-up, is left out once there are others): one slow step must not end a run early.
@@ -110,7 +112,7 @@ class Clock:
         return self.spent() + self.expected_step() + reserve <= self.budget
 
     def save(self, folder: Path) -> None:
-        (folder / CLOCK_FILE).write_text(json.dumps({"spent_seconds": round(self.spent(), 3), "budget_seconds": self.budget}))
+        write_json(folder / CLOCK_FILE, {"spent_seconds": round(self.spent(), 3), "budget_seconds": self.budget})
 
     @staticmethod
     def spent_in(checkpoint: str | Path | None) -> float:
