@@ -28,7 +28,7 @@ builds one from public text this repository does not ship. The domain named by `
    TRL takes a step count: a short calibration run (`--calibration-steps`, default 8, cut short by the budget)
    times each of its steps, and the arm then trains floor(budget / seconds per step) steps, a step's seconds being
    the median of the steps after the first (the first carries the warm-up: on a CPU it took 2-3x a later one), with
-   a schedule planned for exactly those steps, stopped by the clock if it runs over. The calibration's own time is not
+   a schedule planned for exactly those steps, stopped by the clock before a step that would end past the budget. The calibration's own time is not
    counted. An arm none of whose steps finishes within the budget trains nothing and is scored as the base model
    (reported as such). Ours is given the budget itself (`lora_adapter.max_train_seconds`): its schedule follows the
    seconds spent and it stops before a step that would end past them (`llm_pipeline/training/budget.py`).
@@ -183,12 +183,13 @@ def trl_arm(work: Path, arm: str, steps: int, budget: float | None, out: Path) -
                       lr_scheduler_type="cosine", **({"packing_strategy": "bfd_split"} if arm == "trl_split" else {}))
     args = SFTConfig(**common)
     peft = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules, task_type="CAUSAL_LM")
+    from llm_pipeline.training import budget as time_budget
     from llm_pipeline.training import finetune
 
-    # As the lora_adapter stage: stopped by the clock once the budget is spent (a guard: the step count is chosen to
-    # fit), each step timed.
+    # Stopped by the clock as the lora_adapter stage is, before a step that would end past the budget (a guard: the
+    # step count is chosen to fit; the schedule stays TRL's, planned for that count), each step timed.
     timer = finetune.step_timer_callback()
-    callbacks = [timer] + ([finetune.time_budget_callback(budget)] if budget is not None else [])
+    callbacks = [timer] + ([time_budget.budget_callback(time_budget.Clock(budget), evaluate=False)] if budget is not None else [])
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, peft_config=peft,
                          callbacks=callbacks)
     started = time.perf_counter()

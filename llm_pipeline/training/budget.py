@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -101,11 +102,7 @@ class Clock:
     def expected_step(self) -> float:
         """What the next step should take: the median of the latest steps (the first left out once there are others)."""
         times = self.step_times[1:] or self.step_times
-        if not times:
-            return 0.0
-        recent = sorted(times[-RECENT_STEPS:])
-        mid = len(recent) // 2
-        return recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+        return statistics.median(times[-RECENT_STEPS:]) if times else 0.0
 
     def another_step_fits(self, reserve: float = 0.0) -> bool:
         """Whether the next step, and then `reserve` seconds (the final evaluation and checkpoint), end within budget."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -201,26 +202,4 @@ def step_seconds(durations: list[float]) -> dict:
     """The first step's time and the median of the rest: what a step costs once warm, for planning a time budget."""
     if not durations:
         return {"first_step_seconds": None, "step_seconds": None}
-    rest = sorted(durations[1:]) or durations[:1]
-    mid = len(rest) // 2
-    median = rest[mid] if len(rest) % 2 else (rest[mid - 1] + rest[mid]) / 2
-    return {"first_step_seconds": round(durations[0], 3), "step_seconds": round(median, 3)}
-
-
-def time_budget_callback(seconds: float):
-    """A TrainerCallback that ends training after the step during which `seconds` of `train()` have passed."""
-    import time
-
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        started: float | None = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.started is not None and time.perf_counter() - self.started >= seconds:
-                control.should_training_stop = True
-
-    return TimeBudget()
+    return {"first_step_seconds": round(durations[0], 3), "step_seconds": round(statistics.median(durations[1:] or durations[:1]), 3)}
