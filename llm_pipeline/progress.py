@@ -57,7 +57,7 @@ class Update:
     final: bool = False
 
     def line(self) -> str:
-        count = f"{self.unit} {self.done:,}/{self.total:,}" if self.total else f"{self.done:,} {self.unit}"
+        count = f"{self.unit} {self.done:,}/{self.total:,}" if self.total else f"{self.done:,} {self.unit}s"
         parts = [f"{self.label}: {count}"]
         for name, value in self.figures.items():
             parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
