@@ -30,3 +30,28 @@ _OFFLINE_DEFAULTS = {
 }
 for _key, _value in _OFFLINE_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
+
+# Notices that libraries address to developers (FutureWarning/DeprecationWarning raised from library code or from
+# our calls into it) would interleave with the run's own progress lines, which the people running it read. They
+# still show under pytest (it re-enables DeprecationWarning) and with `python -W default`.
+import logging as _logging  # noqa: E402
+import warnings as _warnings  # noqa: E402
+
+_LIBRARIES = (r"(transformers|trl|peft|accelerate|torch|datasets|deepspeed|huggingface_hub|tokenizers|safetensors"
+              r"|great_expectations|dagster|wandb|presidio_analyzer|spacy|llm_pipeline)(\.|$)")
+for _category in (FutureWarning, DeprecationWarning):
+    _warnings.filterwarnings("ignore", category=_category, module=_LIBRARIES)
+
+
+class _DropNotices(_logging.Filter):
+    """DeepSpeed logs "Setting accelerator to CPU ..." at WARNING on import, on every machine without a GPU: a fact
+    about the machine that the run's device plan already reports, not a problem."""
+
+    NOTICES = ("Setting accelerator to",)
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+# A filter on the logger object outlives DeepSpeed's own setup of it (setLevel, handlers) when it is imported later.
+_logging.getLogger("DeepSpeed").addFilter(_DropNotices())

@@ -29,19 +29,54 @@ def _load(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    _default_dagster_home()
-    import dagster as dg  # the Dagster layer is only imported for this command
-
-    from llm_pipeline.defs.local_run import materialize_steps, plan
-    from llm_pipeline.defs.resources import PipelineConfigResource
+    from llm_pipeline.defs.local_run import plan
 
     select = [s for s in (args.select or "").split(",") if s] or None
     steps = plan(cfg, select, args.partition)
+    return _materialize(args, cfg, steps)
+
+
+def _materialize(args: argparse.Namespace, cfg, steps) -> int:
+    """Run the steps through Dagster in the instance of the run's data dir (llm_pipeline/defs/instance.py)."""
+    from llm_pipeline.preflight import model_problems
+
+    if any(s.asset in MODEL_STAGES for s in steps):
+        # A base model that cannot be found would stop the run at base_checkpoint, after the whole curation.
+        problems = model_problems(cfg)
+        if problems:
+            for problem in problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 2
+        _quiet_training_imports()
+    from llm_pipeline.defs.instance import InstanceError, open_instance
+    from llm_pipeline.defs.local_run import materialize_steps
+    from llm_pipeline.defs.resources import PipelineConfigResource
+
     resource = PipelineConfigResource(config_path=str(args.config), data_dir=args.data_dir)
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    try:
+        instance, note = open_instance(cfg)
+    except InstanceError as exc:  # the instance is the operator's to fix: a traceback would not help them
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with instance:
-        ok = materialize_steps(cfg, resource, steps, instance)
+        ok = materialize_steps(cfg, resource, steps, instance, instance_note=note)
     return 0 if ok else 1
+
+
+MODEL_STAGES = {"tokenizer", "base_checkpoint", "lora_adapter", "dpo_model", "eval_report"}
+
+
+def _quiet_training_imports() -> None:
+    """transformers prints "[INFO] Running in WANDB offline mode" with a bare print when its integrations module is
+    first imported; import it here with stdout held, so the line never lands between the run's progress lines."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            import transformers.integrations.integration_utils  # noqa: F401
+        except ImportError:
+            pass
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
@@ -67,27 +102,15 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
             return 1
         return 0
     # No webserver: run the same backfill in-process, domain partitions stage by stage, then what is downstream.
-    import dagster as dg
-
-    from llm_pipeline.defs.local_run import Step, materialize_steps
-    from llm_pipeline.defs.resources import PipelineConfigResource
+    from llm_pipeline.defs.local_run import Step
     from llm_pipeline.stages import ORDER, STAGES
 
-    _default_dagster_home()
     steps = []
     for name in ORDER:
         if select and name not in select:
             continue
         steps += [Step(name, d) for d in domains] if STAGES[name].partitioned else [Step(name, None)]
-    resource = PipelineConfigResource(config_path=str(args.config), data_dir=args.data_dir)
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    with instance:
-        return 0 if materialize_steps(cfg, resource, steps, instance) else 1
-
-
-def _default_dagster_home() -> None:
-    if not os.environ.get("DAGSTER_HOME") and Path("dagster.yaml").exists():
-        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+    return _materialize(args, cfg, steps)
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -109,11 +132,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
+    from llm_pipeline import progress
     from llm_pipeline.runner import StageInputError, run_stage
 
     cfg = _load(args)
+    if args.asset in MODEL_STAGES:
+        _quiet_training_imports()
     try:
-        result = run_stage(cfg, args.asset, args.domain)
+        # stdout is the JSON summary (dvc.yaml's stages read it); progress lines go to stderr.
+        with progress.sink(lambda update: print(update.line(), file=sys.stderr, flush=True)):
+            result = run_stage(cfg, args.asset, args.domain)
     except (StageInputError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -153,7 +181,14 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from llm_pipeline.preflight import preflight
+
     cfg = _load(args)
+    problems = preflight(cfg)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{args.config}: ok; domains: {', '.join(cfg.domain_names)}; data_dir: {cfg.data_path}")
     return 0
 
@@ -225,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
 
 
 if __name__ == "__main__":

@@ -222,6 +222,15 @@ class BaseCheckpointConfig(Section):
             raise ValueError(f"domain_ratio {self.domain_ratio} < 1 needs general_data to fill the other share")
         return self
 
+    @model_validator(mode="after")
+    def _shape(self) -> "BaseCheckpointConfig":
+        # A model built from config: its shape must be buildable, found here rather than after curation.
+        if self.source == "scratch" and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if self.source == "scratch" and self.seq_len > self.max_positions:
+            raise ValueError(f"seq_len {self.seq_len} exceeds max_positions {self.max_positions}")
+        return self
+
 
 class LoraAdapterConfig(Section):
     """Supervised fine-tuning (lora_adapter). Settings left at None are chosen per device and method, and the chosen
@@ -446,6 +455,20 @@ class PipelineConfig(Section):
                 raise ValueError(f"domain name {name!r} must match {DOMAIN_NAME.pattern} (it becomes a folder and a partition key)")
         return value
 
+    @model_validator(mode="after")
+    def _tokenizer_matches_model(self) -> "PipelineConfig":
+        # The config alone shows these, so they stop the load, not the base_checkpoint stage after curation.
+        source, mode = self.base_checkpoint.source, self.tokenizer.mode
+        if mode == "train" and source != "scratch":
+            raise ValueError(
+                f"tokenizer.mode is 'train' but base_checkpoint.source is {source!r}: a freshly trained vocabulary does "
+                "not match the pretrained embeddings; use tokenizer.mode 'extend'")
+        if mode == "extend" and not self.tokenizer.base_model and source == "scratch":
+            raise ValueError(
+                "tokenizer.mode is 'extend' but tokenizer.base_model is not set and base_checkpoint.source is 'scratch': "
+                "name the tokenizer to extend (a local folder or hub id), or a pretrained base model")
+        return self
+
     # -- helpers
     @property
     def domain_names(self) -> list[str]:
@@ -471,12 +494,14 @@ class PipelineConfig(Section):
 def _format_errors(path: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         else:
-            msg = e["msg"]
-        lines.append(f"{path}: {key}: {msg}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's ValueError
+        lines.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
+    if len(lines) == 1:  # the common case: one mistake, one line
+        return f"invalid config: {lines[0]}"
     return "invalid config\n  " + "\n  ".join(lines)
 
 
@@ -499,7 +524,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, root:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{shown}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{shown}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{shown}: the top level must be a mapping of sections")
     for key, value in (overrides or {}).items():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from llm_pipeline import progress
 from llm_pipeline.config import ConfigError, PipelineConfig
 from llm_pipeline.defs.automation import SOURCES
 from llm_pipeline.defs.checks import CHECKS, check_results
@@ -17,6 +18,18 @@ from llm_pipeline.defs.metadata import result_metadata
 from llm_pipeline.defs.resources import PipelineConfigResource
 from llm_pipeline.runner import StageInputError, run_stage
 from llm_pipeline.stages import STAGES, Stage
+from llm_pipeline.stages.raw_corpus import SourceError
+
+
+def permanent_errors() -> tuple[type[Exception], ...]:
+    """Errors that say the config, the inputs or this machine must change: a retry would fail the same way, after
+    waiting out the backoff. Imported here, not at module level, so loading the definitions stays light."""
+    from llm_pipeline.training.finetune import FinetuneError
+    from llm_pipeline.training.model_source import ModelSourceError
+    from llm_pipeline.training.preference_data import PreferenceDataError
+    from llm_pipeline.training.sft_data import SftDataError
+
+    return (StageInputError, ConfigError, SourceError, ModelSourceError, FinetuneError, SftDataError, PreferenceDataError)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 GROUPS = {
@@ -67,8 +80,10 @@ def _make_asset(stage: Stage, partitions: dg.PartitionsDefinition, cfg: Pipeline
         domain = context.partition_key if stage.partitioned else None
         context.log.info(f"running stage {stage.name}" + (f" for domain {domain}" if domain else ""))
         try:
-            result = run_stage(cfg, stage.name, domain)
-        except (StageInputError, ConfigError) as exc:
+            # Progress lines of long stages (training steps, curated documents) go to the run's log as they come.
+            with progress.sink(lambda update: context.log.info(update.line())):
+                result = run_stage(cfg, stage.name, domain)
+        except permanent_errors() as exc:
             # Not transient: retrying cannot help, so fail at once with the message a person needs.
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         return dg.MaterializeResult(

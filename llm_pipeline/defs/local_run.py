@@ -16,12 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from llm_pipeline import progress as stage_progress
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.defs.assets import build_assets
 from llm_pipeline.defs.resources import PipelineConfigResource
 from llm_pipeline.stages import ORDER, STAGES
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Dagster's console logger would print each failure again with its stack trace; the run's event log (the UI) keeps
+# everything, and this display prints the one line a person needs.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -68,7 +71,11 @@ def _failure_message(data) -> str:
     err = getattr(data, "error", None)
     while err is not None and err.cause is not None:
         err = err.cause
-    return err.message.strip() if err is not None else "(no error message)"
+    if err is None:
+        return "(no error message)"
+    # An unexpected error: its type and first line; the whole stack trace is in the run's event log.
+    lines = [ln.strip() for ln in err.message.splitlines() if ln.strip()]
+    return lines[0] if lines else err.cls_name or "(no error message)"
 
 
 def group_runs(steps: list[Step]) -> list[tuple[str | None, list[str]]]:
@@ -89,8 +96,9 @@ def group_runs(steps: list[Step]) -> list[tuple[str | None, list[str]]]:
 
 
 def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, steps: list[Step], instance: dg.DagsterInstance,
-                      console: Console | None = None) -> bool:
-    console = console or Console()
+                      console: Console | None = None, instance_note: str | None = None) -> bool:
+    # soft_wrap: a line longer than the terminal stays one line (an error message must survive a copy or a grep).
+    console = console or Console(soft_wrap=True)
     assets = build_assets(cfg)
     ok = True
     done: list[tuple[str, str | None]] = []
@@ -98,15 +106,20 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("materializing", total=len(steps))
+
+        def show(update: stage_progress.Update) -> None:
+            progress.console.print(f"  [dim]{escape(update.line())}[/dim]", soft_wrap=True)
+
         for partition, names in group_runs(steps):
             labels = {n: escape(n + (f"[{partition}]" if partition else "")) for n in names}
             progress.update(task, description=f"materializing {', '.join(labels.values())}")
             t0 = time.perf_counter()
-            result = dg.materialize(
-                assets, selection=dg.AssetSelection.assets(*names), partition_key=partition, instance=instance,
-                resources={"pipeline": resource}, raise_on_error=False, run_config=QUIET,
-                tags={"llm_pipeline/launched_by": "cli"},
-            )
+            with stage_progress.sink(show):
+                result = dg.materialize(
+                    assets, selection=dg.AssetSelection.assets(*names), partition_key=partition, instance=instance,
+                    resources={"pipeline": resource}, raise_on_error=False, run_config=QUIET,
+                    tags={"llm_pipeline/launched_by": "cli"},
+                )
             seconds = time.perf_counter() - t0
             step_seconds = {ev.step_key: ev.event_specific_data.duration_ms / 1000 for ev in result.all_events
                             if ev.event_type_value == "STEP_SUCCESS" and ev.step_key}
@@ -116,25 +129,28 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 if name not in step_seconds or not mats:
                     continue
                 stats = {k: v.value for k, v in mats[-1].metadata.items() if hasattr(v, "value")}
-                progress.console.print(f"[green]✓[/green] {labels[name]:33s} {step_seconds[name]:6.1f}s  {_headline(stats)}")
+                progress.console.print(f"[green]✓[/green] {labels[name]:33s} {step_seconds[name]:6.1f}s  {_headline(stats)}", soft_wrap=True)
                 progress.advance(task)
                 done.append((name, partition))
             if not result.success:
                 ok = False
                 errors = [_failure_message(ev.event_specific_data) for ev in result.all_events
                           if ev.event_type_value == "STEP_FAILURE" and ev.event_specific_data]
-                failed = ", ".join(labels[n] for n in names if (n, partition) not in done)
-                progress.console.print(f"[red]✗ {failed} failed after {seconds:.1f}s[/red]\n  " + "\n  ".join(errors or ["(no error message)"]))
+                failed = [labels[n] for n in names if (n, partition) not in done]
+                # One line per failure: the step that failed and why (the first failed step; the rest did not run).
+                for error in dict.fromkeys(errors or ["(no error message)"]):
+                    progress.console.print(f"[red]✗ {failed[0] if failed else 'run'} failed after {seconds:.1f}s: {escape(error)}[/red]", soft_wrap=True)
                 break
             if failed_checks:
                 ok = False
                 names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)
-                progress.console.print(f"[red]✗ blocking check failed ({names_failed}); downstream assets not run[/red]")
+                progress.console.print(f"[red]✗ blocking check failed ({names_failed}); downstream assets not run[/red]", soft_wrap=True)
                 break
     if done:
         from llm_pipeline.dvc_record import record
 
         console.print(record(cfg, done))
     verdict = "done" if ok else "stopped"
-    console.print(f"{verdict} in {time.perf_counter() - started:.1f}s; runs are in the Dagster instance ({instance.root_directory})")
+    where = instance_note or f"the Dagster instance at {instance.root_directory}"
+    console.print(f"{verdict} in {time.perf_counter() - started:.1f}s; runs are in {where}", soft_wrap=True)
     return ok

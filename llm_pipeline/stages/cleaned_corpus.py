@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from llm_pipeline import progress
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.curation.cleaning import clean_document
 from llm_pipeline.curation.filters import C4Lines, Doc, build_filters, first_failure
@@ -119,6 +120,7 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
         open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
         open(output_dir / "quarantine.jsonl", "w", encoding="utf-8") as quarantine_f,
     ):
+        meter = progress.meter(f"cleaned_corpus[{domain}]", total=_raw_kept(inputs["raw_corpus"]), unit="doc")
         for batch in iter_batches(inputs["raw_corpus"], columns=columns, batch_size=ccfg.batch_size):
             survivors: list[dict | None] = []  # kept documents in input order; None until redacted
             fresh: list[tuple[int, str, dict]] = []  # (slot, cache key, cleaned record) still to redact
@@ -169,7 +171,17 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
                 n.pii.update(counts)
                 if counts and len(samples) < PREVIEW_SAMPLES:
                     samples.append(r)
+            meter.update(n.documents_in, kept=n.documents_kept)
+        meter.close(kept=n.documents_kept)
     return n, samples
+
+
+def _raw_kept(folder: Path) -> int | None:
+    """Documents raw_corpus kept (its stats.json), for progress' total; None when unknown."""
+    try:
+        return int(json.loads((folder / "stats.json").read_text())["documents_kept"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:

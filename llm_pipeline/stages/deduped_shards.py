@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from llm_pipeline import progress
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.curation.dedup import (
     SIGNATURE_SCHEME,
@@ -125,6 +126,14 @@ def _embed_rows(embedder, src: Path, rows: list[int]) -> np.ndarray:
     return vectors
 
 
+def _upstream_kept(folder: Path) -> int | None:
+    """Documents the upstream stage kept (its stats.json), for progress' total; None when unknown."""
+    try:
+        return int(json.loads((folder / "stats.json").read_text())["documents_kept"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     dcfg = cfg.deduped_shards
     src = inputs["cleaned_corpus"]
@@ -137,6 +146,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     hash_list: list[int] = []
     sig_blocks: list[np.ndarray] = []
     bytes_in = 0
+    meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
     for batch in iter_batches(src, columns=["id", "text"], batch_size=READ_BATCH):
         texts = [r["text"] or "" for r in batch]
         ids.extend(r["id"] for r in batch)
@@ -144,6 +154,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if need_sigs:
             sig_blocks.append(hasher.signatures(texts))
+        meter.update(len(ids))
+    meter.close()
     n = len(ids)
     hashes = np.array(hash_list, dtype=np.uint64)
     sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, dcfg.num_perm if need_sigs else 0), dtype=np.uint32)

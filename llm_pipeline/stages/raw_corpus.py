@@ -9,11 +9,16 @@ format, bytes`` (raw text: HTML keeps its markup for the cleaning stage), and ``
 its source's ``max_document_bytes`` (``document_too_large``, refused before it is read whole, so memory stays
 bounded) and a path that resolves outside the config's allowed roots (``path_outside_root``, see
 llm_pipeline.security).
+
+Two things stop the stage instead (a `SourceError` naming the path and the reason): a configured source path that
+does not exist, and a domain whose sources yield no document at all. Either is a mistake in the config or a missing
+mount; an empty partition would only fail later, in a check far from its cause.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -31,23 +36,30 @@ SHARD_ROWS = 5_000
 QUARANTINE_FILE = "quarantine.jsonl"
 PREVIEW_SAMPLES = 3
 
+
+class SourceError(ValueError):
+    """A domain's sources are missing or hold no document: retrying cannot help, the config or the mount must change."""
+
 SCHEMA = pa.schema([(name, pa.string()) for name in DOC_COLUMNS] + [("format", pa.string()), ("bytes", pa.int64())])
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     if domain is None:
         raise ValueError("raw_corpus is partitioned by domain: give a domain")
+    check_sources_exist(cfg, domain)
     kept = 0
     bytes_kept = bytes_quarantined = 0
     formats: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     samples: list[dict] = []
+    first_quarantined: Quarantined | None = None
     writer = ShardWriter(output_dir, max_rows=SHARD_ROWS, schema=SCHEMA)
     with open(output_dir / QUARANTINE_FILE, "w", encoding="utf-8") as quarantine:
         for item in read_domain(cfg, domain):
             if isinstance(item, Quarantined):
                 quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
                 reasons[item.reason] += 1
+                first_quarantined = first_quarantined or item
                 bytes_quarantined += item.nbytes
                 continue
             writer.write({name: item[name] for name in SCHEMA.names})
@@ -56,6 +68,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             formats[item["format"]] += 1
             _keep_sample(samples, item)
     shards = writer.close()
+    if kept == 0:
+        raise SourceError(empty_domain_message(cfg, domain, reasons, first_quarantined))
     if not shards:
         # An empty domain still gets one (empty) shard, so readers downstream see the schema instead of nothing.
         path = output_dir / "shard-00000.parquet"
@@ -77,6 +91,31 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     }
     assert stats["documents_in"] == kept + sum(stats["dropped"].values()) + quarantined
     return StageOutput(stats=stats, preview=preview(domain, stats, samples))
+
+
+def check_sources_exist(cfg: PipelineConfig, domain: str) -> None:
+    """Every local source path of the domain exists (paths outside the allowed roots are left to the reader, which
+    quarantines them without probing them)."""
+    from llm_pipeline.security import allowed_roots, is_inside
+
+    roots = allowed_roots(cfg)
+    for src in cfg.domains[domain].sources:
+        if src.path is None:
+            continue
+        path = cfg.resolve(src.path)
+        if is_inside(path, roots) and not path.exists():
+            what = f"a broken link to {os.readlink(path)}" if path.is_symlink() else "no such file or folder"
+            raise SourceError(f"raw_corpus[{domain}]: source path {path} does not exist ({what}); fix "
+                              f"domains.{domain}.sources in {cfg.config_path or 'the config'}")
+
+
+def empty_domain_message(cfg: PipelineConfig, domain: str, reasons: Counter[str], first: Quarantined | None) -> str:
+    where = ", ".join(str(cfg.resolve(s.path)) if s.path else f"hf_dataset {s.hf_dataset}" for s in cfg.domains[domain].sources)
+    why = "nothing to read"
+    if first is not None:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        why = f"quarantined {counts}; first: {first.source}: {first.reason}, {first.detail}"
+    return f"raw_corpus[{domain}]: the domain's sources hold no document ({where}; {why})"
 
 
 def _keep_sample(samples: list[dict], doc: dict) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from llm_pipeline import progress
 from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
 from llm_pipeline.training.dpo_train import dpo_loss, rows_per_pass
@@ -202,6 +203,8 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
     model.train()
     last = time.perf_counter()
     step = result.start_step
+    meter = progress.meter("dpo_model", total=settings.steps, unit="step", rate_unit="tokens", start=step)
+    start_tokens = result.tokens_trained
     while step < settings.steps:
         epoch, index = divmod(step, per_epoch)
         if epoch_batches is None or epoch_batches[0] != epoch:
@@ -238,6 +241,7 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
         result.step_durations.append(now - last)
         last = now
 
+        meter.update(step, tokens=result.tokens_trained - start_tokens, loss=step_loss)
         stop = bool(on_step(step)) if on_step is not None else False
         if step % settings.log_every == 0 or step == settings.steps or stop:
             entry = _log_entry(window, step, per_epoch, result.tokens_trained)
@@ -266,6 +270,7 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
             last = time.perf_counter()  # the write is not a training step's time
 
     result.global_step = step
+    meter.close()
     if held_pairs:
         final = evaluate(model, held_pairs, collator, settings, plan)
         if early and best["state"] is not None and best["loss"] < final["eval_loss"]:

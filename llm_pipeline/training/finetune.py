@@ -198,6 +198,41 @@ def step_timer_callback():
     return StepTimer()
 
 
+def progress_callback(label: str):
+    """A TrainerCallback that reports step/total, loss and tokens/s to llm_pipeline.progress after every step (the
+    meter decides how often a line shows). Loss and tokens come from the Trainer's logs (every `logging_steps`)."""
+    from transformers import TrainerCallback
+
+    from llm_pipeline import progress
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self):
+            self.meter: progress.Meter | None = None
+            self.loss: float | None = None
+            self.tokens: int | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            total = args.max_steps if 0 < args.max_steps < 10**8 else None  # a time budget caps no step count
+            self.meter = progress.meter(label, total=total, unit="step", rate_unit="tokens", start=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                self.loss = float(logs["loss"])
+            if "num_tokens" in logs:
+                self.tokens = int(logs["num_tokens"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.meter is not None:
+                self.meter.update(state.global_step, tokens=self.tokens, loss=self.loss)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.meter is not None:
+                self.meter.close(loss=self.loss)
+
+    return ProgressCallback()
+
+
 def step_seconds(durations: list[float]) -> dict:
     """The first step's time and the median of the rest: what a step costs once warm, for planning a time budget."""
     if not durations:

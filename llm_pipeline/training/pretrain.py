@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from llm_pipeline import progress
 from llm_pipeline.training import checkpoints
 from llm_pipeline.training.device import DevicePlan, autocast, seed_everything
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, eval_batches
@@ -300,6 +301,7 @@ def train(
 
     session_start_tokens = result.tokens_trained
     started = time.perf_counter()
+    meter = progress.meter("base_checkpoint", total=settings.steps, unit="step", rate_unit="tokens", start=start)
     for step in range(start, settings.steps):
         # The global batch of `step` is rows [step*B*W, (step+1)*B*W) of the seeded order; rank r takes the r-th B.
         batch = train_chunks.batch_for_step(step * world + rank, settings.batch_size, settings.seed)
@@ -328,6 +330,8 @@ def train(
             if result.is_main:
                 tracker.log({f"pretrain/{k}": v for k, v in entry.items() if v is not None and k != "step"}, step=done)
         result.steps_done = done
+        meter.update(done, tokens=result.tokens_trained - session_start_tokens, loss=step_loss,
+                     eval_loss=entry.get("eval_loss"))
         if entry.get("eval_loss") is not None and _should_stop(result, entry["eval_loss"], settings.early_stopping_patience):
             result.stopped_early = done < settings.steps
             break
@@ -343,6 +347,7 @@ def train(
                     accelerator.wait_for_everyone()
     result.steps_done = max(result.steps_done, start)
     result.seconds = time.perf_counter() - started
+    meter.close()
     result.session_tokens = result.tokens_trained - session_start_tokens
     logged = [e["eval_loss"] for e in result.log if e.get("eval_loss") is not None]
     result.eval_loss = logged[-1] if logged and settings.steps > 0 else evaluate(module, eval_chunks, settings.batch_size, plan, accelerator)

@@ -199,6 +199,7 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         callbacks.append(budget_cb)
     timer = finetune.step_timer_callback()
     callbacks.append(timer)
+    callbacks.append(finetune.progress_callback("lora_adapter" if tag == "combined" else f"lora_adapter[{tag}]"))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer, data_collator=collator, callbacks=callbacks,

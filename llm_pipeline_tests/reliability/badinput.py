@@ -92,7 +92,6 @@ def make_bad_project(root: Path) -> BadProject:
     root = Path(root)
     corpus = root / "corpus" / "bad"
     corpus.mkdir(parents=True)
-    (root / "corpus" / "empty").mkdir()
     kinds: list[Kind] = []
     p = iter(PROSE)  # each kept document gets a paragraph of its own, so only the planted duplicates are duplicates
 
@@ -165,8 +164,8 @@ def make_bad_project(root: Path) -> BadProject:
     put("scan.pdf", b"%PDF-1.4 binary", "unsupported_format", "quarantined:unsupported_format")
     os.mkfifo(corpus / "pipe.txt")
     kinds.append(Kind("named_pipe", {"corpus/bad/pipe.txt": "quarantined:not_a_file"}))
-    kinds.append(Kind("empty_domain_folder", {"corpus/empty": "quarantined:no_files"}))
-    kinds.append(Kind("config_path_missing", {"corpus/does_not_exist": "quarantined:path_not_found"}))
+    # A source path that does not exist and a domain with no document stop raw_corpus with the reason and the path
+    # (llm_pipeline_tests/test_cli_errors.py), so they are not planted here.
     kinds.append(Kind("config_path_traversal", {"../../etc/passwd": "quarantined:path_outside_root"}))
     kinds.append(Kind("config_path_absolute", {"/etc/passwd": "quarantined:path_outside_root"}))
 
@@ -174,13 +173,12 @@ def make_bad_project(root: Path) -> BadProject:
         "data_dir": "data",
         "allowed_roots": ["/proc"],  # only for device.txt (see the module docstring)
         "domains": {
-            "bad": {"sources": [{"path": "corpus/bad"}, {"path": "corpus/does_not_exist"},
+            "bad": {"sources": [{"path": "corpus/bad"},
                                 {"path": "../../etc/passwd"}, {"path": "/etc/passwd"}]},
-            "empty": {"sources": [{"path": "corpus/empty"}]},
         },
         "deduped_shards": {"scope": "domain"},
         "cleaned_corpus": {"min_words": 8},
     }
     cfg_path = root / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return BadProject(root=root, config=cfg_path, domains=["bad", "empty"], kinds=kinds)
+    return BadProject(root=root, config=cfg_path, domains=["bad"], kinds=kinds)

@@ -6,18 +6,19 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from llm_pipeline.config import load_config
 from llm_pipeline.io import DOC_COLUMNS, iter_records, read_json
 from llm_pipeline.runner import run_stage
-from llm_pipeline.stages.raw_corpus import md_escape
+from llm_pipeline.stages.raw_corpus import SourceError, md_escape
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT = "Clause 4.2: the tenant shall keep the premises in good repair and return them in the same condition."
 
 
-def tiny_config(tmp_path: Path, files: dict[str, bytes]):
+def tiny_config(tmp_path: Path, files: dict[str, bytes], extra_sources: list[dict] | None = None):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, data in files.items():
@@ -25,7 +26,7 @@ def tiny_config(tmp_path: Path, files: dict[str, bytes]):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
-        "domains": {"legal": {"licence": "CC0-1.0", "sources": [{"path": str(corpus)}, {"path": str(tmp_path / "missing")}]}},
+        "domains": {"legal": {"licence": "CC0-1.0", "sources": [{"path": str(corpus)}, *(extra_sources or [])]}},
     }))
     return load_config(cfg_file, root=tmp_path)
 
@@ -50,13 +51,13 @@ def test_raw_corpus_stage(tmp_path):
 
     quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert all(set(q) == {"source", "reason", "detail"} for q in quarantine)
-    assert sorted(q["reason"] for q in quarantine) == ["binary", "malformed_json", "missing_text_field", "path_not_found"]
+    assert sorted(q["reason"] for q in quarantine) == ["binary", "malformed_json", "missing_text_field"]
 
     stats = read_json(out / "stats.json")
     assert stats == result.stats
     assert stats["documents_in"] == stats["documents_kept"] + sum(stats["dropped"].values()) + stats["quarantined"]
-    assert (stats["documents_kept"], stats["quarantined"], stats["dropped"], stats["shards"]) == (3, 4, {}, 1)
-    assert stats["quarantine_reasons"] == {"binary": 1, "malformed_json": 1, "missing_text_field": 1, "path_not_found": 1}
+    assert (stats["documents_kept"], stats["quarantined"], stats["dropped"], stats["shards"]) == (3, 3, {}, 1)
+    assert stats["quarantine_reasons"] == {"binary": 1, "malformed_json": 1, "missing_text_field": 1}
     assert stats["formats"] == {"html": 1, "jsonl": 1, "txt": 1}
     assert stats["bytes_kept"] == sum(d["bytes"] for d in docs)
     assert stats["bytes_in"] >= stats["bytes_kept"]
@@ -66,11 +67,19 @@ def test_raw_corpus_stage(tmp_path):
     assert "corpus/b.html (html" in result.preview and "Clause 4.2: the tenant" not in result.preview
 
 
-def test_domain_with_nothing_readable_still_has_a_schema(tmp_path):
+def test_a_domain_with_nothing_readable_stops_with_the_reason(tmp_path):
     cfg = tiny_config(tmp_path, {"only.bin.txt": b"\x00\x00"})
-    result = run_stage(cfg, "raw_corpus", "legal")
-    assert pq.read_table(result.output_dir / "shard-00000.parquet").num_rows == 0
-    assert result.stats["documents_kept"] == 0 and result.stats["quarantined"] == 2
+    with pytest.raises(SourceError, match=r"raw_corpus\[legal\]: the domain's sources hold no document .*corpus.*"
+                                           r"quarantined 1 binary; first: .*only.bin.txt: binary"):
+        run_stage(cfg, "raw_corpus", "legal")
+    assert not (cfg.data_path / "raw_corpus" / "legal").exists()  # no empty partition for later stages to trip on
+
+
+def test_a_source_path_that_does_not_exist_stops_the_domain(tmp_path):
+    missing = tmp_path / "missing"
+    cfg = tiny_config(tmp_path, {"a.txt": TEXT.encode()}, extra_sources=[{"path": str(missing)}])
+    with pytest.raises(SourceError, match=f"raw_corpus\\[legal\\]: source path {missing} does not exist"):
+        run_stage(cfg, "raw_corpus", "legal")
 
 
 def test_md_escape():
