@@ -159,6 +159,9 @@ def test_changed_minhash_parameters_ignore_a_stale_index(tmp_path):
     run_stage(c, "deduped_shards", "legal")
     c2 = make_cfg(tmp_path, scope="global", num_perm=64)
     assert read_index(c2, "legal") is None
+    # A new threshold brings a new banding, so band keys from before would miss pairs: that index is stale too.
+    assert read_index(make_cfg(tmp_path, scope="global", threshold=0.5), "legal") is None
+    assert read_index(make_cfg(tmp_path, scope="global", threshold=0.75, bands=20, rows=6), "legal") is not None  # same banding
     assert run_stage(c2, "deduped_shards", "medicine").stats["index_domains_missing"] == 1
 
 
