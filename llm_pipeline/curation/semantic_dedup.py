@@ -14,7 +14,8 @@ survivors within one domain (the cross-domain check stays MinHash):
    with float32 matrix products over blocks of rows (exact, memory bounded by the block; the cost grows with the
    square of the number of documents, fine up to ~10^5 documents per domain on a CPU, where embedding them takes
    far longer anyway);
-3. pairs are clustered (union-find) and the smallest id of a cluster is kept, the rule MinHash dedup uses.
+3. pairs are clustered (union-find) and the preferred member of a cluster is kept (``deduped_shards.keep``, the
+   rule MinHash dedup uses: by default the longest text).
 
 The threshold (``deduped_shards.semantic_threshold``, default 0.95) was set on the cleaned sample corpus (287
 documents, three domains): the pairs MinHash already calls near duplicates are at 0.947-1.0, distinct documents

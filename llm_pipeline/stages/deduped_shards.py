@@ -1,11 +1,13 @@
 """Stage deduped_shards: cleaned_corpus/<domain> -> exact- and near-duplicate-free shards with a train/eval split.
 
-Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only its id, exact hash and
-MinHash signature (~0.6 KB at 128 permutations). The decisions are then made on those arrays, in id order so the
-kept set does not depend on input order:
+Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only its id, source, length,
+exact hash and MinHash signature (~0.6 KB at 128 permutations). The decisions are then made on those arrays, in the
+order of preference (``keep``; by default the longest text first, then the earliest source, then the smallest id),
+so the kept set does not depend on input order and a partial copy never displaces the full document:
 
-1. exact duplicates (same normalized-text hash): the smallest id stays;
-2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold): the smallest id of a cluster stays;
+1. exact duplicates (same normalized-text hash): the preferred copy stays;
+2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold, with the banding derived from the
+   threshold unless set): the preferred member of a cluster stays;
    with ``semantic: true``, the survivors are then embedded (one more pass over their text) and documents whose
    embeddings reach ``semantic_threshold`` cosine are clustered the same way (``semantic_duplicate``,
    curation.semantic_dedup);
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -58,7 +61,27 @@ def index_path(cfg: PipelineConfig, domain: str) -> Path:
 
 def _params(cfg: PipelineConfig) -> np.ndarray:
     d = cfg.deduped_shards
-    return np.array([d.num_perm, d.ngram, d.bands, d.rows, cfg.seed, SIGNATURE_SCHEME], dtype=np.int64)
+    return np.array([d.num_perm, d.ngram, *d.banding, cfg.seed, SIGNATURE_SCHEME], dtype=np.int64)
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _source_key(source: str | None) -> tuple:
+    """A source name that sorts files and line numbers as a person would: ``a.jsonl:9`` before ``a.jsonl:10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(source or "") if p)
+
+
+def preference_order(keep: str, ids: list[str], sources: list[str | None], lengths: list[int]) -> list[int]:
+    """Rows from the one to keep first to the one to keep last (``deduped_shards.keep``); ties end on the id, so the
+    order, and the kept set, do not depend on the order rows arrived in."""
+    if keep == "longest":
+        key = lambda i: (-lengths[i], _source_key(sources[i]), ids[i], i)  # noqa: E731
+    elif keep == "earliest_source":
+        key = lambda i: (_source_key(sources[i]), -lengths[i], ids[i], i)  # noqa: E731
+    else:
+        key = lambda i: (ids[i], i)  # noqa: E731
+    return sorted(range(len(ids)), key=key)
 
 
 def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.ndarray, sigs: np.ndarray, keys: np.ndarray) -> None:
@@ -141,15 +164,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
     need_sigs = dcfg.near
 
-    # Pass 1: per-document id, exact hash and signature; row = position in the input stream.
+    # Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream.
     ids: list[str] = []
+    sources: list[str | None] = []
+    lengths: list[int] = []
     hash_list: list[int] = []
     sig_blocks: list[np.ndarray] = []
     bytes_in = 0
     meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
-    for batch in iter_batches(src, columns=["id", "text"], batch_size=READ_BATCH):
+    for batch in iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH):
         texts = [r["text"] or "" for r in batch]
         ids.extend(r["id"] for r in batch)
+        sources.extend(r.get("source") for r in batch)
+        lengths.extend(len(t) for t in texts)
         hash_list.extend(exact_hash(t) for t in texts)
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if need_sigs:
@@ -159,33 +186,34 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     n = len(ids)
     hashes = np.array(hash_list, dtype=np.uint64)
     sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, dcfg.num_perm if need_sigs else 0), dtype=np.uint32)
-    keys = band_keys(sigs, dcfg.bands, dcfg.rows) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+    bands, rows_per_band = dcfg.banding
+    keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
 
-    by_id = sorted(range(n), key=lambda i: (ids[i], i))  # the order of preference: smallest id first
+    by_pref = preference_order(dcfg.keep, ids, sources, lengths)
     reason: dict[int, str] = {}
     kept_as: dict[int, tuple[str, str]] = {}  # row -> (domain, id) of the copy that was kept
 
     if dcfg.exact:
         first: dict[int, int] = {}
-        for i in by_id:
+        for i in by_pref:
             rep = first.setdefault(int(hashes[i]), i)
             if rep != i:
                 reason[i], kept_as[i] = "exact_duplicate", (domain, ids[rep])
     if dcfg.near:
-        rows = [i for i in by_id if i not in reason]
+        rows = [i for i in by_pref if i not in reason]
         clusters = near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)
         for local, i in enumerate(rows):
             root = clusters.find(local)
             if root != local:
                 reason[i], kept_as[i] = "near_duplicate", (domain, ids[rows[root]])
     if embedder is not None:
-        rows = [i for i in by_id if i not in reason]
+        rows = [i for i in by_pref if i not in reason]
         clusters = semantic_clusters(_embed_rows(embedder, src, rows), dcfg.semantic_threshold)
         for local, i in enumerate(rows):
             root = clusters.find(local)
             if root != local:
                 reason[i], kept_as[i] = "semantic_duplicate", (domain, ids[rows[root]])
-    survivors = [i for i in by_id if i not in reason]
+    survivors = [i for i in by_pref if i not in reason]
 
     index_used: list[str] = []
     index_missing: list[str] = []
@@ -199,8 +227,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     splits: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     bytes_kept = 0
-    # The preview's example pair: the near duplicate with the smallest id, and its kept copy (when in this domain).
-    near_rows = [i for i in by_id if reason.get(i, "exact_duplicate") != "exact_duplicate"]
+    # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
+    near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]
     pair: dict = {}
     if near_rows:
         ex = near_rows[0]

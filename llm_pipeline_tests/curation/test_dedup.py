@@ -12,8 +12,11 @@ from llm_pipeline.curation.dedup import (
     band_keys,
     candidate_pair_arrays,
     candidate_pairs,
+    candidate_probability,
     exact_hash,
     jaccard_estimate,
+    lowest_threshold,
+    lsh_banding,
     match_against,
     near_duplicate_clusters,
     normalize_text,
@@ -178,3 +181,35 @@ def test_batch_signatures_equal_one_document_at_a_time_and_the_plain_definition(
             assert np.array_equal(batch[i], expected)
         else:
             assert (batch[i] == 0xFFFFFFFF).all()
+
+
+@pytest.mark.parametrize("num_perm", [64, 128, 256])
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.65, 0.7, 0.85, 0.95])
+def test_banding_at_equal_weights_is_datasketchs_optimal_param(threshold, num_perm):
+    # Same criterion, computed independently (a fixed grid here, adaptive quadrature there).
+    from datasketch.lsh import _optimal_param
+
+    assert lsh_banding(threshold, num_perm, 0.5) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+def test_the_derived_banding_puts_the_s_curve_at_the_threshold(threshold):
+    bands, rows = lsh_banding(threshold, 128)
+    assert bands * rows <= 128
+    # Pairs at the threshold are mostly proposed, pairs 0.1 above it almost always, pairs far below it rarely.
+    assert candidate_probability(threshold, bands, rows) >= 0.75
+    assert candidate_probability(min(1.0, threshold + 0.1), bands, rows) >= 0.97
+    assert lowest_threshold(bands, rows) < threshold
+    if threshold >= 0.5:
+        assert candidate_probability(threshold - 0.3, bands, rows) < 0.25
+
+
+def test_misses_weigh_more_than_needless_candidates_by_default():
+    # 0.9 moves the curve below the threshold: a pair at it is proposed more often than at datasketch's weighting.
+    for t in (0.5, 0.7, 0.9):
+        assert candidate_probability(t, *lsh_banding(t, 128)) > candidate_probability(t, *lsh_banding(t, 128, 0.5))
+
+
+def test_the_old_fixed_banding_missed_pairs_below_its_own_threshold():
+    assert candidate_probability(0.5, 16, 8) < 0.07  # why a threshold of 0.5 found almost nothing more
+    assert 0.65 < lowest_threshold(16, 8) < 0.7

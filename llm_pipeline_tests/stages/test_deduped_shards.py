@@ -59,12 +59,17 @@ def make_cfg(tmp_path, **dedup):
         "data_dir": str(tmp_path / "data"),
         "eval_fraction": 0.3,
         "domains": {d: {"sources": [{"path": "unused"}]} for d in ("legal", "medicine")},
-        "deduped_shards": {"ngram": 5, "num_perm": 128, "bands": 16, "rows": 8, "threshold": 0.7, "shard_rows": 5, **dedup},
+        "deduped_shards": {"ngram": 5, "num_perm": 128, "threshold": 0.7, "shard_rows": 5, **dedup},
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(conf))
     return load_config(path, root=tmp_path)
+
+
+def preferred(a, b, texts=LEGAL):
+    """The copy `keep: longest` keeps: the longer text, then the one whose source (legal/<position>.txt) sorts first."""
+    return min((a, b), key=lambda t: (-len(t), texts.index(t)))
 
 
 def kept_ids(result):
@@ -90,7 +95,8 @@ def test_exact_and_near_duplicates_dropped_distinct_kept(cfg):
     assert s["documents_in"] == s["documents_kept"] + sum(s["dropped"].values()) + s["quarantined"]
     assert s["clusters"] == 3
     kept = set(kept_ids(result))
-    assert kept == {min(ident(a), ident(b)) for a, b in [(BASE[0], LEGAL[13]), (BASE[1], LEGAL[14]), (BASE[2], LEGAL[12])]} | {
+    # Of each pair the longer text stays; the exact copy is as long as its original, whose source sorts first.
+    assert kept == {ident(preferred(a, b)) for a, b in [(BASE[0], LEGAL[13]), (BASE[1], LEGAL[14]), (BASE[2], LEGAL[12])]} | {
         ident(t) for t in BASE[3:]
     }
     for d in dropped(result).values():
@@ -151,8 +157,11 @@ def test_changed_minhash_parameters_ignore_a_stale_index(tmp_path):
     write_cleaned(c.data_path, "legal", [SHARED])
     write_cleaned(c.data_path, "medicine", [SHARED])
     run_stage(c, "deduped_shards", "legal")
-    c2 = make_cfg(tmp_path, scope="global", num_perm=64, bands=8, rows=8)
+    c2 = make_cfg(tmp_path, scope="global", num_perm=64)
     assert read_index(c2, "legal") is None
+    # A new threshold brings a new banding, so band keys from before would miss pairs: that index is stale too.
+    assert read_index(make_cfg(tmp_path, scope="global", threshold=0.5), "legal") is None
+    assert read_index(make_cfg(tmp_path, scope="global", threshold=0.75, bands=20, rows=6), "legal") is not None  # same banding
     assert run_stage(c2, "deduped_shards", "medicine").stats["index_domains_missing"] == 1
 
 
@@ -191,6 +200,70 @@ def test_semantic_duplicates_dropped_after_minhash(tmp_path):
     assert s["dropped"] == {"exact_duplicate": 1, "semantic_duplicate": 1}
     assert s["documents_in"] == s["documents_kept"] + sum(s["dropped"].values()) + s["quarantined"] == 6
     (drop,) = [d for d in dropped(result).values() if d["reason"] == "semantic_duplicate"]
-    rotate = sorted(ident(t) for t in (ROTATE, REWORDED, ROTATE.upper()))
-    assert drop["kept_id"] == rotate[0] and drop["id"] in rotate[1:]
-    assert set(kept_ids(result)) == {ident(t) for t in TOPICS} | {rotate[0]}
+    assert len(REWORDED) > len(ROTATE)  # the longer wording is the one kept
+    assert drop["kept_id"] == ident(REWORDED) and drop["id"] == ident(ROTATE)
+    assert set(kept_ids(result)) == {ident(t) for t in TOPICS} | {ident(REWORDED)}
+
+
+# A full document, a partial copy of it (its first 85%: Jaccard ~0.83 with the full one) and a lightly edited full copy.
+FULL = doc(200)
+PARTIAL = " ".join(FULL.split()[:170])
+EDITED = edit(FULL, 3, 11)
+
+
+@pytest.mark.parametrize(
+    "keep, sources, kept",
+    [
+        ("longest", ["c.txt", "a.txt", "b.txt"], FULL),  # the most complete text, wherever it came from
+        ("earliest_source", ["b.txt:10", "a.txt:2", "b.txt:9"], PARTIAL),  # a.txt sorts first
+        ("earliest_source", ["a.txt:10", "b.txt:1", "a.txt:9"], EDITED),  # line 9 before line 10
+        ("smallest_id", ["a.txt", "b.txt", "c.txt"], min((FULL, PARTIAL, EDITED), key=ident)),
+    ],
+)
+def test_the_kept_member_of_a_cluster_follows_keep(tmp_path, keep, sources, kept):
+    c = make_cfg(tmp_path, scope="domain", keep=keep)
+    folder = c.data_path / "cleaned_corpus" / "legal"
+    with ShardWriter(folder, max_rows=10) as w:
+        for text, source in zip([FULL, PARTIAL, EDITED], sources):
+            w.write({"id": ident(text), "domain": "legal", "source": source, "text": text, "licence": "CC0", "language": "en",
+                     "format": "txt", "n_words": len(text.split()), "pii_counts": "{}", "extractor": "plain"})
+    (folder / MANIFEST).write_text(json.dumps({"stage": "cleaned_corpus"}))
+    result = run_stage(c, "deduped_shards", "legal")
+    assert result.stats["dropped"] == {"near_duplicate": 2}
+    assert kept_ids(result) == [ident(kept)]
+    assert {d["kept_id"] for d in dropped(result).values()} == {ident(kept)}
+
+
+def test_a_lower_threshold_finds_looser_copies(tmp_path):
+    # Each copy shares its first 140 of 200 words with its original (Jaccard of 5-grams 136 / 256 = 0.53, four
+    # standard errors of the estimate from either threshold). The banding follows the threshold, so lowering it
+    # finds them.
+    r = random.Random(21)
+    words = lambda n: " ".join(r.choice(VOCAB) for _ in range(n))  # noqa: E731
+    originals = [words(200) for _ in range(8)]
+    copies = [" ".join(t.split()[:140]) + " " + words(60) for t in originals]
+    found = {}
+    for threshold in (0.7, 0.3):
+        c = make_cfg(tmp_path / str(threshold), scope="domain", threshold=threshold)
+        write_cleaned(c.data_path, "legal", originals + copies)
+        found[threshold] = run_stage(c, "deduped_shards", "legal").stats["dropped"].get("near_duplicate", 0)
+    assert found[0.7] == 0 and found[0.3] == 8
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"threshold": 0.5, "bands": 16, "rows": 8}, r"bands x rows = 16 x 8 contradicts threshold 0.5: .* probability 0.06.* derive them \(32 x 4\)"),
+        ({"bands": 16}, "set both bands and rows, or neither"),
+        ({"bands": 64, "rows": 4}, r"bands \* rows \(256\) must not exceed num_perm \(128\)"),
+    ],
+)
+def test_a_banding_that_contradicts_the_threshold_is_refused_at_load(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        make_cfg(tmp_path, **settings)
+
+
+def test_the_banding_is_derived_from_the_threshold_unless_pinned(tmp_path):
+    assert make_cfg(tmp_path / "a").deduped_shards.banding == (20, 6)
+    assert make_cfg(tmp_path / "b", threshold=0.4).deduped_shards.banding == (42, 3)
+    assert make_cfg(tmp_path / "c", bands=16, rows=8).deduped_shards.banding == (16, 8)  # consistent with 0.7: kept
