@@ -110,7 +110,10 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
             seconds = time.perf_counter() - t0
             step_seconds = {ev.step_key: ev.event_specific_data.duration_ms / 1000 for ev in result.all_events
                             if ev.event_type_value == "STEP_SUCCESS" and ev.step_key}
-            failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+            failed_checks = [e for e in result.get_asset_check_evaluations()
+                             if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
+            warned_checks = [e for e in result.get_asset_check_evaluations()
+                             if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
             for name in names:
                 mats = result.asset_materializations_for_node(name)
                 if name not in step_seconds or not mats:
@@ -126,6 +129,9 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 failed = ", ".join(labels[n] for n in names if (n, partition) not in done)
                 progress.console.print(f"[red]✗ {failed} failed after {seconds:.1f}s[/red]\n  " + "\n  ".join(errors or ["(no error message)"]))
                 break
+            for e in warned_checks:  # a warning stops nothing, but must be seen before training
+                progress.console.print(f"[yellow]! {escape(e.asset_key.to_user_string())}: {e.check_name}: "
+                                       f"{escape(e.description or 'check failed (warning)')}[/yellow]")
             if failed_checks:
                 ok = False
                 names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)
