@@ -130,8 +130,12 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 progress.console.print(f"[red]✗ {failed} failed after {seconds:.1f}s[/red]\n  " + "\n  ".join(errors or ["(no error message)"]))
                 break
             for e in warned_checks:  # a warning stops nothing, but must be seen before training
-                progress.console.print(f"[yellow]! {escape(e.asset_key.to_user_string())}: {e.check_name}: "
-                                       f"{escape(e.description or 'check failed (warning)')}[/yellow]")
+                where = e.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
+                message = f"! {where}: {e.check_name}: {e.description or 'check failed (warning)'}"
+                progress.console.print(f"[yellow]{escape(message)}[/yellow]")
+                examples = e.metadata.get("examples")
+                if examples is not None:
+                    progress.console.print(escape("  " + str(examples.value).replace("\n", "\n  ")), highlight=False)
             if failed_checks:
                 ok = False
                 names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)
