@@ -5,6 +5,10 @@ as datatrove implements them. A filter is a small object with a ``name`` and ``f
 ``build_filters(cfg)`` returns the list the config switches on, in order, and the first failing filter names the
 drop. C4's line rules also *edit* the text (they remove lines), so ``C4Lines.apply`` returns the new text.
 
+``cleaned_corpus.quality_profile`` picks the thresholds: "web" is Gopher and C4 as tuned on web crawl; "domain" (the
+default) is measured on real professional corpora (benchmarks/real_curation.py): FineWeb's line-shape rules for
+menus and listings, n-gram limits for documents that repeat by design, bullet sentences not counted as link lists.
+
     doc = Doc(text)
     for f in build_filters(cfg.cleaned_corpus):
         verdict = f.filter(doc)
@@ -114,9 +118,9 @@ class GopherRepetition(Filter):
     The n-gram limits and ``count_rules`` (the by-count line and paragraph rules) come from the profile: the "web"
     profile keeps Gopher's own. Formal documents repeat by design: a leaflet restates its key points as section
     headings and answers several questions with the same passage, minutes repeat the agenda, a policy its defined
-    terms. On real domains Gopher's web-crawl limits dropped 20-35% of clean documents
-    (benchmarks/real_curation.py), where clean leaflets reached 50% duplicated 5-grams; the pages the limits exist
-    for (menus, templated listings) are caught by LineShape and the character-share rules instead."""
+    terms. On real domains Gopher's web-crawl limits dropped up to a third of clean leaflets
+    (benchmarks/real_curation.py), which reached 50% duplicated 5-grams; the pages the limits exist for (menus,
+    templated listings) are caught by LineShape and the character-share rules instead."""
 
     name = "gopher_repetition"
     # Thresholds from Gopher's table A1.
