@@ -14,6 +14,8 @@ Selections are deterministic (sorted paths, a fixed stride), so the same snapsho
   good/tech_docs        python/peps: Python Enhancement Proposals (reStructuredText)
   good/meeting_minutes  rust-lang/leadership-council: minutes of the council's sync meetings (Markdown)
   good/legal_policies   github/site-policy: terms of service, privacy, acceptable-use and takedown policies (Markdown)
+  good/financial_reports dgunning/edgartools: the prose items of real 10-K and 10-Q filings (business, risk factors,
+                        MD&A with its tables, controls), one document per item, text as the pipeline extracts it
   junk/boilerplate      scrapinghub/article-extraction-benchmark: news pages with the article removed, what is
                         left is menus, footers, teasers and cookie notices
   junk/listing_pages    freelawproject/juriscraper: court websites' opinion listing pages (tables of case names,
@@ -101,6 +103,42 @@ def by_suffix(snap: Snapshot, out: Path, prefix: str, suffix: str, limit: int, m
             continue
         _write(out, path.replace("/", "__"), text)
         n += 1
+    return n
+
+
+# The narrative items of annual (10-K) and quarterly (10-Q) reports; the others are financial statements, exhibit
+# lists, or a line saying "None".
+FILING_ITEMS = {"10k": {"1", "1a", "1c", "7", "7a", "9a"}, "10q": {"2", "1a"}}
+ITEM_RE = re.compile(r"^\s*item\s+(\d+[a-c]?)\s*[.:\-\u2014\u2013]", re.IGNORECASE)
+
+
+def sec_filings(snap: Snapshot, out: Path, limit: int, min_words: int = 300) -> int:
+    """Each filing's text (extracted as the pipeline extracts HTML), cut at its "Item N." headings; the longest
+    section per item is the item (the table of contents repeats the headings)."""
+    from llm_pipeline.curation.cleaning import extract_text
+
+    paths = [p for p in snap.paths() if re.search(r"tests/fixtures/html/[^/]+/10[kq]/[^/]+\.html?$", p)]
+    n = 0
+    for path in paths:
+        form = path.split("/")[-2]
+        try:
+            html = snap.read(path).decode("utf-8", "replace")
+        except subprocess.CalledProcessError:  # a large file the snapshot stores without content
+            continue
+        lines = extract_text(html, "html")[0].split("\n")
+        heads = [(i, m.group(1).lower()) for i, line in enumerate(lines) if len(line) < 160 and (m := ITEM_RE.match(line))]
+        best: dict[str, str] = {}
+        for (start, item), (end, _) in zip(heads, heads[1:] + [(len(lines), "")]):
+            text = "\n".join(lines[start:end]).strip()
+            if item in FILING_ITEMS[form] and len(text) > len(best.get(item, "")):
+                best[item] = text
+        for item, text in sorted(best.items()):
+            if len(text.split()) < min_words:
+                continue
+            _write(out, f"{Path(path).stem}_item{item}.txt", text + "\n")
+            n += 1
+            if n >= limit:
+                return n
     return n
 
 
@@ -195,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                           ".md", args.per_domain),
         "good/legal_policies": by_suffix(snap("github+site-policy"), good / "legal_policies", "Policies/", ".md",
                                          args.per_domain, min_bytes=400),
+        "good/financial_reports": sec_filings(snap("dgunning+edgartools"), good / "financial_reports", args.per_domain),
         "junk/boilerplate": boilerplate(snap("scrapinghub+article-extraction-benchmark"), junk / "boilerplate",
                                         args.per_junk),
         "junk/listing_pages": listing_pages(snap("freelawproject+juriscraper"), junk / "listing_pages", args.per_junk),
