@@ -69,8 +69,20 @@ class CleanedCorpusConfig(Section):
     fix_unicode: bool = True
     min_words: int = Field(default=8, ge=0)  # below this a "document" is a fragment, not training text
     max_words: int = Field(default=100_000, ge=1)
+    # "domain": rules measured on real professional domains (benchmarks/real_curation.py): Gopher's n-gram limits
+    # doubled, no by-count duplicate-line rule, FineWeb's line-shape rules for menus and listings. "web": Gopher and
+    # C4 exactly as tuned on web crawl, for crawled corpora.
+    quality_profile: Literal["domain", "web"] = "domain"
     gopher_repetition: bool = True
     gopher_quality: bool = True
+    line_shape: bool = True  # domain profile: pages of short, unpunctuated lines (menus, listings, tables) go
+    max_short_line_frac: float = Field(default=0.67, ge=0, le=1)  # FineWeb: lines of <= 30 characters
+    min_punctuated_line_frac: float = Field(default=0.12, ge=0, le=1)  # FineWeb: lines ending in punctuation
+    # The drop_share check (cleaned_corpus): a reason that drops more than this share of a domain's documents is shown
+    # with examples, as a warning, or as a failure that stops downstream assets when drop_share_blocking is true.
+    # One rule taking a fifth of a domain is rarely what the domain's owner meant (issue 21: 54% of clean leaflets).
+    max_drop_share: float = Field(default=0.2, gt=0, le=1)
+    drop_share_blocking: bool = False
     c4_rules: bool = True
     # C4 dropped lines without terminal punctuation and pages with "{"; both gut headings, lists and code, so (as in
     # FineWeb) they are off by default and a prose-only domain can switch them on.

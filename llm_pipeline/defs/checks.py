@@ -1,5 +1,7 @@
 """Blocking asset checks evaluated inside each materialization (a failure stops downstream assets in the run).
 
+A check that fails with WARN severity (drop_share, unless configured blocking) is shown but stops nothing.
+
 They run inside the asset rather than as separate `@asset_check`s because a separate check on a partitioned asset
 would load every partition (see shared notes on partitioned asset checks).
 """
@@ -18,6 +20,8 @@ CHECKS: dict[str, list[tuple[str, str]]] = {
     "cleaned_corpus": [
         ("accounting", "documents in = kept + dropped by reason + quarantined"),
         ("no_pii_left", "the configured PII recognizers, run again over the output, find nothing but type tags"),
+        ("drop_share", "no drop reason takes more than cleaned_corpus.max_drop_share of the domain (a warning unless "
+                       "drop_share_blocking)"),
     ],
     "deduped_shards": [
         ("accounting", "documents in = kept + dropped by reason + quarantined"),
@@ -115,6 +119,43 @@ def _no_pii_left(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResul
     )
 
 
+def _drop_share(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResult:
+    """One rule dropping a large share of a domain is usually a threshold that does not fit the domain: say which, how
+    much, and show what it dropped, before anything trains on the rest."""
+    from llm_pipeline.stages.cleaned_corpus import DROP_EXAMPLES_FILE
+
+    ccfg = cfg.cleaned_corpus
+    over = result.stats.get("drop_share_over_limit") or {}
+    try:
+        report = json.loads((result.output_dir / DROP_EXAMPLES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = {}
+    n_in = result.stats.get("documents_in", 0)
+    lines = [f"| reason | dropped | share of {n_in} |", "|---|---|---|"]
+    lines += [f"| `{r}` | {(report.get(r) or {}).get('documents', '?')} | {share:.1%} |" for r, share in over.items()]
+    for reason in over:
+        lines += ["", f"**`{reason}`**, first dropped documents:"]
+        for e in (report.get(reason) or {}).get("examples", []):
+            lines += [f"- {e.get('source')}: {e.get('text', '').replace('|', '/')[:300]}"]
+    description = None
+    if over:
+        worst = ", ".join(f"{r} dropped {s:.0%}" for r, s in over.items())
+        description = (f"{worst} of domain {result.domain} (limit {ccfg.max_drop_share:.0%}): check that the rule fits "
+                       f"this domain before training (quality_profile, or the rule's threshold)")
+    return dg.AssetCheckResult(
+        check_name="drop_share",
+        asset_key="cleaned_corpus",
+        passed=not over,
+        severity=dg.AssetCheckSeverity.ERROR if ccfg.drop_share_blocking else dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "max_drop_share": ccfg.max_drop_share,
+            "over_limit": dg.MetadataValue.json(over),
+            "examples": dg.MetadataValue.md("\n".join(lines) if over else "No reason over the limit."),
+        },
+    )
+
+
 def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[dg.AssetCheckResult]:
     out = []
     for name, _ in CHECKS.get(stage, []):
@@ -127,6 +168,8 @@ def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[
                 out.append(dg.AssetCheckResult(check_name=name, asset_key=stage, passed=True, metadata={"skipped": "validation.enabled is false"}))
         elif name == "no_pii_left":
             out.append(_no_pii_left(cfg, result))
+        elif name == "drop_share":
+            out.append(_drop_share(cfg, result))
         elif name == "promotion_gates":
             out.append(_promotion_gates(result))
     return out

@@ -123,7 +123,10 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
             seconds = time.perf_counter() - t0
             step_seconds = {ev.step_key: ev.event_specific_data.duration_ms / 1000 for ev in result.all_events
                             if ev.event_type_value == "STEP_SUCCESS" and ev.step_key}
-            failed_checks = [e for e in result.get_asset_check_evaluations() if not e.passed]
+            failed_checks = [e for e in result.get_asset_check_evaluations()
+                             if not e.passed and e.severity != dg.AssetCheckSeverity.WARN]
+            warned_checks = [e for e in result.get_asset_check_evaluations()
+                             if not e.passed and e.severity == dg.AssetCheckSeverity.WARN]
             for name in names:
                 mats = result.asset_materializations_for_node(name)
                 if name not in step_seconds or not mats:
@@ -141,6 +144,13 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 for error in dict.fromkeys(errors or ["(no error message)"]):
                     progress.console.print(f"[red]✗ {failed[0] if failed else 'run'} failed after {seconds:.1f}s: {escape(error)}[/red]", soft_wrap=True)
                 break
+            for e in warned_checks:  # a warning stops nothing, but must be seen before training
+                where = e.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
+                message = f"! {where}: {e.check_name}: {e.description or 'check failed (warning)'}"
+                progress.console.print(f"[yellow]{escape(message)}[/yellow]")
+                examples = e.metadata.get("examples")
+                if examples is not None:
+                    progress.console.print(escape("  " + str(examples.value).replace("\n", "\n  ")), highlight=False)
             if failed_checks:
                 ok = False
                 names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)

@@ -4,6 +4,8 @@ Per document, in order: text extraction and normalization (curation.cleaning), C
 (curation.filters), language id (curation.langid); then, per batch of survivors, PII replacement with Presidio
 (curation.pii). Every document ends up kept, dropped with a named reason (``dropped.jsonl``), or quarantined when
 its cleaning raised (``quarantine.jsonl``), so ``documents_in == documents_kept + sum(dropped) + quarantined``.
+A reason that drops more than ``max_drop_share`` of the domain is named in the stats (``drop_share_over_limit``) and
+its first dropped documents, PII redacted, go to ``drop_examples.json`` for the drop_share check.
 
 Documents unchanged since the domain's last run reuse their result (``cleaned_corpus.reuse_results``,
 curation.result_cache): after one file of a domain changes, only that file's documents are cleaned and analyzed
@@ -40,6 +42,9 @@ SCHEMA = pa.schema(
 )
 SHARD_ROWS = 10_000
 PREVIEW_SAMPLES = 3
+DROP_EXAMPLES = 3  # dropped documents shown per reason that goes over max_drop_share
+DROP_EXAMPLE_CHARS = 400
+DROP_EXAMPLES_FILE = "drop_examples.json"
 
 
 class _Counts:
@@ -47,6 +52,7 @@ class _Counts:
         self.documents_in = self.documents_kept = self.quarantined = 0
         self.bytes_in = self.bytes_kept = 0
         self.dropped: Counter[str] = Counter()
+        self.drop_examples: dict[str, list[dict]] = {}  # the first DROP_EXAMPLES dropped documents of each reason
         self.pii: Counter[str] = Counter()
         self.languages: Counter[str] = Counter()
         self.extractors: Counter[str] = Counter()
@@ -56,7 +62,9 @@ def result_fingerprint(cfg: PipelineConfig, domain: str, redactor: PiiRedactor |
     """What a document's result depends on besides its own record: the settings that change results (not batch
     sizes or worker counts), the domain's languages, the spaCy model's version, and in hash mode the salt's digest."""
     ccfg = cfg.cleaned_corpus
-    settings = ccfg.model_dump(mode="json", exclude={"batch_size", "pii_processes", "reuse_results"})
+    settings = ccfg.model_dump(
+        mode="json", exclude={"batch_size", "pii_processes", "reuse_results", "max_drop_share", "drop_share_blocking"}
+    )
     try:
         model_version = metadata.version(ccfg.spacy_model)
     except metadata.PackageNotFoundError:  # a model folder rather than a package: its path is in the settings
@@ -141,6 +149,11 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
                         continue  # not cached: a quarantined document is tried again next run
                 if reason:
                     n.dropped[reason] += 1
+                    examples = n.drop_examples.setdefault(reason, [])
+                    if len(examples) < DROP_EXAMPLES:
+                        # The raw text (a cached result has no cleaned text), whitespace folded, first characters.
+                        snippet = " ".join(str(rec.get("text") or "")[: DROP_EXAMPLE_CHARS * 4].split())[:DROP_EXAMPLE_CHARS]
+                        examples.append({"id": rec.get("id"), "source": rec.get("source"), "text": snippet})
                     dropped_f.write(json.dumps({"id": rec.get("id"), "source": rec.get("source"), "reason": reason}) + "\n")
                     if hit is None:
                         cache.put(key, {"dropped": reason})
@@ -194,6 +207,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     try:
         with cache:
             n, samples = _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache)
+        over = drop_shares_over_limit(n.dropped, n.documents_in, ccfg.max_drop_share)
+        _write_drop_examples(output_dir, over, n, redactor)
     finally:
         if redactor is not None:
             redactor.close()  # stops PII worker processes, if a large batch started them
@@ -207,9 +222,33 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "pii_entities": dict(sorted(n.pii.items())),
         "languages": dict(sorted(n.languages.items())),
         "extractors": dict(sorted(n.extractors.items())),
+        # Reasons that dropped more than max_drop_share of the domain (the drop_share check), with their share.
+        "drop_share_over_limit": over,
     }
     assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
     return StageOutput(stats=stats, preview=_preview(domain, stats, samples), metadata=cache.metadata())
+
+
+def drop_shares_over_limit(dropped: Counter[str] | dict[str, int], documents_in: int, limit: float) -> dict[str, float]:
+    """Each drop reason whose share of the domain's documents is over `limit`, largest first."""
+    if not documents_in:
+        return {}
+    shares = {reason: round(count / documents_in, 4) for reason, count in dropped.items() if count / documents_in > limit}
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def _write_drop_examples(output_dir: Path, over: dict[str, float], n: _Counts, redactor: PiiRedactor | None) -> None:
+    """drop_examples.json: for each reason over the limit, its count, share and first dropped documents. Dropped
+    documents never reached the PII step, so the examples are redacted here before anyone reads them."""
+    report = {reason: {"documents": n.dropped[reason], "share": share, "examples": n.drop_examples.get(reason, [])}
+              for reason, share in over.items()}
+    examples = [e for r in report.values() for e in r["examples"]]
+    if redactor is not None and examples:
+        for e, (text, _) in zip(examples, redactor.redact_batch([e["text"] for e in examples])):
+            e["text"] = text
+    tmp = output_dir / (DROP_EXAMPLES_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(output_dir / DROP_EXAMPLES_FILE)
 
 
 def _preview(domain: str | None, stats: dict, samples: list[dict]) -> str:
@@ -225,6 +264,8 @@ def _preview(domain: str | None, stats: dict, samples: list[dict]) -> str:
         "|---|---|",
     ]
     lines += [f"| `{reason}` | {count} |" for reason, count in sorted(stats["dropped"].items(), key=lambda kv: -kv[1])]
+    for reason, share in stats["drop_share_over_limit"].items():
+        lines += ["", f"**Warning:** `{reason}` dropped {share:.0%} of the domain (see the drop_share check)."]
     lines += ["", f"PII replaced: {stats['pii_entities'] or 'none'}", ""]
     for s in samples:
         snippet = s["text"][:400].replace("\n", " ")

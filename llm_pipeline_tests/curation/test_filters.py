@@ -10,6 +10,7 @@ from llm_pipeline.curation.filters import (
     GopherQuality,
     GopherRepetition,
     LanguageId,
+    LineShape,
     WordCount,
     build_filters,
     first_failure,
@@ -109,10 +110,64 @@ def test_blocked_words(text, expected):
 
 
 def test_build_filters_follows_switches():
-    off = CleanedCorpusConfig(gopher_quality=False, gopher_repetition=False, language_id=False)
+    off = CleanedCorpusConfig(gopher_quality=False, gopher_repetition=False, language_id=False, line_shape=False)
     assert [f.name for f in build_filters(off)] == ["word_count"]
     names = [f.name for f in build_filters(CleanedCorpusConfig(blocked_words=["x"]), ["en"])]
-    assert names == ["word_count", "language_id", "blocked_words", "gopher_repetition", "gopher_quality"]
+    assert names == ["word_count", "language_id", "blocked_words", "gopher_repetition", "line_shape", "gopher_quality"]
+    web = [f.name for f in build_filters(CleanedCorpusConfig(quality_profile="web"), ["en"])]
+    assert web == ["word_count", "language_id", "gopher_repetition", "gopher_quality"]
+
+
+MENU = "\n".join(["Home", "World", "Business", "Markets", "Opinion", "Sign In", "Subscribe", "Contact us", "Careers", "Help", PROSE])
+LISTING = "\n".join(f"Smith v. Jones Holdings Corporation, No. 23-{i}" for i in range(12))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (PROSE, True),
+        (MENU, "short_lines"),  # 10 of 14 lines are menu entries
+        (LISTING, "few_punctuated_lines"),  # long lines, none a sentence
+        ("Home\nNews\nSports\nAbout", True),  # under MIN_LINES: left to the other rules
+        # Documentation: headings and code lines among sentences stay.
+        ("Installation\n" + PROSE + "\npip install tool\nUsage\n" + PROSE, True),
+    ],
+)
+def test_line_shape(text, expected):
+    assert verdict(LineShape(), text) == expected
+
+
+# A leaflet that restates its key points as section headings: a third of its 5-grams repeat. Gopher drops it; the
+# domain profile keeps it, and still drops a page that is mostly one passage pasted again and again.
+LEAFLET = "Key points\n" + "\n".join(
+    [SENTENCE, PROSE.split("\n")[1]] + [SENTENCE + " " + PROSE.split("\n")[0], PROSE.split("\n")[1] + " " + PROSE]
+)
+QA = "\n".join(line for answer in PROSE.split("\n")[:3] for line in ("What is (are) glaucoma ?", answer))
+SPAM = "\n\n".join([SENTENCE + " Call now for a free quote today."] * 3)
+
+
+@pytest.mark.parametrize(
+    "profile, text, expected",
+    [
+        ("web", LEAFLET, "duplicated_5_n_grams"),
+        ("domain", LEAFLET, True),
+        ("domain", SPAM, "dup_para_char_frac"),
+        ("domain", SPAM.replace("\n\n", " "), "duplicated_5_n_grams"),
+        ("web", QA, "dup_line_frac"),
+        ("domain", QA, True),  # the same question line over different answers
+    ],
+)
+def test_repetition_by_profile(profile, text, expected):
+    cfg = CleanedCorpusConfig(quality_profile=profile, language_id=False)
+    assert first_failure(Doc(text), build_filters(cfg)) == (None if expected is True else expected)
+
+
+def test_bullet_sentences_are_not_a_link_list():
+    minutes = "\n".join(f"- Mara: we agree to review the proposal {i} with the team before the next meeting." for i in range(10))
+    links = "\n".join(f"- item number {i} of the list" for i in range(10))
+    assert verdict(GopherQuality(), minutes) == "gopher_bullet_lines"  # Gopher counts every bullet
+    assert verdict(GopherQuality(bullet_max_words=8), minutes) is True
+    assert verdict(GopherQuality(bullet_max_words=8), links) == "gopher_bullet_lines"
 
 
 FRENCH = "Le locataire paie le loyer le premier jour de chaque mois par virement bancaire au propriétaire."

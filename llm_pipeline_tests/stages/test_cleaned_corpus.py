@@ -183,3 +183,24 @@ def test_unreadable_cache_is_ignored_with_a_note(tmp_path):
     assert again.metadata["documents_reused"] == 0 and "unreadable" in again.metadata["reuse_note"]
     assert again.dvc_hash == first.dvc_hash
     assert run_stage(cfg, "cleaned_corpus", "legal").metadata["documents_reused"] == 6  # rebuilt by that run
+
+
+def test_reasons_over_the_drop_share_are_named_with_redacted_examples(tmp_path):
+    docs = [d for d in DOCS if d[0] != "broken.txt"] + [("short2.txt", "txt", "Write to maria.lopez@example.com today.")]
+    cfg = make_cfg(tmp_path, max_drop_share=0.2)
+    write_raw(cfg.data_path, docs=docs)
+    result = run_stage(cfg, "cleaned_corpus", "legal")
+    # too_few_words: 2 of 7 (29%) is over 20%; language and lorem ipsum (1 of 7 each) are not.
+    assert result.stats["drop_share_over_limit"] == {"too_few_words": round(2 / 7, 4)}
+    report = json.loads((result.output_dir / "drop_examples.json").read_text())
+    assert list(report) == ["too_few_words"] and report["too_few_words"]["documents"] == 2
+    examples = report["too_few_words"]["examples"]
+    assert [e["source"] for e in examples] == ["short.txt", "short2.txt"]
+    # Dropped documents never went through the PII step: their examples are redacted before anyone reads them.
+    assert "maria.lopez@example.com" not in examples[1]["text"] and "<EMAIL_ADDRESS>" in examples[1]["text"]
+    assert "`too_few_words` dropped 29%" in result.preview
+
+
+def test_no_reason_over_the_limit_writes_an_empty_report(result):
+    assert result.stats["drop_share_over_limit"] == {}
+    assert json.loads((result.output_dir / "drop_examples.json").read_text()) == {}
