@@ -7,10 +7,12 @@ would load every partition (see shared notes on partitioned asset checks).
 from __future__ import annotations
 
 import json
+import warnings
 
 import dagster as dg
 
 from llm_pipeline.config import PipelineConfig
+from llm_pipeline.defs.metadata import markdown
 from llm_pipeline.runner import StageResult
 
 CHECKS: dict[str, list[tuple[str, str]]] = {
@@ -60,7 +62,7 @@ def _great_expectations(cfg: PipelineConfig, result: StageResult) -> dg.AssetChe
         metadata={
             "expectations": len(outcome.results),
             "failed": dg.MetadataValue.json(failed),
-            "summary": dg.MetadataValue.md(outcome.summary),
+            "summary": markdown(outcome.summary),
         },
     )
 
@@ -89,7 +91,7 @@ def _promotion_gates(result: StageResult) -> dg.AssetCheckResult:
             "promoted": not failed,
             "gates": len(gates),
             "failed": dg.MetadataValue.json([g["name"] for g in failed]),
-            "verdict": dg.MetadataValue.md("\n".join(rows) if gates else "No promotion gate is configured."),
+            "verdict": markdown("\n".join(rows) if gates else "No promotion gate is configured."),
         },
     )
 
@@ -115,6 +117,15 @@ def _no_pii_left(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResul
     )
 
 
+def check_specs(stage: str, partitions: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The stage's blocking checks. A partitioned stage's checks share its partitions, so each evaluation is recorded
+    against the domain it checked and the UI lists check results per partition, not one result per asset."""
+    with warnings.catch_warnings():  # partitioned check specs are marked preview; we use only the partition key
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [dg.AssetCheckSpec(name, asset=stage, blocking=True, description=desc, partitions_def=partitions)
+                for name, desc in CHECKS.get(stage, [])]
+
+
 def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[dg.AssetCheckResult]:
     out = []
     for name, _ in CHECKS.get(stage, []):
@@ -129,4 +140,6 @@ def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[
             out.append(_no_pii_left(cfg, result))
         elif name == "promotion_gates":
             out.append(_promotion_gates(result))
+    if result.domain is not None:  # also in the metadata, where the result is read without its event
+        out = [r.with_metadata({**r.metadata, "partition": dg.MetadataValue.text(result.domain)}) for r in out]
     return out
