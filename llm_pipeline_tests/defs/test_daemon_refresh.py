@@ -3,6 +3,7 @@
 The daemon runs as a subprocess in its own process session; editing one legal source file must make the source
 sensor request a backfill that the daemon's backfill loop executes: legal's partitions and every unpartitioned asset
 downstream, all successful, while medicine's partitions stay as they were. The daemon is stopped by its PID.
+The cron refresh is checked through one iteration of the daemon's own sensor loop, against a real code server.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ def wait_for(what: str, probe, proc: subprocess.Popen, log: Path, timeout: float
     pytest.fail(f"no {what} within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
 
 
+def edit(path: Path, added: str) -> None:
+    """Append to a source file in one rename, so no sensor tick can fingerprint a half-written file."""
+    tmp = path.with_name(f".{path.name}.edit")
+    tmp.write_text(path.read_text() + added)
+    os.replace(tmp, path)
+
+
 def sensor_ticks(instance: dg.DagsterInstance, name: str):
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.instigator_name == name:
@@ -154,7 +162,7 @@ def test_editing_a_source_file_refreshes_that_domain_under_the_daemon(tmp_path, 
         assert not instance.get_backfills()
 
         victim = cfg.resolve(cfg.domains["legal"].sources[0].path) / "articles" / "article_01.html"
-        victim.write_text(victim.read_text() + "\n<p>An amendment adds a notice period of thirty days.</p>\n")
+        edit(victim, "\n<p>An amendment adds a notice period of thirty days.</p>\n")
         backfills = wait_for("a finished source-change backfill", lambda: finished_backfill(instance, "source_change"), proc, log)
     finally:
         stop(proc)
@@ -185,7 +193,7 @@ def test_a_cron_tick_requests_the_stale_domains_through_the_daemons_evaluation(t
         folder.mkdir(parents=True)
         write_json(folder / MANIFEST, {"stage": "raw_corpus", "domain": d, "inputs": {"sources": domain_fingerprint(cfg, d)}})
     victim = cfg.resolve(cfg.domains["legal"].sources[0].path) / "articles" / "article_02.html"
-    victim.write_text(victim.read_text() + "\n<p>A later ruling narrows the exception.</p>\n")
+    edit(victim, "\n<p>A later ruling narrows the exception.</p>\n")
 
     monkeypatch.setenv("LLM_PIPELINE_CONFIG", str(config))
     instance = project_instance(tmp_path / "dagster_home")

@@ -168,10 +168,13 @@ def test_ui_shows_the_asset_graph_in_a_browser(dagster_dev, tmp_path):
             time.sleep(1)
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "dagster-asset-graph.png"
-        driver.save_screenshot(str(shot))
+        # Saved under a name of its own, then renamed: two test runs at once never read each other's half-written file.
+        own = ARTIFACTS / f".dagster-asset-graph-{os.getpid()}.png"
+        driver.save_screenshot(str(own))
+        assert own.stat().st_size > 10_000
+        os.replace(own, shot)
         assert not missing, f"asset graph page lacks {sorted(missing)}; screenshot: {shot}"
         assert in_graph == set(ORDER), f"graph nodes missing for {sorted(set(ORDER) - in_graph)}; screenshot: {shot}"
-        assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
 
