@@ -157,8 +157,10 @@ def test_editing_a_source_file_refreshes_that_domain_under_the_daemon(tmp_path, 
     proc = start_daemon(home, config, log)
     try:
         # Sources unchanged: the sensor's ticks skip and request nothing.
-        first = wait_for("a first sensor tick", lambda: sensor_ticks(instance, "source_change_sensor"), proc, log, 300)
-        assert first[-1].status == TickStatus.SKIPPED, first[-1]
+        # A tick is stored as STARTED and then updated: wait for one the sensor has finished evaluating.
+        finished = lambda: [t for t in sensor_ticks(instance, "source_change_sensor") if t.status != TickStatus.STARTED]  # noqa: E731
+        first = wait_for("a finished sensor tick", finished, proc, log, 300)
+        assert [t.status for t in first] == [TickStatus.SKIPPED] * len(first), first
         assert not instance.get_backfills()
 
         victim = cfg.resolve(cfg.domains["legal"].sources[0].path) / "articles" / "article_01.html"
