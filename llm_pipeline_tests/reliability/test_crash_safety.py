@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from llm_pipeline.config import load_config
-from llm_pipeline.io import MANIFEST, dvc_hash, read_json
+from llm_pipeline.io import MANIFEST, read_json
 from llm_pipeline.runner import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
