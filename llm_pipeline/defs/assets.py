@@ -13,7 +13,7 @@ import dagster as dg
 from llm_pipeline import progress
 from llm_pipeline.config import ConfigError, PipelineConfig
 from llm_pipeline.defs.automation import SOURCES
-from llm_pipeline.defs.checks import CHECKS, check_results
+from llm_pipeline.defs.checks import check_results, check_specs
 from llm_pipeline.defs.metadata import result_metadata
 from llm_pipeline.defs.resources import PipelineConfigResource
 from llm_pipeline.runner import StageInputError, run_stage
@@ -60,7 +60,7 @@ def _make_asset(stage: Stage, partitions: dg.PartitionsDefinition, cfg: Pipeline
         deps.append(dg.AssetDep(SOURCES))
     retry = dg.RetryPolicy(max_retries=cfg.orchestration.retries, delay=cfg.orchestration.retry_delay_seconds,
                            backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-    specs = [dg.AssetCheckSpec(name, asset=stage.name, blocking=True, description=desc) for name, desc in CHECKS.get(stage.name, [])]
+    specs = check_specs(stage.name, partitions if stage.partitioned else None)
 
     @dg.asset(
         name=stage.name,

@@ -43,8 +43,13 @@ def refresh_request(asset_graph, domains: list[str], tags: dict[str, str]) -> dg
     return dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
 
 
+# The daemon accepts a backfill request from a sensor only when the sensor declares the assets it may request.
+REFRESHED = dg.AssetSelection.assets(*ORDER)
+
+
 def build_sensor(cfg: PipelineConfig) -> dg.SensorDefinition:
     @dg.sensor(name="source_change_sensor", minimum_interval_seconds=cfg.orchestration.sensor_interval_seconds,
+               asset_selection=REFRESHED,
                default_status=dg.DefaultSensorStatus.RUNNING if cfg.orchestration.sensor else dg.DefaultSensorStatus.STOPPED,
                description="Re-materializes only the domains whose source files changed, then what depends on them.")
     def source_change_sensor(context: dg.SensorEvaluationContext, pipeline: PipelineConfigResource):
@@ -77,6 +82,7 @@ def build_cron_sensor(cfg: PipelineConfig) -> dg.SensorDefinition | None:
         raise ValueError(f"orchestration.schedule_cron: {cron!r} is not a valid cron string")
 
     @dg.sensor(name="source_refresh_schedule", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               asset_selection=REFRESHED,
                description=f"On the cron schedule {cron!r} ({cfg.orchestration.timezone}), refresh stale domains.")
     def source_refresh_schedule(context: dg.SensorEvaluationContext, pipeline: PipelineConfigResource):
         import time

@@ -9,10 +9,12 @@ would load every partition (see shared notes on partitioned asset checks).
 from __future__ import annotations
 
 import json
+import warnings
 
 import dagster as dg
 
 from llm_pipeline.config import PipelineConfig
+from llm_pipeline.defs.metadata import markdown
 from llm_pipeline.runner import StageResult
 
 CHECKS: dict[str, list[tuple[str, str]]] = {
@@ -64,7 +66,7 @@ def _great_expectations(cfg: PipelineConfig, result: StageResult) -> dg.AssetChe
         metadata={
             "expectations": len(outcome.results),
             "failed": dg.MetadataValue.json(failed),
-            "summary": dg.MetadataValue.md(outcome.summary),
+            "summary": markdown(outcome.summary),
         },
     )
 
@@ -93,7 +95,7 @@ def _promotion_gates(result: StageResult) -> dg.AssetCheckResult:
             "promoted": not failed,
             "gates": len(gates),
             "failed": dg.MetadataValue.json([g["name"] for g in failed]),
-            "verdict": dg.MetadataValue.md("\n".join(rows) if gates else "No promotion gate is configured."),
+            "verdict": markdown("\n".join(rows) if gates else "No promotion gate is configured."),
         },
     )
 
@@ -151,9 +153,18 @@ def _drop_share(cfg: PipelineConfig, result: StageResult) -> dg.AssetCheckResult
         metadata={
             "max_drop_share": ccfg.max_drop_share,
             "over_limit": dg.MetadataValue.json(over),
-            "examples": dg.MetadataValue.md("\n".join(lines) if over else "No reason over the limit."),
+            "examples": markdown("\n".join(lines) if over else "No reason over the limit."),
         },
     )
+
+
+def check_specs(stage: str, partitions: dg.PartitionsDefinition | None) -> list[dg.AssetCheckSpec]:
+    """The stage's blocking checks. A partitioned stage's checks share its partitions, so each evaluation is recorded
+    against the domain it checked and the UI lists check results per partition, not one result per asset."""
+    with warnings.catch_warnings():  # partitioned check specs are marked preview; we use only the partition key
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [dg.AssetCheckSpec(name, asset=stage, blocking=True, description=desc, partitions_def=partitions)
+                for name, desc in CHECKS.get(stage, [])]
 
 
 def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[dg.AssetCheckResult]:
@@ -172,4 +183,6 @@ def check_results(stage: str, cfg: PipelineConfig, result: StageResult) -> list[
             out.append(_drop_share(cfg, result))
         elif name == "promotion_gates":
             out.append(_promotion_gates(result))
+    if result.domain is not None:  # also in the metadata, where the result is read without its event
+        out = [r.with_metadata({**r.metadata, "partition": dg.MetadataValue.text(result.domain)}) for r in out]
     return out

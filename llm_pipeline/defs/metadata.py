@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import dagster as dg
@@ -14,6 +15,18 @@ HEADLINE = (
     "documents_in", "documents_kept", "quarantined", "bytes_in", "bytes_kept", "vocab_size", "train_tokens",
     "parameters", "trainable_params", "train_loss", "eval_loss", "eval_perplexity",
 )
+
+
+# Fenced blocks and inline code spans: markdown shows their contents literally, so they are left as they are.
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+
+
+def markdown(text: str) -> dg.MetadataValue:
+    """Markdown metadata whose prose shows exactly as written. The UI renders markdown with inline HTML, so a
+    redaction tag such as `<PERSON>` in a sample would be taken for an unknown element and vanish; escaping `&` and
+    `<` outside code keeps tables, quotes and emphasis working and shows the tag itself."""
+    parts = _CODE.split(text)
+    return dg.MetadataValue.md("".join(p if i % 2 else p.replace("&", "&amp;").replace("<", "&lt;") for i, p in enumerate(parts)))
 
 
 def _value(v: Any) -> dg.MetadataValue:
@@ -41,14 +54,16 @@ def result_metadata(result: StageResult) -> dict[str, dg.MetadataValue]:
     md["dvc_hash"] = dg.MetadataValue.text(result.dvc_hash)
     md["seconds"] = dg.MetadataValue.float(round(result.seconds, 3))
     if result.preview:
-        md["preview"] = dg.MetadataValue.md(result.preview)
+        md["preview"] = markdown(result.preview)
     for key, value in result.metadata.items():
         if key in md:
             continue
-        if isinstance(value, dg.MetadataValue):
+        if isinstance(value, dg.MarkdownMetadataValue):
+            md[key] = markdown(value.md_str or "")
+        elif isinstance(value, dg.MetadataValue):
             md[key] = value
         elif key.endswith("_md"):
-            md[key] = dg.MetadataValue.md(str(value))
+            md[key] = markdown(str(value))
         else:
             md[key] = _value(value)
     return md

