@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -517,4 +518,43 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, root:
         raise ConfigError(_format_errors(shown, exc)) from None
     cfg.config_path = path.resolve()
     cfg.root = base.resolve()
+    _refuse_sources_in_outputs(cfg, shown)
     return cfg
+
+
+# Folders under data_dir that the pipeline writes besides the stage outputs (metrics, locks, caches, checkpoints:
+# every dot-folder is the pipeline's own).
+_WRITTEN_UNDER_DATA = ("metrics",)
+
+
+def _written_by_pipeline(cfg: PipelineConfig, real_path: Path) -> str | None:
+    """The folder under data_dir that the pipeline writes and that holds `real_path`, if any."""
+    from llm_pipeline.stages import STAGES  # stages/__init__ imports nothing of ours: no cycle
+
+    data = Path(os.path.realpath(cfg.data_path))
+    if real_path == data:
+        return str(data)
+    if not real_path.is_relative_to(data):
+        return None
+    top = real_path.relative_to(data).parts[0]
+    if top in STAGES or top in _WRITTEN_UNDER_DATA or top.startswith("."):
+        return str(data / top)
+    return None
+
+
+def _refuse_sources_in_outputs(cfg: PipelineConfig, shown: str) -> None:
+    """A source inside a folder the pipeline writes would be renamed aside and deleted when that output is rebuilt
+    (and would read the pipeline's own output back as input): refused at load, with the key that says so."""
+    sources = [(f"domains.{d}.sources.{i}", s) for d, dc in cfg.domains.items() for i, s in enumerate(dc.sources)]
+    sources += [(f"base_checkpoint.general_data.{i}", s) for i, s in enumerate(cfg.base_checkpoint.general_data)]
+    problems = []
+    for key, src in sources:
+        value = src.path if src.path is not None else src.hf_dataset
+        if src.path is None and not (value.startswith(("/", "~", ".")) or cfg.resolve(value).exists()):
+            continue  # a hub id, not a local folder
+        where = _written_by_pipeline(cfg, Path(os.path.realpath(cfg.resolve(value))))
+        if where is not None:
+            problems.append(f"{shown}: {key}: source_inside_output: {value} lies inside {where}, which the pipeline "
+                            f"writes and replaces; keep sources outside the stage outputs of data_dir ({cfg.data_dir})")
+    if problems:
+        raise ConfigError("invalid config\n  " + "\n  ".join(problems))
