@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NamedTuple
 
@@ -110,10 +112,26 @@ def decode(data: bytes) -> tuple[str, str]:
         raise DecodeFailed(f"{enc}: {exc.reason} at byte {exc.start}") from None
 
 
+def sniff(open_binary: Opener) -> bytes:
+    """The first SNIFF_BYTES of the stream, or as many as a cut-short compressed file yields (its cut is reported
+    where the records are read, after the records before it)."""
+    parts: list[bytes] = []
+    got = 0
+    with open_binary() as f:
+        read = getattr(f, "read1", f.read)  # one underlying read at a time: what came before a cut is kept
+        try:
+            while got < SNIFF_BYTES and (block := read(SNIFF_BYTES - got)):
+                parts.append(block)
+                got += len(block)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            if not parts:
+                raise  # nothing readable at all: a whole-file problem, reported by the caller
+    return b"".join(parts)
+
+
 def _open_text(open_binary: Opener) -> tuple[IO[str] | None, Bad | None]:
     """A text stream over the file with a sniffed encoding, or the reason there is none."""
-    with open_binary() as f:
-        head = f.read(SNIFF_BYTES)
+    head = sniff(open_binary)
     if not head.strip():
         return None, Bad("", "empty_file", "no content", len(head))
     if is_binary(head):
@@ -180,6 +198,12 @@ def parse_json(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator
     except json.JSONDecodeError as exc:
         yield Bad("", "malformed_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}", len(data))
         return
+    except RecursionError:
+        yield Bad("", "malformed_json", "nested too deeply to parse", len(data))
+        return
+    except ValueError as exc:  # an integer of more digits than Python converts
+        yield Bad("", "malformed_json", str(exc)[:200], len(data))
+        return
     if isinstance(obj, list):
         if not obj:
             yield Bad("", "empty_file", "an empty JSON array", len(data))
@@ -205,7 +229,88 @@ def _bounded_lines(stream: IO[str], max_chars: int) -> Iterator[tuple[str, int]]
         yield "", length
 
 
+def _binary_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(line, 0) pairs, or (b"", length) for a line over max_bytes, skipped through a bounded piece at a time."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line, 0
+            continue
+        length = len(line)
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 20)
+            length += len(line)
+        yield b"", length
+
+
+def _json_record(line: str, locator: str, text_field: str) -> Text | Bad:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Bad(locator, "malformed_json", f"column {exc.colno}: {exc.msg}", len(line))
+    except RecursionError:  # "[[[[..." a hundred thousand deep
+        return Bad(locator, "malformed_json", "nested too deeply to parse", len(line))
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return Bad(locator, "malformed_json", str(exc)[:200], len(line))
+    return field_text(record, text_field, locator, len(line))
+
+
+def _decode_line(raw: bytes, encoding: str) -> str:
+    """One line in the file's encoding; a UTF-8 file's stray legacy line decodes as Windows-1252, as a whole text
+    file with stray invalid UTF-8 does (see guess_encoding). Raises UnicodeDecodeError when neither fits."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        if encoding not in ("utf-8", "utf-8-sig"):
+            raise
+        return raw.decode("cp1252")
+
+
 def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
+    """One record per line. Each line is decoded and parsed on its own, so a bad byte, a line nested too deeply or
+    an absurd integer costs that line only, and a compressed stream cut short keeps every line before the cut."""
+    head = sniff(open_binary)
+    if not head.strip():
+        yield Bad("", "empty_file", "no content", len(head))
+        return
+    if is_binary(head):
+        yield Bad("", "binary", "NUL bytes in the first 64 KiB", len(head))
+        return
+    try:
+        encoding = guess_encoding(head)
+    except DecodeFailed as exc:
+        yield Bad("", "decode_error", str(exc), len(head))
+        return
+    if "\n".encode(encoding.removesuffix("-sig")) != b"\n":  # UTF-16/32: lines cannot be split as bytes
+        yield from _parse_jsonl_text(open_binary, text_field, max_bytes)
+        return
+    lineno = 0
+    with open_binary() as f:
+        try:
+            for lineno, (raw, skipped) in enumerate(_binary_lines(f, max_bytes), 1):
+                locator = f"#L{lineno}"
+                if skipped:
+                    yield too_large(locator, skipped, max_bytes)
+                    continue
+                try:
+                    line = _decode_line(raw, encoding)
+                except UnicodeDecodeError as exc:
+                    yield Bad(locator, "decode_error", f"{encoding}: {exc.reason} at byte {exc.start} of the line", len(raw))
+                    continue
+                if not line.strip():
+                    continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
+                yield _json_record(line, locator, text_field)
+        except EOFError as exc:
+            yield Bad(f"#L{lineno + 1}", "truncated_gzip",
+                      f"the compressed file ends inside line {lineno + 1} ({exc}); the {lineno} lines before it were read")
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            yield Bad(f"#L{lineno + 1}", "bad_gzip",
+                      f"corrupt compressed data from line {lineno + 1} on ({exc}); the {lineno} lines before it were read")
+
+
+def _parse_jsonl_text(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     stream, bad = _open_text(open_binary)
     if bad:
         yield bad
@@ -220,13 +325,8 @@ def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterato
                     yield too_large(f"#L{lineno}", skipped, max_bytes)
                     continue
                 if not line.strip():
-                    continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield Bad(f"#L{lineno}", "malformed_json", f"column {exc.colno}: {exc.msg}", len(line))
                     continue
-                yield field_text(record, text_field, f"#L{lineno}", len(line))
+                yield _json_record(line, f"#L{lineno}", text_field)
         except UnicodeDecodeError as exc:
             yield Bad(f"#L{lineno + 1}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
