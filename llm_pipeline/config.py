@@ -105,6 +105,10 @@ class CleanedCorpusConfig(Section):
     # and its memory grows with text length.
     pii_chunk_chars: int = Field(default=100_000, ge=1_000)
     batch_size: int = Field(default=256, ge=1)  # documents per batch: bounds memory, amortizes spaCy's per-call cost
+    # Wall-clock seconds cleaning one document may take before it is quarantined (cleaning_error: DocumentTimeout).
+    # Cleaning is linear in document size (an 8 MiB document takes a few seconds here); the cap is the guard for
+    # what a rule or library may still do on input nobody foresaw, so one document cannot stall a domain.
+    max_clean_seconds: float = Field(default=60.0, gt=0)
     # A document whose raw record, settings above and curation code are unchanged since the last run of its domain
     # takes its result (kept text or drop reason, and the PII audit's verdict) from <data_dir>/.cache/ instead of
     # being cleaned and analyzed again (curation.result_cache); the output is the same either way. False = every run
