@@ -174,22 +174,36 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-class ShardWriter:
-    """Write dict records to numbered Parquet shards of at most `max_rows` rows each."""
+# What one batch of records may weigh in memory (text columns, by their lengths): a read batch and a shard writer's
+# buffer each stay near this whatever the documents weigh, so a stage's peak memory does not scale with
+# `rows x max_document_bytes` (10,000 rows of 8 MiB would be 80 GB).
+BATCH_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, out_dir: Path, prefix: str = "shard", max_rows: int = 10_000, schema: pa.Schema | None = None):
+
+def _weight(record: dict) -> int:
+    return sum(len(v) for v in record.values() if isinstance(v, (str, bytes)))
+
+
+class ShardWriter:
+    """Write dict records to numbered Parquet shards of at most `max_rows` rows (or BATCH_BYTES of text) each."""
+
+    def __init__(self, out_dir: Path, prefix: str = "shard", max_rows: int = 10_000, schema: pa.Schema | None = None,
+                 max_bytes: int = BATCH_BYTES):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.schema = schema
         self._buffer: list[dict] = []
+        self._bytes = 0
         self.files: list[Path] = []
         self.rows = 0
 
     def write(self, record: dict) -> None:
         self._buffer.append(record)
-        if len(self._buffer) >= self.max_rows:
+        self._bytes += _weight(record)
+        if len(self._buffer) >= self.max_rows or self._bytes >= self.max_bytes:
             self.flush()
 
     def write_many(self, records: Iterable[dict]) -> None:
@@ -207,6 +221,7 @@ class ShardWriter:
         self.files.append(path)
         self.rows += len(self._buffer)
         self._buffer = []
+        self._bytes = 0
 
     def close(self) -> list[Path]:
         self.flush()
@@ -226,19 +241,33 @@ def shard_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
-    """Stream records from every shard below `folder`, a bounded batch at a time."""
-    for path in shard_files(folder):
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield from batch.to_pylist()
+def rows_per_batch(pf: pq.ParquetFile, columns: list[str] | None, batch_size: int, max_bytes: int = BATCH_BYTES) -> int:
+    """`batch_size`, lowered so that a batch of the file's heaviest row group stays near `max_bytes` uncompressed."""
+    meta = pf.metadata
+    names = set(columns) if columns is not None else None
+    widest = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        size = sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+                   if names is None or rg.column(j).path_in_schema in names)
+        widest = max(widest, -(-size // rg.num_rows))
+    return max(1, min(batch_size, max_bytes // max(widest, 1)))
 
 
 def iter_batches(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[list[dict]]:
+    """Record batches from every shard below `folder`: at most `batch_size` rows and about BATCH_BYTES each."""
     for path in shard_files(folder):
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        for batch in pf.iter_batches(batch_size=rows_per_batch(pf, columns, batch_size), columns=columns):
             yield batch.to_pylist()
+
+
+def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
+    """Stream records from every shard below `folder`, a bounded batch at a time."""
+    for batch in iter_batches(folder, columns, batch_size):
+        yield from batch
 
 
 # ---------------------------------------------------------------- content hashes (the same values DVC computes)

@@ -339,8 +339,16 @@ def parse_csv(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[
     # Documents are long fields (the default 128 KiB limit would reject them), but a field is held whole in memory,
     # and an unclosed quote makes the rest of the file one field: the source's document cap bounds both.
     csv.field_size_limit(max_bytes)
+    def lines() -> Iterator[str]:
+        # Lines of at most max_bytes characters: a gzip bomb of one line of commas would otherwise become a row of
+        # hundreds of millions of fields before the field-size limit ever applies.
+        while line := stream.readline(max_bytes + 1):
+            if len(line) > max_bytes and not line.endswith("\n"):
+                raise csv.Error(f"field larger than field limit ({max_bytes:,}): a line over max_document_bytes")
+            yield line
+
     with stream:
-        reader = csv.reader(stream, strict=True)
+        reader = csv.reader(lines(), strict=True)
         start = 1
         try:
             header = next(reader, None)
@@ -368,36 +376,148 @@ def parse_csv(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[
             yield Bad(f"#L{start}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
 
-def parse_parquet(source: Any, text_field: str, batch_size: int = 1024) -> Iterator[Text | Bad]:
-    """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer)."""
+# A dictionary-encoded text column holds each distinct value once per row group, and that dictionary page is read
+# whole before any row: a row group whose text dictionary weighs more than this uncompressed is refused, not read.
+# Writers cap dictionary pages at 1 MiB by default and fall back to plain pages, so only a crafted file comes near.
+PARQUET_DICTIONARY_MAX_BYTES = 256 << 20
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _dictionary_page_bytes(source: Any, chunk: Any) -> int:
+    """The uncompressed size a column chunk's dictionary page declares in its header (0 when it has none).
+
+    Parquet page headers are Thrift compact structs whose field 2 is `uncompressed_page_size`; reading it takes a
+    few bytes, where asking Arrow would decode the whole page. An unreadable header counts as too large."""
+    offset = chunk.dictionary_page_offset
+    if not chunk.has_dictionary_page or offset is None:
+        return 0
     try:
-        pf = pq.ParquetFile(source)
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            with open(source, "rb") as f:
+                f.seek(offset)
+                head = f.read(64)
+        else:
+            where = source.tell()
+            source.seek(offset)
+            head = source.read(64)
+            source.seek(where)
+        pos, field = 0, 0
+        while pos < len(head):
+            byte = head[pos]
+            pos += 1
+            delta, kind = byte >> 4, byte & 0x0F
+            if delta == 0 or kind != 5:  # not the plain i32 fields that open a PageHeader
+                break
+            field += delta
+            value, pos = _varint(head, pos)
+            if field == 2:
+                return (value >> 1) ^ -(value & 1)  # zigzag
+    except (OSError, IndexError):
+        pass
+    return PARQUET_DICTIONARY_MAX_BYTES + 1
+# A gzipped Parquet file is unpacked to a temporary file (Parquet needs random access); at most this much.
+GUNZIPPED_PARQUET_MAX_BYTES = 4 << 30
+
+
+def parse_parquet(source: Any, text_field: str, max_bytes: int | None = None, batch_size: int = 1024) -> Iterator[Text | Bad]:
+    """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer).
+
+    Memory stays bounded whatever the file claims: batches are sized from the row groups' uncompressed sizes, the
+    text column is read dictionary-encoded, and each row's length is checked against ``max_bytes`` from the
+    column's offsets (or its dictionary's) before the row becomes a Python string, so 300 rows pointing at one
+    7 MiB dictionary value cost 7 MiB, not 2 GB."""
+    from llm_pipeline.io import rows_per_batch
+
+    try:
+        schema = pq.ParquetFile(source).schema_arrow
+        if text_field in schema.names:
+            pf = pq.ParquetFile(source, read_dictionary=[text_field])
     except (pa.ArrowException, OSError) as exc:
         yield Bad("", "bad_parquet", str(exc)[:300])
         return
-    schema = pf.schema_arrow
     if text_field not in schema.names:
         yield Bad("", "wrong_parquet_schema", f"no {text_field!r} column (columns: {', '.join(schema.names[:8])})")
         return
+    schema = pf.schema_arrow
     kind = schema.field(text_field).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         yield Bad("", "wrong_parquet_schema", f"column {text_field!r} has type {kind}, not string")
         return
     index = 0
+    meta = pf.metadata
     try:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=[text_field]):
-            for value in batch.column(0).to_pylist():
-                yield field_text({text_field: value}, text_field, f"#{index}", 0)
-                index += 1
+        for group in range(meta.num_row_groups):
+            rg = meta.row_group(group)
+            chunk = next((rg.column(j) for j in range(rg.num_columns) if rg.column(j).path_in_schema == text_field), None)
+            weight = _dictionary_page_bytes(source, chunk) if chunk is not None else 0
+            if weight > PARQUET_DICTIONARY_MAX_BYTES:
+                for _ in range(rg.num_rows):
+                    yield Bad(f"#{index}", "document_too_large",
+                              f"row group {group}'s text dictionary is {weight:,} bytes uncompressed; it is not read")
+                    index += 1
+                continue
+            rows = rows_per_batch(pf, [text_field], batch_size)
+            for batch in pf.iter_batches(batch_size=rows, row_groups=[group], columns=[text_field]):
+                for item in _parquet_rows(batch.column(0), text_field, index, max_bytes):
+                    yield item
+                index += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         yield Bad(f"#{index}", "bad_parquet", f"{str(exc)[:300]}; the rest of the file is skipped")
 
 
+def _parquet_rows(column: pa.Array, text_field: str, start: int, max_bytes: int | None) -> Iterator[Text | Bad]:
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        values, indices = column.dictionary, column.indices
+        lengths = pc.binary_length(values).to_pylist()
+        for i, k in enumerate(indices.to_pylist()):
+            if k is None:
+                yield field_text({text_field: None}, text_field, f"#{start + i}", 0)
+            elif max_bytes is not None and lengths[k] > max_bytes:
+                yield too_large(f"#{start + i}", lengths[k], max_bytes)
+            else:
+                yield field_text({text_field: values[k].as_py()}, text_field, f"#{start + i}", 0)
+        return
+    lengths = pc.binary_length(column).to_pylist()
+    for i, n in enumerate(lengths):
+        if n is not None and max_bytes is not None and n > max_bytes:
+            yield too_large(f"#{start + i}", n, max_bytes)
+        else:
+            yield field_text({text_field: column[i].as_py()}, text_field, f"#{start + i}", 0)
+
+
 def parse_buffered_parquet(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
-    """A gzipped Parquet file: decompressed into memory, since Parquet cannot be read front to back."""
-    with open_binary() as f:
-        buffer = io.BytesIO(f.read())
-    yield from parse_parquet(buffer, text_field)
+    """A gzipped Parquet file: unpacked, a block at a time, to a temporary file (Parquet cannot be read front to
+    back), refused once it passes GUNZIPPED_PARQUET_MAX_BYTES; then read like any Parquet file."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="llmp-parquet-", suffix=".parquet") as spool:
+        written = 0
+        with open_binary() as f:
+            while block := f.read(1 << 20):
+                written += len(block)
+                if written > GUNZIPPED_PARQUET_MAX_BYTES:
+                    yield Bad("", "document_too_large", f"unpacks to more than {GUNZIPPED_PARQUET_MAX_BYTES:,} bytes; "
+                                                      "not read", 0)
+                    return
+                spool.write(block)
+        spool.flush()
+        yield from parse_parquet(spool.name, text_field, max_bytes)
 
 
 PARSERS: dict[str, Callable[[Opener, str, int], Iterator[Text | Bad]]] = {

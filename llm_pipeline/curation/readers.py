@@ -233,7 +233,7 @@ def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT
         return gzip.open(path, "rb") if gz else open(path, "rb")
 
     if fmt == "parquet" and not gz:
-        items = parse_parquet(path, text_field)
+        items = parse_parquet(path, text_field, max_bytes)
     else:
         items = PARSERS[fmt](open_binary, text_field, max_bytes)
     count = 0
