@@ -378,8 +378,9 @@ class EvalReportConfig(Section):
     # A vocabulary token containing a canary part at least this long is a leak; shorter parts ("org", "555") are
     # ordinary tokens of any vocabulary.
     canary_min_part_chars: int = Field(default=6, ge=3)
-    # A canary part found as a word in more than this many deduped documents is an ordinary word ("clinic"), not
-    # evidence that the canary leaked into the vocabulary.
+    # A part of an e-mail canary's domain found in more than this many deduped documents names an organisation the
+    # corpus mentions in its own right ("quayside"), not a leak; personal parts (names, mailboxes, numbers) count
+    # however many documents hold them (evaluation/canaries.py).
     canary_common_part_max_documents: int = Field(default=5, ge=0)
     # -- promotion gates (each optional; None turns it off). A failed gate fails the blocking `promotion_gates`
     # check and writes `promoted: false` into eval_report/serving_manifest.json; the stage itself still succeeds.

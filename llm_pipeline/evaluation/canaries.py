@@ -7,10 +7,11 @@ for, case-insensitively and with runs of whitespace collapsed, in:
 - the tokenizer vocabulary: a token holding a *distinctive part* of the canary (a run of letters/digits of at least
   `min_part_chars`, or the digits of a number-like canary run together) means the tokenizer learned it from text
   that still held it. Parts that are ordinary English words ("clinic" in an e-mail address: in the WordNet word
-  list the spaCy model ships for its lemmatizer) prove nothing and are not used. Every other part counts, however
-  many documents hold it: a surname left behind in forty documents is forty leaks, not a "common word". (Without
-  the word list, a part in more than `common_part_max_documents` documents is taken as ordinary, and a note says
-  so.) The canary's own tokenization is shown too: a distinctive part encoded as a single token is the same finding
+  list the spaCy model ships for its lemmatizer) prove nothing and are not used; nor do the parts of an e-mail
+  address's domain (an organisation's public name, "quayside" of Quayside Shipping) found in more than
+  `common_part_max_documents` documents. Every personal part (a name, a mailbox, a number) counts, however many
+  documents hold it: a surname left behind in forty documents is forty leaks, not a "common word". (Without the
+  word list, any part in more than `common_part_max_documents` documents is taken as ordinary, as the report says.) The canary's own tokenization is shown too: a distinctive part encoded as a single token is the same finding
   seen from the other side;
 - the deduped shards again, part by part: a canary-specific part found in documents is a leak of that part;
 - the SFT and DPO training sets (`sft_*.jsonl`, `pairs_*.jsonl`) and every generation of every model.
@@ -128,6 +129,8 @@ class CanaryScan:
         self.common_max = common_part_max_documents
         self.words = dictionary_words() if words is None else words
         self.part_docs: dict[str, int] = {p: 0 for c in canaries for p in c.parts}
+        # Parts of an e-mail address's domain name an organisation, which the corpus may name in its own right.
+        self.public_parts = {r.lower() for c in canaries if "@" in c.text for r in RUN.findall(c.text.split("@", 1)[1])}
         self._part_re = {p: re.compile(rf"(?<![^\W_]){re.escape(p)}(?![^\W_])") for p in self.part_docs}
         self.vocabulary: dict[str, Any] = {"checked": False}
         self._parts_scanned = False
@@ -161,9 +164,10 @@ class CanaryScan:
 
     def common_parts(self) -> set[str]:
         """Parts that are ordinary words: in the dictionary, or (without one) in many documents."""
+        frequent = {p for p, n in self.part_docs.items() if n > self.common_max}
         if self.words:
-            return {p for p in self.part_docs if p in self.words}
-        return {p for p, n in self.part_docs.items() if n > self.common_max}
+            return {p for p in self.part_docs if p in self.words} | (frequent & self.public_parts)
+        return frequent
 
     def _part_leaks(self) -> None:
         common = self.common_parts()

@@ -105,3 +105,14 @@ def test_a_widely_leaked_part_is_counted_however_many_documents_hold_it():
     assert name["examples"]["deduped_shards (a part)"] == [f"{mask('harrowgate')} in 40 document(s)"]
     assert {p["part"]: (p["documents"], p["ordinary_word"]) for p in email["parts"]}[mask("clinic")] == (40, True)
     assert "harrowgate" not in json.dumps(res).lower() and res["ordinary_words_from"] == "dictionary"
+
+
+def test_an_organisation_named_in_the_corpus_is_not_a_leak_of_an_address_at_it():
+    canary = "c.ostrowski-fenn@quayside-legal.net"
+    scan = CanaryScan(_canaries(canary), common_part_max_documents=5)
+    for i in range(6):
+        scan.scan_document("deduped_shards/legal", f"d{i}", f"An agreement with Quayside Shipping GmbH, number {i}.")
+    res = scan.results()
+    assert not res["items"][0]["leaked"]
+    scan.scan_document("deduped_shards/legal", "d9", "Mr Ostrowski signed it.")  # the mailbox's owner is personal
+    assert scan.results()["items"][0]["leaked"] is True
