@@ -132,22 +132,29 @@ class CanaryScan:
         # Parts of an e-mail address's domain name an organisation, which the corpus may name in its own right.
         self.public_parts = {r.lower() for c in canaries if "@" in c.text for r in RUN.findall(c.text.split("@", 1)[1])}
         self._part_re = {p: re.compile(rf"(?<![^\W_]){re.escape(p)}(?![^\W_])") for p in self.part_docs}
+        self.part_alone: dict[str, int] = {}  # documents holding the part but no whole canary that contains it
         self.vocabulary: dict[str, Any] = {"checked": False}
         self._parts_scanned = False
 
-    def scan(self, place: str, example: str, text: str) -> None:
+    def scan(self, place: str, example: str, text: str) -> list[Canary]:
         low = normalize(text)
+        found = []
         for c in self.canaries:
             if c.needle in low:
                 c.hit(place, example)
+                found.append(c)
+        return found
 
     def scan_document(self, place: str, doc_id: str, text: str) -> None:
-        """A shard document: looked through for canaries, and counted for how common each canary part is."""
-        self.scan(place, doc_id, text)
+        """A shard document: looked through for canaries, and counted for how common each canary part is, and for
+        each part, whether it appears without a whole canary holding it (a part leak of its own)."""
+        whole = self.scan(place, doc_id, text)
         low = text.lower()
         for part, rx in self._part_re.items():
             if part in low and rx.search(low):
                 self.part_docs[part] += 1
+                if not any(part in c.parts for c in whole):
+                    self.part_alone[part] = self.part_alone.get(part, 0) + 1
         self._parts_scanned = True
 
     def scan_records(self, place: str, path: Path) -> None:
@@ -173,7 +180,7 @@ class CanaryScan:
         common = self.common_parts()
         for c in self.canaries:
             for p in c.parts:
-                n = self.part_docs.get(p, 0)
+                n = self.part_alone.get(p, 0)
                 if n and p not in common:
                     c.hit("deduped_shards (a part)", f"{mask(p)} in {n} document(s)")
 

@@ -37,8 +37,10 @@ def test_full_string_found_case_and_whitespace_insensitively():
     scan.scan_document("deduped_shards/medicine", "doc-7", "Seen by LEONTYNE\n  harrowgate today.")
     scan.scan_document("deduped_shards/medicine", "doc-8", "Call [PHONE_NUMBER] for Leontyne.")  # the phone is redacted
     res = scan.results()
-    # The full name in doc-7; its first name left alone in doc-8 counts too: both parts were found in documents.
-    assert res["leaked"] == 1 and res["items"][0]["found_in"] == {"deduped_shards/medicine": 1, "deduped_shards (a part)": 2}
+    # The full name in doc-7; its first name left alone in doc-8 is a leak of that part (the parts of doc-7's whole
+    # name are that one finding, not more).
+    assert res["leaked"] == 1 and res["items"][0]["found_in"] == {"deduped_shards/medicine": 1, "deduped_shards (a part)": 1}
+    assert res["items"][0]["examples"]["deduped_shards (a part)"] == [f"{mask('leontyne')} in 1 document(s)"]
     assert {p["documents"] for p in res["items"][0]["parts"]} == {1, 2}
     assert res["items"][0]["examples"]["deduped_shards/medicine"] == ["doc-7"]
     assert res["items"][0]["canary"] == mask(NAME) != NAME and not res["items"][1]["leaked"]
