@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -116,6 +117,10 @@ class CleanedCorpusConfig(Section):
     # and its memory grows with text length.
     pii_chunk_chars: int = Field(default=100_000, ge=1_000)
     batch_size: int = Field(default=256, ge=1)  # documents per batch: bounds memory, amortizes spaCy's per-call cost
+    # Wall-clock seconds cleaning one document may take before it is quarantined (cleaning_error: DocumentTimeout).
+    # Cleaning is linear in document size (an 8 MiB document takes a few seconds here); the cap is the guard for
+    # what a rule or library may still do on input nobody foresaw, so one document cannot stall a domain.
+    max_clean_seconds: float = Field(default=60.0, gt=0)
     # A document whose raw record, settings above and curation code are unchanged since the last run of its domain
     # takes its result (kept text or drop reason, and the PII audit's verdict) from <data_dir>/.cache/ instead of
     # being cleaned and analyzed again (curation.result_cache); the output is the same either way. False = every run
@@ -436,8 +441,9 @@ class EvalReportConfig(Section):
     # A vocabulary token containing a canary part at least this long is a leak; shorter parts ("org", "555") are
     # ordinary tokens of any vocabulary.
     canary_min_part_chars: int = Field(default=6, ge=3)
-    # A canary part found as a word in more than this many deduped documents is an ordinary word ("clinic"), not
-    # evidence that the canary leaked into the vocabulary.
+    # A part of an e-mail canary's domain found in more than this many deduped documents names an organisation the
+    # corpus mentions in its own right ("quayside"), not a leak; personal parts (names, mailboxes, numbers) count
+    # however many documents hold them (evaluation/canaries.py).
     canary_common_part_max_documents: int = Field(default=5, ge=0)
     # -- promotion gates (each optional; None turns it off). A failed gate fails the blocking `promotion_gates`
     # check and writes `promoted: false` into eval_report/serving_manifest.json; the stage itself still succeeds.
@@ -599,4 +605,43 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, root:
         raise ConfigError(_format_errors(shown, exc)) from None
     cfg.config_path = path.resolve()
     cfg.root = base.resolve()
+    _refuse_sources_in_outputs(cfg, shown)
     return cfg
+
+
+# Folders under data_dir that the pipeline writes besides the stage outputs (metrics, locks, caches, checkpoints:
+# every dot-folder is the pipeline's own).
+_WRITTEN_UNDER_DATA = ("metrics",)
+
+
+def _written_by_pipeline(cfg: PipelineConfig, real_path: Path) -> str | None:
+    """The folder under data_dir that the pipeline writes and that holds `real_path`, if any."""
+    from llm_pipeline.stages import STAGES  # stages/__init__ imports nothing of ours: no cycle
+
+    data = Path(os.path.realpath(cfg.data_path))
+    if real_path == data:
+        return str(data)
+    if not real_path.is_relative_to(data):
+        return None
+    top = real_path.relative_to(data).parts[0]
+    if top in STAGES or top in _WRITTEN_UNDER_DATA or top.startswith("."):
+        return str(data / top)
+    return None
+
+
+def _refuse_sources_in_outputs(cfg: PipelineConfig, shown: str) -> None:
+    """A source inside a folder the pipeline writes would be renamed aside and deleted when that output is rebuilt
+    (and would read the pipeline's own output back as input): refused at load, with the key that says so."""
+    sources = [(f"domains.{d}.sources.{i}", s) for d, dc in cfg.domains.items() for i, s in enumerate(dc.sources)]
+    sources += [(f"base_checkpoint.general_data.{i}", s) for i, s in enumerate(cfg.base_checkpoint.general_data)]
+    problems = []
+    for key, src in sources:
+        value = src.path if src.path is not None else src.hf_dataset
+        if src.path is None and not (value.startswith(("/", "~", ".")) or cfg.resolve(value).exists()):
+            continue  # a hub id, not a local folder
+        where = _written_by_pipeline(cfg, Path(os.path.realpath(cfg.resolve(value))))
+        if where is not None:
+            problems.append(f"{shown}: {key}: source_inside_output: {value} lies inside {where}, which the pipeline "
+                            f"writes and replaces; keep sources outside the stage outputs of data_dir ({cfg.data_dir})")
+    if problems:
+        raise ConfigError("invalid config\n  " + "\n  ".join(problems))

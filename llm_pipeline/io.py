@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,65 @@ STATS = "stats.json"
 DOC_COLUMNS = ("id", "domain", "source", "text", "licence", "language")
 
 
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `final`; on success it replaces `final` in one rename."""
+class NotAnOutput(RuntimeError):
+    """The path a stage would replace holds something that is not an earlier output of that stage."""
+
+
+def check_replaceable(final: Path, stage: str | None = None) -> None:
+    """Raise NotAnOutput unless `final` is absent, an empty folder, or an earlier output (its manifest names `stage`).
+
+    Replacing is deleting: a folder the pipeline did not write (a source corpus placed under data/, a user's own
+    files) must never be renamed aside and removed because a config or a stage name happens to point at it."""
     final = Path(final)
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_symlink() or not final.is_dir():
+        raise NotAnOutput(f"{final}: refusing to replace it: it is not a folder this pipeline wrote (move it away first)")
+    manifest = final / MANIFEST
+    if not manifest.is_file():
+        if not any(final.iterdir()):
+            return
+        raise NotAnOutput(f"{final}: refusing to replace it: it holds files but no {MANIFEST}, so it is not an "
+                          f"earlier output of this stage (move it away first)")
+    if stage is not None:
+        try:
+            owner = read_json(manifest).get("stage")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != stage:
+            raise NotAnOutput(f"{final}: refusing to replace it: its {MANIFEST} names stage {owner!r}, not {stage!r}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, stage: str | None = None,
+               swap_guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on success it replaces `final` in one rename.
+
+    `final` is replaced only when it is an earlier output (see check_replaceable), checked before and again at the
+    swap, since the run between the two may be long. `swap_guard` (e.g. a publish_lock) is held around the swap."""
+    final = Path(final)
+    check_replaceable(final, stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        with swap_guard() if swap_guard is not None else contextlib.nullcontext():
+            check_replaceable(final, stage)
+            old = None
+            if final.exists():
+                old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                if old is not None:  # put the earlier output back rather than leave no output at all
+                    os.replace(old, final)
+                    old = None
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -63,6 +105,20 @@ def clean_stale_temps(parent: Path, name: str | None = None) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _flock(lock_dir: Path, key: str, mode: int) -> int:
+    import fcntl  # POSIX only, like the rest of the atomic-rename scheme
+
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def output_lock(lock_dir: Path, key: str) -> Iterator[None]:
     """Hold an exclusive advisory lock on one output while it is rebuilt.
@@ -70,16 +126,41 @@ def output_lock(lock_dir: Path, key: str) -> Iterator[None]:
     A second run of the same output (two Dagster runs, a `dvc repro` beside a sensor-triggered run) waits instead of
     deleting the first one's temp folder; the kernel releases the lock when its holder dies, even by SIGKILL, so a
     crashed run never leaves a lock behind."""
-    import fcntl  # POSIX only, like the rest of the atomic-rename scheme
+    import fcntl
 
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _flock(lock_dir, key, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def read_lock(lock_dir: Path, keys: Iterable[str]) -> Iterator[None]:
+    """Shared locks on the outputs a stage reads, held for its whole run (see publish_lock)."""
+    import fcntl
+
+    fds: list[int] = []
+    try:
+        for key in sorted(set(keys)):  # one order everywhere, so two readers never wait on each other
+            fds.append(_flock(lock_dir, f"{key}.read", fcntl.LOCK_SH))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def publish_lock(lock_dir: Path, key: str) -> Iterator[None]:
+    """The exclusive side of read_lock: a stage swaps its new output in only when no stage is reading the old one,
+    so a reader never sees its input replaced under it (a rebuilt upstream waits for its readers to finish)."""
+    import fcntl
+
+    fd = _flock(lock_dir, f"{key}.read", fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -93,22 +174,36 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-class ShardWriter:
-    """Write dict records to numbered Parquet shards of at most `max_rows` rows each."""
+# What one batch of records may weigh in memory (text columns, by their lengths): a read batch and a shard writer's
+# buffer each stay near this whatever the documents weigh, so a stage's peak memory does not scale with
+# `rows x max_document_bytes` (10,000 rows of 8 MiB would be 80 GB).
+BATCH_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, out_dir: Path, prefix: str = "shard", max_rows: int = 10_000, schema: pa.Schema | None = None):
+
+def _weight(record: dict) -> int:
+    return sum(len(v) for v in record.values() if isinstance(v, (str, bytes)))
+
+
+class ShardWriter:
+    """Write dict records to numbered Parquet shards of at most `max_rows` rows (or BATCH_BYTES of text) each."""
+
+    def __init__(self, out_dir: Path, prefix: str = "shard", max_rows: int = 10_000, schema: pa.Schema | None = None,
+                 max_bytes: int = BATCH_BYTES):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.schema = schema
         self._buffer: list[dict] = []
+        self._bytes = 0
         self.files: list[Path] = []
         self.rows = 0
 
     def write(self, record: dict) -> None:
         self._buffer.append(record)
-        if len(self._buffer) >= self.max_rows:
+        self._bytes += _weight(record)
+        if len(self._buffer) >= self.max_rows or self._bytes >= self.max_bytes:
             self.flush()
 
     def write_many(self, records: Iterable[dict]) -> None:
@@ -126,6 +221,7 @@ class ShardWriter:
         self.files.append(path)
         self.rows += len(self._buffer)
         self._buffer = []
+        self._bytes = 0
 
     def close(self) -> list[Path]:
         self.flush()
@@ -145,19 +241,33 @@ def shard_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.parquet") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
-    """Stream records from every shard below `folder`, a bounded batch at a time."""
-    for path in shard_files(folder):
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield from batch.to_pylist()
+def rows_per_batch(pf: pq.ParquetFile, columns: list[str] | None, batch_size: int, max_bytes: int = BATCH_BYTES) -> int:
+    """`batch_size`, lowered so that a batch of the file's heaviest row group stays near `max_bytes` uncompressed."""
+    meta = pf.metadata
+    names = set(columns) if columns is not None else None
+    widest = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        size = sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+                   if names is None or rg.column(j).path_in_schema in names)
+        widest = max(widest, -(-size // rg.num_rows))
+    return max(1, min(batch_size, max_bytes // max(widest, 1)))
 
 
 def iter_batches(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[list[dict]]:
+    """Record batches from every shard below `folder`: at most `batch_size` rows and about BATCH_BYTES each."""
     for path in shard_files(folder):
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+        for batch in pf.iter_batches(batch_size=rows_per_batch(pf, columns, batch_size), columns=columns):
             yield batch.to_pylist()
+
+
+def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[dict]:
+    """Stream records from every shard below `folder`, a bounded batch at a time."""
+    for batch in iter_batches(folder, columns, batch_size):
+        yield from batch
 
 
 # ---------------------------------------------------------------- content hashes (the same values DVC computes)

@@ -14,7 +14,9 @@ from typing import Any
 
 from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, read_json, write_json
+from llm_pipeline.io import (
+    MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, publish_lock, read_json, read_lock, write_json,
+)
 from llm_pipeline.security import check_data_dir
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
@@ -90,6 +92,29 @@ def _input_hashes(cfg: PipelineConfig, name: str, inputs: dict[str, Path], domai
     return hashes
 
 
+def _input_lock_keys(cfg: PipelineConfig, name: str, domain: str | None) -> list[str]:
+    """The lock keys (as output_lock names them) of every upstream output the stage reads."""
+    keys = []
+    for dep in STAGES[name].deps:
+        if STAGES[dep].partitioned:
+            keys += [f"{dep}-{d}" for d in ([domain] if STAGES[name].partitioned else cfg.domain_names)]
+        else:
+            keys.append(dep)
+    return keys
+
+
+class InputChanged(StageInputError):
+    """An input of the stage changed while it ran: the output would not be what its manifest says it was built from."""
+
+
+def _check_pinned(before: dict[str, str], after: dict[str, str], name: str, domain: str | None) -> None:
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        what = f"{name}[{domain}]" if domain else name
+        raise InputChanged(f"{what}: its input {', '.join(changed)} changed while it ran; nothing was written "
+                           f"(the earlier output, if any, is untouched): run it again")
+
+
 def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> StageResult:
     stage = STAGES.get(name)
     if stage is None:
@@ -117,10 +142,17 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
             out = fn(cfg, inputs, Path(scratch), domain=domain)
         return StageResult(name, domain, final, out.stats, out.preview, "", time.perf_counter() - started, out.metadata)
     # One run per output at a time; inside the lock, any temp folder of this output is a dead run's leftover.
-    with output_lock(cfg.data_path / LOCK_DIR, f"{name}-{domain}" if domain else name):
+    lock_dir = cfg.data_path / LOCK_DIR
+    key = f"{name}-{domain}" if domain else name
+    # Inputs are pinned: their hashes are taken before the stage reads them, and again when it is done; the shared
+    # read locks make a rebuild of an upstream output wait, and the second hash catches what no lock covers (the
+    # raw sources, an edit by hand, a `dvc checkout`). A manifest never names inputs the stage did not read.
+    with output_lock(lock_dir, key), read_lock(lock_dir, _input_lock_keys(cfg, name, domain)):
         clean_stale_temps(final.parent, final.name)
-        with atomic_dir(final) as tmp:
+        pinned = _input_hashes(cfg, name, inputs, domain)
+        with atomic_dir(final, stage=name, swap_guard=lambda: publish_lock(lock_dir, key)) as tmp:
             out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
+            _check_pinned(pinned, _input_hashes(cfg, name, inputs, domain), name, domain)
             write_json(tmp / STATS, out.stats)
             # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
             # so an uninterrupted run and a resumed one produce byte-identical folders.
@@ -133,7 +165,7 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
                     "config_fingerprint": cfg.fingerprint(),
                     "code_version": code_version_for_manifest(),
                     "seed": cfg.seed,
-                    "inputs": _input_hashes(cfg, name, inputs, domain),
+                    "inputs": pinned,
                 },
             )
     seconds = time.perf_counter() - started

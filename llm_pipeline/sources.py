@@ -1,8 +1,10 @@
 """Content fingerprints of each domain's sources, so a change in one domain re-runs that domain only.
 
-A local source's fingerprint hashes every matching file's relative path and bytes (xxh3, streamed). A Hugging Face
-dataset source contributes its id/config/split, since it cannot be observed offline; a local dataset folder given as
-`hf_dataset` is hashed like a path.
+A local source's fingerprint hashes the relative path and bytes (xxh3, streamed) of exactly the files the reader
+reads: the same walk (`readers.iter_files`), the same allowed roots, the same quarantines. A path outside the roots,
+a link out of the corpus or a file that vanished contributes its reason, never its bytes: the fingerprint opens
+nothing the reader would not. A Hugging Face dataset source contributes its id/config/split, since it cannot be
+observed offline; a local dataset folder given as `hf_dataset` is hashed like a path.
 """
 
 from __future__ import annotations
@@ -16,33 +18,47 @@ from llm_pipeline.config import PipelineConfig
 CHUNK = 1 << 20
 
 
-def _files(root: Path, glob: str) -> list[Path]:
+def _hash_tree(h: "xxhash.xxh3_128", cfg: PipelineConfig, root: Path, glob: str, *, hub_id: bool = False) -> None:
+    from llm_pipeline.curation.readers import Quarantined, iter_files
+    from llm_pipeline.security import OUTSIDE_ROOT, allowed_roots, is_inside
+
+    roots = allowed_roots(cfg)
+    if not is_inside(root, roots):
+        h.update(f"{OUTSIDE_ROOT}\n".encode())  # not even probed for existence, as the reader does
+        return
     if root.is_file():
-        return [root]
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob(glob) if p.is_file() and not p.name.startswith("."))
+        entries = [root]
+    elif root.is_dir():
+        entries = iter_files(root, glob, ".", roots)  # relative: moving the project keeps the hash
+    else:
+        h.update(b"absent\n" if not hub_id else b"")
+        return
+    for entry in entries:
+        if isinstance(entry, Quarantined):
+            h.update(f"quarantined:{entry.reason}:{entry.source}\n".encode())
+            continue
+        h.update(f"{entry.relative_to(root) if entry != root else entry.name}\n".encode())
+        try:
+            with open(entry, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    h.update(block)
+        except OSError as exc:  # vanished or unreadable: the reader quarantines it; here it changes the hash
+            h.update(f"unreadable:{type(exc).__name__}\n".encode())
 
 
 def domain_fingerprint(cfg: PipelineConfig, domain: str) -> str:
+    from llm_pipeline.security import looks_like_path
+
     h = xxhash.xxh3_128()
     for source in cfg.domains[domain].sources:
         if source.path is not None:
-            root = cfg.resolve(source.path)
             h.update(f"path:{source.path}:{source.glob}\n".encode())
-            for f in _files(root, source.glob):
-                h.update(f"{f.relative_to(root) if root.is_dir() else f.name}\n".encode())
-                try:
-                    with open(f, "rb") as fh:
-                        while block := fh.read(CHUNK):
-                            h.update(block)
-                except OSError as exc:  # unreadable files change the fingerprint by their error, not a crash
-                    h.update(f"unreadable:{type(exc).__name__}\n".encode())
+            _hash_tree(h, cfg, cfg.resolve(source.path), source.glob)
         else:
-            local = cfg.resolve(source.hf_dataset)
             h.update(f"hf:{source.hf_dataset}:{source.hf_config}:{source.split}:{source.text_field}\n".encode())
-            for f in _files(local, "**/*") if local.exists() else []:
-                h.update(f.read_bytes())
+            local = cfg.resolve(source.hf_dataset)
+            if looks_like_path(source.hf_dataset) or local.exists():
+                _hash_tree(h, cfg, local, "**/*", hub_id=True)
         h.update(f"licence:{source.licence}:{source.max_documents}:{source.text_field}\n".encode())
     return h.hexdigest()
 

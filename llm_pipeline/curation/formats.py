@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NamedTuple
 
@@ -110,10 +112,26 @@ def decode(data: bytes) -> tuple[str, str]:
         raise DecodeFailed(f"{enc}: {exc.reason} at byte {exc.start}") from None
 
 
+def sniff(open_binary: Opener) -> bytes:
+    """The first SNIFF_BYTES of the stream, or as many as a cut-short compressed file yields (its cut is reported
+    where the records are read, after the records before it)."""
+    parts: list[bytes] = []
+    got = 0
+    with open_binary() as f:
+        read = getattr(f, "read1", f.read)  # one underlying read at a time: what came before a cut is kept
+        try:
+            while got < SNIFF_BYTES and (block := read(SNIFF_BYTES - got)):
+                parts.append(block)
+                got += len(block)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            if not parts:
+                raise  # nothing readable at all: a whole-file problem, reported by the caller
+    return b"".join(parts)
+
+
 def _open_text(open_binary: Opener) -> tuple[IO[str] | None, Bad | None]:
     """A text stream over the file with a sniffed encoding, or the reason there is none."""
-    with open_binary() as f:
-        head = f.read(SNIFF_BYTES)
+    head = sniff(open_binary)
     if not head.strip():
         return None, Bad("", "empty_file", "no content", len(head))
     if is_binary(head):
@@ -180,6 +198,12 @@ def parse_json(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator
     except json.JSONDecodeError as exc:
         yield Bad("", "malformed_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}", len(data))
         return
+    except RecursionError:
+        yield Bad("", "malformed_json", "nested too deeply to parse", len(data))
+        return
+    except ValueError as exc:  # an integer of more digits than Python converts
+        yield Bad("", "malformed_json", str(exc)[:200], len(data))
+        return
     if isinstance(obj, list):
         if not obj:
             yield Bad("", "empty_file", "an empty JSON array", len(data))
@@ -205,7 +229,88 @@ def _bounded_lines(stream: IO[str], max_chars: int) -> Iterator[tuple[str, int]]
         yield "", length
 
 
+def _binary_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """(line, 0) pairs, or (b"", length) for a line over max_bytes, skipped through a bounded piece at a time."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line, 0
+            continue
+        length = len(line)
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 20)
+            length += len(line)
+        yield b"", length
+
+
+def _json_record(line: str, locator: str, text_field: str) -> Text | Bad:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Bad(locator, "malformed_json", f"column {exc.colno}: {exc.msg}", len(line))
+    except RecursionError:  # "[[[[..." a hundred thousand deep
+        return Bad(locator, "malformed_json", "nested too deeply to parse", len(line))
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return Bad(locator, "malformed_json", str(exc)[:200], len(line))
+    return field_text(record, text_field, locator, len(line))
+
+
+def _decode_line(raw: bytes, encoding: str) -> str:
+    """One line in the file's encoding; a UTF-8 file's stray legacy line decodes as Windows-1252, as a whole text
+    file with stray invalid UTF-8 does (see guess_encoding). Raises UnicodeDecodeError when neither fits."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        if encoding not in ("utf-8", "utf-8-sig"):
+            raise
+        return raw.decode("cp1252")
+
+
 def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
+    """One record per line. Each line is decoded and parsed on its own, so a bad byte, a line nested too deeply or
+    an absurd integer costs that line only, and a compressed stream cut short keeps every line before the cut."""
+    head = sniff(open_binary)
+    if not head.strip():
+        yield Bad("", "empty_file", "no content", len(head))
+        return
+    if is_binary(head):
+        yield Bad("", "binary", "NUL bytes in the first 64 KiB", len(head))
+        return
+    try:
+        encoding = guess_encoding(head)
+    except DecodeFailed as exc:
+        yield Bad("", "decode_error", str(exc), len(head))
+        return
+    if "\n".encode(encoding.removesuffix("-sig")) != b"\n":  # UTF-16/32: lines cannot be split as bytes
+        yield from _parse_jsonl_text(open_binary, text_field, max_bytes)
+        return
+    lineno = 0
+    with open_binary() as f:
+        try:
+            for lineno, (raw, skipped) in enumerate(_binary_lines(f, max_bytes), 1):
+                locator = f"#L{lineno}"
+                if skipped:
+                    yield too_large(locator, skipped, max_bytes)
+                    continue
+                try:
+                    line = _decode_line(raw, encoding)
+                except UnicodeDecodeError as exc:
+                    yield Bad(locator, "decode_error", f"{encoding}: {exc.reason} at byte {exc.start} of the line", len(raw))
+                    continue
+                if not line.strip():
+                    continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
+                yield _json_record(line, locator, text_field)
+        except EOFError as exc:
+            yield Bad(f"#L{lineno + 1}", "truncated_gzip",
+                      f"the compressed file ends inside line {lineno + 1} ({exc}); the {lineno} lines before it were read")
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            yield Bad(f"#L{lineno + 1}", "bad_gzip",
+                      f"corrupt compressed data from line {lineno + 1} on ({exc}); the {lineno} lines before it were read")
+
+
+def _parse_jsonl_text(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
     stream, bad = _open_text(open_binary)
     if bad:
         yield bad
@@ -220,13 +325,8 @@ def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterato
                     yield too_large(f"#L{lineno}", skipped, max_bytes)
                     continue
                 if not line.strip():
-                    continue  # blank lines separate nothing in JSON Lines; a trailing newline is common
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield Bad(f"#L{lineno}", "malformed_json", f"column {exc.colno}: {exc.msg}", len(line))
                     continue
-                yield field_text(record, text_field, f"#L{lineno}", len(line))
+                yield _json_record(line, f"#L{lineno}", text_field)
         except UnicodeDecodeError as exc:
             yield Bad(f"#L{lineno + 1}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
@@ -239,8 +339,16 @@ def parse_csv(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[
     # Documents are long fields (the default 128 KiB limit would reject them), but a field is held whole in memory,
     # and an unclosed quote makes the rest of the file one field: the source's document cap bounds both.
     csv.field_size_limit(max_bytes)
+    def lines() -> Iterator[str]:
+        # Lines of at most max_bytes characters: a gzip bomb of one line of commas would otherwise become a row of
+        # hundreds of millions of fields before the field-size limit ever applies.
+        while line := stream.readline(max_bytes + 1):
+            if len(line) > max_bytes and not line.endswith("\n"):
+                raise csv.Error(f"field larger than field limit ({max_bytes:,}): a line over max_document_bytes")
+            yield line
+
     with stream:
-        reader = csv.reader(stream, strict=True)
+        reader = csv.reader(lines(), strict=True)
         start = 1
         try:
             header = next(reader, None)
@@ -268,36 +376,148 @@ def parse_csv(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[
             yield Bad(f"#L{start}", "decode_error", f"{stream.encoding}: {exc.reason}; the rest of the file is skipped")
 
 
-def parse_parquet(source: Any, text_field: str, batch_size: int = 1024) -> Iterator[Text | Bad]:
-    """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer)."""
+# A dictionary-encoded text column holds each distinct value once per row group, and that dictionary page is read
+# whole before any row: a row group whose text dictionary weighs more than this uncompressed is refused, not read.
+# Writers cap dictionary pages at 1 MiB by default and fall back to plain pages, so only a crafted file comes near.
+PARQUET_DICTIONARY_MAX_BYTES = 256 << 20
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _dictionary_page_bytes(source: Any, chunk: Any) -> int:
+    """The uncompressed size a column chunk's dictionary page declares in its header (0 when it has none).
+
+    Parquet page headers are Thrift compact structs whose field 2 is `uncompressed_page_size`; reading it takes a
+    few bytes, where asking Arrow would decode the whole page. An unreadable header counts as too large."""
+    offset = chunk.dictionary_page_offset
+    if not chunk.has_dictionary_page or offset is None:
+        return 0
     try:
-        pf = pq.ParquetFile(source)
+        if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+            with open(source, "rb") as f:
+                f.seek(offset)
+                head = f.read(64)
+        else:
+            where = source.tell()
+            source.seek(offset)
+            head = source.read(64)
+            source.seek(where)
+        pos, field = 0, 0
+        while pos < len(head):
+            byte = head[pos]
+            pos += 1
+            delta, kind = byte >> 4, byte & 0x0F
+            if delta == 0 or kind != 5:  # not the plain i32 fields that open a PageHeader
+                break
+            field += delta
+            value, pos = _varint(head, pos)
+            if field == 2:
+                return (value >> 1) ^ -(value & 1)  # zigzag
+    except (OSError, IndexError):
+        pass
+    return PARQUET_DICTIONARY_MAX_BYTES + 1
+# A gzipped Parquet file is unpacked to a temporary file (Parquet needs random access); at most this much.
+GUNZIPPED_PARQUET_MAX_BYTES = 4 << 30
+
+
+def parse_parquet(source: Any, text_field: str, max_bytes: int | None = None, batch_size: int = 1024) -> Iterator[Text | Bad]:
+    """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer).
+
+    Memory stays bounded whatever the file claims: batches are sized from the row groups' uncompressed sizes, the
+    text column is read dictionary-encoded, and each row's length is checked against ``max_bytes`` from the
+    column's offsets (or its dictionary's) before the row becomes a Python string, so 300 rows pointing at one
+    7 MiB dictionary value cost 7 MiB, not 2 GB."""
+    from llm_pipeline.io import rows_per_batch
+
+    try:
+        schema = pq.ParquetFile(source).schema_arrow
+        if text_field in schema.names:
+            pf = pq.ParquetFile(source, read_dictionary=[text_field])
     except (pa.ArrowException, OSError) as exc:
         yield Bad("", "bad_parquet", str(exc)[:300])
         return
-    schema = pf.schema_arrow
     if text_field not in schema.names:
         yield Bad("", "wrong_parquet_schema", f"no {text_field!r} column (columns: {', '.join(schema.names[:8])})")
         return
+    schema = pf.schema_arrow
     kind = schema.field(text_field).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         yield Bad("", "wrong_parquet_schema", f"column {text_field!r} has type {kind}, not string")
         return
     index = 0
+    meta = pf.metadata
     try:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=[text_field]):
-            for value in batch.column(0).to_pylist():
-                yield field_text({text_field: value}, text_field, f"#{index}", 0)
-                index += 1
+        for group in range(meta.num_row_groups):
+            rg = meta.row_group(group)
+            chunk = next((rg.column(j) for j in range(rg.num_columns) if rg.column(j).path_in_schema == text_field), None)
+            weight = _dictionary_page_bytes(source, chunk) if chunk is not None else 0
+            if weight > PARQUET_DICTIONARY_MAX_BYTES:
+                for _ in range(rg.num_rows):
+                    yield Bad(f"#{index}", "document_too_large",
+                              f"row group {group}'s text dictionary is {weight:,} bytes uncompressed; it is not read")
+                    index += 1
+                continue
+            rows = rows_per_batch(pf, [text_field], batch_size)
+            for batch in pf.iter_batches(batch_size=rows, row_groups=[group], columns=[text_field]):
+                for item in _parquet_rows(batch.column(0), text_field, index, max_bytes):
+                    yield item
+                index += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         yield Bad(f"#{index}", "bad_parquet", f"{str(exc)[:300]}; the rest of the file is skipped")
 
 
+def _parquet_rows(column: pa.Array, text_field: str, start: int, max_bytes: int | None) -> Iterator[Text | Bad]:
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        values, indices = column.dictionary, column.indices
+        lengths = pc.binary_length(values).to_pylist()
+        for i, k in enumerate(indices.to_pylist()):
+            if k is None:
+                yield field_text({text_field: None}, text_field, f"#{start + i}", 0)
+            elif max_bytes is not None and lengths[k] > max_bytes:
+                yield too_large(f"#{start + i}", lengths[k], max_bytes)
+            else:
+                yield field_text({text_field: values[k].as_py()}, text_field, f"#{start + i}", 0)
+        return
+    lengths = pc.binary_length(column).to_pylist()
+    for i, n in enumerate(lengths):
+        if n is not None and max_bytes is not None and n > max_bytes:
+            yield too_large(f"#{start + i}", n, max_bytes)
+        else:
+            yield field_text({text_field: column[i].as_py()}, text_field, f"#{start + i}", 0)
+
+
 def parse_buffered_parquet(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
-    """A gzipped Parquet file: decompressed into memory, since Parquet cannot be read front to back."""
-    with open_binary() as f:
-        buffer = io.BytesIO(f.read())
-    yield from parse_parquet(buffer, text_field)
+    """A gzipped Parquet file: unpacked, a block at a time, to a temporary file (Parquet cannot be read front to
+    back), refused once it passes GUNZIPPED_PARQUET_MAX_BYTES; then read like any Parquet file."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="llmp-parquet-", suffix=".parquet") as spool:
+        written = 0
+        with open_binary() as f:
+            while block := f.read(1 << 20):
+                written += len(block)
+                if written > GUNZIPPED_PARQUET_MAX_BYTES:
+                    yield Bad("", "document_too_large", f"unpacks to more than {GUNZIPPED_PARQUET_MAX_BYTES:,} bytes; "
+                                                      "not read", 0)
+                    return
+                spool.write(block)
+        spool.flush()
+        yield from parse_parquet(spool.name, text_field, max_bytes)
 
 
 PARSERS: dict[str, Callable[[Opener, str, int], Iterator[Text | Bad]]] = {

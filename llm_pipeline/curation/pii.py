@@ -80,6 +80,22 @@ def _worker_ready(spacy_model: str, entities: tuple[str, ...], threshold: float)
     return os.getpid()
 
 
+def _die_with_parent(parent: int, every: float = 0.5) -> None:
+    """Worker initializer: exit as soon as the process that started the pool is gone.
+
+    A pool's workers outlive a parent killed by SIGKILL (nothing runs in it to stop them), each holding a spaCy
+    model (~500 MB) until the machine is rebooted. A daemon thread watches the parent pid: once the worker has been
+    re-parented, it exits at once."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _resolve_overlaps(results: list) -> list:
     """Non-overlapping spans, preferring the higher score and then the longer span (e.g. an e-mail over a name)."""
     chosen: list = []
@@ -140,7 +156,8 @@ class PiiRedactor:
         instead of once the corpus has proved large enough; for long runs and benchmarks."""
         if self.processes > 1 and self._pool is None:
             # spawn, not fork: the parent may hold threads (Dagster, tokenizers) that a fork would copy mid-lock.
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
             ready: set[int] = set()
             while len(ready) < self.processes:
                 ready.update(f.result() for f in [self._pool.submit(_worker_ready, *self._key) for _ in range(self.processes)])

@@ -147,6 +147,10 @@ def iter_files(root: Path, pattern: str, shown: str, roots: list[Path] | None = 
             yield Quarantined(_rel(shown, root, here), OUTSIDE_ROOT, outside_detail(here, roots))
             continue
         dirnames.sort()
+        if roots is not None:  # pruned before os.walk lists them: a folder link out of the corpus is never listed
+            for name in [d for d in dirnames if not is_inside(here / d, roots)]:
+                dirnames.remove(name)
+                yield Quarantined(_rel(shown, root, here / name), OUTSIDE_ROOT, outside_detail(here / name, roots))
         for name in sorted(filenames):
             path = here / name
             rel = path.relative_to(root).as_posix()
@@ -155,7 +159,7 @@ def iter_files(root: Path, pattern: str, shown: str, roots: list[Path] | None = 
             try:
                 st = path.stat()
             except OSError as exc:
-                reason = "broken_symlink" if path.is_symlink() else "unreadable"
+                reason = "broken_symlink" if path.is_symlink() else "vanished" if isinstance(exc, FileNotFoundError) else "unreadable"
                 yield Quarantined(_rel(shown, root, path), reason, exc.strerror or str(exc))
                 continue
             if not stat.S_ISREG(st.st_mode):
@@ -229,7 +233,7 @@ def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT
         return gzip.open(path, "rb") if gz else open(path, "rb")
 
     if fmt == "parquet" and not gz:
-        items = parse_parquet(path, text_field)
+        items = parse_parquet(path, text_field, max_bytes)
     else:
         items = PARSERS[fmt](open_binary, text_field, max_bytes)
     count = 0
@@ -245,6 +249,8 @@ def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT
         yield Quarantined(source, "truncated_gzip", f"{exc} (after {count} items)", size)
     except (gzip.BadGzipFile, zlib.error) as exc:
         yield Quarantined(source, "bad_gzip", str(exc), size)
+    except FileNotFoundError:  # listed, then removed before it was opened
+        yield Quarantined(source, "vanished", "the file was removed while the source was read", size)
     except OSError as exc:
         yield Quarantined(source, "unreadable", exc.strerror or str(exc), size)
     except Exception as exc:  # noqa: BLE001 - a parser bug on odd input must not stop the other files
@@ -276,6 +282,13 @@ def _load_hf(cfg: PipelineConfig, src: SourceConfig):
         if builder is None:
             raise ValueError(f"no datasets builder for {local.name}")
         return datasets.load_dataset(builder, data_files={src.split: str(local)}, split=src.split, streaming=True)
+    if local.is_dir():
+        # The datasets library opens whatever the folder holds, links included: a link out of the roots refuses
+        # the whole folder rather than let one file from elsewhere in.
+        roots = allowed_roots(cfg)
+        for entry in iter_files(local, "**/*", src.hf_dataset, roots):
+            if isinstance(entry, Quarantined) and entry.reason == OUTSIDE_ROOT:
+                raise PathOutsideRoot(f"{entry.source}: {entry.detail}")
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
         # A `save_to_disk` folder cannot be streamed by load_dataset; load_from_disk memory-maps it instead.
         ds = datasets.load_from_disk(str(local))

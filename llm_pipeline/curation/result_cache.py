@@ -88,6 +88,10 @@ class ResultCache:
         if not self.enabled:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Temp files of runs killed before their swap. The stage holds its output's lock, so no live run of this
+        # domain is writing one now; other domains' files have other names.
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if self.path.exists():
             try:
                 self._old = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)

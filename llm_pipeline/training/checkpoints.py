@@ -19,6 +19,21 @@ import torch
 PATTERN = "step-*.pt"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, file-size limit); its one-line message says so."""
+
+
+def _looks_like_write_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("write", "space", "file too large", "errno", "unexpected pos"))
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "the write failed (disk full, a quota or a file-size limit)"
+
+
 def rng_state() -> dict[str, Any]:
     # Plain lists and tuples only (no numpy objects), so a checkpoint loads with torch.load(weights_only=True):
     # unpickling arbitrary objects from a writable folder would let whoever can write it run code.
@@ -54,8 +69,16 @@ def save_checkpoint(folder: Path, step: int, fingerprint: str, model, optimizer,
         "rng": rng_state(),
         **extra,
     }
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError from its zip writer
+        tmp.unlink(missing_ok=True)  # never a partial checkpoint left beside the good one
+        if isinstance(exc, RuntimeError) and not _looks_like_write_error(exc):
+            raise
+        free = shutil.disk_usage(folder).free
+        raise CheckpointWriteError(f"cannot write checkpoint {path.name} in {folder}: {_short(exc)} "
+                                   f"({free / 2**20:,.0f} MiB free); the previous checkpoint is kept") from None
     for old in folder.glob(PATTERN):
         if old != path:
             old.unlink(missing_ok=True)

@@ -18,6 +18,32 @@ IGNORE_INDEX = -100  # labels the loss skips (the padded tail of the last chunk)
 ENCODE_BATCH = 256
 
 
+def special_strings(tokenizer) -> list[str]:
+    """Every special token's text (eos, pad, chat markers, added specials), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            found.add(str(added))
+    return sorted((t for t in found if t), key=len, reverse=True)
+
+
+def plain_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of document texts, a special token's text inside a document tokenized as the plain characters it
+    is: a scraped page holding "<|endoftext|>" or "<|assistant|>" must not end a document or open a chat turn in
+    training. Only the packer's own separators (eos) are special ids."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def defuse_specials(text: str, specials: list[str]) -> str:
+    """Text for a chat template's message: each special token's text broken by a space after its first character,
+    since a template is rendered to one string and its markers are found by their text (``<|user|>`` becomes
+    ``< |user|>``). Plain documents use `plain_ids` instead, which keeps their text as it is."""
+    for tok in specials:
+        if len(tok) > 1 and tok in text:
+            text = text.replace(tok, f"{tok[0]} {tok[1:]}")
+    return text
+
+
 def token_stream(tokenizer, texts: Iterable[str], eos_id: int) -> np.ndarray:
     """All texts tokenized and concatenated, an eos after each document.
 
@@ -28,7 +54,7 @@ def token_stream(tokenizer, texts: Iterable[str], eos_id: int) -> np.ndarray:
     batch: list[str] = []
 
     def flush() -> None:
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+        for ids in plain_ids(tokenizer, batch):
             parts.append(np.asarray(ids + [eos_id], dtype=np.int32))
         batch.clear()
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm_pipeline.training.packing import defuse_specials, plain_ids, special_strings
+
 IGNORE = -100
 # Architectures whose transformers 5 implementation builds its mask with `masking_utils.create_causal_mask`, which
 # turns position ids that restart into a per-document block mask when no attention mask is given.
@@ -52,6 +54,9 @@ def supports_position_packing(model) -> tuple[bool, str]:
 
 
 def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    specials = special_strings(tokenizer)
+    messages = [{**m, "content": defuse_specials(m["content"], specials)} if isinstance(m.get("content"), str) else m
+                for m in messages]
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
     if isinstance(out, dict) or hasattr(out, "keys"):
         out = out["input_ids"]
@@ -72,7 +77,7 @@ def encode(rec: dict, tokenizer, completion_only: bool) -> Segment:
     """One record as a segment; labels are IGNORE on what the loss must skip (prompt, user turns)."""
     domain = str(rec.get("domain", "user"))
     if _plain(rec):
-        return _text_segment(rec, tokenizer(rec["text"], add_special_tokens=False)["input_ids"], tokenizer)
+        return _text_segment(rec, plain_ids(tokenizer, [rec["text"]])[0], tokenizer)
     if "prompt" in rec:
         messages = [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["completion"]}]
     else:
@@ -97,7 +102,7 @@ def encode_all(records: list[dict], tokenizer, completion_only: bool) -> list[Se
     """`encode` for every record, the plain-text ones tokenized in one batched call (the same ids, without a
     tokenizer call per document, which dominated on corpora of thousands of documents)."""
     plain = [i for i, r in enumerate(records) if _plain(r)]
-    ids = tokenizer([records[i]["text"] for i in plain], add_special_tokens=False)["input_ids"] if plain else []
+    ids = plain_ids(tokenizer, [records[i]["text"] for i in plain]) if plain else []
     out: list[Segment | None] = [None] * len(records)
     for i, seq in zip(plain, ids):
         out[i] = _text_segment(records[i], seq, tokenizer)

@@ -125,3 +125,73 @@ def test_clean_document_switches_off():
 def test_clean_document_rejects_non_text():
     with pytest.raises(TypeError, match="not a string"):
         clean_document(None, "txt", CleanedCorpusConfig())
+
+
+# ---------------------------------------------------------------- hostile text: invisible characters, time
+def test_bidi_controls_and_zero_width_characters_are_removed():
+    from llm_pipeline.config import CleanedCorpusConfig
+
+    cfg = CleanedCorpusConfig(remove_urls=False)
+    text = ("Pay the\u202e 0001 \u202c invoice\u200b now\u2060 or\ufeff never\u2066 x\u2069 \u200dagain\u200c. "
+            "Tagged\U000e0041\U000e0042 text and a soft\u00adhyphen.")
+    out, _ = clean_document(text, "txt", cfg)
+    assert out == "Pay the 0001 invoice now or never x again. Tagged text and a softhyphen."
+    # Joiners that shape a script or an emoji sequence stay.
+    kept, _ = clean_document("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 and \U0001f468\u200d\U0001f469", "txt", cfg)
+    assert "\u200c" in kept and "\u200d" in kept
+
+
+def _cpu(fn, repeat: int = 3) -> float:
+    """Best-of-N CPU time of fn(): what the work costs, not how busy the machine is."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+ADVERSARIAL = {  # unclosed openers that made lazy regexes rescan the rest of the line or text from each one
+    "md": ["*a ", "_a ", "[a", "![a](", "<a ", "[a\n"],
+    "xml": ["<!--a", "<?a", "<![CDATA[a", "<a", "<!DOCTYPE a"],
+    "rst": [":a", ":r:`a <", "`a <", ": a b c\n"],
+    "html": ["<div>", "<!--a"],
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(ADVERSARIAL))
+def test_cleaning_is_linear_on_adversarial_text(fmt):
+    from llm_pipeline.config import CleanedCorpusConfig
+
+    cfg = CleanedCorpusConfig()
+    size = 1_000_000
+    prose = "The tenant asked the landlord to repair the heating before winter arrived, and he agreed. " * 20 + "\n\n"
+    ordinary = (prose * (size // len(prose) + 1))[:size]
+    baseline = _cpu(lambda: clean_document(ordinary, fmt, cfg), repeat=2)
+    for unit in ADVERSARIAL[fmt]:
+        hostile = (unit * (size // len(unit) + 1))[:size]
+        cost = _cpu(lambda: clean_document(hostile, fmt, cfg), repeat=1)
+        for _ in range(2):  # best of three, but only paid when a first measure looks slow (a busy machine)
+            if cost <= 3 * baseline:
+                break
+            cost = min(cost, _cpu(lambda: clean_document(hostile, fmt, cfg), repeat=1))
+            baseline = min(baseline, _cpu(lambda: clean_document(ordinary, fmt, cfg), repeat=1))
+        ratio = cost / max(baseline, 0.05)
+        assert ratio <= 3, f"{unit!r} x {size:,}: {ratio:.1f}x an ordinary document of the same size"
+
+
+def test_a_document_over_the_time_cap_raises_and_the_cap_is_lifted_after():
+    import signal
+
+    from llm_pipeline.config import CleanedCorpusConfig
+    from llm_pipeline.curation.cleaning import DocumentTimeout
+
+    slow = "\u00e9\n" * 400_000  # every line goes through ftfy: seconds of work
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(DocumentTimeout, match="max_clean_seconds"):
+        clean_document(slow, "txt", CleanedCorpusConfig(max_clean_seconds=0.2))
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
+    out, _ = clean_document("A short page of text.", "txt", CleanedCorpusConfig(max_clean_seconds=0.2))
+    assert out == "A short page of text."

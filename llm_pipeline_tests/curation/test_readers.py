@@ -298,3 +298,42 @@ def test_source_outside_the_root_is_quarantined(tmp_path):
     assert [(q.source, q.reason) for q in bad] == [("c/passwd.txt", "path_outside_root")]
     _, bad = read(tmp_path, {"path": "../../etc"})
     assert [q.reason for q in bad] == ["path_outside_root"]
+
+
+def _rows(n: int, start: int = 0) -> list[bytes]:
+    return [json.dumps({"text": f"{DOC_A} Clause {i}."}).encode() for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b'{"text": "\x81\x8d\x8f never a character"}', "decode_error"),  # invalid UTF-8 and undefined in Windows-1252
+    (b"[" * 100_000 + b"]" * 100_000, "malformed_json"),
+    (b'{"text": "a number too long to convert", "n": ' + b"9" * 5000 + b"}", "malformed_json"),
+    (b'{"text": "never closed', "malformed_json"),
+], ids=["bad_bytes", "nested_100k", "int_5000_digits", "unclosed"])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_one_bad_jsonl_line_costs_that_line_only(tmp_path, bad, reason, gzipped):
+    # 700 rows before the bad one put it well past the 64 KiB the encoding is guessed from, and past any read-ahead.
+    lines = _rows(700) + [bad] + _rows(30, 700)
+    data = b"\n".join(lines) + b"\n"
+    name = "rows.jsonl.gz" if gzipped else "rows.jsonl"
+    (tmp_path / name).write_bytes(gz(data) if gzipped else data)
+    docs, bad_items = read(tmp_path, {"path": name})
+    assert [(q.source, q.reason) for q in bad_items] == [(f"{name}#L701", reason)]
+    assert len(docs) == 730 and docs[-1]["source"] == f"{name}#L731"
+
+
+def test_a_stray_legacy_byte_in_a_utf8_jsonl_line_decodes_that_line(tmp_path):
+    lines = _rows(700) + [b'{"text": "The caf\xe9 on the corner signed the lease for another ten years."}'] + _rows(5, 700)
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines))
+    docs, bad = read(tmp_path, {"path": "rows.jsonl"})
+    assert not bad and len(docs) == 706 and "café" in docs[700]["text"]
+
+
+def test_a_truncated_jsonl_gz_keeps_every_record_before_the_cut(tmp_path):
+    data = gz(b"\n".join(_rows(100)) + b"\n")
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) * 2 // 3])
+    docs, bad = read(tmp_path, {"path": "cut.jsonl.gz"})
+    assert len(bad) == 1 and bad[0].reason == "truncated_gzip"
+    cut_line = int(bad[0].source.rsplit("#L", 1)[1])
+    assert len(docs) == cut_line - 1 > 10  # every complete line before the cut; the cut line is the one named
+    assert f"ends inside line {cut_line}" in bad[0].detail

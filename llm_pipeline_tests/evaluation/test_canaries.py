@@ -35,9 +35,13 @@ def _canaries(*texts):
 def test_full_string_found_case_and_whitespace_insensitively():
     scan = CanaryScan(_canaries(NAME, "+1 (617) 555-0147"), common_part_max_documents=5)
     scan.scan_document("deduped_shards/medicine", "doc-7", "Seen by LEONTYNE\n  harrowgate today.")
-    scan.scan_document("deduped_shards/medicine", "doc-8", "Call [PHONE_NUMBER] for Leontyne.")  # redacted: no leak
+    scan.scan_document("deduped_shards/medicine", "doc-8", "Call [PHONE_NUMBER] for Leontyne.")  # the phone is redacted
     res = scan.results()
-    assert res["leaked"] == 1 and res["items"][0]["found_in"] == {"deduped_shards/medicine": 1}
+    # The full name in doc-7; its first name left alone in doc-8 is a leak of that part (the parts of doc-7's whole
+    # name are that one finding, not more).
+    assert res["leaked"] == 1 and res["items"][0]["found_in"] == {"deduped_shards/medicine": 1, "deduped_shards (a part)": 1}
+    assert res["items"][0]["examples"]["deduped_shards (a part)"] == [f"{mask('leontyne')} in 1 document(s)"]
+    assert {p["documents"] for p in res["items"][0]["parts"]} == {1, 2}
     assert res["items"][0]["examples"]["deduped_shards/medicine"] == ["doc-7"]
     assert res["items"][0]["canary"] == mask(NAME) != NAME and not res["items"][1]["leaked"]
 
@@ -69,7 +73,8 @@ def test_a_vocabulary_learned_from_leaked_text_is_flagged():
     assert name["leaked"] and name["found_in"].get("tokenizer vocabulary", 0) >= 1
     assert name["vocabulary"]["tokens"] and all("…" in t for t in name["vocabulary"]["tokens"])
     assert name["tokenization"]["tokens"] < len(NAME) / 2  # the canary compresses like a learned word
-    assert "clinic" in email["vocabulary"]["parts_common"] and res["common_parts_ignored"] >= 1
+    assert mask("clinic") in email["vocabulary"]["parts_common"] and res["common_parts_ignored"] >= 1
+    assert "clinic" not in json.dumps(res)  # parts are reported masked too
 
 
 def test_a_clean_vocabulary_is_not_flagged():
@@ -88,3 +93,28 @@ def test_load_canaries_notes_a_missing_or_bad_file(tmp_path):
     bad.write_text('{"canaries": [{"text": "Casimir Ostrowski-Fenn", "entity": "PERSON"}, {"entity": "EMAIL"}]}')
     got = load_canaries(bad, notes, 6)
     assert [c.parts for c in got] == [["casimir", "ostrowski"]] and any("skipped 1" in n for n in notes.items)
+
+
+def test_a_widely_leaked_part_is_counted_however_many_documents_hold_it():
+    """A surname left behind by redaction in 40 documents is 40 leaks, not an "ordinary word"; a real English word
+    of the canary (clinic) is not one."""
+    scan = CanaryScan(_canaries(NAME, EMAIL), common_part_max_documents=5)
+    for i in range(40):
+        scan.scan_document("deduped_shards/x", f"d{i}", f"The clinic wrote to Ms Harrowgate about visit {i}.")
+    res = scan.results()
+    name, email = res["items"]
+    assert name["leaked"] and name["found_in"] == {"deduped_shards (a part)": 1}
+    assert name["examples"]["deduped_shards (a part)"] == [f"{mask('harrowgate')} in 40 document(s)"]
+    assert {p["part"]: (p["documents"], p["ordinary_word"]) for p in email["parts"]}[mask("clinic")] == (40, True)
+    assert "harrowgate" not in json.dumps(res).lower() and res["ordinary_words_from"] == "dictionary"
+
+
+def test_an_organisation_named_in_the_corpus_is_not_a_leak_of_an_address_at_it():
+    canary = "c.ostrowski-fenn@quayside-legal.net"
+    scan = CanaryScan(_canaries(canary), common_part_max_documents=5)
+    for i in range(6):
+        scan.scan_document("deduped_shards/legal", f"d{i}", f"An agreement with Quayside Shipping GmbH, number {i}.")
+    res = scan.results()
+    assert not res["items"][0]["leaked"]
+    scan.scan_document("deduped_shards/legal", "d9", "Mr Ostrowski signed it.")  # the mailbox's owner is personal
+    assert scan.results()["items"][0]["leaked"] is True

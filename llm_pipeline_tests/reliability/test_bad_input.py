@@ -86,7 +86,7 @@ def test_bad_input_is_kept_dropped_or_quarantined(tmp_path):
     expected = {src: want for kind in project.kinds for src, want in kind.expected.items()}
     report = [f"{k.name:28s} " + ", ".join(f"{s.split('/')[-1]}={seen.get(s, 'MISSING')}" for s in k.expected) for k in project.kinds]
     print("\n".join(report))
-    assert len(project.kinds) >= 20
+    assert project.n_kinds >= 80, project.n_kinds
     assert {s: seen.get(s, "MISSING") for s in expected} == expected, "\n".join(report)
     # Nothing is unaccounted for: every item the stages saw is one of the planted ones.
     assert set(seen) == set(expected), set(seen) ^ set(expected)
@@ -94,12 +94,17 @@ def test_bad_input_is_kept_dropped_or_quarantined(tmp_path):
     stats = {d: check_accounting(cfg, d) for d in project.domains}
     raw = stats[domain]["raw_corpus"]
     assert raw["documents_in"] == len(expected)
-    assert raw["quarantine_reasons"]["document_too_large"] == 2
+    assert raw["quarantine_reasons"]["document_too_large"] == sum(v == "quarantined:document_too_large" for v in expected.values())
     # The NUL escaped in a record does not survive cleaning; the legacy encodings were decoded, not garbled.
     texts = {r["source"]: r["text"] for r in iter_records(cfg.data_path / "deduped_shards" / domain)}
     assert "\x00" not in "".join(texts.values())
     assert "crêpes and soufflés" in texts["corpus/bad/latin1.txt"] and "cléar" in texts["corpus/bad/stray_bytes.txt"]
     assert texts["corpus/bad/utf16.txt"].startswith("Nurses check the chart")
+    # Invisible controls are gone; special-token text stays text here (the packer tokenizes it as plain characters).
+    invisible = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2060\ufeff")
+    assert not invisible & set("".join(texts.values()))
+    assert texts["corpus/hostile/invisible.txt"].startswith("The inspector checked every smoke alarm in the building")
+    assert "<|endoftext|>" in texts["corpus/hostile/special_tokens.txt"]
     # Bad input gives records with reasons, never a traceback in the CLI's output.
     assert json.loads(stdout)["stats"]["documents_in"] == raw["documents_in"]
     counts = Counter(v.split(":")[0] for v in seen.values())
@@ -136,3 +141,18 @@ def test_chmod_000_is_unreadable_for_an_unprivileged_reader(tmp_path):
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sources_inside_outputs_are_refused_at_load(tmp_path):
+    import yaml
+
+    from llm_pipeline.config import ConfigError
+
+    project = make_bad_project(tmp_path / "project")
+    base = yaml.safe_load(project.config.read_text())
+    for kind, (source, reason) in project.refused.items():
+        cfg = {**base, "domains": {"bad": {"sources": [source]}}}
+        path = project.root / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=reason):
+            load_config(path, root=project.root)
