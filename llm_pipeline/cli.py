@@ -133,7 +133,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from llm_pipeline import progress
+    from llm_pipeline.io import NotAnOutput
     from llm_pipeline.runner import StageInputError, run_stage
+    from llm_pipeline.training.checkpoints import CheckpointWriteError
 
     cfg = _load(args)
     if args.asset in MODEL_STAGES:
@@ -142,7 +144,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         # stdout is the JSON summary (dvc.yaml's stages read it); progress lines go to stderr.
         with progress.sink(lambda update: print(update.line(), file=sys.stderr, flush=True)):
             result = run_stage(cfg, args.asset, args.domain)
-    except (StageInputError, ValueError, KeyError) as exc:
+    except (StageInputError, ValueError, KeyError, NotAnOutput, CheckpointWriteError) as exc:
+        # InputChanged (an input swapped during the run) is a StageInputError; a refused output path and a failed
+        # checkpoint write (disk full) say what to fix in their one line.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {"stage": result.name, "domain": result.domain, "output": str(result.output_dir),

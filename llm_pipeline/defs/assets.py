@@ -24,12 +24,14 @@ from llm_pipeline.stages.raw_corpus import SourceError
 def permanent_errors() -> tuple[type[Exception], ...]:
     """Errors that say the config, the inputs or this machine must change: a retry would fail the same way, after
     waiting out the backoff. Imported here, not at module level, so loading the definitions stays light."""
+    from llm_pipeline.io import NotAnOutput
     from llm_pipeline.training.finetune import FinetuneError
     from llm_pipeline.training.model_source import ModelSourceError
     from llm_pipeline.training.preference_data import PreferenceDataError
     from llm_pipeline.training.sft_data import SftDataError
 
-    return (StageInputError, ConfigError, SourceError, ModelSourceError, FinetuneError, SftDataError, PreferenceDataError)
+    return (StageInputError, ConfigError, SourceError, ModelSourceError, FinetuneError, SftDataError, PreferenceDataError,
+            NotAnOutput)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 GROUPS = {
