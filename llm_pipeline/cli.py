@@ -135,7 +135,6 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from llm_pipeline import progress
     from llm_pipeline.io import NotAnOutput
     from llm_pipeline.runner import StageInputError, run_stage
-    from llm_pipeline.training.checkpoints import CheckpointWriteError
 
     cfg = _load(args)
     if args.asset in MODEL_STAGES:
@@ -144,9 +143,16 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         # stdout is the JSON summary (dvc.yaml's stages read it); progress lines go to stderr.
         with progress.sink(lambda update: print(update.line(), file=sys.stderr, flush=True)):
             result = run_stage(cfg, args.asset, args.domain)
-    except (StageInputError, ValueError, KeyError, NotAnOutput, CheckpointWriteError) as exc:
-        # InputChanged (an input swapped during the run) is a StageInputError; a refused output path and a failed
-        # checkpoint write (disk full) say what to fix in their one line.
+    except (StageInputError, ValueError, KeyError, NotAnOutput) as exc:
+        # InputChanged (an input swapped during the run) is a StageInputError; a refused output path says what to fix.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A failed checkpoint write (a full disk) is one line too. Looked up, not imported: the module imports torch,
+        # which a curation stage never needs (and its memory bound counts).
+        ckpt = sys.modules.get("llm_pipeline.training.checkpoints")
+        if ckpt is None or not isinstance(exc, ckpt.CheckpointWriteError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {"stage": result.name, "domain": result.domain, "output": str(result.output_dir),
