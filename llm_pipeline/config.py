@@ -376,10 +376,19 @@ class EvalReportConfig(Section):
     # A canary part found as a word in more than this many deduped documents is an ordinary word ("clinic"), not
     # evidence that the canary leaked into the vocabulary.
     canary_common_part_max_documents: int = Field(default=5, ge=0)
-    # -- promotion gates (each optional; None turns it off). A failed gate fails the blocking `promotion_gates`
-    # check and writes `promoted: false` into eval_report/serving_manifest.json; the stage itself still succeeds.
-    # 1.05: DPO should sharpen preferences without forgetting the domain text; 5% worse perplexity is the tolerance.
+    # -- promotion gates (each optional; None turns it off). Each tuned model (DPO, then SFT) is a candidate with its
+    # own gates; the first whose gates all pass is promoted and named in eval_report/serving_manifest.json, with why
+    # the others were not (evaluation/gates.py). Only when no candidate passes does the blocking `promotion_gates`
+    # check fail; the stage itself always succeeds.
+    # 1.05: DPO should sharpen preferences without forgetting the domain text; 5% worse perplexity, overall or on any
+    # domain, is the tolerance.
     max_dpo_vs_sft_perplexity_ratio: float | None = Field(default=1.05, gt=0)
+    # A candidate's bits per byte over the original pretrained model's, overall and on every domain (bits per byte:
+    # the tokenizer may have been extended, which changes what a perplexity means). 1.0: a domain model that reads
+    # some domain worse than the model it started from is not an improvement. Skipped when training from scratch.
+    max_vs_original_bits_per_byte_ratio: float | None = Field(default=1.0, gt=0)
+    # The same against base_checkpoint; 1.05 allows the small loss on documents that instruction tuning may cost.
+    max_vs_base_bits_per_byte_ratio: float | None = Field(default=1.05, gt=0)
     # Off by default: synthetic pairs on a small sample give a noisy accuracy; set it (e.g. 0.6) for a real run.
     min_preference_accuracy: float | None = Field(default=None, ge=0, le=1)
     no_canary_leak: bool = True  # a planted canary anywhere in shards, vocabulary, training sets or generations
