@@ -166,6 +166,11 @@ class TokenizerConfig(Section):
     base_model: str | None = None
     # 200 new rows are <1% of a 32k-50k vocabulary, yet cover the costliest domain terms of a typical corpus.
     extend_max_new_tokens: int = Field(default=200, ge=0)
+    # mode=extend: after continued pretraining, base_checkpoint scores held-out text in bits per byte with the
+    # extended tokenizer and with the original one (same trained model; the original ids are a prefix of the
+    # extended vocabulary). "if_lower": the terms stay only when they lower it, else the original tokenizer ships and
+    # the new rows are dropped; "always": keep them whatever the figure (it is still reported).
+    keep_extension: Literal["if_lower", "always"] = "if_lower"
 
 
 class BaseCheckpointConfig(Section):
@@ -309,9 +314,15 @@ class DpoModelConfig(Section):
     gradient_checkpointing: bool | None = None
     cpu_threads: int | None = Field(default=None, ge=1)
     pairs_per_domain: int = Field(default=30, ge=1)
-    # The rejected side of synthetic pairs: another document's continuation (cheap, clearly worse) or the SFT
-    # model's own greedy continuation (what the model already says; costs a generation pass).
-    rejected: Literal["other_document", "model_sample"] = "other_document"
+    # The rejected side of synthetic pairs: the SFT model's own greedy continuation (the default: what the model
+    # already says, so the pairs teach the domain's own text over it; costs a generation pass), or another document's
+    # continuation (cheap, but trivially separable: a real run reached train loss 0.03 and moved the model away from
+    # the domain text).
+    rejected: Literal["other_document", "model_sample"] = "model_sample"
+    # Weight of a language-modelling term on the chosen answers (mean NLL per chosen token) added to the DPO loss, as
+    # in RPO (Pang et al. 2024; TRL's rpo_alpha, 1.0 recommended there): DPO alone can lower the likelihood of the
+    # chosen text too, as long as the rejected falls faster, which undoes what SFT taught. 0 = plain DPO.
+    sft_weight: float = Field(default=1.0, ge=0)
     early_stopping_patience: int | None = Field(default=None, ge=1)
     merge: bool = False  # also export base + adapter merged under merged/
     # What runs the steps: our plain loop in one process (no TRL or datasets import: less memory, faster start), TRL's

@@ -162,7 +162,7 @@ def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, coll
         steps=args["max_steps"], batch_size=dc.batch_size, learning_rate=args["learning_rate"], warmup_steps=args["warmup_steps"],
         beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed, eval_every=args["eval_steps"], checkpoint_every=args["save_steps"],
         log_every=args["logging_steps"], early_stopping_patience=dc.early_stopping_patience if early else None,
-        gradient_checkpointing=args["gradient_checkpointing"],
+        gradient_checkpointing=args["gradient_checkpointing"], sft_weight=dc.sft_weight,
     )
     t0 = time.perf_counter()
     result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
@@ -190,6 +190,7 @@ def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, colla
     timer = finetune.step_timer_callback()
     callbacks = [timer] + ([EarlyStoppingCallback(dc.early_stopping_patience)] if early else [])
     trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
+    trainer.sft_weight = dc.sft_weight  # the chosen answers' NLL term, as the loop adds it (DPOConfig has no field for it)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
@@ -295,6 +296,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "rewards_accuracies": finetune.last_logged(log, "rewards/accuracies"), "rewards_margins": finetune.last_logged(log, "rewards/margins"),
         "eval_loss": ev("eval_loss"), "eval_rewards_accuracies": ev("eval_rewards/accuracies"), "eval_rewards_margins": ev("eval_rewards/margins"),
         "steps": trained.global_step, "step_seconds": finetune.step_seconds(trained.step_durations)["step_seconds"], "learning_rate": settings.value("learning_rate"), "beta": dc.beta, "loss_type": dc.loss_type,
+        "sft_weight": dc.sft_weight, "rejected_sources": derivation.get("rejected_sources"),
         "seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3), "reference_seconds": round(ref_seconds, 3),
         "pairs_per_second": summary["pairs_per_second"],
         "tokens_per_second": round(trained.tokens / train_seconds, 1) if train_seconds else None,

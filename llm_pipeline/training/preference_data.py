@@ -81,7 +81,7 @@ def synthetic_pairs(shards: Path, domain: str, split: str, limit: int, seed: int
 def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -> int:
     """Replace each pair's rejected side with the model's greedy continuation; returns how many were replaced.
 
-    A sample that is empty (the model stopped at once) or equal to `chosen` is no negative: that pair keeps its
+    A sample that is blank (the model stopped at once, or wrote only whitespace) or equal to `chosen` is no negative: that pair keeps its
     other-document rejection, and `rejected_source` says which it got.
     """
     replaced = 0
@@ -94,7 +94,10 @@ def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -
             chunk = pairs[start : start + 16]
             texts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False, add_generation_prompt=True) for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            # At least a quarter of the budget: a model that has not learned to answer yet stops at once, and an
+            # empty sample is no negative (the pair would fall back to another document's text, trivially separable).
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max(1, max_new_tokens // 4), do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
             for p, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :]):
                 sample = tokenizer.decode(ids, skip_special_tokens=True).strip()
                 if sample and sample != p["chosen"].strip():
