@@ -171,6 +171,9 @@ class TokenizerConfig(Section):
     # extended vocabulary). "if_lower": the terms stay only when they lower it, else the original tokenizer ships and
     # the new rows are dropped; "always": keep them whatever the figure (it is still reported).
     keep_extension: Literal["if_lower", "always"] = "if_lower"
+    # "if_lower" keeps the terms when they lower held-out bits per byte by more than this share (0.01 = 1%): each new
+    # row costs memory and a little of every softmax, so a user may ask for a clear gain.
+    extension_min_gain: float = Field(default=0.0, ge=0, lt=1)
 
 
 class BaseCheckpointConfig(Section):

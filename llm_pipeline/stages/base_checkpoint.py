@@ -5,7 +5,9 @@
 source=scratch builds a small Llama (vocabulary from the tokenizer stage) and pretrains it by next-token prediction;
 source=pretrained (local folder or hub id) / gguf loads a model (new domain tokens get mean-initialised embeddings)
 and continues pretraining for `train_steps` steps (0 = keep it as loaded), on domain text alone or mixed with
-`general_data` at `domain_ratio`. A crash mid-training resumes from the last checkpoint under
+`general_data` at `domain_ratio`. When the tokenizer stage extended the vocabulary, the trained model then scores
+held-out text in bits per byte with the extended and with the original tokenizer; unless the extension lowers it
+(`tokenizer.keep_extension`), the original tokenizer is saved and the new rows dropped (stats: `vocab_extension`). A crash mid-training resumes from the last checkpoint under
 `<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the domains' held-out split (and,
 when general text is mixed in, from its held-out part too, to show forgetting).
 
@@ -29,7 +31,8 @@ from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import checkpoints
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device, projection_macs
-from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
+from llm_pipeline.training import vocab_extension
+from llm_pipeline.training.embeddings import extension_pieces, keep_rows, resize_with_mean_init
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
@@ -51,6 +54,47 @@ def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, v
     if world > 1:  # the batches each step draws depend on the number of processes
         blob += f":world{world}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+VOCAB_CHECK_DOCUMENTS = 48  # held-out documents per check: a stable bits-per-byte figure at two scoring passes' cost
+VOCAB_CHECK_CHARS = 4_000
+
+
+def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int) -> tuple[dict, object | None]:
+    """Does the vocabulary extension pay? Held-out bits per byte of the trained model with the extended tokenizer
+    and with the original one. Returns the record for the stats, and the original tokenizer (finished for the later
+    stages) when the extension is to be dropped, else None."""
+    import itertools
+
+    from llm_pipeline.evaluation.models import LoadedModel
+    from llm_pipeline.evaluation.perplexity import score_texts, total
+    from llm_pipeline.stages.tokenizer import load_base_tokenizer
+    from llm_pipeline.training import vocab_extension
+
+    texts = [t[:VOCAB_CHECK_CHARS] for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
+    if not texts:
+        return {"checked": False, "why": "no held-out documents to measure the extension on", "kept": "extended"}, None
+    name, original = load_base_tokenizer(cfg)
+    vocab_extension.finish(original)
+    was_training = model.training
+    model.eval()
+    try:
+        bpb = {label: total(score_texts(LoadedModel(label, model, tok, is_adapter=False), texts, batch_size=4)).bits_per_byte
+               for label, tok in (("extended", tokenizer), ("original", original))}
+    finally:
+        model.train(was_training)
+    gain = cfg.tokenizer.extension_min_gain
+    lower = bpb["extended"] < bpb["original"] * (1 - gain)
+    keep = lower or cfg.tokenizer.keep_extension == "always"
+    record = {
+        "checked": True, "documents": len(texts), "tokens_added": added, "original_tokenizer": name,
+        "extended_bits_per_byte": round(bpb["extended"], 5), "original_bits_per_byte": round(bpb["original"], 5),
+        "change": round(bpb["extended"] / bpb["original"] - 1, 5), "kept": "extended" if keep else "original",
+        "why": (f"the {added} domain terms {'lower' if lower else 'do not lower'} held-out bits per byte"
+                f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer)"
+                + ("" if keep == lower else "; kept because tokenizer.keep_extension is 'always'")),
+    }
+    return record, None if keep else original
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
@@ -102,6 +146,17 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan, result.accelerator)
         tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl, "general_eval_loss": general_eval})
 
+    vocab = {"checked": False, "why": "the tokenizer was not extended", "kept": "extended"}
+    added_terms = len(extension_pieces(inputs["tokenizer"]))
+    if added_terms and resize["new_vocab_size"] > resize["old_vocab_size"]:
+        if world > 1:
+            vocab["why"] = "not measured under a multi-process launch"
+        else:
+            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms)
+            if original_tokenizer is not None:
+                keep_rows(model, vocab_extension.row_map(tokenizer, original_tokenizer))
+                tokenizer = original_tokenizer
+
     save_trained_model(result, model, output_dir)  # every rank: a gather under DeepSpeed, then a barrier
     if result.is_main:
         tokenizer.save_pretrained(output_dir)
@@ -130,6 +185,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "device": plan.device,
         "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
         "embeddings_mean_initialised": resize["mean_initialised"],
+        "vocab_extension": vocab,
         "lr_schedule": bc.lr_schedule,
         "processes": result.world_size,
     }

@@ -86,7 +86,7 @@ def test_pretrained_source_with_extended_tokenizer_mean_initialises_new_rows(pip
     base_dir = results["base_checkpoint"].output_dir
     cfg = tiny_config(
         tmp_path,
-        tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 4},
+        tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 4, "keep_extension": "always"},
         base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0},
         allowed_roots=[str(base_dir)],
     )
@@ -103,6 +103,46 @@ def test_pretrained_source_with_extended_tokenizer_mean_initialises_new_rows(pip
     assert res.stats["embeddings_added"] == new.shape[0] - old.shape[0]
 
 
+def test_an_extension_that_does_not_lower_bits_per_byte_enough_is_dropped(pipeline, tmp_path):
+    """The stage measures both tokenizers on the same trained model; asked for a gain the terms do not bring (here
+    90%), it ships the original tokenizer and drops the new rows again."""
+    from transformers import AutoTokenizer
+
+    base_dir = pipeline[1]["base_checkpoint"].output_dir
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 8, "extension_min_gain": 0.9},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0}, allowed_roots=[str(base_dir)])
+    write_deduped_shards(cfg.data_path)
+    extended = run_stage(cfg, "tokenizer").stats
+    res = run_stage(cfg, "base_checkpoint")
+    v = res.stats["vocab_extension"]
+    assert v["checked"] and v["tokens_added"] == extended["tokens_added"] > 0 and v["documents"] > 0
+    assert v["extended_bits_per_byte"] >= 0.1 * v["original_bits_per_byte"] and v["kept"] == "original"
+    assert "do not lower held-out bits per byte by more than 90.0%" in v["why"]
+    # The original vocabulary with the original rows ships.
+    tok = AutoTokenizer.from_pretrained(res.output_dir)
+    assert len(tok) == res.stats["vocab_size"] == extended["vocab_size"] - extended["tokens_added"] and tok.chat_template
+    old = load_file(base_dir / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(res.output_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert new.shape == old.shape
+    torch.testing.assert_close(new, old)
+
+
+def test_an_extension_that_lowers_bits_per_byte_is_kept(tmp_path):
+    """A general model cuts the domain terms into many pieces it barely predicts: as one token each (mean-initialised
+    rows) the same model spends fewer bits per byte, and the extended tokenizer ships."""
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "extend_max_new_tokens": 12},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0})
+    write_deduped_shards(cfg.data_path)
+    extended = run_stage(cfg, "tokenizer").stats
+    res = run_stage(cfg, "base_checkpoint")
+    v = res.stats["vocab_extension"]
+    assert v["extended_bits_per_byte"] < v["original_bits_per_byte"] and v["kept"] == "extended" and v["change"] < 0
+    assert res.stats["vocab_size"] == extended["vocab_size"]
+
+
 def test_pretrained_source_refuses_a_freshly_trained_vocabulary(pipeline, tmp_path):
     cfg = tiny_config(tmp_path, base_checkpoint={"source": "pretrained", "model": str(pipeline[1]["base_checkpoint"].output_dir)})
     write_deduped_shards(cfg.data_path)
@@ -117,7 +157,7 @@ def test_local_pretrained_folder_extended_then_continued_on_a_domain_general_mix
 
     base_dir = save_pretrained_folder(tmp_path / "general-base")
     write_general_jsonl(tmp_path / "general" / "web.jsonl")
-    common = dict(tokenizer={"mode": "extend", "extend_max_new_tokens": 12})
+    common = dict(tokenizer={"mode": "extend", "extend_max_new_tokens": 12, "keep_extension": "always"})
     pretrained = {"source": "pretrained", "model": str(base_dir)}
     cfg = tiny_config(tmp_path, base_checkpoint={**pretrained, "train_steps": 0}, **common)
     write_deduped_shards(cfg.data_path)
