@@ -215,6 +215,19 @@ class BaseCheckpointConfig(Section):
     # drawn from the domain shards. 0.7 follows the common 70/30 recipe; 1.0 (the default) = domain text only.
     general_data: list[SourceConfig] = Field(default_factory=list)
     domain_ratio: float = Field(default=1.0, gt=0, le=1)
+    # Continued pretraining of a pretrained model: all weights ("full"), or LoRA adapters on every linear layer plus
+    # the new vocabulary rows, merged into the saved model ("lora"). "auto": LoRA for a pretrained model of 20M+
+    # parameters on a CPU (a full step there carries AdamW state for every weight: the issue's 135M model took 27 min
+    # for 8 full steps), full otherwise (training from scratch, small models, GPUs). The choice and why are in stats.
+    method: Literal["auto", "full", "lora"] = "auto"
+    lora_r: int = Field(default=32, ge=1)
+    # LoRA needs larger steps than full fine-tuning: 2e-4 is the usual LoRA rate (and what a plain TRL LoRA run that
+    # beat 8 full steps used); `learning_rate` stays the full-parameter rate.
+    lora_learning_rate: float = Field(default=2e-4, gt=0)
+    # A training budget in seconds: the run stops before a step that would end past it, with train_steps as a cap
+    # (see training/budget.py); evaluations inside it are skipped once they would cost more than 10% of it. None =
+    # this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("general_data", mode="before")
     @classmethod
@@ -331,6 +344,9 @@ class DpoModelConfig(Section):
     # What runs the steps: our plain loop in one process (no TRL or datasets import: less memory, faster start), TRL's
     # DPOTrainer (with our batches and loss) under a multi-process launch; auto picks by the launch.
     engine: Literal["auto", "loop", "trl"] = "auto"
+    # A training budget in seconds (the loop stops before a step that would end past it; max_steps stays a cap).
+    # None = this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
 
 class EvalProbe(Section):
@@ -412,6 +428,28 @@ class EvalReportConfig(Section):
     review_per_domain: int = Field(default=3, ge=0)
 
 
+class TrainingConfig(Section):
+    """One time budget for the run's training stages (training/budget.py, docs/training.md).
+
+    Each training stage without a budget of its own gets, when it starts, the seconds still left of
+    `max_train_seconds` (the budget less what the upstream training stages recorded in their stats) times its share
+    over the shares of the stages not yet run. Continued pretraining, SFT and DPO each spend their part; a stage that
+    finishes early leaves its seconds to the later ones."""
+
+    max_train_seconds: float | None = Field(default=None, gt=0)
+    # SFT first: on a CPU it buys the most per second (the issue's 900 s SFT run beat 1,544 s of full-parameter
+    # continued pretraining on every trained domain); DPO last, it sharpens what SFT taught.
+    base_checkpoint_share: float = Field(default=0.3, ge=0)
+    lora_adapter_share: float = Field(default=0.5, ge=0)
+    dpo_model_share: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _some_share(self) -> "TrainingConfig":
+        if self.base_checkpoint_share + self.lora_adapter_share + self.dpo_model_share <= 0:
+            raise ValueError("the stage shares of the training budget add up to 0")
+        return self
+
+
 class TrackingConfig(Section):
     """Weights & Biases: offline runs under <data_dir>/.wandb by default (synced later with `wandb sync`)."""
 
@@ -454,6 +492,7 @@ class PipelineConfig(Section):
     lora_adapter: LoraAdapterConfig = Field(default_factory=LoraAdapterConfig)
     dpo_model: DpoModelConfig = Field(default_factory=DpoModelConfig)
     eval_report: EvalReportConfig = Field(default_factory=EvalReportConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 

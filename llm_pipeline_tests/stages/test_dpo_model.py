@@ -200,3 +200,10 @@ def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline
     model, method = dpo_model.load_policy(cfg, results["base_checkpoint"].output_dir, lora)
     assert dpo_model._can_quantize() or method == "lora"
     assert next(model.parameters()).dtype.is_floating_point
+
+
+def test_a_time_budget_stops_the_loop(pipeline, tmp_path):
+    res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
+    assert 0 < res.stats["steps"] < 100_000
+    budget = res.metadata["settings"]["budget"]
+    assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]
