@@ -266,3 +266,33 @@ def test_models_scored_in_parallel_threads_give_the_same_numbers(upstream, tmp_p
     assert one == three
     assert {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_one.items()} == \
            {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_three.items()}
+
+
+def test_a_gate_failure_through_the_cli_is_a_result_not_a_failure(upstream, tmp_path):
+    """`llm-pipeline run` in a subprocess: DPO fails its gate, the SFT adapter ships, the run exits 0 and prints the
+    one-line verdict, with no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "name: tiny\n"
+        "domains:\n" + "".join(f"  {d}:\n    sources:\n      - path: in/{d}\n" for d in DOMAINS) +
+        "eval_report:\n  samples: 0\n  probes: []\n  adversarial_prompts: []\n  review_per_domain: 0\n  canaries_file: null\n"
+        "  max_dpo_vs_sft_perplexity_ratio: 0.001\n  max_vs_base_bits_per_byte_ratio: null\n"
+        "tracking:\n  wandb: false\n", encoding="utf-8")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "WANDB_MODE": "disabled", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "llm_pipeline", "run", "--config", str(config), "--select", "eval_report",
+                           "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "DPO not promoted: perplexity" in out and "SFT adapter promoted" in out
+    assert "Traceback" not in out
+    manifest = json.loads((tmp_path / "data" / "eval_report" / "serving_manifest.json").read_text())
+    assert manifest["model"] == "sft" and manifest["promoted"] is True
