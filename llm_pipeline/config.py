@@ -225,6 +225,14 @@ class TokenizerConfig(Section):
     base_model: str | None = None
     # 200 new rows are <1% of a 32k-50k vocabulary, yet cover the costliest domain terms of a typical corpus.
     extend_max_new_tokens: int = Field(default=200, ge=0)
+    # mode=extend: after continued pretraining, base_checkpoint scores held-out text in bits per byte with the
+    # extended tokenizer and with the original one (same trained model; the original ids are a prefix of the
+    # extended vocabulary). "if_lower": the terms stay only when they lower it, else the original tokenizer ships and
+    # the new rows are dropped; "always": keep them whatever the figure (it is still reported).
+    keep_extension: Literal["if_lower", "always"] = "if_lower"
+    # "if_lower" keeps the terms when they lower held-out bits per byte by more than this share (0.01 = 1%): each new
+    # row costs memory and a little of every softmax, so a user may ask for a clear gain.
+    extension_min_gain: float = Field(default=0.0, ge=0, lt=1)
 
 
 class BaseCheckpointConfig(Section):
@@ -266,6 +274,19 @@ class BaseCheckpointConfig(Section):
     # drawn from the domain shards. 0.7 follows the common 70/30 recipe; 1.0 (the default) = domain text only.
     general_data: list[SourceConfig] = Field(default_factory=list)
     domain_ratio: float = Field(default=1.0, gt=0, le=1)
+    # Continued pretraining of a pretrained model: all weights ("full"), or LoRA adapters on every linear layer plus
+    # the new vocabulary rows, merged into the saved model ("lora"). "auto": LoRA for a pretrained model of 20M+
+    # parameters on a CPU (a full step there carries AdamW state for every weight: the issue's 135M model took 27 min
+    # for 8 full steps), full otherwise (training from scratch, small models, GPUs). The choice and why are in stats.
+    method: Literal["auto", "full", "lora"] = "auto"
+    lora_r: int = Field(default=32, ge=1)
+    # LoRA needs larger steps than full fine-tuning: 2e-4 is the usual LoRA rate (and what a plain TRL LoRA run that
+    # beat 8 full steps used); `learning_rate` stays the full-parameter rate.
+    lora_learning_rate: float = Field(default=2e-4, gt=0)
+    # A training budget in seconds: the run stops before a step that would end past it, with train_steps as a cap
+    # (see training/budget.py); evaluations inside it are skipped once they would cost more than 10% of it. None =
+    # this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("general_data", mode="before")
     @classmethod
@@ -377,14 +398,23 @@ class DpoModelConfig(Section):
     gradient_checkpointing: bool | None = None
     cpu_threads: int | None = Field(default=None, ge=1)
     pairs_per_domain: int = Field(default=30, ge=1)
-    # The rejected side of synthetic pairs: another document's continuation (cheap, clearly worse) or the SFT
-    # model's own greedy continuation (what the model already says; costs a generation pass).
-    rejected: Literal["other_document", "model_sample"] = "other_document"
+    # The rejected side of synthetic pairs: the SFT model's own greedy continuation (the default: what the model
+    # already says, so the pairs teach the domain's own text over it; costs a generation pass), or another document's
+    # continuation (cheap, but trivially separable: a real run reached train loss 0.03 and moved the model away from
+    # the domain text).
+    rejected: Literal["other_document", "model_sample"] = "model_sample"
+    # Weight of a language-modelling term on the chosen answers (mean NLL per chosen token) added to the DPO loss, as
+    # in RPO (Pang et al. 2024; TRL's rpo_alpha, 1.0 recommended there): DPO alone can lower the likelihood of the
+    # chosen text too, as long as the rejected falls faster, which undoes what SFT taught. 0 = plain DPO.
+    sft_weight: float = Field(default=1.0, ge=0)
     early_stopping_patience: int | None = Field(default=None, ge=1)
     merge: bool = False  # also export base + adapter merged under merged/
     # What runs the steps: our plain loop in one process (no TRL or datasets import: less memory, faster start), TRL's
     # DPOTrainer (with our batches and loss) under a multi-process launch; auto picks by the launch.
     engine: Literal["auto", "loop", "trl"] = "auto"
+    # A training budget in seconds (the loop stops before a step that would end past it; max_steps stays a cap).
+    # None = this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
 
 class EvalProbe(Section):
@@ -445,10 +475,19 @@ class EvalReportConfig(Section):
     # corpus mentions in its own right ("quayside"), not a leak; personal parts (names, mailboxes, numbers) count
     # however many documents hold them (evaluation/canaries.py).
     canary_common_part_max_documents: int = Field(default=5, ge=0)
-    # -- promotion gates (each optional; None turns it off). A failed gate fails the blocking `promotion_gates`
-    # check and writes `promoted: false` into eval_report/serving_manifest.json; the stage itself still succeeds.
-    # 1.05: DPO should sharpen preferences without forgetting the domain text; 5% worse perplexity is the tolerance.
+    # -- promotion gates (each optional; None turns it off). Each tuned model (DPO, then SFT) is a candidate with its
+    # own gates; the first whose gates all pass is promoted and named in eval_report/serving_manifest.json, with why
+    # the others were not (evaluation/gates.py). Only when no candidate passes does the blocking `promotion_gates`
+    # check fail; the stage itself always succeeds.
+    # 1.05: DPO should sharpen preferences without forgetting the domain text; 5% worse perplexity, overall or on any
+    # domain, is the tolerance.
     max_dpo_vs_sft_perplexity_ratio: float | None = Field(default=1.05, gt=0)
+    # A candidate's bits per byte over the original pretrained model's, overall and on every domain (bits per byte:
+    # the tokenizer may have been extended, which changes what a perplexity means). 1.0: a domain model that reads
+    # some domain worse than the model it started from is not an improvement. Skipped when training from scratch.
+    max_vs_original_bits_per_byte_ratio: float | None = Field(default=1.0, gt=0)
+    # The same against base_checkpoint; 1.05 allows the small loss on documents that instruction tuning may cost.
+    max_vs_base_bits_per_byte_ratio: float | None = Field(default=1.05, gt=0)
     # Off by default: synthetic pairs on a small sample give a noisy accuracy; set it (e.g. 0.6) for a real run.
     min_preference_accuracy: float | None = Field(default=None, ge=0, le=1)
     no_canary_leak: bool = True  # a planted canary anywhere in shards, vocabulary, training sets or generations
@@ -456,6 +495,28 @@ class EvalReportConfig(Section):
     # Each is split into prompt and true continuation the way the DPO stage builds its synthetic pairs, so reviewed
     # records come back as pairs shaped like the ones DPO trained on.
     review_per_domain: int = Field(default=3, ge=0)
+
+
+class TrainingConfig(Section):
+    """One time budget for the run's training stages (training/budget.py, docs/training.md).
+
+    Each training stage without a budget of its own gets, when it starts, the seconds still left of
+    `max_train_seconds` (the budget less what the upstream training stages recorded in their stats) times its share
+    over the shares of the stages not yet run. Continued pretraining, SFT and DPO each spend their part; a stage that
+    finishes early leaves its seconds to the later ones."""
+
+    max_train_seconds: float | None = Field(default=None, gt=0)
+    # SFT first: on a CPU it buys the most per second (the issue's 900 s SFT run beat 1,544 s of full-parameter
+    # continued pretraining on every trained domain); DPO last, it sharpens what SFT taught.
+    base_checkpoint_share: float = Field(default=0.3, ge=0)
+    lora_adapter_share: float = Field(default=0.5, ge=0)
+    dpo_model_share: float = Field(default=0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _some_share(self) -> "TrainingConfig":
+        if self.base_checkpoint_share + self.lora_adapter_share + self.dpo_model_share <= 0:
+            raise ValueError("the stage shares of the training budget add up to 0")
+        return self
 
 
 class TrackingConfig(Section):
@@ -500,6 +561,7 @@ class PipelineConfig(Section):
     lora_adapter: LoraAdapterConfig = Field(default_factory=LoraAdapterConfig)
     dpo_model: DpoModelConfig = Field(default_factory=DpoModelConfig)
     eval_report: EvalReportConfig = Field(default_factory=EvalReportConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 

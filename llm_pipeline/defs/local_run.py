@@ -133,6 +133,8 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                     continue
                 stats = {k: v.value for k, v in mats[-1].metadata.items() if hasattr(v, "value")}
                 progress.console.print(f"[green]✓[/green] {labels[name]:33s} {step_seconds[name]:6.1f}s  {_headline(stats)}", soft_wrap=True)
+                if isinstance(stats.get("verdict"), str):  # eval_report: which model ships, and why not the others
+                    progress.console.print(f"  {escape(stats['verdict'])}")
                 progress.advance(task)
                 done.append((name, partition))
             if not result.success:

@@ -32,9 +32,9 @@ BUILDS_ON = {"base": None, "sft": "base", "dpo": "sft"}
 STAGE = {"base": "base_checkpoint", "sft": "lora_adapter", "dpo": "dpo_model"}
 # Config fields shown beside the chosen settings: what shapes a step (the settings table says which were defaults).
 SHAPE_FIELDS = {
-    "base": ("train_steps", "batch_size", "seq_len", "learning_rate", "lr_schedule", "warmup_ratio", "weight_decay", "grad_clip"),
+    "base": ("train_steps", "max_train_seconds", "batch_size", "seq_len", "learning_rate", "lr_schedule", "warmup_ratio", "weight_decay", "grad_clip"),
     "sft": ("method", "r", "alpha", "max_steps", "max_train_seconds", "batch_size", "max_length"),
-    "dpo": ("max_steps", "batch_size", "max_length", "beta", "loss_type"),
+    "dpo": ("max_steps", "max_train_seconds", "batch_size", "max_length", "beta", "loss_type", "rejected", "sft_weight"),
 }
 
 
@@ -77,8 +77,13 @@ def _base_settings(cfg: PipelineConfig, stats: dict) -> dict[str, dict[str, Any]
         out["precision"] = {"value": precision, "reason": why}
     if stats.get("device") is not None:
         out["device"] = {"value": stats["device"], "reason": "recorded in stats.json"}
+    for key, why in (("method", "method_reason"), ("budget_seconds", "budget")):  # continued pretraining's choices
+        if stats.get(key) is not None or stats.get(why):
+            out[key] = {"value": stats.get(key), "reason": stats.get(why) or "recorded in stats.json"}
     for name in SHAPE_FIELDS["base"]:
         out[name] = {"value": getattr(bc, name), "reason": _config_reason(bc, name)}
+    if stats.get("method") == "lora" and stats.get("learning_rate") is not None:
+        out["learning_rate"] = {"value": stats["learning_rate"], "reason": "base_checkpoint.lora_learning_rate: LoRA continued pretraining"}
     return out
 
 

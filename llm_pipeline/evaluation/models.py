@@ -23,7 +23,7 @@ from llm_pipeline.security import load_adapter, load_pretrained
 from llm_pipeline.evaluation.data import Notes
 
 MODEL_NAMES = ("base", "sft", "dpo")
-MODEL_LABELS = {"base": "Base", "sft": "SFT", "dpo": "DPO"}
+MODEL_LABELS = {"original": "Original", "base": "Base", "sft": "SFT", "dpo": "DPO"}
 # Longer windows than this gain little perplexity and make the fp32 logits of a 50k vocabulary run into gigabytes.
 MAX_WINDOW = 1024
 # Below this many parameters a CPU op is too small to split across threads: greedy decoding of the default tiny

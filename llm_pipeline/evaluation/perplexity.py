@@ -79,11 +79,13 @@ def windows(ids: list[int], size: int) -> list[list[int]]:
 def window_nll(model, batch: list[list[int]], pad_id: int) -> list[float]:
     """Summed next-token NLL (nats) of each window in one padded forward pass."""
     longest = max(len(w) for w in batch)
+    device = next(model.parameters()).device  # a model still on the GPU it trained on (base_checkpoint's check)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), longest), dtype=torch.long)
     for i, w in enumerate(batch):
         input_ids[i, : len(w)] = torch.tensor(w, dtype=torch.long)
         mask[i, : len(w)] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
     logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
     targets = input_ids[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)

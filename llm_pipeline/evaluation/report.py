@@ -64,7 +64,14 @@ def headline(metrics: dict) -> dict:
     if "gates" in metrics:
         out["gates_failed"] = sum(not g["passed"] for g in metrics["gates"])
         out["gates_passed"] = len(metrics["gates"]) - out["gates_failed"]
-        out["promoted"] = out["gates_failed"] == 0
+        out["promoted"] = metrics.get("promoted", out["gates_failed"] == 0)
+        if "promoted_model" in metrics:
+            out["promoted_model"] = metrics["promoted_model"]
+        if metrics.get("promotion_summary"):
+            out["verdict"] = metrics["promotion_summary"]
+    for m, ratios in reference_ratios(metrics).items():
+        for ref, r in ratios.items():
+            out[f"{m}_vs_{ref}_bits_per_byte"] = r
     if metrics.get("review"):
         out["review_records"] = metrics["review"].get("records", 0)
     return out
@@ -74,9 +81,16 @@ def verdict(metrics: dict) -> list[str]:
     """A few plain sentences for the top of the report: what improved, what did not, what to distrust."""
     lines = []
     gates = metrics.get("gates")
-    if gates:
+    if metrics.get("promotion_summary"):
+        lines.append(metrics["promotion_summary"][0].upper() + metrics["promotion_summary"][1:] + ".")
+    elif gates:
         failed = [g["name"] for g in gates if not g["passed"]]
         lines.append(f"Not promoted: gate(s) {', '.join(failed)} failed." if failed else f"Promoted: all {len(gates)} promotion gates passed.")
+    for m, ratios in reference_ratios(metrics).items():
+        if "original" in ratios:
+            lines.append(f"{MODEL_LABELS.get(m, m)}: bits per byte {ratios['original'] - 1:+.1%} against the original pretrained model "
+                         f"({ratios['base'] - 1:+.1%} against base_checkpoint)." if "base" in ratios else
+                         f"{MODEL_LABELS.get(m, m)}: bits per byte {ratios['original'] - 1:+.1%} against the original pretrained model.")
     ppl = metrics.get("perplexity", {})
     base = ppl.get("base", {})
     for m in ("sft", "dpo"):
@@ -150,8 +164,58 @@ def summary_table(metrics: dict) -> Table:
     return Table(["Metric", *[MODEL_LABELS.get(m, m) for m in models]], rows)
 
 
+def reference_ratios(metrics: dict) -> dict[str, dict[str, float]]:
+    """Per tuned model, overall bits per byte over the original model's and base_checkpoint's (where measured)."""
+    ppl = metrics.get("perplexity", {})
+    bpb = lambda m: (ppl.get(m) or {}).get("overall", {}).get("bits_per_byte")  # noqa: E731
+    out: dict[str, dict[str, float]] = {}
+    for m in metrics.get("models", []):
+        if m == "base" or bpb(m) is None:
+            continue
+        for ref in ("original", "base"):
+            if bpb(ref):
+                out.setdefault(m, {})[ref] = round(bpb(m) / bpb(ref), 4)
+    return out
+
+
+def reference_table(metrics: dict) -> Table:
+    """Each model against the original pretrained model and against base_checkpoint, per domain, as the change in
+    bits per byte (tokenizer-independent) and in perplexity (same tokenizer only: the original's may differ)."""
+    ppl = metrics.get("perplexity", {})
+    refs = [r for r in ("original", "base") if r in ppl]
+    models = [m for m in metrics["models"] if m != "base"]
+    domains = sorted({d for m in models for d in ppl.get(m, {}).get("by_domain", {})})
+    rows = []
+    for m in models:
+        for d in domains + ["all"]:
+            row: list[Cell | str] = [MODEL_LABELS.get(m, m), f"**{d}**" if d == "all" else d]
+            for ref in refs:
+                for key in ("bits_per_byte", "perplexity"):
+                    part = lambda x: (ppl.get(x, {}).get("overall") if d == "all" else ppl.get(x, {}).get("by_domain", {}).get(d)) or {}  # noqa: E731
+                    v, b = part(m).get(key), part(ref).get(key)
+                    same_tokens = ref != "original" or part(m).get("tokens") == part(ref).get("tokens")
+                    if v is None or not b or (key == "perplexity" and not same_tokens):
+                        row.append(Cell("—"))
+                    else:
+                        row.append(Cell(f"{(v - b) / b:+.1%}", _compare(v, b, "lower")))
+            rows.append(row)
+    head = [h for ref in refs for h in (f"bits/byte vs {MODEL_LABELS.get(ref, ref)}", f"perplexity vs {MODEL_LABELS.get(ref, ref)}")]
+    return Table(["Model", "Domain", *head], rows)
+
+
+def reference_intro(metrics: dict) -> str:
+    original = metrics.get("original") or {}
+    if "original" in metrics.get("perplexity", {}):
+        first = f"The original model is {original.get('origin', 'the pretrained model base_checkpoint started from')}, scored with its own tokenizer."
+    else:
+        first = f"No original pretrained model: {original.get('why', 'not measured')}."
+    return (f"{first} Changes in bits per byte compare across tokenizers; a perplexity change against the original is "
+            "shown only where both tokenized the text into the same number of tokens. Negative is better.")
+
+
 def perplexity_table(metrics: dict, key: str, digits: int) -> Table:
-    models = metrics["models"]
+    # The original model only where its tokenizer does not matter (bits per byte).
+    models = (["original"] if key == "bits_per_byte" and "original" in metrics["perplexity"] else []) + metrics["models"]
     domains = sorted({d for m in models for d in metrics["perplexity"].get(m, {}).get("by_domain", {})})
     rows = []
     for d in domains + ["all"]:
@@ -209,6 +273,7 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
         out.append(("Promotion gates", checks.gates_intro(metrics), checks.gates_table(metrics), []))
     out.append(("Perplexity by domain", "Token-weighted perplexity on the eval-split documents of each domain.", perplexity_table(metrics, "perplexity", 2), ["perplexity_by_domain.png"]))
     out.append(("Bits per byte", "Total NLL / ln 2 / UTF-8 bytes: comparable across tokenizers.", perplexity_table(metrics, "bits_per_byte", 3), []))
+    out.append(("Against the original model and base_checkpoint", reference_intro(metrics), reference_table(metrics), []))
     pref = metrics.get("preference")
     if pref and pref.get("pairs"):
         intro = f"beta = {pref['beta']}; reward = beta·(log π(y) − log π_ref(y)), reference = the DPO adapter disabled."

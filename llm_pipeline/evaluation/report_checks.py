@@ -15,17 +15,26 @@ def _label(m: str) -> str:
 
 
 def gates_table(metrics: dict) -> Table:
+    """Every candidate's gates (the promoted model's marked), or the one list of gates of an older metrics.json."""
+    candidates = metrics.get("candidates") or [{"model": None, "gates": metrics.get("gates", [])}]
     rows = []
-    for g in metrics.get("gates", []):
-        threshold = g["threshold"]
-        shown = "no leak" if isinstance(threshold, bool) else fmt(threshold, 3)
-        status = Cell("PASS", "ok") if g["passed"] else Cell("FAIL", "flag")
-        rows.append([f"`{g['name']}`", status, fmt(g["observed"], 4), shown, g["why"]])
-    return Table(["Gate", "Status", "Observed", "Threshold", "Why"], rows)
+    for c in candidates:
+        name = _label(c["model"]) + (" (promoted)" if c.get("chosen") else "") if c["model"] else "—"
+        for g in c["gates"]:
+            threshold = g["threshold"]
+            shown = "no leak" if isinstance(threshold, bool) else fmt(threshold, 3)
+            status = Cell("PASS", "ok") if g["passed"] else Cell("FAIL", "flag")
+            rows.append([name, f"`{g['name']}`", status, fmt(g["observed"], 4), shown, g["why"]])
+    return Table(["Model", "Gate", "Status", "Observed", "Threshold", "Why"], rows)
 
 
 def gates_intro(metrics: dict) -> str:
     gates = metrics.get("gates", [])
+    if metrics.get("promotion_summary"):
+        shipped = metrics.get("promoted_model")
+        tail = (f" eval_report/serving_manifest.json names the {_label(shipped)} model (`promoted: true`)." if shipped else
+                " eval_report/serving_manifest.json says `promoted: false`.")
+        return f"**{metrics['promotion_summary'][0].upper()}{metrics['promotion_summary'][1:]}.** The first candidate (DPO, then SFT) whose gates all pass ships.{tail}"
     if not gates:
         return "No promotion gate is configured: the model is promoted without checks."
     failed = [g["name"] for g in gates if not g["passed"]]

@@ -5,7 +5,9 @@
 source=scratch builds a small Llama (vocabulary from the tokenizer stage) and pretrains it by next-token prediction;
 source=pretrained (local folder or hub id) / gguf loads a model (new domain tokens get mean-initialised embeddings)
 and continues pretraining for `train_steps` steps (0 = keep it as loaded), on domain text alone or mixed with
-`general_data` at `domain_ratio`. A crash mid-training resumes from the last checkpoint under
+`general_data` at `domain_ratio`. When the tokenizer stage extended the vocabulary, the trained model then scores
+held-out text in bits per byte with the extended and with the original tokenizer; unless the extension lowers it
+(`tokenizer.keep_extension`), the original tokenizer is saved and the new rows dropped (stats: `vocab_extension`). A crash mid-training resumes from the last checkpoint under
 `<data_dir>/.checkpoints/base_checkpoint/`. Eval loss and perplexity come from the domains' held-out split (and,
 when general text is mixed in, from its held-out part too, to show forgetting).
 
@@ -29,7 +31,8 @@ from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import checkpoints
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device, projection_macs
-from llm_pipeline.training.embeddings import extension_pieces, resize_with_mean_init
+from llm_pipeline.training import budget, vocab_extension
+from llm_pipeline.training.embeddings import extension_pieces, keep_rows, resize_with_mean_init
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
@@ -51,6 +54,75 @@ def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, v
     if world > 1:  # the batches each step draws depend on the number of processes
         blob += f":world{world}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+VOCAB_CHECK_DOCUMENTS = 48  # held-out documents per check: a stable bits-per-byte figure at two scoring passes' cost
+VOCAB_CHECK_CHARS = 4_000
+
+
+def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int) -> tuple[dict, object | None]:
+    """Does the vocabulary extension pay? Held-out bits per byte of the trained model with the extended tokenizer
+    and with the original one. Returns the record for the stats, and the original tokenizer (finished for the later
+    stages) when the extension is to be dropped, else None."""
+    import itertools
+
+    from llm_pipeline.evaluation.models import LoadedModel
+    from llm_pipeline.evaluation.perplexity import score_texts, total
+    from llm_pipeline.stages.tokenizer import load_base_tokenizer
+    from llm_pipeline.training import vocab_extension
+
+    texts = [t[:VOCAB_CHECK_CHARS] for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
+    if not texts:
+        return {"checked": False, "why": "no held-out documents to measure the extension on", "kept": "extended"}, None
+    name, original = load_base_tokenizer(cfg)
+    vocab_extension.finish(original)
+    was_training = model.training
+    model.eval()
+    try:
+        bpb = {label: total(score_texts(LoadedModel(label, model, tok, is_adapter=False), texts, batch_size=4)).bits_per_byte
+               for label, tok in (("extended", tokenizer), ("original", original))}
+    finally:
+        model.train(was_training)
+    gain = cfg.tokenizer.extension_min_gain
+    lower = bpb["extended"] < bpb["original"] * (1 - gain)
+    keep = lower or cfg.tokenizer.keep_extension == "always"
+    record = {
+        "checked": True, "documents": len(texts), "tokens_added": added, "original_tokenizer": name,
+        "extended_bits_per_byte": round(bpb["extended"], 5), "original_bits_per_byte": round(bpb["original"], 5),
+        "change": round(bpb["extended"] / bpb["original"] - 1, 5), "kept": "extended" if keep else "original",
+        "why": (f"the {added} domain terms {'lower' if lower else 'do not lower'} held-out bits per byte"
+                f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer)"
+                + ("" if keep == lower else "; kept because tokenizer.keep_extension is 'always'")),
+    }
+    return record, None if keep else original
+
+
+LORA_MIN_PARAMS = 20_000_000  # below this a full step is cheap on a CPU too, and LoRA's overhead is not worth it
+
+
+def choose_method(cfg: PipelineConfig, plan, n_params: int) -> tuple[str, str]:
+    """Full-parameter or LoRA continued pretraining, and why."""
+    bc = cfg.base_checkpoint
+    if bc.method != "auto":
+        return bc.method, "set in config"
+    if bc.source == "scratch":
+        return "full", "a model trained from scratch trains every weight"
+    if plan.device == "cpu" and n_params >= LORA_MIN_PARAMS:
+        return "lora", (f"a pretrained model of {n_params / 1e6:.0f}M parameters on a CPU: LoRA (r={bc.lora_r}, every linear "
+                        "layer, plus the new vocabulary rows) keeps neither gradients nor AdamW state for the frozen weights, so a "
+                        "CPU budget buys more steps than full-parameter training gets from it")
+    return "full", (f"{plan.device}: full-parameter steps are affordable" if plan.device != "cpu" else
+                    f"{n_params / 1e6:.1f}M parameters: a full step is cheap at this size")
+
+
+def with_lora(model, cfg: PipelineConfig, new_rows: list[int]):
+    """The model with LoRA adapters on every linear layer and the new vocabulary rows trainable (the embedding and,
+    when tied, the output rows: extended terms must learn, not stay at their initial mean)."""
+    from peft import LoraConfig, get_peft_model
+
+    r = cfg.base_checkpoint.lora_r
+    extra = {"trainable_token_indices": new_rows} if new_rows else {}
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM", **extra))
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
@@ -80,8 +152,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             raise ValueError(f"base_checkpoint.general_data yielded no train-split text (quarantined: {general_quarantined or 'none'})")
         train_chunks = MixedChunks(domain_chunks, PackedChunks(general_tokens, seq_len, pad_id), bc.domain_ratio)
 
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET)
+    n_params = sum(p.numel() for p in model.parameters())
+    method, method_why = choose_method(cfg, plan, n_params)
+    if method == "lora" and bc.train_steps > 0:
+        model = with_lora(model, cfg, list(range(resize["old_vocab_size"], resize["new_vocab_size"])))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     settings = LoopSettings(
-        steps=bc.train_steps, batch_size=bc.batch_size, learning_rate=bc.learning_rate, warmup_ratio=bc.warmup_ratio,
+        max_seconds=budget_seconds,
+        steps=bc.train_steps, batch_size=bc.batch_size, learning_rate=bc.lora_learning_rate if method == "lora" else bc.learning_rate, warmup_ratio=bc.warmup_ratio,
         weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=bc.eval_every,
         checkpoint_every=bc.checkpoint_every, seed=cfg.seed, early_stopping_patience=bc.early_stopping_patience,
         schedule=bc.lr_schedule,
@@ -89,8 +168,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     n_general = 0 if general_tokens is None else len(general_tokens)
     rank, world = distributed_rank()
     fingerprint = _fingerprint(cfg, len(train_tokens), len(eval_tokens), len(tokenizer), n_general, world)
-    run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata(), "processes": world}
-    n_params = sum(p.numel() for p in model.parameters())
+    run_config = {**bc.model_dump(mode="json"), "origin": origin, **plan.as_metadata(), "processes": world, "method": method}
     general_eval = None
     # One tracked run per training, from rank 0; the other ranks' trackers are off.
     tracking = tracked_run(cfg, ASSET, run_config, inputs) if rank == 0 else \
@@ -101,6 +179,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         if general_eval_tokens is not None and len(general_eval_tokens):
             general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan, result.accelerator)
         tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl, "general_eval_loss": general_eval})
+
+    if hasattr(model, "merge_and_unload"):  # LoRA: the adapters and trained rows folded in, saved as a plain model
+        model = model.merge_and_unload()
+    vocab = {"checked": False, "why": "the tokenizer was not extended", "kept": "extended"}
+    added_terms = len(extension_pieces(inputs["tokenizer"]))
+    if added_terms and resize["new_vocab_size"] > resize["old_vocab_size"]:
+        if world > 1:
+            vocab["why"] = "not measured under a multi-process launch"
+        else:
+            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms)
+            if original_tokenizer is not None:
+                keep_rows(model, vocab_extension.row_map(tokenizer, original_tokenizer))
+                tokenizer = original_tokenizer
 
     save_trained_model(result, model, output_dir)  # every rank: a gather under DeepSpeed, then a barrier
     if result.is_main:
@@ -120,6 +211,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "epochs": round(result.steps_done * bc.batch_size * result.world_size / max(1, len(train_chunks)), 3),  # over domain + general chunks
         "steps": result.steps_done,
         "stopped_early": result.stopped_early,
+        "method": method,
+        "method_reason": method_why,
+        "trainable_parameters": trainable,
+        "learning_rate": settings.learning_rate,
+        "budget_seconds": budget_seconds,
+        "budget": budget_why,
+        "stopped_by_budget": result.stopped_by_budget,
+        "eval_seconds": round(result.eval_seconds, 3),
+        "evals_skipped": result.evals_skipped,
         "resumed_from_step": result.resumed_from,
         "final_train_loss": result.log[-1]["loss"] if result.log else None,
         "eval_loss": round(result.eval_loss, 5) if result.eval_loss is not None else None,
@@ -130,6 +230,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "device": plan.device,
         "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
         "embeddings_mean_initialised": resize["mean_initialised"],
+        "vocab_extension": vocab,
         "lr_schedule": bc.lr_schedule,
         "processes": result.world_size,
     }
@@ -149,7 +250,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         stats["general_eval_perplexity"] = round(math.exp(min(general_eval, 50)), 3) if general_eval is not None else None
     preview = (
         f"**{origin}** — {n_params:,} parameters, {plan.device}/{plan.precision} ({plan.reason})\n\n"
-        f"{result.steps_done} steps{' (stopped early)' if result.stopped_early else ''} on {len(train_tokens):,} packed train tokens ({stats['epochs']} epochs); "
+        f"{result.steps_done} steps{' (stopped early)' if result.stopped_early else ''}{f' (budget of {budget_seconds:g} s reached)' if result.stopped_by_budget else ''} on {len(train_tokens):,} packed train tokens ({stats['epochs']} epochs); "
         f"held-out loss **{stats['eval_loss']}**, perplexity **{stats['eval_perplexity']}**; "
         f"{result.resume_note}."
     )

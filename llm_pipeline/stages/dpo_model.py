@@ -27,7 +27,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.security import confine, load_adapter, load_pretrained
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.training import defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache
+from llm_pipeline.training import budget, defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.sft_data import fit_all, write_jsonl
 from llm_pipeline.training.tracking import report_to, tracked_run
@@ -150,7 +150,7 @@ class Trained:
     trainer: object = None
 
 
-def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker) -> Trained:
+def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds=None) -> Trained:
     from llm_pipeline.training import dpo_loop
 
     dc = cfg.dpo_model
@@ -162,17 +162,26 @@ def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, coll
         steps=args["max_steps"], batch_size=dc.batch_size, learning_rate=args["learning_rate"], warmup_steps=args["warmup_steps"],
         beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed, eval_every=args["eval_steps"], checkpoint_every=args["save_steps"],
         log_every=args["logging_steps"], early_stopping_patience=dc.early_stopping_patience if early else None,
-        gradient_checkpointing=args["gradient_checkpointing"],
+        gradient_checkpointing=args["gradient_checkpointing"], sft_weight=dc.sft_weight,
     )
     t0 = time.perf_counter()
+    on_step = None
+    if budget_seconds is not None:  # the schedule stays over max_steps; the budget stops the loop before a step past it
+        clock = budget.Clock(budget_seconds)
+        clock.start()
+
+        def on_step(step: int) -> bool:
+            clock.step_done()
+            return clock.must_stop
+
     result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
-                            json.dumps(fingerprint, sort_keys=True), tracker)
+                            json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step)
     return Trained(model=model, log=result.log, global_step=result.global_step, start_step=result.start_step,
                    tokens=result.tokens_trained, eval_metrics=result.eval_metrics, train_seconds=time.perf_counter() - t0,
                    step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "")
 
 
-def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker) -> Trained:
+def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds=None) -> Trained:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import DPOConfig
 
@@ -189,7 +198,10 @@ def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, colla
         args.eval_strategy = "no"
     timer = finetune.step_timer_callback()
     callbacks = [timer] + ([EarlyStoppingCallback(dc.early_stopping_patience)] if early else [])
+    if budget_seconds is not None:  # stops before a step past the budget; the schedule stays over max_steps
+        callbacks.append(budget.budget_callback(budget.Clock(budget_seconds), evaluate=False))
     trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
+    trainer.sft_weight = dc.sft_weight  # the chosen answers' NLL term, as the loop adds it (DPOConfig has no field for it)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
@@ -262,10 +274,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                    "data": ref_cache.dataset_version(tok_train + tok_held)}
     engine, why = choose_engine(dc.engine)
     settings.set("engine", engine, why)
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    settings.set("budget", f"{budget_seconds:g} s" if budget_seconds is not None else "none", budget_why)
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl
-        trained = train_fn(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker)
+        trained = train_fn(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds)
         pairs_seen = (trained.global_step - trained.start_step) * dc.batch_size
         summary = {"pairs_per_second": round(pairs_seen / trained.train_seconds, 2) if trained.train_seconds else None,
                    "peak_rss_mb": peak_rss_mb(), "trainable_share": counts["trainable_share"]}
@@ -295,6 +309,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "rewards_accuracies": finetune.last_logged(log, "rewards/accuracies"), "rewards_margins": finetune.last_logged(log, "rewards/margins"),
         "eval_loss": ev("eval_loss"), "eval_rewards_accuracies": ev("eval_rewards/accuracies"), "eval_rewards_margins": ev("eval_rewards/margins"),
         "steps": trained.global_step, "step_seconds": finetune.step_seconds(trained.step_durations)["step_seconds"], "learning_rate": settings.value("learning_rate"), "beta": dc.beta, "loss_type": dc.loss_type,
+        "sft_weight": dc.sft_weight, "rejected_sources": derivation.get("rejected_sources"),
         "seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3), "reference_seconds": round(ref_seconds, 3),
         "pairs_per_second": summary["pairs_per_second"],
         "tokens_per_second": round(trained.tokens / train_seconds, 1) if train_seconds else None,

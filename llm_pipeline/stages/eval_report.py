@@ -7,10 +7,14 @@ and a PII canary search; shows what each model's training cost and bought (the s
 why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background
 thread, while the models run) and renders the report. A model's perplexity on a domain is read back from the result
 cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. Then it
-evaluates the promotion gates (thresholds in the config), writes `serving_manifest.json` (the DPO model's, with
-`promoted` and the failed gates) and exports the hardest held-out documents for human review (`review/`, an Argilla
-dataset). A failed gate does not fail the stage: the blocking Dagster check `promotion_gates` does. A missing optional
-input (no held-out pairs, no training log, no canaries file) becomes a note in the report, not a failure.
+puts each tuned model (DPO, then SFT) through the promotion gates (thresholds in the config; `evaluation/gates.py`)
+and promotes the first that passes: `serving_manifest.json` is that model's, with why the others were not chosen,
+and the stats carry a one-line verdict ("DPO not promoted: perplexity 1.096 × SFT; SFT adapter promoted"). Every
+model is compared with the original pretrained model (when base_checkpoint started from one; scored with its own
+tokenizer) as well as with base_checkpoint, in bits per byte as well as perplexity. It also exports the hardest
+held-out documents for human review (`review/`, an Argilla dataset). A failed gate never fails the stage; the
+blocking Dagster check `promotion_gates` fails only when no candidate passes. A missing optional input (no held-out
+pairs, no training log, no canaries file) becomes a note in the report, not a failure.
 
     llm-pipeline stage eval_report     # or llm_pipeline.runner.run_stage(cfg, "eval_report")
 """
@@ -84,15 +88,18 @@ def _training_summary(logs: dict[str, list[dict]]) -> dict:
 
 
 def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], docs: dict[str, list[data.EvalDocument]],
-                  domains: dict[str, Path], folders: dict[str, list[Path]], workers: int = 1) -> tuple[dict, dict, dict]:
+                  domains: dict[str, Path], folders: dict[str, list[Path]], workers: int = 1,
+                  identities: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
     """Per model: perplexity and bits per byte by domain and overall, and the per-document scores.
 
     A model's scores on a domain are read from the result cache when neither the model's files nor the domain's
     shard nor the eval settings changed since they were computed (see evaluation/cache.py); otherwise the domain is
-    scored and the result kept. Documents are tokenized once per distinct tokenizer, not once per model. With
+    scored and the result kept (`identities`: a name standing for a model that has no folder of its own, such as a
+    hub id). Documents are tokenized once per distinct tokenizer, not once per model. With
     `workers` > 1 (small models on a CPU, one intra-op thread each) the (model, domain) scorings run in that many
     threads at once: the forward passes release the GIL, so each gets a core of its own."""
     ec = cfg.eval_report
+    identities = identities or {}
     cache = cache_mod.ResultCache(cfg.data_path)
     code = cache_mod.source_version(perplexity, data)
     shard_hash = {d: dvc_hash(p) for d, p in domains.items()}
@@ -101,7 +108,7 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
     per_doc: dict[tuple[str, str], list[perplexity.Score]] = {}
     todo: list[tuple[str, str, str, tuple[str, str]]] = []  # (model, domain, cache key, token ids key)
     for name, lm in loaded.items():
-        identity = cache_mod.ResultCache.key(folders=[folder_ids[f] for f in folders[name]])
+        identity = cache_mod.ResultCache.key(folders=[folder_ids[f] for f in folders.get(name, [])], name=identities.get(name))
         vocab = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode()).hexdigest() if hasattr(lm.tokenizer, "backend_tokenizer") else identity
         for d, ds in docs.items():
             if not ds:
@@ -140,6 +147,45 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
             overall.add(s)
         ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
     return ppl, doc_scores, cache.stats()
+
+
+def _original_model(cfg: PipelineConfig, notes: data.Notes) -> tuple[models.LoadedModel | None, dict, list[Path], str | None]:
+    """The pretrained model base_checkpoint started from, with its own (unextended) tokenizer: what the gates and the
+    report compare every model with. (model, what it is or why it is absent, its folder for the result cache's key,
+    a name standing for it when it has no local folder)."""
+    bc = cfg.base_checkpoint
+    if bc.source == "scratch":
+        return None, {"why": "base_checkpoint was trained from scratch, so there is no original pretrained model"}, [], None
+    from transformers import AutoTokenizer
+
+    from llm_pipeline.training.model_source import ModelSourceError, load_base_model, load_from, model_location
+
+    try:
+        loc = model_location(cfg)
+        # The tokenizer the model was released with, never the extended one: that is the model a user started from.
+        tok = load_from(loc, AutoTokenizer, "base_checkpoint.model", weights=False, trust_remote_code=bc.trust_remote_code)
+        model, origin = load_base_model(cfg, tok)
+    except (ModelSourceError, OSError, ValueError) as exc:
+        notes.add(f"the original pretrained model did not load ({exc}); models are compared with base_checkpoint only.")
+        return None, {"why": f"the original pretrained model did not load ({type(exc).__name__})"}, [], None
+    if tok.pad_token_id is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # padding positions are masked out; any id works
+    folder = Path(loc.where)
+    local = [folder] if not loc.hub_id and folder.is_dir() else []
+    return models.LoadedModel("original", model.eval(), tok, is_adapter=False), {"origin": origin}, local, None if local else loc.describe()
+
+
+def _serving_manifest(verdict: dict, folders: dict[str, Path], notes: data.Notes) -> dict:
+    """The promoted model's own serving manifest (what its training stage wrote) with the verdict over every
+    candidate; when nothing is promoted, the first candidate's, marked `promoted: false`."""
+    shown = verdict["model"] or next((c["model"] for c in verdict["candidates"]), None)
+    manifest = data.read_json_file(folders[shown] / "serving_manifest.json") if shown else None
+    if shown and not isinstance(manifest, dict):
+        notes.add(f"`{folders[shown].name}/serving_manifest.json` is missing or not a JSON object; eval_report/serving_manifest.json carries only the verdict.")
+    not_chosen = {c["model"]: c["why"] for c in verdict["candidates"] if not c["chosen"]}
+    return {**(manifest if isinstance(manifest, dict) else {}), "model": verdict["model"], "adapter_folder": verdict["folder"],
+            "promoted": verdict["promoted"], "summary": verdict["summary"], "not_chosen": not_chosen,
+            "failed_gates": verdict["failed_gates"], "gates": verdict["gates"], "candidates": verdict["candidates"]}
 
 
 def _pair_text(rec: dict) -> str:
@@ -264,13 +310,19 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         t = time.perf_counter()
         tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
         folders = {"base": [base_dir, *tok_dir], "sft": [base_dir, *tok_dir, lora_dir], "dpo": [base_dir, *tok_dir, dpo_dir]}
-        ppl, doc_scores, ppl_cache = _perplexities(cfg, loaded, docs, domains, folders, models.parallel_workers(loaded, threads))
+        original, original_info, folders["original"], original_name = _original_model(cfg, notes)
+        scored = {**loaded, **({"original": original} if original is not None else {})}
+        ppl, doc_scores, ppl_cache = _perplexities(cfg, scored, docs, domains, folders, models.parallel_workers(scored, threads),
+                                                   identities={"original": original_name} if original_name else None)
+        del original, scored  # scored on held-out text only: the gates need its bits per byte, not its generations
         review_scores = doc_scores.get(review_model, {})
         timings["perplexity"] = time.perf_counter() - t
+        # The plots show the models this pipeline trained; the original model is in the tables (bits per byte).
+        trained_ppl = {m: r for m, r in ppl.items() if m in loaded}
         plot_jobs["perplexity_by_domain.png"] = drawing.submit(
-            plots.perplexity_bars, {m: {d: v["perplexity"] for d, v in r["by_domain"].items()} for m, r in ppl.items()}, output_dir / "perplexity_by_domain.png")
+            plots.perplexity_bars, {m: {d: v["perplexity"] for d, v in r["by_domain"].items()} for m, r in trained_ppl.items()}, output_dir / "perplexity_by_domain.png")
         plot_jobs["training_compute.png"] = drawing.submit(
-            plots.training_compute, spent, {m: r["overall"]["perplexity"] for m, r in ppl.items()}, output_dir / "training_compute.png")
+            plots.training_compute, spent, {m: r["overall"]["perplexity"] for m, r in trained_ppl.items()}, output_dir / "training_compute.png")
 
         # -- 2. preference accuracy
         t = time.perf_counter()
@@ -361,13 +413,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     plot_paths = [plot_jobs[name].result() for name in PLOTS]
     timings["plots_wait"] = time.perf_counter() - t
 
-    dpo_manifest = data.read_json_file(dpo_dir / "serving_manifest.json")
-    if not isinstance(dpo_manifest, dict):
-        notes.add("`dpo_model/serving_manifest.json` is missing or not a JSON object; eval_report/serving_manifest.json carries only the verdict.")
-        dpo_manifest = None
     metrics = {
         "pipeline": cfg.name,
         "models": list(loaded),
+        "original": original_info,
         "eval_documents": {d: len(ds) for d, ds in docs.items()},
         "perplexity": ppl,
         "preference": pref,
@@ -380,7 +429,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "review": review_summary,
         "training": _training_summary(logs),
         "compute": spent,
-        "serving_manifest": dpo_manifest,
         "lineage": _lineage(cfg, inputs, domains),
         "notes": notes.items,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -388,10 +436,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "cpu_threads": threads,
     }
     metrics = _clean(metrics)
-    # -- 7. promotion gates: the verdict goes into metrics.json, the report and the serving manifest
-    verdict = gates.promotion(gates.evaluate_gates(cfg, metrics))
-    metrics["gates"], metrics["promoted"] = _clean(verdict["gates"]), verdict["promoted"]
-    write_json(output_dir / "serving_manifest.json", {**(metrics["serving_manifest"] or {}), **_clean(verdict)})
+    # -- 7. promotion: every candidate through its gates, the first that passes ships; the verdict goes into
+    # metrics.json, the report, the stage's stats (the CLI's summary line) and the serving manifest
+    verdict = _clean(gates.choose(cfg, metrics))
+    metrics.update(gates=verdict["gates"], promoted=verdict["promoted"], promoted_model=verdict["model"],
+                   promotion_summary=verdict["summary"], candidates=verdict["candidates"])
+    metrics["serving_manifest"] = _clean(_serving_manifest(verdict, {"sft": lora_dir, "dpo": dpo_dir}, notes))
+    metrics["notes"] = notes.items
+    write_json(output_dir / "serving_manifest.json", metrics["serving_manifest"])
 
     stats = _clean(report.headline(metrics))
     write_json(output_dir / "metrics.json", metrics)

@@ -6,7 +6,9 @@ with domain terms.
 Mode `train` learns `vocab_size` tokens from the train-split documents (per-domain sampling weights from
 `tokenizer.domain_weights`). Mode `extend` loads the base tokenizer (`tokenizer.base_model`, or when unset the
 base_checkpoint's model: a local folder, a hub id, or the tokenizer inside a GGUF file) and adds up to
-`extend_max_new_tokens` frequent domain terms that it splits into many pieces. Fertility (tokens per word) is
+`extend_max_new_tokens` frequent domain terms that it splits into many pieces (never PII redaction tags such as
+`<PERSON>`, nor numbers). Whether the terms pay is measured later, by base_checkpoint, in bits per byte on held-out
+text after training; it drops them again when they do not. Fertility (tokens per word) is
 measured per domain on the held-out split, for the new tokenizer and the base one (in train mode the base is
 `tokenizer.base_model` when set), and shown with a tokenized sample in the stage's metadata and wandb run.
 """
@@ -98,11 +100,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         _, tokenizer = load_base_tokenizer(cfg)  # a second copy to extend; `base` stays as it was for comparison
         base_vocab = len(tokenizer)
         added = vocab_extension.add_terms(tokenizer, terms)
-        if tokenizer.chat_template is None:
-            tokenizer.add_special_tokens({"additional_special_tokens": [bpe.USER, bpe.ASSISTANT]})
-            tokenizer.chat_template = bpe.CHAT_TEMPLATE
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        vocab_extension.finish(tokenizer)
         vocab_extension.write_extension(output_dir, base_name, base_vocab, tokenizer, terms)
         stats.update(base_vocab_size=base_vocab, tokens_added=added, terms_considered=len(counts_words))
 

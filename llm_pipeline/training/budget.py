@@ -142,6 +142,8 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             # What an evaluation and checkpoint took (measured at the first one): the final one must fit too.
             self.eval_seconds = 0.0
             self._eval_from: float | None = None
+            self.evals = 0
+            self.evals_skipped = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             clock.start()
@@ -155,10 +157,16 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             if clock.must_stop:
                 control.should_training_stop = True
                 self.stopped_by_budget = True
-            if evaluate and (control.should_training_stop or (self.pending and done >= self.pending[0]) or state.global_step >= args.max_steps):
-                control.should_evaluate = control.should_save = True
+            final = control.should_training_stop or state.global_step >= args.max_steps
+            if evaluate and (final or (self.pending and done >= self.pending[0])):
                 self.pending = [f for f in self.pending if f > done]
-                self._eval_from = time.perf_counter()
+                # Evaluations may take MAX_EVAL_SHARE of the budget: once one more would pass it, the intermediate
+                # ones are skipped (the final one, reserved for in the stop decision, stays).
+                if final or (self.evals + 1) * self.eval_seconds <= MAX_EVAL_SHARE * clock.budget:
+                    control.should_evaluate = control.should_save = True
+                    self._eval_from = time.perf_counter()
+                else:
+                    self.evals_skipped += 1
             return control
 
         def _evaluated(self) -> None:
@@ -167,6 +175,7 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
 
         def on_evaluate(self, args, state, control, **kwargs):
             self._evaluated()
+            self.evals += 1
 
         def on_save(self, args, state, control, **kwargs):
             self._evaluated()
@@ -179,3 +188,50 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
 
 # The Trainer needs a step count; under a budget with no cap this one is never reached.
 BUDGET_STEP_CAP = 10**9
+
+
+# ---------------------------------------------------------------- one budget for the run
+TRAINING_STAGES = ("base_checkpoint", "lora_adapter", "dpo_model")
+# Evaluations inside a budget may take at most this share of it: past it, the intermediate ones are skipped (the
+# final one stays). A real run's two SFT evaluations took 49% of a 900 s budget.
+MAX_EVAL_SHARE = 0.1
+
+
+def _recorded_seconds(folder: Path | None) -> float:
+    """Training seconds an upstream stage recorded (stats.json: `train_seconds`, else `seconds`); 0 when absent."""
+    if folder is None:
+        return 0.0
+    try:
+        stats = json.loads((Path(folder) / "stats.json").read_text())
+    except (OSError, ValueError):
+        return 0.0
+    value = stats.get("train_seconds", stats.get("seconds")) if isinstance(stats, dict) else None
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tuple[float | None, str]:
+    """(seconds, why) for one training stage: its own `max_train_seconds` when set; else its share of what is left
+    of `training.max_train_seconds` (the budget less the seconds the upstream training stages in `upstream`
+    recorded), split by share among this stage and the ones after it; else (None, why)."""
+    own = getattr(cfg, stage).max_train_seconds
+    if own is not None:
+        return float(own), f"{stage}.max_train_seconds set in config"
+    tc = cfg.training
+    if tc.max_train_seconds is None:
+        return None, "no budget (neither training.max_train_seconds nor this stage's max_train_seconds is set)"
+    shares = {s: getattr(tc, f"{s}_share") for s in TRAINING_STAGES}
+    if cfg.base_checkpoint.train_steps == 0:
+        shares["base_checkpoint"] = 0.0  # a model kept as loaded spends nothing
+    index = TRAINING_STAGES.index(stage)
+    spent = {s: _recorded_seconds((upstream or {}).get(s)) for s in TRAINING_STAGES[:index]}
+    left = max(0.0, tc.max_train_seconds - sum(spent.values()))
+    later = sum(shares[s] for s in TRAINING_STAGES[index:])
+    if not shares[stage] or not later:
+        return None, f"training.{stage}_share is 0: no budget of its own (max_steps alone ends it)"
+    # A floor of a twentieth of the stage's planned part: an overrun upstream must not leave it no step at all.
+    planned = tc.max_train_seconds * shares[stage] / sum(shares.values())
+    seconds = max(left * shares[stage] / later, planned / 20)
+    done = ", ".join(f"{s} {v:,.0f} s" for s, v in spent.items() if v) or "nothing yet"
+    return round(seconds, 1), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
+                               f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares base {shares['base_checkpoint']:g}, "
+                               f"SFT {shares['lora_adapter']:g}, DPO {shares['dpo_model']:g})")

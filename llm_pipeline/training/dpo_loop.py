@@ -31,7 +31,7 @@ import torch
 from llm_pipeline import progress
 from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
-from llm_pipeline.training.dpo_train import dpo_loss, rows_per_pass
+from llm_pipeline.training.dpo_train import dpo_loss, rows_per_pass, with_sft_term
 
 MEGABATCH = 50  # length grouping as the Trainer's sampler: sort by length within runs of up to 50 batches of a shuffled order
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
@@ -53,6 +53,7 @@ class LoopSettings:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
+    sft_weight: float = 0.0  # the chosen answers' NLL term (dpo_model.sft_weight)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def _pair_terms(model, part: dict, settings: LoopSettings, plan: DevicePlan) -> 
         chosen, rejected, n_c, n_r = dpo_pairs.answer_logps(model, part)
     c_ratio = chosen - part["ref_chosen_logps"].to(chosen)
     r_ratio = rejected - part["ref_rejected_logps"].to(rejected)
-    losses = dpo_loss(settings.loss_type, settings.beta, c_ratio, r_ratio, n_c, n_r)
+    losses = with_sft_term(dpo_loss(settings.loss_type, settings.beta, c_ratio, r_ratio, n_c, n_r), chosen, n_c, settings.sft_weight)
     cr, rr = settings.beta * c_ratio.detach(), settings.beta * r_ratio.detach()
     terms = torch.stack([cr, rr, (cr > rr).float(), cr - rr, chosen.detach(), rejected.detach()])
     return losses, terms

@@ -37,6 +37,14 @@ def dpo_loss(loss_type: str, beta: float, chosen_ratio: torch.Tensor, rejected_r
     raise ValueError(f"dpo_model.loss_type must be one of {LOSS_TYPES}, not {loss_type!r}")
 
 
+def with_sft_term(losses: torch.Tensor, chosen_logps: torch.Tensor, n_chosen: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pair DPO losses plus `weight` x the chosen answer's mean NLL per token (RPO): the policy keeps raising the
+    likelihood of the chosen text instead of only widening its margin over the rejected one."""
+    if not weight:
+        return losses
+    return losses + weight * (-chosen_logps / n_chosen.clamp(min=1).to(chosen_logps))
+
+
 @contextmanager
 def reference_mode(model, reference: str) -> Iterator[None]:
     """The model as the reference: unchanged (the SFT policy before training) or with its adapter disabled."""
@@ -146,7 +154,7 @@ def make_trainer_class():
             chosen, rejected, n_c, n_r = dpo_pairs.answer_logps(model, inputs)
             ref_c, ref_r = inputs["ref_chosen_logps"].to(chosen), inputs["ref_rejected_logps"].to(rejected)
             c_ratio, r_ratio = chosen - ref_c, rejected - ref_r
-            losses = dpo_loss(self.loss_types[0], self.beta, c_ratio, r_ratio, n_c, n_r)
+            losses = with_sft_term(dpo_loss(self.loss_types[0], self.beta, c_ratio, r_ratio, n_c, n_r), chosen, n_c, getattr(self, "sft_weight", 0.0))
             terms = torch.stack([chosen.detach(), rejected.detach(), self.beta * c_ratio.detach(), self.beta * r_ratio.detach()])
             return losses, terms
 

@@ -44,3 +44,17 @@ def extension_pieces(tokenizer_dir: Path) -> dict[int, list[int]]:
     if not path.exists():
         return {}
     return {int(t["token_id"]): list(t["base_piece_ids"]) for t in read_json(path)["tokens"]}
+
+
+def keep_rows(model, keep: list[int]) -> None:
+    """Shrink the input (and untied output) embeddings to the rows `keep`, in that order: drops added tokens again
+    (row i of the result is row keep[i] of the matrix as it was)."""
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is not None and out.weight.data_ptr() == emb.weight.data_ptr()
+    with torch.no_grad():
+        rows_in = emb.weight[keep].clone()
+        rows_out = None if out is None or tied else out.weight[keep].clone()
+        model.resize_token_embeddings(len(keep), mean_resizing=False)
+        model.get_input_embeddings().weight.copy_(rows_in)
+        if rows_out is not None:
+            model.get_output_embeddings().weight.copy_(rows_out)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from llm_pipeline import progress
-from llm_pipeline.training import checkpoints
+from llm_pipeline.training import budget, checkpoints
 from llm_pipeline.training.device import DevicePlan, autocast, seed_everything
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, eval_batches
 from llm_pipeline.training.tracking import Tracker
@@ -53,6 +53,10 @@ class LoopSettings:
     log_every: int = 10
     early_stopping_patience: int | None = None
     schedule: str = "cosine"
+    # A budget in seconds of training (budget.py): the schedule follows the share of it spent (or of `steps`, when
+    # further along), the run stops before a step that would end past it, and intermediate evaluations are skipped
+    # once they would take more than budget.MAX_EVAL_SHARE of it.
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -66,6 +70,9 @@ class LoopResult:
     eval_loss: float | None = None
     steps_done: int = 0
     stopped_early: bool = False
+    stopped_by_budget: bool = False
+    eval_seconds: float = 0.0  # spent in held-out evaluations during the run
+    evals_skipped: int = 0  # intermediate evaluations left out to keep them within the budget's share
     best_eval_loss: float | None = None
     evals_without_improvement: int = 0
     world_size: int = 1
@@ -81,10 +88,22 @@ class LoopResult:
         return self.accelerator is not None and self.accelerator.distributed_type.value == "DEEPSPEED"
 
 
-def lr_lambda(steps: int, warmup_ratio: float, schedule: str = "cosine"):
+def lr_lambda(steps: int, warmup_ratio: float, schedule: str = "cosine", clock=None):
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {SCHEDULES}")
     warmup = max(1, int(round(steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def by_time(step: int) -> float:
+        # Under a budget: warmup and decay over the share of it spent (or of the step cap, when further along).
+        progress = clock.progress(step, steps)
+        if warmup_ratio > 0 and progress < warmup_ratio:
+            return max(progress, 1 / max(1, steps)) / warmup_ratio
+        progress = min(1.0, (progress - warmup_ratio) / max(1e-9, 1 - warmup_ratio))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * decay
+
+    if clock is not None:
+        return by_time
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -272,7 +291,8 @@ def train(
     model.train()
     optimizer = make_optimizer(model, settings.learning_rate, settings.weight_decay)
     # The schedule counts optimizer steps and is never given to `prepare` (Accelerate would step it once per process).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.steps, settings.warmup_ratio, settings.schedule))
+    clock = budget.Clock(settings.max_seconds) if settings.max_seconds else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(settings.steps, settings.warmup_ratio, settings.schedule, clock))
     start = 0
     if result.deepspeed:
         _fill_deepspeed(accelerator, settings, plan, model.config.hidden_size)
@@ -302,6 +322,9 @@ def train(
     session_start_tokens = result.tokens_trained
     started = time.perf_counter()
     meter = progress.meter("base_checkpoint", total=settings.steps, unit="step", rate_unit="tokens", start=start)
+    if clock is not None:
+        clock.start()
+    evals = 0
     for step in range(start, settings.steps):
         # The global batch of `step` is rows [step*B*W, (step+1)*B*W) of the seeded order; rank r takes the r-th B.
         batch = train_chunks.batch_for_step(step * world + rank, settings.batch_size, settings.seed)
@@ -323,8 +346,20 @@ def train(
         result.tokens_trained += step_tokens
         done = step + 1
         entry: dict[str, Any] = {"step": done, "loss": round(step_loss, 5), "lr": lr}
-        if done % settings.eval_every == 0 or done == settings.steps:
-            entry["eval_loss"] = evaluate(module, eval_chunks, settings.batch_size, plan, accelerator)
+        if clock is not None:
+            # Room must stay for the final evaluation: reserve what the longest one took.
+            clock.step_done(reserve=max((e.get("eval_seconds", 0.0) for e in result.log), default=0.0))
+            result.stopped_by_budget = clock.must_stop and done < settings.steps
+        last = done == settings.steps or result.stopped_by_budget
+        if done % settings.eval_every == 0 or last:
+            if last or clock is None or (evals + 1) * _longest_eval(result) <= budget.MAX_EVAL_SHARE * clock.budget:
+                t_eval = time.perf_counter()
+                entry["eval_loss"] = evaluate(module, eval_chunks, settings.batch_size, plan, accelerator)
+                entry["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
+                result.eval_seconds += entry["eval_seconds"]
+                evals += 1
+            else:
+                result.evals_skipped += 1
         if done % settings.log_every == 0 or "eval_loss" in entry or done == 1:
             result.log.append(entry)
             if result.is_main:
@@ -332,6 +367,8 @@ def train(
         result.steps_done = done
         meter.update(done, tokens=result.tokens_trained - session_start_tokens, loss=step_loss,
                      eval_loss=entry.get("eval_loss"))
+        if result.stopped_by_budget:
+            break
         if entry.get("eval_loss") is not None and _should_stop(result, entry["eval_loss"], settings.early_stopping_patience):
             result.stopped_early = done < settings.steps
             break
@@ -352,6 +389,10 @@ def train(
     logged = [e["eval_loss"] for e in result.log if e.get("eval_loss") is not None]
     result.eval_loss = logged[-1] if logged and settings.steps > 0 else evaluate(module, eval_chunks, settings.batch_size, plan, accelerator)
     return result
+
+
+def _longest_eval(result: LoopResult) -> float:
+    return max((e.get("eval_seconds", 0.0) for e in result.log), default=0.0)
 
 
 def save_trained_model(result: LoopResult, model, output_dir: Path) -> None:

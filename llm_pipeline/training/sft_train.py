@@ -169,12 +169,13 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
 
     collator = sft_packing.PackedCollator(pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, position_packing=position_packing)
     resume = finetune.prepare_work_dir(work, fingerprint)
-    cap = lc.step_cap
+    budget_seconds, budget_why = budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base_dir})
+    cap = lc.max_steps if lc.max_steps is not None else (None if budget_seconds is not None else lc.DEFAULT_STEPS)
     clock = None
-    if lc.max_train_seconds is not None:
-        clock = budget.Clock(lc.max_train_seconds, spent=budget.Clock.spent_in(resume))
-        settings.set("schedule", f"{lc.max_train_seconds:g} s budget" + (f", at most {cap} steps" if cap else ""),
-                     "max_train_seconds set in config: warmup, cosine decay, evaluations and checkpoints follow the share of the "
+    if budget_seconds is not None:
+        clock = budget.Clock(budget_seconds, spent=budget.Clock.spent_in(resume))
+        settings.set("schedule", f"{budget_seconds:g} s budget" + (f", at most {cap} steps" if cap else ""),
+                     f"{budget_why}: warmup, cosine decay, evaluations and checkpoints follow the share of the "
                      "budget spent" + (" (or of max_steps, when further along)" if cap else "") + "; the run stops before a step "
                      "that would end past it")
     else:
@@ -261,7 +262,7 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         "steps": trainer.state.global_step,
         "stopped_by": ("budget" if budget_cb is not None and budget_cb.stopped_by_budget else
                        "max_steps" if trainer.state.global_step >= (cap or budget.BUDGET_STEP_CAP) else "early_stopping"),
-        "budget_seconds": lc.max_train_seconds,
+        "budget_seconds": budget_seconds,
         "budget_spent_seconds": budget_spent,
         "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
         "learning_rate": settings.value("learning_rate"),

@@ -8,6 +8,7 @@ stage can initialise the new embedding rows without the base tokenizer.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,12 +20,24 @@ from llm_pipeline.training.bpe import WORD
 EXTENSION_FILE = "domain_tokens.json"
 MIN_PIECES = 3  # a word in 1-2 pieces is already cheap; adding it buys little and costs an embedding row
 MIN_CHARS = 4
+# The tags PII redaction writes (`<PERSON>`, `<EMAIL_ADDRESS:9f3c...>`; curation/pii.py's TYPE_TAG, repeated here so
+# the tokenizer stage does not import Presidio). They recur in every domain, so they would top the saving ranking,
+# but they are the redaction's vocabulary, not the domain's: a real run's first two "domain terms" were PERSON and
+# LOCATION.
+REDACTION_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
+
+
+def is_domain_term(word: str) -> bool:
+    """Whether a word may become a token: it has a letter (numbers and whole years are not terms; a number as one
+    token also hides its digits from the model) and is long enough to be worth a row."""
+    return len(word) >= MIN_CHARS and any(c.isalpha() for c in word)
 
 
 def count_words(texts: Iterable[str]) -> Counter:
+    """Word counts of the texts with redaction tags taken out first."""
     counts: Counter = Counter()
     for text in texts:
-        counts.update(WORD.findall(text))
+        counts.update(WORD.findall(REDACTION_TAG.sub(" ", text)))
     return counts
 
 
@@ -36,7 +49,7 @@ def mine_terms(base_tokenizer, counts: Counter, min_frequency: int, max_new: int
     vocab = base_tokenizer.get_vocab()
     scored = []
     for word, freq in counts.items():
-        if freq < min_frequency or len(word) < MIN_CHARS or word in vocab:
+        if freq < min_frequency or not is_domain_term(word) or word in vocab:
             continue
         # Mid-sentence a word follows a space; byte-level vocabularies store that space in the first piece.
         pieces = base_tokenizer(" " + word, add_special_tokens=False)["input_ids"]
@@ -44,6 +57,25 @@ def mine_terms(base_tokenizer, counts: Counter, min_frequency: int, max_new: int
             scored.append({"term": word, "frequency": freq, "pieces": len(pieces), "piece_ids": pieces, "saving": (len(pieces) - 1) * freq})
     scored.sort(key=lambda t: (-t["saving"], t["term"]))
     return scored[:max_new]
+
+
+def finish(tokenizer) -> None:
+    """What every pretrained tokenizer gets for the later stages, extended or not: chat turn markers and a template
+    when it has none, and a pad token."""
+    from llm_pipeline.training import bpe
+
+    if tokenizer.chat_template is None:
+        tokenizer.add_special_tokens({"additional_special_tokens": [bpe.USER, bpe.ASSISTANT]})
+        tokenizer.chat_template = bpe.CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def row_map(extended, original) -> list[int]:
+    """For each id of `original` (the base tokenizer after `finish`), the id of the same token in `extended`: the
+    embedding rows to keep when the domain terms are dropped again."""
+    vocab = extended.get_vocab()
+    return [vocab[original.convert_ids_to_tokens(i)] for i in range(len(original))]
 
 
 def add_terms(tokenizer, terms: list[dict]) -> int:

@@ -1,9 +1,9 @@
-"""Promotion gates: each threshold on, off, passed, failed, and not measured."""
+"""Promotion gates: each threshold on, off, passed, failed, and not measured; the choice of the model that ships."""
 
 import pytest
 
 from llm_pipeline.config import EvalReportConfig
-from llm_pipeline.evaluation.gates import evaluate_gates, promotion
+from llm_pipeline.evaluation.gates import choose, evaluate_gates, promotion
 
 
 def _metrics(dpo_ppl=10.0, sft_ppl=10.0, accuracy=0.7, leaked=0, canaries_checked=True) -> dict:
@@ -52,8 +52,65 @@ def test_unreadable_canaries_fail_only_when_the_file_was_named_on_purpose():
 
 
 def test_gates_turned_off_are_not_evaluated_and_promotion_follows_the_failures():
-    cfg = EvalReportConfig(max_dpo_vs_sft_perplexity_ratio=None, no_canary_leak=False)
+    cfg = EvalReportConfig(max_dpo_vs_sft_perplexity_ratio=None, no_canary_leak=False, max_vs_original_bits_per_byte_ratio=None,
+                           max_vs_base_bits_per_byte_ratio=None)
     assert evaluate_gates(cfg, _metrics(dpo_ppl=99.0, leaked=2)) == []
-    verdict = promotion(evaluate_gates(EvalReportConfig(), _metrics(dpo_ppl=20.0)))
+    only_ppl = EvalReportConfig(max_vs_base_bits_per_byte_ratio=None)
+    verdict = promotion(evaluate_gates(only_ppl, _metrics(dpo_ppl=20.0)))
     assert verdict["promoted"] is False and [g["name"] for g in verdict["failed_gates"]] == ["dpo_vs_sft_perplexity"]
-    assert promotion(evaluate_gates(EvalReportConfig(), _metrics()))["promoted"] is True
+    assert promotion(evaluate_gates(only_ppl, _metrics()))["promoted"] is True
+
+
+def _scores(overall: float, **domains: float) -> dict:
+    """Perplexity and bits per byte that move together (same tokenizer), overall and per domain."""
+    row = lambda v: {"perplexity": 2 ** (v * 4), "bits_per_byte": v, "tokens": 100}  # noqa: E731
+    return {"overall": row(overall), "by_domain": {d: row(v) for d, v in domains.items()}}
+
+
+def _run(original=True, **models) -> dict:
+    ppl = {m: _scores(v[0], legal=v[1], medicine=v[2]) if isinstance(v, tuple) else _scores(v) for m, v in models.items()}
+    if original:
+        ppl["original"] = _scores(1.0, legal=1.0, medicine=1.0)
+    return {"models": ["base", "sft", "dpo"], "perplexity": ppl, "canaries": {"checked": False}}
+
+
+def test_a_failing_dpo_model_ships_the_sft_adapter_and_says_why():
+    # The issue's run: SFT better than the original on every domain, DPO undoing half of it.
+    metrics = _run(base=(0.95, 0.95, 0.95), sft=(0.90, 0.89, 0.91), dpo=(0.97, 0.94, 0.99))
+    verdict = choose(EvalReportConfig(), metrics)
+    assert verdict["promoted"] is True and verdict["model"] == "sft" and verdict["folder"] == "lora_adapter"
+    assert verdict["summary"].startswith("DPO not promoted: perplexity ") and "× SFT" in verdict["summary"]
+    assert verdict["summary"].endswith("SFT adapter promoted")
+    dpo, sft = verdict["candidates"]
+    assert dpo["model"] == "dpo" and not dpo["chosen"] and dpo["why"].startswith("not chosen: perplexity")
+    assert sft["chosen"] and all(g["passed"] for g in verdict["gates"])
+
+
+def test_dpo_ships_when_it_passes_and_sft_is_recorded_as_second():
+    verdict = choose(EvalReportConfig(), _run(base=0.95, sft=0.90, dpo=0.905))
+    assert verdict["model"] == "dpo" and verdict["summary"] == "DPO adapter promoted"
+    assert verdict["candidates"][1]["why"] == "passed its gates, but DPO comes first"
+
+
+def test_worse_than_the_original_on_one_domain_fails_in_bits_per_byte():
+    metrics = _run(base=(0.95, 0.95, 0.95), sft=(0.97, 0.93, 1.018), dpo=(0.97, 0.93, 1.018))
+    verdict = choose(EvalReportConfig(), metrics)
+    assert verdict["promoted"] is False and verdict["model"] is None
+    gate = {g["name"]: g for g in verdict["gates"]}["vs_original_bits_per_byte"]
+    assert not gate["passed"] and gate["observed"] == pytest.approx(1.018) and "on medicine" in gate["why"]
+    assert verdict["summary"].endswith("no model promoted") and "bits per byte 1.018 × the original model on medicine" in verdict["summary"]
+
+
+def test_no_original_model_skips_that_gate_with_the_reason():
+    metrics = {**_run(original=False, base=0.95, sft=0.9, dpo=0.9), "original": {"why": "base_checkpoint was trained from scratch"}}
+    gate = {g.name: g for g in evaluate_gates(EvalReportConfig(), metrics, "sft")}["vs_original_bits_per_byte"]
+    assert gate.passed and gate.observed is None and "trained from scratch" in gate.why
+
+
+def test_the_dpo_ratio_gate_looks_at_every_domain():
+    # Overall within 5%, but one domain 8% worse: DPO is not shipped.
+    metrics = _run(base=0.95, sft=(0.9, 0.9, 0.9), dpo=(0.905, 0.88, 0.9093))
+    metrics["perplexity"]["sft"]["by_domain"]["medicine"]["perplexity"] = 10.0
+    metrics["perplexity"]["dpo"]["by_domain"]["medicine"]["perplexity"] = 10.8
+    gate = {g.name: g for g in evaluate_gates(EvalReportConfig(), metrics, "dpo")}["dpo_vs_sft_perplexity"]
+    assert not gate.passed and gate.observed == pytest.approx(1.08) and "on medicine" in gate.why

@@ -86,7 +86,7 @@ def test_pretrained_source_with_extended_tokenizer_mean_initialises_new_rows(pip
     base_dir = results["base_checkpoint"].output_dir
     cfg = tiny_config(
         tmp_path,
-        tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 4},
+        tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 4, "keep_extension": "always"},
         base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0},
         allowed_roots=[str(base_dir)],
     )
@@ -103,6 +103,46 @@ def test_pretrained_source_with_extended_tokenizer_mean_initialises_new_rows(pip
     assert res.stats["embeddings_added"] == new.shape[0] - old.shape[0]
 
 
+def test_an_extension_that_does_not_lower_bits_per_byte_enough_is_dropped(pipeline, tmp_path):
+    """The stage measures both tokenizers on the same trained model; asked for a gain the terms do not bring (here
+    90%), it ships the original tokenizer and drops the new rows again."""
+    from transformers import AutoTokenizer
+
+    base_dir = pipeline[1]["base_checkpoint"].output_dir
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "base_model": str(base_dir), "extend_max_new_tokens": 8, "extension_min_gain": 0.9},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0}, allowed_roots=[str(base_dir)])
+    write_deduped_shards(cfg.data_path)
+    extended = run_stage(cfg, "tokenizer").stats
+    res = run_stage(cfg, "base_checkpoint")
+    v = res.stats["vocab_extension"]
+    assert v["checked"] and v["tokens_added"] == extended["tokens_added"] > 0 and v["documents"] > 0
+    assert v["extended_bits_per_byte"] >= 0.1 * v["original_bits_per_byte"] and v["kept"] == "original"
+    assert "do not lower held-out bits per byte by more than 90.0%" in v["why"]
+    # The original vocabulary with the original rows ships.
+    tok = AutoTokenizer.from_pretrained(res.output_dir)
+    assert len(tok) == res.stats["vocab_size"] == extended["vocab_size"] - extended["tokens_added"] and tok.chat_template
+    old = load_file(base_dir / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(res.output_dir / "model.safetensors")["model.embed_tokens.weight"]
+    assert new.shape == old.shape
+    torch.testing.assert_close(new, old)
+
+
+def test_an_extension_that_lowers_bits_per_byte_is_kept(tmp_path):
+    """A general model cuts the domain terms into many pieces it barely predicts: as one token each (mean-initialised
+    rows) the same model spends fewer bits per byte, and the extended tokenizer ships."""
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "extend_max_new_tokens": 12},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 0})
+    write_deduped_shards(cfg.data_path)
+    extended = run_stage(cfg, "tokenizer").stats
+    res = run_stage(cfg, "base_checkpoint")
+    v = res.stats["vocab_extension"]
+    assert v["extended_bits_per_byte"] < v["original_bits_per_byte"] and v["kept"] == "extended" and v["change"] < 0
+    assert res.stats["vocab_size"] == extended["vocab_size"]
+
+
 def test_pretrained_source_refuses_a_freshly_trained_vocabulary(tmp_path):
     # The config alone shows the mismatch, so it stops the load, not base_checkpoint after the curation.
     with pytest.raises(ValueError, match="tokenizer.mode is 'train' but base_checkpoint.source is 'pretrained'"):
@@ -115,7 +155,7 @@ def test_local_pretrained_folder_extended_then_continued_on_a_domain_general_mix
 
     base_dir = save_pretrained_folder(tmp_path / "general-base")
     write_general_jsonl(tmp_path / "general" / "web.jsonl")
-    common = dict(tokenizer={"mode": "extend", "extend_max_new_tokens": 12})
+    common = dict(tokenizer={"mode": "extend", "extend_max_new_tokens": 12, "keep_extension": "always"})
     pretrained = {"source": "pretrained", "model": str(base_dir)}
     cfg = tiny_config(tmp_path, base_checkpoint={**pretrained, "train_steps": 0}, **common)
     write_deduped_shards(cfg.data_path)
@@ -167,3 +207,54 @@ def test_gguf_source_extends_its_tokenizer_and_trains_with_tracking(tmp_path):
     # The wandb run of each stage is named in its metadata (what Dagster shows).
     for r in (tok_res, res):
         assert r.metadata["wandb_mode"] == "offline" and r.metadata["wandb_run_id"] in r.metadata["wandb_dir"]
+
+
+def test_the_run_budget_stops_pretraining_and_keeps_evaluations_within_a_tenth(tmp_path):
+    """training.max_train_seconds 4: base_checkpoint's share is 30% (1.2 s). With a step cap no machine reaches and an
+    evaluation after every step, the budget ends the run, and the evaluations during it stay within 10% of it (the
+    first one, which measures what an evaluation costs, and the final one always run)."""
+    cfg = tiny_config(tmp_path, training={"max_train_seconds": 4},
+                      base_checkpoint={"train_steps": 100_000, "eval_every": 1, "checkpoint_every": 100_000})
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    res = run_stage(cfg, "base_checkpoint")
+    s = res.stats
+    assert s["budget_seconds"] == 1.2 and "training.max_train_seconds" in s["budget"]
+    assert s["stopped_by_budget"] and 0 < s["steps"] < 100_000 and s["eval_loss"] is not None
+    log = json.loads((res.output_dir / "training_log.json").read_text())
+    evals = [e["eval_seconds"] for e in log if "eval_seconds" in e]
+    assert len(evals) + s["evals_skipped"] == s["steps"]  # one per step: run or skipped
+    # Another evaluation runs only while (evaluations so far + 1) x the longest one fits in 10% of the budget, so
+    # the intermediate ones add up to at most that tenth plus one evaluation (a slow one on a busy machine).
+    assert sum(evals[:-1]) <= 0.1 * 1.2 + max(evals) + 1e-6
+
+
+def test_lora_continued_pretraining_trains_the_new_rows_and_saves_a_plain_model(tmp_path):
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "extend_max_new_tokens": 12, "keep_extension": "always"},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "method": "lora", "lora_r": 4,
+                                       "train_steps": 4, "batch_size": 4, "eval_every": 4, "lora_learning_rate": 1e-2})
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    res = run_stage(cfg, "base_checkpoint")
+    s = res.stats
+    assert s["method"] == "lora" and s["method_reason"] == "set in config" and s["learning_rate"] == 1e-2
+    assert 0 < s["trainable_parameters"] < 0.5 * s["parameters"] and s["steps"] == 4
+    assert not (res.output_dir / "adapter_config.json").exists()  # merged: downstream stages load a plain model
+    model = AutoModelForCausalLM.from_pretrained(res.output_dir)
+    ext = json.loads((cfg.data_path / "tokenizer" / "domain_tokens.json").read_text())
+    old = load_file(base_dir / "model.safetensors")
+    new = load_file(res.output_dir / "model.safetensors")
+    emb_old, emb_new = old["model.embed_tokens.weight"], new["model.embed_tokens.weight"]
+    torch.testing.assert_close(emb_new[: emb_old.shape[0]], emb_old)  # only the new rows are trainable
+    moved = [t for t in ext["tokens"] if not torch.allclose(emb_new[t["token_id"]], emb_old[t["base_piece_ids"]].mean(dim=0))]
+    assert moved  # the new rows trained away from their mean initialisation
+    assert not torch.equal(new["model.layers.0.self_attn.q_proj.weight"], old["model.layers.0.self_attn.q_proj.weight"])  # LoRA merged
+    assert model.get_input_embeddings().weight.shape[0] == s["vocab_size"]
+
+
+def test_auto_method_keeps_small_and_scratch_models_full(pipeline):
+    s = pipeline[1]["base_checkpoint"].stats
+    assert s["method"] == "full" and "from scratch" in s["method_reason"]

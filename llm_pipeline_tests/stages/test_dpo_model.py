@@ -48,7 +48,11 @@ def test_pairs_come_from_the_right_split(pipeline):
     assert train and held
     for p in train + held:
         assert p["chosen"] != p["rejected"] and p["source_id"] != p["rejected_id"]
-        assert p["rejected_source"] == "other_document" and p["prompt"].startswith("Continue this")
+        # By default the rejected side is the SFT model's own continuation, another document's where it gave a blank
+        # one (this tiny SFT model writes only newlines yet); the stats count which.
+        assert p["rejected_source"] in ("model_sample", "other_document") and p["prompt"].startswith("Continue this")
+    sources = pipeline[1]["dpo_model"].stats["rejected_sources"]
+    assert sum(sources.values()) >= len(train) and set(sources) <= {"model_sample", "other_document"}
     assert all(int(p["source_id"].split("-")[1]) % 6 != 0 for p in train)
     assert all(int(p["source_id"].split("-")[1]) % 6 == 0 for p in held)
 
@@ -72,7 +76,8 @@ def test_stats(pipeline):
     for key in ("train_loss", "rewards_accuracies", "rewards_margins", "seconds", "peak_rss_mb"):
         assert s[key] is not None, key
     assert "no second model" in res.metadata["reference"]
-    assert s["first_train_loss"] == pytest.approx(0.6931, abs=2e-3)  # the reference is the SFT model itself
+    # DPO's log(2) (the reference is the SFT model itself) plus the chosen answers' NLL term (sft_weight 1.0)
+    assert s["first_train_loss"] > 0.6931 + 1.0 and s["sft_weight"] == 1.0
     settings = res.metadata["settings"]
     for name in ("precision", "gradient_checkpointing", "cpu_threads", "learning_rate", "warmup_ratio", "reference"):
         assert settings[name]["reason"], name
@@ -86,7 +91,8 @@ def test_trls_trainer_still_runs_the_same_rows(pipeline, tmp_path):
     """engine trl (what a multi-process launch gets): the same pairs, loss and figures through DPOTrainer."""
     res, out = _run(pipeline, tmp_path, max_steps=2, engine="trl")
     assert res.stats["engine"] == "trl" and res.stats["steps"] == 2
-    assert res.stats["first_train_loss"] == pytest.approx(0.6931, abs=2e-3)
+    # The same first loss as the loop's, chosen-NLL term included: TRL's trainer carries our loss, not its own.
+    assert res.stats["first_train_loss"] == pytest.approx(pipeline[1]["dpo_model"].stats["first_train_loss"], rel=0.05)
     assert res.stats["eval_rewards_accuracies"] is not None and (out / "adapter_model.safetensors").exists()
 
 
@@ -109,8 +115,9 @@ def test_reference_logps_are_cached_with_the_dataset_version(pipeline, tmp_path)
 
 
 def test_the_default_learning_rate_moves_the_adapter(pipeline, tmp_path):
-    ours, out = _run(pipeline, tmp_path, max_steps=30)
-    trl_rate, trl_out = _run(pipeline, tmp_path / "trl", max_steps=30, learning_rate=1e-6)  # TRL's DPOConfig default
+    # Plain DPO (no chosen-NLL term), so that the logged loss is DPO's own: 0.69 is where it starts.
+    ours, out = _run(pipeline, tmp_path, max_steps=30, sft_weight=0.0)
+    trl_rate, trl_out = _run(pipeline, tmp_path / "trl", max_steps=30, learning_rate=1e-6, sft_weight=0.0)  # TRL's DPOConfig default
 
     def late_loss(folder):  # the last ten steps' mean: one batch's loss is noisy on this tiny model
         losses = [e["loss"] for e in json.loads((folder / "training_log.json").read_text()) if "loss" in e]
@@ -118,6 +125,22 @@ def test_the_default_learning_rate_moves_the_adapter(pipeline, tmp_path):
 
     assert late_loss(out) < 0.69 < late_loss(trl_out)
     assert ours.stats["rewards_margins"] > 50 * abs(trl_rate.stats["rewards_margins"])
+
+
+def test_the_sft_term_keeps_the_chosen_text_likely(pipeline, tmp_path):
+    """Trivially separable pairs (another document as rejected): plain DPO widens the margin by pushing both answers
+    down; with the chosen answers' NLL term the chosen text stays at least as likely as under the SFT model."""
+    def chosen_logps(folder):
+        rows = [e["logps/chosen"] for e in json.loads((folder / "training_log.json").read_text()) if "logps/chosen" in e]
+        return rows[0], rows[-1]
+
+    plain, plain_out = _run(pipeline, tmp_path / "plain", max_steps=20, rejected="other_document", sft_weight=0.0)
+    rpo, rpo_out = _run(pipeline, tmp_path / "rpo", max_steps=20, rejected="other_document", sft_weight=1.0)
+    (p0, p1), (r0, r1) = chosen_logps(plain_out), chosen_logps(rpo_out)
+    assert r1 - r0 > p1 - p0  # the chosen answers gained more likelihood (or lost less) with the term
+    assert r1 > r0
+    assert plain.stats["first_train_loss"] == pytest.approx(0.6931, abs=2e-3)  # plain DPO against the SFT model itself
+    assert rpo.stats["sft_weight"] == 1.0 and plain.stats["sft_weight"] == 0.0
 
 
 @pytest.mark.parametrize("reference, loss_type", [("base", "sigmoid"), ("sft", "ipo"), ("sft", "hinge")])
@@ -177,3 +200,10 @@ def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline
     model, method = dpo_model.load_policy(cfg, results["base_checkpoint"].output_dir, lora)
     assert dpo_model._can_quantize() or method == "lora"
     assert next(model.parameters()).dtype.is_floating_point
+
+
+def test_a_time_budget_stops_the_loop(pipeline, tmp_path):
+    res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
+    assert 0 < res.stats["steps"] < 100_000
+    budget = res.metadata["settings"]["budget"]
+    assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]

@@ -114,13 +114,18 @@ def test_a_leaked_canary_fails_its_gate_without_failing_the_stage(result):
     assert name["leaked"] and name["found_in"] == {"deduped_shards/medicine": 1} and not email["leaked"]
     assert CANARY not in (result.output_dir / "report.md").read_text()  # the report names canaries masked
     gates = {g["name"]: g for g in m["gates"]}
-    assert set(gates) == {"dpo_vs_sft_perplexity", "no_canary_leak"}
+    assert set(gates) == {"dpo_vs_sft_perplexity", "vs_original_bits_per_byte", "vs_base_bits_per_byte", "no_canary_leak"}
     assert not gates["no_canary_leak"]["passed"] and gates["no_canary_leak"]["observed"] == 1
+    assert gates["vs_original_bits_per_byte"]["passed"] and "trained from scratch" in gates["vs_original_bits_per_byte"]["why"]
     assert m["promoted"] is False and result.stats["promoted"] is False and result.stats["canaries_leaked"] == 1
+    # A leak blocks every candidate: neither DPO nor SFT ships, and the summary says so.
+    assert [c["model"] for c in m["candidates"]] == ["dpo", "sft"] and not any(c["promoted"] for c in m["candidates"])
+    assert result.stats["verdict"].endswith("no model promoted") and "PII canary leaked" in result.stats["verdict"]
 
     manifest = json.loads((result.output_dir / "serving_manifest.json").read_text())
-    assert manifest["adapter"] == "dpo_model"  # the DPO stage's manifest, carried over
-    assert manifest["promoted"] is False and "no_canary_leak" in [g["name"] for g in manifest["failed_gates"]]
+    assert manifest["adapter"] == "dpo_model"  # the first candidate's own manifest, carried over
+    assert manifest["promoted"] is False and manifest["model"] is None and "no_canary_leak" in [g["name"] for g in manifest["failed_gates"]]
+    assert set(manifest["not_chosen"]) == {"dpo", "sft"}
 
     (check,) = check_results("eval_report", _config(result.output_dir.parent.parent), result)
     assert check.check_name == "promotion_gates" and check.passed is False
@@ -150,11 +155,54 @@ def test_hardest_documents_exported_for_review(result):
 def test_all_gates_passing_promotes(upstream, tmp_path):
     shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
     res = run_stage(tiny_config(tmp_path, samples=0, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0,
-                                max_dpo_vs_sft_perplexity_ratio=1000.0), "eval_report")
+                                max_dpo_vs_sft_perplexity_ratio=1000.0, max_vs_base_bits_per_byte_ratio=None), "eval_report")
     manifest = json.loads((res.output_dir / "serving_manifest.json").read_text())
-    assert manifest["promoted"] is True and manifest["failed_gates"] == []
+    assert manifest["promoted"] is True and manifest["failed_gates"] == [] and manifest["model"] == "dpo"
     (check,) = check_results("eval_report", tiny_config(tmp_path), res)
     assert check.passed is True
+
+
+def _with_original(tmp_path) -> Path:
+    """A copy of the upstream outputs whose base_checkpoint started from a pretrained model ("original") that reads
+    the held-out text with a tokenizer of its own (other tokens, as an unextended one would give)."""
+    from evaluation.fixtures import document, make_model, make_tokenizer
+    import random
+
+    rng = random.Random(3)
+    tok = make_tokenizer([document(rng, d) for d in DOMAINS for _ in range(20)], vocab_size=400)
+    original = tmp_path / "original"
+    make_model(len(tok), seed=7).save_pretrained(str(original))
+    tok.save_pretrained(str(original))
+    return original
+
+
+def test_a_failed_dpo_gate_ships_the_sft_adapter_and_compares_with_the_original(upstream, tmp_path):
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    original = _with_original(tmp_path)
+    (tmp_path / "data" / "lora_adapter" / "serving_manifest.json").write_text(json.dumps({"adapters": [{"name": "lora_adapter"}]}))
+    cfg = tiny_config(tmp_path, samples=0, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0,
+                      max_dpo_vs_sft_perplexity_ratio=1e-3, max_vs_original_bits_per_byte_ratio=1e3, max_vs_base_bits_per_byte_ratio=1e3)
+    cfg.base_checkpoint.source, cfg.base_checkpoint.model, cfg.tokenizer.mode = "pretrained", str(original), "extend"
+    res = run_stage(cfg, "eval_report")
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    assert m["promoted"] is True and m["promoted_model"] == "sft"
+    assert res.stats["verdict"].startswith("DPO not promoted: perplexity ") and res.stats["verdict"].endswith("; SFT adapter promoted")
+    manifest = json.loads((res.output_dir / "serving_manifest.json").read_text())
+    assert manifest["model"] == "sft" and manifest["adapter_folder"] == "lora_adapter" and manifest["adapters"] == [{"name": "lora_adapter"}]
+    assert manifest["not_chosen"]["dpo"].startswith("not chosen: perplexity")
+    (check,) = check_results("eval_report", cfg, res)
+    assert check.passed is True  # a model ships: the blocking check does not stop the run
+
+    # The original model, scored with its own tokenizer, in bits per byte beside every model.
+    assert "original" in m["perplexity"] and "original" not in m["models"] and m["original"]["origin"].startswith("pretrained:")
+    orig, sft = m["perplexity"]["original"]["overall"], m["perplexity"]["sft"]["overall"]
+    assert orig["bytes"] == sft["bytes"] and orig["tokens"] != sft["tokens"]
+    gate = {g["name"]: g for g in m["gates"]}["vs_original_bits_per_byte"]
+    assert gate["observed"] >= round(sft["bits_per_byte"] / orig["bits_per_byte"], 4) - 1e-4
+    assert res.stats["sft_vs_original_bits_per_byte"] == pytest.approx(sft["bits_per_byte"] / orig["bits_per_byte"], abs=1e-4)
+    md = (res.output_dir / "report.md").read_text()
+    assert "## Against the original model and base_checkpoint" in md and "bits/byte vs Original" in md
+    assert "DPO not promoted" in md.split("## Summary")[0]  # the verdict opens the report
 
 
 def test_training_compute_section_shows_settings_data_and_time(result):
@@ -213,3 +261,33 @@ def test_models_scored_in_parallel_threads_give_the_same_numbers(upstream, tmp_p
     assert one == three
     assert {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_one.items()} == \
            {m: {d: [s.nll for s in v] for d, v in by.items()} for m, by in scores_three.items()}
+
+
+def test_a_gate_failure_through_the_cli_is_a_result_not_a_failure(upstream, tmp_path):
+    """`llm-pipeline run` in a subprocess: DPO fails its gate, the SFT adapter ships, the run exits 0 and prints the
+    one-line verdict, with no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "name: tiny\n"
+        "domains:\n" + "".join(f"  {d}:\n    sources:\n      - path: in/{d}\n" for d in DOMAINS) +
+        "eval_report:\n  samples: 0\n  probes: []\n  adversarial_prompts: []\n  review_per_domain: 0\n  canaries_file: null\n"
+        "  max_dpo_vs_sft_perplexity_ratio: 0.001\n  max_vs_base_bits_per_byte_ratio: null\n"
+        "tracking:\n  wandb: false\n", encoding="utf-8")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "WANDB_MODE": "disabled", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "llm_pipeline", "run", "--config", str(config), "--select", "eval_report",
+                           "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "DPO not promoted: perplexity" in out and "SFT adapter promoted" in out
+    assert "Traceback" not in out
+    manifest = json.loads((tmp_path / "data" / "eval_report" / "serving_manifest.json").read_text())
+    assert manifest["model"] == "sft" and manifest["promoted"] is True

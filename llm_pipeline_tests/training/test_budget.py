@@ -105,3 +105,52 @@ def test_every_rank_follows_rank_zeros_clock(tmp_path):
     assert marked0 == marked1 and 4.0 <= marked0 < 5.0  # rank 0's seconds, not rank 1's 5+
     assert stop0 is stop1 is False  # rank 1 alone would have stopped (5 + 9 > 10)
     assert lr0 == lr1
+
+
+# ---------------------------------------------------------------- one budget for the run
+def _cfg(**sections):
+    from llm_pipeline.config import PipelineConfig
+
+    return PipelineConfig.model_validate({"domains": {"legal": {"sources": [{"path": "in/legal"}]}}, **sections})
+
+
+def _stats(folder, **stats):
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "stats.json").write_text(json.dumps(stats))
+    return folder
+
+
+def test_without_a_budget_no_stage_has_one():
+    seconds, why = budget.stage_budget(_cfg(), "lora_adapter")
+    assert seconds is None and "no budget" in why
+
+
+def test_a_stages_own_budget_wins():
+    cfg = _cfg(training={"max_train_seconds": 1000}, dpo_model={"max_train_seconds": 30})
+    assert budget.stage_budget(cfg, "dpo_model") == (30.0, "dpo_model.max_train_seconds set in config")
+
+
+def test_the_run_budget_is_split_by_share_over_what_is_left(tmp_path):
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    assert budget.stage_budget(cfg, "base_checkpoint")[0] == 300.0  # 0.3 of 1000
+    # base_checkpoint spent 200 s instead of its 300: SFT gets 0.5 / (0.5 + 0.2) of the 800 s left.
+    base = _stats(tmp_path / "base_checkpoint", seconds=200.0)
+    seconds, why = budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})
+    assert seconds == pytest.approx(800 * 0.5 / 0.7, abs=0.1) and "base_checkpoint 200 s" in why
+    # SFT recorded 600 s of training: DPO gets what is left.
+    lora = _stats(tmp_path / "lora_adapter", seconds=640.0, train_seconds=600.0)
+    assert budget.stage_budget(cfg, "dpo_model", {"base_checkpoint": base, "lora_adapter": lora})[0] == 200.0
+
+
+def test_a_model_kept_as_loaded_leaves_its_share_to_the_others():
+    cfg = _cfg(training={"max_train_seconds": 700}, base_checkpoint={"train_steps": 0})
+    assert budget.stage_budget(cfg, "lora_adapter")[0] == 500.0  # 0.5 / (0.5 + 0.2) of 700
+    assert budget.stage_budget(cfg, "base_checkpoint")[0] is None
+
+
+def test_an_overrun_upstream_still_leaves_a_floor(tmp_path):
+    cfg = _cfg(training={"max_train_seconds": 100})
+    base = _stats(tmp_path / "base_checkpoint", seconds=500.0)
+    assert budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})[0] == pytest.approx(100 * 0.5 / 20)
