@@ -94,7 +94,7 @@ class CleanedCorpusConfig(Section):
         default_factory=lambda: [
             "PERSON", "ORGANIZATION", "LOCATION", "EMAIL_ADDRESS", "PHONE_NUMBER", "URL", "IP_ADDRESS", "MAC_ADDRESS",
             "CREDIT_CARD", "IBAN_CODE", "US_BANK_NUMBER", "CRYPTO", "US_SSN", "US_ITIN", "US_PASSPORT",
-            "US_DRIVER_LICENSE", "UK_NHS", "MEDICAL_LICENSE", "DATE_TIME",
+            "US_DRIVER_LICENSE", "UK_NHS", "MEDICAL_LICENSE", "DATE_TIME", "AGE",
         ]
     )
     pii_mode: Literal["redact", "mask", "type_tag", "hash"] = "type_tag"

@@ -43,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from llm_pipeline.config import CleanedCorpusConfig
-from llm_pipeline.curation.pii_engine import PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
+from llm_pipeline.curation.pii_engine import NER_ENTITIES, PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
 
 # What the type_tag and hash modes write, and what a later pass or the audit must not count as PII again.
 TYPE_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
@@ -60,7 +60,7 @@ _NAME_HEAD = re.compile(_PART + r"-$")
 
 
 # A source's extension and record suffix ("report.pdf", "rows.jsonl#12", "notes.txt:40"), kept as they are.
-_SOURCE_SUFFIX = re.compile(r"(?:\.[A-Za-z0-9]{1,5})?(?:[#:]\d+)?$")
+_SOURCE_SUFFIX = re.compile(r"(?:\.[A-Za-z0-9]{1,5})?(?:[#:]L?\d+)?$")
 _SOURCE_SEPARATOR = re.compile(r"[_.+~]")
 
 
@@ -199,6 +199,10 @@ class PiiRedactor:
         self.ner_languages = {"en"}  # what the spaCy model reads (cleaned_corpus.spacy_model is an English model)
         self.ner_runs: Counter[str] = Counter()  # documents per analyzer that ran: the model's name or "patterns_only"
         self._key = (cfg.spacy_model, tuple(self.entities), cfg.pii_score_threshold)
+        # Later passes look only for what a replacement can change: NER's entities (and the name and street patterns
+        # that give the same types). A pattern for a number or an address matches the same characters whatever
+        # replaced the span next to it, and the first pass already looked for it there.
+        self._later_key = (cfg.spacy_model, tuple(e for e in self.entities if e in NER_ENTITIES), cfg.pii_score_threshold)
         fast_analyzer(*self._key)  # loads (and checks) the model now, so a bad config fails before any data is read
         self._pool: ProcessPoolExecutor | None = None
         self._seen = 0  # documents (pieces) analyzed so far
@@ -236,14 +240,14 @@ class PiiRedactor:
         """Whether the NER model reads documents in `language` ("" or None: not known, read as before)."""
         return not language or language in self.ner_languages
 
-    def _spans(self, pieces: list[str], ner: list[bool]) -> list[list[Span]]:
+    def _spans(self, pieces: list[str], ner: list[bool], key: tuple) -> list[list[Span]]:
         self._seen += len(pieces)
         if not self.uses_pool(len(pieces)):
-            return _analyze_spans(*self._key, pieces, ner)
+            return _analyze_spans(*key, pieces, ner)
         self.start_workers()
         # Contiguous, equal-sized parts keep each worker's nlp.pipe batches full; results come back in order.
         step = -(-len(pieces) // self.processes)
-        futures = [self._pool.submit(_analyze_spans, *self._key, pieces[i : i + step], ner[i : i + step])
+        futures = [self._pool.submit(_analyze_spans, *key, pieces[i : i + step], ner[i : i + step])
                    for i in range(0, len(pieces), step)]
         return [spans for f in futures for spans in f.result()]
 
@@ -279,9 +283,12 @@ class PiiRedactor:
         found = self.analyze_batch(readings) if readings else []
         for k, i in enumerate(names):
             stem = readings[2 * k]
-            # Only names from the capitalized reading: it makes any word look like a name, and names are what
-            # hides in lower case; other entities come from the part as written.
-            spans = found[2 * k] + [r for r in found[2 * k + 1] if r.entity_type == "PERSON"]
+            # From the capitalized reading only names of two words or more: it makes any word look like a name
+            # ("lorem.txt", "voicemail.txt"), and names are what hides in lower case; other entities come from the
+            # part as written.
+            titled = readings[2 * k + 1]
+            spans = found[2 * k] + [r for r in found[2 * k + 1]
+                                    if r.entity_type == "PERSON" and re.search(r"\w[ -]+\w", titled[r.start : r.end])]
             if spans:
                 new_stem, _ = self.redact_text(stem, spans)
                 parts[i] = new_stem + parts[i][len(stem):]
@@ -298,7 +305,8 @@ class PiiRedactor:
         digest = hashlib.sha256(self.salt + b"\x00" + value.encode("utf-8")).hexdigest()[:16]
         return f"<{entity}:{digest}>"
 
-    def analyze_batch(self, texts: list[str], languages: list[str | None] | None = None) -> list[list[Span]]:
+    def analyze_batch(self, texts: list[str], languages: list[str | None] | None = None,
+                      _later_pass: bool = False) -> list[list[Span]]:
         """Findings per text (offsets into that text); long texts are analyzed in chunks. With `languages`, NER runs
         only on the texts in a language its model covers (``ner_runs`` counts the texts each way)."""
         languages = languages or [None] * len(texts)
@@ -313,7 +321,7 @@ class PiiRedactor:
                 pieces.append(piece)
                 ner.append(covered)
                 owners.append((i, offset, kept))
-        analyzed = self._spans(pieces, ner)
+        analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key)
         per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
             for r in extend_names(piece, results):
@@ -346,12 +354,13 @@ class PiiRedactor:
             return []
         languages = languages or [None] * len(texts)
         out = [self.redact_text(t, res) for t, res in zip(texts, self.analyze_batch(texts, languages))]
-        changed = [i for i, (_, counts) in enumerate(out) if counts]
+        # Only NER reads context, so only texts NER read can change on a second look.
+        changed = [i for i, (_, counts) in enumerate(out) if counts and self.ner_covers(languages[i])]
         for _ in range(self.cfg.pii_passes - 1):
-            if not changed:
+            if not changed or not self._later_key[1]:
                 break
             runs = self.ner_runs.copy()  # a text counts once, for its first pass
-            again = self.analyze_batch([out[i][0] for i in changed], [languages[i] for i in changed])
+            again = self.analyze_batch([out[i][0] for i in changed], [languages[i] for i in changed], _later_pass=True)
             self.ner_runs = runs
             still = []
             for i, found in zip(changed, again):

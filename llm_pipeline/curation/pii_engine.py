@@ -201,7 +201,8 @@ _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|
           r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
 _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 WRITTEN_DATE_REGEX = (rf"\b{_DAY}(?:\s+of)?\s+{_MONTH},?\s+(?:1[89]|20)\d\d\b"
-                      rf"|\b{_MONTH}\s+{_DAY},?\s+(?:1[89]|20)\d\d\b")
+                      rf"|\b{_MONTH}\s+{_DAY},?\s+(?:1[89]|20)\d\d\b"
+                      r"|\b(?:1[89]|20)\d\d-[01]\d-[0-3]\d[ T][0-2]\d:[0-5]\d(?::[0-5]\d)?\b")  # ISO date and time
 
 
 def written_date_recognizer():
@@ -221,10 +222,14 @@ def written_date_recognizer():
 # amount or a date, so it counts only right after a phone word ("Phone:", "call me on", "Mobile") or with a
 # leading "+" (a country code). The phone word is a look-behind (the regex module's, of any length), so only the
 # number is replaced.
-_PHONE_WORD = (r"(?i:\b(?:phone|telephone|tel|mobile|cell|fax|desk|whatsapp|call(?:\s+me)?(?:\s+(?:on|at))?"
+_PHONE_WORD = (r"(?i:\b(?:phone|telephone|tel|mobile|cell|fax|desk|whatsapp|registered|call(?:\s+me)?(?:\s+(?:on|at))?"
                r"|(?:reach|text)\s+me\s+(?:on|at))(?:\s+(?:no\.?|number|#))?\s*[:.]?\s*)")
 _PHONE_END = r"(?![\w/:]|[.-]\d)"
-PHONE_SHAPE_REGEX = r"(?<=" + _PHONE_WORD + r")\(?\+?\d{1,5}\)?(?:[ .-]?\(?\d{2,5}\)?){1,5}(?:\s?x\d{1,5})?" + _PHONE_END
+_PHONE_DIGITS = r"\(?\+?\d{1,5}\)?(?:[ .-]?\(?\d{2,5}\)?){1,5}(?:\s?x\d{1,5})?"
+# ... or right before one, as address blocks list them ("21 253 109 8211-Office", "655 437 108 office").
+_PHONE_AFTER = r"(?=\s*[-–,]?\s*(?i:office|fax|mobile|home|work|cell|desk|phone|tel)\b)"
+PHONE_SHAPE_REGEX = (r"(?<=" + _PHONE_WORD + r")" + _PHONE_DIGITS + _PHONE_END
+                     + r"|(?<![\w+/.:-])" + _PHONE_DIGITS + _PHONE_AFTER)
 INTL_PHONE_REGEX = r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(0?\d{1,4}\))?(?:[ .-]?\d{2,5}){2,5}" + _PHONE_END
 
 
@@ -242,10 +247,30 @@ def phone_shape_recognizer():
         supported_language="en", global_regex_flags=re.MULTILINE)
 
 
+# Ages ("he just turned 53", "aged 61", "a 38-year-old", "at the age of 66"): with a name, an age narrows a person
+# down; a number alone is not one.
+AGE_REGEX = (r"(?<=\b(?i:turned|turns|turning|aged|age of|age:)\s{1,3})\d{1,3}\b(?!\s*(?:%|percent|degrees?|points?|times|minutes|hours|days|weeks|months|dollars|euros|kg|km|miles))"
+             r"|\b\d{1,3}(?=[- ]years?[- ]old\b)")
+# Postal codes after their label ("ZIP: 394 13", "my zip code is 35350", "Postcode: B0J 2H0"): part of an address.
+POSTAL_CODE_REGEX = (r"(?<=\b(?i:zip|zip code|postal code|postcode|post code|plz)(?:\s+is)?\s*:?\s{1,3})"
+                     r"(?=[A-Z0-9 -]*\d)[A-Z0-9](?:[A-Z0-9]|[ -](?=[A-Z0-9])){2,9}\b")
+
+
+def age_and_postal_code_recognizers() -> list:
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return [PatternRecognizer(supported_entity="AGE", name="AgeRecognizer", patterns=[Pattern("age", AGE_REGEX, 0.6)],
+                              supported_language="en", global_regex_flags=re.MULTILINE),
+            PatternRecognizer(supported_entity="LOCATION", name="PostalCodeRecognizer",
+                              patterns=[Pattern("postal_code", POSTAL_CODE_REGEX, 0.6)],
+                              supported_language="en", global_regex_flags=re.MULTILINE)]
+
+
 def extra_recognizers() -> list:
     """Our recognizers, added to Presidio's in both engines."""
     return [labelled_name_recognizer(), street_address_recognizer(), double_barrelled_name_recognizer(),
-            obfuscated_email_recognizer(), long_card_recognizer(), written_date_recognizer(), phone_shape_recognizer()]
+            obfuscated_email_recognizer(), long_card_recognizer(), written_date_recognizer(), phone_shape_recognizer(),
+            *age_and_postal_code_recognizers()]
 
 
 def _nlp_configuration(spacy_model: str) -> dict:
@@ -289,6 +314,8 @@ RECOGNIZER_GATES = {
     "WrittenDateRecognizer": r"\b(?:1[89]|20)\d\d\b",
     "UrlRecognizer": r"\.[A-Za-z]|//",
     "PhoneShapeRecognizer": r"\d\d",
+    "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old)",
+    "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
 }
 
 
@@ -319,6 +346,12 @@ class FastAnalyzer:
             if not rec.is_loaded:
                 rec.load()
                 rec.is_loaded = True
+            # Compiled now, as Presidio would on first use: some of these (look-behinds of any length) take a
+            # tenth of a second to compile, which belongs to loading, not to the first batch that needs them.
+            for pattern in getattr(rec, "patterns", None) or []:
+                if not pattern.compiled_regex:
+                    pattern.compiled_with_flags = rec.global_regex_flags
+                    pattern.compiled_regex = regex.compile(pattern.regex, flags=rec.global_regex_flags)
         self.gates = {rec.id: regex.compile(RECOGNIZER_GATES[rec.name], getattr(rec, "global_regex_flags", 0) or 0)
                       for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))

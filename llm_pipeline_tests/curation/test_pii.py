@@ -202,6 +202,7 @@ SOURCES = [
     ("patients/Maria Gonzalez - intake.pdf", ["Maria", "Gonzalez"], ["patients/", ".pdf"]),
     ("calls/555-201-4477_voicemail.txt", ["555-201-4477"], ["calls/"]),
     ("exports/rows.jsonl#12", [], ["exports/rows.jsonl#12"]),
+    ("exports/jane_doe.jsonl#L3", ["jane", "doe"], ["exports/", ".jsonl#L3"]),
     ("data/sample/legal/contracts/c001.txt", [], ["data/sample/legal/contracts/c001.txt"]),
 ]
 
