@@ -142,10 +142,12 @@ def default_processes() -> int:
 
 
 def _analyze_spans(spacy_model: str, entities: tuple[str, ...], threshold: float, pieces: list[str],
-                   ner: list[bool] | None = None) -> list[list[Span]]:
-    """Runs in a worker (or in-process): findings per piece of text (NER only on the pieces `ner` marks)."""
+                   ner: list[bool] | None = None, focus: list | None = None) -> list[list[Span]]:
+    """Runs in a worker (or in-process): findings per piece of text (NER only on the pieces `ner` marks, and with
+    `focus` only near those spans)."""
     analyzer = fast_analyzer(spacy_model, entities, threshold)
-    return [[Span(r.start, r.end, r.entity_type, r.score) for r in res] for res in analyzer.analyze(pieces, NER_BATCH, ner)]
+    return [[Span(r.start, r.end, r.entity_type, r.score) for r in res]
+            for res in analyzer.analyze(pieces, NER_BATCH, ner, focus)]
 
 
 def _worker_ready(spacy_model: str, entities: tuple[str, ...], threshold: float) -> int:
@@ -240,14 +242,15 @@ class PiiRedactor:
         """Whether the NER model reads documents in `language` ("" or None: not known, read as before)."""
         return not language or language in self.ner_languages
 
-    def _spans(self, pieces: list[str], ner: list[bool], key: tuple) -> list[list[Span]]:
+    def _spans(self, pieces: list[str], ner: list[bool], key: tuple, focus: list | None) -> list[list[Span]]:
         self._seen += len(pieces)
         if not self.uses_pool(len(pieces)):
-            return _analyze_spans(*key, pieces, ner)
+            return _analyze_spans(*key, pieces, ner, focus)
         self.start_workers()
         # Contiguous, equal-sized parts keep each worker's nlp.pipe batches full; results come back in order.
         step = -(-len(pieces) // self.processes)
-        futures = [self._pool.submit(_analyze_spans, *key, pieces[i : i + step], ner[i : i + step])
+        futures = [self._pool.submit(_analyze_spans, *key, pieces[i : i + step], ner[i : i + step],
+                                     focus[i : i + step] if focus is not None else None)
                    for i in range(0, len(pieces), step)]
         return [spans for f in futures for spans in f.result()]
 
@@ -321,7 +324,11 @@ class PiiRedactor:
                 pieces.append(piece)
                 ner.append(covered)
                 owners.append((i, offset, kept))
-        analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key)
+        focus = None
+        if _later_pass and self.cfg.pii_mode in ("type_tag", "hash"):
+            # A replacement changes NER's verdict only near it: later passes read the candidates near a tag.
+            focus = [[m.span() for m in TYPE_TAG.finditer(piece)] for piece in pieces]
+        analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key, focus)
         per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
             for r in extend_names(piece, results):

@@ -37,7 +37,8 @@ import regex
 
 from spacy.attrs import IS_PUNCT, IS_STOP
 
-from llm_pipeline.curation.pii_ner import candidate_offsets, token_table, use_numpy_blas, windowed_entities
+from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, candidate_offsets, token_table, use_numpy_blas,
+                                           windowed_entities)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
 # spaCy pipes NER does not read in en_core_web_sm (its NER embeds tokens itself).
@@ -319,6 +320,23 @@ RECOGNIZER_GATES = {
 }
 
 
+# Tokens between a candidate word and a changed span beyond which the change cannot reach the candidate's NER
+# verdict: its window is NER_BEFORE tokens before and NER_AFTER after it (curation.pii_ner), with a margin.
+NER_REACH = NER_BEFORE + NER_AFTER + 2
+
+
+def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """The candidate offsets whose token lies within NER_REACH tokens of one of `spans` (character spans)."""
+    ranges = [(bisect.bisect_right(token_starts, a) - 1 - NER_REACH, bisect.bisect_right(token_starts, max(a, b - 1)) - 1 + NER_REACH)
+              for a, b in spans]
+    out = []
+    for off in offsets:
+        i = bisect.bisect_right(token_starts, off) - 1
+        if any(lo <= i <= hi for lo, hi in ranges):
+            out.append(off)
+    return out
+
+
 class FastAnalyzer:
     """Presidio results for a batch of texts (see the module docstring for what is skipped and why)."""
 
@@ -372,10 +390,10 @@ class FastAnalyzer:
             out.append(e)
         return out
 
-    def _entities(self, texts: list[str], entities: list[list[str]], batch_size: int,
-                  ner: list[bool]) -> tuple[list, list[list]]:
+    def _entities(self, texts: list[str], entities: list[list[str]], batch_size: int, ner: list[bool],
+                  focus: list | None = None) -> tuple[list, list[list]]:
         """(spaCy Doc or None, NER spans with Presidio's labels) per text, from one windowed NER pass over the texts
-        `ner` marks."""
+        `ner` marks; with `focus` (character spans per text), only around candidate words near those spans."""
         docs: list = [None] * len(texts)
         ents: list[list] = [[] for _ in texts]
         if not self.run_ner:
@@ -387,6 +405,9 @@ class FastAnalyzer:
             docs[i] = self.nlp.make_doc(texts[i])
             if self.whole_text_ner:
                 offsets[i] = token_table(docs[i], texts[i])[0]
+            elif focus is not None and focus[i] is not None:
+                offsets[i] = near_spans(token_table(docs[i], texts[i])[0], offsets[i], focus[i])
+        need = [i for i in need if offsets[i]]
         found = windowed_entities(self.ner, [texts[i] for i in need], [docs[i] for i in need],
                                   [offsets[i] for i in need], batch_size)
         for i, spans in zip(need, found):
@@ -471,13 +492,15 @@ class FastAnalyzer:
         results = [r for r in results if r.score >= self.score_threshold]
         return EntityRecognizer.remove_duplicates(results)
 
-    def analyze(self, texts: list[str], batch_size: int = 256, ner: list[bool] | None = None) -> list[list]:
+    def analyze(self, texts: list[str], batch_size: int = 256, ner: list[bool] | None = None,
+                focus: list | None = None) -> list[list]:
         """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
-        the others get the pattern recognizers alone."""
+        the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
+        the candidate words near those spans (``near_spans``)."""
         from presidio_analyzer import RecognizerResult
 
         entities = [self._entities_for(t) for t in texts]
-        docs, ents = self._entities(texts, entities, batch_size, ner or [True] * len(texts))
+        docs, ents = self._entities(texts, entities, batch_size, ner or [True] * len(texts), focus)
         found: list[dict] = [{} for _ in texts]  # per text: recognizer -> its results
         digit_windows_cache: dict[int, list] = {}
         for rec in self.recognizers:

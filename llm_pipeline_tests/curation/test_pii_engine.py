@@ -127,3 +127,19 @@ def test_default_processes_follow_the_cpu_count(monkeypatch):
     assert pii.default_processes() == 8
     monkeypatch.setattr(pii.os, "cpu_count", lambda: 2)
     assert PiiRedactor(CleanedCorpusConfig()).processes == 2
+
+
+# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only near replacements.
+NEAR = [
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(50, 58)], [0, 50]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(300, 310)], [200, 390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(340, 350)], [390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [], []),
+]
+
+
+@pytest.mark.parametrize("starts, offsets, spans, expected", NEAR)
+def test_later_passes_read_only_near_replacements(starts, offsets, spans, expected):
+    from llm_pipeline.curation.pii_engine import near_spans
+
+    assert near_spans(starts, offsets, spans) == expected
