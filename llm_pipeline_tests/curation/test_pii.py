@@ -240,3 +240,28 @@ def test_a_small_domain_never_starts_worker_processes():
     assert not r.uses_pool(256)  # a 1,500-document domain: one process
     r._seen = 20_000
     assert r.uses_pool(256) and not r.uses_pool(10)
+
+
+def test_a_configured_pipeline_reads_its_language(tmp_path):
+    import spacy
+
+    # A real spaCy pipeline for German, small enough to build here: an entity ruler that knows one name and one
+    # place (a trained German NER would come from a package such as de-core-news-sm, installed, never downloaded).
+    nlp = spacy.blank("de")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PER", "pattern": "Anna Schmidt"},
+                                               {"label": "LOC", "pattern": "Leipzig"},
+                                               {"label": "MISC", "pattern": "Vertrag"}])
+    nlp.to_disk(tmp_path / "de_ner")
+    r = PiiRedactor(CleanedCorpusConfig(pii_processes=1, pii_ner_models={"de": str(tmp_path / "de_ner")}))
+    german, french = FOREIGN[0][1], FOREIGN[1][1]
+    text = german + " Frau Anna Schmidt aus Leipzig hat den Vertrag geprüft."
+    (out, counts), (fr_out, _) = r.redact_batch([text, french], ["de", "fr"])
+    assert counts == {"EMAIL_ADDRESS": 1, "LOCATION": 1, "PERSON": 1}, out
+    assert out.endswith("Frau <PERSON> aus <LOCATION> hat den Vertrag geprüft.") and "Die Verwaltung prüft den Antrag" in out
+    assert "Le Conseil a examiné la Demande" in fr_out
+    assert r.ner_runs == {str(tmp_path / "de_ner"): 1, "patterns_only": 1}
+
+
+def test_a_missing_pipeline_is_a_clear_error():
+    with pytest.raises(PiiConfigError, match="pii_ner_models"):
+        PiiRedactor(CleanedCorpusConfig(pii_ner_models={"fr": "fr_core_news_nonexistent"}))
