@@ -326,7 +326,9 @@ NER_REACH = NER_BEFORE + NER_AFTER + 2
 
 
 def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[int, int]]) -> list[int]:
-    """The candidate offsets whose token lies within NER_REACH tokens of one of `spans` (character spans)."""
+    """The candidate offsets whose token lies within NER_REACH tokens of one of `spans` (character spans). A tag's
+    own capitals ("<PERSON>") stay a candidate: the audit reads them as one, and NER around them can tag a word
+    next to a tag ("<PERSON> deemed"), which the passes must have seen before the audit does."""
     ranges = [(bisect.bisect_right(token_starts, a) - 1 - NER_REACH, bisect.bisect_right(token_starts, max(a, b - 1)) - 1 + NER_REACH)
               for a, b in spans]
     out = []
