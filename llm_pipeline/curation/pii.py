@@ -110,6 +110,12 @@ def extend_names(text: str, spans: list) -> list:
     return spans
 
 
+def _heading(text: str, r) -> bool:
+    """An ORGANIZATION finding in capitals only ("BACKGROUND", "NOTICES", "FORCE MAJEURE", "IBM"): spaCy's small
+    model reads headings in capitals as organisations, and an acronym names an organisation, not a person."""
+    return r.entity_type == "ORGANIZATION" and not any(c.islower() for c in text[r.start : r.end])
+
+
 def visible(text: str) -> tuple[str, list[int] | None]:
     """`text` without invisible characters, and the offset in `text` of each character kept (None: none removed)."""
     if INVISIBLE.search(text) is None:
@@ -370,7 +376,7 @@ class PiiRedactor:
                 r.start += offset
                 r.end += offset
                 per_text[i].append(r)
-        return [outside_tags(text, found) for text, found in zip(texts, per_text)]
+        return [outside_tags(text, [r for r in found if not _heading(text, r)]) for text, found in zip(texts, per_text)]
 
     def redact_text(self, text: str, results: list) -> tuple[str, dict[str, int]]:
         counts: Counter[str] = Counter()

@@ -265,3 +265,10 @@ def test_a_configured_pipeline_reads_its_language(tmp_path):
 def test_a_missing_pipeline_is_a_clear_error():
     with pytest.raises(PiiConfigError, match="pii_ner_models"):
         PiiRedactor(CleanedCorpusConfig(pii_ner_models={"fr": "fr_core_news_nonexistent"}))
+
+
+def test_headings_in_capitals_stay(redactor):
+    text = ("1. DEFINITIONS\n1.1 A notice is received after posting.\n4. NOTICES\nNotices go to the office.\n"
+            "BACKGROUND: The parties met.")
+    (out, _), = redactor.redact_batch([text])
+    assert all(h in out for h in ("DEFINITIONS", "NOTICES", "BACKGROUND")), out
