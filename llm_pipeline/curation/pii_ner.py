@@ -164,3 +164,25 @@ def use_numpy_blas(model) -> bool:
     for node in model.walk():
         node.ops = ops
     return True
+
+
+# ---------------------------------------------------------------- NER for languages other than the English model's
+# spaCy labels of the common pipelines (OntoNotes-style and WikiNER-style) -> Presidio entities.
+OTHER_LANGUAGE_LABELS = {"PER": "PERSON", "PERSON": "PERSON", "LOC": "LOCATION", "GPE": "LOCATION", "FAC": "LOCATION",
+                         "ORG": "ORGANIZATION", "NORP": "NRP"}
+
+
+@lru_cache(maxsize=4)
+def other_language_pipeline(model: str):
+    """A configured spaCy pipeline (package name or folder), loaded once per process."""
+    import spacy
+
+    return spacy.load(model)
+
+
+def other_language_entities(model: str, texts: list[str]) -> list[list[tuple[int, int, str]]]:
+    """(start, end, Presidio entity) per text from `model`'s entities (labels outside OTHER_LANGUAGE_LABELS are
+    left out: MISC, dates, numbers)."""
+    nlp = other_language_pipeline(model)
+    return [[(e.start_char, e.end_char, OTHER_LANGUAGE_LABELS[e.label_]) for e in doc.ents if e.label_ in OTHER_LANGUAGE_LABELS]
+            for doc in nlp.pipe(texts)]

@@ -56,6 +56,7 @@ class _Counts:
         self.pii: Counter[str] = Counter()
         self.languages: Counter[str] = Counter()
         self.extractors: Counter[str] = Counter()
+        self.pii_ner: Counter[str] = Counter()  # kept documents per PII analyzer: the spaCy model or "patterns_only"
 
 
 def result_fingerprint(cfg: PipelineConfig, domain: str, redactor: PiiRedactor | None) -> str:
@@ -95,23 +96,32 @@ def _prepare(rec: dict, cfg: PipelineConfig, c4: C4Lines | None, filters: list) 
 def _redact(batch: list[dict], redactor: PiiRedactor, quarantine: list[tuple[dict, str]]) -> list[dict | None]:
     """Replace PII in a batch; if the batch call fails, retry one by one so only the bad document is quarantined
     (None in its place)."""
+    languages = [r.get("language") for r in batch]  # NER only where its model reads the language
     try:
-        redacted = redactor.redact_batch([r["text"] for r in batch])
+        redacted = redactor.redact_batch([r["text"] for r in batch], languages)
     except Exception:  # noqa: BLE001 - narrowed below by retrying each document alone
         redacted = []
         for r in batch:
             try:
-                redacted.append(redactor.redact_batch([r["text"]])[0])
+                redacted.append(redactor.redact_batch([r["text"]], [r.get("language")])[0])
             except Exception as exc:  # noqa: BLE001 - a document that breaks the analyzer is quarantined, not fatal
                 redacted.append(None)
                 quarantine.append((r, f"pii_error: {type(exc).__name__}: {exc}"[:500]))
     out: list[dict | None] = []
-    for r, res in zip(batch, redacted):
+    for r, res, source in zip(batch, redacted, redactor.redact_sources([r.get("source") or "" for r in batch])):
         if res is not None:
             r["text"], counts = res
             r["pii_counts"] = json.dumps(counts, sort_keys=True)
+            r["source"] = source  # file names carry names too ("jane_doe_discharge.txt")
+            r["pii_ner"] = redactor.ner_used(r.get("language"))  # not a column: counted into the stage's metadata
         out.append(r if res is not None else None)
     return out
+
+
+def _source(rec: dict, redactor: PiiRedactor | None) -> str | None:
+    """The record's source as this stage may show it: with personal data in its path replaced when PII is on."""
+    source = rec.get("source")
+    return redactor.redact_sources([source])[0] if redactor is not None and source else source
 
 
 def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: ResultCache) -> tuple[_Counts, list[dict]]:
@@ -153,8 +163,8 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
                     if len(examples) < DROP_EXAMPLES:
                         # The raw text (a cached result has no cleaned text), whitespace folded, first characters.
                         snippet = " ".join(str(rec.get("text") or "")[: DROP_EXAMPLE_CHARS * 4].split())[:DROP_EXAMPLE_CHARS]
-                        examples.append({"id": rec.get("id"), "source": rec.get("source"), "text": snippet})
-                    dropped_f.write(json.dumps({"id": rec.get("id"), "source": rec.get("source"), "reason": reason}) + "\n")
+                        examples.append({"id": rec.get("id"), "source": _source(rec, redactor), "text": snippet})
+                    dropped_f.write(json.dumps({"id": rec.get("id"), "source": _source(rec, redactor), "reason": reason}) + "\n")
                     if hit is None:
                         cache.put(key, {"dropped": reason})
                 elif hit is not None or redactor is None:
@@ -171,7 +181,7 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
                         cache.put(key, {"kept": r})
             for rec, reason in quarantine:
                 n.quarantined += 1
-                quarantine_f.write(json.dumps({"id": rec.get("id"), "source": rec.get("source"), "reason": reason}) + "\n")
+                quarantine_f.write(json.dumps({"id": rec.get("id"), "source": _source(rec, redactor), "reason": reason}) + "\n")
             for r in survivors:
                 if r is None:  # quarantined by the PII step
                     continue
@@ -180,6 +190,8 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
                 n.bytes_kept += len(r["text"].encode("utf-8"))
                 n.languages[r["language"]] += 1
                 n.extractors[r["extractor"]] += 1
+                if r.get("pii_ner"):
+                    n.pii_ner[r["pii_ner"]] += 1
                 counts = json.loads(r["pii_counts"])
                 n.pii.update(counts)
                 if counts and len(samples) < PREVIEW_SAMPLES:
@@ -224,6 +236,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "extractors": dict(sorted(n.extractors.items())),
         # Reasons that dropped more than max_drop_share of the domain (the drop_share check), with their share.
         "drop_share_over_limit": over,
+        # Which PII analyzer read the kept documents: NER runs only on languages its model covers.
+        "pii_ner": dict(sorted(n.pii_ner.items())),
     }
     assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
     return StageOutput(stats=stats, preview=_preview(domain, stats, samples), metadata=cache.metadata())

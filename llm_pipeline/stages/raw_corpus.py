@@ -17,6 +17,7 @@ mount; an empty partition would only fail later, in a check far from its cause.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -90,7 +91,25 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "shards": len(shards),
     }
     assert stats["documents_in"] == kept + sum(stats["dropped"].values()) + quarantined
-    return StageOutput(stats=stats, preview=preview(domain, stats, samples))
+    return StageOutput(stats=stats, preview=preview(domain, stats, _shown_sources(cfg, samples)))
+
+
+def _shown_sources(cfg: PipelineConfig, samples: list[dict]) -> list[dict]:
+    """The samples with their sources as cleaned_corpus will write them: a file name carries personal data as
+    often as a text does ("jane_doe_discharge.txt"), and the preview ends up in Dagster's event log. With PII off,
+    as they are; if the analyzer cannot be built (e.g. hash mode without its salt), the file name is replaced by a
+    digest of it (cleaned_corpus then stops with the clear message)."""
+    if not samples or not cfg.cleaned_corpus.pii:
+        return samples
+    from llm_pipeline.curation.pii import PiiConfigError, PiiRedactor
+
+    sources = [s["source"] for s in samples]
+    try:
+        with PiiRedactor(cfg.cleaned_corpus) as redactor:
+            shown = redactor.redact_sources(sources)
+    except PiiConfigError:
+        shown = [f"{Path(s).parent.as_posix()}/<{hashlib.sha256(s.encode()).hexdigest()[:8]}>{Path(s).suffix}" for s in sources]
+    return [{**s, "source": new} for s, new in zip(samples, shown)]
 
 
 def check_sources_exist(cfg: PipelineConfig, domain: str) -> None:

