@@ -95,21 +95,20 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
 
 def _shown_sources(cfg: PipelineConfig, samples: list[dict]) -> list[dict]:
-    """The samples with their sources as cleaned_corpus will write them: a file name carries personal data as
-    often as a text does ("jane_doe_discharge.txt"), and the preview ends up in Dagster's event log. With PII off,
-    as they are; if the analyzer cannot be built (e.g. hash mode without its salt), the file name is replaced by a
-    digest of it (cleaned_corpus then stops with the clear message)."""
+    """The samples with each file name replaced by a digest of it: a file name carries personal data as often as a
+    text does ("jane_doe_discharge.txt"), and the preview ends up in Dagster's event log. raw_corpus does not load
+    the PII analyzer for three names (its memory bound counts no model): cleaned_corpus writes them redacted."""
     if not samples or not cfg.cleaned_corpus.pii:
         return samples
-    from llm_pipeline.curation.pii import PiiConfigError, PiiRedactor
-
-    sources = [s["source"] for s in samples]
-    try:
-        with PiiRedactor(cfg.cleaned_corpus) as redactor:
-            shown = redactor.redact_sources(sources)
-    except PiiConfigError:
-        shown = [f"{Path(s).parent.as_posix()}/<{hashlib.sha256(s.encode()).hexdigest()[:8]}>{Path(s).suffix}" for s in sources]
-    return [{**s, "source": new} for s, new in zip(samples, shown)]
+    shown = []
+    for s in samples:
+        src = s["source"]
+        # A record inside a file ("a.jsonl#L3") keeps its record suffix, which names no one.
+        path, sep, rest = str(src).partition("#")
+        p = Path(path)
+        digest = hashlib.sha256(p.name.encode()).hexdigest()[:8]
+        shown.append({**s, "source": f"{p.parent.as_posix()}/<{digest}>{p.suffix}{sep}{rest}"})
+    return shown
 
 
 def check_sources_exist(cfg: PipelineConfig, domain: str) -> None:
