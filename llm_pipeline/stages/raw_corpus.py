@@ -95,7 +95,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
 
 def _shown_sources(cfg: PipelineConfig, samples: list[dict]) -> list[dict]:
-    """The samples with each file name replaced by a digest of it: a file name carries personal data as often as a
+    """The samples with each source path replaced by a digest of it: a file name carries personal data as often as a
     text does ("jane_doe_discharge.txt"), and the preview ends up in Dagster's event log. raw_corpus does not load
     the PII analyzer for three names (its memory bound counts no model): cleaned_corpus writes them redacted."""
     if not samples or not cfg.cleaned_corpus.pii:
@@ -106,8 +106,8 @@ def _shown_sources(cfg: PipelineConfig, samples: list[dict]) -> list[dict]:
         # A record inside a file ("a.jsonl#L3") keeps its record suffix, which names no one.
         path, sep, rest = str(src).partition("#")
         p = Path(path)
-        digest = hashlib.sha256(p.name.encode()).hexdigest()[:8]
-        shown.append({**s, "source": f"{p.parent.as_posix()}/<{digest}>{p.suffix}{sep}{rest}"})
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]  # folders name people too ("jane_doe/notes.txt")
+        shown.append({**s, "source": f"<{digest}>{p.suffix}{sep}{rest}"})
     return shown
 
 
