@@ -35,17 +35,30 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def outcomes(data: Path, domain: str) -> dict[str, str]:
-    """Where each raw item ended up, by source: kept, dropped:<reason> or quarantined:<reason>."""
+    """Where each raw item ended up, by source: kept, dropped:<reason> or quarantined:<reason>.
+
+    cleaned_corpus writes sources with what its PII analyzer takes for names replaced ("<PERSON>_after_64k.jsonl"),
+    so a source that raw_corpus did not write is traced back through its document id."""
     out: dict[str, str] = {}
     for q in _jsonl(data / "raw_corpus" / domain / "quarantine.jsonl"):
         out[q["source"]] = f"quarantined:{q['reason']}"
+    raw_sources: dict[str, list[str]] = {}
+    for rec in iter_records(data / "raw_corpus" / domain, columns=["id", "source"]):
+        raw_sources.setdefault(rec["id"], []).append(rec["source"])
+    known = {s for sources in raw_sources.values() for s in sources}
+
+    def raw_source(rec: dict) -> str:
+        if rec["source"] in known or len(raw_sources.get(rec.get("id"), [])) != 1:
+            return rec["source"]
+        return raw_sources[rec["id"]][0]
+
     for stage in ("cleaned_corpus", "deduped_shards"):
         for d in _jsonl(data / stage / domain / "dropped.jsonl"):
-            out[d["source"]] = f"dropped:{d['reason']}"
+            out[raw_source(d)] = f"dropped:{d['reason']}"
         for q in _jsonl(data / stage / domain / "quarantine.jsonl"):
-            out[q["source"]] = f"quarantined:{q['reason'].split(':')[0]}"
-    for rec in iter_records(data / "deduped_shards" / domain, columns=["source"]):
-        out[rec["source"]] = "kept"
+            out[raw_source(q)] = f"quarantined:{q['reason'].split(':')[0]}"
+    for rec in iter_records(data / "deduped_shards" / domain, columns=["id", "source"]):
+        out[raw_source(rec)] = "kept"
     return out
 
 
@@ -96,7 +109,9 @@ def test_bad_input_is_kept_dropped_or_quarantined(tmp_path):
     assert raw["documents_in"] == len(expected)
     assert raw["quarantine_reasons"]["document_too_large"] == sum(v == "quarantined:document_too_large" for v in expected.values())
     # The NUL escaped in a record does not survive cleaning; the legacy encodings were decoded, not garbled.
-    texts = {r["source"]: r["text"] for r in iter_records(cfg.data_path / "deduped_shards" / domain)}
+    by_id = {r["id"]: r["text"] for r in iter_records(cfg.data_path / "deduped_shards" / domain)}
+    texts = {r["source"]: by_id[r["id"]] for r in iter_records(cfg.data_path / "raw_corpus" / domain, columns=["id", "source"])
+             if r["id"] in by_id}  # by the raw source: cleaned_corpus redacts what looks like a name in a path
     assert "\x00" not in "".join(texts.values())
     assert "crêpes and soufflés" in texts["corpus/bad/latin1.txt"] and "cléar" in texts["corpus/bad/stray_bytes.txt"]
     assert texts["corpus/bad/utf16.txt"].startswith("Nurses check the chart")
