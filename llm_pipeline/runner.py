@@ -14,7 +14,8 @@ from typing import Any
 
 from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, read_json, write_json
+from llm_pipeline.io import MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, move_measured, output_lock, read_json, split_measured, write_json
+from llm_pipeline.metrics import key_metrics, write_metrics
 from llm_pipeline.security import check_data_dir
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
@@ -122,6 +123,10 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         with atomic_dir(final) as tmp:
             out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
             write_json(tmp / STATS, out.stats)
+            # Re-running a stage on the same inputs must give the same bytes (and DVC hash): wall-clock figures go to
+            # a file beside the output that neither DVC nor `dvc_hash` reads; `read_timed` puts them back.
+            move_measured(tmp)
+            portable_adapter_configs(cfg, tmp)
             # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
             # so an uninterrupted run and a resumed one produce byte-identical folders.
             write_json(
@@ -137,10 +142,9 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
                 },
             )
     seconds = time.perf_counter() - started
-    # A copy of the stats outside the output folder: DVC tracks it as the stage's metrics file (`dvc metrics show`).
-    metrics = cfg.data_path / "metrics"
-    metrics.mkdir(parents=True, exist_ok=True)
-    write_json(metrics / f"{name}-{domain}.json" if domain else metrics / f"{name}.json", out.stats)
+    # The stage's key results outside the output folder: DVC tracks them as its metrics (`dvc metrics show`), and the
+    # plots' data beside them (`dvc plots show`). Both are byte-stable like the output; timings stay out of them.
+    write_metrics(cfg.data_path, name, domain, key_metrics(name, split_measured(out.stats)[0]), final)
     return StageResult(
         name=name,
         domain=domain,
@@ -151,6 +155,42 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         seconds=seconds,
         metadata=out.metadata,
     )
+
+
+def portable_adapter_configs(cfg: PipelineConfig, folder: Path) -> None:
+    """Make every PEFT adapter in the output loadable in another clone and byte-stable across runs.
+
+    PEFT writes the base model's absolute path into `adapter_config.json` (and the model card) and its target
+    modules in set order, which differs from one process to the next. The base path is rewritten relative to the
+    project root (the folder `dvc.yaml` and the CLI run in), the convention DVC uses for every path, so
+    `AutoPeftModelForCausalLM.from_pretrained("data/dpo_model")` works from any clone's root; a data_dir outside the
+    project keeps its absolute path (it cannot travel with a clone anyway).
+    """
+    from llm_pipeline.io import write_json as _write
+
+    root = Path(cfg.root).resolve()
+    for path in sorted(Path(folder).rglob("adapter_config.json")):
+        conf = read_json(path)
+        changed = False
+        for key in ("target_modules", "modules_to_save", "exclude_modules"):
+            if isinstance(conf.get(key), list):
+                ordered = sorted(conf[key])
+                changed |= ordered != conf[key]
+                conf[key] = ordered
+        base = conf.get("base_model_name_or_path")
+        if isinstance(base, str) and os.path.isabs(base):
+            try:
+                rel = Path(base).resolve().relative_to(root).as_posix()
+            except ValueError:
+                rel = None
+            if rel is not None:
+                conf["base_model_name_or_path"] = rel
+                changed = True
+                card = path.parent / "README.md"
+                if card.is_file():
+                    card.write_text(card.read_text(encoding="utf-8").replace(base, rel), encoding="utf-8")
+        if changed:
+            _write(path, conf)
 
 
 def code_version_for_manifest() -> str:

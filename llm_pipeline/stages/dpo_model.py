@@ -256,7 +256,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     ref_seconds = time.perf_counter() - started
     for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
         t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
-    settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs, {ref_seconds:.1f} s; no reference forward during training")
+    settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs (reference_seconds in the run's timings); no reference forward during training")
 
     fingerprint = {"config": cfg.fingerprint("dpo_model", "lora_adapter"), "seed": cfg.seed, "model": identity,
                    "data": ref_cache.dataset_version(tok_train + tok_held)}
