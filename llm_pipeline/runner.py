@@ -53,6 +53,28 @@ def code_version(root: Path | None = None) -> str:
         return __version__
 
 
+def check_sources_reachable(cfg: PipelineConfig, domain: str) -> None:
+    """Stop with the key to set when every source of a domain lies outside the allowed roots.
+
+    One such source among others is quarantined (`path_outside_root`) and the rest still run; when none is left the
+    stage would only produce an empty domain, which is the config's mistake, not the corpus's: say so in one line.
+    """
+    from llm_pipeline.security import PathOutsideRoot, allowed_roots, is_inside, real
+
+    sources = cfg.domains[domain].sources
+    paths = [cfg.resolve(s.path) for s in sources if s.path]
+    if not paths or len(paths) < len(sources):
+        return
+    roots = allowed_roots(cfg)
+    if any(is_inside(p, roots) for p in paths):
+        return
+    where = cfg.config_path or "config"
+    first = real(paths[0])
+    folder = first if first.is_dir() or not first.exists() else first.parent
+    raise PathOutsideRoot(f"{where}: domains.{domain}.sources: {first} and every other source of the domain lie outside "
+                          f"the allowed roots ({', '.join(map(str, roots))}); set allowed_roots: [{folder}] to read them")
+
+
 def stage_inputs(cfg: PipelineConfig, name: str, domain: str | None) -> dict[str, Path]:
     stage = STAGES[name]
     inputs: dict[str, Path] = {}
@@ -104,6 +126,8 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         raise ValueError(f"stage {name!r} is not partitioned: it reads every domain; drop the domain")
 
     check_data_dir(cfg)  # before anything is written: a config must not point the outputs outside its roots
+    if name == "raw_corpus":
+        check_sources_reachable(cfg, domain)
     inputs = stage_inputs(cfg, name, domain)
     final = output_dir(cfg.data_path, name, domain)
     fn = stage_function(name)
