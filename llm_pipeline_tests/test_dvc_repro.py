@@ -115,9 +115,17 @@ def test_dvc_repro_runs_the_stages_then_nothing(tmp_path, make_fast_config):
     assert "up to date" in status.stdout.lower(), status.stdout
     lineage = sh([str(BIN / "llm-pipeline"), "lineage", "data/dpo_model"], clone, env).stdout
     assert "deduped_shards[legal]" in lineage and "not materialized" not in lineage, lineage
+    assert "adapter on base model data/base_checkpoint" in lineage, lineage
     load = ("from peft import AutoPeftModelForCausalLM\n"
             "for d in ('data/lora_adapter', 'data/dpo_model'):\n"
             "    m = AutoPeftModelForCausalLM.from_pretrained(d)\n"
             "    print(d, type(m).__name__, m.peft_config['default'].base_model_name_or_path)\n")
     loaded = sh([sys.executable, "-c", load], clone, env).stdout
     assert loaded.count("PeftModelForCausalLM data/base_checkpoint") == 2, loaded
+    # The deduped shards load with `datasets` as they lie, the held-out split as its test split.
+    import datasets
+
+    shards = datasets.load_dataset("parquet", data_dir=str(clone / "data/deduped_shards/legal"), cache_dir=str(tmp_path / "hf"))
+    stats = json.loads((clone / "data/deduped_shards/legal/stats.json").read_text())
+    assert shards["train"].num_rows == stats["train_documents"] and shards["test"].num_rows == stats["eval_documents"]
+    assert set(shards["test"]["split"]) == {"eval"}
