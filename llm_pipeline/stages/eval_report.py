@@ -212,7 +212,7 @@ def _review_items(cfg: PipelineConfig, lm: models.LoadedModel, base: models.Load
 def _canary_check(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path], generated: dict[str, list[str]], notes: data.Notes) -> dict:
     ec = cfg.eval_report
     path = cfg.resolve(ec.canaries_file) if ec.canaries_file else None
-    found = canaries.load_canaries(path, notes, ec.canary_min_part_chars)
+    found = canaries.load_canaries(path, notes, ec.canary_min_part_chars, shown=ec.canaries_file)
     if found is None:
         return {"checked": False, "why": "no canaries file configured" if path is None else f"canaries file {path.name} not found or unreadable"}
     scan = canaries.CanaryScan(found, ec.canary_common_part_max_documents)
