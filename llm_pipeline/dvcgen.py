@@ -85,26 +85,28 @@ def build(cfg: PipelineConfig, config_arg: str) -> dict:
             out = f"{data}/{name}/{domain}" if domain else f"{data}/{name}"
             # Metrics and plots' data are cached like the outputs (not `cache: false`), so `dvc push`/`dvc pull`
             # carry them to another clone and `dvc status` there is clean without committing them to git.
-            entry = {
+            # The plots' data are plain outputs: the top-level `plots` below says how to draw them (as stage `plots`
+            # DVC would draw each file a second time with its default template).
+            stages[stage_key(name, domain)] = {
                 "cmd": cmd,
                 "deps": deps,
                 "params": [{config_arg: params}],
-                "outs": [out],
+                "outs": [out, *(_rel(cfg, p) for p in plot_paths(cfg.data_path, name))],
                 "metrics": [_rel(cfg, metrics_path(cfg.data_path, name, domain))],
             }
-            if plot_paths(cfg.data_path, name):
-                entry["plots"] = [_rel(cfg, p) for p in plot_paths(cfg.data_path, name)]
-            stages[stage_key(name, domain)] = entry
     return {"stages": stages, "plots": _plots(cfg)}
 
 
 def _plots(cfg: PipelineConfig) -> list[dict]:
     """How `dvc plots show` draws the plots' data the stages write (llm_pipeline/metrics.py)."""
-    plots = [{_rel(cfg, plot_paths(cfg.data_path, name)[0]): {"title": f"{name}: training loss", "x": "step", "y": "loss",
-                                                               "template": "linear"}} for name in TRAINING]
+    plots = []
+    for name in TRAINING:
+        train, held_out = (_rel(cfg, p) for p in plot_paths(cfg.data_path, name))
+        plots.append({f"{name} loss": {"title": f"{name}: training and held-out loss", "x": "step",
+                                       "y": {train: "loss", held_out: "eval_loss"}, "template": "linear"}})
     ppl = _rel(cfg, plot_paths(cfg.data_path, "eval_report")[0])
-    plots.append({ppl: {"title": "held-out perplexity per domain and model (lower is better)", "x": "perplexity",
-                        "y": "series", "template": "bar_horizontal"}})
+    plots.append({"perplexity": {"title": "held-out perplexity per domain and model (lower is better)", "x": "perplexity",
+                                 "y": {ppl: "series"}, "template": "bar_horizontal"}})
     return plots
 
 

@@ -94,8 +94,10 @@ def test_dvc_repro_runs_the_stages_then_nothing(tmp_path, make_fast_config):
     assert all(len(v["data"]) <= 6 for v in per_stage.values()), per_stage
     sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], work, env)
     html = (tmp_path / "plots/index.html").read_text()
-    for title in ("lora_adapter: training loss", "dpo_model: training loss", "held-out perplexity per domain"):
+    for title in ("base_checkpoint: training and held-out loss", "lora_adapter: training and held-out loss",
+                  "dpo_model: training and held-out loss", "held-out perplexity per domain"):
         assert title in html, title
+    assert "var spec = {};" not in html  # every plot has data to draw
 
     # Re-running stages on unchanged inputs (as from the UI) writes the same bytes: dvc status stays clean.
     for args in (["eval_report"], ["raw_corpus", "--domain", "legal"], ["deduped_shards", "--domain", "legal"],

@@ -48,7 +48,8 @@ def test_key_metrics_and_plots_data():
                                                      "dropped": {"too_few_words": 2}, "languages": {"en": 6}})
     assert curated == {"documents_in": 9, "documents_kept": 6, "quarantined": 1, "documents_dropped": 2}
     log = [{"step": 1, "loss": 3.0, "lr": 0.1}, {"step": 2, "loss": 2.5}, {"step": 2, "eval_loss": 2.7}, {"train_runtime": 1.0}]
-    assert metrics.loss_curve(log) == [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.7}]
+    assert metrics.loss_curve(log) == [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}]
+    assert metrics.loss_curve(log, "eval_loss") == [{"step": 2, "eval_loss": 2.7}]
     report = {"perplexity": {"base": {"by_domain": {"legal": {"perplexity": 9.0}}},
                              "sft": {"by_domain": {"legal": {"perplexity": 7.0}}}}}
     assert [r["series"] for r in metrics.perplexity_table(report)] == ["legal · base", "legal · sft"]
@@ -59,8 +60,8 @@ def test_dvc_yaml_declares_cached_metrics_and_plots(tmp_path, make_fast_config):
     spec = build(cfg, "fast.yaml")
     lora = spec["stages"]["lora_adapter"]
     assert lora["metrics"] == ["data/metrics/lora_adapter.json"]  # cached: `dvc pull` brings it to a clone
-    assert lora["plots"] == ["data/metrics/plots/lora_adapter-loss.json"]
-    assert spec["stages"]["eval_report"]["plots"] == ["data/metrics/plots/perplexity.json"]
+    assert lora["outs"] == ["data/lora_adapter", "data/metrics/plots/lora_adapter-loss.json", "data/metrics/plots/lora_adapter-eval_loss.json"]
+    assert spec["stages"]["eval_report"]["outs"][1:] == ["data/metrics/plots/perplexity.json"]
     titles = [next(iter(p.values()))["title"] for p in spec["plots"]]
     assert len(titles) == 4 and "held-out perplexity per domain and model (lower is better)" in titles
     yaml.safe_dump(spec)
