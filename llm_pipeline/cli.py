@@ -173,7 +173,9 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
             return 1
         print(f"{target} is up to date")
         return 0
-    target.write_text(text)
+    from llm_pipeline.dvcgen import write
+
+    write(cfg, str(args.config), target)  # also adds the run's timings file to .dvcignore
     print(f"wrote {target}")
     return 0
 

@@ -479,7 +479,9 @@ class EvalReportConfig(Section):
     ])
     # PII canaries: strings planted in the raw data that redaction must remove, as {"canaries": [{"text", "entity"}]}.
     # A missing file skips the check with a note (a corpus without planted canaries has nothing to look for).
-    canaries_file: str | None = "data/sample/canaries.json"
+    # No default: the canaries belong to one corpus (configs/default.yaml names the sample's), and another corpus's
+    # model would be judged against strings that were never planted in its data.
+    canaries_file: str | None = None
     # A vocabulary token containing a canary part at least this long is a leak; shorter parts ("org", "555") are
     # ordinary tokens of any vocabulary.
     canary_min_part_chars: int = Field(default=6, ge=3)

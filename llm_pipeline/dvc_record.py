@@ -2,7 +2,9 @@
 
 `dvc commit -f STAGE` hashes the stage's dependencies and outputs as they are and writes them to dvc.lock, exactly
 as if `dvc repro` had produced them: afterwards `dvc status` is clean and `dvc push` uploads every output. It is only
-done when the config's root is a DVC project whose dvc.yaml was generated for this config.
+done when the config's root is a DVC project. A generated dvc.yaml that describes another config (the default's
+domains, say, when the run used `--config configs/mine.yaml`) is regenerated for this run's config first, since
+`dvc commit` of stages whose dependencies this run never made fails; the message says so, to commit it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.dvcgen import stage_key
+from llm_pipeline.dvcgen import HEADER, config_arg, stage_key, write
 
 
 def _dvc() -> str | None:
@@ -33,6 +35,11 @@ def record(cfg: PipelineConfig, steps: list[tuple[str, str | None]]) -> str:
         cfg.data_path.relative_to(root)
     except ValueError:
         return f"data_dir {cfg.data_path} is outside the DVC project: outputs not recorded in dvc.lock"
+    regenerated = ""
+    if dvc_yaml.read_text(encoding="utf-8").startswith(HEADER):
+        config = config_arg(cfg)
+        if write(cfg, config, dvc_yaml):
+            regenerated = f"dvc.yaml regenerated for {config} (commit it with dvc.lock); "
     declared = set((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
     keys = [stage_key(n, d) for n, d in steps if stage_key(n, d) in declared]
     if not keys:
@@ -42,5 +49,6 @@ def record(cfg: PipelineConfig, steps: list[tuple[str, str | None]]) -> str:
         return "dvc not found: outputs not recorded in dvc.lock"
     proc = subprocess.run([dvc, "commit", "--force", *keys], cwd=root, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        return f"dvc commit failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
-    return f"recorded {len(keys)} outputs in dvc.lock (dvc status is clean; `dvc push` stores them)"
+        return f"{regenerated}dvc commit failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
+    return (f"{regenerated}recorded {len(keys)} outputs in dvc.lock (dvc status is clean; `dvc push` stores them, "
+            f"`git add dvc.lock` records them for a clone)")

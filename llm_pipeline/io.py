@@ -21,6 +21,16 @@ import pyarrow.parquet as pq
 
 MANIFEST = "_manifest.json"
 STATS = "stats.json"
+# Wall-clock figures of a run (seconds, throughput, peak memory) live beside the output, in a file DVC ignores
+# (.dvcignore) and `dvc_hash` skips: they change with the machine and its load, and inside the hashed output they
+# would change the output's hash on every re-run and mark everything downstream modified.
+TIMINGS = ".timings.json"
+NOT_HASHED = frozenset({TIMINGS})
+# JSON files a stage may leave in its output whose wall-clock figures the runner moves into TIMINGS.
+TIMED_FILES = (STATS, "training_summary.json", "training_log.json")
+# Settings that are in seconds but are chosen, not measured: they stay in the hashed output.
+_CHOSEN_SECONDS = frozenset({"budget_seconds", "max_train_seconds"})
+_MEASURED = frozenset({"seconds", "peak_rss_mb", "timings_s", "cpu_threads", "perplexity_cache"})
 
 # The columns every document shard carries; stages may add more after these.
 DOC_COLUMNS = ("id", "domain", "source", "text", "licence", "language")
@@ -270,6 +280,81 @@ def iter_records(folder: Path, columns: list[str] | None = None, batch_size: int
         yield from batch
 
 
+# ---------------------------------------------------------------- wall-clock figures, kept out of the hashes
+def is_measured(key: str) -> bool:
+    """Whether a stats key holds a wall-clock measurement (or a fact of this machine) rather than a result."""
+    if key in _CHOSEN_SECONDS:
+        return False
+    return key in _MEASURED or key.endswith(("_seconds", "_per_second", "_runtime", "_rss_mb"))
+
+
+def split_measured(obj: Any) -> tuple[Any, Any]:
+    """(obj without its measured keys, the measured keys alone), at any depth; lists keep their positions so the
+    two halves merge back entry by entry."""
+    if isinstance(obj, dict):
+        kept, measured = {}, {}
+        for key, value in obj.items():
+            if is_measured(str(key)):
+                measured[key] = value
+                continue
+            k, m = split_measured(value)
+            kept[key] = k
+            if m not in (None, {}, []) and not (isinstance(m, list) and not any(m)):
+                measured[key] = m
+        return kept, measured
+    if isinstance(obj, list):
+        parts = [split_measured(v) for v in obj]
+        return [k for k, _ in parts], [m if m else {} for _, m in parts]
+    return obj, None
+
+
+def merge_measured(kept: Any, measured: Any) -> Any:
+    if isinstance(kept, dict) and isinstance(measured, dict):
+        out = dict(kept)
+        for key, value in measured.items():
+            out[key] = merge_measured(out[key], value) if key in out else value
+        return out
+    if isinstance(kept, list) and isinstance(measured, list) and len(kept) == len(measured):
+        return [merge_measured(k, m) for k, m in zip(kept, measured)]
+    return kept if measured is None else measured
+
+
+def move_measured(folder: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Take the wall-clock figures out of the output's TIMED_FILES into TIMINGS (keyed by file name); returns them."""
+    folder = Path(folder)
+    timings: dict[str, Any] = dict(extra or {})
+    for name in TIMED_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            continue
+        kept, measured = split_measured(data)
+        if measured and (not isinstance(measured, list) or any(measured)):
+            write_json(path, kept)
+            timings[name] = measured
+    if timings:
+        write_json(folder / TIMINGS, timings)
+    return timings
+
+
+def read_timed(folder: Path, name: str = STATS) -> Any:
+    """A JSON file of an output with its wall-clock figures put back (as the stage produced it); None if absent."""
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    timings = Path(folder) / TIMINGS
+    if timings.is_file():
+        try:
+            data = merge_measured(data, read_json(timings).get(name))
+        except (OSError, ValueError, AttributeError):
+            pass
+    return data
+
+
 # ---------------------------------------------------------------- content hashes (the same values DVC computes)
 def file_md5(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
@@ -286,7 +371,7 @@ def dvc_hash(path: Path) -> str:
         return file_md5(path)
     entries = []
     for p in sorted(path.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name not in NOT_HASHED:
             rel = p.relative_to(path).as_posix()
             entries.append({"md5": file_md5(p), "relpath": rel})
     entries.sort(key=lambda e: e["relpath"])

@@ -31,6 +31,10 @@ def _node(data_dir: Path, name: str, domain: str | None) -> dict[str, Any]:
         "seed": m.get("seed"),
         "inputs": m.get("inputs", {}),
     }
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        # Relative to the project root (the runner writes it so): the same in every clone.
+        node["base_model"] = read_json(adapter).get("base_model_name_or_path")
     if STAGES[name].partitioned:
         node["shards"] = [{"file": str(p.relative_to(folder)), "md5": dvc_hash(p)} for p in shard_files(folder)]
     return node
@@ -73,6 +77,8 @@ def render(nodes: list[dict[str, Any]]) -> str:
         lines.append(f"{label}  {n['hash']}")
         lines.append(f"    path {n['path']}")
         lines.append(f"    config {n['config']} (fingerprint {n['config_fingerprint']}), code {n['code_version']}, seed {n['seed']}")
+        if n.get("base_model"):
+            lines.append(f"    adapter on base model {n['base_model']}")
         for dep, h in sorted(n["inputs"].items()):
             lines.append(f"    input {dep}: {h}")
         for s in n.get("shards", []):

@@ -15,8 +15,10 @@ from typing import Any
 from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import (
-    MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, output_lock, publish_lock, read_json, read_lock, write_json,
+    MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, move_measured, output_lock, publish_lock, read_json,
+    read_lock, split_measured, write_json,
 )
+from llm_pipeline.metrics import key_metrics, write_metrics
 from llm_pipeline.security import check_data_dir
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.stages import STAGES, StageOutput, output_dir, stage_function
@@ -52,6 +54,28 @@ def code_version(root: Path | None = None) -> str:
         return f"{__version__}+g{sha.stdout.strip()}{'.dirty' if dirty.stdout.strip() else ''}"
     except (OSError, subprocess.SubprocessError):
         return __version__
+
+
+def check_sources_reachable(cfg: PipelineConfig, domain: str) -> None:
+    """Stop with the key to set when every source of a domain lies outside the allowed roots.
+
+    One such source among others is quarantined (`path_outside_root`) and the rest still run; when none is left the
+    stage would only produce an empty domain, which is the config's mistake, not the corpus's: say so in one line.
+    """
+    from llm_pipeline.security import PathOutsideRoot, allowed_roots, is_inside, real
+
+    sources = cfg.domains[domain].sources
+    paths = [cfg.resolve(s.path) for s in sources if s.path]
+    if not paths or len(paths) < len(sources):
+        return
+    roots = allowed_roots(cfg)
+    if any(is_inside(p, roots) for p in paths):
+        return
+    where = cfg.config_path or "config"
+    first = real(paths[0])
+    folder = first if first.is_dir() or not first.exists() else first.parent
+    raise PathOutsideRoot(f"{where}: domains.{domain}.sources: {first} and every other source of the domain lie outside "
+                          f"the allowed roots ({', '.join(map(str, roots))}); set allowed_roots: [{folder}] to read them")
 
 
 def stage_inputs(cfg: PipelineConfig, name: str, domain: str | None) -> dict[str, Path]:
@@ -128,6 +152,8 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         raise ValueError(f"stage {name!r} is not partitioned: it reads every domain; drop the domain")
 
     check_data_dir(cfg)  # before anything is written: a config must not point the outputs outside its roots
+    if name == "raw_corpus":
+        check_sources_reachable(cfg, domain)
     inputs = stage_inputs(cfg, name, domain)
     final = output_dir(cfg.data_path, name, domain)
     fn = stage_function(name)
@@ -154,6 +180,10 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
             out: StageOutput = fn(cfg, inputs, tmp, domain=domain)
             _check_pinned(pinned, _input_hashes(cfg, name, inputs, domain), name, domain)
             write_json(tmp / STATS, out.stats)
+            # Re-running a stage on the same inputs must give the same bytes (and DVC hash): wall-clock figures go to
+            # a file beside the output that neither DVC nor `dvc_hash` reads; `read_timed` puts them back.
+            move_measured(tmp)
+            portable_adapter_configs(cfg, tmp)
             # The manifest is written last: its presence marks a finished output. It holds nothing time-dependent,
             # so an uninterrupted run and a resumed one produce byte-identical folders.
             write_json(
@@ -169,10 +199,9 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
                 },
             )
     seconds = time.perf_counter() - started
-    # A copy of the stats outside the output folder: DVC tracks it as the stage's metrics file (`dvc metrics show`).
-    metrics = cfg.data_path / "metrics"
-    metrics.mkdir(parents=True, exist_ok=True)
-    write_json(metrics / f"{name}-{domain}.json" if domain else metrics / f"{name}.json", out.stats)
+    # The stage's key results outside the output folder: DVC tracks them as its metrics (`dvc metrics show`), and the
+    # plots' data beside them (`dvc plots show`). Both are byte-stable like the output; timings stay out of them.
+    write_metrics(cfg.data_path, name, domain, key_metrics(name, split_measured(out.stats)[0]), final)
     return StageResult(
         name=name,
         domain=domain,
@@ -183,6 +212,42 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         seconds=seconds,
         metadata=out.metadata,
     )
+
+
+def portable_adapter_configs(cfg: PipelineConfig, folder: Path) -> None:
+    """Make every PEFT adapter in the output loadable in another clone and byte-stable across runs.
+
+    PEFT writes the base model's absolute path into `adapter_config.json` (and the model card) and its target
+    modules in set order, which differs from one process to the next. The base path is rewritten relative to the
+    project root (the folder `dvc.yaml` and the CLI run in), the convention DVC uses for every path, so
+    `AutoPeftModelForCausalLM.from_pretrained("data/dpo_model")` works from any clone's root; a data_dir outside the
+    project keeps its absolute path (it cannot travel with a clone anyway).
+    """
+    from llm_pipeline.io import write_json as _write
+
+    root = Path(cfg.root).resolve()
+    for path in sorted(Path(folder).rglob("adapter_config.json")):
+        conf = read_json(path)
+        changed = False
+        for key in ("target_modules", "modules_to_save", "exclude_modules"):
+            if isinstance(conf.get(key), list):
+                ordered = sorted(conf[key])
+                changed |= ordered != conf[key]
+                conf[key] = ordered
+        base = conf.get("base_model_name_or_path")
+        if isinstance(base, str) and os.path.isabs(base):
+            try:
+                rel = Path(base).resolve().relative_to(root).as_posix()
+            except ValueError:
+                rel = None
+            if rel is not None:
+                conf["base_model_name_or_path"] = rel
+                changed = True
+                card = path.parent / "README.md"
+                if card.is_file():
+                    card.write_text(card.read_text(encoding="utf-8").replace(base, rel), encoding="utf-8")
+        if changed:
+            _write(path, conf)
 
 
 def code_version_for_manifest() -> str:

@@ -1,7 +1,9 @@
-"""A real `dvc repro` of the generated dvc.yaml in a temporary git repository, then a no-op repro, status, push."""
+"""A real `dvc repro` of the generated dvc.yaml in a temporary git repository, then a no-op repro, status, push; the
+documented commit, a real `git clone` elsewhere, `dvc pull` there, and the checks a colleague would make in it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,5 +76,58 @@ def test_dvc_repro_runs_the_stages_then_nothing(tmp_path, make_fast_config):
     from llm_pipeline.io import dvc_hash
 
     lock = yaml.safe_load((work / "dvc.lock").read_text())
-    out = lock["stages"]["raw_corpus-legal"]["outs"][0]
-    assert out["md5"] == dvc_hash(work / out["path"])
+    for stage in ("raw_corpus-legal", "lora_adapter", "eval_report"):
+        out = lock["stages"][stage]["outs"][0]
+        assert out["md5"] == dvc_hash(work / out["path"]), stage
+    # Timings live beside the output, out of its hash; the adapter names its base relative to the project root.
+    assert (work / "data/lora_adapter/.timings.json").is_file()
+    assert "seconds" not in json.loads((work / "data/lora_adapter/stats.json").read_text())
+    for adapter in ("lora_adapter", "dpo_model"):
+        conf = json.loads((work / f"data/{adapter}/adapter_config.json").read_text())
+        assert conf["base_model_name_or_path"] == "data/base_checkpoint", conf["base_model_name_or_path"]
+    assert str(tmp_path) not in (work / "data/eval_report/report.html").read_text()
+
+    # `dvc metrics show`: a few key figures per stage, not the whole stats; `dvc plots show` draws the declared plots.
+    shown = sh([str(BIN / "dvc"), "metrics", "show", "--json"], work, env).stdout
+    per_stage = json.loads(shown)[""]["data"]
+    assert set(per_stage) >= {"data/metrics/lora_adapter.json", "data/metrics/eval_report.json"}
+    assert all(len(v["data"]) <= 6 for v in per_stage.values()), per_stage
+    sh([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], work, env)
+    html = (tmp_path / "plots/index.html").read_text()
+    for title in ("base_checkpoint: training and held-out loss", "lora_adapter: training and held-out loss",
+                  "dpo_model: training and held-out loss", "held-out perplexity per domain"):
+        assert title in html, title
+    assert "var spec = {};" not in html  # every plot has data to draw
+
+    # Re-running stages on unchanged inputs (as from the UI) writes the same bytes: dvc status stays clean.
+    for args in (["eval_report"], ["raw_corpus", "--domain", "legal"], ["deduped_shards", "--domain", "legal"],
+                 ["tokenizer"], ["base_checkpoint"], ["lora_adapter"], ["dpo_model"]):
+        sh([str(BIN / "llm-pipeline"), "stage", *args], work, env)
+    status = sh([str(BIN / "dvc"), "status"], work, env)
+    assert "up to date" in status.stdout.lower(), status.stdout
+
+    # The documented commit, then a colleague's clone: remote set up, pull, status clean, lineage, the models load.
+    sh(["git", "add", "dvc.yaml", "dvc.lock", ".dvcignore", "configs"], work, env)
+    sh(["git", "commit", "-qm", "pipeline outputs"], work, env)
+    clone = tmp_path / "colleague"
+    sh(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
+    sh([str(BIN / "dvc"), "remote", "modify", "--local", "local", "url", str(tmp_path / ".dvc_remote")], clone, env)
+    sh([str(BIN / "dvc"), "pull", "-q"], clone, env)
+    status = sh([str(BIN / "dvc"), "status"], clone, env)
+    assert "up to date" in status.stdout.lower(), status.stdout
+    lineage = sh([str(BIN / "llm-pipeline"), "lineage", "data/dpo_model"], clone, env).stdout
+    assert "deduped_shards[legal]" in lineage and "not materialized" not in lineage, lineage
+    assert "adapter on base model data/base_checkpoint" in lineage, lineage
+    load = ("from peft import AutoPeftModelForCausalLM\n"
+            "for d in ('data/lora_adapter', 'data/dpo_model'):\n"
+            "    m = AutoPeftModelForCausalLM.from_pretrained(d)\n"
+            "    print(d, type(m).__name__, m.peft_config['default'].base_model_name_or_path)\n")
+    loaded = sh([sys.executable, "-c", load], clone, env).stdout
+    assert loaded.count("PeftModelForCausalLM data/base_checkpoint") == 2, loaded
+    # The deduped shards load with `datasets` as they lie, the held-out split as its test split.
+    import datasets
+
+    shards = datasets.load_dataset("parquet", data_dir=str(clone / "data/deduped_shards/legal"), cache_dir=str(tmp_path / "hf"))
+    stats = json.loads((clone / "data/deduped_shards/legal/stats.json").read_text())
+    assert shards["train"].num_rows == stats["train_documents"] and shards["test"].num_rows == stats["eval_documents"]
+    assert set(shards["test"]["split"]) == {"eval"}

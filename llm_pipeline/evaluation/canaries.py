@@ -75,13 +75,14 @@ class Canary:
             slot["examples"].append(example)
 
 
-def load_canaries(path: Path | None, notes: Notes, min_part_chars: int) -> list[Canary] | None:
-    """The canaries of a file; None (with a note) when there is no file or it cannot be read as canaries."""
+def load_canaries(path: Path | None, notes: Notes, min_part_chars: int, shown: str | None = None) -> list[Canary] | None:
+    """The canaries of a file; None (with a note) when there is no file or it cannot be read as canaries. `shown`:
+    the path as the config wrote it, for the note (the report must not carry this machine's folders)."""
     if path is None:
         return None
     path = Path(path)
     if not path.is_file():
-        notes.add(f"canaries file `{path}` not found: the PII canary check is skipped.")
+        notes.add(f"canaries file `{shown or path}` not found: the PII canary check is skipped.")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -25,6 +25,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.evaluation.data import Notes, read_json_file, read_jsonl
 from llm_pipeline.evaluation.models import MODEL_LABELS
 from llm_pipeline.evaluation.tables import Cell, Table, fmt
+from llm_pipeline.io import TIMINGS, merge_measured
 
 SUMMARY = "training_summary.json"
 STATS = "stats.json"
@@ -39,8 +40,12 @@ SHAPE_FIELDS = {
 
 
 def _json(path: Path) -> dict:
+    """A stage's JSON file with its wall-clock figures put back from the run's timings file beside it."""
     data = read_json_file(path)
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    timings = read_json_file(path.parent / TIMINGS) if (path.parent / TIMINGS).is_file() else None
+    return merge_measured(data, timings.get(path.name)) if isinstance(timings, dict) else data
 
 
 def _adapter_files(folder: Path, notes: Notes, shown: str) -> tuple[dict, dict] | None:

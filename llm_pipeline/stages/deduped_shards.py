@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from llm_pipeline import progress
 from llm_pipeline.config import PipelineConfig
@@ -47,7 +48,7 @@ from llm_pipeline.curation.dedup import (
     near_duplicate_clusters,
 )
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
-from llm_pipeline.io import ShardWriter, iter_batches
+from llm_pipeline.io import ShardWriter, iter_batches, shard_files
 from llm_pipeline.splits import split_of
 from llm_pipeline.stages import StageOutput
 
@@ -234,10 +235,18 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         ex = near_rows[0]
         pair = {"row": ex, "id": ids[ex], "reason": reason[ex], "kept_domain": kept_as[ex][0], "kept_id": kept_as[ex][1]}
     row = 0
+    # Both splits share the input's schema (plus `split`), so a column that is all null in one split keeps its type.
+    first = next(iter(shard_files(src)), None)
+    schema = None if first is None else pq.read_schema(first).append(pa.field("split", pa.string()))
+    # One file series per split, named as the Hugging Face `datasets` loader names splits (`train-*`, `eval-*`): then
+    # `load_dataset("parquet", data_dir=<this folder>)` gives train and test splits and skips stats.json,
+    # dropped.jsonl and _manifest.json beside them (it reads every other file as Parquet otherwise).
     with (
-        ShardWriter(output_dir, max_rows=dcfg.shard_rows) as writer,
+        ShardWriter(output_dir, prefix="train", max_rows=dcfg.shard_rows, schema=schema) as train_writer,
+        ShardWriter(output_dir, prefix="eval", max_rows=dcfg.shard_rows, schema=schema) as eval_writer,
         open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
     ):
+        writers = {"train": train_writer, "eval": eval_writer}
         for batch in iter_batches(src, batch_size=READ_BATCH):
             for rec in batch:
                 i, row = row, row + 1
@@ -251,7 +260,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                 rec["split"] = split_of(rec["id"], cfg.eval_fraction)
                 splits[rec["split"]] += 1
                 bytes_kept += len((rec["text"] or "").encode("utf-8"))
-                writer.write(rec)
+                writers[rec["split"]].write(rec)
                 if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
                     pair["kept_text"] = rec["text"]
 

@@ -268,7 +268,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     ref_seconds = time.perf_counter() - started
     for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
         t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
-    settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs, {ref_seconds:.1f} s; no reference forward during training")
+    settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs; no reference forward during training")
 
     fingerprint = {"config": cfg.fingerprint("dpo_model", "lora_adapter"), "seed": cfg.seed, "model": identity,
                    "data": ref_cache.dataset_version(tok_train + tok_held)}
@@ -316,8 +316,13 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "peak_rss_mb": summary["peak_rss_mb"], "trainable_params": counts["trainable_params"], "trainable_share": counts["trainable_share"],
         "precision": settings.value("precision"), "engine": engine,
     }
+    # Whether this run read the reference log-probs from the cache is a fact of the run (shown in the Dagster
+    # metadata), not of the model: the file, hashed with the output, says the same either way.
+    on_disk = settings.as_metadata()
+    if "reference_logps" in on_disk:
+        on_disk["reference_logps"] = {**on_disk["reference_logps"], "value": "computed once (or read from the cache)"}
     write_json(output_dir / "training_summary.json", {  # for the eval report: settings, reasons and what was trained
-        "settings": settings.as_metadata(), "dropped_pairs": dict(dropped), "pairs": len(tok_train), "steps": stats["steps"],
+        "settings": on_disk, "dropped_pairs": dict(dropped), "pairs": len(tok_train), "steps": stats["steps"],
         "seconds": stats["seconds"], "tokens_trained": trained.tokens,
     })
     sample = train[0]

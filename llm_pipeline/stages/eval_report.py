@@ -49,6 +49,14 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _shown_path(cfg: PipelineConfig, path: Path) -> str:
+    """A path relative to the project root when it lies inside (the report must not name this machine's folders)."""
+    try:
+        return Path(path).resolve().relative_to(Path(cfg.root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _lineage(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path]) -> dict:
     hashes = {f"deduped_shards/{d}": dvc_hash(p) for d, p in domains.items()}
     for name in ("tokenizer", "base_checkpoint", "lora_adapter", "dpo_model"):
@@ -60,7 +68,7 @@ def _lineage(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Pa
         hashes["canaries_file"] = file_md5(canaries_file)
     return {
         "inputs": hashes,
-        "config_path": str(config_path) if config_path else None,
+        "config_path": _shown_path(cfg, config_path) if config_path else None,
         "config_md5": file_md5(config_path) if config_path and Path(config_path).is_file() else None,
         "config_fingerprint": cfg.fingerprint(),
         "code_version": code_version(),
@@ -250,7 +258,7 @@ def _review_items(cfg: PipelineConfig, lm: models.LoadedModel, base: models.Load
 def _canary_check(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path], generated: dict[str, list[str]], notes: data.Notes) -> dict:
     ec = cfg.eval_report
     path = cfg.resolve(ec.canaries_file) if ec.canaries_file else None
-    found = canaries.load_canaries(path, notes, ec.canary_min_part_chars)
+    found = canaries.load_canaries(path, notes, ec.canary_min_part_chars, shown=ec.canaries_file)
     if found is None:
         return {"checked": False, "why": "no canaries file configured" if path is None else f"canaries file {path.name} not found or unreadable"}
     scan = canaries.CanaryScan(found, ec.canary_common_part_max_documents)
@@ -431,9 +439,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "compute": spent,
         "lineage": _lineage(cfg, inputs, domains),
         "notes": notes.items,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "perplexity_cache": ppl_cache,
-        "cpu_threads": threads,
     }
     metrics = _clean(metrics)
     # -- 7. promotion: every candidate through its gates, the first that passes ships; the verdict goes into
@@ -445,7 +450,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     metrics["notes"] = notes.items
     write_json(output_dir / "serving_manifest.json", metrics["serving_manifest"])
 
-    stats = _clean(report.headline(metrics))
+    # What this run measured or found on this machine (not results) goes with the stats: the runner keeps them out
+    # of the hashed output (io.TIMINGS), so a re-run on the same inputs writes the same report.
+    stats = _clean({**report.headline(metrics), "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                    "perplexity_cache": ppl_cache, "cpu_threads": threads})
     write_json(output_dir / "metrics.json", metrics)
     md = report.render_markdown(metrics, [p.name for p in plot_paths])
     (output_dir / "report.md").write_text(md, encoding="utf-8")

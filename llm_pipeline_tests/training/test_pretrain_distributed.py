@@ -102,7 +102,9 @@ def test_two_process_launch_completes_and_rank_0_alone_writes_the_output(runs):
     # One finished output and nothing half-written beside it; the other rank's scratch folder is gone.
     assert sorted(p.name for p in data.iterdir() if "base_checkpoint" in p.name) == ["base_checkpoint"]
     assert list(runs["scratch"].glob("llmp-rank*")) == []
-    assert sorted((data / "metrics").iterdir()) == [data / "metrics" / "base_checkpoint.json", data / "metrics" / "tokenizer.json"]
+    assert sorted((data / "metrics").rglob("*.json")) == [data / "metrics" / "base_checkpoint.json", data / "metrics" / "plots" / "base_checkpoint-eval_loss.json",
+                                                          data / "metrics" / "plots" / "base_checkpoint-loss.json",
+                                                          data / "metrics" / "tokenizer.json"]
     assert not (data / ".checkpoints" / "base_checkpoint").exists()  # rank 0 cleared the step-3 checkpoint at the end
     model = AutoModelForCausalLM.from_pretrained(output)
     assert model.config.hidden_size == 32 and model.config.use_cache
