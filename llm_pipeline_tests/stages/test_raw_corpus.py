@@ -64,7 +64,7 @@ def test_raw_corpus_stage(tmp_path):
 
     assert "| documents kept | 3 |" in result.preview
     # The raw preview names sources but never shows raw (not yet redacted) text.
-    assert "corpus/b.html (html" in result.preview and "Clause 4.2: the tenant" not in result.preview
+    assert ".html (html, 148 bytes)" in result.preview and "corpus/b.html" not in result.preview and "Clause 4.2: the tenant" not in result.preview
 
 
 def test_a_domain_with_nothing_readable_stops_with_the_reason(tmp_path):
