@@ -8,8 +8,8 @@ for, case-insensitively and with runs of whitespace collapsed, in:
   `min_part_chars`, or the digits of a number-like canary run together) means the tokenizer learned it from text
   that still held it. Parts that are ordinary English words ("clinic" in an e-mail address: in the WordNet word
   list the spaCy model ships for its lemmatizer) prove nothing and are not used; nor do the parts of an e-mail
-  address's domain (an organisation's public name, "quayside" of Quayside Shipping) found in more than
-  `common_part_max_documents` documents. Every personal part (a name, a mailbox, a number) counts, however many
+  address's domain (an organisation's public name, "quayside" of Quayside Shipping), however often the corpus names
+  it, unless the same run is also a personal part of a canary. Every personal part (a name, a mailbox, a number) counts, however many
   documents hold it: a surname left behind in forty documents is forty leaks, not a "common word". (Without the
   word list, any part in more than `common_part_max_documents` documents is taken as ordinary, as the report says.) The canary's own tokenization is shown too: a distinctive part encoded as a single token is the same finding
   seen from the other side;
@@ -132,6 +132,8 @@ class CanaryScan:
         self.part_docs: dict[str, int] = {p: 0 for c in canaries for p in c.parts}
         # Parts of an e-mail address's domain name an organisation, which the corpus may name in its own right.
         self.public_parts = {r.lower() for c in canaries if "@" in c.text for r in RUN.findall(c.text.split("@", 1)[1])}
+        # ...unless the same run is personal elsewhere (a surname that is also the domain: jane@doe-family.org).
+        self._personal_parts = {r.lower() for c in canaries for r in RUN.findall(c.text.split("@", 1)[0] if "@" in c.text else c.text)}
         self._part_re = {p: re.compile(rf"(?<![^\W_]){re.escape(p)}(?![^\W_])") for p in self.part_docs}
         self.part_alone: dict[str, int] = {}  # documents holding the part but no whole canary that contains it
         self.vocabulary: dict[str, Any] = {"checked": False}
@@ -174,7 +176,9 @@ class CanaryScan:
         """Parts that are ordinary words: in the dictionary, or (without one) in many documents."""
         frequent = {p for p, n in self.part_docs.items() if n > self.common_max}
         if self.words:
-            return {p for p in self.part_docs if p in self.words} | (frequent & self.public_parts)
+            # A domain part names an organisation ("quayside" of Quayside Shipping), which the corpus may name in its
+            # own right, once or often: only the whole address, or its mailbox, is personal.
+            return {p for p in self.part_docs if p in self.words} | (self.public_parts - self._personal_parts)
         return frequent
 
     def _part_leaks(self) -> None:
