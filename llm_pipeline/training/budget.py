@@ -32,6 +32,12 @@ CLOCK_FILE = "budget_clock.json"  # in each checkpoint folder: seconds spent whe
 RECENT_STEPS = 8
 
 
+def now() -> float:
+    """The clock every budget reads (tests replace it with one that advances per call, so that a schedule laid over
+    seconds does not depend on how busy the machine is)."""
+    return time.perf_counter()
+
+
 def cosine_factor(progress: float, warmup: float) -> float:
     """The learning-rate multiplier at `progress` (0..1) of a run: linear warmup over the first `warmup` share, then
     cosine decay to zero at 1 (the shape of transformers' cosine schedule with warmup, in shares instead of steps)."""
@@ -77,10 +83,10 @@ class Clock:
     def start(self) -> None:
         """Start counting (once: a caller that starts it before the trainer's own setup counts that setup too)."""
         if self._started is None:
-            self._started = self._last = time.perf_counter()
+            self._started = self._last = now()
 
     def spent(self) -> float:
-        return self._before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        return self._before + (now() - self._started if self._started is not None else 0.0)
 
     def left(self) -> float:
         return self.budget - self.spent()
@@ -92,10 +98,10 @@ class Clock:
 
     def step_done(self, reserve: float = 0.0) -> None:
         """Mark a step's end: time it, and decide whether another (and then `reserve` seconds) fits."""
-        now = time.perf_counter()
+        t = now()
         if self._last is not None:
-            self.step_times.append(now - self._last)
-        self._last = now
+            self.step_times.append(t - self._last)
+        self._last = t
         spent, stop = rank_zero([self.spent(), 0.0 if self.another_step_fits(reserve) else 1.0])
         self.marked, self.must_stop = spent, stop > 0
 
@@ -164,14 +170,14 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
                 # ones are skipped (the final one, reserved for in the stop decision, stays).
                 if final or (self.evals + 1) * self.eval_seconds <= MAX_EVAL_SHARE * clock.budget:
                     control.should_evaluate = control.should_save = True
-                    self._eval_from = time.perf_counter()
+                    self._eval_from = now()
                 else:
                     self.evals_skipped += 1
             return control
 
         def _evaluated(self) -> None:
             if self._eval_from is not None:
-                self.eval_seconds = max(self.eval_seconds, time.perf_counter() - self._eval_from)
+                self.eval_seconds = max(self.eval_seconds, now() - self._eval_from)
 
         def on_evaluate(self, args, state, control, **kwargs):
             self._evaluated()

@@ -209,13 +209,23 @@ def test_documents_only_needs_the_documents():
         LoraAdapterConfig(examples_per_domain=0, corpus_text=False)
 
 
-def test_a_time_budget_lays_the_schedule_over_its_seconds(pipeline, tmp_path):
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """The budget's clock advanced a fixed 20 ms per reading: the schedule, the stop and the evaluations it plans are
+    then the same on a quiet machine and a loaded one (a real clock made these tests fail under load)."""
+    from llm_pipeline.training import budget
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(budget, "now", lambda: 0.02 * next(ticks))
+
+
+def test_a_time_budget_lays_the_schedule_over_its_seconds(pipeline, tmp_path, steady_clock):
     res, out = _run(pipeline, tmp_path, max_steps=None, max_train_seconds=4.0)
     s = res.stats
     assert s["stopped_by"] == "budget" and s["budget_seconds"] == 4.0
     assert s["steps"] > 3  # as many as the seconds allow, not the default 60 nor a guess
     # Stopped before a step that would end past the budget (a step takes a fraction of a second here).
-    assert s["budget_spent_seconds"] <= 4.0 + 3 * s["step_seconds"] + 0.5
+    assert s["budget_spent_seconds"] <= 4.2  # the stop comes at a step end; the final evaluation fits the reserve
     log = json.loads((out / "training_log.json").read_text())
     rates = [e["learning_rate"] for e in log if "learning_rate" in e]
     peak = res.metadata["settings"]["learning_rate"]["value"]
@@ -237,7 +247,7 @@ def test_a_step_count_without_a_budget_says_so():
     assert LoraAdapterConfig(max_train_seconds=30, max_steps=5).step_cap == 5
 
 
-def test_a_budgeted_run_resumes_with_the_seconds_left(pipeline, tmp_path, monkeypatch):
+def test_a_budgeted_run_resumes_with_the_seconds_left(pipeline, tmp_path, monkeypatch, steady_clock):
     undo = _crash_at_batch(monkeypatch, 7)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(pipeline, tmp_path, max_steps=None, max_train_seconds=6.0, checkpoint_every=3)
@@ -251,4 +261,4 @@ def test_a_budgeted_run_resumes_with_the_seconds_left(pipeline, tmp_path, monkey
     s = res.stats
     assert s["resumed_from_step"] == int(latest.name.split("-")[1]) and s["stopped_by"] == "budget"
     assert s["budget_spent_seconds"] >= spent  # the earlier run's seconds count
-    assert s["train_seconds"] < 6.0 - spent + 3 * s["step_seconds"] + 1.0  # this run had only what was left
+    assert s["budget_spent_seconds"] <= 6.0  # this run had only what was left
