@@ -326,8 +326,8 @@ class RewardModelConfig(Section):
 
     max_steps: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    # None = 1e-3 for an adapter (the head starts random and the adapter at the SFT weights: small steps leave the
-    # head near noise in a short run), 1e-5 for a full fine-tune.
+    # None = 3e-3 for an adapter (the head starts random and the adapter at the SFT weights: 1e-3 left the head near
+    # noise in a short run), 1e-5 for a full fine-tune.
     learning_rate: float | None = Field(default=None, gt=0)
     warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
     # Pulls (r_chosen + r_rejected) toward 0: the loss sees only differences, and rewards centred near 0 mix with

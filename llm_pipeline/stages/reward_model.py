@@ -34,7 +34,9 @@ from llm_pipeline.training.sft_data import write_jsonl
 from llm_pipeline.training.tracking import tracked_run
 
 ASSET = "reward_model"
-ADAPTER_RATE, FULL_RATE = 1e-3, 1e-5
+# The head starts random and the adapter at the SFT weights. On the sample (90 synthetic pairs, 40 steps) 1e-3 left the
+# training loss at 0.693 (0.6943 -> 0.6927); 3e-3 moved it within 80-120 steps; 2e-2 made it worse (0.705 -> 0.710).
+ADAPTER_RATE, FULL_RATE = 3e-3, 1e-5
 ADAPTER_WARMUP = 0.05
 
 
@@ -71,8 +73,8 @@ def _settings(cfg: PipelineConfig, model, method: str, plan, tok_train: list[dic
     adapter = method != "full"
     if rc.learning_rate is None:
         settings.set("learning_rate", ADAPTER_RATE if adapter else FULL_RATE,
-                     "default for an adapter reward model: the head starts random, the adapter at the SFT weights; 1e-3 "
-                     "fits the held-out pairs within a short run" if adapter else "full fine-tune: small steps keep the SFT model intact")
+                     "default for an adapter reward model: the head starts random, the adapter at the SFT weights; 3e-3 "
+                     "moved the loss where 1e-3 barely did in a short run" if adapter else "full fine-tune: small steps keep the SFT model intact")
     if rc.warmup_ratio is None:
         settings.set("warmup_ratio", ADAPTER_WARMUP if adapter else 0.1,
                      "a short warmup: the first steps' gradients come from a random head")

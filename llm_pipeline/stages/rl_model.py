@@ -101,9 +101,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     reward = Reward(rl.rule_rewards, reward_model, tokenizer, rl.reward_model_weight, max_length, rl.length_target_words)
 
     counts = finetune.parameter_counts(policy)
+    # Most of a CPU step is sampling, one token per completion at a time: threads are sized for that pass.
+    per_token_pass = (rl.prompts_per_step or 4) * (rl.generations_per_prompt or 4)
     settings = defaults.choose("dpo", method, plan, counts["total_params"], 0, learning_rate=rl.learning_rate, warmup_ratio=0.0,
                                gradient_checkpointing=False, cpu_threads=rl.cpu_threads,
-                               op_macs=defaults.projection_macs(policy.config, 4 * 4 * max_length))
+                               op_macs=defaults.projection_macs(policy.config, per_token_pass))
     kind = "adapter" if method != "full" else "full"
     if rl.learning_rate is None:
         settings.set("learning_rate", LEARNING_RATES[kind], f"default for {kind} RL: policy-gradient steps are noisy, so "
