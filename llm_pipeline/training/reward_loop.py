@@ -8,8 +8,9 @@ batches whose order is a function of the seed (`dpo_loop.batch_order`), the Trai
 AdamW, gradients clipped at norm 1, a CPU batch backpropagated a few rows at a time, and checkpoints of the trainable
 parameters with optimizer, schedule and RNG state (`checkpoints.py`), so a killed run resumes where it stopped.
 
-Why not TRL's RewardTrainer: it pads each answer as its own sequence (the prompt computed twice) and imports
-`datasets` and TRL (~100 MB and seconds before the first step), which on a small model on a CPU is most of the run.
+Why not TRL's RewardTrainer: it runs each answer as its own padded sequence (the prompt computed twice) and imports
+`datasets` and TRL (for DPO that import cost ~100 MB of RSS and seconds before the first step, see dpo_loop.py).
+The two were not timed against each other here.
 
     result = train(model, train_pairs, held_pairs, collator, settings, plan, checkpoint_dir, fingerprint)
 """
