@@ -14,6 +14,7 @@ The output adapter loads as dpo_model's does: `PeftModel.from_pretrained(base, <
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -126,7 +127,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     identity = {"base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
                 "sft": dvc_hash(lora_dir), "reward_model": dvc_hash(rm_dir)}
     fingerprint = {"config": cfg.fingerprint("rl_model", "reward_model", "dpo_model", "lora_adapter"), "seed": cfg.seed,
-                   "model": identity, "prompts": [p["prompt_ids"] for p in train], "precision": plan.precision}
+                   "model": identity, "prompts": hashlib.sha256(json.dumps([p["prompt_ids"] for p in train]).encode()).hexdigest()[:16],
+                   "precision": plan.precision}
     reference = rl_loop.Reference(policy)
     with tracked_run(cfg, ASSET, {**rl.model_dump(mode="json"), **settings.values()}) as tracker, torch_threads(settings.value("cpu_threads")):
         before = rl_loop.evaluate(policy, tokenizer, held, reward, reference, loop, plan, cfg.seed)
