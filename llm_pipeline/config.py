@@ -429,6 +429,74 @@ class DpoModelConfig(Section):
     max_train_seconds: float | None = Field(default=None, gt=0)
 
 
+class RewardModelConfig(Section):
+    """A reward model trained on the preference pairs dpo_model reads (reward_model): the pairs come from the same
+    settings (dpo_model.data, data_format, pairs_per_domain, rejected, max_length), so DPO and the reward model learn
+    from one set. Settings left at None are chosen per device and shown with their reasons in the asset's metadata."""
+
+    max_steps: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    # None = 3e-3 for an adapter (the head starts random and the adapter at the SFT weights: 1e-3 left the head near
+    # noise in a short run), 1e-5 for a full fine-tune.
+    learning_rate: float | None = Field(default=None, gt=0)
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1)
+    # Pulls (r_chosen + r_rejected) toward 0: the loss sees only differences, and rewards centred near 0 mix with
+    # rule rewards in rl_model without one swamping the other (TRL's center_rewards_coefficient; 0.01 as in its docs).
+    center_coefficient: float = Field(default=0.01, ge=0)
+    eval_every: int | None = Field(default=None, ge=1)  # None = three evaluations per run
+    checkpoint_every: int | None = Field(default=None, ge=1)  # None = at each evaluation
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    cpu_threads: int | None = Field(default=None, ge=1)
+
+
+RULE_REWARDS = ("ends_with_period", "ends_with_punctuation", "length", "distinct_words")
+
+
+class RlModelConfig(Section):
+    """Online RL of the SFT adapter against the reward model (rl_model): RLOO or GRPO, with a KL penalty to the SFT
+    model. Settings left at None are chosen per device; the choices and reasons are in the asset's metadata."""
+
+    # rloo: REINFORCE with each completion's baseline the mean reward of the prompt's other completions, KL in the
+    # reward; grpo: rewards normalised within each prompt's group, KL as a separate per-token loss term.
+    algorithm: Literal["rloo", "grpo"] = "rloo"
+    max_steps: int = Field(default=16, ge=1)
+    prompts_per_step: int | None = Field(default=None, ge=1)  # None = 4 on a CPU, 8 on a GPU
+    # Completions sampled per prompt (at least 2: each one's baseline is the others). None = 4 on a CPU, 8 on a GPU.
+    generations_per_prompt: int | None = Field(default=None, ge=2)
+    max_new_tokens: int = Field(default=24, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    kl_coef: float = Field(default=0.05, ge=0)  # weight of the KL to the SFT model (the reference)
+    learning_rate: float | None = Field(default=None, gt=0)  # None = per adapter method
+    # The reward: reward_model_weight * the reward model's score + sum of weight * rule reward. Rules: ends_with_period
+    # (1 if the answer ends with "."), ends_with_punctuation (. ! or ?), length (1 at length_target_words words,
+    # falling linearly to 0 at none or twice as many), distinct_words (share of distinct words: punishes loops).
+    reward_model_weight: float = Field(default=1.0, ge=0)
+    rule_rewards: dict[str, float] = Field(default_factory=dict)
+    length_target_words: int = Field(default=20, ge=1)
+    # Prompts: a file (.jsonl/.json with a `prompt` field, or .txt with one per line), held out by a hash of the
+    # prompt as preference files are; None = the prompts of the reward model's preference pairs.
+    prompts_file: str | None = None
+    eval_prompts: int = Field(default=16, ge=1)  # held-out prompts scored for SFT and the RL model (reward, KL)
+    max_length: int | None = Field(default=None, ge=8)  # prompt + completion tokens; None = dpo_model.max_length
+    checkpoint_every: int | None = Field(default=None, ge=1)  # None = four checkpoints per run
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    cpu_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("rule_rewards")
+    @classmethod
+    def _known_rules(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(RULE_REWARDS))
+        if unknown:
+            raise ValueError(f"unknown rule reward {', '.join(unknown)}; rules are: {', '.join(RULE_REWARDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> "RlModelConfig":
+        if self.reward_model_weight == 0 and not any(self.rule_rewards.values()):
+            raise ValueError("reward_model_weight 0 and no weighted rule_rewards leave nothing to reward")
+        return self
+
+
 class EvalProbe(Section):
     """One probe of the eval report's few-shot probe set: a prompt and the answer a good model gives."""
 
@@ -574,6 +642,8 @@ class PipelineConfig(Section):
     base_checkpoint: BaseCheckpointConfig = Field(default_factory=BaseCheckpointConfig)
     lora_adapter: LoraAdapterConfig = Field(default_factory=LoraAdapterConfig)
     dpo_model: DpoModelConfig = Field(default_factory=DpoModelConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    rl_model: RlModelConfig = Field(default_factory=RlModelConfig)
     eval_report: EvalReportConfig = Field(default_factory=EvalReportConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

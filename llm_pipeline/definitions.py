@@ -1,4 +1,4 @@
-"""Dagster entry point (workspace.yaml loads this module): the eight assets over the config's domains.
+"""Dagster entry point (workspace.yaml loads this module): one asset per stage over the config's domains.
 
 The config file comes from LLM_PIPELINE_CONFIG (default configs/default.yaml); LLM_PIPELINE_DATA_DIR overrides its
 data_dir. Run `dagster dev` in the repository root to see and materialize the graph.

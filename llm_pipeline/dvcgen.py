@@ -32,6 +32,8 @@ CODE = {
     "base_checkpoint": ["llm_pipeline/stages/base_checkpoint.py", "llm_pipeline/training"],
     "lora_adapter": ["llm_pipeline/stages/lora_adapter.py", "llm_pipeline/training"],
     "dpo_model": ["llm_pipeline/stages/dpo_model.py", "llm_pipeline/training"],
+    "reward_model": ["llm_pipeline/stages/reward_model.py", "llm_pipeline/stages/dpo_model.py", "llm_pipeline/training"],
+    "rl_model": ["llm_pipeline/stages/rl_model.py", "llm_pipeline/training"],
     "eval_report": ["llm_pipeline/stages/eval_report.py", "llm_pipeline/evaluation"],
 }
 # Config sections each stage reads (besides its own section).
@@ -43,6 +45,8 @@ PARAMS = {
     "base_checkpoint": ["base_checkpoint", "seed"],
     "lora_adapter": ["lora_adapter", "seed", "tracking"],
     "dpo_model": ["dpo_model", "seed", "tracking"],
+    "reward_model": ["reward_model", "dpo_model", "seed", "tracking"],
+    "rl_model": ["rl_model", "reward_model", "dpo_model", "seed", "tracking"],
     "eval_report": ["eval_report"],
 }
 COMMON_CODE = ["llm_pipeline/runner.py", "llm_pipeline/io.py", "llm_pipeline/metrics.py"]

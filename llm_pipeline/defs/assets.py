@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 GROUPS = {
     "raw_corpus": "curation", "cleaned_corpus": "curation", "deduped_shards": "curation",
     "tokenizer": "training", "base_checkpoint": "training", "lora_adapter": "training", "dpo_model": "training",
-    "eval_report": "evaluation",
+    "reward_model": "training", "rl_model": "training", "eval_report": "evaluation",
 }
 LIBRARY = {"curation": "curation", "training": "training", "evaluation": "evaluation"}
 

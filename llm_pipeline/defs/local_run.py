@@ -54,7 +54,7 @@ def plan(cfg: PipelineConfig, select: list[str] | None = None, partition: str | 
 
 def _headline(stats: dict) -> str:
     keys = [("documents_kept", "kept"), ("documents_in", "in"), ("vocab_size", "vocab"), ("parameters", "params"),
-            ("eval_loss", "eval loss"), ("train_loss", "loss")]
+            ("eval_loss", "eval loss"), ("train_loss", "loss"), ("eval_reward_gain", "held-out reward gain"), ("eval_kl_to_sft", "KL to SFT")]
     parts = []
     for k, label in keys:
         v = stats.get(k)

@@ -1,4 +1,4 @@
-"""The eight stages, in dependency order, and the contract each stage module keeps.
+"""The stages, in dependency order, and the contract each stage module keeps.
 
 A stage module (``llm_pipeline.stages.<name>``) has one function::
 
@@ -35,6 +35,8 @@ STAGES: dict[str, Stage] = {
         Stage("base_checkpoint", ("tokenizer", "deduped_shards"), False, "The base model: pretrained, or trained from scratch."),
         Stage("lora_adapter", ("base_checkpoint", "tokenizer", "deduped_shards"), False, "A LoRA SFT adapter on the base model."),
         Stage("dpo_model", ("lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "The SFT model aligned with DPO."),
+        Stage("reward_model", ("lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "A reward model (the SFT model with a scalar head) trained on the preference pairs."),
+        Stage("rl_model", ("reward_model", "lora_adapter", "base_checkpoint", "deduped_shards"), False, "The SFT model trained online (RLOO/GRPO) against the reward model, with a KL penalty to SFT."),
         Stage("eval_report", ("dpo_model", "lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "Held-out comparison of base, SFT and DPO models."),
     ]
 }
