@@ -157,22 +157,29 @@ def _upstream_kept(folder: Path) -> int | None:
         return None
 
 
-def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    dcfg = cfg.deduped_shards
-    src = inputs["cleaned_corpus"]
-    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
-    embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
-    need_sigs = dcfg.near
+class Hashed:
+    """Pass 1's per-document columns, in stream order: all the decisions need (the text is read again in pass 2)."""
 
-    # Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream.
+    def __init__(self, ids, sources, lengths, hashes: np.ndarray, sigs: np.ndarray, bytes_in: int):
+        self.ids, self.sources, self.lengths = ids, sources, lengths
+        self.hashes, self.sigs, self.bytes_in = hashes, sigs, bytes_in
+
+    @classmethod
+    def concat(cls, parts: list["Hashed"]) -> "Hashed":
+        return cls([i for p in parts for i in p.ids], [s for p in parts for s in p.sources],
+                   [n for p in parts for n in p.lengths], np.concatenate([p.hashes for p in parts]),
+                   np.concatenate([p.sigs for p in parts]), sum(p.bytes_in for p in parts))
+
+
+def hash_pass(batches, hasher: MinHasher, need_sigs: bool, num_perm: int, meter=None) -> Hashed:
+    """Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream."""
     ids: list[str] = []
     sources: list[str | None] = []
     lengths: list[int] = []
     hash_list: list[int] = []
     sig_blocks: list[np.ndarray] = []
     bytes_in = 0
-    meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
-    for batch in iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH):
+    for batch in batches:
         texts = [r["text"] or "" for r in batch]
         ids.extend(r["id"] for r in batch)
         sources.extend(r.get("source") for r in batch)
@@ -181,11 +188,50 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if need_sigs:
             sig_blocks.append(hasher.signatures(texts))
-        meter.update(len(ids))
-    meter.close()
+        if meter is not None:
+            meter.update(len(ids))
     n = len(ids)
     hashes = np.array(hash_list, dtype=np.uint64)
-    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, dcfg.num_perm if need_sigs else 0), dtype=np.uint32)
+    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, num_perm if need_sigs else 0), dtype=np.uint32)
+    return Hashed(ids, sources, lengths, hashes, sigs, bytes_in)
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    dcfg = cfg.deduped_shards
+    src = inputs["cleaned_corpus"]
+    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
+    embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
+    if cfg.compute.engine != "local":  # the same passes, as tasks over the cleaned shards on the engine
+        from llm_pipeline.compute import dedup as distributed
+
+        return distributed.run(cfg, inputs, output_dir, domain, embedder)
+
+    meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
+    hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher, dcfg.near,
+                       dcfg.num_perm, meter)
+    meter.close()
+    decided = decide(cfg, domain, hashed, src, embedder)
+    row = 0
+    with (
+        ShardWriter(output_dir, max_rows=dcfg.shard_rows) as writer,
+        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
+    ):
+        written = write_pass(cfg, domain, iter_batches(src, batch_size=READ_BATCH), 0, decided, writer, dropped_f)
+    return stage_output(domain, hashed, decided, [written])
+
+
+class Decided:
+    """The decisions: drop reason and kept copy per dropped row, the preview's example pair, the indexes used."""
+
+    def __init__(self, reason: dict[int, str], kept_as: dict[int, tuple[str, str]], pair: dict, used: list[str], missing: list[str]):
+        self.reason, self.kept_as, self.pair, self.used, self.missing = reason, kept_as, pair, used, missing
+
+
+def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder) -> Decided:
+    dcfg = cfg.deduped_shards
+    ids, sources, lengths, hashes, sigs = hashed.ids, hashed.sources, hashed.lengths, hashed.hashes, hashed.sigs
+    n = len(ids)
+    need_sigs = dcfg.near
     bands, rows_per_band = dcfg.banding
     keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
 
@@ -223,55 +269,69 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             reason[i], kept_as[i] = why, (other, other_id)
         write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], sigs[survivors], keys[survivors])
 
-    # Pass 2: write the kept documents with their split, and every drop with its kept copy.
-    splits: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    bytes_kept = 0
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
     near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]
     pair: dict = {}
     if near_rows:
         ex = near_rows[0]
         pair = {"row": ex, "id": ids[ex], "reason": reason[ex], "kept_domain": kept_as[ex][0], "kept_id": kept_as[ex][1]}
-    row = 0
-    with (
-        ShardWriter(output_dir, max_rows=dcfg.shard_rows) as writer,
-        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
-    ):
-        for batch in iter_batches(src, batch_size=READ_BATCH):
-            for rec in batch:
-                i, row = row, row + 1
-                if i in reason:
-                    kd, kid = kept_as[i]
-                    dropped[reason[i]] += 1
-                    dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
-                    if pair and i == pair["row"]:
-                        pair["text"] = rec["text"]
-                    continue
-                rec["split"] = split_of(rec["id"], cfg.eval_fraction)
-                splits[rec["split"]] += 1
-                bytes_kept += len((rec["text"] or "").encode("utf-8"))
-                writer.write(rec)
-                if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
-                    pair["kept_text"] = rec["text"]
+    return Decided(reason, kept_as, pair, index_used, index_missing)
 
+
+def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Decided, writer: ShardWriter, dropped_f) -> dict:
+    """Pass 2 over rows from `row` on: the kept documents with their split, every drop with its kept copy."""
+    reason, kept_as, pair = decided.reason, decided.kept_as, decided.pair
+    splits: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    bytes_kept = 0
+    texts: dict[str, str] = {}
+    for batch in batches:
+        for rec in batch:
+            i, row = row, row + 1
+            if i in reason:
+                kd, kid = kept_as[i]
+                dropped[reason[i]] += 1
+                dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
+                if pair and i == pair["row"]:
+                    texts["text"] = rec["text"]
+                continue
+            rec["split"] = split_of(rec["id"], cfg.eval_fraction)
+            splits[rec["split"]] += 1
+            bytes_kept += len((rec["text"] or "").encode("utf-8"))
+            writer.write(rec)
+            if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
+                texts["kept_text"] = rec["text"]
+    return {"splits": splits, "dropped": dropped, "bytes_kept": bytes_kept, "texts": texts}
+
+
+def stage_output(domain: str, hashed: Hashed, decided: Decided, parts: list[dict]) -> StageOutput:
+    """Stats and preview from the decisions and the write passes (one, or one per task, in row order)."""
+    n = len(hashed.ids)
+    splits: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    pair = dict(decided.pair)
+    for part in parts:
+        splits.update(part["splits"])
+        dropped.update(part["dropped"])
+        for k, v in part["texts"].items():
+            pair.setdefault(k, v)
     kept = n - sum(dropped.values())
     stats = {
         "documents_in": n,
         "documents_kept": kept,
         "dropped": dict(sorted(dropped.items())),
         "quarantined": 0,
-        "bytes_in": bytes_in,
-        "bytes_kept": bytes_kept,
-        "clusters": len(set(kept_as.values())),
+        "bytes_in": hashed.bytes_in,
+        "bytes_kept": sum(part["bytes_kept"] for part in parts),
+        "clusters": len(set(decided.kept_as.values())),
         "train_documents": splits.get("train", 0),
         "eval_documents": splits.get("eval", 0),
-        "index_domains_used": len(index_used),
-        "index_domains_missing": len(index_missing),
+        "index_domains_used": len(decided.used),
+        "index_domains_missing": len(decided.missing),
     }
     assert stats["documents_in"] == kept + sum(dropped.values()) and kept == sum(splits.values()), stats
-    metadata = {"index_domains_used": index_used, "index_domains_missing": index_missing}
-    return StageOutput(stats=stats, preview=_preview(domain, stats, pair, index_missing), metadata=metadata)
+    metadata = {"index_domains_used": decided.used, "index_domains_missing": decided.missing}
+    return StageOutput(stats=stats, preview=_preview(domain, stats, pair, decided.missing), metadata=metadata)
 
 
 def _preview(domain: str | None, stats: dict, pair: dict, missing: list[str]) -> str:
