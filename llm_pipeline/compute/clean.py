@@ -33,7 +33,7 @@ def task_cache_dir(cfg: PipelineConfig, domain: str) -> Path:
 
 def _models(state: dict, cfg: PipelineConfig, domain: str):
     """(c4, filters, redactor, fingerprint) for this config and domain, built once per worker."""
-    key = hashlib.sha256((cfg.model_dump_json() + domain).encode()).hexdigest()
+    key = "clean:" + hashlib.sha256((cfg.model_dump_json() + domain).encode()).hexdigest()
     if key not in state:
         for old in [k for k in state if k.startswith("clean:")]:  # a new config: free the old models first
             redactor = state.pop(old)[2]
@@ -42,9 +42,10 @@ def _models(state: dict, cfg: PipelineConfig, domain: str):
         ccfg = cfg.cleaned_corpus.model_copy(update={"pii_processes": 1})  # the engine's workers are the parallelism
         c4 = C4Lines(ccfg.c4_terminal_punct, ccfg.c4_curly_braces) if ccfg.c4_rules else None
         redactor = PiiRedactor(ccfg) if ccfg.pii else None
-        state["clean:" + key] = (c4, build_filters(ccfg, cfg.domains[domain].languages), redactor,
+        state["model_loads"] = state.get("model_loads", 0) + 1
+        state[key] = (c4, build_filters(ccfg, cfg.domains[domain].languages), redactor,
                                  stage.result_fingerprint(cfg, domain, redactor))
-    return state["clean:" + key]
+    return state[key]
 
 
 def clean_task(state: dict, task: Task, cfg: PipelineConfig, domain: str, inputs: dict, out_dir: str) -> tuple:
@@ -87,6 +88,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     try:
         with executor or executor_for(cfg) as ex:
             parts = ex.map(clean_task, tasks, cfg, domain, inputs, str(output_dir), label=f"cleaned_corpus[{domain}] tasks")
+            placement = ex.placement.metadata()
         n, samples, meta = _merge(parts)
         with open(output_dir / "dropped.jsonl", "wb") as dropped, open(output_dir / "quarantine.jsonl", "wb") as quarantine:
             for task in tasks:
@@ -107,5 +109,5 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             redactor.close()
     stats = stage.stats_of(n, over)
     assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
-    meta["tasks"] = len(tasks)
+    meta.update(tasks=len(tasks), **placement)
     return StageOutput(stats=stats, preview=stage._preview(domain, stats, samples), metadata=meta)

@@ -63,11 +63,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # Each task carries its own rows' decisions, not the whole domain's.
         items = [(task, starts[k], _rows_of(decided, starts[k], starts[k + 1])) for k, task in enumerate(tasks)]
         written = ex.map(write_task, items, cfg, domain, str(output_dir), label=f"deduped_shards[{domain}] writing tasks")
+        placement = ex.placement.metadata()
     with open(output_dir / "dropped.jsonl", "wb") as dropped:
         for task in tasks:
             with open(output_dir / TASK_DIR / f"{task.name}.dropped.jsonl", "rb") as part:
                 shutil.copyfileobj(part, dropped)
     shutil.rmtree(output_dir / TASK_DIR, ignore_errors=True)
     out = stage.stage_output(domain, hashed, decided, written)
-    out.metadata["tasks"] = len(tasks)
+    out.metadata.update(tasks=len(tasks), **placement)
     return out

@@ -15,6 +15,7 @@ the data folder at the same path (shared storage, docs/operations.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,17 +27,38 @@ class EngineError(RuntimeError):
     """The configured engine cannot run (Ray missing, no cluster at the address): the config or the cluster must change."""
 
 
+class Placement:
+    """Where tasks ran: per worker process, its node and how many times it built its models (once is the goal)."""
+
+    def __init__(self) -> None:
+        self.workers: dict[int, tuple[str, int]] = {}
+
+    def record(self, pid: int, node: str, model_loads: int) -> None:
+        self.workers[pid] = (node, max(model_loads, self.workers.get(pid, ("", 0))[1]))
+
+    def metadata(self) -> dict[str, int]:
+        return {"nodes": len({node for node, _ in self.workers.values()}), "worker_processes": len(self.workers),
+                "model_loads": sum(loads for _, loads in self.workers.values())}
+
+
+def _call(state: dict, fn: Callable, task: Any, args: tuple) -> tuple[Any, int, str, int]:
+    return fn(state, task, *args), os.getpid(), state.get("node", "local"), state.get("model_loads", 0)
+
+
 class LocalExecutor:
     """Tasks one after another in this process: the same task code as Ray, for tests and single machines."""
 
     def __init__(self) -> None:
         self.state: dict[str, Any] = {}
+        self.placement = Placement()
 
     def map(self, fn: Callable, tasks: Sequence, *args: Any, label: str = "tasks") -> list:
         meter = progress.meter(label, total=len(tasks), unit="task")
         out = []
         for k, task in enumerate(tasks):
-            out.append(fn(self.state, task, *args))
+            result, *where = _call(self.state, fn, task, args)
+            self.placement.record(*where)
+            out.append(result)
             meter.update(k + 1)
         meter.close()
         return out
@@ -46,10 +68,6 @@ class LocalExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         self.state.clear()
-
-
-def _call(actor_state: dict, fn: Callable, task: Any, args: tuple) -> Any:
-    return fn(actor_state, task, *args)
 
 
 class RayExecutor:
@@ -62,6 +80,7 @@ class RayExecutor:
             raise EngineError("compute.engine is 'ray' but Ray is not installed: pip install 'llm-pipeline[ray]'") from None
         self.ray = ray
         self.started = False
+        self.placement = Placement()
         if not ray.is_initialized():
             try:
                 ray.init(address=ccfg.address, include_dashboard=False, log_to_driver=False,
@@ -74,9 +93,9 @@ class RayExecutor:
         @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
         class Worker:
             def __init__(self) -> None:
-                self.state: dict[str, Any] = {}
+                self.state: dict[str, Any] = {"node": ray.get_runtime_context().get_node_id()}
 
-            def call(self, fn: Callable, task: Any, args: tuple) -> Any:
+            def call(self, fn: Callable, task: Any, args: tuple) -> tuple:
                 return _call(self.state, fn, task, args)
 
         self.actors = [Worker.remote() for _ in range(ccfg.workers)]
@@ -97,7 +116,8 @@ class RayExecutor:
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 k, actor = running.pop(ref)
-                results[k] = ray.get(ref)  # a task's exception is raised here, with its traceback from the worker
+                results[k], *where = ray.get(ref)  # a task's exception is raised here, with the worker's traceback
+                self.placement.record(*where)
                 free.append(actor)
                 done += 1
                 meter.update(done)

@@ -108,6 +108,7 @@ def run(cfg: PipelineConfig, domain: str, output_dir: Path, executor=None) -> St
     tasks = [t for t in items if isinstance(t, RawTask)]
     with executor or executor_for(cfg) as ex:
         results = ex.map(raw_task, tasks, cfg, domain, str(output_dir), label=f"raw_corpus[{domain}] tasks")
+        placement = ex.placement.metadata()
     kept = bytes_kept = bytes_quarantined = 0
     formats: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -151,4 +152,4 @@ def run(cfg: PipelineConfig, domain: str, output_dir: Path, executor=None) -> St
         "formats": dict(sorted(formats.items())),
         "shards": len(shards),
     }
-    return StageOutput(stats=stats, preview=raw_corpus.preview(domain, stats, samples), metadata={"tasks": len(tasks)})
+    return StageOutput(stats=stats, preview=raw_corpus.preview(domain, stats, samples), metadata={"tasks": len(tasks), **placement})
