@@ -227,13 +227,19 @@ class Decided:
         self.reason, self.kept_as, self.pair, self.used, self.missing = reason, kept_as, pair, used, missing
 
 
-def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder) -> Decided:
+def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None, columns=None) -> Decided:
+    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference) and
+    `columns(rows)` (those rows' signatures and band keys) replace the in-memory ones when the signatures live
+    elsewhere (compute.dedup: in the files of the tasks that computed them)."""
     dcfg = cfg.deduped_shards
     ids, sources, lengths, hashes, sigs = hashed.ids, hashed.sources, hashed.lengths, hashed.hashes, hashed.sigs
     n = len(ids)
     need_sigs = dcfg.near
     bands, rows_per_band = dcfg.banding
-    keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+    if near is None:
+        keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+        near = lambda rows: near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)  # noqa: E731
+        columns = lambda rows: (sigs[rows], keys[rows])  # noqa: E731
 
     by_pref = preference_order(dcfg.keep, ids, sources, lengths)
     reason: dict[int, str] = {}
@@ -247,7 +253,7 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
                 reason[i], kept_as[i] = "exact_duplicate", (domain, ids[rep])
     if dcfg.near:
         rows = [i for i in by_pref if i not in reason]
-        clusters = near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)
+        clusters = near(rows)
         for local, i in enumerate(rows):
             root = clusters.find(local)
             if root != local:
@@ -264,10 +270,11 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
     index_used: list[str] = []
     index_missing: list[str] = []
     if dcfg.scope == "global":
-        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes, sigs, keys, survivors)
-        for i, (why, other, other_id) in cross.items():
-            reason[i], kept_as[i] = why, (other, other_id)
-        write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], sigs[survivors], keys[survivors])
+        s_sigs, s_keys = columns(survivors)
+        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes[survivors], s_sigs, s_keys, list(range(len(survivors))))
+        for k, (why, other, other_id) in cross.items():
+            reason[survivors[k]], kept_as[survivors[k]] = why, (other, other_id)
+        write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], s_sigs, s_keys)
 
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
     near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]
