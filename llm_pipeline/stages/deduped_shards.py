@@ -122,12 +122,15 @@ def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dic
         used.append(other)
         todo = [r for r in rows if r not in drops]
         if dcfg.exact:
-            first_id: dict[int, str] = {}
-            for h, i in sorted(zip(index["hashes"].tolist(), index["ids"].tolist()), reverse=True):
-                first_id[h] = i  # reverse sort: the smallest id per hash is written last and wins
-            for r in todo:
-                if int(hashes[r]) in first_id:
-                    drops[r] = ("exact_duplicate_cross_domain", other, first_id[int(hashes[r])])
+            # A sorted lookup on the index's arrays, not a dict of every entry: the smallest id per hash comes first.
+            by_hash = np.lexsort((index["ids"], index["hashes"]))
+            sorted_hashes = index["hashes"][by_hash]
+            query = hashes[np.asarray(todo, dtype=np.int64)]
+            pos = np.searchsorted(sorted_hashes, query)
+            hit = pos < len(sorted_hashes)
+            hit[hit] = sorted_hashes[pos[hit]] == query[hit]
+            for r, p in zip(np.asarray(todo, dtype=np.int64)[hit].tolist(), pos[hit].tolist()):
+                drops[r] = ("exact_duplicate_cross_domain", other, str(index["ids"][by_hash[p]]))
             todo = [r for r in todo if r not in drops]
         if dcfg.near and todo:
             matches = match_against(sigs[todo], keys[todo], index["sigs"], index["keys"], dcfg.threshold)
