@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llm_pipeline import progress
-from llm_pipeline.config import ComputeConfig, PipelineConfig
+from llm_pipeline.config import ComputeConfig, ConfigError, PipelineConfig
 
 
-class EngineError(RuntimeError):
-    """The configured engine cannot run (Ray missing, no cluster at the address): the config or the cluster must change."""
+class EngineError(ConfigError):
+    """The configured engine cannot run (Ray missing, no cluster at the address): the config or the cluster must
+    change, so it stops the run at once in one line, like any config error, instead of being retried."""
 
 
 class Placement:
