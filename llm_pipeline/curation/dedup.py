@@ -250,25 +250,31 @@ def near_duplicate_clusters(sigs: np.ndarray, keys: np.ndarray, threshold: float
     return uf
 
 
+def candidates_against(keys: np.ndarray, other_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, other row) pairs, sorted, of rows of `keys` sharing a band key with rows of `other_keys` (every
+    member of every shared bucket)."""
+    m = len(other_keys)
+    found = [np.zeros(0, dtype=np.int64)]
+    for band in range(keys.shape[1]):
+        other = np.asarray(other_keys[:, band])
+        order = np.argsort(other, kind="stable")
+        sorted_keys = other[order]
+        lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
+        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
+        query = np.repeat(np.arange(len(keys)), count)
+        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
+        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
+        found.append(query * m + order[pos])
+    flat = np.unique(np.concatenate(found))
+    return flat // max(m, 1), flat % max(m, 1)
+
+
 def match_against(sigs: np.ndarray, keys: np.ndarray, other_sigs: np.ndarray, other_keys: np.ndarray, threshold: float) -> dict[int, list[int]]:
     """For each row of `sigs`, the rows of another (indexed) set it near-duplicates (every member of every bucket
     it shares with that set is verified)."""
     if len(sigs) == 0 or len(other_sigs) == 0:
         return {}
-    m = len(other_sigs)
-    found = [np.zeros(0, dtype=np.int64)]
-    for band in range(keys.shape[1]):
-        other = other_keys[:, band]
-        order = np.argsort(other, kind="stable")
-        sorted_keys = other[order]
-        lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
-        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
-        query = np.repeat(np.arange(len(sigs)), count)
-        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
-        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
-        found.append(query * m + order[pos])
-    flat = np.unique(np.concatenate(found))
-    qi, oj = flat // m, flat % m
+    qi, oj = candidates_against(keys, other_keys)
     ok = similar(sigs, qi, other_sigs, oj, threshold)
     matches: dict[int, list[int]] = {}
     for i, j in zip(qi[ok].tolist(), oj[ok].tolist()):

@@ -12,7 +12,8 @@ so the kept set does not depend on input order and a partial copy never displace
    embeddings reach ``semantic_threshold`` cosine are clustered the same way (``semantic_duplicate``,
    curation.semantic_dedup);
 3. with ``scope: global``, the domain's survivors are checked against the persisted index of the *other* domains
-   (``<data_dir>/.dedup_index/<domain>.npz``). The cross-domain rule is: a document is dropped only when its
+   (``<data_dir>/.dedup_index/<domain>.idx/``, curation.dedup_index: ~92 bytes per document, memory-mapped, the
+   candidates verified on their texts). The cross-domain rule is: a document is dropped only when its
    duplicate lives in a domain that comes *earlier* in the config's domain order, so the first domain always keeps
    its copy and the result does not depend on which partition ran first -- provided the earlier domains are
    indexed (the stats list any that are not). A domain's index entries are its within-domain survivors, written
@@ -27,9 +28,7 @@ near copy of a held-out document cannot be trained on), and every drop to ``drop
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -43,9 +42,11 @@ from llm_pipeline.curation.dedup import (
     MinHasher,
     band_keys,
     exact_hash,
-    match_against,
+    candidates_against,
     near_duplicate_clusters,
+    similar,
 )
+from llm_pipeline.curation import dedup_index
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches
 from llm_pipeline.splits import split_of
@@ -56,7 +57,7 @@ READ_BATCH = 1024
 
 
 def index_path(cfg: PipelineConfig, domain: str) -> Path:
-    return cfg.data_path / INDEX_DIR / f"{domain}.npz"
+    return cfg.data_path / INDEX_DIR / f"{domain}.idx"
 
 
 def _params(cfg: PipelineConfig) -> np.ndarray:
@@ -84,58 +85,65 @@ def preference_order(keep: str, ids: list[str], sources: list[str | None], lengt
     return sorted(range(len(ids)), key=key)
 
 
-def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.ndarray, sigs: np.ndarray, keys: np.ndarray) -> None:
-    """Replace a domain's index entries atomically (temp file, then rename)."""
-    path = index_path(cfg, domain)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), hashes=hashes, sigs=sigs, keys=keys, params=_params(cfg))
-    os.replace(tmp, path)
+def _cleaned(cfg: PipelineConfig, domain: str) -> Path:
+    return cfg.data_path / "cleaned_corpus" / domain
+
+
+def write_index(cfg: PipelineConfig, domain: str, rows: list[int], hashes: np.ndarray, keys: np.ndarray) -> None:
+    """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus."""
+    dedup_index.write(index_path(cfg, domain), np.asarray(rows, dtype=np.int64), hashes, keys, _params(cfg).tolist(),
+                      _cleaned(cfg, domain))
 
 
 def read_index(cfg: PipelineConfig, domain: str) -> dict[str, np.ndarray] | None:
-    """A domain's index, or None when it is missing or was built with other MinHash parameters (or an older
-    signature scheme): its domain then counts as not indexed until it re-runs."""
-    path = index_path(cfg, domain)
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as data:
-        index = {k: data[k] for k in data.files}
-    if index["params"].shape != _params(cfg).shape or not np.array_equal(index["params"], _params(cfg)):
-        return None
-    return index
+    """A domain's index, or None when it is missing, was built with other MinHash parameters (or an older signature
+    scheme), or its cleaned_corpus changed since: its domain then counts as not indexed until it re-runs."""
+    return dedup_index.read(index_path(cfg, domain), _params(cfg).tolist(), _cleaned(cfg, domain))
 
 
 def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dict[int, tuple[str, str, str]], list[str], list[str]]:
-    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing."""
+    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing.
+    Only the candidates' ids and texts are read from the earlier domain's cleaned_corpus."""
     dcfg = cfg.deduped_shards
     order = cfg.domain_names
     earlier = order[: order.index(domain)]
     drops: dict[int, tuple[str, str, str]] = {}
     used, missing = [], []
+    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed) if dcfg.near else None
     for other in earlier:  # earliest first: a document's representative is its copy in the earliest domain
         index = read_index(cfg, other)
         if index is None:
             missing.append(other)
             continue
         used.append(other)
+        source = _cleaned(cfg, other)
         todo = [r for r in rows if r not in drops]
-        if dcfg.exact:
-            # A sorted lookup on the index's arrays, not a dict of every entry: the smallest id per hash comes first.
-            by_hash = np.lexsort((index["ids"], index["hashes"]))
-            sorted_hashes = index["hashes"][by_hash]
+        if dcfg.exact and todo:
+            by_hash = np.argsort(index["hashes"], kind="stable")
+            sorted_hashes = np.asarray(index["hashes"])[by_hash]
             query = hashes[np.asarray(todo, dtype=np.int64)]
-            pos = np.searchsorted(sorted_hashes, query)
-            hit = pos < len(sorted_hashes)
-            hit[hit] = sorted_hashes[pos[hit]] == query[hit]
-            for r, p in zip(np.asarray(todo, dtype=np.int64)[hit].tolist(), pos[hit].tolist()):
-                drops[r] = ("exact_duplicate_cross_domain", other, str(index["ids"][by_hash[p]]))
+            lo = np.searchsorted(sorted_hashes, query, side="left")
+            hi = np.searchsorted(sorted_hashes, query, side="right")
+            hit = np.flatnonzero(hi > lo)
+            entries = {k: np.asarray(index["rows"])[by_hash[lo[k]:hi[k]]] for k in hit.tolist()}
+            ids = dedup_index.read_rows(source, np.concatenate([*entries.values(), np.zeros(0, np.int64)]), ["id"])
+            for k, at in entries.items():  # the smallest id among the entries with this hash
+                drops[todo[k]] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
             todo = [r for r in todo if r not in drops]
         if dcfg.near and todo:
-            matches = match_against(sigs[todo], keys[todo], index["sigs"], index["keys"], dcfg.threshold)
-            for local, js in matches.items():
-                drops[todo[local]] = ("near_duplicate_cross_domain", other, str(min(index["ids"][j] for j in js)))
+            qi, oj = candidates_against(dedup_index.fold32(keys[todo]), index["keys"])
+            if len(qi) == 0:
+                continue
+            entries = np.unique(oj)
+            at = np.asarray(index["rows"])[entries].astype(np.int64)
+            recs = dedup_index.read_rows(source, at, ["id", "text"])
+            other_sigs = hasher.signatures([recs[int(r)]["text"] or "" for r in at])
+            ok = similar(sigs[todo], qi, other_sigs, np.searchsorted(entries, oj), dcfg.threshold)
+            matches: dict[int, list[str]] = {}
+            for q, j in zip(qi[ok].tolist(), oj[ok].tolist()):
+                matches.setdefault(q, []).append(recs[int(index["rows"][j])]["id"])
+            for q, kept_ids in matches.items():
+                drops[todo[q]] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
     return drops, used, missing
 
 
@@ -277,7 +285,7 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         cross, index_used, index_missing = _cross_domain(cfg, domain, hashes[survivors], s_sigs, s_keys, list(range(len(survivors))))
         for k, (why, other, other_id) in cross.items():
             reason[survivors[k]], kept_as[survivors[k]] = why, (other, other_id)
-        write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], s_sigs, s_keys)
+        write_index(cfg, domain, survivors, hashes[survivors], s_keys)
 
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
     near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]

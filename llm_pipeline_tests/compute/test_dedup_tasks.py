@@ -95,5 +95,5 @@ def test_spread_near_dedup_decides_as_the_single_process(tmp_path, keep):
     legal = results["single", "legal"][0]["dropped"]
     assert legal["near_duplicate"] > MAX_BUCKET_ALL_PAIRS and legal["exact_duplicate"] >= 2
     assert results["single", "medicine"][0]["dropped"].get("exact_duplicate_cross_domain") == 1
-    for name in ("ids", "hashes", "sigs", "keys"):
+    for name in ("rows", "hashes", "keys"):
         assert (results["single", "index"][name] == results["tasks", "index"][name]).all()
