@@ -64,7 +64,10 @@ def local_cluster(env: dict[str, str] | None = None, timeout: float = 90.0) -> I
     """Start both nodes and yield at once (the caller can work meanwhile); `wait()` returns once both are up."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     port, client = free_ports(2)
-    node_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    # No token authentication on this loopback-only cluster: Ray 2.60's head otherwise makes a token in ~/.ray, shared
+    # by every Ray user of this account, and a node that starts before it is written cannot join. The test's own
+    # driver must say the same (RAY_AUTH_MODE in its environment).
+    node_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **(env or {})}
     procs: list[subprocess.Popen] = []
     logs = Path(temp_dir)
     try:

@@ -27,6 +27,7 @@ def _lines(path):
 
 def test_a_domain_on_two_ray_nodes_matches_the_local_engine(tmp_path, make_fast_config, repo, monkeypatch):
     monkeypatch.setenv("LLM_PIPELINE_PROGRESS_SECONDS", "0")  # every task's progress line, not one per 5 s
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # as the test cluster's nodes (compute/ray_cluster.py)
     with local_cluster(env={"PYTHONPATH": str(repo)}) as cluster:
         # The local engine's run while the two nodes start.
         local_cfg = load_config(make_fast_config(tmp_path / "local", domains=["medicine"]))
