@@ -16,6 +16,7 @@ the data folder at the same path (shared storage, docs/operations.md).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +72,21 @@ class LocalExecutor:
         self.state.clear()
 
 
+def _check_reachable(address: str | None) -> None:
+    """A head at HOST:PORT answers a TCP connect, or the run stops now: ray.init would retry a dead address for
+    minutes. ("auto", "ray://..." and None are left to Ray.)"""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"compute.address {address!r}: expected HOST:PORT of a Ray head, 'auto' or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise EngineError(f"compute.address {address!r}: no Ray head answers there ({exc.strerror or exc}); start "
+                          f"one with `ray start --head --port {port}` or fix the address") from None
+
+
 class RayExecutor:
     """`workers` long-lived actors on a Ray cluster; tasks go to whichever actor is free."""
 
@@ -83,6 +99,7 @@ class RayExecutor:
         self.started = False
         self.placement = Placement()
         if not ray.is_initialized():
+            _check_reachable(ccfg.address)
             try:
                 ray.init(address=ccfg.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, ignore_reinit_error=True)

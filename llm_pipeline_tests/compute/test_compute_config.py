@@ -29,3 +29,14 @@ def test_a_wrong_compute_setting_is_named(tmp_path, compute, key):
 def test_ray_settings_load(tmp_path):
     c = _load(tmp_path, {"engine": "ray", "address": "127.0.0.1:6379", "workers": 8, "task_rows": 1000}).compute
     assert (c.engine, c.address, c.workers, c.task_rows) == ("ray", "127.0.0.1:6379", 8, 1000)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9", "no-port-here"])
+def test_an_address_without_a_ray_head_stops_in_one_line(tmp_path, address):
+    pytest.importorskip("ray")
+    from llm_pipeline.compute.executor import EngineError, RayExecutor
+
+    cfg = _load(tmp_path, {"engine": "ray", "address": address})
+    with pytest.raises(EngineError, match="compute.address") as err:
+        RayExecutor(cfg.compute)
+    assert "\n" not in str(err.value)
