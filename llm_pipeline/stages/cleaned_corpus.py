@@ -124,8 +124,10 @@ def _source(rec: dict, redactor: PiiRedactor | None) -> str | None:
     return redactor.redact_sources([source])[0] if redactor is not None and source else source
 
 
-def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: ResultCache) -> tuple[_Counts, list[dict]]:
-    """Stream the domain's raw shards through cleaning, filters and PII; write kept, dropped and quarantined.
+def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: ResultCache, batches=None,
+             prefix: str = "shard") -> tuple[_Counts, list[dict]]:
+    """Stream the domain's raw shards (or the given `batches`, one task's part of them) through cleaning, filters
+    and PII; write kept, dropped and quarantined.
 
     A document whose result is in `cache` (same record, settings and code as a previous run) takes it from there;
     the rest are computed and added. Output order and content are the same either way."""
@@ -134,12 +136,17 @@ def _process(cfg, inputs, output_dir, domain, c4, filters, redactor, cache: Resu
     samples: list[dict] = []
     columns = ["id", "source", "text", "licence", "format", "domain"]
     with (
-        ShardWriter(output_dir, max_rows=SHARD_ROWS, schema=SCHEMA) as writer,
+        ShardWriter(output_dir, prefix=prefix, max_rows=SHARD_ROWS, schema=SCHEMA) as writer,
         open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
         open(output_dir / "quarantine.jsonl", "w", encoding="utf-8") as quarantine_f,
     ):
-        meter = progress.meter(f"cleaned_corpus[{domain}]", total=_raw_kept(inputs["raw_corpus"]), unit="doc")
-        for batch in iter_batches(inputs["raw_corpus"], columns=columns, batch_size=ccfg.batch_size):
+        if batches is None:
+            meter = progress.meter(f"cleaned_corpus[{domain}]", total=_raw_kept(inputs["raw_corpus"]), unit="doc")
+            batches = iter_batches(inputs["raw_corpus"], columns=columns, batch_size=ccfg.batch_size)
+        else:  # one task of many: the executor reports progress by task
+            meter = progress.Meter(f"cleaned_corpus[{domain}] {prefix}", unit="doc")
+            meter.active = False
+        for batch in batches:
             survivors: list[dict | None] = []  # kept documents in input order; None until redacted
             fresh: list[tuple[int, str, dict]] = []  # (slot, cache key, cleaned record) still to redact
             quarantine: list[tuple[dict, str]] = []
@@ -214,6 +221,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     c4 = C4Lines(ccfg.c4_terminal_punct, ccfg.c4_curly_braces) if ccfg.c4_rules else None
     filters = build_filters(ccfg, cfg.domains[domain].languages)
     redactor = PiiRedactor(ccfg) if ccfg.pii else None  # fails fast (e.g. missing salt) before reading anything
+    if cfg.compute.engine != "local":  # the same per-batch code, as tasks over the raw shards on the engine
+        from llm_pipeline.compute import clean
+
+        return clean.run(cfg, inputs, output_dir, domain, redactor)
     cache = ResultCache(cache_path(cfg.data_path, "cleaned_corpus", domain), result_fingerprint(cfg, domain, redactor),
                         enabled=ccfg.reuse_results)
     try:
@@ -224,7 +235,13 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     finally:
         if redactor is not None:
             redactor.close()  # stops PII worker processes, if a large batch started them
-    stats = {
+    stats = stats_of(n, over)
+    assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
+    return StageOutput(stats=stats, preview=_preview(domain, stats, samples), metadata=cache.metadata())
+
+
+def stats_of(n: _Counts, over: dict[str, float]) -> dict:
+    return {
         "documents_in": n.documents_in,
         "documents_kept": n.documents_kept,
         "dropped": dict(sorted(n.dropped.items())),
@@ -239,8 +256,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # Which PII analyzer read the kept documents: NER runs only on languages its model covers.
         "pii_ner": dict(sorted(n.pii_ner.items())),
     }
-    assert n.documents_in == n.documents_kept + sum(n.dropped.values()) + n.quarantined, stats
-    return StageOutput(stats=stats, preview=_preview(domain, stats, samples), metadata=cache.metadata())
 
 
 def drop_shares_over_limit(dropped: Counter[str] | dict[str, int], documents_in: int, limit: float) -> dict[str, float]:

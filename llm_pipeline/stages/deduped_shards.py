@@ -12,7 +12,8 @@ so the kept set does not depend on input order and a partial copy never displace
    embeddings reach ``semantic_threshold`` cosine are clustered the same way (``semantic_duplicate``,
    curation.semantic_dedup);
 3. with ``scope: global``, the domain's survivors are checked against the persisted index of the *other* domains
-   (``<data_dir>/.dedup_index/<domain>.npz``). The cross-domain rule is: a document is dropped only when its
+   (``<data_dir>/.dedup_index/<domain>.idx/``, curation.dedup_index: ~92 bytes per document, memory-mapped, the
+   candidates verified on their texts). The cross-domain rule is: a document is dropped only when its
    duplicate lives in a domain that comes *earlier* in the config's domain order, so the first domain always keeps
    its copy and the result does not depend on which partition ran first -- provided the earlier domains are
    indexed (the stats list any that are not). A domain's index entries are its within-domain survivors, written
@@ -27,10 +28,9 @@ near copy of a held-out document cannot be trained on), and every drop to ``drop
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,11 @@ from llm_pipeline.curation.dedup import (
     MinHasher,
     band_keys,
     exact_hash,
-    match_against,
+    candidates_against,
     near_duplicate_clusters,
+    similar,
 )
+from llm_pipeline.curation import dedup_index
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches, shard_files
 from llm_pipeline.splits import split_of
@@ -57,7 +59,7 @@ READ_BATCH = 1024
 
 
 def index_path(cfg: PipelineConfig, domain: str) -> Path:
-    return cfg.data_path / INDEX_DIR / f"{domain}.npz"
+    return cfg.data_path / INDEX_DIR / f"{domain}.idx"
 
 
 def _params(cfg: PipelineConfig) -> np.ndarray:
@@ -85,55 +87,65 @@ def preference_order(keep: str, ids: list[str], sources: list[str | None], lengt
     return sorted(range(len(ids)), key=key)
 
 
-def write_index(cfg: PipelineConfig, domain: str, ids: list[str], hashes: np.ndarray, sigs: np.ndarray, keys: np.ndarray) -> None:
-    """Replace a domain's index entries atomically (temp file, then rename)."""
-    path = index_path(cfg, domain)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), hashes=hashes, sigs=sigs, keys=keys, params=_params(cfg))
-    os.replace(tmp, path)
+def _cleaned(cfg: PipelineConfig, domain: str) -> Path:
+    return cfg.data_path / "cleaned_corpus" / domain
+
+
+def write_index(cfg: PipelineConfig, domain: str, rows: list[int], hashes: np.ndarray, keys: np.ndarray) -> None:
+    """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus."""
+    dedup_index.write(index_path(cfg, domain), np.asarray(rows, dtype=np.int64), hashes, keys, _params(cfg).tolist(),
+                      _cleaned(cfg, domain))
 
 
 def read_index(cfg: PipelineConfig, domain: str) -> dict[str, np.ndarray] | None:
-    """A domain's index, or None when it is missing or was built with other MinHash parameters (or an older
-    signature scheme): its domain then counts as not indexed until it re-runs."""
-    path = index_path(cfg, domain)
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as data:
-        index = {k: data[k] for k in data.files}
-    if index["params"].shape != _params(cfg).shape or not np.array_equal(index["params"], _params(cfg)):
-        return None
-    return index
+    """A domain's index, or None when it is missing, was built with other MinHash parameters (or an older signature
+    scheme), or its cleaned_corpus changed since: its domain then counts as not indexed until it re-runs."""
+    return dedup_index.read(index_path(cfg, domain), _params(cfg).tolist(), _cleaned(cfg, domain))
 
 
 def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dict[int, tuple[str, str, str]], list[str], list[str]]:
-    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing."""
+    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing.
+    Only the candidates' ids and texts are read from the earlier domain's cleaned_corpus."""
     dcfg = cfg.deduped_shards
     order = cfg.domain_names
     earlier = order[: order.index(domain)]
     drops: dict[int, tuple[str, str, str]] = {}
     used, missing = [], []
+    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed) if dcfg.near else None
     for other in earlier:  # earliest first: a document's representative is its copy in the earliest domain
         index = read_index(cfg, other)
         if index is None:
             missing.append(other)
             continue
         used.append(other)
+        source = _cleaned(cfg, other)
         todo = [r for r in rows if r not in drops]
-        if dcfg.exact:
-            first_id: dict[int, str] = {}
-            for h, i in sorted(zip(index["hashes"].tolist(), index["ids"].tolist()), reverse=True):
-                first_id[h] = i  # reverse sort: the smallest id per hash is written last and wins
-            for r in todo:
-                if int(hashes[r]) in first_id:
-                    drops[r] = ("exact_duplicate_cross_domain", other, first_id[int(hashes[r])])
+        if dcfg.exact and todo:
+            by_hash = np.argsort(index["hashes"], kind="stable")
+            sorted_hashes = np.asarray(index["hashes"])[by_hash]
+            query = hashes[np.asarray(todo, dtype=np.int64)]
+            lo = np.searchsorted(sorted_hashes, query, side="left")
+            hi = np.searchsorted(sorted_hashes, query, side="right")
+            hit = np.flatnonzero(hi > lo)
+            entries = {k: np.asarray(index["rows"])[by_hash[lo[k]:hi[k]]] for k in hit.tolist()}
+            ids = dedup_index.read_rows(source, np.concatenate([*entries.values(), np.zeros(0, np.int64)]), ["id"])
+            for k, at in entries.items():  # the smallest id among the entries with this hash
+                drops[todo[k]] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
             todo = [r for r in todo if r not in drops]
         if dcfg.near and todo:
-            matches = match_against(sigs[todo], keys[todo], index["sigs"], index["keys"], dcfg.threshold)
-            for local, js in matches.items():
-                drops[todo[local]] = ("near_duplicate_cross_domain", other, str(min(index["ids"][j] for j in js)))
+            qi, oj = candidates_against(dedup_index.fold32(keys[todo]), index["keys"])
+            if len(qi) == 0:
+                continue
+            entries = np.unique(oj)
+            at = np.asarray(index["rows"])[entries].astype(np.int64)
+            recs = dedup_index.read_rows(source, at, ["id", "text"])
+            other_sigs = hasher.signatures([recs[int(r)]["text"] or "" for r in at])
+            ok = similar(sigs[todo], qi, other_sigs, np.searchsorted(entries, oj), dcfg.threshold)
+            matches: dict[int, list[str]] = {}
+            for q, j in zip(qi[ok].tolist(), oj[ok].tolist()):
+                matches.setdefault(q, []).append(recs[int(index["rows"][j])]["id"])
+            for q, kept_ids in matches.items():
+                drops[todo[q]] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
     return drops, used, missing
 
 
@@ -158,22 +170,29 @@ def _upstream_kept(folder: Path) -> int | None:
         return None
 
 
-def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    dcfg = cfg.deduped_shards
-    src = inputs["cleaned_corpus"]
-    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
-    embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
-    need_sigs = dcfg.near
+class Hashed:
+    """Pass 1's per-document columns, in stream order: all the decisions need (the text is read again in pass 2)."""
 
-    # Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream.
+    def __init__(self, ids, sources, lengths, hashes: np.ndarray, sigs: np.ndarray, bytes_in: int):
+        self.ids, self.sources, self.lengths = ids, sources, lengths
+        self.hashes, self.sigs, self.bytes_in = hashes, sigs, bytes_in
+
+    @classmethod
+    def concat(cls, parts: list["Hashed"]) -> "Hashed":
+        return cls([i for p in parts for i in p.ids], [s for p in parts for s in p.sources],
+                   [n for p in parts for n in p.lengths], np.concatenate([p.hashes for p in parts]),
+                   np.concatenate([p.sigs for p in parts]), sum(p.bytes_in for p in parts))
+
+
+def hash_pass(batches, hasher: MinHasher, need_sigs: bool, num_perm: int, meter=None) -> Hashed:
+    """Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream."""
     ids: list[str] = []
     sources: list[str | None] = []
     lengths: list[int] = []
     hash_list: list[int] = []
     sig_blocks: list[np.ndarray] = []
     bytes_in = 0
-    meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
-    for batch in iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH):
+    for batch in batches:
         texts = [r["text"] or "" for r in batch]
         ids.extend(r["id"] for r in batch)
         sources.extend(r.get("source") for r in batch)
@@ -182,13 +201,73 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if need_sigs:
             sig_blocks.append(hasher.signatures(texts))
-        meter.update(len(ids))
-    meter.close()
+        if meter is not None:
+            meter.update(len(ids))
     n = len(ids)
     hashes = np.array(hash_list, dtype=np.uint64)
-    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, dcfg.num_perm if need_sigs else 0), dtype=np.uint32)
+    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, num_perm if need_sigs else 0), dtype=np.uint32)
+    return Hashed(ids, sources, lengths, hashes, sigs, bytes_in)
+
+
+def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    dcfg = cfg.deduped_shards
+    src = inputs["cleaned_corpus"]
+    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
+    embedder = load_embedder(cfg) if dcfg.semantic else None  # before any work: a missing model package stops here
+    if cfg.compute.engine != "local":  # the same passes, as tasks over the cleaned shards on the engine
+        from llm_pipeline.compute import dedup as distributed
+
+        return distributed.run(cfg, inputs, output_dir, domain, embedder)
+
+    meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
+    hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher, dcfg.near,
+                       dcfg.num_perm, meter)
+    meter.close()
+    decided = decide(cfg, domain, hashed, src, embedder)
+    with (
+        split_writers(cfg, src, output_dir) as writers,
+        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
+    ):
+        written = write_pass(cfg, domain, iter_batches(src, batch_size=READ_BATCH), 0, decided, writers, dropped_f)
+    return stage_output(domain, hashed, decided, [written])
+
+
+@contextmanager
+def split_writers(cfg: PipelineConfig, src: Path, output_dir: Path, task: str = ""):
+    """One file series per split, named as the Hugging Face `datasets` loader names splits (`train-*`, `eval-*`, a
+    task's as `train-<task>-*`): then `load_dataset("parquet", data_dir=<this folder>)` gives train and test splits
+    and skips stats.json, dropped.jsonl and _manifest.json beside them (it reads every other file as Parquet
+    otherwise). Both splits share the input's schema (plus `split`), so a column all null in one keeps its type."""
+    first = next(iter(shard_files(src)), None)
+    schema = None if first is None else pq.read_schema(first).append(pa.field("split", pa.string()))
+    suffix = f"-{task}" if task else ""
+    with (
+        ShardWriter(output_dir, prefix=f"train{suffix}", max_rows=cfg.deduped_shards.shard_rows, schema=schema) as train,
+        ShardWriter(output_dir, prefix=f"eval{suffix}", max_rows=cfg.deduped_shards.shard_rows, schema=schema) as held_out,
+    ):
+        yield {"train": train, "eval": held_out}
+
+
+class Decided:
+    """The decisions: drop reason and kept copy per dropped row, the preview's example pair, the indexes used."""
+
+    def __init__(self, reason: dict[int, str], kept_as: dict[int, tuple[str, str]], pair: dict, used: list[str], missing: list[str]):
+        self.reason, self.kept_as, self.pair, self.used, self.missing = reason, kept_as, pair, used, missing
+
+
+def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None, columns=None) -> Decided:
+    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference) and
+    `columns(rows)` (those rows' signatures and band keys) replace the in-memory ones when the signatures live
+    elsewhere (compute.dedup: in the files of the tasks that computed them)."""
+    dcfg = cfg.deduped_shards
+    ids, sources, lengths, hashes, sigs = hashed.ids, hashed.sources, hashed.lengths, hashed.hashes, hashed.sigs
+    n = len(ids)
+    need_sigs = dcfg.near
     bands, rows_per_band = dcfg.banding
-    keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+    if near is None:
+        keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
+        near = lambda rows: near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)  # noqa: E731
+        columns = lambda rows: (sigs[rows], keys[rows])  # noqa: E731
 
     by_pref = preference_order(dcfg.keep, ids, sources, lengths)
     reason: dict[int, str] = {}
@@ -202,7 +281,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                 reason[i], kept_as[i] = "exact_duplicate", (domain, ids[rep])
     if dcfg.near:
         rows = [i for i in by_pref if i not in reason]
-        clusters = near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)
+        clusters = near(rows)
         for local, i in enumerate(rows):
             root = clusters.find(local)
             if root != local:
@@ -219,68 +298,76 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     index_used: list[str] = []
     index_missing: list[str] = []
     if dcfg.scope == "global":
-        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes, sigs, keys, survivors)
-        for i, (why, other, other_id) in cross.items():
-            reason[i], kept_as[i] = why, (other, other_id)
-        write_index(cfg, domain, [ids[i] for i in survivors], hashes[survivors], sigs[survivors], keys[survivors])
+        s_sigs, s_keys = columns(survivors)
+        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes[survivors], s_sigs, s_keys, list(range(len(survivors))))
+        for k, (why, other, other_id) in cross.items():
+            reason[survivors[k]], kept_as[survivors[k]] = why, (other, other_id)
+        write_index(cfg, domain, survivors, hashes[survivors], s_keys)
 
-    # Pass 2: write the kept documents with their split, and every drop with its kept copy.
-    splits: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    bytes_kept = 0
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
     near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]
     pair: dict = {}
     if near_rows:
         ex = near_rows[0]
         pair = {"row": ex, "id": ids[ex], "reason": reason[ex], "kept_domain": kept_as[ex][0], "kept_id": kept_as[ex][1]}
-    row = 0
-    # Both splits share the input's schema (plus `split`), so a column that is all null in one split keeps its type.
-    first = next(iter(shard_files(src)), None)
-    schema = None if first is None else pq.read_schema(first).append(pa.field("split", pa.string()))
-    # One file series per split, named as the Hugging Face `datasets` loader names splits (`train-*`, `eval-*`): then
-    # `load_dataset("parquet", data_dir=<this folder>)` gives train and test splits and skips stats.json,
-    # dropped.jsonl and _manifest.json beside them (it reads every other file as Parquet otherwise).
-    with (
-        ShardWriter(output_dir, prefix="train", max_rows=dcfg.shard_rows, schema=schema) as train_writer,
-        ShardWriter(output_dir, prefix="eval", max_rows=dcfg.shard_rows, schema=schema) as eval_writer,
-        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
-    ):
-        writers = {"train": train_writer, "eval": eval_writer}
-        for batch in iter_batches(src, batch_size=READ_BATCH):
-            for rec in batch:
-                i, row = row, row + 1
-                if i in reason:
-                    kd, kid = kept_as[i]
-                    dropped[reason[i]] += 1
-                    dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
-                    if pair and i == pair["row"]:
-                        pair["text"] = rec["text"]
-                    continue
-                rec["split"] = split_of(rec["id"], cfg.eval_fraction)
-                splits[rec["split"]] += 1
-                bytes_kept += len((rec["text"] or "").encode("utf-8"))
-                writers[rec["split"]].write(rec)
-                if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
-                    pair["kept_text"] = rec["text"]
+    return Decided(reason, kept_as, pair, index_used, index_missing)
 
+
+def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Decided, writers: dict[str, ShardWriter],
+               dropped_f) -> dict:
+    """Pass 2 over rows from `row` on: the kept documents with their split, every drop with its kept copy."""
+    reason, kept_as, pair = decided.reason, decided.kept_as, decided.pair
+    splits: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    bytes_kept = 0
+    texts: dict[str, str] = {}
+    for batch in batches:
+        for rec in batch:
+            i, row = row, row + 1
+            if i in reason:
+                kd, kid = kept_as[i]
+                dropped[reason[i]] += 1
+                dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
+                if pair and i == pair["row"]:
+                    texts["text"] = rec["text"]
+                continue
+            rec["split"] = split_of(rec["id"], cfg.eval_fraction)
+            splits[rec["split"]] += 1
+            bytes_kept += len((rec["text"] or "").encode("utf-8"))
+            writers[rec["split"]].write(rec)
+            if pair and pair["kept_domain"] == domain and rec["id"] == pair["kept_id"]:
+                texts["kept_text"] = rec["text"]
+    return {"splits": splits, "dropped": dropped, "bytes_kept": bytes_kept, "texts": texts}
+
+
+def stage_output(domain: str, hashed: Hashed, decided: Decided, parts: list[dict]) -> StageOutput:
+    """Stats and preview from the decisions and the write passes (one, or one per task, in row order)."""
+    n = len(hashed.ids)
+    splits: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    pair = dict(decided.pair)
+    for part in parts:
+        splits.update(part["splits"])
+        dropped.update(part["dropped"])
+        for k, v in part["texts"].items():
+            pair.setdefault(k, v)
     kept = n - sum(dropped.values())
     stats = {
         "documents_in": n,
         "documents_kept": kept,
         "dropped": dict(sorted(dropped.items())),
         "quarantined": 0,
-        "bytes_in": bytes_in,
-        "bytes_kept": bytes_kept,
-        "clusters": len(set(kept_as.values())),
+        "bytes_in": hashed.bytes_in,
+        "bytes_kept": sum(part["bytes_kept"] for part in parts),
+        "clusters": len(set(decided.kept_as.values())),
         "train_documents": splits.get("train", 0),
         "eval_documents": splits.get("eval", 0),
-        "index_domains_used": len(index_used),
-        "index_domains_missing": len(index_missing),
+        "index_domains_used": len(decided.used),
+        "index_domains_missing": len(decided.missing),
     }
     assert stats["documents_in"] == kept + sum(dropped.values()) and kept == sum(splits.values()), stats
-    metadata = {"index_domains_used": index_used, "index_domains_missing": index_missing}
-    return StageOutput(stats=stats, preview=_preview(domain, stats, pair, index_missing), metadata=metadata)
+    metadata = {"index_domains_used": decided.used, "index_domains_missing": decided.missing}
+    return StageOutput(stats=stats, preview=_preview(domain, stats, pair, decided.missing), metadata=metadata)
 
 
 def _preview(domain: str | None, stats: dict, pair: dict, missing: list[str]) -> str:

@@ -48,6 +48,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if domain is None:
         raise ValueError("raw_corpus is partitioned by domain: give a domain")
     check_sources_exist(cfg, domain)
+    if cfg.compute.engine != "local":  # the same reading, as one task per file on the configured engine
+        from llm_pipeline.compute import raw
+
+        return raw.run(cfg, domain, output_dir)
     kept = 0
     bytes_kept = bytes_quarantined = 0
     formats: Counter[str] = Counter()

@@ -26,6 +26,25 @@ def test_a_run_keeps_exactly_what_it_used(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
 
 
+def test_a_run_that_only_reuses_holds_a_bounded_number_of_results(tmp_path):
+    """Hits are written out as they come, not held until a put that an all-reused run never makes."""
+    from llm_pipeline.curation import result_cache
+
+    path = tmp_path / "c.sqlite"
+    n = 3 * result_cache._FLUSH_ROWS + 7
+    with ResultCache(path, "fp") as cache:
+        for i in range(n):
+            cache.put(cache.key({"text": str(i)}), {"kept": i})
+    with ResultCache(path, "fp") as cache:
+        most = 0
+        for i in range(n):
+            assert cache.get(cache.key({"text": str(i)})) == {"kept": i}
+            most = max(most, len(cache._pending))
+    assert most < result_cache._FLUSH_ROWS and cache.hits == n
+    with ResultCache(path, "fp") as cache:  # and every reused result was kept for the next run
+        assert all(cache.get(cache.key({"text": str(i)})) == {"kept": i} for i in range(n))
+
+
 def test_another_fingerprint_sees_nothing(tmp_path):
     path = tmp_path / "c.sqlite"
     with ResultCache(path, fingerprint(min_words=8)) as cache:

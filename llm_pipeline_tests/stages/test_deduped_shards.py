@@ -148,7 +148,7 @@ def test_cross_domain_rule_with_persisted_index(tmp_path):
     # Re-running replaces medicine's own index entries and never matches a domain against itself.
     again = run_stage(c, "deduped_shards", "medicine")
     assert again.stats == medicine.stats
-    assert len(read_index(c, "medicine")["ids"]) == 7  # its within-domain survivors
+    assert len(read_index(c, "medicine")["rows"]) == 7  # its within-domain survivors
     assert run_stage(c, "deduped_shards", "legal").stats["dropped"] == {}
 
 

@@ -1,0 +1,140 @@
+"""Local engine vs Ray engine (2 workers) on raw_corpus -> cleaned_corpus -> deduped_shards of one synthetic domain.
+
+    python benchmarks/compute_engines.py --docs 1000 3000 [--no-pii]
+
+Each (engine, size) runs in a fresh process. Figures per run: wall seconds, docs/s and MB/s (raw MB over the three
+stages' wall time), CPU seconds of the whole process tree (the driver, Ray's own processes and its workers, sampled
+every 0.2 s by psutil; a process that lives less than one sample is missed, so the figure is a floor), CPU-s per
+raw MB, peak RSS of the driver and the largest sum of RSS over the tree, and the near-dup index's bytes per indexed
+document. The corpus is benchmarks/synthetic.curation_corpus (prose with PII sentences and 15% near copies) in
+jsonl files of 250 documents. The Ray engine here is a single-node Ray that the run starts itself
+(``compute.address: null``): it shows the engine's overhead, not a multi-machine speed-up. Projection for 1 TB
+uses the measured CPU-s/MB: CPU-days = CPU-s/MB x 1e6 / 86400, wall on N machines of C cores = that / (N x C),
+assuming the per-task work spreads evenly (the bucket, verify and decision steps are a small part at these sizes;
+at 1 TB the driver's per-document columns (~100 B/doc) are the first limit, see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import OUT_DIR, emit, run_child, table  # noqa: E402
+
+STAGES = ("raw_corpus", "cleaned_corpus", "deduped_shards")
+
+
+class TreeSampler(threading.Thread):
+    """CPU seconds and RSS of this process and all its descendants, sampled until stopped."""
+
+    def __init__(self, every: float = 0.2):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.psutil, self.every = psutil, every
+        self.cpu: dict[int, float] = {}
+        self.peak_tree_rss = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        me = self.psutil.Process()
+        while not self.stop.is_set():
+            rss = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
+                    rss += p.memory_info().rss
+                except self.psutil.Error:
+                    continue
+            self.peak_tree_rss = max(self.peak_tree_rss, rss)
+            self.stop.wait(self.every)
+
+
+def child(engine: str, docs: int, pii: bool) -> None:
+    import yaml
+    from synthetic import curation_corpus
+
+    from llm_pipeline.config import load_config
+    from llm_pipeline.memory import peak_rss_mb
+    from llm_pipeline.runner import run_stage
+    from llm_pipeline.stages.deduped_shards import index_path
+
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+        root = Path(tmp)
+        src = root / "corpus"
+        src.mkdir()
+        texts = curation_corpus(docs, seed=1)
+        for k in range(0, len(texts), 250):
+            with open(src / f"part-{k // 250:05d}.jsonl", "w", encoding="utf-8") as f:
+                for t in texts[k: k + 250]:
+                    f.write(json.dumps({"text": t}) + "\n")
+        raw_mb = sum(len(t.encode()) for t in texts) / 1e6
+        conf = {"data_dir": str(root / "data"), "domains": {"bench": {"sources": [{"path": str(src)}]}},
+                "cleaned_corpus": {"pii": pii}, "validation": {"enabled": False},
+                "compute": {"engine": engine, "workers": 2, "task_rows": 500}}
+        (root / "config.yaml").write_text(yaml.safe_dump(conf))
+        cfg = load_config(root / "config.yaml", root=root)
+        sampler = TreeSampler()
+        sampler.start()
+        walls = {}
+        started = time.perf_counter()
+        for name in STAGES:
+            t0 = time.perf_counter()
+            result = run_stage(cfg, name, "bench")
+            walls[name] = round(time.perf_counter() - t0, 2)
+        wall = time.perf_counter() - started
+        sampler.stop.set()
+        sampler.join()
+        cpu = sum(sampler.cpu.values())
+        index = index_path(cfg, "bench")
+        kept = result.stats["documents_kept"]
+        emit({"engine": engine if engine == "local" else "ray (2 workers, 1 node)", "docs": docs, "raw_mb": round(raw_mb, 2),
+              "wall_s": round(wall, 1), "stage_wall_s": walls, "docs_per_s": round(docs / wall, 1),
+              "mb_per_s": round(raw_mb / wall, 3), "cpu_s": round(cpu, 1), "cpu_s_per_mb": round(cpu / raw_mb, 2),
+              "driver_peak_rss_mb": round(peak_rss_mb(), 1), "tree_peak_rss_mb": round(sampler.peak_tree_rss / 2**20, 1),
+              "index_bytes_per_doc": round(sum(p.stat().st_size for p in index.iterdir()) / max(kept, 1), 1) if index.is_dir() else None,
+              "kept": kept, "dropped": result.stats["dropped"], "pii": pii})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, nargs="+", default=[1000, 3000])
+    ap.add_argument("--no-pii", action="store_true")
+    ap.add_argument("--child", nargs=3)
+    args = ap.parse_args()
+    if args.child:
+        engine, docs, pii = args.child
+        child(engine, int(docs), pii == "1")
+        return
+    rows = []
+    for docs in args.docs:
+        for engine in ("local", "ray"):
+            row = run_child(Path(__file__), engine, [str(docs), "0" if args.no_pii else "1"], timeout=600)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    ok = [r for r in rows if "error" not in r]
+    print(table(ok, [("engine", "engine", ""), ("docs", "docs", ","), ("wall_s", "wall s", ""),
+                     ("docs_per_s", "docs/s", ""), ("mb_per_s", "MB/s", ""), ("cpu_s_per_mb", "CPU-s/MB", ""),
+                     ("driver_peak_rss_mb", "driver peak MB", ""), ("tree_peak_rss_mb", "tree peak MB", ""),
+                     ("index_bytes_per_doc", "index B/doc", "")]))
+    for r in ok:
+        cpu_days = r["cpu_s_per_mb"] * 1e6 / 86400
+        print(f"{r['engine']} at {r['docs']:,} docs: 1 TB = {cpu_days:,.0f} CPU-days; on 10 machines x 16 cores "
+              f"{cpu_days / 160:,.1f} days, on 100 x 16 {cpu_days / 1600:,.2f} days (if the tasks spread evenly)")
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "compute_engines.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    main()

@@ -1,0 +1,155 @@
+"""raw_corpus as tasks: one task per source file (a Hugging Face source, or one capped by ``max_documents``, is one
+task: its cap counts across files). The listing (folders walked, paths refused before they are opened) happens in
+the driver, in the same order as the single-process reader, so the output and its quarantine list come out in the
+same order under every engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_pipeline.compute.executor import executor_for
+from llm_pipeline.compute.plan import TASK_DIR
+from llm_pipeline.config import PipelineConfig
+from llm_pipeline.curation.readers import Quarantined, document, iter_files, read_file, read_source, shown_path
+from llm_pipeline.io import ShardWriter
+from llm_pipeline.security import OUTSIDE_ROOT, allowed_roots, is_inside, outside_detail
+from llm_pipeline.stages import StageOutput, raw_corpus
+
+
+@dataclass(frozen=True)
+class RawTask:
+    index: int
+    source_index: int  # in the domain's sources
+    path: str | None = None  # one file; None: the whole source
+    shown: str = ""  # the file's name in `source` fields
+
+    @property
+    def name(self) -> str:
+        return f"t{self.index:05d}"
+
+
+def plan(cfg: PipelineConfig, domain: str) -> list[RawTask | Quarantined]:
+    """The domain's tasks and, in their places, what the listing itself quarantined."""
+    out: list[RawTask | Quarantined] = []
+    roots = allowed_roots(cfg)
+    for s, src in enumerate(cfg.domains[domain].sources):
+        if src.hf_dataset or src.max_documents is not None:
+            out.append(RawTask(0, s))
+            continue
+        root = cfg.resolve(src.path)
+        shown = shown_path(cfg, root)
+        if not is_inside(root, roots):
+            out.append(Quarantined(shown, OUTSIDE_ROOT, outside_detail(root, roots)))
+            continue
+        if not root.exists():  # whole-source problems: the reader words them, one task reports them
+            out.append(RawTask(0, s))
+            continue
+        if root.is_file():
+            out.append(RawTask(0, s, str(root), shown))
+            continue
+        matched = 0
+        for entry in iter_files(root, src.glob, shown, roots):
+            if isinstance(entry, Quarantined):
+                out.append(entry)
+            else:
+                matched += 1
+                out.append(RawTask(0, s, str(entry), f"{shown}/{entry.relative_to(root).as_posix()}"))
+        if matched == 0:
+            out.append(Quarantined(shown, "no_files", f"the glob {src.glob!r} matched no file under {root}"))
+    k = 0
+    for i, item in enumerate(out):
+        if isinstance(item, RawTask):
+            out[i] = RawTask(k, item.source_index, item.path, item.shown)
+            k += 1
+    return out
+
+
+def raw_task(state: dict, task: RawTask, cfg: PipelineConfig, domain: str, out_dir: str) -> dict:
+    """Read one task's documents into ``shard-<task>-*.parquet``; quarantined items into the task's scratch file."""
+    src = cfg.domains[domain].sources[task.source_index]
+    licence = src.licence or cfg.domains[domain].licence
+    if task.path is None:
+        items = read_source(cfg, domain, src, licence)
+    else:
+        items = (item if isinstance(item, Quarantined) else
+                 document(item[2], domain=domain, source=item[0], licence=licence, fmt=item[1], max_bytes=src.max_document_bytes)
+                 for item in read_file(Path(task.path), task.shown, src.text_field, src.max_document_bytes))
+    n = {"kept": 0, "bytes_kept": 0, "bytes_quarantined": 0, "formats": Counter(), "reasons": Counter(), "samples": [],
+         "first_quarantined": None}
+    scratch = Path(out_dir) / TASK_DIR
+    scratch.mkdir(parents=True, exist_ok=True)
+    schema = raw_corpus.SCHEMA
+    writer = ShardWriter(out_dir, prefix=f"shard-{task.name}", max_rows=raw_corpus.SHARD_ROWS, schema=schema)
+    with open(scratch / f"{task.name}.quarantine.jsonl", "w", encoding="utf-8") as quarantine:
+        for item in items:
+            if isinstance(item, Quarantined):
+                quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+                n["reasons"][item.reason] += 1
+                n["first_quarantined"] = n["first_quarantined"] or item
+                n["bytes_quarantined"] += item.nbytes
+                continue
+            writer.write({name: item[name] for name in schema.names})
+            n["kept"] += 1
+            n["bytes_kept"] += item["bytes"]
+            n["formats"][item["format"]] += 1
+            raw_corpus._keep_sample(n["samples"], item)
+    n["shards"] = len(writer.close())
+    return n
+
+
+def run(cfg: PipelineConfig, domain: str, output_dir: Path, executor=None) -> StageOutput:
+    """Every task of the domain on the configured engine; counts merged into the single-process stage's stats."""
+    items = plan(cfg, domain)
+    tasks = [t for t in items if isinstance(t, RawTask)]
+    with executor or executor_for(cfg) as ex:
+        results = ex.map(raw_task, tasks, cfg, domain, str(output_dir), label=f"raw_corpus[{domain}] tasks")
+        placement = ex.placement.metadata()
+    kept = bytes_kept = bytes_quarantined = 0
+    formats: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    samples: list[dict] = []
+    first: Quarantined | None = None
+    scratch = output_dir / TASK_DIR
+    by_task = iter(results)
+    with open(output_dir / raw_corpus.QUARANTINE_FILE, "w", encoding="utf-8") as quarantine:
+        for item in items:  # in input order: what the listing quarantined sits between the tasks around it
+            if isinstance(item, Quarantined):
+                quarantine.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+                reasons[item.reason] += 1
+                first = first or item
+                bytes_quarantined += item.nbytes
+                continue
+            n = next(by_task)
+            with open(scratch / f"{item.name}.quarantine.jsonl", encoding="utf-8") as part:
+                shutil.copyfileobj(part, quarantine)
+            kept += n["kept"]
+            bytes_kept += n["bytes_kept"]
+            bytes_quarantined += n["bytes_quarantined"]
+            formats.update(n["formats"])
+            reasons.update(n["reasons"])
+            first = first or n["first_quarantined"]
+            for s in n["samples"]:
+                raw_corpus._keep_sample(samples, s)
+    shutil.rmtree(scratch, ignore_errors=True)
+    shards = sorted(output_dir.glob("shard-*.parquet"))
+    if kept == 0:
+        raise raw_corpus.SourceError(raw_corpus.empty_domain_message(cfg, domain, reasons, first))
+    quarantined = sum(reasons.values())
+    stats = {
+        "documents_in": kept + quarantined,
+        "documents_kept": kept,
+        "dropped": {},
+        "quarantined": quarantined,
+        "quarantine_reasons": dict(sorted(reasons.items())),
+        "bytes_in": bytes_kept + bytes_quarantined,
+        "bytes_kept": bytes_kept,
+        "bytes_quarantined": bytes_quarantined,
+        "formats": dict(sorted(formats.items())),
+        "shards": len(shards),
+    }
+    return StageOutput(stats=stats, preview=raw_corpus.preview(domain, stats, samples), metadata={"tasks": len(tasks), **placement})

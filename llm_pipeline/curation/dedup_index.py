@@ -1,0 +1,103 @@
+"""The persisted near-duplicate index of a domain, which later domains query for the cross-domain rule
+(deduped_shards ``scope: global``).
+
+One folder per domain, ``<data_dir>/.dedup_index/<domain>.idx/``, of plain ``.npy`` arrays that a later domain maps
+into memory (no Python object per entry). Per indexed document:
+
+  - ``rows`` (uint32): its row in the domain's cleaned_corpus output, where its id and text are read when a query
+    needs them (only candidates' rows are read);
+  - ``hashes`` (uint64): its normalized-text hash, for exact duplicates;
+  - ``keys`` (uint32 x bands): its LSH band keys folded to 32 bits (a fold collision only adds a candidate, which
+    verification then drops).
+
+That is 4 + 8 + 4 x bands bytes per document: 92 at the default 20 bands (the signatures it once kept made it
+~800). A candidate pair is verified on a signature recomputed from the indexed document's text with the same
+MinHasher, which gives the same estimate a stored signature would. ``meta.json`` holds the MinHash parameters and
+a fingerprint of the cleaned_corpus output the rows point into: once that output changes, the index is stale and
+its domain counts as not indexed until its deduped_shards re-runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from llm_pipeline.io import MANIFEST, shard_files
+
+ARRAYS = ("rows", "hashes", "keys")
+
+
+def fold32(keys: np.ndarray) -> np.ndarray:
+    """64-bit band keys folded to 32 bits (high half xor low half)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    return ((keys >> np.uint64(32)) ^ keys).astype(np.uint32)
+
+
+def source_fingerprint(folder: Path) -> str:
+    """What the rows point into: the cleaned output's manifest and its shards' names and sizes."""
+    h = hashlib.sha256()
+    manifest = Path(folder) / MANIFEST
+    if manifest.exists():
+        h.update(manifest.read_bytes())
+    for path in shard_files(folder):
+        h.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def write(path: Path, rows: np.ndarray, hashes: np.ndarray, keys: np.ndarray, params: list[int], source: Path) -> None:
+    """Replace the index folder at `path` (a temp folder renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32))
+    np.save(tmp / "hashes.npy", np.asarray(hashes, dtype=np.uint64))
+    np.save(tmp / "keys.npy", fold32(keys))
+    (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params], "source": source_fingerprint(source)}))
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read(path: Path, params: list[int], source: Path) -> dict[str, np.ndarray] | None:
+    """The index's arrays, memory-mapped; None when missing, built with other parameters, or stale."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("params") != [int(p) for p in params] or not Path(source).is_dir() or meta.get("source") != source_fingerprint(source):
+        return None
+    return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+
+
+def read_rows(folder: Path, rows: np.ndarray, columns: list[str]) -> dict[int, dict]:
+    """Records at the given stream rows of a stage output (its shards in read order), reading only the row groups
+    that hold them."""
+    wanted = np.unique(np.asarray(rows, dtype=np.int64))
+    out: dict[int, dict] = {}
+    first = 0
+    for path in shard_files(folder):
+        if len(out) == len(wanted):
+            break
+        pf = pq.ParquetFile(path)
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(wanted, [first, first + n])
+            if hi > lo:
+                table = pf.read_row_group(g, columns=columns)
+                picked = table.take(wanted[lo:hi] - first).to_pylist()
+                out.update(zip(wanted[lo:hi].tolist(), picked))
+            first += n
+    return out

@@ -1,0 +1,107 @@
+"""A real two-node Ray cluster on this machine for tests: a head and a second node, each started by `ray start` as a
+process session of its own, every address on loopback, every port picked free (two test runs at once do not
+collide), and both stopped by their process group ids -- never `ray stop`, which would end other people's Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_args(temp_dir: str) -> list[str]:
+    manager, objects, agent_http, agent_grpc, metrics, runtime_env = free_ports(6)
+    low = free_ports(1)[0]  # worker ports: a small range near a free one
+    return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp_dir,
+            "--node-manager-port", str(manager), "--object-manager-port", str(objects),
+            "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+            "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
+            "--min-worker-port", str(low), "--max-worker-port", str(min(low + 40, 65535)),
+            "--disable-usage-stats", "--block"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    # The node's processes (GCS, raylet, workers) are children in the session `ray start` opened: its group.
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # workers the raylet started outlive it only by moments
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Cluster:
+    def __init__(self, address: str, wait: Callable[[], None]):
+        self.address, self.wait = address, wait
+
+
+@contextlib.contextmanager
+def local_cluster(env: dict[str, str] | None = None, timeout: float = 90.0) -> Iterator[Cluster]:
+    """Start both nodes and yield at once (the caller can work meanwhile); `wait()` returns once both are up."""
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    port, client = free_ports(2)
+    # No token authentication on this loopback-only cluster: Ray 2.60's head otherwise makes a token in ~/.ray, shared
+    # by every Ray user of this account, and a node that starts before it is written cannot join. The test's own
+    # driver must say the same (RAY_AUTH_MODE in its environment).
+    node_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **(env or {})}
+    procs: list[subprocess.Popen] = []
+    logs = Path(temp_dir)
+    try:
+        head = [str(RAY), "start", "--head", "--port", str(port), "--ray-client-server-port", str(client),
+                "--include-dashboard=false", *_node_args(temp_dir)]
+        procs.append(subprocess.Popen(head, env=node_env, start_new_session=True, stdout=open(logs / "head.out", "w"),
+                                      stderr=subprocess.STDOUT))
+        address = f"127.0.0.1:{port}"
+        # Both at once: the second node retries the head's address until the head answers (faster than in turn).
+        worker = [str(RAY), "start", "--address", address, *_node_args(temp_dir)]
+        procs.append(subprocess.Popen(worker, env=node_env, start_new_session=True, stdout=open(logs / "node.out", "w"),
+                                      stderr=subprocess.STDOUT))
+
+        def wait() -> None:
+            _wait_for_nodes(address, 1, timeout, procs, logs)
+            _wait_for_nodes(address, 2, timeout, procs, logs)
+
+        yield Cluster(address, wait)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, n: int, timeout: float, procs: list[subprocess.Popen], logs: Path) -> None:
+    """Wait until the last node started says so in its output (``ray start --block`` prints it once up)."""
+    out = logs / ("head.out" if n == 1 else "node.out")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a Ray node exited with {proc.returncode}: " + "".join(
+                    p.read_text()[-2000:] for p in logs.glob("*.out")))
+        if out.exists() and "Ray runtime started" in out.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray node {n} at {address} did not start in {timeout:.0f}s")

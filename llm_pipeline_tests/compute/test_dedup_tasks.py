@@ -1,0 +1,99 @@
+"""Near-duplicate detection spread over tasks (signatures per task, a shuffle by band key, verification per pair of
+tasks, clusters in the driver) decides exactly as the single-process stage: kept set, drop reasons, kept copies,
+output rows, and the cross-domain index."""
+
+import json
+import random
+
+import pytest
+import yaml
+
+from llm_pipeline.compute import dedup
+from llm_pipeline.compute.executor import LocalExecutor
+from llm_pipeline.config import load_config
+from llm_pipeline.curation.dedup import MAX_BUCKET_ALL_PAIRS
+from llm_pipeline.io import MANIFEST, ShardWriter, iter_records
+from llm_pipeline.runner import run_stage
+from llm_pipeline.stages.deduped_shards import read_index
+
+rng = random.Random(11)
+VOCAB = [f"w{i}" for i in range(2_000)]
+
+
+def doc(n=100):
+    return " ".join(rng.choice(VOCAB) for _ in range(n)) + "."
+
+
+def edit(text, n, seed):
+    r = random.Random(seed)
+    words = text.split()
+    for _ in range(n):
+        words[r.randrange(len(words))] = "edited"
+    return " ".join(words)
+
+
+def corpus():
+    base = [doc() for _ in range(30)]
+    texts = list(base)
+    texts += [edit(base[k], 3, k) for k in range(0, 30, 3)]  # near copies, spread over the stream
+    texts += [base[5].upper(), base[7] + "  "]  # exact copies after normalization
+    template = doc(120)  # a templated page: one bucket far over MAX_BUCKET_ALL_PAIRS in every band
+    texts += [edit(template, 1 + k % 3, 100 + k) for k in range(MAX_BUCKET_ALL_PAIRS + 15)]
+    texts += [edit(template, 40, 999)]  # a farther copy: a candidate that verification must weigh
+    random.Random(3).shuffle(texts)
+    return texts
+
+
+def write_cleaned(data_dir, domain, texts):
+    import xxhash
+
+    folder = data_dir / "cleaned_corpus" / domain
+    with ShardWriter(folder, max_rows=17) as w:
+        for i, t in enumerate(texts):
+            w.write({"id": xxhash.xxh3_128_hexdigest(t.encode()), "domain": domain, "source": f"{domain}/{i}.txt",
+                     "text": t, "licence": "CC0", "language": "en", "format": "txt", "n_words": len(t.split()),
+                     "pii_counts": "{}", "extractor": "plain"})
+    (folder / MANIFEST).write_text(json.dumps({"stage": "cleaned_corpus"}))
+
+
+def make_cfg(tmp_path, **dedup_cfg):
+    conf = {"data_dir": str(tmp_path / "data"), "eval_fraction": 0.3,
+            "domains": {d: {"sources": [{"path": "unused"}]} for d in ("legal", "medicine")},
+            "deduped_shards": {"shard_rows": 7, **dedup_cfg},
+            "compute": {"task_rows": 9, "workers": 3}}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(conf))
+    return load_config(tmp_path / "config.yaml", root=tmp_path)
+
+
+@pytest.mark.parametrize("keep", ["longest", "earliest_source", "smallest_id"])
+def test_spread_near_dedup_decides_as_the_single_process(tmp_path, keep):
+    texts = corpus()
+    other = [doc() for _ in range(5)] + [edit(texts[0], 2, 5), texts[1]]  # medicine repeats some of legal
+    results = {}
+    for engine in ("single", "tasks"):
+        cfg = make_cfg(tmp_path / engine, keep=keep)
+        write_cleaned(cfg.data_path, "legal", texts)
+        write_cleaned(cfg.data_path, "medicine", other)
+        for domain in ("legal", "medicine"):
+            if engine == "single":
+                r = run_stage(cfg, "deduped_shards", domain)
+                results[engine, domain] = (r.stats, r.output_dir)
+            else:
+                out = tmp_path / engine / "out" / domain
+                out.mkdir(parents=True)
+                r = dedup.run(cfg, {"cleaned_corpus": cfg.data_path / "cleaned_corpus" / domain}, out, domain, None,
+                              executor=LocalExecutor())
+                results[engine, domain] = (r.stats, out)
+                assert r.metadata["tasks"] > (5 if domain == "legal" else 0)
+        results[engine, "index"] = read_index(cfg, "legal")
+    for domain in ("legal", "medicine"):
+        (s1, o1), (s2, o2) = results["single", domain], results["tasks", domain]
+        assert {k: v for k, v in s1.items() if k != "shards"} == {k: v for k, v in s2.items() if k != "shards"}
+        assert list(iter_records(o1)) == list(iter_records(o2))
+        assert (o1 / "dropped.jsonl").read_text() == (o2 / "dropped.jsonl").read_text()
+    legal = results["single", "legal"][0]["dropped"]
+    assert legal["near_duplicate"] > MAX_BUCKET_ALL_PAIRS and legal["exact_duplicate"] >= 2
+    assert results["single", "medicine"][0]["dropped"].get("exact_duplicate_cross_domain") == 1
+    for name in ("rows", "hashes", "keys"):
+        assert (results["single", "index"][name] == results["tasks", "index"][name]).all()

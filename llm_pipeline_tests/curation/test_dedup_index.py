@@ -1,0 +1,51 @@
+"""The persisted near-dup index: under 100 bytes per document, memory-mapped on read, stale once the cleaned output
+its rows point into changes, and rows read back without reading the rest."""
+
+import json
+
+import numpy as np
+
+from llm_pipeline.curation import dedup_index
+from llm_pipeline.curation.dedup import MinHasher, band_keys
+from llm_pipeline.io import MANIFEST, ShardWriter
+
+PARAMS = [128, 5, 20, 6, 1234, 2]
+
+
+def cleaned(folder, n, shard_rows=300):
+    with ShardWriter(folder, max_rows=shard_rows) as w:
+        for i in range(n):
+            w.write({"id": f"id{i:05d}", "text": f"document number {i} " * 5})
+    (folder / MANIFEST).write_text(json.dumps({"stage": "cleaned_corpus"}))
+
+
+def test_index_is_small_mapped_and_stale_after_its_source_changes(tmp_path):
+    n = 5_000
+    src = tmp_path / "cleaned"
+    cleaned(src, n)
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 2**32, size=(n, 128), dtype=np.uint64).astype(np.uint32)
+    keys = band_keys(sigs, 20, 6)
+    path = tmp_path / "legal.idx"
+    dedup_index.write(path, np.arange(n), rng.integers(0, 2**63, size=n, dtype=np.uint64), keys, PARAMS, src)
+    on_disk = sum(p.stat().st_size for p in path.iterdir())
+    assert on_disk / n <= 100, on_disk / n
+    index = dedup_index.read(path, PARAMS, src)
+    assert isinstance(index["keys"], np.memmap) and index["keys"].dtype == np.uint32
+    assert (index["keys"] == dedup_index.fold32(keys)).all()
+    assert dedup_index.read(path, [*PARAMS[:-1], 3], src) is None  # another signature scheme
+    cleaned(src, n + 1)  # the cleaned output was rebuilt: rows may point elsewhere now
+    assert dedup_index.read(path, PARAMS, src) is None
+
+
+def test_read_rows_reads_the_rows_asked(tmp_path):
+    cleaned(tmp_path, 1_000, shard_rows=70)
+    got = dedup_index.read_rows(tmp_path, np.array([999, 0, 70, 69, 500, 70]), ["id"])
+    assert got == {r: {"id": f"id{r:05d}"} for r in (0, 69, 70, 500, 999)}
+
+
+def test_fold_keeps_equal_keys_equal():
+    h = MinHasher(128, 5, 1)
+    sigs = h.signatures(["the same words in the same order here", "the same words in the same order here", "other"])
+    folded = dedup_index.fold32(band_keys(sigs, 20, 6))
+    assert (folded[0] == folded[1]).all() and (folded[0] != folded[2]).any()
