@@ -82,7 +82,7 @@ def test_the_sample_is_cut_into_many_tasks(engines):
     single, split, out, _ = engines
     assert split["raw_corpus"].metadata["tasks"] > 10  # one per file
     assert split["cleaned_corpus"].metadata["tasks"] >= single["raw_corpus"].stats["documents_kept"] // 4
-    assert all(p.name.startswith("shard-t") for p in out["deduped_shards"].glob("*.parquet"))
+    assert all(p.name.startswith(("train-t", "eval-t")) for p in out["deduped_shards"].glob("*.parquet"))
     assert sum(split["deduped_shards"].stats["dropped"].values()) > 0  # the sample has duplicates to find
 
 
