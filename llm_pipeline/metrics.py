@@ -28,6 +28,8 @@ KEY_METRICS = {
     "base_checkpoint": ("steps", "final_train_loss", "eval_loss", "eval_perplexity"),
     "lora_adapter": ("steps", "train_loss", "eval_loss", "eval_perplexity"),
     "dpo_model": ("steps", "train_loss", "eval_loss", "rewards_accuracies", "eval_rewards_accuracies", "eval_rewards_margins"),
+    "reward_model": ("steps", "train_loss", "eval_accuracy", "length_baseline_accuracy", "sft_loglik_accuracy"),
+    "rl_model": ("steps", "train_reward", "eval_reward_sft", "eval_reward_rl", "eval_reward_gain", "eval_kl_to_sft"),
     "eval_report": ("perplexity", "preference_accuracy", "canaries_leaked", "gates_failed", "promoted"),
 }
 

@@ -139,17 +139,5 @@ def run(cfg: PipelineConfig, domain: str, output_dir: Path, executor=None) -> St
     shards = sorted(output_dir.glob("shard-*.parquet"))
     if kept == 0:
         raise raw_corpus.SourceError(raw_corpus.empty_domain_message(cfg, domain, reasons, first))
-    quarantined = sum(reasons.values())
-    stats = {
-        "documents_in": kept + quarantined,
-        "documents_kept": kept,
-        "dropped": {},
-        "quarantined": quarantined,
-        "quarantine_reasons": dict(sorted(reasons.items())),
-        "bytes_in": bytes_kept + bytes_quarantined,
-        "bytes_kept": bytes_kept,
-        "bytes_quarantined": bytes_quarantined,
-        "formats": dict(sorted(formats.items())),
-        "shards": len(shards),
-    }
-    return StageOutput(stats=stats, preview=raw_corpus.preview(domain, stats, samples), metadata={"tasks": len(tasks), **placement})
+    return raw_corpus.stage_output(cfg, domain, kept, reasons, bytes_kept, bytes_quarantined, formats, len(shards), samples,
+                                   metadata={"tasks": len(tasks), **placement})

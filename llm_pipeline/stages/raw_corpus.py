@@ -81,6 +81,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         pq.write_table(SCHEMA.empty_table(), path, compression="zstd")
         shards = [path]
 
+    return stage_output(cfg, domain, kept, reasons, bytes_kept, bytes_quarantined, formats, len(shards), samples)
+
+
+def stage_output(cfg: PipelineConfig, domain: str, kept: int, reasons: Counter, bytes_kept: int, bytes_quarantined: int,
+                 formats: Counter, n_shards: int, samples: list[dict], metadata: dict | None = None) -> StageOutput:
+    """Stats and preview from the counts (one pass, or the tasks' counts merged)."""
     quarantined = sum(reasons.values())
     stats = {
         "documents_in": kept + quarantined,
@@ -92,10 +98,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "bytes_kept": bytes_kept,
         "bytes_quarantined": bytes_quarantined,
         "formats": dict(sorted(formats.items())),
-        "shards": len(shards),
+        "shards": n_shards,
     }
-    assert stats["documents_in"] == kept + sum(stats["dropped"].values()) + quarantined
-    return StageOutput(stats=stats, preview=preview(domain, stats, _shown_sources(cfg, samples)))
+    return StageOutput(stats=stats, preview=preview(domain, stats, _shown_sources(cfg, samples)), metadata=metadata or {})
 
 
 def _shown_sources(cfg: PipelineConfig, samples: list[dict]) -> list[dict]:
