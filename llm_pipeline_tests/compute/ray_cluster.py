@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,24 +20,44 @@ from pathlib import Path
 RAY = Path(sys.executable).parent / "ray"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+_HANDED_OUT: set[int] = set()  # ports this process gave a node: never given twice
+BLOCK = 48  # a node's ports: 6 named ones, then its worker range
+
+
+def port_block(size: int = BLOCK) -> list[int]:
+    """`size` consecutive ports that are all free now and were not handed out before. Ray checks that its random
+    picks avoid the worker range, so every port of a node comes from one block: free ports picked one by one could
+    fall inside another's worker range (two test runs at once made that happen)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - size)
+        block = list(range(base, base + size))
+        if _HANDED_OUT.intersection(block):
+            continue
+        socks = []
+        try:
+            for port in block:
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        _HANDED_OUT.update(block)
+        return block
+    raise RuntimeError(f"no {size} consecutive free ports on 127.0.0.1")
 
 
 def _node_args(temp_dir: str) -> list[str]:
-    manager, objects, agent_http, agent_grpc, metrics, runtime_env = free_ports(6)
-    low = free_ports(1)[0]  # worker ports: a small range near a free one
+    block = port_block()
+    manager, objects, agent_http, agent_grpc, metrics, runtime_env = block[:6]
     return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp_dir,
             "--node-manager-port", str(manager), "--object-manager-port", str(objects),
             "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
-            "--min-worker-port", str(low), "--max-worker-port", str(min(low + 40, 65535)),
+            "--min-worker-port", str(block[6]), "--max-worker-port", str(block[-1]),
             "--disable-usage-stats", "--block"]
 
 
@@ -63,7 +84,7 @@ class Cluster:
 def local_cluster(env: dict[str, str] | None = None, timeout: float = 90.0) -> Iterator[Cluster]:
     """Start both nodes and yield at once (the caller can work meanwhile); `wait()` returns once both are up."""
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    port, client = free_ports(2)
+    port, client = port_block(2)
     # No token authentication on this loopback-only cluster: Ray 2.60's head otherwise makes a token in ~/.ray, shared
     # by every Ray user of this account, and a node that starts before it is written cannot join. The test's own
     # driver must say the same (RAY_AUTH_MODE in its environment).
