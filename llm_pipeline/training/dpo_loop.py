@@ -138,6 +138,13 @@ def _pair_terms(model, part: dict, settings: LoopSettings, plan: DevicePlan) -> 
 @torch.no_grad()
 def evaluate(model, pairs: list[dict], collator, settings: LoopSettings, plan: DevicePlan) -> dict[str, float]:
     """Held-out DPO loss and reward metrics over every pair, named as the Trainer names them (`eval_...`)."""
+    return evaluate_pairs(model, pairs, collator, settings, plan, _pair_terms, METRICS)
+
+
+@torch.no_grad()
+def evaluate_pairs(model, pairs: list[dict], collator, settings, plan: DevicePlan, terms_fn, metrics) -> dict[str, float]:
+    """Mean loss and per-pair terms (`terms_fn(model, batch, settings, plan) -> (losses, terms)`) over every held-out
+    pair, in length order, named `eval_loss` and `eval_<metric>`; the model's train/eval mode is restored."""
     if not pairs:
         return {}
     was_training = model.training
@@ -147,12 +154,12 @@ def evaluate(model, pairs: list[dict], collator, settings: LoopSettings, plan: D
     losses, terms = [], []
     for s in range(0, len(order), settings.batch_size):
         batch = _to(collator([pairs[i] for i in order[s : s + settings.batch_size]]), device)
-        lo, te = _pair_terms(model, batch, settings, plan)
+        lo, te = terms_fn(model, batch, settings, plan)
         losses.append(lo.float().cpu())
         terms.append(te.float().cpu())
     model.train(was_training)
     t = torch.cat(terms, dim=1).mean(dim=1).tolist()
-    return {"eval_loss": float(torch.cat(losses).mean()), **{f"eval_{k}": v for k, v in zip(METRICS, t)}}
+    return {"eval_loss": float(torch.cat(losses).mean()), **{f"eval_{k}": v for k, v in zip(metrics, t)}}
 
 
 def _enable_gradient_checkpointing(model) -> None:

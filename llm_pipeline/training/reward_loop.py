@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
-from llm_pipeline.training.dpo_loop import LoopResult, _Trainable, _to, batch_order, cosine_with_warmup
+from llm_pipeline.training.dpo_loop import LoopResult, _Trainable, _to, batch_order, cosine_with_warmup, evaluate_pairs
 from llm_pipeline.training.dpo_train import rows_per_pass
 from llm_pipeline.training.reward_scoring import pair_rewards
 
@@ -57,24 +57,9 @@ def _terms(model, part: dict, settings: RewardLoopSettings, plan: DevicePlan) ->
     return losses, torch.stack([(c > r).float(), c - r, c, r])
 
 
-@torch.no_grad()
 def evaluate(model, pairs: list[dict], collator, settings: RewardLoopSettings, plan: DevicePlan) -> dict[str, float]:
     """Held-out loss, pairwise accuracy (chosen scored above rejected) and mean margin over every pair."""
-    if not pairs:
-        return {}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i]["length"])
-    losses, terms = [], []
-    for s in range(0, len(order), settings.batch_size):
-        batch = _to(collator([pairs[i] for i in order[s : s + settings.batch_size]]), device)
-        lo, te = _terms(model, batch, settings, plan)
-        losses.append(lo.float().cpu())
-        terms.append(te.float().cpu())
-    model.train(was_training)
-    t = torch.cat(terms, dim=1).mean(dim=1).tolist()
-    return {"eval_loss": float(torch.cat(losses).mean()), **{f"eval_{k}": v for k, v in zip(METRICS, t)}}
+    return evaluate_pairs(model, pairs, collator, settings, plan, _terms, METRICS)
 
 
 def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, settings: RewardLoopSettings,
