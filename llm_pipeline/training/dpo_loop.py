@@ -135,6 +135,23 @@ def _pair_terms(model, part: dict, settings: LoopSettings, plan: DevicePlan) -> 
     return losses, terms
 
 
+def optimizer_and_resume(model, settings, checkpoint_dir: Path, fingerprint: str, weight_decay: float = 0.0):
+    """AdamW and a cosine-with-warmup schedule over the trainable parameters, with the latest checkpoint of this
+    `fingerprint` loaded into model, optimizer, schedule and RNG. Returns (params, optimizer, scheduler, trainable,
+    state, resume_note); `state` (None without a checkpoint) holds the loop's own counters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(settings.steps, settings.warmup_steps))
+    trainable = _Trainable(model)
+    state, note = checkpoints.latest_checkpoint(checkpoint_dir, fingerprint)
+    if state is not None:
+        trainable.load(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoints.set_rng_state(state["rng"])
+    return params, optimizer, scheduler, trainable, state, note
+
+
 @torch.no_grad()
 def evaluate(model, pairs: list[dict], collator, settings: LoopSettings, plan: DevicePlan) -> dict[str, float]:
     """Held-out DPO loss and reward metrics over every pair, named as the Trainer names them (`eval_...`)."""

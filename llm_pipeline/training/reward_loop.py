@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
-from llm_pipeline.training.dpo_loop import LoopResult, _Trainable, _to, batch_order, cosine_with_warmup, evaluate_pairs
+from llm_pipeline.training.dpo_loop import LoopResult, _to, batch_order, evaluate_pairs, optimizer_and_resume
 from llm_pipeline.training.dpo_train import rows_per_pass
 from llm_pipeline.training.reward_scoring import pair_rewards
 
@@ -69,17 +69,10 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
     if not train_pairs:
         raise ValueError("no training pairs")
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(settings.steps, settings.warmup_steps))
-    trainable = _Trainable(model)
+    params, optimizer, scheduler, trainable, state, note = optimizer_and_resume(model, settings, checkpoint_dir, fingerprint)
     result = LoopResult()
-    state, result.resume_note = checkpoints.latest_checkpoint(checkpoint_dir, fingerprint)
+    result.resume_note = note
     if state is not None:
-        trainable.load(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoints.set_rng_state(state["rng"])
         result.log, result.tokens_trained = list(state["log"]), int(state["tokens_trained"])
         result.start_step = int(state["step"])
 

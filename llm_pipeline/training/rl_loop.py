@@ -36,7 +36,7 @@ import torch
 
 from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
-from llm_pipeline.training.dpo_loop import _Trainable, cosine_with_warmup
+from llm_pipeline.training.dpo_loop import _Trainable, optimizer_and_resume
 
 ALGORITHMS = ("rloo", "grpo")
 
@@ -189,17 +189,10 @@ def train(model, tokenizer, prompts: list[dict], reward_fn, settings: RlSettings
     if settings.generations < 2:
         raise ValueError("rl_model.generations_per_prompt must be at least 2: each completion's baseline is the others")
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(settings.steps, settings.warmup_steps))
-    trainable = _Trainable(model)
+    params, optimizer, scheduler, trainable, state, note = optimizer_and_resume(model, settings, checkpoint_dir, fingerprint)
     result = RlResult()
-    state, result.resume_note = checkpoints.latest_checkpoint(checkpoint_dir, fingerprint)
+    result.resume_note = note
     if state is not None:
-        trainable.load(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoints.set_rng_state(state["rng"])
         result.log, result.completions = list(state["log"]), int(state["completions"])
         result.start_step = int(state["step"])
 
