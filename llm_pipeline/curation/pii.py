@@ -59,6 +59,12 @@ _PART = r"[A-Z][\w'’]*[a-z][\w'’]*"
 _NAME_TAIL = re.compile(r"(?:-" + _PART + r"|(?: (?:van|von|der|den|de|da|di|del|della|du|la|le|ter|ten|dos|das|bin|ibn|al|el))+ "
                         + _PART + r"(?:-" + _PART + r")?)")
 _NAME_HEAD = re.compile(_PART + r"-$")
+# Honorifics before a name, as written ("Mr.", "mr.", "MRS", "Dr", "Prof."); "miss" only capitalized ("I miss").
+_HONORIFIC = re.compile(r"\b(?:[Mm]rs?|[Mm]s|[Mm]x|[Dd]r|[Pp]rof|MRS?|MS|DR|Miss|Sir|Dame|Mme|Mlle)\.?[ \t]+$")
+# A house number before a place, at a line's start (after quote marks or bullets) or after "at", "to", "is", ":".
+_HOUSE_NUMBER = re.compile(r"(?:^[^\w\n]*|\b(?:at|to|is|address)[ \t]+|:[ \t]*)(\d{1,6}[A-Za-z]?),?[ \t]+$", re.MULTILINE)
+# A postal code after a place ("Oslo 0150", "Springfield, IL 62704"), at the end of a line or before punctuation.
+_POSTCODE_AFTER = re.compile(r",?[ \t]+(?:[A-Z]{2,3}[ \t]+)?\d{4,6}(?![\w-])(?=[ \t]*(?:$|[.,;)]))", re.MULTILINE)
 
 
 # A source's extension and record suffix ("report.pdf", "rows.jsonl#12", "notes.txt:40"), kept as they are.
@@ -99,7 +105,9 @@ def outside_tags(text: str, spans: list) -> list:
 
 
 def extend_names(text: str, spans: list) -> list:
-    """PERSON spans grown over the hyphenated or particle-joined parts of the same name that lie next to them."""
+    """PERSON spans grown over the hyphenated or particle-joined parts of the same name that lie next to them, and
+    over the honorific before them ("Mr.", "Dr", "Mrs."): it gives the person's gender or profession, and "Mr.
+    <PERSON>" keeps a trace of who was there that "<PERSON>" does not."""
     for r in spans:
         if r.entity_type != "PERSON":
             continue
@@ -107,13 +115,40 @@ def extend_names(text: str, spans: list) -> list:
             r.end = m.end()
         while r.start > 0 and (m := _NAME_HEAD.search(text, 0, r.start)) is not None and m.end() == r.start:
             r.start = m.start()
+        if r.start > 0 and (m := _HONORIFIC.search(text, max(0, r.start - 8), r.start)) is not None:
+            r.start = m.start()
+    return spans
+
+
+def extend_addresses(text: str, spans: list) -> list:
+    """LOCATION spans grown over the house number before them and the postal code after them, as addresses write
+    them ("20789 <street>", "<city> 62488", "<city>, NY 12345"): alone, neither number is found, and with the
+    place gone they are what is left of the address. The number before counts only at the start of a line or
+    after "at", "to", "is" or a colon, the code after only at the end of a line or before punctuation, so "in 1989
+    Berlin" or "Paris 2024 Olympics" keep their years."""
+    for r in spans:
+        if r.entity_type != "LOCATION":
+            continue
+        if (m := _POSTCODE_AFTER.match(text, r.end)) is not None:
+            r.end = m.end()
+        if r.start > 0 and (m := _HOUSE_NUMBER.search(text, max(0, r.start - 24), r.start)) is not None:
+            r.start = m.start(1)
     return spans
 
 
 def _heading(text: str, r) -> bool:
     """An ORGANIZATION finding in capitals only ("BACKGROUND", "NOTICES", "FORCE MAJEURE", "IBM"): spaCy's small
-    model reads headings in capitals as organisations, and an acronym names an organisation, not a person."""
-    return r.entity_type == "ORGANIZATION" and not any(c.islower() for c in text[r.start : r.end])
+    model reads headings in capitals as organisations, and an acronym names an organisation, not a person.
+    One word of five letters or more in capitals after lower-case words on its line ("grew up in HELSINKI",
+    "flew to LEPPEN") is neither: a place or a name written in capitals, as forms and address labels do."""
+    if r.entity_type != "ORGANIZATION":
+        return False
+    span = text[r.start : r.end]
+    if any(c.islower() for c in span):
+        return False
+    line_start = text.rfind("\n", 0, r.start) + 1
+    in_sentence = any(c.islower() for c in text[line_start : r.start])
+    return not (in_sentence and " " not in span and sum(c.isalpha() for c in span) >= 5)
 
 
 def visible(text: str) -> tuple[str, list[int] | None]:
@@ -387,7 +422,7 @@ class PiiRedactor:
                 analyzed[k] += [Span(a, b, e, 0.85) for a, b, e in found if e in wanted]
         per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
-            for r in extend_names(piece, results):
+            for r in extend_addresses(piece, extend_names(piece, results)):
                 if kept is not None:  # back to the characters of the original text, invisible ones included
                     r.start, r.end = kept[r.start], kept[r.end - 1] + 1
                 r.start += offset

@@ -38,7 +38,7 @@ import regex
 from spacy.attrs import IS_PUNCT, IS_STOP
 
 from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, candidate_offsets, token_table, use_numpy_blas,
-                                           windowed_entities)
+                                           windowed_entities, without_capitals)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
 # spaCy pipes NER does not read in en_core_web_sm (its NER embeds tokens itself).
@@ -108,12 +108,17 @@ _NOT_A_NAME = r"(?!(?:The|A|An|This|That|These|Those|Our|Your|Their|Its|My|His|H
 _STREET_PREFIX = "Rua|Via|Calle|Avenida|Rue|Viale|Piazza|Plaza|Carrer|Camino|Chemin|Praça|Strada"
 _STREET_COMPOUND = "strasse|straße|gasse|weg|platz|allee|gade|vej|gatan|vägen|katu|utca|laan|straat|ulica"
 _UNIT = "Apt|Apartment|Suite|Unit|Flat"
+# US military post ("PSC 6293, Box 8158 / APO AP 04336", "Unit 1009 Box 0219 / DPO AP 51065", "USNS Saibara / FPO AE
+# 12382"): the unit or ship line and the APO/FPO/DPO line with its zone and ZIP code.
+_MILITARY = (r"(?i:\b(?:(?:PSC|CMR|Unit)\s+\d{3,5},?\s+Box\s+\d{3,5}|(?:USNS|USNV|USS|USCGC)\s+[A-Z][\w'’-]*)"
+             r"\s*,?\s+[AFD]PO\s+A[AEP]\s+\d{5}\b)")
 STREET_REGEX = (
     r"\b(?:\d{1,5}[A-Za-z]?,?\s+)?" + _NOT_A_NAME + r"(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_SUFFIX + r")\b"
     r"|\b\d{1,5}[A-Za-z]?\s+(?:[A-Z][a-z'’]+\s+){1,3}(?:" + _STREET_ABBR + r")\b\.?"
     r"|\b(?:\d{1,5}[A-Za-z]?,?\s+)?(?:" + _STREET_PREFIX + r")(?:\s+(?:d[aeiou]s?|de la|del|della|di))?(?:\s+[A-ZÀ-Þ][\w'’]+){1,3}(?:\s+\d{1,5}[A-Za-z]?\b)?"
     r"|\b(?:\d{1,5}[A-Za-z]?,?\s+)?[A-ZÀ-Þ]\w*(?:" + _STREET_COMPOUND + r")\s+\d{1,5}[A-Za-z]?\b"
     r"|\b(?:" + _UNIT + r")\.?\s*#?\d{1,5}[A-Za-z]?\b"
+    r"|" + _MILITARY
 )
 
 
@@ -250,8 +255,12 @@ def phone_shape_recognizer():
 
 # Ages ("he just turned 53", "aged 61", "a 38-year-old", "at the age of 66"): with a name, an age narrows a person
 # down; a number alone is not one.
-AGE_REGEX = (r"(?<=\b(?i:turned|turns|turning|aged|age of|age:)\s{1,3})\d{1,3}\b(?!\s*(?:%|percent|degrees?|points?|times|minutes|hours|days|weeks|months|dollars|euros|kg|km|miles))"
-             r"|\b\d{1,3}(?=[- ]years?[- ]old\b)")
+_NOT_AN_AGE = r"(?!\s*(?:%|percent|degrees?|points?|times|minutes|hours|days|weeks|months|dollars|euros|kg|km|miles))"
+AGE_REGEX = (r"(?<=\b(?i:turned|turns|turning|(?:'ll|will|to|would|gonna)\s+turn|aged|age of|age:)\s{1,3})\d{1,3}\b" + _NOT_AN_AGE
+             + r"|\b\d{1,3}(?=[- ]years?[- ]old\b|\s?(?i:y/o|yo|yrs? old)\b)"
+             # "when he was 78." / "since she was 9,": a bare number after a person and "was" that ends the clause
+             + r"|(?<=\b(?i:when|since|until|till|because|as)\s+(?i:he|she|i|they|we|you)\s+(?i:was|were|is|are|am|turned)\s)"
+             r"\d{1,3}(?=\s*(?:[.,;!?)]|$))")
 # Postal codes after their label ("ZIP: 394 13", "my zip code is 35350", "Postcode: B0J 2H0"): part of an address.
 POSTAL_CODE_REGEX = (r"(?<=\b(?i:zip|zip code|postal code|postcode|post code|plz)(?:\s+is)?\s*:?\s{1,3})"
                      r"(?=[A-Z0-9 -]*\d)[A-Z0-9](?:[A-Z0-9]|[ -](?=[A-Z0-9])){2,9}\b")
@@ -308,14 +317,14 @@ DIGIT_MARGIN = 50  # the longest of those matches: an IBAN in groups, 43 charact
 RECOGNIZER_GATES = {
     "EmailRecognizer": r"@",
     "IpRecognizer": r"[0-9]\.[0-9]|::|[0-9A-F]:[0-9A-F]",
-    "StreetAddressRecognizer": rf"\b(?:{_STREET_SUFFIX}|{_STREET_ABBR}|{_STREET_PREFIX}|{_UNIT})\b|(?:{_STREET_COMPOUND})\s+\d",
+    "StreetAddressRecognizer": rf"\b(?:{_STREET_SUFFIX}|{_STREET_ABBR}|{_STREET_PREFIX}|{_UNIT})\b|(?:{_STREET_COMPOUND})\s+\d|(?i:\b[AFD]PO\b)",
     "LabelledNameRecognizer": "|".join(regex.escape(label) for label in _NAME_LABELS),
     "DoubleBarrelledNameRecognizer": r"[a-z'’]-[A-Z]",
     "ObfuscatedEmailRecognizer": _OBFUSCATED_AT.pattern,
     "WrittenDateRecognizer": r"\b(?:1[89]|20)\d\d\b",
     "UrlRecognizer": r"\.[A-Za-z]|//",
     "PhoneShapeRecognizer": r"\d\d",
-    "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old)",
+    "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old|yrs?\s+old|(?:was|were|is|are|am)\s+\d)|\d\s?(?i:y/?o)\b",
     "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
 }
 
@@ -401,11 +410,14 @@ class FastAnalyzer:
         if not self.run_ner:
             return docs, ents
         need = [i for i, e in enumerate(entities) if ner[i] and NER_ENTITIES & set(e)]
-        offsets = {i: ([0] if self.whole_text_ner else candidate_offsets(texts[i])) for i in need}
+        # A text written without capitals (chat, lower-cased exports) has no capitalized word to point at its names:
+        # NER reads all of it.
+        whole = {i for i in need if self.whole_text_ner or without_capitals(texts[i])}
+        offsets = {i: ([0] if i in whole else candidate_offsets(texts[i])) for i in need}
         need = [i for i in need if offsets[i]]
         for i in need:
             docs[i] = self.nlp.make_doc(texts[i])
-            if self.whole_text_ner:
+            if i in whole:
                 offsets[i] = token_table(docs[i], texts[i])[0]
             elif focus is not None and focus[i] is not None:
                 offsets[i] = near_spans(token_table(docs[i], texts[i])[0], offsets[i], focus[i])

@@ -37,18 +37,31 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.tokens import Doc, Span
 
 NER_BEFORE, NER_AFTER = 4, 5  # tokens around a candidate word: the CNN's reach of 4, and 1 more after it
+# Our replacement tags (curation.pii.TYPE_TAG).
+_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
 # A letter run starting with an ASCII capital or a non-ASCII letter (checked for upper case below).
 _LETTERS = re.compile(r"(?<![^\W\d_])(?:[A-Z]|[^\W\d_a-z\x00-\x7f])[^\W\d_]*")
 
 
 def candidate_offsets(text: str) -> list[int]:
-    """Character offsets of the words NER must look around: capitalized and not a stop word, or an acronym."""
+    """Character offsets of the words NER must look around: capitalized and not a stop word, or an acronym. The
+    capitals of our own replacement tags ("<PERSON>") are not candidates: a tag is no name, and NER reading one
+    as part of a name ("<PERSON> deemed") only finds the words next to it."""
     out = []
+    tags = [m.span() for m in _TAG.finditer(text)] if "<" in text else []
     for m in _LETTERS.finditer(text):
         word = m.group()
         if word[0].isupper() and (word.lower() not in STOP_WORDS or sum(c.isupper() for c in word) > 1):
+            if tags and any(a < m.start() < b for a, b in tags):
+                continue
             out.append(m.start())
     return out
+
+
+def without_capitals(text: str, least_letters: int = 20) -> bool:
+    """Whether `text` (our tags aside) has letters, at least `least_letters` of them, and none in upper case."""
+    bare = _TAG.sub("", text) if "<" in text else text
+    return bare == bare.lower() and sum(c.isalpha() for c in bare) >= least_letters
 
 
 def ner_windows(token_starts: list[int], offsets: list[int], n_tokens: int, before: int = NER_BEFORE,

