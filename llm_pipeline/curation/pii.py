@@ -67,9 +67,6 @@ _HOUSE_NUMBER = re.compile(r"(?:^[^\w\n]*|\b(?:at|to|is|address)[ \t]+|:[ \t]*)(
 _POSTCODE_AFTER = re.compile(r",?[ \t]+(?:[A-Z]{2,3}[ \t]+)?\d{4,6}(?![\w-])(?=[ \t]*(?:$|[.,;)]))", re.MULTILINE)
 
 
-# A source's extension and record suffix ("report.pdf", "rows.jsonl#12", "notes.txt:40"), kept as they are.
-_SOURCE_SUFFIX = re.compile(r"(?:\.[A-Za-z0-9]{1,5})?(?:[#:]L?\d+)?$")
-_SOURCE_SEPARATOR = re.compile(r"[_.+~]")
 
 
 def only_tags(span: str) -> bool:
@@ -342,11 +339,7 @@ class PiiRedactor:
 
     def redact_sources(self, sources: list[str]) -> list[str]:
         """Source paths with the personal data in their folder and file names replaced ("notes/jane_doe.txt" ->
-        "notes/<PERSON>.txt"); an extension and the "#row" or ":line" suffix of a record stay.
-
-        A name in a file name is written in lower case between underscores or dots, where neither NER nor the
-        name patterns see it: each part is also analyzed with those separators as spaces and its words
-        capitalized (same length, so offsets hold), and what either reading finds is replaced."""
+        "notes/<PERSON>.txt"); an extension and the "#row" or ":line" suffix of a record stay (curation.pii_source)."""
         out = []
         for source in sources:
             if source not in self._source_memo:
@@ -357,27 +350,13 @@ class PiiRedactor:
         return out
 
     def _redact_source(self, source: str) -> str:
-        parts = re.split(r"([/\\])", source)
-        names = [i for i, part in enumerate(parts) if part not in ("/", "\\") and part]
-        readings = []
-        for i in names:
-            stem = _SOURCE_SUFFIX.sub("", parts[i])
-            spaced = _SOURCE_SEPARATOR.sub(" ", stem)
-            titled = " ".join(w[:1].upper() + w[1:] for w in spaced.split(" "))
-            readings += [stem, titled if len(titled) == len(stem) else spaced]
-        found = self.analyze_batch(readings) if readings else []
-        for k, i in enumerate(names):
-            stem = readings[2 * k]
-            # From the capitalized reading only names of two words or more: it makes any word look like a name
-            # ("lorem.txt", "voicemail.txt"), and names are what hides in lower case; other entities come from the
-            # part as written.
-            titled = readings[2 * k + 1]
-            spans = found[2 * k] + [r for r in found[2 * k + 1]
-                                    if r.entity_type == "PERSON" and re.search(r"\w[ -]+\w", titled[r.start : r.end])]
-            if spans:
-                new_stem, _ = self.redact_text(stem, spans)
-                parts[i] = new_stem + parts[i][len(stem):]
-        return "".join(parts)
+        from llm_pipeline.curation.pii_source import redact_source
+
+        runs = self.ner_runs.copy()  # sources are not documents: ner_runs counts documents
+        try:
+            return redact_source(self, source)
+        finally:
+            self.ner_runs = runs
 
     def replacement(self, entity: str, value: str) -> str:
         mode = self.cfg.pii_mode
@@ -391,30 +370,31 @@ class PiiRedactor:
         return f"<{entity}:{digest}>"
 
     def analyze_batch(self, texts: list[str], languages: list[str | None] | None = None,
-                      _later_pass: bool = False) -> list[list[Span]]:
+                      _later_pass: bool = False, ner: bool = True) -> list[list[Span]]:
         """Findings per text (offsets into that text); long texts are analyzed in chunks. With `languages`, NER runs
-        only on the texts in a language its model covers (``ner_runs`` counts the texts each way)."""
+        only on the texts in a language its model covers (``ner_runs`` counts the texts each way); with
+        ``ner=False``, nowhere (the pattern recognizers only)."""
         languages = languages or [None] * len(texts)
         pieces: list[str] = []
-        ner: list[bool] = []
+        ner_on: list[bool] = []
         owners: list[tuple[int, int, list[int] | None]] = []  # (text index, offset of the piece, offset map)
         other: dict[str, list[int]] = {}  # pipeline for another language -> its pieces
         for i, (text, language) in enumerate(zip(texts, languages)):
-            covered = self.ner_covers(language)
-            model = None if covered or _later_pass else self.other_model(language)
+            covered = ner and self.ner_covers(language)
+            model = None if covered or _later_pass or not ner else self.other_model(language)
             self.ner_runs[self.ner_used(language)] += 1
             for offset, piece in _chunks(text, self.cfg.pii_chunk_chars):
                 piece, kept = visible(piece)
                 if model is not None:
                     other.setdefault(model, []).append(len(pieces))
                 pieces.append(piece)
-                ner.append(covered)
+                ner_on.append(covered)
                 owners.append((i, offset, kept))
         focus = None
         if _later_pass and self.cfg.pii_mode in ("type_tag", "hash"):
             # A replacement changes NER's verdict only near it: later passes read the candidates near a tag.
             focus = [[m.span() for m in TYPE_TAG.finditer(piece)] for piece in pieces]
-        analyzed = self._spans(pieces, ner, self._later_key if _later_pass else self._key, focus)
+        analyzed = self._spans(pieces, ner_on, self._later_key if _later_pass else self._key, focus)
         wanted = set(self.entities)
         for model, at in other.items():
             # The pattern recognizers came from the analyzer above; names and places from this language's model.

@@ -272,3 +272,46 @@ def test_headings_in_capitals_stay(redactor):
             "BACKGROUND: The parties met.")
     (out, _), = redactor.redact_batch([text])
     assert all(h in out for h in ("DEFINITIONS", "NOTICES", "BACKGROUND")), out
+
+
+# Source paths: (source, expected). Names are found in runs of two or more name-like segments only; words that file
+# names are made of ("bad", "bytes", "jsonl", "final") never reach NER, so they are never read as names.
+SOURCE_PATHS = [
+    ("jsonl_bad_bytes_after_64k.jsonl", "jsonl_bad_bytes_after_64k.jsonl"),
+    ("tests/fixtures/Bad_Bytes_After_64k.jsonl", "tests/fixtures/Bad_Bytes_After_64k.jsonl"),
+    ("src/llm_pipeline/curation/pii_engine.py", "src/llm_pipeline/curation/pii_engine.py"),
+    ("reports/q3_revenue_summary.csv", "reports/q3_revenue_summary.csv"),
+    ("docs/getting_started_with_dagster.md", "docs/getting_started_with_dagster.md"),
+    ("a/state-of-the-art_models.md", "a/state-of-the-art_models.md"),
+    ("data/notes/thaddeus_quillfeather-vromm_discharge.txt", "data/notes/<PERSON>_discharge.txt"),
+    ("exports/jane_doe.jsonl#L3", "exports/<PERSON>.jsonl#L3"),
+    ("cv/john_smith_resume.pdf", "cv/<PERSON>.pdf"),
+    ("scans/dana-reyes_2023-04-01.pdf", "scans/<PERSON>_2023-04-01.pdf"),
+    ("scans/DANA_REYES_ID.pdf", "scans/<PERSON>_ID.pdf"),
+    ("hr/offer_letter_maria_gonzalez_final.docx", "hr/offer_letter_<PERSON>_final.docx"),
+    ("patients/Maria Gonzalez - intake.pdf", "patients/<PERSON> - intake.pdf"),
+    ("calls/555-201-4477_voicemail.txt", "calls/<PHONE_NUMBER>_voicemail.txt"),
+    ("inbox/jane.doe@example.org.eml", "inbox/<EMAIL_ADDRESS>.eml"),
+]
+
+
+@pytest.mark.parametrize("source, expected", SOURCE_PATHS)
+def test_source_paths(redactor, source, expected):
+    assert redactor.redact_sources([source]) == [expected]
+
+
+def test_source_paths_do_not_count_as_documents(redactor):
+    before = redactor.ner_runs.copy()
+    redactor.redact_sources(["exports/ana_lindqvist_intake.txt"])
+    assert redactor.ner_runs == before
+
+
+@pytest.mark.parametrize(
+    "stem, runs",
+    [("jsonl_bad_bytes_after_64k", []), ("jane_doe", ["jane_doe"]), ("offer_letter_maria_gonzalez_final", ["maria_gonzalez"]),
+     ("Maria Gonzalez - intake", ["Maria Gonzalez"]), ("c001", []), ("dana-reyes_2023", ["dana-reyes"])],
+)
+def test_name_runs(stem, runs):
+    from llm_pipeline.curation.pii_source import name_runs
+
+    assert [stem[a:b] for a, b in name_runs(stem)] == runs
