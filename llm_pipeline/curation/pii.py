@@ -403,6 +403,8 @@ class PiiRedactor:
         per_text: list[list[Span]] = [[] for _ in texts]
         for (i, offset, kept), results, piece in zip(owners, analyzed, pieces):
             for r in extend_addresses(piece, extend_names(piece, results)):
+                while r.end > r.start + 1 and piece[r.end - 1].isspace():  # spaCy can end a name on a line break
+                    r.end -= 1
                 if kept is not None:  # back to the characters of the original text, invisible ones included
                     r.start, r.end = kept[r.start], kept[r.end - 1] + 1
                 r.start += offset

@@ -315,3 +315,68 @@ def test_name_runs(stem, runs):
     from llm_pipeline.curation.pii_source import name_runs
 
     assert [stem[a:b] for a, b in name_runs(stem)] == runs
+
+
+# The defaults' newer parts: (text, what must be gone, what must stay).
+DEFAULTS = [
+    # honorifics go with the name they belong to
+    ("Mr. Leiva flew to Oslo on Tuesday morning.", ["Mr.", "Leiva"], ["flew to", "Tuesday morning"]),
+    ("please ask mrs. Quinzia Albers to call back", ["mrs.", "Quinzia"], ["please ask", "to call back"]),
+    ("Dr Sarah Johnson reviewed the chart.", ["Dr ", "Sarah Johnson"], ["reviewed the chart"]),
+    # nationality, religion, politics (GDPR special categories)
+    ("He is a Polish citizen and a practising Catholic.", ["Polish", "Catholic"], ["citizen"]),
+    # house numbers and postal codes with their place, US military post
+    ("Margit Olsen\n20789 Riverside Drive\nBoston 02118", ["20789", "Riverside", "02118"], ["\n"]),
+    ("Send it to Margit Olsen, 9 Elm Road, Boston 02118.", ["Olsen", "Elm", "02118"], ["Send it to"]),
+    ("Ship it to PSC 6293, Box 8158\nAPO AP 04336 please.", ["6293", "8158", "04336"], ["Ship it to", "please"]),
+    ("send it to uscgc aslakhanov\nfpo ae 44941 today", ["aslakhanov", "44941"], ["send it to"]),
+    # ages
+    ("My birthday is on the weekend. I'll turn 52.", ["52"], ["My birthday"]),
+    ("I'm Ana, originally from Lisbon, and I'm 58 y/o.", ["58"], ["originally from"]),
+    ("You can tell he was a huge fan. Written when he was 78.", ["78"], ["huge fan", "Written when"]),
+    # a text without capitals: NER reads all of it
+    ("my name is lena andersson and i have lost my card", ["lena", "andersson"], ["lost my card"]),
+    # one place word in capitals in a sentence is no heading
+    ("Ms. Jones flew to LEPPEN on Saturday morning.", ["LEPPEN", "Jones"], ["flew to", "Saturday morning"]),
+]
+
+
+@pytest.mark.parametrize("text, gone, kept", DEFAULTS)
+def test_defaults_cover(redactor, text, gone, kept):
+    (out, counts), = redactor.redact_batch([text])
+    assert not [g for g in gone if g in out], out
+    assert all(k in out for k in kept), out
+
+
+# What the newer rules must leave alone: years next to a place, an age-like number that is not one, a turn that is
+# not a birthday, acronyms and headings in capitals.
+KEPT = [
+    "In 1989 the wall came down and the city changed.",
+    "The 2024 Olympics took place in the summer.",
+    "Turn 90 degrees to the left and turn 3 pages back.",
+    "The score was 12 when the match was stopped; it is 4 now.",
+    "The rule applies to NATO members and to the FDA.",
+    "SECTION 4\nThe tenant pays the rent monthly.",
+]
+
+
+@pytest.mark.parametrize("text", KEPT)
+def test_defaults_leave_ordinary_text(redactor, text):
+    (out, _), = redactor.redact_batch([text])
+    assert out == text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Mr. <PERSON>", None), ("Oslo 0150", "<LOCATION>"), ("Springfield, IL 62704", "<LOCATION>"),
+     ("Paris 2024 Olympics", "<LOCATION> 2024 Olympics")],
+)
+def test_address_extension(text, expected):
+    from llm_pipeline.curation.pii import Span, extend_addresses
+
+    if expected is None:
+        assert extend_addresses(text, []) == []
+        return
+    end = text.index(" ") if "," not in text else text.index(",")
+    (span,) = extend_addresses(text, [Span(0, end, "LOCATION", 0.85)])
+    assert text[: span.start] + "<LOCATION>" + text[span.end :] == expected
