@@ -36,9 +36,9 @@ from spacy.attrs import IDX, LENGTH, SPACY
 from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.tokens import Doc, Span
 
+from llm_pipeline.curation.pii_spans import TYPE_TAG as _TAG  # our replacement tags
+
 NER_BEFORE, NER_AFTER = 4, 5  # tokens around a candidate word: the CNN's reach of 4, and 1 more after it
-# Our replacement tags (curation.pii.TYPE_TAG).
-_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]{16})?>")
 # A letter run starting with an ASCII capital or a non-ASCII letter (checked for upper case below).
 _LETTERS = re.compile(r"(?<![^\W\d_])(?:[A-Z]|[^\W\d_a-z\x00-\x7f])[^\W\d_]*")
 
