@@ -385,6 +385,7 @@ class FastAnalyzer:
                       for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
+        self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -423,7 +424,7 @@ class FastAnalyzer:
                 offsets[i] = near_spans(token_table(docs[i], texts[i])[0], offsets[i], focus[i])
         need = [i for i in need if offsets[i]]
         found = windowed_entities(self.ner, [texts[i] for i in need], [docs[i] for i in need],
-                                  [offsets[i] for i in need], batch_size)
+                                  [offsets[i] for i in need], batch_size, self.window_memo)
         for i, spans in zip(need, found):
             # Presidio's own label mapping (GPE/LOC -> LOCATION, ...), as its engine applies it.
             ents[i] = self.nlp_engine._get_updated_entities(spans, [0.0] * len(spans))[0]

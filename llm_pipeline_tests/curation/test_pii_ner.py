@@ -70,6 +70,21 @@ def test_windows_find_the_whole_documents_capitalized_entities(nlp):
         assert {(s.start_char, s.end_char, s.label_) for s in spans} >= whole, text
 
 
+def test_remembered_windows_give_the_same_entities_without_a_second_read(nlp, monkeypatch):
+    ner = nlp.get_pipe("ner")
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    offsets = [candidate_offsets(t) for t in TEXTS]
+    fresh = windowed_entities(ner, TEXTS, docs, offsets, batch_size=4)
+    memo: dict = {}
+    first = windowed_entities(ner, TEXTS, docs, offsets, batch_size=4, memo=memo)
+    read: list[int] = []
+    monkeypatch.setattr(pii_ner, "greedy_ner", lambda ner, pieces: read.append(len(pieces)))
+    again = windowed_entities(ner, TEXTS, docs, offsets, batch_size=4, memo=memo)
+    as_tuples = lambda found: [[(s.start_char, s.end_char, s.label_) for s in spans] for spans in found]  # noqa: E731
+    assert as_tuples(first) == as_tuples(again) == as_tuples(fresh)
+    assert sum(read) == 0 and memo
+
+
 def test_token_table_reads_the_tokens(nlp):
     text = "Call (212) 555-0147,  please."
     doc = nlp.make_doc(text)
