@@ -50,18 +50,19 @@ class Doc:
         return [w for w in WORD_RE.findall(self.text) if any(c.isalnum() for c in w)]
 
     def has_more_words_than(self, limit: int) -> bool:
-        """Whether the text has more than `limit` words, counted without building the word list when that list
-        could be long: an 8 MiB document of two-letter words is 2.8 million strings (~200 MB) that the word count
-        would only drop. Two words always have a character between them, so a text shorter than 2 x `limit` cannot
-        go over."""
+        """Whether the text has more than `limit` words, found without holding more than `limit` of them: an 8 MiB
+        document of two-letter words is 2.8 million strings (~200 MB) that the word count would only drop. Two
+        words always have a character between them, so a text shorter than 2 x `limit` cannot go over."""
         if "words" in self.__dict__ or len(self.text) < 2 * limit:
             return len(self.words) > limit
-        n = 0
+        words = []
         for match in WORD_RE.finditer(self.text):
-            if any(c.isalnum() for c in match.group()):
-                n += 1
-                if n > limit:
+            word = match.group()
+            if any(c.isalnum() for c in word):
+                if len(words) == limit:
                     return True
+                words.append(word)
+        self.__dict__["words"] = words  # the whole list after all, for the rules that follow
         return False
 
     @cached_property
