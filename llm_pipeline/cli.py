@@ -133,7 +133,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from llm_pipeline import progress
-    from llm_pipeline.io import NotAnOutput
+    from llm_pipeline.io import NotAnOutput, OutputWriteError
     from llm_pipeline.runner import StageInputError, run_stage
 
     cfg = _load(args)
@@ -147,12 +147,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         # InputChanged (an input swapped during the run) is a StageInputError; a refused output path says what to fix.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        # A failed checkpoint write (a full disk) is one line too. Looked up, not imported: the module imports torch,
-        # which a curation stage never needs (and its memory bound counts).
-        ckpt = sys.modules.get("llm_pipeline.training.checkpoints")
-        if ckpt is None or not isinstance(exc, ckpt.CheckpointWriteError):
-            raise
+    except OutputWriteError as exc:
+        # A full disk (an output, a checkpoint) is one line too: what could not be written, where, and the room left.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {"stage": result.name, "domain": result.domain, "output": str(result.output_dir),

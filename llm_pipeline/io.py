@@ -7,6 +7,7 @@ half-written output that looks finished. Document shards are Parquet files of bo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,52 @@ DOC_COLUMNS = ("id", "domain", "source", "text", "licence", "language")
 
 class NotAnOutput(RuntimeError):
     """The path a stage would replace holds something that is not an earlier output of that stage."""
+
+
+class OutputWriteError(OSError):
+    """An output could not be written: a full disk, a quota or a file-size limit. Its message is the one line a person
+    needs (what, where, why, how much room is left); the partial files are gone by the time it is raised."""
+
+
+# Failures that mean "no room to write": the disk, the user's quota, or a file-size limit (ulimit -f).
+_NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large (a file-size limit)"}
+# The same failures as the Rust and C++ writers report them (safetensors, tokenizers, torch's zip writer): an
+# exception of their own type whose text carries the OS error, so only the text tells.
+_NO_ROOM_TEXT = {"no space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC,
+                 "disk quota exceeded": errno.EDQUOT, "os error 122": errno.EDQUOT,
+                 "file too large": errno.EFBIG, "os error 27": errno.EFBIG}
+
+
+def no_room_reason(exc: BaseException | None) -> str | None:
+    """Why `exc` (or an exception it was raised from) means there was no room to write; None when it does not."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            return _NO_ROOM[exc.errno]
+        text = str(exc).lower()
+        for needle, code in _NO_ROOM_TEXT.items():
+            if needle in text:
+                return _NO_ROOM[code]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def free_space(path: Path) -> str:
+    """The free space of the file system holding `path` (or its nearest existing parent), as people read it."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
 
 
 def check_replaceable(final: Path, stage: str | None = None) -> None:
@@ -176,8 +223,12 @@ def publish_lock(lock_dir: Path, key: str) -> Iterator[None]:
 def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp beside the file
+        raise
 
 
 def read_json(path: Path) -> Any:

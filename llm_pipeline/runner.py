@@ -15,8 +15,8 @@ from typing import Any
 from llm_pipeline import __version__
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import (
-    MANIFEST, STATS, atomic_dir, clean_stale_temps, dvc_hash, move_measured, output_lock, publish_lock, read_json,
-    read_lock, split_measured, write_json,
+    MANIFEST, STATS, OutputWriteError, atomic_dir, clean_stale_temps, dvc_hash, free_space, move_measured,
+    no_room_reason, output_lock, publish_lock, read_json, read_lock, split_measured, write_json,
 )
 from llm_pipeline.metrics import key_metrics, write_metrics
 from llm_pipeline.security import check_data_dir
@@ -167,6 +167,24 @@ def run_stage(cfg: PipelineConfig, name: str, domain: str | None = None) -> Stag
         with tempfile.TemporaryDirectory(prefix=f"llmp-rank{rank}-") as scratch:
             out = fn(cfg, inputs, Path(scratch), domain=domain)
         return StageResult(name, domain, final, out.stats, out.preview, "", time.perf_counter() - started, out.metadata)
+    try:
+        return _run_owned(cfg, name, domain, inputs, final, fn, started)
+    except OutputWriteError:
+        raise
+    except Exception as exc:
+        # A full disk (or quota, or file-size limit) met by any writer (a model's safetensors, a tokenizer's
+        # files, a shard, a report) is one line; the temp folder is gone by now (atomic_dir), so nothing partial
+        # is left at or beside the output.
+        reason = no_room_reason(exc)
+        if reason is None:
+            raise
+        raise OutputWriteError(f"cannot write the {name} output in {final.parent}: {reason} "
+                               f"({free_space(final.parent)} free); free some space and run it again") from exc
+
+
+def _run_owned(cfg: PipelineConfig, name: str, domain: str | None, inputs: dict[str, Path], final: Path, fn,
+               started: float) -> StageResult:
+    """run_stage's part on the rank that owns the output: locked, atomic, manifest last."""
     # One run per output at a time; inside the lock, any temp folder of this output is a dead run's leftover.
     lock_dir = cfg.data_path / LOCK_DIR
     key = f"{name}-{domain}" if domain else name

@@ -24,14 +24,15 @@ from llm_pipeline.stages.raw_corpus import SourceError
 def permanent_errors() -> tuple[type[Exception], ...]:
     """Errors that say the config, the inputs or this machine must change: a retry would fail the same way, after
     waiting out the backoff. Imported here, not at module level, so loading the definitions stays light."""
-    from llm_pipeline.io import NotAnOutput
+    from llm_pipeline.io import NotAnOutput, OutputWriteError
     from llm_pipeline.training.finetune import FinetuneError
     from llm_pipeline.training.model_source import ModelSourceError
     from llm_pipeline.training.preference_data import PreferenceDataError
     from llm_pipeline.training.sft_data import SftDataError
 
+    # OutputWriteError: a full disk stays full until someone frees space; retrying at once would only fill it again.
     return (StageInputError, ConfigError, SourceError, ModelSourceError, FinetuneError, SftDataError, PreferenceDataError,
-            NotAnOutput)
+            NotAnOutput, OutputWriteError)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 GROUPS = {

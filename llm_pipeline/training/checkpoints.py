@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm_pipeline.io import OutputWriteError
+
 PATTERN = "step-*.pt"
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(OutputWriteError):
     """A checkpoint could not be written (full disk, quota, file-size limit); its one-line message says so."""
 
 

@@ -22,13 +22,14 @@ from collections import Counter
 
 import torch
 
+from llm_pipeline.training.packing import chat_ids
+
 IGNORE = -100
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 
 
-def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
+# Pairs, reward-model inputs and RL prompts are framed here: a special token's text inside them stays text.
+_chat = chat_ids
 
 
 def _messages(prompt) -> list[dict]:

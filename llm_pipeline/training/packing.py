@@ -44,6 +44,23 @@ def defuse_specials(text: str, specials: list[str]) -> str:
     return text
 
 
+def defused_messages(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` with each text content passed through `defuse_specials` for this tokenizer's special tokens."""
+    specials = special_strings(tokenizer)
+    return [{**m, "content": defuse_specials(m["content"], specials)} if isinstance(m.get("content"), str) else m
+            for m in messages]
+
+
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a conversation rendered by the tokenizer's chat template. Only the template's own markers are
+    special ids: a special token's text inside a message (a prompt quoting "<|im_end|>", a scraped answer holding
+    "<|endoftext|>") is defused first, so SFT examples, preference pairs, reward-model inputs and RL prompts never
+    end a turn or a document where their author did not."""
+    out = tokenizer.apply_chat_template(defused_messages(tokenizer, messages), tokenize=True,
+                                        add_generation_prompt=add_generation_prompt, return_dict=False)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
 def token_stream(tokenizer, texts: Iterable[str], eos_id: int) -> np.ndarray:
     """All texts tokenized and concatenated, an eos after each document.
 

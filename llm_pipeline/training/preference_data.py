@@ -17,6 +17,7 @@ from pathlib import Path
 import xxhash
 
 from llm_pipeline.training.corpus import iter_documents
+from llm_pipeline.training.packing import defused_messages
 from llm_pipeline.training.sft_data import _read_table
 
 PROMPT_WORDS = 32
@@ -111,7 +112,10 @@ def _sample_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int)
     with torch.no_grad():
         for start in range(0, len(pairs), 16):
             chunk = pairs[start : start + 16]
-            texts = [tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False, add_generation_prompt=True) for p in chunk]
+            # Rendered to text, then tokenized with the template's markers as special ids: the prompt's own text is
+            # defused first, so a "<|im_end|>" quoted in it cannot close the turn the sample continues.
+            texts = [tokenizer.apply_chat_template(defused_messages(tokenizer, [{"role": "user", "content": p["prompt"]}]), tokenize=False,
+                                                   add_generation_prompt=True) for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             # At least a quarter of the budget: a model that has not learned to answer yet stops at once, and an
             # empty sample is no negative (the pair would fall back to another document's text, trivially separable).

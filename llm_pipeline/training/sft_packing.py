@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_pipeline.training.packing import defuse_specials, plain_ids, special_strings
+from llm_pipeline.training.packing import chat_ids, plain_ids
 
 IGNORE = -100
 # Architectures whose transformers 5 implementation builds its mask with `masking_utils.create_causal_mask`, which
@@ -53,14 +53,7 @@ def supports_position_packing(model) -> tuple[bool, str]:
     return False, f"{kind} with {attn} attention has no position-id packing here: rows use a plain mask, documents separated by eos"
 
 
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    specials = special_strings(tokenizer)
-    messages = [{**m, "content": defuse_specials(m["content"], specials)} if isinstance(m.get("content"), str) else m
-                for m in messages]
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    return list(out)
+_chat_ids = chat_ids
 
 
 def _plain(rec: dict) -> bool:

@@ -382,6 +382,13 @@ MARKUP = [  # (file, bytes, kind, outcome): each took seconds to minutes before 
     ("links.md", b"[a](" * 30_000, "md_unclosed_links_120kb", "dropped:language_not_allowed"),
     ("roles.rst", b":a" * 60_000, "rst_colon_run_120kb", "dropped:language_not_allowed"),
     ("refs.md", b"[a\n" * 40_000, "md_40k_unclosed_reference_lines", "dropped:language_not_allowed"),
+    # Plain text whose shape used to cost memory per word or per blank (~25 bytes per byte of text): now counted
+    # without building the word list past max_words, and only blanks that change are rewritten.
+    ("two_letters.txt", b"ab " * 400_000, "txt_400k_two_letter_words", "dropped:too_many_words"),
+    ("tabs.txt", b"ab\t" * 400_000, "txt_400k_tab_separated_words", "dropped:too_many_words"),
+    ("letter_lines.txt", b"a\n" * 500_000, "txt_500k_one_letter_lines", "dropped:too_many_words"),
+    ("url_only.txt", b"https://example.com/" + b"a" * 1_000_000, "txt_one_1mb_url", "dropped:empty_after_extraction"),
+    ("zero_width.txt", "\u200b\u200d\ufeff".encode() * 100_000, "txt_900kb_zero_width_soup", "dropped:too_few_words"),
 ]
 
 
