@@ -93,7 +93,8 @@ def test_user_preference_file(pipeline, tmp_path):
     inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
     (tmp_path / "out").mkdir()
     res = reward_model.run(cfg2, inputs, tmp_path / "out")
-    assert res.stats["derivation"] == "files" and res.stats["pairs"] + res.stats["eval_pairs"] == 12
+    s = res.stats
+    assert s["derivation"] == "files" and s["pairs"] + s.get("judge_pairs", 0) + s["eval_pairs"] == 12
     assert res.stats["length_baseline_accuracy"] is None or res.stats["length_baseline_accuracy"] == 1.0  # chosen is longer
 
 
