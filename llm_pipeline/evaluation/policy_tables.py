@@ -10,6 +10,7 @@ from llm_pipeline.evaluation.tables import Cell, Table, fmt, pct
 
 ORDER = ("base", "sft", "dpo", "rl")
 SCORER_LABELS = {"reward_model": "reward model", "judge": "judge"}
+PROMPT_CHARS = 160  # of a prompt shown beside the answers
 
 
 def _label(m: str) -> str:
@@ -33,7 +34,8 @@ def policy_intro(metrics: dict) -> str:
         elif info.get("eval_accuracy") is not None:
             about.append(f"{SCORER_LABELS[s]}: held-out pair accuracy {pct(info['eval_accuracy'])} on {info.get('pairs_trained', '?')} training pairs")
     return (f"Every model answers the same {p.get('prompts')} held-out preference prompts ({p.get('prompt_source')}), "
-            f"{p.get('samples')} sampled answers each, up to {p.get('max_new_tokens')} new tokens, same seed. Mean reward under "
+            f"{p.get('samples')} sampled answers each, up to {p.get('max_new_tokens')} new tokens, with the same seed (so "
+            f"where two models agree their samples are the same: a paired comparison). Mean reward under "
             f"the reward model RL trained against and under its judge, trained on the other half of the pairs (split by "
             f"prompt), which RL never saw; in brackets the change from SFT. KL to SFT: {p.get('kl')}. Preference "
             f"accuracy: held-out pairs whose chosen answer the model finds more likely (summed log-likelihood). "
@@ -82,7 +84,9 @@ def side_by_side_table(metrics: dict) -> Table:
     models = [m for m in ("sft", "dpo", "rl") if m in (p.get("models") or {})]
     rows = []
     for s in rows_in:
-        row: list[Cell | str] = [str(s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1].get("content", ""))]
+        prompt = str(s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1].get("content", ""))
+        # The prompt's end is what the answers continue: a long one keeps its last words.
+        row: list[Cell | str] = [prompt if len(prompt) <= PROMPT_CHARS else "…" + prompt[-PROMPT_CHARS:].lstrip()]
         for m in models:
             rewards = s["rewards"].get(m) or {}
             tail = ", ".join(f"{'RM' if k == 'reward_model' else 'judge'} {v:+.4f}" for k, v in rewards.items())

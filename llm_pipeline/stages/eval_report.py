@@ -1,4 +1,4 @@
-"""eval_report: held-out comparison of the base, SFT and DPO models, written as report.md, report.html and metrics.json.
+"""eval_report: held-out comparison of the base, SFT, DPO and RL models, written as report.md, report.html and metrics.json.
 
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
 eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
@@ -6,10 +6,14 @@ sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial pro
 and a PII canary search; shows what each model's training cost and bought (the settings each training stage chose and
 why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background
 thread, while the models run) and renders the report. A model's perplexity on a domain is read back from the result
-cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. Then it
-puts each tuned model (DPO, then SFT) through the promotion gates (thresholds in the config; `evaluation/gates.py`)
-and promotes the first that passes: `serving_manifest.json` is that model's, with why the others were not chosen,
-and the stats carry a one-line verdict ("DPO not promoted: perplexity 1.096 × SFT; SFT adapter promoted"). Every
+cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. SFT,
+DPO and RL (and base) also answer the same held-out preference prompts, scored by reward_model and by its judge (a
+reward model RL never trained against), with each model's KL to SFT (`evaluation/policy_rewards.py`). rl_model and
+reward_model are optional inputs: absent, or trained from another SFT model, they are reported as not run, with the
+reason. Then it puts each tuned model (`promotion_order`: RL, DPO, then SFT) through the promotion gates (thresholds
+in the config; `evaluation/gates.py`) and promotes the first that passes: `serving_manifest.json` is that model's,
+with why the others were not chosen, and the stats carry a one-line verdict ("RL not promoted: judge reward +0.0012
+≤ 0.0050 over SFT; DPO adapter promoted"). Every
 model is compared with the original pretrained model (when base_checkpoint started from one; scored with its own
 tokenizer) as well as with base_checkpoint, in bits per byte as well as perplexity. It also exports the hardest
 held-out documents for human review (`review/`, an Argilla dataset). A failed gate never fails the stage; the

@@ -165,26 +165,29 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # then leaves memory before the reward model is loaded.
     sft, method = load_policy(cfg, base_dir, lora_dir)
     train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer)
+    dropped: Counter = Counter()
+    tokenize = lambda rows: [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in rows) if t]  # noqa: E731
     judge_train: list[dict] = []
     judge_note = "reward_model.judge is off"
     if rc.judge:
         primary_train, judge_train = reward_split.split_by_prompt(train)
-        if primary_train and judge_train:
-            train = primary_train
+        tok_primary, tok_judge = tokenize(primary_train), tokenize(judge_train)
+        if tok_primary and tok_judge:
+            train, tok_train = primary_train, tok_primary
             judge_note = ""
-        else:  # too few prompts to give each model some: the reward model keeps every pair
-            judge_note = f"not trained: the split by prompt left {len(primary_train)} / {len(judge_train)} training pairs to the two models"
-            judge_train = []
+        else:  # too few prompts (or too few that fit) to give each model some: the reward model keeps every pair
+            judge_note = (f"not trained: of the training pairs split by prompt, {len(tok_primary)} / {len(tok_judge)} fit "
+                          f"dpo_model.max_length {dc.max_length} on the two sides")
+            judge_train, tok_judge = [], []
+            dropped.clear()
+            tok_train = tokenize(train)
+    else:
+        tok_train, tok_judge = tokenize(train), []
+    tok_held = tokenize(held)
     write_jsonl(output_dir / "pairs_train.jsonl", train)
     write_jsonl(output_dir / "pairs_eval.jsonl", held)
-    dropped: Counter = Counter()
-    tokenize = lambda rows: [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in rows) if t]  # noqa: E731
-    tok_train, tok_held = tokenize(train), tokenize(held)
-    tok_judge = tokenize(judge_train)
     if not tok_train:
         raise preference_data.PreferenceDataError(f"no preference pair fits dpo_model.max_length {dc.max_length} (dropped: {dict(dropped)})")
-    if judge_train and not tok_judge:
-        judge_note = f"not trained: none of its {len(judge_train)} pairs fits dpo_model.max_length {dc.max_length}"
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
     sft_acc = reward_baselines.sft_likelihood_accuracy(sft, tok_held, collator, rc.batch_size)
     del sft
