@@ -16,6 +16,7 @@ measure for every model (DPO's implicit-reward accuracy stands in the report's P
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,12 +108,13 @@ def vocabulary_gap(lm: LoadedModel, tokenizer) -> str | None:
     return None if rows >= len(tokenizer) else f"its embeddings have {rows} rows, the SFT tokenizer {len(tokenizer)} tokens"
 
 
-def compare(policies: dict[str, LoadedModel], scorers: dict[str, object], tokenizer, prompts: list[dict], pairs: list[dict],
-            settings: Settings, pair_batch_size: int = 8) -> dict:
+def compare(policies: dict[str, LoadedModel], scorers: dict[str, Callable[[], object]], tokenizer, prompts: list[dict],
+            pairs: list[dict], settings: Settings, pair_batch_size: int = 8) -> dict:
     """Per model: mean reward under each scorer, KL to SFT, answer length, preference accuracy, and its answers.
 
-    `policies` must hold "sft" (the KL reference); `scorers` maps "reward_model"/"judge" to a loaded reward model;
-    `prompts` are `fit` rows; `pairs` the held-out preference pairs."""
+    `policies` must hold "sft" (the KL reference); `scorers` maps "reward_model"/"judge" to a function that loads that
+    reward model (or returns None when it cannot): each is loaded only while it scores every model's answers, so at
+    most one reward model sits beside the policies in memory. `prompts` are `fit` rows; `pairs` the held-out pairs."""
     from llm_pipeline.training import reward_scoring
 
     sft = policies["sft"]
@@ -121,27 +123,32 @@ def compare(policies: dict[str, LoadedModel], scorers: dict[str, object], tokeni
     answers: dict[str, list[str]] = {}
     for name, lm in policies.items():
         batches = _sample(lm, tokenizer, prompts, settings)
-        texts = [t for b in batches for t in b["texts"]]
+        answers[name] = [t for b in batches for t in b["texts"]]
         kls: list[float] = []
         if name != "sft":
             for b in batches:
                 kls += (_sequence_logps(lm, b) - _sequence_logps(sft, b)).tolist()
-        rewards = {s: reward_scoring.score(model, tokenizer, prompt_of, texts, settings.max_length) for s, model in scorers.items()}
-        answers[name] = texts
         out[name] = {
-            "reward": {s: _mean(v) for s, v in rewards.items()},
+            "reward": {},
             "kl_to_sft": 0.0 if name == "sft" else _mean(kls),
             "answer_tokens": _mean([float(n) for b in batches for n in b["completion_mask"].sum(dim=1).tolist()]),
             "preference_accuracy": _pair_accuracy(lm, pairs, pair_batch_size),
-            "per_answer": {s: [round(x, 5) for x in v] for s, v in rewards.items()},
         }
+    per_answer: dict[str, dict[str, list[float]]] = {m: {} for m in policies}
+    for s, load in scorers.items():
+        model = load()
+        if model is None:
+            continue
+        for m in policies:
+            values = reward_scoring.score(model, tokenizer, prompt_of, answers[m], settings.max_length)
+            per_answer[m][s] = [round(x, 5) for x in values]
+            out[m]["reward"][s] = _mean(values)
+        del model
     side_by_side = []
     for i, p in enumerate(prompts):
         k = i * settings.samples  # each model's first sample of the prompt
         side_by_side.append({"prompt": p["prompt"], "answers": {m: answers[m][k] for m in policies},
-                             "rewards": {m: {s: out[m]["per_answer"][s][k] for s in scorers} for m in policies}})
-    for m in out:
-        out[m].pop("per_answer")
+                             "rewards": {m: {s: v[k] for s, v in per_answer[m].items()} for m in policies}})
     return {"models": out, "side_by_side": side_by_side}
 
 

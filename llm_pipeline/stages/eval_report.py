@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.evaluation import cache as cache_mod
 from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, models, perplexity, plots, policy_rewards, policy_tables, preference, probes, report, report_checks, review
@@ -294,7 +296,8 @@ def _rl_input(inputs: dict[str, Path]) -> tuple[Path | None, str | None]:
 
 
 def _scorers(cfg: PipelineConfig, inputs: dict[str, Path], tokenizer, notes: data.Notes) -> tuple[dict, dict]:
-    """The reward model and its judge, loaded frozen, and what the report says of each (accuracy, or why absent)."""
+    """A loader for the reward model and one for its judge (each loads the model frozen, or returns None and says
+    why), and what the report says of each (held-out accuracy, or why it is absent)."""
     from llm_pipeline.training.reward_scoring import load_reward_model
 
     rm_dir = Path(inputs["reward_model"]) if inputs.get("reward_model") else None
@@ -309,17 +312,24 @@ def _scorers(cfg: PipelineConfig, inputs: dict[str, Path], tokenizer, notes: dat
     info = {"reward_model": {"eval_accuracy": stats.get("eval_accuracy"), "pairs_trained": stats.get("pairs")},
             "judge": {"eval_accuracy": stats.get("judge_eval_accuracy"), "pairs_trained": stats.get("judge_pairs"),
                       "split": summary.get("split")}}
-    loaded = {}
+
+    def loader(name: str, folder: Path):
+        def load():
+            try:
+                return load_reward_model(scoring_base, folder, tokenizer.pad_token_id, cfg.base_checkpoint.trust_remote_code)
+            except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+                notes.add(f"`{folder.relative_to(rm_dir.parent)}` did not load as a reward model ({type(exc).__name__}: {exc}).")
+                info[name] = {"why": f"did not load ({type(exc).__name__})"}
+                return None
+        return load
+
+    loaders = {}
     for name, folder in (("reward_model", rm_dir), ("judge", rm_dir / "judge")):
-        if not (folder / "adapter_config.json").is_file():
+        if (folder / "adapter_config.json").is_file():
+            loaders[name] = loader(name, folder)
+        else:
             info[name] = {"why": summary.get("why") or f"no judge in {rm_dir.name}/ (reward_model.judge is off, or it was trained before judges)"}
-            continue
-        try:
-            loaded[name] = load_reward_model(scoring_base, folder, tokenizer.pad_token_id, cfg.base_checkpoint.trust_remote_code)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            notes.add(f"`{rm_dir.name}/{'judge' if name == 'judge' else ''}` did not load as a reward model ({type(exc).__name__}: {exc}).")
-            info[name] = {"why": f"did not load ({type(exc).__name__})"}
-    return loaded, info
+    return loaders, info
 
 
 def _policies(cfg: PipelineConfig, inputs: dict[str, Path], loaded: dict[str, models.LoadedModel], pairs_eval: list[dict],
