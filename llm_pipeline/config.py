@@ -450,7 +450,8 @@ class RewardModelConfig(Section):
     # A second reward model, the judge, for eval_report: the training pairs are split in two halves by a hash of the
     # prompt (training/reward_split.py); the reward model trains on one and the judge on the other, both held out on
     # the same pairs. RL optimises the reward model only, so the judge's score of an RL model is one the policy could
-    # not game. It costs a second short training run (~3 s on the sample). False: the reward model trains on every pair.
+    # not game. It costs a second short training run (on the sample 9.5-14.6 s on this 2-core machine at a load average
+    # of ~11; docs/training.md). False: the reward model trains on every pair.
     judge: bool = True
     judge_max_steps: int | None = Field(default=None, ge=1)  # None = max_steps
 
@@ -585,7 +586,9 @@ class EvalReportConfig(Section):
     review_per_domain: int = Field(default=3, ge=0)
     # -- SFT vs DPO vs RL on the same held-out prompts (evaluation/policy_rewards.py): each model samples answers to the
     # held-out preference prompts, scored by reward_model and its judge, with the KL to SFT from the same samples.
-    reward_prompts: int = Field(default=16, ge=1)  # held-out prompts; 16 x 2 samples x 4 models decode in ~1 s on the sample
+    # Held-out prompts. 16 x 2 samples x 4 models, scored twice: 10.3-10.9 s of eval_report on the sample with this
+    # 2-core machine at a load average of ~11 (docs/training.md).
+    reward_prompts: int = Field(default=16, ge=1)
     # Answers sampled per prompt (plain sampling at temperature 1: the samples are the model's own distribution, so
     # the KL estimate is unbiased); more samples steady the means.
     reward_samples: int = Field(default=2, ge=1)
