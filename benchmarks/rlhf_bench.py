@@ -9,7 +9,9 @@ the same runner as `llm-pipeline stage`:
 
 - reward_model: held-out pairwise accuracy against "the longer answer wins" and the SFT model's log-likelihood;
 - dpo_model: held-out reward accuracy of DPO on the same pairs;
-- rl_model: RLOO against the reward model on the pairs' prompts, held-out reward gain over SFT and KL to SFT.
+- rl_model: RLOO against the reward model on the pairs' prompts, held-out reward gain over SFT and KL to SFT;
+- eval_report: SFT, DPO and RL on the same held-out prompts, mean reward under the reward model and under its judge
+  (trained on the other half of the pairs, which RL never optimised), KL to SFT, and the promotion verdict.
 
 The data stays outside the repository; results go to `<out>/results.json` and are printed as a table. Each stage's
 seconds and the process's peak RSS are reported beside its figures.
@@ -104,6 +106,7 @@ def main() -> None:
     ap.add_argument("--rm-steps", type=int, default=300)
     ap.add_argument("--dpo-steps", type=int, default=200)
     ap.add_argument("--rl-steps", type=int, default=30)
+    ap.add_argument("--resume", action="store_true", help="keep <out>/data: a stage already finished there is not re-run")
     args = ap.parse_args()
     if args.compare_trl:
         compare_trl(args.pipeline_data.resolve(), args.out.resolve(), args.rm_steps, args.threads)
@@ -117,10 +120,12 @@ def main() -> None:
 
     out = args.out.resolve()
     data = out / "data"
-    shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    if not args.resume:
+        shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer", "base_checkpoint", "lora_adapter", "deduped_shards"):
-        shutil.copytree(args.pipeline_data / name, data / name)
+        if not (data / name).exists():
+            shutil.copytree(args.pipeline_data / name, data / name)
     subset = out / "pairs.jsonl"
     with open(args.pairs, encoding="utf-8") as src, open(subset, "w", encoding="utf-8") as dst:
         for n, line in enumerate(src):
@@ -132,17 +137,29 @@ def main() -> None:
         "data_dir": str(data), "allowed_roots": [str(out)], "tracking.wandb": False,
         "dpo_model.data": [str(subset)], "dpo_model.max_length": args.max_length, "dpo_model.max_steps": args.dpo_steps,
         "reward_model.max_steps": args.rm_steps, "rl_model.max_steps": args.rl_steps, "rl_model.max_new_tokens": 32,
-        "rl_model.eval_prompts": 32,
+        "rl_model.eval_prompts": 32, "eval_report.reward_prompts": 32, "eval_report.reward_samples": 2,
+        "eval_report.max_task_examples": 8, "eval_report.review_per_domain": 0,
     }
     cfg = load_config(args.config, overrides=overrides)
     results: dict = {"pairs_file": str(args.pairs), "max_pairs": args.max_pairs, "max_length": args.max_length}
-    for name in ("reward_model", "dpo_model", "rl_model"):
+    for name in ("reward_model", "dpo_model", "rl_model", "eval_report"):
+        if args.resume and (data / name / "_manifest.json").exists():  # finished by an earlier invocation
+            timings = json.loads((data / name / ".timings.json").read_text()).get("stats.json", {})
+            stats = json.loads((data / name / "stats.json").read_text())
+            results[name] = {**stats, **timings, "seconds": "earlier run", "peak_rss_mb_so_far": timings.get("peak_rss_mb")}
+            print(f"{name}: reused from an earlier run", flush=True)
+            continue
         t0 = time.perf_counter()
         res = run_stage(cfg, name)
         results[name] = {**res.stats, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb_so_far": peak_rss_mb()}
         print(f"{name}: {results[name]['seconds']} s", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     rm, dpo, rl = results["reward_model"], results["dpo_model"], results["rl_model"]
+    pol = json.loads((data / "eval_report" / "metrics.json").read_text())["policies"]
+    results["policies"] = {k: v for k, v in pol.items() if k != "side_by_side"}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    reward = lambda m, s: (pol["models"].get(m) or {}).get("reward", {}).get(s)  # noqa: E731
+    row = lambda s: " / ".join(f"{reward(m, s):+.4f}" if reward(m, s) is not None else "-" for m in ("sft", "dpo", "rl"))  # noqa: E731
     print(f"""
 | figure (held-out, split by prompt) | value |
 |---|---|
@@ -153,7 +170,12 @@ def main() -> None:
 | DPO reward accuracy | {dpo['eval_rewards_accuracies']} |
 | RL reward SFT -> RL (gain) | {rl['eval_reward_sft']} -> {rl['eval_reward_rl']} ({rl['eval_reward_gain']}) |
 | RL KL to SFT | {rl['eval_kl_to_sft']} |
-| seconds: reward model / DPO / RL | {rm['seconds']} / {dpo['seconds']} / {rl['seconds']} |
+| judge accuracy (other half of the pairs: {rm.get('judge_pairs')}) | {rm.get('judge_eval_accuracy')} |
+| eval_report, {pol['prompts']} prompts x {pol['samples']}: reward model, SFT / DPO / RL | {row('reward_model')} |
+| eval_report: judge, SFT / DPO / RL | {row('judge')} |
+| eval_report: KL to SFT, DPO / RL | {pol['models'].get('dpo', {}).get('kl_to_sft')} / {pol['models'].get('rl', {}).get('kl_to_sft')} |
+| verdict | {results['eval_report'].get('verdict')} |
+| seconds: reward model + judge / DPO / RL / eval_report | {rm['seconds']} / {dpo['seconds']} / {rl['seconds']} / {results['eval_report']['seconds']} |
 | peak RSS MB | {rl['peak_rss_mb_so_far']} |
 """)
 

@@ -449,6 +449,13 @@ class RewardModelConfig(Section):
     checkpoint_every: int | None = Field(default=None, ge=1)  # None = at each evaluation
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     cpu_threads: int | None = Field(default=None, ge=1)
+    # A second reward model, the judge, for eval_report: the training pairs are split in two halves by a hash of the
+    # prompt (training/reward_split.py); the reward model trains on one and the judge on the other, both held out on
+    # the same pairs. RL optimises the reward model only, so the judge's score of an RL model is one the policy could
+    # not game. It costs a second short training run (on the sample 9.5-14.6 s on this 2-core machine at a load average
+    # of ~11; docs/training.md). False: the reward model trains on every pair.
+    judge: bool = True
+    judge_max_steps: int | None = Field(default=None, ge=1)  # None = max_steps
 
 
 RULE_REWARDS = ("ends_with_period", "ends_with_punctuation", "length", "distinct_words")
@@ -579,6 +586,36 @@ class EvalReportConfig(Section):
     # Each is split into prompt and true continuation the way the DPO stage builds its synthetic pairs, so reviewed
     # records come back as pairs shaped like the ones DPO trained on.
     review_per_domain: int = Field(default=3, ge=0)
+    # -- SFT vs DPO vs RL on the same held-out prompts (evaluation/policy_rewards.py): each model samples answers to the
+    # held-out preference prompts, scored by reward_model and its judge, with the KL to SFT from the same samples.
+    # Held-out prompts. 16 x 2 samples x 4 models, scored twice: 10.3-10.9 s of eval_report on the sample with this
+    # 2-core machine at a load average of ~11 (docs/training.md).
+    reward_prompts: int = Field(default=16, ge=1)
+    # Answers sampled per prompt (plain sampling at temperature 1: the samples are the model's own distribution, so
+    # the KL estimate is unbiased); more samples steady the means.
+    reward_samples: int = Field(default=2, ge=1)
+    reward_max_new_tokens: int | None = Field(default=None, ge=1)  # None = rl_model.max_new_tokens
+    # -- which tuned models are candidates for promotion, first choice first (a model left out is never promoted).
+    promotion_order: list[Literal["rl", "dpo", "sft"]] = Field(default_factory=lambda: ["rl", "dpo", "sft"], min_length=1)
+    # RL's own gates. Like DPO, RL must keep the domain text: its perplexity over SFT's at most this, overall and on
+    # every domain.
+    max_rl_vs_sft_perplexity_ratio: float | None = Field(default=1.05, gt=0)
+    # RL must beat SFT on held-out reward: the judge's (a reward model RL never trained against; reward_model.judge)
+    # or the reward model's own (which RL optimised, so a gain there may be the policy gaming it).
+    rl_gate_reward: Literal["judge", "reward_model"] = "judge"
+    # RL's mean held-out reward minus SFT's must be above this (0: any gain). Rewards are in the reward model's units.
+    min_reward_gain: float | None = Field(default=0.0, ge=0)
+    # KL of the RL model to SFT, nats per answer (summed over its tokens, averaged over the samples), at most this.
+    # 2.0: the sample's RL run ends near 0.15 and HH-RLHF runs near 0.14-0.46 at 32 new tokens; far above means the
+    # policy left what SFT learned. Per answer, so a run with much longer answers may need a higher budget.
+    max_kl: float | None = Field(default=2.0, gt=0)
+
+    @field_validator("promotion_order")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a model twice: {value}")
+        return value
 
 
 class TrainingConfig(Section):

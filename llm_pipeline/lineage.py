@@ -59,6 +59,8 @@ def lineage(output: Path) -> list[dict[str, Any]]:
         if node.get("missing"):
             continue
         for dep in STAGES[key[0]].deps:
+            if dep in STAGES[key[0]].optional and dep not in (node.get("inputs") or {}):
+                continue  # an optional input this output was built without
             if STAGES[dep].partitioned and key[1] is None:
                 domains = sorted({k.split("/", 1)[1] for k in node["inputs"] if k.startswith(dep + "/")})
                 stack += [(dep, d) for d in domains]

@@ -92,6 +92,8 @@ def stage_inputs(cfg: PipelineConfig, name: str, domain: str | None) -> dict[str
         else:
             path = output_dir(cfg.data_path, dep)
             missing = [] if (path / MANIFEST).exists() else ["(all)"]
+        if missing and dep in stage.optional:
+            continue  # read when there, reported as not run when not
         if missing:
             raise StageInputError(
                 f"stage {name!r} needs {dep!r} for {', '.join(str(m) for m in missing)}, which is not materialized "

@@ -60,6 +60,8 @@ def test_dvc_repro_runs_the_stages_then_nothing(tmp_path, make_fast_config):
     assert ran == 2 * 3 + 7 - 1, first.stdout[-2000:]
     assert (work / "data/eval_report/report.html").exists()
     assert (work / "dvc.lock").exists()
+    assert (work / "data/reward_model/judge/adapter_config.json").exists()  # the judge is part of reward_model's output
+    assert "rl" in json.loads((work / "data/eval_report/metrics.json").read_text())["policies"]["models"]
 
     second = sh([str(BIN / "dvc"), "repro"], work, env)
     assert "Running stage" not in second.stdout, second.stdout

@@ -1,4 +1,5 @@
-"""Loading the three models the report compares: base, SFT (base + lora_adapter) and DPO (base + dpo adapter).
+"""Loading the models the report compares: base, SFT (base + lora_adapter), DPO (base + dpo adapter) and RL (base +
+rl_model adapter, when there is one).
 
 Each adapter is loaded on its own copy of the base model, so no adapter state leaks between models; for the small
 models this pipeline trains on a CPU the extra copies cost little. A folder holding a full model instead of an
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_pipeline.security import load_adapter, load_pretrained
 from llm_pipeline.evaluation.data import Notes
 
-MODEL_NAMES = ("base", "sft", "dpo")
-MODEL_LABELS = {"original": "Original", "base": "Base", "sft": "SFT", "dpo": "DPO"}
+MODEL_NAMES = ("base", "sft", "dpo", "rl")
+MODEL_LABELS = {"original": "Original", "base": "Base", "sft": "SFT", "dpo": "DPO", "rl": "RL"}
 # Longer windows than this gain little perplexity and make the fp32 logits of a 50k vocabulary run into gigabytes.
 MAX_WINDOW = 1024
 # Below this many parameters a CPU op is too small to split across threads: greedy decoding of the default tiny
@@ -91,7 +93,7 @@ def load_models(base_dir: Path, adapters: dict[str, Path], notes: Notes, tokeniz
             else:
                 notes.add(f"`{folder.name}` holds neither a PEFT adapter nor a model; the {MODEL_LABELS.get(name, name)} model is left out.")
                 continue
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # a truncated or corrupt weights file too
             notes.add(f"`{folder.name}` did not load ({type(exc).__name__}: {exc}); the {MODEL_LABELS.get(name, name)} model is left out.")
             continue
         out[name] = loaded

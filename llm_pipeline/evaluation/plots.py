@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from llm_pipeline.evaluation.models import MODEL_LABELS
 
-COLORS = {"base": "#8a8f98", "sft": "#2f6fdb", "dpo": "#e4572e", "eval": "#2a9d8f"}
+COLORS = {"base": "#8a8f98", "sft": "#2f6fdb", "dpo": "#e4572e", "rl": "#7b3fb5", "eval": "#2a9d8f"}
 STAGE_TITLES = {"base": "Pretraining (base)", "sft": "SFT (LoRA)", "dpo": "DPO"}
 DPI = 120
 
@@ -67,7 +67,7 @@ def loss_curves(logs: dict[str, list[dict]], path: Path) -> Path:
 
 def perplexity_bars(ppl: dict[str, dict[str, float]], path: Path) -> Path:
     """Grouped bars: held-out perplexity per domain (groups) and model (bars). Lower is better."""
-    models = [m for m in ("base", "sft", "dpo") if m in ppl]
+    models = [m for m in ("base", "sft", "dpo", "rl") if m in ppl]
     domains = sorted({d for m in models for d in ppl[m]})
     fig = Figure(figsize=(max(6, 1.9 * len(domains) + 2), 3.8), dpi=DPI)
     ax = fig.subplots()
@@ -160,6 +160,45 @@ def dpo_rewards(rows: list[dict], path: Path) -> Path:
             ax.axhline(0, color="#999", lw=1, ls=":")
         ax.set_xlabel("step", fontsize=9)
         ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def policy_rewards(policies: dict, path: Path) -> Path:
+    """Left: mean held-out reward per model under the reward model and its judge. Right: KL to SFT per model."""
+    models = [m for m in ("base", "sft", "dpo", "rl") if m in (policies.get("models") or {})]
+    fig = Figure(figsize=(11, 3.6), dpi=DPI)
+    left, right = fig.subplots(1, 2)
+    left.set_title("Held-out reward: reward model and judge", fontsize=11, loc="left")
+    right.set_title("KL to SFT (nats per answer)", fontsize=11, loc="left")
+    scorers = [s for s in ("reward_model", "judge") if any((policies["models"][m].get("reward") or {}).get(s) is not None for m in models)]
+    if models and scorers:
+        _style(left)
+        width = 0.8 / len(models)
+        for k, m in enumerate(models):
+            xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(scorers))]
+            ys = [(policies["models"][m].get("reward") or {}).get(s) for s in scorers]
+            ys = [float("nan") if y is None else y for y in ys]
+            bars = left.bar(xs, ys, width * 0.92, color=COLORS[m], label=MODEL_LABELS[m])
+            left.bar_label(bars, labels=[f"{y:+.3f}" if y == y else "" for y in ys], fontsize=7, padding=2)
+        left.axhline(0, color="#999", lw=1, ls=":")
+        left.set_xticks(range(len(scorers)), ["reward model (RL trained on it)" if s == "reward_model" else "judge (held out from RL)" for s in scorers], fontsize=9)
+        left.legend(frameon=False, fontsize=8, ncols=len(models))
+        left.margins(y=0.2)
+    else:
+        _empty(left, (policies.get("why") or "no reward model to score with") if not models or not scorers else "")
+    kl = [(m, policies["models"][m].get("kl_to_sft")) for m in models if m != "sft"]
+    kl = [(m, v) for m, v in kl if v is not None]
+    if kl:
+        _style(right)
+        bars = right.bar(range(len(kl)), [v for _, v in kl], 0.6, color=[COLORS[m] for m, _ in kl])
+        right.bar_label(bars, labels=[f"{v:.3f}" for _, v in kl], fontsize=7.5, padding=2)
+        right.set_xticks(range(len(kl)), [MODEL_LABELS[m] for m, _ in kl], fontsize=10)
+        right.axhline(0, color="#999", lw=1, ls=":")
+        right.margins(y=0.2)
+    else:
+        _empty(right, "no model besides SFT sampled")
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)

@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from llm_pipeline.evaluation import compute
+from llm_pipeline.evaluation import compute, policy_tables
 from llm_pipeline.evaluation import report_checks as checks
 from llm_pipeline.evaluation.models import MODEL_LABELS
 from llm_pipeline.evaluation.plots import COLORS
@@ -33,6 +33,7 @@ PLOT_CAPTIONS = {
     "perplexity_by_domain.png": "Held-out perplexity by domain and model (lower is better).",
     "dpo_rewards.png": "DPO reward margin and reward accuracy over training steps.",
     "training_compute.png": "Held-out perplexity against cumulative training time, and passes over the available training data per model.",
+    "policy_rewards.png": "Mean held-out reward per model under the reward model and its judge, and each model's KL to SFT.",
 }
 
 
@@ -74,6 +75,13 @@ def headline(metrics: dict) -> dict:
             out[f"{m}_vs_{ref}_bits_per_byte"] = r
     if metrics.get("review"):
         out["review_records"] = metrics["review"].get("records", 0)
+    pol = (metrics.get("policies") or {}).get("models") or {}
+    for scorer in ("reward_model", "judge"):
+        vals = {m: (r.get("reward") or {}).get(scorer) for m, r in pol.items()}
+        if any(v is not None for v in vals.values()):
+            out[f"reward_{scorer}"] = vals
+    if pol:
+        out["kl_to_sft"] = {m: r.get("kl_to_sft") for m, r in pol.items() if m != "sft"}
     return out
 
 
@@ -108,6 +116,17 @@ def verdict(metrics: dict) -> list[str]:
             f"DPO ranks the chosen answer first in {pct(pref['accuracy'])} of {pref['pairs']} held-out pairs "
             f"(longer-answer-wins baseline: {pct(pref['length_baseline_accuracy'])})."
         )
+    pol = metrics.get("policies") or {}
+    for m, gains in (pol.get("gains") or {}).items():
+        if m == "base":
+            continue
+        parts = [f"{'judge' if k == 'judge' else 'reward model'} {v:+.4f}" for k, v in sorted(gains.items(), key=lambda kv: kv[0] != "judge")]
+        kl = (pol["models"].get(m) or {}).get("kl_to_sft")
+        lines.append(f"{MODEL_LABELS.get(m, m)} vs SFT on {pol.get('prompts')} held-out prompts: mean reward {', '.join(parts)}"
+                     + (f", KL to SFT {kl:.3f} nats per answer." if kl is not None else "."))
+    for m, why in (pol.get("not_run") or {}).items():
+        if m not in (pol.get("models") or {}) and m not in metrics.get("models", []):
+            lines.append(f"{MODEL_LABELS.get(m, m)}: not run ({why}).")
     tasks = metrics.get("tasks", {})
     if tasks:
         best = max(tasks, key=lambda m: tasks[m].get("rouge_l") or 0)
@@ -274,6 +293,11 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
     out.append(("Perplexity by domain", "Token-weighted perplexity on the eval-split documents of each domain.", perplexity_table(metrics, "perplexity", 2), ["perplexity_by_domain.png"]))
     out.append(("Bits per byte", "Total NLL / ln 2 / UTF-8 bytes: comparable across tokenizers.", perplexity_table(metrics, "bits_per_byte", 3), []))
     out.append(("Against the original model and base_checkpoint", reference_intro(metrics), reference_table(metrics), []))
+    out.append(("SFT vs DPO vs RL on the same held-out prompts", policy_tables.policy_intro(metrics), policy_tables.policy_table(metrics)
+                if (metrics.get("policies") or {}).get("models") else None, ["policy_rewards.png"]))
+    if (metrics.get("policies") or {}).get("side_by_side"):
+        out.append(("Sampled answers side by side, with their rewards", "Each model's first sampled answer to each held-out prompt; in "
+                    "brackets its reward under the reward model (RM) and the judge.", policy_tables.side_by_side_table(metrics), []))
     pref = metrics.get("preference")
     if pref and pref.get("pairs"):
         intro = f"beta = {pref['beta']}; reward = beta·(log π(y) − log π_ref(y)), reference = the DPO adapter disabled."
@@ -444,7 +468,7 @@ def render_html(metrics: dict, plot_paths: list[Path]) -> str:
     by_name = {Path(p).name: Path(p) for p in plot_paths}
     lin = metrics.get("lineage", {})
     body = [f"<h1>Evaluation report: {html.escape(str(metrics.get('pipeline', 'llm-pipeline')))}</h1>"]
-    body.append(f'<p class="sub">Base vs SFT vs DPO on held-out data · code {html.escape(str(lin.get("code_version")))} · {sum(metrics.get("eval_documents", {}).values())} held-out documents</p>')
+    body.append(f'<p class="sub">Base vs SFT vs DPO vs RL on held-out data · code {html.escape(str(lin.get("code_version")))} · {sum(metrics.get("eval_documents", {}).values())} held-out documents</p>')
     lines = verdict(metrics)
     if lines:
         body.append('<ul class="verdict">' + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>")

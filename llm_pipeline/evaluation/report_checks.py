@@ -20,6 +20,9 @@ def gates_table(metrics: dict) -> Table:
     rows = []
     for c in candidates:
         name = _label(c["model"]) + (" (promoted)" if c.get("chosen") else "") if c["model"] else "—"
+        if c.get("ran") is False:
+            rows.append([name, "—", Cell("NOT RUN"), "—", "—", c.get("why", "")])
+            continue
         for g in c["gates"]:
             threshold = g["threshold"]
             shown = "no leak" if isinstance(threshold, bool) else fmt(threshold, 3)
@@ -32,9 +35,10 @@ def gates_intro(metrics: dict) -> str:
     gates = metrics.get("gates", [])
     if metrics.get("promotion_summary"):
         shipped = metrics.get("promoted_model")
+        order = ", then ".join(_label(c["model"]) for c in metrics.get("candidates") or []) or "DPO, then SFT"
         tail = (f" eval_report/serving_manifest.json names the {_label(shipped)} model (`promoted: true`)." if shipped else
                 " eval_report/serving_manifest.json says `promoted: false`.")
-        return f"**{metrics['promotion_summary'][0].upper()}{metrics['promotion_summary'][1:]}.** The first candidate (DPO, then SFT) whose gates all pass ships.{tail}"
+        return f"**{metrics['promotion_summary'][0].upper()}{metrics['promotion_summary'][1:]}.** The first candidate ({order}) whose gates all pass ships.{tail}"
     if not gates:
         return "No promotion gate is configured: the model is promoted without checks."
     failed = [g["name"] for g in gates if not g["passed"]]

@@ -23,6 +23,9 @@ class Stage:
     deps: tuple[str, ...]
     partitioned: bool  # by domain
     description: str
+    # Deps the stage reads when they are materialized and reports as "not run" when they are not (eval_report compares
+    # the RL model when there is one). They stay in `deps`, so Dagster and dvc.yaml order them before the stage.
+    optional: tuple[str, ...] = ()
 
 
 STAGES: dict[str, Stage] = {
@@ -37,7 +40,8 @@ STAGES: dict[str, Stage] = {
         Stage("dpo_model", ("lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "The SFT model aligned with DPO."),
         Stage("reward_model", ("lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "A reward model (the SFT model with a scalar head) trained on the preference pairs."),
         Stage("rl_model", ("reward_model", "lora_adapter", "base_checkpoint", "deduped_shards"), False, "The SFT model trained online (RLOO/GRPO) against the reward model, with a KL penalty to SFT."),
-        Stage("eval_report", ("dpo_model", "lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards"), False, "Held-out comparison of base, SFT and DPO models."),
+        Stage("eval_report", ("dpo_model", "lora_adapter", "base_checkpoint", "tokenizer", "deduped_shards", "reward_model", "rl_model"), False,
+              "Held-out comparison of base, SFT, DPO and RL models, and which one ships.", optional=("reward_model", "rl_model")),
     ]
 }
 ORDER = list(STAGES)

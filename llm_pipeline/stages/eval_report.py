@@ -1,4 +1,4 @@
-"""eval_report: held-out comparison of the base, SFT and DPO models, written as report.md, report.html and metrics.json.
+"""eval_report: held-out comparison of the base, SFT, DPO and RL models, written as report.md, report.html and metrics.json.
 
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
 eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
@@ -6,10 +6,14 @@ sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial pro
 and a PII canary search; shows what each model's training cost and bought (the settings each training stage chose and
 why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background
 thread, while the models run) and renders the report. A model's perplexity on a domain is read back from the result
-cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. Then it
-puts each tuned model (DPO, then SFT) through the promotion gates (thresholds in the config; `evaluation/gates.py`)
-and promotes the first that passes: `serving_manifest.json` is that model's, with why the others were not chosen,
-and the stats carry a one-line verdict ("DPO not promoted: perplexity 1.096 × SFT; SFT adapter promoted"). Every
+cache (`evaluation/cache.py`) when the model's files, the domain's shard and the eval settings are unchanged. SFT,
+DPO and RL (and base) also answer the same held-out preference prompts, scored by reward_model and by its judge (a
+reward model RL never trained against), with each model's KL to SFT (`evaluation/policy_rewards.py`). rl_model and
+reward_model are optional inputs: absent, or trained from another SFT model, they are reported as not run, with the
+reason. Then it puts each tuned model (`promotion_order`: RL, DPO, then SFT) through the promotion gates (thresholds
+in the config; `evaluation/gates.py`) and promotes the first that passes: `serving_manifest.json` is that model's,
+with why the others were not chosen, and the stats carry a one-line verdict ("RL not promoted: judge reward +0.0012
+≤ 0.0050 over SFT; DPO adapter promoted"). Every
 model is compared with the original pretrained model (when base_checkpoint started from one; scored with its own
 tokenizer) as well as with base_checkpoint, in bits per byte as well as perplexity. It also exports the hardest
 held-out documents for human review (`review/`, an Argilla dataset). A failed gate never fails the stage; the
@@ -24,18 +28,21 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.evaluation import cache as cache_mod
-from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, models, perplexity, plots, preference, probes, report, report_checks, review
+from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, models, perplexity, plots, policy_rewards, policy_tables, preference, probes, report, report_checks, review
 from llm_pipeline.io import dvc_hash, file_md5, write_json
 from llm_pipeline.runner import code_version
 from llm_pipeline.stages import StageOutput
 
-PLOTS = ("training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png")
+PLOTS = ("training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png", "policy_rewards.png")
 
 
 def _clean(obj: Any) -> Any:
@@ -59,7 +66,7 @@ def _shown_path(cfg: PipelineConfig, path: Path) -> str:
 
 def _lineage(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[str, Path]) -> dict:
     hashes = {f"deduped_shards/{d}": dvc_hash(p) for d, p in domains.items()}
-    for name in ("tokenizer", "base_checkpoint", "lora_adapter", "dpo_model"):
+    for name in ("tokenizer", "base_checkpoint", "lora_adapter", "dpo_model", "reward_model", "rl_model"):
         if name in inputs and Path(inputs[name]).exists():
             hashes[name] = dvc_hash(inputs[name])
     config_path = cfg.config_path
@@ -186,7 +193,7 @@ def _original_model(cfg: PipelineConfig, notes: data.Notes) -> tuple[models.Load
 def _serving_manifest(verdict: dict, folders: dict[str, Path], notes: data.Notes) -> dict:
     """The promoted model's own serving manifest (what its training stage wrote) with the verdict over every
     candidate; when nothing is promoted, the first candidate's, marked `promoted: false`."""
-    shown = verdict["model"] or next((c["model"] for c in verdict["candidates"]), None)
+    shown = verdict["model"] or next((c["model"] for c in verdict["candidates"] if c.get("ran", True)), None)
     manifest = data.read_json_file(folders[shown] / "serving_manifest.json") if shown else None
     if shown and not isinstance(manifest, dict):
         notes.add(f"`{folders[shown].name}/serving_manifest.json` is missing or not a JSON object; eval_report/serving_manifest.json carries only the verdict.")
@@ -279,12 +286,103 @@ def _canary_check(cfg: PipelineConfig, inputs: dict[str, Path], domains: dict[st
     return scan.results()
 
 
+def _rl_input(inputs: dict[str, Path]) -> tuple[Path | None, str | None]:
+    """The rl_model folder to evaluate, or why there is none: not materialized, or trained from another SFT model or
+    base than the ones evaluated here (comparing it would credit RL with a different starting point)."""
+    rl_dir = Path(inputs["rl_model"]) if inputs.get("rl_model") else None
+    current = {k: Path(inputs[k]) for k in ("lora_adapter", "base_checkpoint") if k in inputs}
+    why = policy_rewards.stale_reason(rl_dir, "rl_model", current)
+    return (None, why) if why else (rl_dir, None)
+
+
+def _scorers(cfg: PipelineConfig, inputs: dict[str, Path], tokenizer, notes: data.Notes) -> tuple[dict, dict]:
+    """A loader for the reward model and one for its judge (each loads the model frozen, or returns None and says
+    why), and what the report says of each (held-out accuracy, or why it is absent)."""
+    from llm_pipeline.training.reward_scoring import load_reward_model
+
+    rm_dir = Path(inputs["reward_model"]) if inputs.get("reward_model") else None
+    current = {k: Path(inputs[k]) for k in ("lora_adapter", "base_checkpoint") if k in inputs}
+    why = policy_rewards.stale_reason(rm_dir, "reward_model", current)
+    if why:
+        return {}, {"reward_model": {"why": why}, "judge": {"why": why}}
+    stats = data.read_json_file(rm_dir / "stats.json") or {}
+    summary = (data.read_json_file(rm_dir / "training_summary.json") or {}).get("judge") or {}
+    lora_dir = Path(inputs["lora_adapter"])
+    scoring_base = Path(inputs["base_checkpoint"]) if (lora_dir / "adapter_config.json").exists() else lora_dir
+    info = {"reward_model": {"eval_accuracy": stats.get("eval_accuracy"), "pairs_trained": stats.get("pairs")},
+            "judge": {"eval_accuracy": stats.get("judge_eval_accuracy"), "pairs_trained": stats.get("judge_pairs"),
+                      "split": summary.get("split")}}
+
+    def loader(name: str, folder: Path):
+        def load():
+            try:
+                return load_reward_model(scoring_base, folder, tokenizer.pad_token_id, cfg.base_checkpoint.trust_remote_code)
+            except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+                notes.add(f"`{folder.relative_to(rm_dir.parent)}` did not load as a reward model ({type(exc).__name__}: {exc}).")
+                info[name] = {"why": f"did not load ({type(exc).__name__})"}
+                return None
+        return load
+
+    loaders = {}
+    for name, folder in (("reward_model", rm_dir), ("judge", rm_dir / "judge")):
+        if (folder / "adapter_config.json").is_file():
+            loaders[name] = loader(name, folder)
+        else:
+            info[name] = {"why": summary.get("why") or f"no judge in {rm_dir.name}/ (reward_model.judge is off, or it was trained before judges)"}
+    return loaders, info
+
+
+def _policies(cfg: PipelineConfig, inputs: dict[str, Path], loaded: dict[str, models.LoadedModel], pairs_eval: list[dict],
+              not_run: dict[str, str], notes: data.Notes) -> dict:
+    """SFT, DPO and RL (and base) on the same held-out prompts: rewards under the reward model and its judge, KL to
+    SFT, preference accuracy, answers side by side (evaluation/policy_rewards.py)."""
+    ec = cfg.eval_report
+    if "sft" not in loaded:
+        return {"why": "the SFT model did not load", "not_run": not_run}
+    from llm_pipeline.training import rl_prompts
+
+    source, pairs = f"{Path(inputs['dpo_model']).name}/pairs_eval.jsonl", pairs_eval
+    if not pairs and inputs.get("reward_model"):
+        source = f"{Path(inputs['reward_model']).name}/pairs_eval.jsonl"
+        pairs = data.preference_pairs(Path(inputs["reward_model"]) / "pairs_eval.jsonl", notes)
+    if not pairs:
+        return {"why": "no held-out preference pairs to take prompts from", "not_run": not_run}
+    tokenizer = loaded["sft"].tokenizer
+    max_new = ec.reward_max_new_tokens or cfg.rl_model.max_new_tokens
+    max_length = cfg.rl_model.max_length or cfg.dpo_model.max_length
+    if max_new >= max_length:
+        return {"why": f"{max_new} new tokens leave no room for a prompt in max_length {max_length}", "not_run": not_run}
+    dropped: Counter = Counter()
+    prompts = policy_rewards.fit(tokenizer, rl_prompts.unique([p["prompt"] for p in pairs]), max_length - max_new, dropped)[: ec.reward_prompts]
+    if not prompts:
+        return {"why": f"no held-out prompt fits max_length {max_length} with {max_new} new tokens", "not_run": not_run}
+    scorers, scorer_info = _scorers(cfg, inputs, tokenizer, notes)
+    policies = {}
+    for m in ("base", "sft", "dpo", "rl"):
+        if m not in loaded:
+            continue
+        gap = policy_rewards.vocabulary_gap(loaded[m], tokenizer)
+        if gap:
+            not_run[m] = f"cannot read the SFT prompts: {gap}"
+            continue
+        policies[m] = loaded[m]
+    settings = policy_rewards.Settings(samples=ec.reward_samples, max_new_tokens=max_new, max_length=max_length, seed=cfg.seed)
+    result = policy_rewards.compare(policies, scorers, tokenizer, prompts, pairs[: ec.max_eval_pairs], settings, ec.batch_size)
+    del scorers
+    result.update(prompts=len(prompts), samples=ec.reward_samples, max_new_tokens=max_new, prompt_source=source,
+                  kl=policy_rewards.KL_NOTE, scorers=scorer_info, not_run=not_run, dropped_prompts=dict(dropped),
+                  gains=policy_rewards.gains_over_sft(result))
+    return result
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     ec = cfg.eval_report
     notes = data.Notes()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     lora_dir, dpo_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["dpo_model"]), Path(inputs["base_checkpoint"])
+    rl_dir, rl_why = _rl_input(inputs)
+    not_run: dict[str, str] = {"rl": rl_why} if rl_why else {}
 
     # -- held-out data
     domains = data.domain_folders(inputs["deduped_shards"], cfg.domain_names, notes)
@@ -300,6 +398,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "base": data.read_training_log(base_dir / "training_log.json", notes),
         "sft": data.read_training_log(lora_dir / "training_log.json", notes),
         "dpo": data.read_training_log(dpo_dir / "training_log.json", notes),
+        **({"rl": data.read_training_log(rl_dir / "training_log.json", notes)} if rl_dir else {}),
     }
     spent = compute.collect(cfg, base_dir, lora_dir, dpo_dir, notes)
     # Matplotlib draws on one background thread; the models' forward passes release the GIL and, for the small
@@ -309,7 +408,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                  "dpo_rewards.png": drawing.submit(plots.dpo_rewards, logs["dpo"], output_dir / "dpo_rewards.png")}
 
     # -- models
-    loaded = models.load_models(base_dir, {"sft": lora_dir, "dpo": dpo_dir}, notes, tokenizer_dir=inputs.get("tokenizer"))
+    tuned = {"sft": lora_dir, "dpo": dpo_dir, **({"rl": rl_dir} if rl_dir else {})}
+    loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
+    for m, folder in tuned.items():
+        if m not in loaded:
+            not_run[m] = f"{folder.name} did not load (see notes)"
     review_model = next(m for m in ("dpo", "sft", "base") if m in loaded)
     timings["load"] = time.perf_counter() - t0
 
@@ -317,7 +420,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # -- 1. perplexity and bits per byte (per-document scores of the review model kept for the error analysis)
         t = time.perf_counter()
         tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
-        folders = {"base": [base_dir, *tok_dir], "sft": [base_dir, *tok_dir, lora_dir], "dpo": [base_dir, *tok_dir, dpo_dir]}
+        folders = {"base": [base_dir, *tok_dir], **{m: [base_dir, *tok_dir, f] for m, f in tuned.items()}}
         original, original_info, folders["original"], original_name = _original_model(cfg, notes)
         scored = {**loaded, **({"original": original} if original is not None else {})}
         ppl, doc_scores, ppl_cache = _perplexities(cfg, scored, docs, domains, folders, models.parallel_workers(scored, threads),
@@ -340,6 +443,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         elif "dpo" in loaded:
             notes.add("no held-out preference pairs: preference accuracy is not measured.")
         timings["preference"] = time.perf_counter() - t
+
+        # -- 2b. SFT vs DPO vs RL on the same held-out prompts: rewards under the reward model and its judge, KL to SFT
+        t = time.perf_counter()
+        policies = _policies(cfg, inputs, loaded, pairs_eval, not_run, notes)
+        plot_jobs["policy_rewards.png"] = drawing.submit(plots.policy_rewards, policies, output_dir / "policy_rewards.png")
+        timings["policies"] = time.perf_counter() - t
 
         # -- 3. task metrics, samples, probes and adversarial prompts: one batched greedy pass per model
         t = time.perf_counter()
@@ -365,6 +474,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             return generation.greedy(lm, every_prompt, ec.sample_max_new_tokens, ec.batch_size)
 
         all_completions = dict(zip(loaded, models.parallel_map(complete, list(loaded.values()), workers, "eval-gen")))
+        for s in policies.get("side_by_side", []):  # the sampled answers are generations too: the canary scan reads them
+            for m, text in s["answers"].items():
+                generated.setdefault(f"{m} (sampled)", []).append(text)
         for name, lm in loaded.items():
             completions = all_completions[name]
             generated[name] = completions
@@ -428,6 +540,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "eval_documents": {d: len(ds) for d, ds in docs.items()},
         "perplexity": ppl,
         "preference": pref,
+        "policies": policies,
         "tasks": tasks,
         "probes": probe_report,
         "samples": sample_rows,
@@ -446,7 +559,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     verdict = _clean(gates.choose(cfg, metrics))
     metrics.update(gates=verdict["gates"], promoted=verdict["promoted"], promoted_model=verdict["model"],
                    promotion_summary=verdict["summary"], candidates=verdict["candidates"])
-    metrics["serving_manifest"] = _clean(_serving_manifest(verdict, {"sft": lora_dir, "dpo": dpo_dir}, notes))
+    metrics["serving_manifest"] = _clean(_serving_manifest(verdict, tuned, notes))
     metrics["notes"] = notes.items
     write_json(output_dir / "serving_manifest.json", metrics["serving_manifest"])
 
@@ -465,5 +578,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "plots_md": report.plots_markdown(plot_paths),
         "gates_md": f"{report_checks.gates_intro(metrics)}\n\n{gate_md}",
         "compute_md": report.compute_markdown(metrics),
+        "policies_md": policy_tables.policy_markdown(metrics, report.md_table),
         "training_seconds": metrics["compute"]["total_seconds"],
     })

@@ -9,8 +9,16 @@ settings (`dpo_model.build_pairs`: the user's files in any format it reads, a re
 pairs, or synthetic pairs from the corpus), held out the same way. The metadata puts the held-out pairwise accuracy
 beside two baselines: the longer answer wins, and the SFT model's own log-likelihood of each answer.
 
+With `judge: true` (the default) a second reward model, the judge, is trained the same way on the other half of the
+training pairs, split by prompt (`training/reward_split.py`): the reward model learns from one half, the judge from
+the other, both are held out on the same pairs. rl_model optimises the reward model only; eval_report scores SFT,
+DPO and RL with both, so a gain the judge confirms is not the policy gaming the model it trained against. The judge
+is saved in `judge/` (its own pairs in `judge/pairs_train.jsonl`) and checkpoints on its own, so a killed run resumes
+each model where it stopped.
+
 The output loads with plain transformers and PEFT (`serving_manifest.json` says how):
-`PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=P), dir)`.
+`PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=P), dir)`
+(`dir/judge` for the judge).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.stages.dpo_model import build_pairs, load_policy
-from llm_pipeline.training import defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop
+from llm_pipeline.training import defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split
 from llm_pipeline.training.dpo_train import pass_tokens
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.reward_scoring import build_reward_model
@@ -34,6 +42,7 @@ from llm_pipeline.training.sft_data import write_jsonl
 from llm_pipeline.training.tracking import tracked_run
 
 ASSET = "reward_model"
+JUDGE = "judge"  # the judge's folder inside the output, and its role
 # The head starts random and the adapter at the SFT weights. On the sample (90 synthetic pairs, 40 steps) 1e-3 left the
 # training loss at 0.693 (0.6943 -> 0.6927); 3e-3 moved it within 80-120 steps; 2e-2 made it worse (0.705 -> 0.710).
 ADAPTER_RATE, FULL_RATE = 3e-3, 1e-5
@@ -46,11 +55,16 @@ def _rel(cfg: PipelineConfig, path: Path) -> str:
 
 
 def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, scoring_base: Path, pad_id: int) -> dict:
-    files = {name: file_md5(output_dir / name) for name in ("pairs_train.jsonl", "pairs_eval.jsonl") if (output_dir / name).exists()}
+    names = ("pairs_train.jsonl", "pairs_eval.jsonl", f"{JUDGE}/pairs_train.jsonl")
+    files = {name: file_md5(output_dir / name) for name in names if (output_dir / name).exists()}
+    judge = (output_dir / JUDGE / "adapter_config.json").exists()
     return {
         "base_model": {"path": _rel(cfg, scoring_base), "hash": dvc_hash(scoring_base)},
         "tokenizer": {"path": ASSET, "note": "score prompt + answer framed by this tokenizer's chat template"},
-        "adapters": [{"name": ASSET, "path": ASSET, "method": "lora", "task": "sequence_score", "head": "score (1 label)"}],
+        "adapters": [{"name": ASSET, "path": ASSET, "method": "lora", "task": "sequence_score", "head": "score (1 label)"}]
+        + ([{"name": JUDGE, "path": f"{ASSET}/{JUDGE}", "method": "lora", "task": "sequence_score", "head": "score (1 label)",
+             "note": "trained on the other half of the training pairs (split by prompt), for evaluation; rl_model does not use it"}]
+           if judge else []),
         "sft_adapter": {"path": _rel(cfg, inputs["lora_adapter"]), "hash": dvc_hash(inputs["lora_adapter"])},
         "data_versions": {**files, "deduped_shards": dvc_hash(inputs["deduped_shards"])},
         "pad_token_id": pad_id,
@@ -81,6 +95,60 @@ def _settings(cfg: PipelineConfig, model, method: str, plan, tok_train: list[dic
     return settings, counts
 
 
+class _Judged:
+    """The judge's training log in the stage's tracking run: its own key prefix, its steps after the reward model's."""
+
+    def __init__(self, tracker, offset: int):
+        self.tracker, self.offset = tracker, offset
+
+    def log(self, values: dict, step: int) -> None:
+        self.tracker.log({f"judge/{k}": v for k, v in values.items()}, step=step + self.offset)
+
+    def summary(self, values: dict) -> None:
+        self.tracker.summary({f"judge/{k}": v for k, v in values.items()})
+
+
+def _train_one(cfg: PipelineConfig, role: str, paths: tuple[Path, Path], tokenizer, plan, method: str, tok_train: list[dict],
+               tok_held: list[dict], collator, steps: int, tracker, data_version: dict):
+    """Build one reward model from the SFT model and train it: (model, loop result, settings, parameter counts,
+    seconds). `role` is "reward_model" or "judge"; each has its own checkpoints, so a killed run resumes each."""
+    rc = cfg.reward_model
+    base_dir, lora_dir = paths
+    model, init = build_reward_model(base_dir, lora_dir, tokenizer.pad_token_id, r=cfg.lora_adapter.r, alpha=cfg.lora_adapter.alpha,
+                                     trust_remote_code=cfg.base_checkpoint.trust_remote_code)
+    if plan.device == "cuda":
+        model.to("cuda")
+    settings, counts = _settings(cfg, model, method, plan, tok_train)
+    settings.set("init", init, "the reward model starts from what SFT learned of the domain")
+    tracker.summary({f"settings/{k}": v for k, v in settings.values().items()})
+    eval_every = rc.eval_every or max(1, steps // 3)
+    loop = reward_loop.RewardLoopSettings(
+        steps=steps, batch_size=rc.batch_size, learning_rate=settings.value("learning_rate"),
+        warmup_steps=int(settings.value("warmup_ratio") * steps), seed=cfg.seed, eval_every=eval_every,
+        checkpoint_every=rc.checkpoint_every or eval_every, log_every=max(1, min(10, steps // 10)),
+        center_coefficient=rc.center_coefficient,
+    )
+    fingerprint = {"config": cfg.fingerprint("reward_model", "dpo_model", "lora_adapter"), "seed": cfg.seed, "role": role,
+                   "model": data_version["model"], "data": ref_cache.dataset_version(tok_train + tok_held), "precision": plan.precision}
+    with torch_threads(settings.value("cpu_threads")):
+        t0 = time.perf_counter()
+        result = reward_loop.train(model, tok_train, tok_held, collator, loop, plan, checkpoint_dir(cfg, role),
+                                   json.dumps(fingerprint, sort_keys=True), tracker)
+        seconds = time.perf_counter() - t0
+    if result.start_step:
+        settings.set("resumed", result.resume_note, "checkpoints of this run (same config, data and model) are continued")
+    return model, result, settings, counts, seconds
+
+
+def checkpoint_dir(cfg: PipelineConfig, role: str) -> Path:
+    """Where a model's checkpoints go: side by side (never one inside the other), so each resumes on its own."""
+    return cfg.data_path / ".checkpoints" / (ASSET if role == ASSET else f"{ASSET}-{role}")
+
+
+def _held_out(result) -> dict:
+    return {k: round(result.eval_metrics[k], 4) for k in ("eval_accuracy", "eval_margin", "eval_loss") if k in result.eval_metrics}
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     from transformers import AutoTokenizer
 
@@ -97,11 +165,27 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # then leaves memory before the reward model is loaded.
     sft, method = load_policy(cfg, base_dir, lora_dir)
     train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer)
+    dropped: Counter = Counter()
+    tokenize = lambda rows: [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in rows) if t]  # noqa: E731
+    judge_train: list[dict] = []
+    judge_note = "reward_model.judge is off"
+    if rc.judge:
+        primary_train, judge_train = reward_split.split_by_prompt(train)
+        tok_primary, tok_judge = tokenize(primary_train), tokenize(judge_train)
+        if tok_primary and tok_judge:
+            train, tok_train = primary_train, tok_primary
+            judge_note = ""
+        else:  # too few prompts (or too few that fit) to give each model some: the reward model keeps every pair
+            judge_note = (f"not trained: of the training pairs split by prompt, {len(tok_primary)} / {len(tok_judge)} fit "
+                          f"dpo_model.max_length {dc.max_length} on the two sides")
+            judge_train, tok_judge = [], []
+            dropped.clear()
+            tok_train = tokenize(train)
+    else:
+        tok_train, tok_judge = tokenize(train), []
+    tok_held = tokenize(held)
     write_jsonl(output_dir / "pairs_train.jsonl", train)
     write_jsonl(output_dir / "pairs_eval.jsonl", held)
-    dropped: Counter = Counter()
-    tok_train = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in train) if t]
-    tok_held = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in held) if t]
     if not tok_train:
         raise preference_data.PreferenceDataError(f"no preference pair fits dpo_model.max_length {dc.max_length} (dropped: {dict(dropped)})")
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
@@ -109,46 +193,45 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     del sft
     gc.collect()
 
-    model, init = build_reward_model(base_dir, lora_dir, tokenizer.pad_token_id, r=cfg.lora_adapter.r, alpha=cfg.lora_adapter.alpha,
-                                     trust_remote_code=cfg.base_checkpoint.trust_remote_code)
-    if plan.device == "cuda":
-        model.to("cuda")
-    settings, counts = _settings(cfg, model, method, plan, tok_train)
-    settings.set("init", init, "the reward model starts from what SFT learned of the domain")
-    work = cfg.data_path / ".checkpoints" / ASSET
+    identity = {"model": {"base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
+                          "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir)}}
     steps = rc.max_steps
-    eval_every = rc.eval_every or max(1, steps // 3)
-    loop = reward_loop.RewardLoopSettings(
-        steps=steps, batch_size=rc.batch_size, learning_rate=settings.value("learning_rate"),
-        warmup_steps=int(settings.value("warmup_ratio") * steps), seed=cfg.seed, eval_every=eval_every,
-        checkpoint_every=rc.checkpoint_every or eval_every, log_every=max(1, min(10, steps // 10)),
-        center_coefficient=rc.center_coefficient,
-    )
-    identity = {"base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
-                "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir)}
-    fingerprint = {"config": cfg.fingerprint("reward_model", "dpo_model", "lora_adapter"), "seed": cfg.seed, "model": identity,
-                   "data": ref_cache.dataset_version(tok_train + tok_held), "precision": plan.precision}
-    with tracked_run(cfg, ASSET, {**rc.model_dump(mode="json"), **settings.values()}) as tracker, torch_threads(settings.value("cpu_threads")):
-        t0 = time.perf_counter()
-        result = reward_loop.train(model, tok_train, tok_held, collator, loop, plan, work, json.dumps(fingerprint, sort_keys=True), tracker)
-        train_seconds = time.perf_counter() - t0
-        tracker.summary({"eval_accuracy": result.eval_metrics.get("eval_accuracy"), "peak_rss_mb": peak_rss_mb()})
-    if result.start_step:
-        settings.set("resumed", result.resume_note, "checkpoints of this run (same config, data and model) are continued")
+    judged = None
+    with tracked_run(cfg, ASSET, {**rc.model_dump(mode="json")}) as tracker:
+        model, result, settings, counts, train_seconds = _train_one(
+            cfg, ASSET, (base_dir, lora_dir), tokenizer, plan, method, tok_train, tok_held, collator, steps, tracker, identity)
+        model.save_pretrained(output_dir)
+        del model
+        gc.collect()
+        if tok_judge:
+            judge_dir = output_dir / JUDGE
+            judge_dir.mkdir()
+            judge_model, judge_result, judge_settings, _, judge_seconds = _train_one(
+                cfg, JUDGE, (base_dir, lora_dir), tokenizer, plan, method, tok_judge, tok_held, collator,
+                rc.judge_max_steps or steps, _Judged(tracker, result.global_step), identity)
+            judge_model.save_pretrained(judge_dir)
+            tokenizer.save_pretrained(judge_dir)
+            write_jsonl(judge_dir / "pairs_train.jsonl", judge_train)
+            write_json(judge_dir / "training_log.json", judge_result.log)
+            del judge_model
+            gc.collect()
+            judged = (judge_result, judge_settings, judge_seconds)
+        tracker.summary({"eval_accuracy": result.eval_metrics.get("eval_accuracy"), "peak_rss_mb": peak_rss_mb(),
+                         **({"judge/eval_accuracy": judged[0].eval_metrics.get("eval_accuracy")} if judged else {})})
 
-    model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_json(output_dir / "training_log.json", result.log)
-    shutil.rmtree(work, ignore_errors=True)
+    for role in (ASSET, JUDGE):
+        shutil.rmtree(checkpoint_dir(cfg, role), ignore_errors=True)
     scoring_base = base_dir if method != "full" else lora_dir
     write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, scoring_base, tokenizer.pad_token_id))
 
-    ev = lambda k: round(result.eval_metrics[k], 4) if k in result.eval_metrics else None  # noqa: E731
+    ev = _held_out(result)
     length_acc = reward_baselines.length_accuracy(tok_held)
-    accuracy = ev("eval_accuracy")
+    accuracy = ev.get("eval_accuracy")
     stats = {
         "pairs": len(tok_train), "eval_pairs": len(tok_held), "derivation": derivation["derivation"],
-        "eval_accuracy": accuracy, "eval_margin": ev("eval_margin"), "eval_loss": ev("eval_loss"),
+        "eval_accuracy": accuracy, "eval_margin": ev.get("eval_margin"), "eval_loss": ev.get("eval_loss"),
         "length_baseline_accuracy": length_acc, "sft_loglik_accuracy": sft_acc["sum"],
         "sft_loglik_per_token_accuracy": sft_acc["per_token"],
         "accuracy_over_length_baseline": round(accuracy - length_acc, 4) if accuracy is not None and length_acc is not None else None,
@@ -157,14 +240,32 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "steps": result.global_step, "learning_rate": settings.value("learning_rate"),
         "trainable_params": counts["trainable_params"], "precision": plan.precision, "peak_rss_mb": peak_rss_mb(),
     }
+    judge_md: dict = {"trained": judged is not None, "split": reward_split.RULE}
+    if judged is not None:
+        jr, js, jsec = judged
+        jev = _held_out(jr)
+        stats.update({"judge_pairs": len(tok_judge), "judge_steps": jr.global_step, "judge_eval_accuracy": jev.get("eval_accuracy"),
+                      "judge_eval_margin": jev.get("eval_margin"), "judge_train_loss": finetune.last_logged(jr.log, "loss"),
+                      "judge_shared_prompts": reward_split.shared_prompts(train, judge_train)})
+        judge_md.update({"path": f"{ASSET}/{JUDGE}", "pairs": len(tok_judge), "reward_model_pairs": len(tok_train),
+                         "shared_prompts": stats["judge_shared_prompts"], "eval_pairs": len(tok_held),
+                         "eval_accuracy": jev.get("eval_accuracy"), "settings": js.as_metadata(), "train_seconds": round(jsec, 2)})
+    else:
+        judge_md["why"] = judge_note
     write_json(output_dir / "training_summary.json", {"settings": settings.as_metadata(), "dropped_pairs": dict(dropped),
-                                                      "steps": result.global_step, "pairs": len(tok_train)})
+                                                      "steps": result.global_step, "pairs": len(tok_train),
+                                                      "judge": {k: v for k, v in judge_md.items() if k != "settings"}})
+    judge_row = (f"| judge (other half of the pairs, {len(tok_judge)}) | {stats['judge_eval_accuracy']} |\n" if judged is not None
+                 else "")
     preview = (
         f"Reward model on {len(tok_train)} pairs ({derivation['derivation']}), {stats['steps']} steps; loss "
         f"{stats['first_train_loss']} → {stats['train_loss']}.\n\n| held-out pairwise accuracy | |\n|---|---|\n"
-        f"| reward model | {accuracy} |\n| longer answer wins | {length_acc} |\n"
+        f"| reward model | {accuracy} |\n{judge_row}| longer answer wins | {length_acc} |\n"
         f"| SFT log-likelihood (sum / per token) | {sft_acc['sum']} / {sft_acc['per_token']} |\n"
     )
+    if judged is None:
+        preview += f"\nJudge: {judge_note}.\n"
     metadata = {**plan.as_metadata(), "settings": settings.as_metadata(), "data": derivation, "dropped_pairs": dict(dropped),
-                "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - started, 2), **tracker.metadata()}
+                "judge": judge_md, "train_seconds": round(train_seconds, 2),
+                "seconds": round(time.perf_counter() - started, 2), **tracker.metadata()}
     return StageOutput(stats=stats, preview=preview, metadata=metadata)

@@ -5,7 +5,8 @@
 The policy is the base checkpoint with the lora_adapter loaded trainable (as in dpo_model); the reference for the KL
 penalty is that same model before the first update (`training/rl_loop.py`). The reward is the reward_model's score
 plus any rule rewards the config names (`training/rl_rewards.py`). Prompts are the reward model's preference-pair
-prompts (train pairs for training, held-out pairs for evaluation) or `rl_model.prompts_file`. Before and after
+prompts (train pairs, both the reward model's and its judge's half, for training; held-out pairs for
+evaluation) or `rl_model.prompts_file`. Before and after
 training the same held-out prompts are sampled once each with the same seed: the metadata gives the SFT model's and
 the RL model's mean reward, the gain, and the RL model's KL to SFT, with the samples side by side.
 
@@ -45,7 +46,10 @@ def _prompts(cfg: PipelineConfig, rm_dir: Path) -> tuple[list, list, str]:
     if rl.prompts_file:
         train, held = rl_prompts.read_prompt_file(confine(cfg, rl.prompts_file, "rl_model.prompts_file"))
         return rl_prompts.unique(train), rl_prompts.unique(held), f"file:{Path(rl.prompts_file).name}"
-    train = [p["prompt"] for p in read_jsonl(rm_dir / "pairs_train.jsonl")]
+    # Both halves of the training pairs (the reward model's and its judge's): RL never sees the judge's scores, and
+    # every held-out prompt stays held out.
+    files = [rm_dir / "pairs_train.jsonl", rm_dir / "judge" / "pairs_train.jsonl"]
+    train = [p["prompt"] for f in files if f.exists() for p in read_jsonl(f)]
     held = [p["prompt"] for p in read_jsonl(rm_dir / "pairs_eval.jsonl")] if (rm_dir / "pairs_eval.jsonl").exists() else []
     return rl_prompts.unique(train), rl_prompts.unique(held), "preference pairs"
 

@@ -72,6 +72,13 @@ def test_whole_graph_materializes(tmp_path, fast_config):
             assert (data / "eval_report" / f).stat().st_size > 0
         metrics = json.loads((data / "eval_report" / "metrics.json").read_text())
         assert metrics
+        # The judge trained beside the reward model; the report compares SFT, DPO and RL under both, in the UI too.
+        assert (data / "reward_model" / "judge" / "adapter_config.json").exists()
+        assert set(metrics["policies"]["models"]) == {"base", "sft", "dpo", "rl"}
+        assert metrics["candidates"][0]["model"] == "rl" and metrics["promotion_summary"]
+        ev_md = instance.get_latest_materialization_event(dg.AssetKey("eval_report")).asset_materialization.metadata
+        assert "| RL |" in ev_md["policies_md"].value and "judge" in ev_md["policies_md"].value
+        assert ev_md["reward_judge"].value["rl"] == metrics["policies"]["models"]["rl"]["reward"]["judge"]
 
         # Metadata on every materialization: counts, path, the DVC hash of the output (also its data version), preview.
         for name in ORDER:

@@ -155,6 +155,44 @@ def build_upstream(data_dir: Path, docs_per_domain: int = 16, with_pairs_eval: b
     return {"deduped_shards": shards, "tokenizer": tok_dir, "base_checkpoint": base_dir, "lora_adapter": lora_dir, "dpo_model": dpo_dir}
 
 
+def _built_from(data_dir: Path, *deps: str) -> dict:
+    from llm_pipeline.io import dvc_hash
+
+    return {"inputs": {d: dvc_hash(data_dir / d) for d in deps}}
+
+
+def add_rlhf_outputs(data_dir: Path, rl: bool = True, judge: bool = True) -> dict[str, Path]:
+    """A reward_model folder (the SFT adapter as a sequence scorer with a random head, and a judge with another) and an
+    rl_model adapter (random, like the others), each with the manifest inputs the runner writes."""
+    from llm_pipeline.training.reward_scoring import build_reward_model
+
+    data_dir = Path(data_dir)
+    base_dir, lora_dir = data_dir / "base_checkpoint", data_dir / "lora_adapter"
+    tok = PreTrainedTokenizerFast.from_pretrained(str(lora_dir))
+    rm_dir = data_dir / "reward_model"
+    for seed, folder in ((3, rm_dir), *(((4, rm_dir / "judge"),) if judge else ())):
+        torch.manual_seed(seed)
+        model, _ = build_reward_model(base_dir, lora_dir, tok.pad_token_id)
+        model.save_pretrained(str(folder))
+    tok.save_pretrained(str(rm_dir))
+    pairs = [json.loads(line) for line in (data_dir / "dpo_model" / "pairs_eval.jsonl").read_text().splitlines()] \
+        if (data_dir / "dpo_model" / "pairs_eval.jsonl").exists() else []
+    write_jsonl(rm_dir / "pairs_eval.jsonl", pairs)
+    write_json(rm_dir / "stats.json", {"eval_accuracy": 0.625, "pairs": 12, **({"judge_eval_accuracy": 0.5, "judge_pairs": 12} if judge else {})})
+    write_json(rm_dir / "training_summary.json", {"judge": {"trained": judge, "split": "by prompt"} if judge else
+                                                  {"trained": False, "why": "reward_model.judge is off"}})
+    write_json(rm_dir / MANIFEST, {"stage": "reward_model", **_built_from(data_dir, "base_checkpoint", "lora_adapter")})
+    out = {"reward_model": rm_dir}
+    if rl:
+        rl_dir = data_dir / "rl_model"
+        _adapter(base_dir, rl_dir, seed=5)
+        write_json(rl_dir / "training_log.json", [{"loss": 0.1 - s / 100, "reward": s / 100, "kl": s / 50, "step": s} for s in range(1, 5)])
+        write_json(rl_dir / "serving_manifest.json", {"base": "base_checkpoint", "adapter": "rl_model"})
+        write_json(rl_dir / MANIFEST, {"stage": "rl_model", **_built_from(data_dir, "base_checkpoint", "lora_adapter", "reward_model")})
+        out["rl_model"] = rl_dir
+    return out
+
+
 def tiny_config(tmp_path: Path, **eval_report) -> PipelineConfig:
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text("name: tiny\n", encoding="utf-8")

@@ -114,3 +114,79 @@ def test_the_dpo_ratio_gate_looks_at_every_domain():
     metrics["perplexity"]["dpo"]["by_domain"]["medicine"]["perplexity"] = 10.8
     gate = {g.name: g for g in evaluate_gates(EvalReportConfig(), metrics, "dpo")}["dpo_vs_sft_perplexity"]
     assert not gate.passed and gate.observed == pytest.approx(1.08) and "on medicine" in gate.why
+
+
+def _with_rl(rl_reward=0.30, sft_reward=0.20, kl=0.5, judge=True, rl_bpb=0.90, not_run=None) -> dict:
+    """A run with an RL model: held-out rewards under the reward model and the judge, its KL to SFT."""
+    metrics = _run(base=(0.95, 0.95, 0.95), sft=(0.90, 0.89, 0.91), dpo=(0.90, 0.89, 0.91), rl=(rl_bpb, rl_bpb, rl_bpb))
+    metrics["models"] = ["base", "sft", "dpo", "rl"]
+    reward = lambda r: {"reward_model": r + 1.0, **({"judge": r} if judge else {})}  # noqa: E731
+    metrics["policies"] = {
+        "prompts": 16, "samples": 2,
+        "models": {"sft": {"reward": reward(sft_reward), "kl_to_sft": 0.0}, "rl": {"reward": reward(rl_reward), "kl_to_sft": kl}},
+        "scorers": {"reward_model": {"eval_accuracy": 0.6}, "judge": {"eval_accuracy": 0.6} if judge else {"why": "reward_model.judge is off"}},
+        "not_run": not_run or {},
+    }
+    return metrics
+
+
+def test_rl_is_promoted_first_when_it_beats_sft_under_the_judge_within_the_kl_budget():
+    verdict = choose(EvalReportConfig(min_reward_gain=0.05, max_kl=1.0), _with_rl())
+    assert verdict["model"] == "rl" and verdict["folder"] == "rl_model" and verdict["summary"] == "RL adapter promoted"
+    gates = {g["name"]: g for g in verdict["gates"]}
+    assert {"rl_vs_sft_perplexity", "rl_reward_gain", "rl_kl_to_sft", "vs_base_bits_per_byte"} <= set(gates)
+    assert gates["rl_reward_gain"]["observed"] == pytest.approx(0.10) and "judge reward" in gates["rl_reward_gain"]["why"]
+    assert [c["model"] for c in verdict["candidates"]] == ["rl", "dpo", "sft"]
+    assert verdict["candidates"][1]["why"] == "passed its gates, but RL comes first"
+
+
+@pytest.mark.parametrize(("kwargs", "config", "short"), [
+    ({"rl_reward": 0.21}, {"min_reward_gain": 0.02}, "RL not promoted: judge reward +0.0100 ≤ 0.0200 over SFT"),
+    ({"rl_reward": 0.10}, {}, "RL not promoted: judge reward -0.1000 ≤ 0.0000 over SFT"),
+    ({"kl": 3.5}, {}, "RL not promoted: KL to SFT 3.500 > 2.000 nats"),
+    ({"rl_bpb": 0.99}, {}, "RL not promoted: perplexity "),
+    ({"judge": False}, {}, "RL not promoted: judge reward not measured"),
+])
+def test_rl_gate_failures_say_why_and_the_next_candidate_ships(kwargs, config, short):
+    verdict = choose(EvalReportConfig(**config), _with_rl(**kwargs))
+    assert verdict["summary"].startswith(short) and verdict["summary"].endswith("DPO adapter promoted")
+    assert verdict["model"] == "dpo"
+    rl = verdict["candidates"][0]
+    assert rl["model"] == "rl" and not rl["chosen"] and rl["why"].startswith("not chosen: ")
+    if kwargs == {"judge": False}:
+        gate = {g["name"]: g for g in rl["gates"]}["rl_reward_gain"]
+        assert gate["observed"] is None and "reward_model.judge is off" in gate["why"]
+
+
+def test_the_reward_model_can_stand_in_for_the_judge_and_gates_can_be_turned_off():
+    no_judge = _with_rl(judge=False)
+    assert choose(EvalReportConfig(rl_gate_reward="reward_model"), no_judge)["model"] == "rl"
+    cfg = EvalReportConfig(min_reward_gain=None, max_kl=None, max_rl_vs_sft_perplexity_ratio=None)
+    names = {g["name"] for g in choose(cfg, _with_rl(rl_reward=0.0, kl=99.0))["gates"]}
+    assert not names & {"rl_reward_gain", "rl_kl_to_sft", "rl_vs_sft_perplexity"}
+
+
+def test_promotion_order_is_configurable_and_a_missing_rl_model_is_reported_not_failed():
+    assert choose(EvalReportConfig(promotion_order=["dpo", "rl", "sft"]), _with_rl())["model"] == "dpo"
+    assert choose(EvalReportConfig(promotion_order=["sft"]), _with_rl())["model"] == "sft"
+    missing = _with_rl(not_run={"rl": "rl_model is not materialized"})
+    missing["models"].remove("rl")
+    verdict = choose(EvalReportConfig(), missing)
+    assert verdict["summary"] == "RL not run (rl_model is not materialized); DPO adapter promoted"
+    assert verdict["candidates"][0] == {"model": "rl", "folder": "rl_model", "promoted": False, "failed_gates": [], "gates": [],
+                                        "ran": False, "why": "not run: rl_model is not materialized", "chosen": False}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("promotion_order", ["rl", "rl"], "names a model twice"),
+    ("promotion_order", ["ppo"], "Input should be"),
+    ("promotion_order", [], "at least 1"),
+    ("max_kl", 0, "greater than 0"),
+    ("min_reward_gain", -0.1, "greater than or equal to 0"),
+    ("rl_gate_reward", "both", "Input should be"),
+])
+def test_rl_gate_settings_are_validated(field, value, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        EvalReportConfig(**{field: value})

@@ -35,7 +35,7 @@ def test_writes_the_report_files(result):
     out = result.output_dir
     for name in ("report.md", "report.html", "metrics.json", "stats.json", "_manifest.json"):
         assert (out / name).is_file(), name
-    assert result.metadata["plots"] == ["training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png"]
+    assert result.metadata["plots"] == ["training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png", "policy_rewards.png"]
     for name in result.metadata["plots"]:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert result.preview == (out / "report.md").read_text()
@@ -83,7 +83,7 @@ def test_stats_hold_the_headline_numbers(result):
 
 def test_html_embeds_its_plots(result):
     page = (result.output_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "<style>" in page and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == 5 and "<style>" in page and "src=\"http" not in page
 
 
 def test_missing_optional_files_become_notes(upstream, tmp_path):
@@ -118,14 +118,17 @@ def test_a_leaked_canary_fails_its_gate_without_failing_the_stage(result):
     assert not gates["no_canary_leak"]["passed"] and gates["no_canary_leak"]["observed"] == 1
     assert gates["vs_original_bits_per_byte"]["passed"] and "trained from scratch" in gates["vs_original_bits_per_byte"]["why"]
     assert m["promoted"] is False and result.stats["promoted"] is False and result.stats["canaries_leaked"] == 1
-    # A leak blocks every candidate: neither DPO nor SFT ships, and the summary says so.
-    assert [c["model"] for c in m["candidates"]] == ["dpo", "sft"] and not any(c["promoted"] for c in m["candidates"])
+    # A leak blocks every candidate: neither DPO nor SFT ships, and the summary says so. There is no rl_model here:
+    # RL is the first candidate in the order, recorded as not run with the reason.
+    assert [(c["model"], c["ran"]) for c in m["candidates"]] == [("rl", False), ("dpo", True), ("sft", True)]
+    assert not any(c["promoted"] for c in m["candidates"])
+    assert result.stats["verdict"].startswith("RL not run (rl_model is not materialized")
     assert result.stats["verdict"].endswith("no model promoted") and "PII canary leaked" in result.stats["verdict"]
 
     manifest = json.loads((result.output_dir / "serving_manifest.json").read_text())
     assert manifest["adapter"] == "dpo_model"  # the first candidate's own manifest, carried over
     assert manifest["promoted"] is False and manifest["model"] is None and "no_canary_leak" in [g["name"] for g in manifest["failed_gates"]]
-    assert set(manifest["not_chosen"]) == {"dpo", "sft"}
+    assert set(manifest["not_chosen"]) == {"rl", "dpo", "sft"} and manifest["not_chosen"]["rl"].startswith("not run: rl_model")
 
     (check,) = check_results("eval_report", _config(result.output_dir.parent.parent), result)
     assert check.check_name == "promotion_gates" and check.passed is False
@@ -134,7 +137,7 @@ def test_a_leaked_canary_fails_its_gate_without_failing_the_stage(result):
 
 def test_gates_and_plots_reach_the_dagster_metadata(result):
     assert "not promoted" in result.metadata["gates_md"].lower() and "no_canary_leak" in result.metadata["gates_md"]
-    assert result.metadata["plots_md"].count("data:image/png;base64,") == 4
+    assert result.metadata["plots_md"].count("data:image/png;base64,") == 5
     assert "## Promotion gates" in result.preview
 
 
@@ -186,7 +189,8 @@ def test_a_failed_dpo_gate_ships_the_sft_adapter_and_compares_with_the_original(
     res = run_stage(cfg, "eval_report")
     m = json.loads((res.output_dir / "metrics.json").read_text())
     assert m["promoted"] is True and m["promoted_model"] == "sft"
-    assert res.stats["verdict"].startswith("DPO not promoted: perplexity ") and res.stats["verdict"].endswith("; SFT adapter promoted")
+    assert res.stats["verdict"].startswith("RL not run (rl_model is not materialized")
+    assert "; DPO not promoted: perplexity " in res.stats["verdict"] and res.stats["verdict"].endswith("; SFT adapter promoted")
     manifest = json.loads((res.output_dir / "serving_manifest.json").read_text())
     assert manifest["model"] == "sft" and manifest["adapter_folder"] == "lora_adapter" and manifest["adapters"] == [{"name": "lora_adapter"}]
     assert manifest["not_chosen"]["dpo"].startswith("not chosen: perplexity")
@@ -292,3 +296,103 @@ def test_a_gate_failure_through_the_cli_is_a_result_not_a_failure(upstream, tmp_
     assert "Traceback" not in out
     manifest = json.loads((tmp_path / "data" / "eval_report" / "serving_manifest.json").read_text())
     assert manifest["model"] == "sft" and manifest["promoted"] is True
+
+
+@pytest.fixture(scope="module")
+def with_rl(upstream, tmp_path_factory):
+    """The same upstream outputs plus a reward model with its judge and an RL adapter; RL's gates set so it ships."""
+    from evaluation.fixtures import add_rlhf_outputs
+
+    root = tmp_path_factory.mktemp("eval-report-rl")
+    shutil.copytree(upstream / "data", root / "data", ignore=shutil.ignore_patterns("eval_report", ".*"))
+    add_rlhf_outputs(root / "data")
+    cfg = tiny_config(root, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0, reward_prompts=4,
+                      reward_samples=2, reward_max_new_tokens=8, min_reward_gain=None, max_kl=1e6,
+                      max_rl_vs_sft_perplexity_ratio=1e3, max_dpo_vs_sft_perplexity_ratio=1e3, max_vs_base_bits_per_byte_ratio=None)
+    return cfg, run_stage(cfg, "eval_report")
+
+
+def test_sft_dpo_and_rl_compared_on_the_same_held_out_prompts(with_rl):
+    cfg, res = with_rl
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    assert m["models"] == ["base", "sft", "dpo", "rl"]
+    p = m["policies"]
+    assert p["prompts"] == 4 and p["samples"] == 2 and p["max_new_tokens"] == 8 and p["prompt_source"] == "dpo_model/pairs_eval.jsonl"
+    assert set(p["models"]) == {"base", "sft", "dpo", "rl"} and p["not_run"] == {}
+    for name, r in p["models"].items():
+        assert set(r["reward"]) == {"reward_model", "judge"} and all(isinstance(v, float) for v in r["reward"].values()), name
+        assert 0 <= r["preference_accuracy"] <= 1 and r["answer_tokens"] > 0
+    assert p["models"]["sft"]["kl_to_sft"] == 0.0 and p["models"]["rl"]["kl_to_sft"] != 0.0
+    # Two reward models with other heads: they disagree, so the judge is a second opinion, not a copy.
+    assert p["models"]["rl"]["reward"]["judge"] != p["models"]["rl"]["reward"]["reward_model"]
+    assert p["gains"]["rl"]["judge"] == pytest.approx(p["models"]["rl"]["reward"]["judge"] - p["models"]["sft"]["reward"]["judge"], abs=1e-5)
+    assert p["scorers"]["reward_model"]["eval_accuracy"] == 0.625 and p["scorers"]["judge"]["eval_accuracy"] == 0.5
+    assert len(p["side_by_side"]) == 4 and all(set(s["answers"]) == {"base", "sft", "dpo", "rl"} for s in p["side_by_side"])
+    # RL is scored like the other models everywhere else too: perplexity per domain, bits per byte, task metrics.
+    assert set(m["perplexity"]["rl"]["by_domain"]) == set(DOMAINS) and m["perplexity"]["rl"]["overall"]["bits_per_byte"] > 0
+    assert "rl" in m["tasks"] and res.stats["reward_judge"]["rl"] == p["models"]["rl"]["reward"]["judge"]
+    assert set(m["lineage"]["inputs"]) >= {"reward_model", "rl_model"}
+
+    md = (res.output_dir / "report.md").read_text()
+    section = md.split("## SFT vs DPO vs RL on the same held-out prompts")[1].split("\n## ")[0]
+    assert all(f"| {label} |" in section for label in ("Base", "SFT", "DPO", "RL")) and "KL to SFT (nats/answer)" in section
+    assert "Perplexity legal" in section and "Bits/byte all" in section and "sampled-token estimate" in section
+    assert "## Sampled answers side by side, with their rewards" in md and "judge " in md.split("side by side, with their rewards")[1]
+    assert "RL vs SFT on 4 held-out prompts: mean reward judge " in md.split("## Summary")[0]
+    assert "| RL |" in res.metadata["policies_md"] and "Samples side by side" in res.metadata["policies_md"]
+    assert (res.output_dir / "policy_rewards.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_rl_model_that_passes_its_gates_ships(with_rl):
+    cfg, res = with_rl
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    manifest = json.loads((res.output_dir / "serving_manifest.json").read_text())
+    assert m["promoted_model"] == "rl" and res.stats["verdict"] == "RL adapter promoted"
+    assert manifest["model"] == "rl" and manifest["adapter_folder"] == "rl_model" and manifest["adapter"] == "rl_model"
+    assert manifest["not_chosen"] == {"dpo": "passed its gates, but RL comes first", "sft": "passed its gates, but RL comes first"}
+    assert {g["name"] for g in manifest["gates"]} >= {"rl_vs_sft_perplexity", "rl_kl_to_sft"}
+    (check,) = check_results("eval_report", cfg, res)
+    assert check.passed is True
+
+    # The same measurements under a reward gain RL did not reach: RL is not promoted, the next candidate ships, and
+    # the summary says by how much RL fell short (a result, not a failure).
+    from llm_pipeline.evaluation.gates import choose
+
+    verdict = choose(cfg.eval_report.model_copy(update={"min_reward_gain": 1e3}), m)
+    gain = m["policies"]["gains"]["rl"]["judge"]
+    assert verdict["summary"] == f"RL not promoted: judge reward {gain:+.4f} ≤ 1000.0000 over SFT; DPO adapter promoted"
+
+
+def test_a_stale_or_missing_rl_model_is_not_run_with_the_reason(upstream, tmp_path):
+    from evaluation.fixtures import add_rlhf_outputs
+    from llm_pipeline.evaluation.policy_rewards import stale_reason
+
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report", ".*"))
+    data = tmp_path / "data"
+    out = add_rlhf_outputs(data, judge=False)
+    current = {"lora_adapter": data / "lora_adapter", "base_checkpoint": data / "base_checkpoint"}
+    assert stale_reason(out["rl_model"], "rl_model", current) is None
+    assert stale_reason(data / "nothing", "rl_model", current).startswith("rl_model is not materialized")
+    (data / "lora_adapter" / "sft_eval.jsonl").write_text("")  # SFT changed since RL trained on it
+    assert stale_reason(out["rl_model"], "rl_model", current) == ("rl_model was built from another lora_adapter than the one "
+                                                                 "evaluated here (re-run rl_model)")
+
+    # Through the stage: the stale RL model and a DPO adapter that does not load are rows that say why, and neither
+    # is a candidate; SFT is still compared under the reward model.
+    (data / "dpo_model" / "adapter_model.safetensors").write_bytes(b"not a tensor file")
+    from evaluation.fixtures import _built_from
+    from llm_pipeline.io import MANIFEST, write_json
+
+    write_json(data / "reward_model" / MANIFEST, {"stage": "reward_model", **_built_from(data, "base_checkpoint", "lora_adapter")})  # re-run on the new SFT
+    res = run_stage(tiny_config(tmp_path, samples=0, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0,
+                                reward_prompts=2, reward_max_new_tokens=4), "eval_report")
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    assert m["models"] == ["base", "sft"]
+    assert m["policies"]["not_run"]["rl"].startswith("rl_model was built from another lora_adapter")
+    assert m["policies"]["not_run"]["dpo"] == "dpo_model did not load (see notes)"
+    assert m["policies"]["scorers"]["judge"] == {"why": "reward_model.judge is off"}
+    assert m["policies"]["models"]["sft"]["reward"]["reward_model"] is not None
+    md = (res.output_dir / "report.md").read_text()
+    assert "| RL | not run: rl_model was built from another lora_adapter" in md and "| DPO | not run: dpo_model did not load" in md
+    assert res.stats["verdict"].startswith("RL not run (rl_model was built from another lora_adapter")
+    assert "DPO not run (dpo_model did not load" in res.stats["verdict"] and res.stats["verdict"].endswith("SFT adapter promoted")

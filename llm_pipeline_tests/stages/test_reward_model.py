@@ -93,7 +93,8 @@ def test_user_preference_file(pipeline, tmp_path):
     inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
     (tmp_path / "out").mkdir()
     res = reward_model.run(cfg2, inputs, tmp_path / "out")
-    assert res.stats["derivation"] == "files" and res.stats["pairs"] + res.stats["eval_pairs"] == 12
+    s = res.stats
+    assert s["derivation"] == "files" and s["pairs"] + s.get("judge_pairs", 0) + s["eval_pairs"] == 12
     assert res.stats["length_baseline_accuracy"] is None or res.stats["length_baseline_accuracy"] == 1.0  # chosen is longer
 
 
@@ -134,3 +135,126 @@ def test_a_crashed_run_resumes_where_it_stopped(pipeline, tmp_path):
     for name, value in trained(whole_model).items():
         assert torch.allclose(value, trained(again)[name], atol=1e-6), name
     assert [e["loss"] for e in resumed.log] == pytest.approx([e["loss"] for e in whole.log], rel=1e-5)
+
+
+def _pairs(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_judge_learns_from_the_other_half_of_the_pairs(pipeline):
+    """The reward model and its judge train on disjoint prompts, are held out on the same pairs, and both load."""
+    from llm_pipeline.training.reward_split import prompt_key
+
+    cfg, results = pipeline
+    res = results["reward_model"]
+    out = res.output_dir
+    mine, theirs, held = _pairs(out / "pairs_train.jsonl"), _pairs(out / "judge" / "pairs_train.jsonl"), _pairs(out / "pairs_eval.jsonl")
+    prompts = lambda rows: {prompt_key(p["prompt"]) for p in rows}  # noqa: E731
+    assert mine and theirs and not prompts(mine) & prompts(theirs)  # no prompt on both sides
+    assert not (prompts(mine) | prompts(theirs)) & prompts(held)
+    s = res.stats
+    assert s["pairs"] == len(mine) and s["judge_pairs"] == len(theirs) and s["judge_shared_prompts"] == 0
+    assert s["judge_steps"] == 12 and 0 <= s["judge_eval_accuracy"] <= 1
+    judge = res.metadata["judge"]
+    assert judge["trained"] and judge["split"].startswith("by prompt") and judge["eval_pairs"] == s["eval_pairs"]
+    assert judge["settings"]["learning_rate"]["reason"] and "judge (other half of the pairs" in res.preview
+    manifest = json.loads((out / "serving_manifest.json").read_text())
+    assert [a["path"] for a in manifest["adapters"]] == ["reward_model", "reward_model/judge"]
+    assert manifest["data_versions"]["judge/pairs_train.jsonl"] == file_md5(out / "judge" / "pairs_train.jsonl")
+
+    # Both load as a user would and score the same held-out answers differently: two models, not one saved twice.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    base = results["base_checkpoint"].output_dir
+    scores = [reward_scoring.score(reward_scoring.load_reward_model(base, d, tok.pad_token_id), tok,
+                                   [p["prompt"] for p in held[:4]], [p["chosen"] for p in held[:4]], max_length=64)
+              for d in (out, out / "judge")]
+    assert scores[0] != scores[1]
+    # rl_model trains on the prompts of both halves (it never sees the judge's scores).
+    from llm_pipeline.stages.rl_model import _prompts
+
+    train, _, _ = _prompts(cfg, out)
+    assert {prompt_key(p) for p in train} == prompts(mine) | prompts(theirs)
+
+
+def test_without_the_judge_the_reward_model_trains_on_every_pair(pipeline, tmp_path):
+    res, out = _run(pipeline, tmp_path, judge=False, max_steps=2)
+    cfg, results = pipeline
+    full = results["reward_model"].stats
+    assert res.stats["pairs"] == full["pairs"] + full["judge_pairs"] and "judge_pairs" not in res.stats
+    assert not (out / "judge").exists() and res.metadata["judge"] == {"trained": False, "split": res.metadata["judge"]["split"],
+                                                                      "why": "reward_model.judge is off"}
+    assert [a["path"] for a in json.loads((out / "serving_manifest.json").read_text())["adapters"]] == ["reward_model"]
+
+
+JUDGE_KILL_HOOK = """
+import os, sys, threading
+from llm_pipeline.training import checkpoints
+
+fd = int(os.environ["KILL_FD"])
+save = checkpoints.save_checkpoint
+
+def announced(directory, *args, **kwargs):
+    save(directory, *args, **kwargs)
+    if str(directory).endswith("reward_model-judge"):
+        os.write(fd, b"judge\\n")
+        threading.Event().wait()  # until the SIGKILL
+
+checkpoints.save_checkpoint = announced
+from llm_pipeline.cli import main
+sys.argv = ["llm-pipeline", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_a_run_killed_while_training_the_judge_resumes_it_from_its_checkpoint(pipeline, tmp_path):
+    """SIGKILL the real CLI right after the judge's first checkpoint; the re-run continues both models from their
+    checkpoints and ends with the weights of the uninterrupted run."""
+    import os
+    import select
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from llm_pipeline.config import load_config
+    from llm_pipeline.runner import run_stage
+
+    cfg, results = pipeline
+    project = tmp_path / "project"
+    for name in ("deduped_shards", "tokenizer", "base_checkpoint", "lora_adapter"):
+        shutil.copytree(cfg.data_path / name, project / "data" / name)
+    dumped = cfg.model_dump(mode="json")
+    dumped.update(data_dir="data", allowed_roots=[])
+    (project / "pipeline.yaml").write_text(yaml.safe_dump(dumped))
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", JUDGE_KILL_HOOK, "stage", "reward_model", "--config", "pipeline.yaml"],
+                            cwd=project, env={**os.environ, "KILL_FD": str(write_end)}, pass_fds=(write_end,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 300)
+        said = os.read(read_end, 16).decode().strip() if ready else ""
+        if said != "judge":
+            proc.kill()
+            pytest.fail(f"the stage exited ({proc.wait()}) without a judge checkpoint: {proc.stderr.read().decode()[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+    finally:
+        os.close(read_end)
+    saved = sorted((project / "data" / ".checkpoints" / "reward_model-judge").glob("step-*.pt"))
+    assert saved and not (project / "data" / "reward_model").exists()
+
+    res = run_stage(load_config(project / "pipeline.yaml", root=project), "reward_model")
+    assert res.metadata["judge"]["settings"]["resumed"]["value"] == f"resumed from {saved[-1].name}"
+    assert "resumed" in res.metadata["settings"]  # the reward model continued from its own checkpoints too
+    assert not (project / "data" / ".checkpoints" / "reward_model-judge").exists()
+    whole = results["reward_model"].output_dir
+    for folder in ("", "judge"):
+        a = load_file(str(whole / folder / "adapter_model.safetensors"))
+        b = load_file(str(res.output_dir / folder / "adapter_model.safetensors"))
+        assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), folder or "reward_model"
