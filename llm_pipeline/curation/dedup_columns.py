@@ -1,0 +1,118 @@
+"""deduped_shards' pass 1: per document, the fixed-width columns its decisions need, and the order of preference.
+
+In memory per document: its id as bytes (32 for the pipeline's xxh3-128 ids), its source as two integers (the rank
+of its file and its trailing line or row number: ``a.jsonl#L9``), its text length and its normalized-text hash,
+~70 bytes in numpy arrays; no Python object per document. Its MinHash signature and band keys go to disk
+(curation.dedup_spill). The distinct file names are the one list of strings kept, one entry per source file.
+
+The order of preference sorts these columns with ``np.lexsort``: ``longest`` = the longest text first, then the
+earliest source (files in natural order, ``part-2`` before ``part-10``, then the line number), then the smallest id;
+``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. The sort is stable, so rows that
+tie on everything stay in stream order.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash
+from llm_pipeline.curation.dedup_spill import Part, Spilled, SpillWriter
+
+_DIGITS = re.compile(r"(\d+)")
+_TRAILING = re.compile(r"^(.*?)(\d{1,18})$", re.S)  # at most 18 digits: the number fits an int64
+
+
+def natural_key(text: str | None) -> tuple:
+    """A name that sorts numbers in it as numbers: ``a-9`` before ``a-10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(text or "") if p)
+
+
+def split_source(source: str | None) -> tuple[str, int]:
+    """(file, trailing number or -1): ``legal/a.jsonl#L12`` -> (``legal/a.jsonl#L``, 12)."""
+    m = _TRAILING.match(source or "")
+    return (m.group(1), int(m.group(2))) if m else (source or "", -1)
+
+
+class Hashed:
+    """Pass 1's per-document columns, in stream order (the text is read again in pass 2)."""
+
+    def __init__(self, ids: np.ndarray, files: list[str], file_of: np.ndarray, line: np.ndarray, lengths: np.ndarray,
+                 hashes: np.ndarray, bytes_in: int, spilled: Spilled | None):
+        self.ids, self.files, self.file_of, self.line = ids, files, file_of, line
+        self.lengths, self.hashes, self.bytes_in, self.spilled = lengths, hashes, bytes_in, spilled
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    @classmethod
+    def concat(cls, parts: list["Hashed"]) -> "Hashed":
+        """One stream of the parts' rows, in part order (the hash tasks of compute.dedup)."""
+        files: dict[str, int] = {}
+        file_of = []
+        for p in parts:
+            remap = np.array([files.setdefault(f, len(files)) for f in p.files] or [0], dtype=np.int32)
+            file_of.append(remap[p.file_of])
+        spilled = [p.spilled for p in parts if p.spilled is not None]
+        width = max([p.ids.dtype.itemsize for p in parts] or [1])
+        return cls(np.concatenate([np.zeros(0, f"S{width}")] + [p.ids.astype(f"S{width}") for p in parts]), list(files),
+                   np.concatenate([np.zeros(0, np.int32)] + file_of),
+                   np.concatenate([np.zeros(0, np.int64)] + [p.line for p in parts]),
+                   np.concatenate([np.zeros(0, np.int64)] + [p.lengths for p in parts]),
+                   np.concatenate([np.zeros(0, np.uint64)] + [p.hashes for p in parts]), sum(p.bytes_in for p in parts),
+                   Spilled([q for s in spilled for q in s.parts], spilled[0].num_perm, spilled[0].bands) if spilled else None)
+
+    def id_of(self, row: int) -> str:
+        return self.ids[row].decode("utf-8")
+
+    def preference_order(self, keep: str) -> np.ndarray:
+        """Rows from the one to keep first to the one to keep last (``deduped_shards.keep``); ties end on the id, so
+        the order, and the kept set, do not depend on the order rows arrived in."""
+        order = sorted(range(len(self.files)), key=lambda k: natural_key(self.files[k]))
+        rank = np.empty(len(self.files), dtype=np.int64)
+        rank[order] = np.arange(len(self.files))
+        src = rank[self.file_of] if len(self.files) else np.zeros(len(self), dtype=np.int64)
+        if keep == "longest":
+            keys = (self.ids, self.line, src, -self.lengths)  # np.lexsort: the last key is the primary one
+        elif keep == "earliest_source":
+            keys = (self.ids, -self.lengths, self.line, src)
+        else:
+            keys = (self.ids,)
+        return np.lexsort(keys).astype(np.int64) if len(self) else np.zeros(0, dtype=np.int64)
+
+
+def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to=None, meter=None) -> Hashed:
+    """Pass 1 over record batches (id, source, text): the columns in memory; signatures and band keys (when
+    `banding` is given) appended to ``spill_to = (folder, part name)``."""
+    ids, file_of, line, lengths, hashes = [], [], [], [], []
+    files: dict[str, int] = {}
+    writer = None
+    if banding is not None:
+        folder, name = spill_to
+        writer = SpillWriter(folder, name, hasher.num_perm, banding[0])
+    bytes_in = seen = 0
+    for batch in batches:
+        texts = [r["text"] or "" for r in batch]
+        ids.append(np.array([(r["id"] or "").encode("utf-8") for r in batch], dtype="S"))
+        where = [split_source(r.get("source")) for r in batch]
+        file_of.append(np.array([files.setdefault(f, len(files)) for f, _ in where], dtype=np.int32))
+        line.append(np.array([k for _, k in where], dtype=np.int64))
+        lengths.append(np.array([len(t) for t in texts], dtype=np.int64))
+        hashes.append(np.array([exact_hash(t) for t in texts], dtype=np.uint64))
+        bytes_in += sum(len(t.encode("utf-8")) for t in texts)
+        if writer is not None:
+            sigs = hasher.signatures(texts)
+            writer.append(sigs, band_keys(sigs, *banding))
+        seen += len(batch)
+        if meter is not None:
+            meter.update(seen)
+    width = max([a.dtype.itemsize for a in ids] or [1])
+    spilled = Spilled([writer.close()], hasher.num_perm, banding[0]) if writer is not None else None
+    return Hashed(np.concatenate([np.zeros(0, f"S{width}")] + [a.astype(f"S{width}") for a in ids]), list(files),
+                  np.concatenate([np.zeros(0, np.int32)] + file_of), np.concatenate([np.zeros(0, np.int64)] + line),
+                  np.concatenate([np.zeros(0, np.int64)] + lengths), np.concatenate([np.zeros(0, np.uint64)] + hashes),
+                  bytes_in, spilled)
+
+
+__all__ = ["Hashed", "Part", "hash_pass", "natural_key", "split_source"]
