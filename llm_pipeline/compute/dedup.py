@@ -5,9 +5,8 @@ gathered in one process.
    signatures and keys go to the task's scratch files (curation.dedup_spill), only the fixed-width columns (id,
    source, length, hash; curation.dedup_columns) come back;
 2. the driver orders the rows by preference (``keep``) and drops exact duplicates, as the single-process stage;
-3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key (``workers``
-   partitions), so every member of an LSH bucket meets in one task;
-4. bucket tasks, one per partition, list the candidate pairs of their buckets exactly as the single-process stage
+3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an LSH bucket meets in one task;
+4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate pairs of their buckets exactly as the single-process stage
    does (curation.dedup.candidate_pair_arrays over a part of the rows);
 5. verify tasks, one per pair of hash tasks, load those two tasks' signatures and keep the pairs at or above the
    threshold;
@@ -119,7 +118,9 @@ class _Near:
         starts, parts = self.spilled.starts, self.spilled.parts
         rank_of = np.full(len(self.spilled), -1, dtype=np.int64)
         rank_of[rows] = np.arange(n)
-        partitions = max(1, self.cfg.compute.workers)
+        # As many partitions as hash tasks (at least one per worker): a bucket task holds ~one task's rows of keys
+        # whatever the corpus size, not 1/workers of the domain.
+        partitions = max(1, self.cfg.compute.workers, len(parts))
         label = f"deduped_shards[{self.domain}]"
         items = [(p, rank_of[starts[k]: starts[k + 1]]) for k, p in enumerate(parts)]
         del rank_of
@@ -151,9 +152,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     tasks = shard_tasks(src, cfg.compute.task_rows)
     with executor or executor_for(cfg) as ex:
         parts = ex.map(hash_task, tasks, cfg, str(output_dir), label=f"deduped_shards[{domain}] hashing tasks")
-        hashed = Hashed.concat(parts) if parts else hash_pass([], None, None)
         starts = np.cumsum([0] + [len(p) for p in parts])
-        del parts
+        hashed = Hashed.concat(parts) if parts else hash_pass([], None, None)  # empties `parts` as it copies
         near = _Near(ex, cfg, hashed.spilled, output_dir, domain) if hashed.spilled is not None else None
         decided = stage.decide(cfg, domain, hashed, src, embedder, near=near)
         # Each task carries its own rows' decisions, not the whole domain's.

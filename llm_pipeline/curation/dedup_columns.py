@@ -48,20 +48,29 @@ class Hashed:
 
     @classmethod
     def concat(cls, parts: list["Hashed"]) -> "Hashed":
-        """One stream of the parts' rows, in part order (the hash tasks of compute.dedup)."""
-        files: dict[str, int] = {}
-        file_of = []
-        for p in parts:
-            remap = np.array([files.setdefault(f, len(files)) for f in p.files] or [0], dtype=np.int32)
-            file_of.append(remap[p.file_of])
-        spilled = [p.spilled for p in parts if p.spilled is not None]
+        """One stream of the parts' rows, in part order (the hash tasks of compute.dedup). The list is emptied as
+        each part is copied, so the columns are not held twice over."""
+        n = sum(len(p) for p in parts)
         width = max([p.ids.dtype.itemsize for p in parts] or [1])
-        return cls(np.concatenate([np.zeros(0, f"S{width}")] + [p.ids.astype(f"S{width}") for p in parts]), list(files),
-                   np.concatenate([np.zeros(0, np.int32)] + file_of),
-                   np.concatenate([np.zeros(0, np.int64)] + [p.line for p in parts]),
-                   np.concatenate([np.zeros(0, np.int64)] + [p.lengths for p in parts]),
-                   np.concatenate([np.zeros(0, np.uint64)] + [p.hashes for p in parts]), sum(p.bytes_in for p in parts),
-                   Spilled([q for s in spilled for q in s.parts], spilled[0].num_perm, spilled[0].bands) if spilled else None)
+        out = cls(np.empty(n, f"S{width}"), [], np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
+                  np.empty(n, np.uint64), 0, None)
+        files: dict[str, int] = {}
+        spilled: list[Spilled] = []
+        at = 0
+        while parts:
+            p = parts.pop(0)
+            k = len(p)
+            remap = np.array([files.setdefault(f, len(files)) for f in p.files] or [0], dtype=np.int32)
+            out.ids[at: at + k], out.file_of[at: at + k] = p.ids, remap[p.file_of]
+            out.line[at: at + k], out.lengths[at: at + k], out.hashes[at: at + k] = p.line, p.lengths, p.hashes
+            out.bytes_in += p.bytes_in
+            if p.spilled is not None:
+                spilled.append(p.spilled)
+            at += k
+        out.files = list(files)
+        if spilled:
+            out.spilled = Spilled([q for s in spilled for q in s.parts], spilled[0].num_perm, spilled[0].bands)
+        return out
 
     def id_of(self, row: int) -> str:
         return self.ids[row].decode("utf-8")

@@ -7,14 +7,12 @@ stream of rows (the single-process stage: one part; the Ray engine: one per hash
   - ``<part>.sigs``: uint32, row-major (n x num_perm), so one document's signature is one contiguous read;
   - ``<part>.keys<b>``: uint64, one file per band, so a band's column over every row is one sequential read.
 
-The decisions read them back one band at a time (a band column: 8 bytes per document) and gather the signatures of
-candidate pairs a block at a time through a mapping that is closed after each block, so its pages leave the
-process's resident set instead of accumulating there.
+The decisions read them back one band at a time (a band column: 8 bytes per document) and read the signatures of
+candidate pairs' members only, one read each, into the block being verified.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 SPILL_DIR = ".spill"  # inside the stage's output folder while it runs (dot-named: never read as a shard)
-GATHER_ROWS = 4096  # signatures gathered per mapping: at most this many pages resident at once (16 MB)
 
 
 class SpillWriter:
@@ -67,20 +64,22 @@ class Part:
         return np.stack([self.band(b) for b in range(bands)], axis=1) if bands else np.zeros((self.n, 0), np.uint64)
 
     def sigs(self, rows: np.ndarray, num_perm: int) -> np.ndarray:
-        """Signatures of rows of this part (in the order given)."""
+        """Signatures of rows of this part (in the order given), one read per row into the result: a mapping of the
+        file would leave every page it touched (and the pages the kernel maps around them) in the resident set."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), num_perm), dtype=np.uint32)
-        if len(rows) == 0 or self.n == 0:
+        if len(rows) == 0:
             return out
-        with open(self.sig_path(), "rb") as f:
-            for lo in range(0, len(rows), GATHER_ROWS):
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                try:
-                    view = np.frombuffer(mm, dtype=np.uint32).reshape(self.n, num_perm)
-                    out[lo: lo + GATHER_ROWS] = view[rows[lo: lo + GATHER_ROWS]]
-                    del view
-                finally:
-                    mm.close()  # unmapped: the pages read leave the resident set
+        width = num_perm * 4
+        view = memoryview(out).cast("B")
+        fd = os.open(self.sig_path(), os.O_RDONLY)
+        try:
+            for k in np.argsort(rows, kind="stable").tolist():  # in file order: the reads go forward
+                at = int(rows[k]) * width
+                if os.preadv(fd, [view[k * width: (k + 1) * width]], at) != width:
+                    raise OSError(f"{self.sig_path()}: short read at row {rows[k]}")
+        finally:
+            os.close(fd)
         return out
 
 
