@@ -1,6 +1,6 @@
 """Peak memory of each curation stage, per process, at two or more corpus sizes: is it flat in the corpus size?
 
-    python benchmarks/stage_memory.py --docs 5000 50000 [--engines local ray] [--pii]
+    python benchmarks/stage_memory.py --docs 5000 50000 [--engines local ray] [--steps ...] [--pii]
 
 For each size a synthetic corpus (benchmarks/synthetic.curation_corpus: ~1.5 KB prose documents, 15% near copies,
 in JSONL files of 1,000 documents) is written once; then, per engine, raw_corpus, cleaned_corpus, cleaned_corpus
@@ -101,6 +101,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, nargs="+", default=[5_000, 50_000])
     ap.add_argument("--engines", nargs="+", default=["local", "ray"], choices=["local", "ray"])
     ap.add_argument("--pii", action="store_true")
+    ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     ap.add_argument("--child", nargs="+")
     args = ap.parse_args()
     if args.child:
@@ -116,7 +117,7 @@ def main() -> None:
             root = Path(tmp) / str(docs)
             run_child(Path(__file__), "prepare", [str(root), str(docs), "1" if args.pii else "0", *args.engines])
             for engine in args.engines:
-                for step in STEPS:
+                for step in [s for s in STEPS if s in args.steps or (s == "cleaned_corpus" and "deduped_shards" in args.steps)]:
                     row = run_child(Path(__file__), "stage", [str(root), engine, step], timeout=1800)
                     row.update(docs=docs, engine=engine, step=step)
                     print(json.dumps(row), flush=True)
