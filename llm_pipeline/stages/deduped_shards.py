@@ -315,7 +315,7 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         reason[dup] = _CODE["exact_duplicate"]
         kept[dup] = rep[~first]
         del h, order, first, rep, dup
-    if dcfg.near:
+    if dcfg.near and n:
         rows = by_pref[reason[by_pref] == 0]
         clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
         _mark(reason, kept, rows, clusters, "near_duplicate")
