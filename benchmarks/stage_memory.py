@@ -117,7 +117,8 @@ def main() -> None:
             root = Path(tmp) / str(docs)
             run_child(Path(__file__), "prepare", [str(root), str(docs), "1" if args.pii else "0", *args.engines])
             for engine in args.engines:
-                for step in [s for s in STEPS if s in args.steps or (s == "cleaned_corpus" and "deduped_shards" in args.steps)]:
+                last = max(STEPS.index(s) for s in args.steps)  # a stage needs the ones before it to have run
+                for step in [s for k, s in enumerate(STEPS) if s in args.steps or (k < last and s != "cleaned_corpus_reuse")]:
                     row = run_child(Path(__file__), "stage", [str(root), engine, step], timeout=1800)
                     row.update(docs=docs, engine=engine, step=step)
                     print(json.dumps(row), flush=True)

@@ -45,10 +45,8 @@ from llm_pipeline.curation.dedup import (
     SIGNATURE_SCHEME,
     MinHasher,
     UnionFind,
-    band_keys,
     band_match_codes,
     band_pair_codes,
-    exact_hash,
     similar,
 )
 from llm_pipeline.curation import dedup_index
