@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR, Task, iter_task_batches, shard_tasks
@@ -51,7 +52,8 @@ def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Has
     if key not in state:  # the permutations, once per worker
         state[key] = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
     batches = iter_task_batches(task, ["id", "source", "text"], stage.READ_BATCH)
-    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name))
+    rows = (task.stop if task.stop is not None else pq.ParquetFile(task.path).metadata.num_rows) - task.start
+    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name), rows=rows)
 
 
 def _bits(n: int) -> int:

@@ -91,37 +91,71 @@ class Hashed:
         return np.lexsort(keys).astype(np.int64) if len(self) else np.zeros(0, dtype=np.int64)
 
 
-def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to=None, meter=None) -> Hashed:
-    """Pass 1 over record batches (id, source, text): the columns in memory; signatures and band keys (when
-    `banding` is given) appended to ``spill_to = (folder, part name)``."""
-    ids, file_of, line, lengths, hashes = [], [], [], [], []
+class _Columns:
+    """The fixed-width columns, filled batch by batch into arrays allocated once for the expected row count (grown
+    by doubling if more rows come): no per-batch arrays to concatenate, which held the columns twice at the end of
+    the pass and left the heap fragmented."""
+
+    def __init__(self, rows: int):
+        rows = max(rows, 1)
+        self.n, self.width = 0, 32  # the pipeline's ids: 32 hex digits; a longer id widens the column
+        self.ids = np.zeros(rows, dtype=f"S{self.width}")
+        self.file_of = np.zeros(rows, dtype=np.int32)
+        self.line = np.zeros(rows, dtype=np.int64)
+        self.lengths = np.zeros(rows, dtype=np.int64)
+        self.hashes = np.zeros(rows, dtype=np.uint64)
+
+    def append(self, ids: np.ndarray, file_of, line, lengths, hashes) -> None:
+        k = len(ids)
+        if self.n + k > len(self.hashes):
+            size = max(self.n + k, 2 * len(self.hashes))
+            for name in ("ids", "file_of", "line", "lengths", "hashes"):
+                old = getattr(self, name)
+                new = np.zeros(size, dtype=old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        if ids.dtype.itemsize > self.width:
+            self.width = ids.dtype.itemsize
+            self.ids = self.ids.astype(f"S{self.width}")
+        lo, hi = self.n, self.n + k
+        self.ids[lo:hi], self.file_of[lo:hi], self.line[lo:hi] = ids, file_of, line
+        self.lengths[lo:hi], self.hashes[lo:hi] = lengths, hashes
+        self.n = hi
+
+    def arrays(self) -> tuple:
+        names = ("ids", "file_of", "line", "lengths", "hashes")
+        if self.n == len(self.hashes):
+            return tuple(getattr(self, name) for name in names)
+        return tuple(getattr(self, name)[: self.n].copy() for name in names)
+
+
+def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to=None, meter=None,
+              rows: int = 0) -> Hashed:
+    """Pass 1 over record batches (id, source, text): the columns in memory (sized for `rows`, the expected count);
+    signatures and band keys (when `banding` is given) appended to ``spill_to = (folder, part name)``."""
+    columns = _Columns(rows)
     files: dict[str, int] = {}
     writer = None
     if banding is not None:
         folder, name = spill_to
         writer = SpillWriter(folder, name, hasher.num_perm, banding[0])
-    bytes_in = seen = 0
+    bytes_in = 0
     for batch in batches:
         texts = [r["text"] or "" for r in batch]
-        ids.append(np.array([(r["id"] or "").encode("utf-8") for r in batch], dtype="S"))
         where = [split_source(r.get("source")) for r in batch]
-        file_of.append(np.array([files.setdefault(f, len(files)) for f, _ in where], dtype=np.int32))
-        line.append(np.array([k for _, k in where], dtype=np.int64))
-        lengths.append(np.array([len(t) for t in texts], dtype=np.int64))
-        hashes.append(np.array([exact_hash(t) for t in texts], dtype=np.uint64))
+        columns.append(np.array([(r["id"] or "").encode("utf-8") for r in batch], dtype="S"),
+                       np.array([files.setdefault(f, len(files)) for f, _ in where], dtype=np.int32),
+                       np.array([k for _, k in where], dtype=np.int64), np.array([len(t) for t in texts], dtype=np.int64),
+                       np.array([exact_hash(t) for t in texts], dtype=np.uint64))
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if writer is not None:
             sigs = hasher.signatures(texts)
             writer.append(sigs, band_keys(sigs, *banding))
-        seen += len(batch)
         if meter is not None:
-            meter.update(seen)
-    width = max([a.dtype.itemsize for a in ids] or [1])
+            meter.update(columns.n)
     spilled = Spilled([writer.close()], hasher.num_perm, banding[0]) if writer is not None else None
-    return Hashed(np.concatenate([np.zeros(0, f"S{width}")] + [a.astype(f"S{width}") for a in ids]), list(files),
-                  np.concatenate([np.zeros(0, np.int32)] + file_of), np.concatenate([np.zeros(0, np.int64)] + line),
-                  np.concatenate([np.zeros(0, np.int64)] + lengths), np.concatenate([np.zeros(0, np.uint64)] + hashes),
-                  bytes_in, spilled)
+    ids, file_of, line, lengths, hashes = columns.arrays()
+    return Hashed(ids, list(files), file_of, line, lengths, hashes, bytes_in, spilled)
 
 
 __all__ = ["Hashed", "Part", "hash_pass", "natural_key", "split_source"]

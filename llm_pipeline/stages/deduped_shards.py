@@ -196,8 +196,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
     spill = output_dir / SPILL_DIR
     try:
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files(src))  # the columns' size, from footers
         hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher,
-                           dcfg.banding if dcfg.near else None, (spill, "all"), meter)
+                           dcfg.banding if dcfg.near else None, (spill, "all"), meter, rows)
         meter.close()
         decided = decide(cfg, domain, hashed, src, embedder)
     finally:
@@ -307,12 +308,17 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         h = hashed.hashes[by_pref]
         order = np.argsort(h, kind="stable")  # within a hash, the order of preference
         h = h[order]
-        first = np.concatenate([[True], h[1:] != h[:-1]])
-        rep = by_pref[order][np.maximum.accumulate(np.where(first, np.arange(n), 0))]
-        dup = by_pref[order][~first]
+        later = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions that repeat the hash before them: few
+        del h
+        first = np.ones(n, dtype=bool)
+        first[later] = False
+        starts = np.flatnonzero(first)  # each hash's first (its preferred) position
+        del first
+        rep = starts[np.searchsorted(starts, later, side="right") - 1]
+        dup = by_pref[order[later]]
         reason[dup] = _CODE["exact_duplicate"]
-        kept[dup] = rep[~first]
-        del h, order, first, rep, dup
+        kept[dup] = by_pref[order[rep]]
+        del order, starts, rep, dup
     if dcfg.near and n:
         rows = by_pref[reason[by_pref] == 0]
         clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
