@@ -13,7 +13,8 @@ four MinHash stages at our 5-grams and banding), in the interpreter given by --d
 (``compute.address: null``): it shows the engine's overhead, not a multi-machine speed-up. Projection for 1 TB
 uses the measured CPU-s/MB: CPU-days = CPU-s/MB x 1e6 / 86400, wall on N machines of C cores = that / (N x C),
 assuming the per-task work spreads evenly (the bucket, verify and decision steps are a small part at these sizes;
-at 1 TB the driver's per-document columns (~100 B/doc) are the first limit, see docs/operations.md).
+at 1 TB the deduped_shards step's per-document columns (~175 B/doc, benchmarks/dedup_memory.py) are the first
+limit, see docs/operations.md).
 """
 
 from __future__ import annotations
