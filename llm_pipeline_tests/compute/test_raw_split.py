@@ -99,3 +99,23 @@ def test_a_change_moves_only_the_changed_files_later_cuts(tmp_path):
     # Line 34 is in the ninth share (lines 33-36): that share's end and the last share's start move, nothing else.
     assert all(shown.endswith("big.jsonl") for shown, _ in changed)
     assert [part[2] for _, part in changed] == [32, 36]
+
+
+def test_ray_reads_the_cut_files_as_the_local_executor(tmp_path, monkeypatch):
+    """The same cut on Ray's actors (a single-node Ray started by the run): the same shards, rows and quarantine."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (scripts/setup.sh installs it)")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # compute.address unset: the run starts a Ray of its own
+    write_sources(tmp_path / "src")
+    local = split_run(make_cfg(tmp_path / "local", 4), tmp_path / "local" / "out")
+    cfg = make_cfg(tmp_path / "ray", 4)
+    cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"engine": "ray", "workers": 2})})
+    out = tmp_path / "ray" / "out"
+    out.mkdir(parents=True)
+    remote = raw.run(cfg, "legal", out)
+    assert remote.metadata["worker_processes"] == 2 and remote.metadata["tasks"] == local.metadata["tasks"]
+    assert sorted(p.name for p in out.glob("shard-*.parquet")) == sorted(p.name for p in (tmp_path / "local" / "out").glob("shard-*.parquet"))
+    assert list(iter_records(out)) == list(iter_records(tmp_path / "local" / "out"))
+    assert (out / "quarantine.jsonl").read_text() == (tmp_path / "local" / "out" / "quarantine.jsonl").read_text()
+    assert {k: v for k, v in remote.stats.items()} == {k: v for k, v in local.stats.items()}
