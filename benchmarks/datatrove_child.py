@@ -11,6 +11,7 @@ DataTrove is not a dependency of this project; make a throwaway environment for 
     with one worker, 5-grams, 16 buckets x 8 hashes; it exchanges data through files, which is how it runs.
 
     /tmp/dtvenv/bin/python benchmarks/datatrove_child.py filters CORPUS.jsonl
+    /tmp/dtvenv/bin/python benchmarks/datatrove_child.py pipeline CORPUS_DIR WORKERS PII BUCKETS ROWS  (compute_engines.py)
 Prints one JSON line: docs/s, MB/s, peak RSS, and the kept count or the removed ids.
 """
 
@@ -97,8 +98,71 @@ def minhash(corpus: Path) -> dict:
             "docs_per_s": len(texts) / secs, "mb_per_s": mb / secs}
 
 
+def _cpu_s() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def pipeline(corpus: Path, workers: int = 2, pii: bool = False, buckets: int = 20, rows: int = 6) -> dict:
+    """Our three curation stages' counterparts in one DataTrove run on a LocalPipelineExecutor with `workers`
+    processes: read the JSONL folder, Gopher repetition / quality and C4 filters (their defaults; our cleaned_corpus
+    runs its own filter set), optionally DataTrove's PIIFormatter (e-mails and IP addresses by regex, against our
+    Presidio redaction), then the four MinHash stages with our parameters (5-grams, `buckets` x `rows` = our
+    banding at threshold 0.7, 128 permutations). Wall time, CPU time (this process and its children) and the
+    largest peak RSS of any one process."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.formatters import PIIFormatter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    cfg = MinhashConfig(n_grams=5, num_buckets=buckets, hashes_per_bucket=rows)
+    files = sorted(corpus.glob("*.jsonl"))
+    mb = sum(len(json.loads(line)["text"].encode()) for f in files for line in f.open(encoding="utf-8")) / 1e6
+    docs = sum(1 for f in files for _ in f.open(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        clean = [JsonlReader(str(corpus)), GopherRepetitionFilter(), GopherQualityFilter(),
+                 C4QualityFilter(filter_no_terminal_punct=False)]
+        clean += [PIIFormatter()] if pii else []
+        stages = [
+            (clean + [JsonlWriter(str(t / "clean"))], len(files)),
+            ([JsonlReader(str(t / "clean")), MinhashDedupSignature(output_folder=str(t / "sigs"), config=cfg)], len(files)),
+            ([MinhashDedupBuckets(input_folder=str(t / "sigs"), output_folder=str(t / "buckets"), config=cfg)], cfg.num_buckets),
+            ([MinhashDedupCluster(input_folder=str(t / "buckets"), output_folder=str(t / "remove"), config=cfg)], 1),
+            ([JsonlReader(str(t / "clean")), MinhashDedupFilter(input_folder=str(t / "remove")), JsonlWriter(str(t / "out"))], len(files)),
+        ]
+        t0 = time.perf_counter()
+        cpu0 = _cpu_s()
+        for k, (steps, n_tasks) in enumerate(stages):
+            LocalPipelineExecutor(pipeline=steps, tasks=n_tasks, workers=workers, logging_dir=str(t / f"logs{k}")).run()
+        secs = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        kept = 0
+        for f in (t / "out").glob("*.jsonl*"):
+            import gzip
+
+            with (gzip.open if f.suffix == ".gz" else open)(f, "rt", encoding="utf-8") as fh:
+                kept += sum(1 for _ in fh)
+    return {"documents": docs, "kept": kept, "seconds": secs, "docs_per_s": docs / secs, "mb_per_s": mb / secs,
+            "cpu_s": cpu, "cpu_s_per_mb": cpu / mb, "raw_mb": mb}
+
+
 if __name__ == "__main__":
     step, path = sys.argv[1], Path(sys.argv[2])
+    if step == "pipeline":
+        result = pipeline(path, int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5]), int(sys.argv[6]))
+        result.update(step="datatrove_pipeline", peak_rss_mb=_peak_mb())
+        print(json.dumps(result), flush=True)
+        sys.exit(0)
     result = (filters if step == "filters" else minhash)(path)
     result.update(step=f"datatrove_{step}", peak_rss_mb=_peak_mb())
     print(json.dumps(result), flush=True)

@@ -2,11 +2,11 @@
 gathered in one process.
 
 1. hash tasks, one per range of cleaned_corpus rows: exact hashes, MinHash signatures and LSH band keys; the
-   signatures and keys go to the task's scratch files, only id, source, length and hash come back;
+   signatures and keys go to the task's scratch files (curation.dedup_spill), only the fixed-width columns (id,
+   source, length, hash; curation.dedup_columns) come back;
 2. the driver orders the rows by preference (``keep``) and drops exact duplicates, as the single-process stage;
-3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key (``workers``
-   partitions), so every member of an LSH bucket meets in one task;
-4. bucket tasks, one per partition, list the candidate pairs of their buckets exactly as the single-process stage
+3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an LSH bucket meets in one task;
+4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate pairs of their buckets exactly as the single-process stage
    does (curation.dedup.candidate_pair_arrays over a part of the rows);
 5. verify tasks, one per pair of hash tasks, load those two tasks' signatures and keep the pairs at or above the
    threshold;
@@ -14,9 +14,11 @@ gathered in one process.
    member of each stays -- the same clusters, kept copies and drop reasons as the single-process stage;
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
 
-The driver holds per document its id, source, length and hash (the order of preference needs them), never its
-signature. With ``scope: global`` the survivors' signatures are read back for the cross-domain index (as the
-single-process stage holds them). Semantic dedup, when on, embeds in the driver as the single-process stage does.
+The driver holds per document its fixed-width columns (~70 bytes: the order of preference needs them) and the
+decisions (9 bytes), never a signature or a Python object per document. With ``scope: global`` the cross-domain
+query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
+as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
+does.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR, Task, iter_task_batches, shard_tasks
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.curation.dedup import MinHasher, UnionFind, band_keys, candidate_pair_arrays, similar
+from llm_pipeline.curation.dedup import MinHasher, UnionFind, candidate_pair_arrays, similar
+from llm_pipeline.curation.dedup_columns import Hashed, hash_pass
+from llm_pipeline.curation.dedup_spill import Part, Spilled
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.stages import deduped_shards as stage
 
@@ -41,30 +46,25 @@ def _scratch(out_dir: str) -> Path:
     return path
 
 
-def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> stage.Hashed:
+def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Hashed:
     dcfg = cfg.deduped_shards
     key = ("minhash", dcfg.num_perm, dcfg.ngram, cfg.seed)
     if key not in state:  # the permutations, once per worker
         state[key] = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
     batches = iter_task_batches(task, ["id", "source", "text"], stage.READ_BATCH)
-    hashed = stage.hash_pass(batches, state[key], dcfg.near, dcfg.num_perm)
-    if dcfg.near:
-        keys = band_keys(hashed.sigs, *dcfg.banding)
-        np.save(_scratch(out_dir) / f"{task.name}.sigs.npy", hashed.sigs)
-        np.save(_scratch(out_dir) / f"{task.name}.keys.npy", keys)
-        hashed.sigs = np.zeros((len(hashed.ids), 0), dtype=np.uint32)  # stays on disk, not in the driver
-    return hashed
+    rows = (task.stop if task.stop is not None else pq.ParquetFile(task.path).metadata.num_rows) - task.start
+    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name), rows=rows)
 
 
 def _bits(n: int) -> int:
     return max(1, (n - 1).bit_length())  # as candidate_pair_arrays masks keys for a set of n rows
 
 
-def shuffle_task(state: dict, item: tuple[Task, np.ndarray], out_dir: str, n: int, partitions: int) -> None:
+def shuffle_task(state: dict, item: tuple[Part, np.ndarray], out_dir: str, n: int, partitions: int, bands: int) -> None:
     """Band keys of one hash task's rows (`ranks`: each row's place among the n rows left after exact dedup, -1
     for a row already dropped) into one file per partition of the masked key."""
-    task, ranks = item
-    keys = np.load(_scratch(out_dir) / f"{task.name}.keys.npy")
+    spilled, ranks = item
+    keys = spilled.keys(bands)
     live = ranks >= 0
     keys, ranks = keys[live], ranks[live]
     low = np.uint64((1 << _bits(n)) - 1)
@@ -74,7 +74,7 @@ def shuffle_task(state: dict, item: tuple[Task, np.ndarray], out_dir: str, n: in
     part = ((masked >> np.uint64(_bits(n))) % np.uint64(partitions)).astype(np.int64)
     for p in range(partitions):
         sel = part == p
-        np.savez(_scratch(out_dir) / f"{task.name}.part{p:04d}.npz", band=band[sel], key=masked[sel], rank=rank[sel])
+        np.savez(_scratch(out_dir) / f"{spilled.name}.part{p:04d}.npz", band=band[sel], key=masked[sel], rank=rank[sel])
 
 
 def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: int, bands: int) -> np.ndarray:
@@ -91,12 +91,11 @@ def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: 
     return np.unique(np.concatenate(found), axis=0)
 
 
-def verify_task(state: dict, item: tuple[str, str, np.ndarray, np.ndarray], out_dir: str, threshold: float) -> np.ndarray:
+def verify_task(state: dict, item: tuple[Part, Part, np.ndarray, np.ndarray], num_perm: int, threshold: float) -> np.ndarray:
     """Of candidate pairs between two hash tasks' rows (local row numbers), those at or above the threshold."""
     a, b, i, j = item
-    sigs_a = np.load(_scratch(out_dir) / f"{a}.sigs.npy", mmap_mode="r")
-    sigs_b = sigs_a if b == a else np.load(_scratch(out_dir) / f"{b}.sigs.npy", mmap_mode="r")
-    return similar(np.asarray(sigs_a), i, np.asarray(sigs_b), j, threshold)
+    ia, ib = np.unique(i), np.unique(j)
+    return similar(a.sigs(ia, num_perm), np.searchsorted(ia, i), b.sigs(ib, num_perm), np.searchsorted(ib, j), threshold)
 
 
 def write_task(state: dict, item: tuple[Task, int, stage.Decided], cfg: PipelineConfig, domain: str, out_dir: str) -> dict:
@@ -109,46 +108,38 @@ def write_task(state: dict, item: tuple[Task, int, stage.Decided], cfg: Pipeline
         return stage.write_pass(cfg, domain, iter_task_batches(task, None, stage.READ_BATCH), row, decided, writers, dropped_f)
 
 
-def _rows_of(decided: stage.Decided, lo: int, hi: int) -> stage.Decided:
-    """The decisions about rows [lo, hi) only: what a write task needs to be sent."""
-    reason = {i: r for i, r in decided.reason.items() if lo <= i < hi}
-    kept_as = {i: decided.kept_as[i] for i in reason}
-    return stage.Decided(reason, kept_as, decided.pair, decided.used, decided.missing)
-
-
 class _Near:
-    """The near-duplicate steps 3-6 over the executor, and the survivors' signatures for the global index."""
+    """The near-duplicate steps 3-6 over the executor."""
 
-    def __init__(self, ex, cfg: PipelineConfig, tasks: list[Task], starts: np.ndarray, out_dir: Path, domain: str):
-        self.ex, self.cfg, self.tasks, self.starts, self.out_dir, self.domain = ex, cfg, tasks, starts, str(out_dir), domain
+    def __init__(self, ex, cfg: PipelineConfig, spilled: Spilled, out_dir: Path, domain: str):
+        self.ex, self.cfg, self.spilled, self.out_dir, self.domain = ex, cfg, spilled, str(out_dir), domain
 
-    def _where(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hash task, row within it) of stream rows."""
-        t = np.searchsorted(self.starts, rows, side="right") - 1
-        return t, rows - self.starts[t]
-
-    def __call__(self, rows: list[int]) -> UnionFind:
+    def __call__(self, rows: np.ndarray) -> UnionFind:
         n = len(rows)
         dcfg = self.cfg.deduped_shards
-        rank_of = np.full(int(self.starts[-1]), -1, dtype=np.int64)
-        rank_of[np.asarray(rows, dtype=np.int64)] = np.arange(n)
-        partitions = max(1, self.cfg.compute.workers)
+        starts, parts = self.spilled.starts, self.spilled.parts
+        rank_of = np.full(len(self.spilled), -1, dtype=np.int64)
+        rank_of[rows] = np.arange(n)
+        # As many partitions as hash tasks (at least one per worker): a bucket task holds ~one task's rows of keys
+        # whatever the corpus size, not 1/workers of the domain.
+        partitions = max(1, self.cfg.compute.workers, len(parts))
         label = f"deduped_shards[{self.domain}]"
-        items = [(t, rank_of[self.starts[k]: self.starts[k + 1]]) for k, t in enumerate(self.tasks)]
-        self.ex.map(shuffle_task, items, self.out_dir, n, partitions, label=f"{label} shuffle tasks")
-        names = [t.name for t in self.tasks]
+        items = [(p, rank_of[starts[k]: starts[k + 1]]) for k, p in enumerate(parts)]
+        del rank_of
+        self.ex.map(shuffle_task, items, self.out_dir, n, partitions, dcfg.banding[0], label=f"{label} shuffle tasks")
+        del items
+        names = [p.name for p in parts]
         pairs = self.ex.map(bucket_task, list(range(partitions)), self.out_dir, names, n, dcfg.banding[0],
                             label=f"{label} bucket tasks")
         pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-        rows_arr = np.asarray(rows, dtype=np.int64)
-        ti, li = self._where(rows_arr[pairs[:, 0]])
-        tj, lj = self._where(rows_arr[pairs[:, 1]])
+        ti, li = self.spilled.where(rows[pairs[:, 0]])
+        tj, lj = self.spilled.where(rows[pairs[:, 1]])
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for k, key in enumerate(zip(ti.tolist(), tj.tolist())):
             groups[key].append(k)
         order = sorted(groups)
-        checks = [(names[a], names[b], li[groups[(a, b)]], lj[groups[(a, b)]]) for a, b in order]
-        verdicts = self.ex.map(verify_task, checks, self.out_dir, dcfg.threshold, label=f"{label} verify tasks")
+        checks = [(parts[a], parts[b], li[groups[(a, b)]], lj[groups[(a, b)]]) for a, b in order]
+        verdicts = self.ex.map(verify_task, checks, dcfg.num_perm, dcfg.threshold, label=f"{label} verify tasks")
         uf = UnionFind(n)
         ok = np.zeros(len(pairs), dtype=bool)
         for (a, b), verdict in zip(order, verdicts):
@@ -157,35 +148,18 @@ class _Near:
             uf.union(i, j)
         return uf
 
-    def columns(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Signatures and band keys of `rows`, read back from the hash tasks' files (for the global index)."""
-        dcfg = self.cfg.deduped_shards
-        sigs = np.zeros((len(rows), dcfg.num_perm if dcfg.near else 0), dtype=np.uint32)
-        keys = np.zeros((len(rows), dcfg.banding[0] if dcfg.near else 0), dtype=np.uint64)
-        if not dcfg.near or not rows:
-            return sigs, keys
-        t, local = self._where(np.asarray(rows, dtype=np.int64))
-        scratch = Path(self.out_dir) / TASK_DIR
-        for k in np.unique(t).tolist():
-            sel = np.flatnonzero(t == k)
-            name = self.tasks[k].name
-            sigs[sel] = np.load(scratch / f"{name}.sigs.npy", mmap_mode="r")[local[sel]]
-            keys[sel] = np.load(scratch / f"{name}.keys.npy", mmap_mode="r")[local[sel]]
-        return sigs, keys
-
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str, embedder, executor=None) -> StageOutput:
     src = inputs["cleaned_corpus"]
     tasks = shard_tasks(src, cfg.compute.task_rows)
     with executor or executor_for(cfg) as ex:
         parts = ex.map(hash_task, tasks, cfg, str(output_dir), label=f"deduped_shards[{domain}] hashing tasks")
-        hashed = stage.Hashed.concat(parts) if parts else stage.hash_pass([], None, False, 0)
-        starts = np.cumsum([0] + [len(p.ids) for p in parts])
-        del parts
-        near = _Near(ex, cfg, tasks, starts, output_dir, domain)
-        decided = stage.decide(cfg, domain, hashed, src, embedder, near=near, columns=near.columns)
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        hashed = Hashed.concat(parts) if parts else hash_pass([], None, None)  # empties `parts` as it copies
+        near = _Near(ex, cfg, hashed.spilled, output_dir, domain) if hashed.spilled is not None else None
+        decided = stage.decide(cfg, domain, hashed, src, embedder, near=near)
         # Each task carries its own rows' decisions, not the whole domain's.
-        items = [(task, int(starts[k]), _rows_of(decided, starts[k], starts[k + 1])) for k, task in enumerate(tasks)]
+        items = [(task, int(starts[k]), decided.rows(int(starts[k]), int(starts[k + 1]))) for k, task in enumerate(tasks)]
         written = ex.map(write_task, items, cfg, domain, str(output_dir), label=f"deduped_shards[{domain}] writing tasks")
         placement = ex.placement.metadata()
     with open(output_dir / "dropped.jsonl", "wb") as dropped:

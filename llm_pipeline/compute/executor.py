@@ -101,7 +101,9 @@ class RayExecutor:
         if not ray.is_initialized():
             _check_reachable(ccfg.address)
             try:
-                ray.init(address=ccfg.address, include_dashboard=False, log_to_driver=False,
+                # No address: a Ray of this run's own. (Ray's None would join any Ray it finds running on this
+                # machine, another user's test cluster included; "local" always starts a new one.)
+                ray.init(address=ccfg.address or "local", include_dashboard=False, log_to_driver=False,
                          configure_logging=False, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise EngineError(f"compute.address {ccfg.address!r}: cannot join a Ray cluster there "

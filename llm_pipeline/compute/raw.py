@@ -1,7 +1,18 @@
-"""raw_corpus as tasks: one task per source file (a Hugging Face source, or one capped by ``max_documents``, is one
-task: its cap counts across files). The listing (folders walked, paths refused before they are opened) happens in
-the driver, in the same order as the single-process reader, so the output and its quarantine list come out in the
-same order under every engine.
+"""raw_corpus as tasks: one task per source file, and a large file cut into several (a Hugging Face source, or one
+capped by ``max_documents``, is one task: its cap counts across files). The listing (folders walked, paths refused
+before they are opened) happens in the driver, in the same order as the single-process reader, so the output and its
+quarantine list come out in the same order under every engine.
+
+A file is cut by ``compute.task_rows``, always at the same places for the same bytes:
+  - uncompressed JSON Lines: the driver reads the file once, counting lines, and cuts it every ``task_rows`` lines
+    (formats.line_cuts); a task reads the lines that start in its byte range, numbered as in the whole file, so the
+    documents, their ``source`` (``file#L<n>``) and the quarantine items are those of one reader over the file;
+  - Parquet: consecutive row groups up to ``task_rows`` rows per task (at least one group; rows are numbered from
+    the file's first row);
+  - everything else (CSV, whose quoted fields may hold newlines; gzip, which cannot be entered mid-stream; UTF-16
+    text; whole-file formats) stays one task per file.
+A change to one file changes only its tasks' cuts from the changed line on; the other files' tasks, and the shards
+they write, stay the same.
 """
 
 from __future__ import annotations
@@ -12,13 +23,22 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.curation.readers import Quarantined, document, iter_files, read_file, read_source, shown_path
+from llm_pipeline.curation.formats import SNIFF_BYTES, line_cuts, line_encoding
+from llm_pipeline.curation.readers import Quarantined, document, file_format, iter_files, read_file, read_source, shown_path
 from llm_pipeline.io import ShardWriter
 from llm_pipeline.security import OUTSIDE_ROOT, allowed_roots, is_inside, outside_detail
 from llm_pipeline.stages import StageOutput, raw_corpus
+
+
+# A JSON Lines file smaller than this many bytes per task_rows lines is not scanned for cuts: shorter lines than
+# this hold no document worth a task of their own, and small files cost the driver no extra read.
+MIN_LINE_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -27,10 +47,45 @@ class RawTask:
     source_index: int  # in the domain's sources
     path: str | None = None  # one file; None: the whole source
     shown: str = ""  # the file's name in `source` fields
+    part: tuple[int, int, int] | None = None  # a share of the file (readers.read_file); None: all of it
 
     @property
     def name(self) -> str:
         return f"t{self.index:05d}"
+
+
+def file_parts(path: Path, task_rows: int) -> list[tuple[int, int, int] | None]:
+    """The shares a file is read in: [None] for the whole file, else read_file's `part` per task, in file order."""
+    fmt, gz = file_format(path.name)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return [None]  # the task's reader reports what is wrong with it
+    if gz or fmt not in ("jsonl", "parquet"):
+        return [None]
+    if fmt == "parquet":
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError):
+            return [None]
+        parts, first, rows = [], 0, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if g > first and rows + n > task_rows:
+                parts.append((first, g, 0))
+                first, rows = g, 0
+            rows += n
+        parts.append((first, meta.num_row_groups, 0))
+        return parts if len(parts) > 1 else [None]
+    if size <= task_rows * MIN_LINE_BYTES:
+        return [None]
+    with open(path, "rb") as f:
+        if line_encoding(f.read(SNIFF_BYTES)) is None:  # empty, binary, UTF-16: one task, which reports or reads it
+            return [None]
+    cuts = line_cuts(path, task_rows)
+    if len(cuts) == 1:
+        return [None]
+    return [(start, stop, lines) for (start, lines), (stop, _) in zip(cuts, cuts[1:] + [(size, 0)])]
 
 
 def plan(cfg: PipelineConfig, domain: str) -> list[RawTask | Quarantined]:
@@ -50,7 +105,7 @@ def plan(cfg: PipelineConfig, domain: str) -> list[RawTask | Quarantined]:
             out.append(RawTask(0, s))
             continue
         if root.is_file():
-            out.append(RawTask(0, s, str(root), shown))
+            out += [RawTask(0, s, str(root), shown, part) for part in file_parts(root, cfg.compute.task_rows)]
             continue
         matched = 0
         for entry in iter_files(root, src.glob, shown, roots):
@@ -58,13 +113,14 @@ def plan(cfg: PipelineConfig, domain: str) -> list[RawTask | Quarantined]:
                 out.append(entry)
             else:
                 matched += 1
-                out.append(RawTask(0, s, str(entry), f"{shown}/{entry.relative_to(root).as_posix()}"))
+                name = f"{shown}/{entry.relative_to(root).as_posix()}"
+                out += [RawTask(0, s, str(entry), name, part) for part in file_parts(entry, cfg.compute.task_rows)]
         if matched == 0:
             out.append(Quarantined(shown, "no_files", f"the glob {src.glob!r} matched no file under {root}"))
     k = 0
     for i, item in enumerate(out):
         if isinstance(item, RawTask):
-            out[i] = RawTask(k, item.source_index, item.path, item.shown)
+            out[i] = RawTask(k, item.source_index, item.path, item.shown, item.part)
             k += 1
     return out
 
@@ -78,7 +134,7 @@ def raw_task(state: dict, task: RawTask, cfg: PipelineConfig, domain: str, out_d
     else:
         items = (item if isinstance(item, Quarantined) else
                  document(item[2], domain=domain, source=item[0], licence=licence, fmt=item[1], max_bytes=src.max_document_bytes)
-                 for item in read_file(Path(task.path), task.shown, src.text_field, src.max_document_bytes))
+                 for item in read_file(Path(task.path), task.shown, src.text_field, src.max_document_bytes, task.part))
     n = {"kept": 0, "bytes_kept": 0, "bytes_quarantined": 0, "formats": Counter(), "reasons": Counter(), "samples": [],
          "first_quarantined": None}
     scratch = Path(out_dir) / TASK_DIR

@@ -162,23 +162,35 @@ def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
 
 
 class UnionFind:
-    """Clusters with the smallest member index as root, so the representative is the first in sort order."""
+    """Clusters with the smallest member index as root, so the representative is the first in sort order. The parents
+    are one int64 array (8 bytes per member, not a Python object each): unions come only from verified pairs, few
+    next to the members."""
 
     def __init__(self, n: int):
-        self.parent = list(range(n))
+        self.parent = np.arange(n, dtype=np.int64)
 
     def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
+        parent = self.parent
+        root = int(i)
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[i] != root:
+            parent[i], i = root, int(parent[i])
         return root
 
     def union(self, i: int, j: int) -> None:
         ri, rj = self.find(i), self.find(j)
         if ri != rj:
             self.parent[max(ri, rj)] = min(ri, rj)
+
+    def roots(self) -> np.ndarray:
+        """Every member's root at once (pointer jumping: each pass halves the remaining path)."""
+        roots = self.parent.copy()
+        while True:
+            up = roots[roots]
+            if (up == roots).all():
+                return roots
+            roots = up
 
 
 def candidate_pair_arrays(keys: np.ndarray, rows: np.ndarray | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -188,35 +200,44 @@ def candidate_pair_arrays(keys: np.ndarray, rows: np.ndarray | None = None, n: i
 
     With `rows` (the row numbers of `keys`' rows in a set of `n`), `keys` may be one part of that set, holding
     every member of the buckets it touches (a shuffle by band key): the pairs are those the whole set would give."""
+    n = keys.shape[0] if n is None else n
+    found = [np.zeros(0, dtype=np.int64)]
+    for band in range(keys.shape[1]):
+        found.append(band_pair_codes(keys[:, band], rows, n))
+    flat = np.unique(np.concatenate(found))
+    return flat // n, flat % n
+
+
+def band_pair_codes(keys: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
+    """One band of `candidate_pair_arrays`: the pairs (i < j) of rows sharing a key, each as the code ``i * n + j``
+    (unsorted, possibly repeated). `keys` is one band's column; only it and its sort are in memory."""
     m = keys.shape[0]
-    n = m if n is None else n
     # Each band is one plain sort of (key with its low bits replaced by the row index): a SIMD sort of integers
     # instead of an argsort, and members of a bucket come out in row order. Keys that agree on all but those low
     # bits share a bucket, which can only add candidates (verification drops them), never lose one.
     bits = max(1, (n - 1).bit_length())
     low = np.uint64((1 << bits) - 1)
-    rows = np.arange(n, dtype=np.uint64) if rows is None else np.asarray(rows, dtype=np.uint64)
+    rows = np.arange(m, dtype=np.uint64) if rows is None else np.asarray(rows, dtype=np.uint64)
     found = [np.zeros(0, dtype=np.int64)]
-    for band in range(keys.shape[1]):
-        packed = np.sort((keys[:, band] & ~low) | rows)
-        order = (packed & low).astype(np.int64)
-        bucket = packed >> np.uint64(bits)
-        same = bucket[1:] == bucket[:-1]  # sorted positions p and p + 1 share a bucket
-        if not same.any():
-            continue
-        bucket_start = np.flatnonzero(np.concatenate([[True], ~same]))
-        size = np.diff(bucket_start, append=m)
-        small = np.repeat(size <= MAX_BUCKET_ALL_PAIRS, size)
-        gap = 1
-        while True:
-            pos = np.flatnonzero(same if gap == 1 else same & small[:-gap])
-            if len(pos) == 0:
-                break
-            found.append(order[pos] * n + order[pos + gap])  # row order within a bucket: the first is smaller
-            gap += 1
-            same = bucket[gap:] == bucket[:-gap]
-    flat = np.unique(np.concatenate(found))
-    return flat // n, flat % n
+    packed = np.sort((np.asarray(keys, dtype=np.uint64) & ~low) | rows)
+    order = (packed & low).astype(np.int64)
+    bucket = packed >> np.uint64(bits)
+    del packed
+    same = bucket[1:] == bucket[:-1]  # sorted positions p and p + 1 share a bucket
+    if not same.any():
+        return found[0]
+    bucket_start = np.flatnonzero(np.concatenate([[True], ~same]))
+    size = np.diff(bucket_start, append=m)
+    small = np.repeat(size <= MAX_BUCKET_ALL_PAIRS, size)
+    gap = 1
+    while True:
+        pos = np.flatnonzero(same if gap == 1 else same & small[:-gap])
+        if len(pos) == 0:
+            break
+        found.append(order[pos] * n + order[pos + gap])  # row order within a bucket: the first is smaller
+        gap += 1
+        same = bucket[gap:] == bucket[:-gap]
+    return np.unique(np.concatenate(found))
 
 
 def candidate_pairs(keys: np.ndarray) -> set[tuple[int, int]]:
@@ -254,19 +275,25 @@ def candidates_against(keys: np.ndarray, other_keys: np.ndarray) -> tuple[np.nda
     """(query row, other row) pairs, sorted, of rows of `keys` sharing a band key with rows of `other_keys` (every
     member of every shared bucket)."""
     m = len(other_keys)
-    found = [np.zeros(0, dtype=np.int64)]
-    for band in range(keys.shape[1]):
-        other = np.asarray(other_keys[:, band])
-        order = np.argsort(other, kind="stable")
-        sorted_keys = other[order]
-        lo = np.searchsorted(sorted_keys, keys[:, band], side="left")
-        count = np.searchsorted(sorted_keys, keys[:, band], side="right") - lo
-        query = np.repeat(np.arange(len(keys)), count)
-        # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
-        pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
-        found.append(query * m + order[pos])
+    found = [np.zeros(0, dtype=np.int64)] + [band_match_codes(keys[:, b], other_keys[:, b]) for b in range(keys.shape[1])]
     flat = np.unique(np.concatenate(found))
     return flat // max(m, 1), flat % max(m, 1)
+
+
+def band_match_codes(query: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """One band of `candidates_against`: each (query row q, other row o) sharing a key as the code ``q * len(other)
+    + o``. Only this band's columns and one sort of `other`'s are in memory."""
+    m = len(other)
+    other = np.asarray(other)
+    order = np.argsort(other, kind="stable")
+    sorted_keys = other[order]
+    del other
+    lo = np.searchsorted(sorted_keys, query, side="left")
+    count = np.searchsorted(sorted_keys, query, side="right") - lo
+    q = np.repeat(np.arange(len(query)), count)
+    # positions lo[q], lo[q] + 1, ... for each query q, laid end to end
+    pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
+    return q * m + order[pos]
 
 
 def match_against(sigs: np.ndarray, keys: np.ndarray, other_sigs: np.ndarray, other_keys: np.ndarray, threshold: float) -> dict[int, list[int]]:

@@ -2,7 +2,9 @@
 (deduped_shards ``scope: global``).
 
 One folder per domain, ``<data_dir>/.dedup_index/<domain>.idx/``, of plain ``.npy`` arrays that a later domain maps
-into memory (no Python object per entry). Per indexed document:
+into memory (no Python object per entry). Entries are sorted by hash, so an exact lookup is a binary search on the
+mapped array; the band keys are stored band by band, so a query reads one band's column at a time. Per indexed
+document:
 
   - ``rows`` (uint32): its row in the domain's cleaned_corpus output, where its id and text are read when a query
     needs them (only candidates' rows are read);
@@ -32,6 +34,7 @@ import pyarrow.parquet as pq
 from llm_pipeline.io import MANIFEST, shard_files
 
 ARRAYS = ("rows", "hashes", "keys")
+FORMAT = 2  # 2: entries sorted by hash, keys band-major; part of the parameters, so an older index counts as stale
 
 
 def fold32(keys: np.ndarray) -> np.ndarray:
@@ -51,16 +54,28 @@ def source_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
-def write(path: Path, rows: np.ndarray, hashes: np.ndarray, keys: np.ndarray, params: list[int], source: Path) -> None:
-    """Replace the index folder at `path` (a temp folder renamed into place)."""
+def write(path: Path, rows: np.ndarray, hashes: np.ndarray, key_bands, params: list[int], source: Path) -> None:
+    """Replace the index folder at `path` (a temp folder renamed into place). `key_bands[b]` is band b's 64-bit keys
+    of the entries (for an (n, bands) array: its ``.T``; or a sequence that reads each band when asked, so no more
+    than one band's column is in memory); entries are stored sorted by hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
-    np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32))
-    np.save(tmp / "hashes.npy", np.asarray(hashes, dtype=np.uint64))
-    np.save(tmp / "keys.npy", fold32(keys))
-    (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params], "source": source_fingerprint(source)}))
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32)[order])
+    np.save(tmp / "hashes.npy", hashes[order])
+    n_bands = len(key_bands)
+    if len(order) == 0:  # an empty file cannot be mapped for writing
+        np.save(tmp / "keys.npy", np.zeros((n_bands, 0), dtype=np.uint32))
+    else:
+        out = np.lib.format.open_memmap(tmp / "keys.npy", mode="w+", dtype=np.uint32, shape=(n_bands, len(order)))
+        for b in range(n_bands):
+            out[b] = fold32(key_bands[b])[order]
+            out.flush()
+        del out
+    (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params] + [FORMAT], "source": source_fingerprint(source)}))
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
@@ -71,15 +86,18 @@ def write(path: Path, rows: np.ndarray, hashes: np.ndarray, keys: np.ndarray, pa
 
 
 def read(path: Path, params: list[int], source: Path) -> dict[str, np.ndarray] | None:
-    """The index's arrays, memory-mapped; None when missing, built with other parameters, or stale."""
+    """The index's arrays, memory-mapped (``keys`` as an (entries, bands) view of the band-major file); None when
+    missing, built with other parameters or an older format, or stale."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("params") != [int(p) for p in params] or not Path(source).is_dir() or meta.get("source") != source_fingerprint(source):
+    if meta.get("params") != [int(p) for p in params] + [FORMAT] or not Path(source).is_dir() or meta.get("source") != source_fingerprint(source):
         return None
-    return {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    out = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    out["keys"] = out["keys"].T
+    return out
 
 
 def read_rows(folder: Path, rows: np.ndarray, columns: list[str]) -> dict[int, dict]:

@@ -268,9 +268,45 @@ def _decode_line(raw: bytes, encoding: str) -> str:
         return raw.decode("cp1252")
 
 
-def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterator[Text | Bad]:
+def line_encoding(head: bytes) -> str | None:
+    """The encoding of a line-per-record file whose lines can be cut as bytes at b"\\n" (None: empty, binary, not
+    decodable, or UTF-16/32)."""
+    if not head.strip() or is_binary(head):
+        return None
+    try:
+        encoding = guess_encoding(head)
+    except DecodeFailed:
+        return None
+    return encoding if "\n".encode(encoding.removesuffix("-sig")) == b"\n" else None
+
+
+def line_cuts(path, every: int, block: int = 1 << 22) -> list[tuple[int, int]]:
+    """(byte offset, lines before it) of the start of line 1, every+1, 2*every+1, ... of a file: where a file of
+    line records is cut into tasks of `every` lines (one sequential read; lines are counted as parse_jsonl counts
+    them, up to and including each b"\\n")."""
+    import numpy as np
+
+    cuts = [(0, 0)]
+    lines = pos = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + 1  # one past each newline
+            counts = lines + 1 + np.arange(len(ends))  # lines ended so far at each of them
+            at = np.flatnonzero(counts % every == 0)
+            cuts += [(pos + int(ends[k]), int(counts[k])) for k in at]
+            lines += len(ends)
+            pos += len(chunk)
+    if cuts[-1][0] >= pos and len(cuts) > 1:  # the file ends on a cut: no empty last task
+        cuts.pop()
+    return cuts
+
+
+def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int, part: tuple[int, int, int] | None = None) -> Iterator[Text | Bad]:
     """One record per line. Each line is decoded and parsed on its own, so a bad byte, a line nested too deeply or
-    an absurd integer costs that line only, and a compressed stream cut short keeps every line before the cut."""
+    an absurd integer costs that line only, and a compressed stream cut short keeps every line before the cut.
+
+    `part` = (start byte, stop byte, lines before start): only the lines that start in [start, stop), numbered as in
+    the whole file (a task's share of a large file; the encoding is still sniffed from the file's head)."""
     head = sniff(open_binary)
     if not head.strip():
         yield Bad("", "empty_file", "no content", len(head))
@@ -286,10 +322,15 @@ def parse_jsonl(open_binary: Opener, text_field: str, max_bytes: int) -> Iterato
     if "\n".encode(encoding.removesuffix("-sig")) != b"\n":  # UTF-16/32: lines cannot be split as bytes
         yield from _parse_jsonl_text(open_binary, text_field, max_bytes)
         return
-    lineno = 0
+    start, stop, lineno = part if part is not None else (0, None, 0)
     with open_binary() as f:
         try:
-            for lineno, (raw, skipped) in enumerate(_binary_lines(f, max_bytes), 1):
+            f.seek(start)
+            pos = start
+            for lineno, (raw, skipped) in enumerate(_binary_lines(f, max_bytes), lineno + 1):
+                if stop is not None and pos >= stop:
+                    break  # this line starts in the next task's range
+                pos += skipped or len(raw)
                 locator = f"#L{lineno}"
                 if skipped:
                     yield too_large(locator, skipped, max_bytes)
@@ -429,8 +470,11 @@ def _dictionary_page_bytes(source: Any, chunk: Any) -> int:
 GUNZIPPED_PARQUET_MAX_BYTES = 4 << 30
 
 
-def parse_parquet(source: Any, text_field: str, max_bytes: int | None = None, batch_size: int = 1024) -> Iterator[Text | Bad]:
+def parse_parquet(source: Any, text_field: str, max_bytes: int | None = None, batch_size: int = 1024,
+                  row_groups: tuple[int, int] | None = None) -> Iterator[Text | Bad]:
     """``source`` is a path or a seekable binary buffer (Parquet needs random access to read its footer).
+    `row_groups` = [first, stop) reads only those row groups (a task's share of a large file), rows numbered as in
+    the whole file.
 
     Memory stays bounded whatever the file claims: batches are sized from the row groups' uncompressed sizes, the
     text column is read dictionary-encoded, and each row's length is checked against ``max_bytes`` from the
@@ -455,10 +499,11 @@ def parse_parquet(source: Any, text_field: str, max_bytes: int | None = None, ba
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         yield Bad("", "wrong_parquet_schema", f"column {text_field!r} has type {kind}, not string")
         return
-    index = 0
     meta = pf.metadata
+    first, last = row_groups if row_groups is not None else (0, meta.num_row_groups)
+    index = sum(meta.row_group(g).num_rows for g in range(first))
     try:
-        for group in range(meta.num_row_groups):
+        for group in range(first, last):
             rg = meta.row_group(group)
             chunk = next((rg.column(j) for j in range(rg.num_columns) if rg.column(j).path_in_schema == text_field), None)
             weight = _dictionary_page_bytes(source, chunk) if chunk is not None else 0

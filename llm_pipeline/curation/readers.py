@@ -27,7 +27,7 @@ import xxhash
 
 from llm_pipeline.config import DomainConfig, PipelineConfig, SourceConfig
 from llm_pipeline.curation.formats import (
-    PARSERS, RECORD_FORMATS, WHOLE_FILE_FORMATS, Bad, Text, field_text, parse_parquet, too_large,
+    PARSERS, RECORD_FORMATS, WHOLE_FILE_FORMATS, Bad, Text, field_text, parse_jsonl, parse_parquet, too_large,
 )
 from llm_pipeline.security import OUTSIDE_ROOT, PathOutsideRoot, allowed_roots, is_inside, looks_like_path, outside_detail
 
@@ -217,8 +217,11 @@ def _path_items(cfg: PipelineConfig, src: SourceConfig) -> Iterator[tuple[str, s
         yield Quarantined(shown, "no_files", f"the glob {src.glob!r} matched no file under {root}")
 
 
-def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[str, str, str] | Quarantined]:
-    """Every document of one file as (source, format, text), or quarantine items; never raises for bad input."""
+def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT_MAX_BYTES,
+              part: tuple[int, int, int] | None = None) -> Iterator[tuple[str, str, str] | Quarantined]:
+    """Every document of one file as (source, format, text), or quarantine items; never raises for bad input.
+    `part` reads a share of a large file (compute.raw): for JSON Lines (start byte, stop byte, lines before), for
+    Parquet (first row group, stop row group, 0)."""
     fmt, gz = file_format(path.name)
     size = _size(path)
     if fmt is None:
@@ -233,7 +236,9 @@ def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT
         return gzip.open(path, "rb") if gz else open(path, "rb")
 
     if fmt == "parquet" and not gz:
-        items = parse_parquet(path, text_field, max_bytes)
+        items = parse_parquet(path, text_field, max_bytes, row_groups=part[:2] if part else None)
+    elif part is not None:  # compute.raw splits only uncompressed JSON Lines files besides Parquet
+        items = parse_jsonl(open_binary, text_field, max_bytes, part)
     else:
         items = PARSERS[fmt](open_binary, text_field, max_bytes)
     count = 0
@@ -256,7 +261,7 @@ def read_file(path: Path, source: str, text_field: str, max_bytes: int = DEFAULT
     except Exception as exc:  # noqa: BLE001 - a parser bug on odd input must not stop the other files
         yield Quarantined(source, "unexpected_error", f"{type(exc).__name__}: {exc}"[:300], size)
     else:
-        if count == 0:
+        if count == 0 and (part is None or part[0] == 0):  # a later share of a file may hold only blank lines
             yield Quarantined(source, "empty_file", "no records", size)
 
 

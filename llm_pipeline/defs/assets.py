@@ -40,16 +40,16 @@ GROUPS = {
     "tokenizer": "training", "base_checkpoint": "training", "lora_adapter": "training", "dpo_model": "training",
     "reward_model": "training", "rl_model": "training", "eval_report": "evaluation",
 }
-LIBRARY = {"curation": "curation", "training": "training", "evaluation": "evaluation"}
+# The library folders a phase's stages run: the curation stages' task split and engines live in compute/.
+LIBRARY = {"curation": ["curation", "compute"], "training": ["training"], "evaluation": ["evaluation"]}
 
 
 def stage_code_version(name: str) -> str:
-    """Hash of the stage module and its library folder: a code change marks the asset stale in the UI."""
+    """Hash of the stage module and its library folders: a code change marks the asset stale in the UI."""
     h = hashlib.sha256()
     files = [PACKAGE / "stages" / f"{name}.py", PACKAGE / "runner.py"]
-    lib = PACKAGE / LIBRARY[GROUPS[name]]
-    if lib.is_dir():
-        files += sorted(lib.rglob("*.py"))
+    for lib in LIBRARY[GROUPS[name]]:
+        files += sorted((PACKAGE / lib).rglob("*.py"))
     for f in files:
         if f.exists():
             h.update(f.relative_to(PACKAGE).as_posix().encode())

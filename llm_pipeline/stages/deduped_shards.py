@@ -1,9 +1,11 @@
 """Stage deduped_shards: cleaned_corpus/<domain> -> exact- and near-duplicate-free shards with a train/eval split.
 
-Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only its id, source, length,
-exact hash and MinHash signature (~0.6 KB at 128 permutations). The decisions are then made on those arrays, in the
-order of preference (``keep``; by default the longest text first, then the earliest source, then the smallest id),
-so the kept set does not depend on input order and a partial copy never displaces the full document:
+Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only fixed-width columns in
+memory: its id (bytes), source (the file's rank and the trailing line or row number), length and exact hash, ~70
+bytes; its MinHash signature and LSH band keys go to files beside the output (curation.dedup_spill), read back one
+band or one block of pairs at a time. The decisions are then made on those arrays, in the order of preference
+(``keep``; by default the longest text first, then the earliest source, then the smallest id), so the kept set does
+not depend on input order and a partial copy never displaces the full document:
 
 1. exact duplicates (same normalized-text hash): the preferred copy stays;
 2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold, with the banding derived from the
@@ -28,7 +30,7 @@ near copy of a held-out document cannot be trained on), and every drop to ``drop
 from __future__ import annotations
 
 import json
-import re
+import shutil
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,13 +44,14 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.curation.dedup import (
     SIGNATURE_SCHEME,
     MinHasher,
-    band_keys,
-    exact_hash,
-    candidates_against,
-    near_duplicate_clusters,
+    UnionFind,
+    band_match_codes,
+    band_pair_codes,
     similar,
 )
 from llm_pipeline.curation import dedup_index
+from llm_pipeline.curation.dedup_columns import Hashed, hash_pass
+from llm_pipeline.curation.dedup_spill import SPILL_DIR, Spilled
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches, shard_files
 from llm_pipeline.splits import split_of
@@ -67,33 +70,30 @@ def _params(cfg: PipelineConfig) -> np.ndarray:
     return np.array([d.num_perm, d.ngram, *d.banding, cfg.seed, SIGNATURE_SCHEME], dtype=np.int64)
 
 
-_DIGITS = re.compile(r"(\d+)")
-
-
-def _source_key(source: str | None) -> tuple:
-    """A source name that sorts files and line numbers as a person would: ``a.jsonl:9`` before ``a.jsonl:10``."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(source or "") if p)
-
-
-def preference_order(keep: str, ids: list[str], sources: list[str | None], lengths: list[int]) -> list[int]:
-    """Rows from the one to keep first to the one to keep last (``deduped_shards.keep``); ties end on the id, so the
-    order, and the kept set, do not depend on the order rows arrived in."""
-    if keep == "longest":
-        key = lambda i: (-lengths[i], _source_key(sources[i]), ids[i], i)  # noqa: E731
-    elif keep == "earliest_source":
-        key = lambda i: (_source_key(sources[i]), -lengths[i], ids[i], i)  # noqa: E731
-    else:
-        key = lambda i: (ids[i], i)  # noqa: E731
-    return sorted(range(len(ids)), key=key)
+_PAIR_BLOCK = 1 << 16  # candidate pairs verified per block (their signatures gathered from the spill files)
+_CROSS_BLOCK = 4096  # another domain's indexed documents read and re-hashed per block
 
 
 def _cleaned(cfg: PipelineConfig, domain: str) -> Path:
     return cfg.data_path / "cleaned_corpus" / domain
 
 
-def write_index(cfg: PipelineConfig, domain: str, rows: list[int], hashes: np.ndarray, keys: np.ndarray) -> None:
+class _Bands:
+    """Band keys of some rows, read from the spill files one band at a time when asked (dedup_index.write)."""
+
+    def __init__(self, spilled: Spilled | None, rows: np.ndarray, bands: int):
+        self.spilled, self.rows, self.bands = spilled, rows, bands
+
+    def __len__(self) -> int:
+        return self.bands
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        return self.spilled.band(b, self.rows)
+
+
+def write_index(cfg: PipelineConfig, domain: str, rows: np.ndarray, hashes: np.ndarray, key_bands) -> None:
     """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus."""
-    dedup_index.write(index_path(cfg, domain), np.asarray(rows, dtype=np.int64), hashes, keys, _params(cfg).tolist(),
+    dedup_index.write(index_path(cfg, domain), np.asarray(rows, dtype=np.int64), hashes, key_bands, _params(cfg).tolist(),
                       _cleaned(cfg, domain))
 
 
@@ -103,15 +103,18 @@ def read_index(cfg: PipelineConfig, domain: str) -> dict[str, np.ndarray] | None
     return dedup_index.read(index_path(cfg, domain), _params(cfg).tolist(), _cleaned(cfg, domain))
 
 
-def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dict[int, tuple[str, str, str]], list[str], list[str]]:
-    """Drops of `rows` against earlier domains: row -> (reason, kept domain, kept id); plus domains used / missing.
-    Only the candidates' ids and texts are read from the earlier domain's cleaned_corpus."""
+def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[dict[int, tuple[str, str, str]], list[str], list[str]]:
+    """Drops of `rows` (stream rows) against earlier domains: k (position in `rows`) -> (reason, kept domain, kept
+    id); plus the domains used / missing. An earlier domain's index is read through its mapping: exact hits by binary
+    search on its hash-sorted entries, near candidates one band at a time; only the candidates' ids and texts are
+    read from its cleaned_corpus, a block at a time."""
     dcfg = cfg.deduped_shards
     order = cfg.domain_names
     earlier = order[: order.index(domain)]
     drops: dict[int, tuple[str, str, str]] = {}
     used, missing = [], []
     hasher = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed) if dcfg.near else None
+    alive = np.ones(len(rows), dtype=bool)
     for other in earlier:  # earliest first: a document's representative is its copy in the earliest domain
         index = read_index(cfg, other)
         if index is None:
@@ -119,33 +122,43 @@ def _cross_domain(cfg, domain, hashes, sigs, keys, rows: list[int]) -> tuple[dic
             continue
         used.append(other)
         source = _cleaned(cfg, other)
-        todo = [r for r in rows if r not in drops]
-        if dcfg.exact and todo:
-            by_hash = np.argsort(index["hashes"], kind="stable")
-            sorted_hashes = np.asarray(index["hashes"])[by_hash]
-            query = hashes[np.asarray(todo, dtype=np.int64)]
-            lo = np.searchsorted(sorted_hashes, query, side="left")
-            hi = np.searchsorted(sorted_hashes, query, side="right")
-            hit = np.flatnonzero(hi > lo)
-            entries = {k: np.asarray(index["rows"])[by_hash[lo[k]:hi[k]]] for k in hit.tolist()}
-            ids = dedup_index.read_rows(source, np.concatenate([*entries.values(), np.zeros(0, np.int64)]), ["id"])
-            for k, at in entries.items():  # the smallest id among the entries with this hash
-                drops[todo[k]] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
-            todo = [r for r in todo if r not in drops]
-        if dcfg.near and todo:
-            qi, oj = candidates_against(dedup_index.fold32(keys[todo]), index["keys"])
-            if len(qi) == 0:
-                continue
-            entries = np.unique(oj)
-            at = np.asarray(index["rows"])[entries].astype(np.int64)
-            recs = dedup_index.read_rows(source, at, ["id", "text"])
-            other_sigs = hasher.signatures([recs[int(r)]["text"] or "" for r in at])
-            ok = similar(sigs[todo], qi, other_sigs, np.searchsorted(entries, oj), dcfg.threshold)
+        if dcfg.exact and alive.any():
+            todo = np.flatnonzero(alive)
+            query = hashed.hashes[rows[todo]]
+            lo = np.searchsorted(index["hashes"], query, side="left")
+            hi = np.searchsorted(index["hashes"], query, side="right")
+            for block in range(0, len(todo), _CROSS_BLOCK):
+                hit = block + np.flatnonzero(hi[block: block + _CROSS_BLOCK] > lo[block: block + _CROSS_BLOCK])
+                entries = {int(k): np.asarray(index["rows"][lo[k]:hi[k]]) for k in hit}
+                ids = dedup_index.read_rows(source, np.concatenate([*entries.values(), np.zeros(0, np.int64)]), ["id"])
+                for k, at in entries.items():  # the smallest id among the entries with this hash
+                    drops[int(todo[k])] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
+                    alive[todo[k]] = False
+        if dcfg.near and alive.any():
+            todo = np.flatnonzero(alive)
+            m = len(index["rows"])
+            codes = [np.zeros(0, dtype=np.int64)]
+            for b in range(dcfg.banding[0]):
+                codes.append(np.unique(band_match_codes(dedup_index.fold32(hashed.spilled.band(b, rows[todo])),
+                                                        index["keys"][:, b])))
+            flat = np.unique(np.concatenate(codes))
+            del codes
+            qi, oj = flat // max(m, 1), flat % max(m, 1)
             matches: dict[int, list[str]] = {}
-            for q, j in zip(qi[ok].tolist(), oj[ok].tolist()):
-                matches.setdefault(q, []).append(recs[int(index["rows"][j])]["id"])
+            entries = np.unique(oj)
+            for block in range(0, len(entries), _CROSS_BLOCK):  # a block of the other domain's texts at a time
+                chunk = entries[block: block + _CROSS_BLOCK]
+                sel = np.flatnonzero(np.isin(oj, chunk))
+                at = np.asarray(index["rows"][chunk], dtype=np.int64)
+                recs = dedup_index.read_rows(source, at, ["id", "text"])
+                other_sigs = hasher.signatures([recs[int(r)]["text"] or "" for r in at])
+                ok = similar(hashed.spilled.sigs(rows[todo[qi[sel]]]), np.arange(len(sel)), other_sigs,
+                             np.searchsorted(chunk, oj[sel]), dcfg.threshold)
+                for q, j in zip(qi[sel][ok].tolist(), np.searchsorted(chunk, oj[sel][ok]).tolist()):
+                    matches.setdefault(q, []).append(recs[int(at[j])]["id"])
             for q, kept_ids in matches.items():
-                drops[todo[q]] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
+                drops[int(todo[q])] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
+                alive[todo[q]] = False
     return drops, used, missing
 
 
@@ -170,45 +183,6 @@ def _upstream_kept(folder: Path) -> int | None:
         return None
 
 
-class Hashed:
-    """Pass 1's per-document columns, in stream order: all the decisions need (the text is read again in pass 2)."""
-
-    def __init__(self, ids, sources, lengths, hashes: np.ndarray, sigs: np.ndarray, bytes_in: int):
-        self.ids, self.sources, self.lengths = ids, sources, lengths
-        self.hashes, self.sigs, self.bytes_in = hashes, sigs, bytes_in
-
-    @classmethod
-    def concat(cls, parts: list["Hashed"]) -> "Hashed":
-        return cls([i for p in parts for i in p.ids], [s for p in parts for s in p.sources],
-                   [n for p in parts for n in p.lengths], np.concatenate([p.hashes for p in parts]),
-                   np.concatenate([p.sigs for p in parts]), sum(p.bytes_in for p in parts))
-
-
-def hash_pass(batches, hasher: MinHasher, need_sigs: bool, num_perm: int, meter=None) -> Hashed:
-    """Pass 1: per-document id, source, length, exact hash and signature; row = position in the input stream."""
-    ids: list[str] = []
-    sources: list[str | None] = []
-    lengths: list[int] = []
-    hash_list: list[int] = []
-    sig_blocks: list[np.ndarray] = []
-    bytes_in = 0
-    for batch in batches:
-        texts = [r["text"] or "" for r in batch]
-        ids.extend(r["id"] for r in batch)
-        sources.extend(r.get("source") for r in batch)
-        lengths.extend(len(t) for t in texts)
-        hash_list.extend(exact_hash(t) for t in texts)
-        bytes_in += sum(len(t.encode("utf-8")) for t in texts)
-        if need_sigs:
-            sig_blocks.append(hasher.signatures(texts))
-        if meter is not None:
-            meter.update(len(ids))
-    n = len(ids)
-    hashes = np.array(hash_list, dtype=np.uint64)
-    sigs = np.concatenate(sig_blocks) if sig_blocks else np.zeros((n, num_perm if need_sigs else 0), dtype=np.uint32)
-    return Hashed(ids, sources, lengths, hashes, sigs, bytes_in)
-
-
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
     dcfg = cfg.deduped_shards
     src = inputs["cleaned_corpus"]
@@ -220,10 +194,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         return distributed.run(cfg, inputs, output_dir, domain, embedder)
 
     meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
-    hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher, dcfg.near,
-                       dcfg.num_perm, meter)
-    meter.close()
-    decided = decide(cfg, domain, hashed, src, embedder)
+    spill = output_dir / SPILL_DIR
+    try:
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files(src))  # the columns' size, from footers
+        hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher,
+                           dcfg.banding if dcfg.near else None, (spill, "all"), meter, rows)
+        meter.close()
+        decided = decide(cfg, domain, hashed, src, embedder)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     with (
         split_writers(cfg, src, output_dir) as writers,
         open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
@@ -248,75 +227,134 @@ def split_writers(cfg: PipelineConfig, src: Path, output_dir: Path, task: str = 
         yield {"train": train, "eval": held_out}
 
 
+REASONS = ("", "exact_duplicate", "near_duplicate", "semantic_duplicate", "exact_duplicate_cross_domain",
+           "near_duplicate_cross_domain")  # a row's code in Decided.reason: 0 = kept
+_CODE = {name: k for k, name in enumerate(REASONS)}
+
+
 class Decided:
-    """The decisions: drop reason and kept copy per dropped row, the preview's example pair, the indexes used."""
+    """The decisions, one int8 and one int64 per row: the drop reason's code (REASONS; 0 = kept) and the row of the
+    kept copy in this domain (-1: none, or one in another domain, in `cross`: row -> (domain, id)); the preview's
+    example pair and the indexes used. `offset` is the stream row of the arrays' first element; a slice for one
+    task's rows carries its kept ids resolved (`kept_ids`) instead of the whole domain's ids."""
 
-    def __init__(self, reason: dict[int, str], kept_as: dict[int, tuple[str, str]], pair: dict, used: list[str], missing: list[str]):
-        self.reason, self.kept_as, self.pair, self.used, self.missing = reason, kept_as, pair, used, missing
+    def __init__(self, reason: np.ndarray, kept: np.ndarray, cross: dict[int, tuple[str, str]], ids: np.ndarray | None,
+                 domain: str, pair: dict, used: list[str], missing: list[str], offset: int = 0,
+                 kept_ids: dict[int, tuple[str, str]] | None = None):
+        self.reason, self.kept, self.cross, self.ids, self.domain = reason, kept, cross, ids, domain
+        self.pair, self.used, self.missing, self.offset, self.kept_ids = pair, used, missing, offset, kept_ids
+
+    def why(self, row: int) -> str:
+        return REASONS[self.reason[row - self.offset]]
+
+    def kept_as(self, row: int) -> tuple[str, str]:
+        if self.kept_ids is not None:
+            return self.kept_ids[row]
+        k = int(self.kept[row - self.offset])
+        return (self.domain, self.ids[k].decode("utf-8")) if k >= 0 else self.cross[row]
+
+    def rows(self, lo: int, hi: int) -> "Decided":
+        """The decisions about rows [lo, hi) only: what a write task needs to be sent."""
+        reason = self.reason[lo - self.offset: hi - self.offset]
+        kept_ids = {lo + int(k): self.kept_as(lo + int(k)) for k in np.flatnonzero(reason)}
+        return Decided(reason, np.zeros(0, np.int64), {}, None, self.domain, self.pair, self.used, self.missing, lo, kept_ids)
+
+    def clusters(self) -> int:
+        """Distinct kept copies that drops point to."""
+        own = self.kept[self.kept >= 0]
+        return len(np.unique(self.ids[own])) + len(set(self.cross.values()))
 
 
-def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None, columns=None) -> Decided:
-    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference) and
-    `columns(rows)` (those rows' signatures and band keys) replace the in-memory ones when the signatures live
-    elsewhere (compute.dedup: in the files of the tasks that computed them)."""
+def _mark(reason: np.ndarray, kept: np.ndarray, rows: np.ndarray, clusters: UnionFind, why: str) -> None:
+    """Rows whose cluster root (the first of `rows` in the cluster, by preference) is another row: dropped, kept as
+    that row."""
+    roots = clusters.roots()
+    moved = np.flatnonzero(roots != np.arange(len(rows)))
+    reason[rows[moved]] = _CODE[why]
+    kept[rows[moved]] = rows[roots[moved]]
+
+
+def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> UnionFind:
+    """Clusters of `rows` (stream rows in order of preference; cluster members by position in `rows`) from their
+    spilled band keys, one band at a time, and their signatures, one block of pairs at a time."""
+    n = len(rows)
+    spilled = hashed.spilled
+    codes = [np.zeros(0, dtype=np.int64)]
+    for b in range(spilled.bands):
+        codes.append(band_pair_codes(spilled.band(b, rows), None, n))
+    flat = np.unique(np.concatenate(codes))
+    del codes
+    uf = UnionFind(n)
+    for lo in range(0, len(flat), _PAIR_BLOCK):
+        i, j = flat[lo: lo + _PAIR_BLOCK] // n, flat[lo: lo + _PAIR_BLOCK] % n
+        at = np.unique(np.concatenate([i, j]))
+        sigs = spilled.sigs(rows[at])
+        ok = similar(sigs, np.searchsorted(at, i), sigs, np.searchsorted(at, j), threshold)
+        for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # sorted (i, j): the order the single pass unites them in
+            uf.union(a, b)
+    return uf
+
+
+def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None) -> Decided:
+    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference) replaces
+    near_clusters when the pairs are found elsewhere (compute.dedup: by tasks over the hash tasks' files)."""
     dcfg = cfg.deduped_shards
-    ids, sources, lengths, hashes, sigs = hashed.ids, hashed.sources, hashed.lengths, hashed.hashes, hashed.sigs
-    n = len(ids)
-    need_sigs = dcfg.near
-    bands, rows_per_band = dcfg.banding
-    if near is None:
-        keys = band_keys(sigs, bands, rows_per_band) if need_sigs else np.zeros((n, 0), dtype=np.uint64)
-        near = lambda rows: near_duplicate_clusters(sigs[rows], keys[rows], dcfg.threshold)  # noqa: E731
-        columns = lambda rows: (sigs[rows], keys[rows])  # noqa: E731
+    n = len(hashed)
+    by_pref = hashed.preference_order(dcfg.keep)
+    reason = np.zeros(n, dtype=np.int8)
+    kept = np.full(n, -1, dtype=np.int64)  # row of the copy that was kept, in this domain
 
-    by_pref = preference_order(dcfg.keep, ids, sources, lengths)
-    reason: dict[int, str] = {}
-    kept_as: dict[int, tuple[str, str]] = {}  # row -> (domain, id) of the copy that was kept
-
-    if dcfg.exact:
-        first: dict[int, int] = {}
-        for i in by_pref:
-            rep = first.setdefault(int(hashes[i]), i)
-            if rep != i:
-                reason[i], kept_as[i] = "exact_duplicate", (domain, ids[rep])
-    if dcfg.near:
-        rows = [i for i in by_pref if i not in reason]
-        clusters = near(rows)
-        for local, i in enumerate(rows):
-            root = clusters.find(local)
-            if root != local:
-                reason[i], kept_as[i] = "near_duplicate", (domain, ids[rows[root]])
+    if dcfg.exact and n:
+        h = hashed.hashes[by_pref]
+        order = np.argsort(h, kind="stable")  # within a hash, the order of preference
+        h = h[order]
+        later = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions that repeat the hash before them: few
+        del h
+        first = np.ones(n, dtype=bool)
+        first[later] = False
+        starts = np.flatnonzero(first)  # each hash's first (its preferred) position
+        del first
+        rep = starts[np.searchsorted(starts, later, side="right") - 1]
+        dup = by_pref[order[later]]
+        reason[dup] = _CODE["exact_duplicate"]
+        kept[dup] = by_pref[order[rep]]
+        del order, starts, rep, dup
+    if dcfg.near and n:
+        rows = by_pref[reason[by_pref] == 0]
+        clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
+        _mark(reason, kept, rows, clusters, "near_duplicate")
+        del clusters
     if embedder is not None:
-        rows = [i for i in by_pref if i not in reason]
-        clusters = semantic_clusters(_embed_rows(embedder, src, rows), dcfg.semantic_threshold)
-        for local, i in enumerate(rows):
-            root = clusters.find(local)
-            if root != local:
-                reason[i], kept_as[i] = "semantic_duplicate", (domain, ids[rows[root]])
-    survivors = [i for i in by_pref if i not in reason]
+        rows = by_pref[reason[by_pref] == 0]
+        _mark(reason, kept, rows, semantic_clusters(_embed_rows(embedder, src, rows.tolist()), dcfg.semantic_threshold),
+              "semantic_duplicate")
+    survivors = by_pref[reason[by_pref] == 0]
 
+    cross_kept: dict[int, tuple[str, str]] = {}
     index_used: list[str] = []
     index_missing: list[str] = []
     if dcfg.scope == "global":
-        s_sigs, s_keys = columns(survivors)
-        cross, index_used, index_missing = _cross_domain(cfg, domain, hashes[survivors], s_sigs, s_keys, list(range(len(survivors))))
+        cross, index_used, index_missing = _cross_domain(cfg, domain, hashed, survivors)
         for k, (why, other, other_id) in cross.items():
-            reason[survivors[k]], kept_as[survivors[k]] = why, (other, other_id)
-        write_index(cfg, domain, survivors, hashes[survivors], s_keys)
+            reason[survivors[k]] = _CODE[why]
+            cross_kept[int(survivors[k])] = (other, other_id)
+        write_index(cfg, domain, survivors, hashed.hashes[survivors],
+                    _Bands(hashed.spilled, survivors, dcfg.banding[0] if dcfg.near else 0))
 
+    decided = Decided(reason, kept, cross_kept, hashed.ids, domain, {}, index_used, index_missing)
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
-    near_rows = [i for i in by_pref if reason.get(i, "exact_duplicate") != "exact_duplicate"]
-    pair: dict = {}
-    if near_rows:
-        ex = near_rows[0]
-        pair = {"row": ex, "id": ids[ex], "reason": reason[ex], "kept_domain": kept_as[ex][0], "kept_id": kept_as[ex][1]}
-    return Decided(reason, kept_as, pair, index_used, index_missing)
+    near_rows = by_pref[(reason[by_pref] != 0) & (reason[by_pref] != _CODE["exact_duplicate"])]
+    if len(near_rows):
+        ex = int(near_rows[0])
+        kd, kid = decided.kept_as(ex)
+        decided.pair = {"row": ex, "id": hashed.id_of(ex), "reason": decided.why(ex), "kept_domain": kd, "kept_id": kid}
+    return decided
 
 
 def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Decided, writers: dict[str, ShardWriter],
                dropped_f) -> dict:
     """Pass 2 over rows from `row` on: the kept documents with their split, every drop with its kept copy."""
-    reason, kept_as, pair = decided.reason, decided.kept_as, decided.pair
+    pair = decided.pair
     splits: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     bytes_kept = 0
@@ -324,10 +362,11 @@ def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Dec
     for batch in batches:
         for rec in batch:
             i, row = row, row + 1
-            if i in reason:
-                kd, kid = kept_as[i]
-                dropped[reason[i]] += 1
-                dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": reason[i], "kept_id": kid, "kept_domain": kd}) + "\n")
+            why = decided.why(i)
+            if why:
+                kd, kid = decided.kept_as(i)
+                dropped[why] += 1
+                dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": why, "kept_id": kid, "kept_domain": kd}) + "\n")
                 if pair and i == pair["row"]:
                     texts["text"] = rec["text"]
                 continue
@@ -342,7 +381,7 @@ def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Dec
 
 def stage_output(domain: str, hashed: Hashed, decided: Decided, parts: list[dict]) -> StageOutput:
     """Stats and preview from the decisions and the write passes (one, or one per task, in row order)."""
-    n = len(hashed.ids)
+    n = len(hashed)
     splits: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
     pair = dict(decided.pair)
@@ -359,7 +398,7 @@ def stage_output(domain: str, hashed: Hashed, decided: Decided, parts: list[dict
         "quarantined": 0,
         "bytes_in": hashed.bytes_in,
         "bytes_kept": sum(part["bytes_kept"] for part in parts),
-        "clusters": len(set(decided.kept_as.values())),
+        "clusters": decided.clusters(),
         "train_documents": splits.get("train", 0),
         "eval_documents": splits.get("eval", 0),
         "index_domains_used": len(decided.used),

@@ -40,3 +40,23 @@ def test_an_address_without_a_ray_head_stops_in_one_line(tmp_path, address):
     with pytest.raises(EngineError, match="compute.address") as err:
         RayExecutor(cfg.compute)
     assert "\n" not in str(err.value)
+
+
+def test_engine_code_is_part_of_the_curation_stages_code_version(tmp_path, monkeypatch):
+    """A change under compute/ (the task split, the engines) must mark the curation assets stale, in Dagster and DVC."""
+    import shutil
+
+    from llm_pipeline.defs import assets
+    from llm_pipeline.dvcgen import CODE
+
+    copy = tmp_path / "llm_pipeline"  # a copy of the package to change: the real one may be in use by another run
+    shutil.copytree(assets.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(assets, "PACKAGE", copy)
+    before = {name: assets.stage_code_version(name) for name in ("raw_corpus", "deduped_shards", "tokenizer")}
+    with open(copy / "compute" / "dedup.py", "a") as f:
+        f.write("\n# changed\n")
+    after = {name: assets.stage_code_version(name) for name in before}
+    assert after["raw_corpus"] != before["raw_corpus"] and after["deduped_shards"] != before["deduped_shards"]
+    assert after["tokenizer"] == before["tokenizer"]
+    for name in ("raw_corpus", "cleaned_corpus", "deduped_shards"):
+        assert "llm_pipeline/compute" in CODE[name]

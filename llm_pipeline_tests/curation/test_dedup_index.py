@@ -27,12 +27,15 @@ def test_index_is_small_mapped_and_stale_after_its_source_changes(tmp_path):
     sigs = rng.integers(0, 2**32, size=(n, 128), dtype=np.uint64).astype(np.uint32)
     keys = band_keys(sigs, 20, 6)
     path = tmp_path / "legal.idx"
-    dedup_index.write(path, np.arange(n), rng.integers(0, 2**63, size=n, dtype=np.uint64), keys, PARAMS, src)
+    hashes = rng.integers(0, 2**63, size=n, dtype=np.uint64)
+    dedup_index.write(path, np.arange(n), hashes, keys.T, PARAMS, src)
     on_disk = sum(p.stat().st_size for p in path.iterdir())
     assert on_disk / n <= 100, on_disk / n
     index = dedup_index.read(path, PARAMS, src)
-    assert isinstance(index["keys"], np.memmap) and index["keys"].dtype == np.uint32
-    assert (index["keys"] == dedup_index.fold32(keys)).all()
+    assert isinstance(index["keys"], np.memmap) and index["keys"].dtype == np.uint32 and index["keys"].shape == (n, 20)
+    order = np.argsort(hashes)  # entries sorted by hash: an exact lookup is a binary search on the mapped array
+    assert (index["hashes"] == hashes[order]).all() and (index["rows"] == order).all()
+    assert (index["keys"] == dedup_index.fold32(keys)[order]).all()
     assert dedup_index.read(path, [*PARAMS[:-1], 3], src) is None  # another signature scheme
     cleaned(src, n + 1)  # the cleaned output was rebuilt: rows may point elsewhere now
     assert dedup_index.read(path, PARAMS, src) is None
