@@ -34,7 +34,7 @@ CODE = {
     "dpo_model": ["llm_pipeline/stages/dpo_model.py", "llm_pipeline/training"],
     "reward_model": ["llm_pipeline/stages/reward_model.py", "llm_pipeline/stages/dpo_model.py", "llm_pipeline/training"],
     "rl_model": ["llm_pipeline/stages/rl_model.py", "llm_pipeline/training"],
-    "eval_report": ["llm_pipeline/stages/eval_report.py", "llm_pipeline/evaluation"],
+    "eval_report": ["llm_pipeline/stages/eval_report.py", "llm_pipeline/evaluation", "llm_pipeline/training"],
 }
 # Config sections each stage reads (besides its own section).
 PARAMS = {

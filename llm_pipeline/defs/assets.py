@@ -40,8 +40,9 @@ GROUPS = {
     "tokenizer": "training", "base_checkpoint": "training", "lora_adapter": "training", "dpo_model": "training",
     "reward_model": "training", "rl_model": "training", "eval_report": "evaluation",
 }
-# The library folders a phase's stages run: the curation stages' task split and engines live in compute/.
-LIBRARY = {"curation": ["curation", "compute"], "training": ["training"], "evaluation": ["evaluation"]}
+# The library folders a phase's stages run: the curation stages' task split and engines live in compute/; the eval
+# report samples and scores policies with the training code's RL sampling and reward scoring.
+LIBRARY = {"curation": ["curation", "compute"], "training": ["training"], "evaluation": ["evaluation", "training"]}
 
 
 def stage_code_version(name: str) -> str:
