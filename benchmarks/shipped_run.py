@@ -133,6 +133,21 @@ def verdicts(scores: dict[str, dict[str, dict]], shipped: str | None, trained: l
 
 # ----------------------------------------------------------------------------------------------------- set-up
 
+def heldout_texts(folder: Path, names: list[str], eval_docs: int, eval_chars: int) -> list[str]:
+    """The scored slices: the first `eval_chars` characters of up to `eval_docs` held-out files, evenly spread."""
+    texts = [(folder / n).read_text(encoding="utf-8", errors="replace")[:eval_chars] for n in spread(sorted(names), eval_docs)]
+    return [t for t in texts if t.strip()]
+
+
+def rewrite_heldout(corpora: Path, work: Path, trained: list[str], untrained: str, every: int, eval_docs: int, eval_chars: int) -> None:
+    """heldout.json again, for another slice of the same held-out files (the training files are left alone)."""
+    held = {}
+    for d in trained + [untrained]:
+        files = [p.name for p in (corpora / d).iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
+        held[d] = heldout_texts(corpora / d, files if d == untrained else split_files(files, every)[1], eval_docs, eval_chars)
+    (work / "heldout.json").write_text(json.dumps(held), encoding="utf-8")
+
+
 def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every: int, eval_docs: int, eval_chars: int) -> dict:
     """Copy the training files into the work folder, pick the held-out texts, write the user's config."""
     sources = work / "sources"
@@ -154,8 +169,7 @@ def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every
             for name in train:
                 shutil.copy2(folder / name, sources / d / name)
             train_texts[d] = [(folder / n).read_text(encoding="utf-8", errors="replace") for n in train]
-        texts = [(folder / n).read_text(encoding="utf-8", errors="replace")[:eval_chars] for n in spread(sorted(out), eval_docs)]
-        held[d] = [t for t in texts if t.strip()]
+        held[d] = heldout_texts(folder, out, eval_docs, eval_chars)
         counts[d] = {"train_files": len(train), "heldout_files": len(out), "scored": len(held[d]),
                      "train_chars": sum(map(len, train_texts.get(d, [])))}
     config = {
@@ -253,6 +267,9 @@ def trl_child(work: Path, deadline: float | None, stop_file: Path | None) -> Non
           "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(), "recipe": {**TRL_RECIPE, **TRL_LORA}})
 
 
+SCORE_GROUPS = ("ours:base,sft", "ours:dpo,rl", "theirs:original,trl")
+
+
 def score_child(work: Path, which: str) -> None:
     """Perplexity and bits per byte on every held-out set: `ours` (base_checkpoint and its adapters) or `theirs`
     (the original model and the TRL adapter), each model with its own tokenizer."""
@@ -263,9 +280,12 @@ def score_child(work: Path, which: str) -> None:
     from llm_pipeline.evaluation.perplexity import score_texts, total
 
     torch.set_num_threads(1)
+    which, _, only = which.partition(":")
     data = work / "data"
     notes = Notes()
     if which == "ours":
+        if not (data / "base_checkpoint" / "config.json").is_file():
+            return emit({"scores": {}, "notes": ["the run made no base_checkpoint: nothing of ours to score"]})
         adapters = {name: data / folder for name, folder in (("sft", "lora_adapter"), ("dpo", "dpo_model"), ("rl", "rl_model"))
                     if (data / folder / "adapter_config.json").is_file() or (data / folder / "config.json").is_file()}
         models = load_models(data / "base_checkpoint", adapters, notes, tokenizer_dir=data / "tokenizer")
@@ -274,8 +294,11 @@ def score_child(work: Path, which: str) -> None:
         models = load_models(work / "original", adapters, notes)
         models["original"] = models.pop("base")
     held = json.loads((work / "heldout.json").read_text(encoding="utf-8"))
+    wanted = set(only.split(",")) if only else set(models)
     out = {}
     for name, lm in models.items():
+        if name not in wanted:
+            continue
         out[name] = {}
         for d, texts in held.items():
             s = total(score_texts(lm, texts, batch_size=4))
@@ -372,8 +395,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/shipped-run"))
     ap.add_argument("--mode", choices=("concurrent", "sequential"), default="concurrent")
     ap.add_argument("--heldout-every", type=int, default=7, help="every n-th file of a trained domain is held out")
-    ap.add_argument("--eval-docs", type=int, default=8, help="held-out files scored per domain")
-    ap.add_argument("--eval-chars", type=int, default=3000, help="characters scored from the start of each")
+    ap.add_argument("--eval-docs", type=int, default=6, help="held-out files scored per domain")
+    ap.add_argument("--eval-chars", type=int, default=1500, help="characters scored from the start of each")
     ap.add_argument("--sample-seconds", type=float, default=0.5)
     ap.add_argument("--tag", default="")
     ap.add_argument("--finish", action="store_true", help="score and report the arms an earlier run left in --work")
@@ -430,11 +453,10 @@ def main() -> None:
 def finish(a, work: Path, trained: list[str]) -> None:
     """Score every model, read the promoted one, print and write the report (`--finish` reruns this alone)."""
     arms = json.loads((work / "arms.json").read_text())
-    cores = sorted(os.sched_getaffinity(0))
-
-    # Both scorers at once, one core each.
-    procs = {w: subprocess.Popen(_child_cmd(work, f"score-{w}"), stdout=subprocess.PIPE, text=True,
-                                 preexec_fn=_pin({cores[i % len(cores)]})) for i, w in enumerate(("ours", "theirs"))}
+    if a.corpora is not None:  # rescoring on the slice given now
+        rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
+    # The scorers at once (one torch thread each; the system shares the cores among them).
+    procs = {w: subprocess.Popen(_child_cmd(work, f"score-{w}"), stdout=subprocess.PIPE, text=True) for w in SCORE_GROUPS}
     scores: dict = {}
     for w, p in procs.items():
         out, _ = p.communicate()
