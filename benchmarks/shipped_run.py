@@ -82,9 +82,10 @@ def spread(items: list, n: int) -> list:
     return [items[int(i * step)] for i in range(n)]
 
 
-def stage_windows(events: list[tuple[float, str, str | None, str]]) -> dict[str, tuple[float, float]]:
-    """{'stage' or 'stage[partition]': (start, end)} from (timestamp, step, partition, event type) records; a step
-    that started but has no success or failure event has no window."""
+def stage_windows(events: list[tuple[float, str, str | None, str]], end: float | None = None) -> dict[str, tuple[float, float]]:
+    """{'stage' or 'stage[partition]': (start, end)} from (timestamp, step, partition, event type) records. A step
+    that started but has no success or failure event (the run was stopped) ends at `end`, marked "(unfinished)";
+    without `end` it has no window."""
     starts: dict[str, float] = {}
     out: dict[str, tuple[float, float]] = {}
     for ts, step, partition, kind in sorted(events):
@@ -92,7 +93,9 @@ def stage_windows(events: list[tuple[float, str, str | None, str]]) -> dict[str,
         if kind == "STEP_START":
             starts[key] = ts
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and key in starts:
-            out[key] = (starts[key], ts)
+            out[key] = (starts.pop(key), ts)
+    if end is not None:
+        out.update({f"{key} (unfinished)": (ts, end) for key, ts in starts.items()})
     return out
 
 
@@ -375,15 +378,19 @@ def run_ours(work: Path, config: Path, cores: set[int] | None, sample_every: flo
     sampler.join()
     log.close()
     (work / "rss_samples.json").write_text(json.dumps(sampler.samples))
+    return {"rc": rc, "wall_seconds": round(wall, 1), "peak_rss_mb": round(max((mb for _, mb in sampler.samples), default=0), 1),
+            "stages": stage_table(work, sampler.samples, t0 + wall), "started": t0}
+
+
+def stage_table(work: Path, samples: list, end: float) -> dict:
+    """Each stage's wall time (the Dagster event log) and the peak RSS sampled inside it."""
     try:
-        windows = stage_windows(dagster_events(work / "data" / ".dagster"))
+        windows = stage_windows(dagster_events(work / "data" / ".dagster"), end)
     except Exception as exc:  # the arms' results still count; the table then lacks the per-stage rows
         print(f"the run's Dagster event log did not read: {type(exc).__name__}: {exc}", flush=True)
         windows = {}
-    stages = {k: {"seconds": round(e - s, 1), "peak_rss_mb": round(peak_in(sampler.samples, s, e) or 0, 1)} for k, (s, e) in
-              sorted(windows.items(), key=lambda kv: kv[1][0])}
-    return {"rc": rc, "wall_seconds": round(wall, 1), "peak_rss_mb": round(max((mb for _, mb in sampler.samples), default=0), 1),
-            "stages": stages, "started": t0}
+    return {k: {"seconds": round(e - s, 1), "peak_rss_mb": round(peak_in(samples, s, e) or 0, 1)} for k, (s, e) in
+            sorted(windows.items(), key=lambda kv: kv[1][0])}
 
 
 def main() -> None:
@@ -453,6 +460,9 @@ def main() -> None:
 def finish(a, work: Path, trained: list[str]) -> None:
     """Score every model, read the promoted one, print and write the report (`--finish` reruns this alone)."""
     arms = json.loads((work / "arms.json").read_text())
+    if (work / "rss_samples.json").is_file():  # again, with the stage a stopped run was in
+        ours = arms["ours"]
+        ours["stages"] = stage_table(work, json.loads((work / "rss_samples.json").read_text()), ours["started"] + ours["wall_seconds"])
     if a.corpora is not None:  # rescoring on the slice given now
         rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
     # The scorers at once (one torch thread each; the system shares the cores among them).

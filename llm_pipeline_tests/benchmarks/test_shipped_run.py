@@ -41,6 +41,8 @@ def test_stage_windows_pair_starts_with_ends_per_partition(sr):
               (20.0, "tokenizer", None, "STEP_START"), (30.0, "tokenizer", None, "STEP_SUCCESS"),
               (31.0, "base_checkpoint", None, "STEP_START")]  # never finished: no window
     assert sr.stage_windows(events) == {"raw_corpus[a]": (10.0, 12.0), "raw_corpus[b]": (13.0, 15.5), "tokenizer": (20.0, 30.0)}
+    # a stopped run: the stage it was in ends when the run ended
+    assert sr.stage_windows(events, end=40.0)["base_checkpoint (unfinished)"] == (31.0, 40.0)
 
 
 def test_peak_in_takes_the_largest_sample_inside_the_window(sr):
