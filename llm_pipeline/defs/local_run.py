@@ -78,6 +78,15 @@ def _failure_message(data) -> str:
     return lines[0] if lines else err.cls_name or "(no error message)"
 
 
+def _print_failed_checks(console: Console, failed_checks: list, partition: str | None) -> None:
+    """One line per failed blocking check: the asset, the check and its own description of what failed."""
+    names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)
+    console.print(f"[red]✗ blocking check failed ({escape(names_failed)}); downstream assets not run[/red]", soft_wrap=True)
+    for e in failed_checks:
+        where = e.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
+        console.print(f"[red]  {escape(where)}: {escape(e.check_name)}: {escape(e.description or 'failed')}[/red]", soft_wrap=True)
+
+
 def group_runs(steps: list[Step]) -> list[tuple[str | None, list[str]]]:
     """The steps as Dagster runs: one run per domain holding its partitioned stages in dependency order, domains in
     the order given, then one run for the unpartitioned stages (they read every domain, so they come last).
@@ -139,6 +148,9 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                 done.append((name, partition))
             if not result.success:
                 ok = False
+                if failed_checks:  # Dagster's step error names no check ("1 blocking asset check failed ..."): say which
+                    _print_failed_checks(progress.console, failed_checks, partition)
+                    break
                 errors = [_failure_message(ev.event_specific_data) for ev in result.all_events
                           if ev.event_type_value == "STEP_FAILURE" and ev.event_specific_data]
                 failed = [labels[n] for n in names if (n, partition) not in done]
@@ -155,8 +167,7 @@ def materialize_steps(cfg: PipelineConfig, resource: PipelineConfigResource, ste
                     progress.console.print(escape("  " + str(examples.value).replace("\n", "\n  ")), highlight=False)
             if failed_checks:
                 ok = False
-                names_failed = ", ".join(f"{e.asset_key.to_user_string()}: {e.check_name}" for e in failed_checks)
-                progress.console.print(f"[red]✗ blocking check failed ({names_failed}); downstream assets not run[/red]", soft_wrap=True)
+                _print_failed_checks(progress.console, failed_checks, partition)
                 break
     if done:
         from llm_pipeline.dvc_record import record

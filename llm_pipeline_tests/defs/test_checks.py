@@ -153,6 +153,27 @@ def test_drop_share_warns_per_partition_and_lets_the_run_go_on(tmp_path):
     assert "blocking check failed" not in out
 
 
+def test_a_blocking_check_is_named_with_its_reason_in_the_run_summary(tmp_path):
+    """Dagster's step error says only "1 blocking asset check failed ..."; the summary names the check and why."""
+    from rich.console import Console
+
+    from llm_pipeline.config import load_config
+    from llm_pipeline.defs.local_run import materialize_steps, plan
+    from llm_pipeline.defs.resources import PipelineConfigResource
+
+    path = _drop_share_config(tmp_path, drop_share_blocking=True)
+    cfg = load_config(path, root=tmp_path)
+    console = Console(record=True, width=200)
+    with dg.instance_for_test() as instance:
+        steps = plan(cfg, ["raw_corpus", "cleaned_corpus", "deduped_shards"], partition="legal")
+        ok = materialize_steps(cfg, PipelineConfigResource(config_path=str(path)), steps, instance, console=console)
+    out = console.export_text()
+    assert not ok
+    assert "blocking check failed (cleaned_corpus: drop_share)" in out
+    assert "cleaned_corpus[legal]: drop_share: too_few_words dropped 40% of domain legal" in out
+    assert "1 blocking asset check failed" not in out
+
+
 def test_drop_share_blocks_downstream_when_configured(tmp_path):
     result, checks = _materialize_legal(tmp_path, drop_share_blocking=True)
     check = checks["drop_share"]
