@@ -36,6 +36,8 @@ Replacement modes:
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import multiprocessing
 import os
@@ -127,12 +129,26 @@ def _die_with_parent(parent: int, every: float = 0.5) -> None:
 def _resolve_overlaps(results: list) -> list:
     """Non-overlapping spans, preferring the higher score and then the longer span (e.g. an e-mail over a name).
     An ORGANIZATION yields to any other finding it overlaps: spaCy's small model gives unfamiliar names that label
-    ("Patient: Leontyne Harrowgate" found by the label pattern as a name, by NER as an organisation)."""
+    ("Patient: Leontyne Harrowgate" found by the label pattern as a name, by NER as an organisation).
+
+    A finding that loses to another but reaches past it widens the winner to cover it: left in the text, its outer
+    part ("21117-2220  1-" of a phone match that lost "888-..." to another type) is a fragment the next analysis
+    finds again, and the no_pii_left audit would fail on what redaction left."""
     chosen: list = []
     for r in sorted(results, key=lambda r: (r.entity_type == "ORGANIZATION", -r.score, -(r.end - r.start), r.start)):
-        if all(r.end <= c.start or r.start >= c.end for c in chosen):
-            chosen.append(r)
-    return sorted(chosen, key=lambda r: r.start)
+        hit = [c for c in chosen if not (r.end <= c.start or r.start >= c.end)]
+        if not hit:
+            chosen.append(copy.copy(r))
+        elif not any(c.start <= r.start and r.end <= c.end for c in hit):  # some of it outside what won
+            first = min(hit, key=lambda c: c.start)
+            first.start, first.end = min(first.start, r.start), max(first.end, r.end)
+    merged: list = []
+    for c in sorted(chosen, key=lambda c: c.start):  # a widened span may now reach the next one: one span for both
+        if merged and c.start < merged[-1].end:
+            merged[-1].end = max(merged[-1].end, c.end)
+        else:
+            merged.append(c)
+    return merged
 
 
 def _chunks(text: str, size: int) -> list[tuple[int, str]]:

@@ -391,3 +391,30 @@ def test_nrp_findings_must_look_like_a_group(word, group):
     from llm_pipeline.curation.pii import Span, _not_a_group
 
     assert _not_a_group(word, Span(0, len(word), "NRP", 0.85)) is not group
+
+
+@pytest.mark.parametrize("found, expected", [
+    # a phone match that lost its middle to a higher-scored number must not leave "21117-2220  1-" behind
+    ([(30, 42, "UK_NHS", 0.5), (15, 32, "PHONE_NUMBER", 0.4)], [(15, 42, "UK_NHS")]),
+    ([(10, 20, "PERSON", 0.85), (12, 18, "ORGANIZATION", 0.85)], [(10, 20, "PERSON")]),  # inside: nothing to widen
+    ([(10, 20, "PERSON", 0.85), (18, 30, "ORGANIZATION", 0.85), (28, 40, "LOCATION", 0.85)], [(10, 40, "PERSON")]),
+    ([(0, 5, "PERSON", 0.9), (7, 12, "LOCATION", 0.9)], [(0, 5, "PERSON"), (7, 12, "LOCATION")]),
+])
+def test_a_losing_finding_widens_the_winner_instead_of_leaving_a_fragment(found, expected):
+    from llm_pipeline.curation.pii import _resolve_overlaps
+    from llm_pipeline.curation.pii_spans import Span
+
+    spans = [Span(a, b, e, s) for a, b, e, s in found]
+    assert [(r.start, r.end, r.entity_type) for r in _resolve_overlaps(spans)] == expected
+    assert [(r.start, r.end) for r in spans] == [(a, b) for a, b, _, _ in found]  # the findings themselves unchanged
+
+
+def test_redacted_contact_block_leaves_nothing_for_the_audit():
+    """A block of addresses and numbers as health leaflets print them: one more analysis finds only tags."""
+    text = ("Write to the Harbour Eye Trust, Suite 800, 11435 Cronley Drive, Owings Mill, MD 21117-2220  "
+            "1-888-394-3937  410-785-1414 or the Lantern Vision Group, 6222 Wilmer Boulevard, Suite 260, "
+            "Los Angeles, CA 90048  1-888-430-9898  310-623-4466.")
+    redactor = PiiRedactor(CleanedCorpusConfig(pii_processes=1))
+    ((redacted, _),) = redactor.redact_batch([text], ["en"])
+    (again,) = redactor.analyze_batch([redacted])
+    assert [redacted[r.start : r.end] for r in again if not only_tags(redacted[r.start : r.end])] == []
