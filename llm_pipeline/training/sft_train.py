@@ -195,14 +195,17 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         args.eval_strategy = "no"
     callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
     budget_cb = None
+    full_eval = Dataset.from_list(eval_rows) if eval_rows else None
     if clock is not None:  # evaluations at shares of the budget unless eval_every sets them in steps
-        budget_cb = budget.budget_callback(clock, eval_fractions=(1 / 3, 2 / 3), evaluate=lc.eval_every is None and bool(eval_rows))
+        # Each evaluation scores the held-out rows it can afford within its part of the budget's evaluation share.
+        budget_cb = budget.budget_callback(clock, eval_fractions=(1 / 3, 2 / 3), evaluate=lc.eval_every is None and bool(eval_rows),
+                                           eval_rows=len(eval_rows), set_eval_rows=lambda keep: setattr(trainer, "eval_dataset", full_eval.select(keep)))
         callbacks.append(budget_cb)
     timer = finetune.step_timer_callback()
     callbacks.append(timer)
     callbacks.append(finetune.progress_callback("lora_adapter" if tag == "combined" else f"lora_adapter[{tag}]"))
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=full_eval,
         processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the log is saved to a file instead
@@ -216,8 +219,10 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
             clock.start()  # the budget is seconds of train(), the Trainer's own setup included
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.perf_counter() - started
-        budget_spent = round(clock.spent(), 3) if clock is not None else None
         eval_metrics = finetune.final_eval(trainer) if eval_rows else {}
+        # The final evaluation counts against the budget too (it ran inside train() unless early stopping reloads the
+        # best weights and scores them again here).
+        budget_spent = round(clock.spent(), 3) if clock is not None else None
         log = trainer.state.log_history
         steps_run = trainer.state.global_step - (int(Path(resume).name.split("-")[1]) if resume else 0)
         trained = dict(collator.trained(steps_run))
@@ -264,6 +269,12 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
                        "max_steps" if trainer.state.global_step >= (cap or budget.BUDGET_STEP_CAP) else "early_stopping"),
         "budget_seconds": budget_seconds,
         "budget_spent_seconds": budget_spent,
+        # Held-out rows: how many each evaluation scored of those there are (fewer under a budget, to keep the
+        # evaluations within budget.MAX_EVAL_SHARE of it), and the seconds the evaluations took.
+        "eval_rows": len(eval_rows),
+        "eval_rows_scored": budget_cb.scored_rows if budget_cb is not None and budget_cb.total_rows else len(eval_rows),
+        "eval_seconds": round(budget_cb.eval_seconds_total, 3) if budget_cb is not None else None,
+        "evals_skipped": budget_cb.evals_skipped if budget_cb is not None else 0,
         "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
         "learning_rate": settings.value("learning_rate"),
         "seconds": round(seconds, 3),
