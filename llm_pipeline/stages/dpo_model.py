@@ -16,6 +16,7 @@ corpus. The output adapter holds SFT+DPO and loads with
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -167,6 +168,25 @@ class Trained:
     resume_note: str = ""
     deepspeed: bool = False
     trainer: object = None
+    guard_step: int | None = None  # the step whose weights the held-out guard kept (None: no guard ran)
+    guard_stopped: bool = False
+    guard_backtracks: int = 0
+
+
+def guard_evaluations(max_steps: int) -> int:
+    """Held-out evaluations of a guarded run (an evaluation every eighth of it, the last at the end): the guard can
+    only keep weights it has seen evaluated, so it looks more often than the three of an unguarded run."""
+    return min(max_steps, GUARD_EVALUATIONS)
+
+
+def chosen_perplexity_ratio(metrics: dict, pairs: list[dict]) -> float | None:
+    """Held-out perplexity of the chosen (true) continuations under the policy over the reference's, from an
+    evaluation's mean chosen log-prob and the pairs' reference log-probs and lengths."""
+    if "eval_logps/chosen" not in metrics or not pairs:
+        return None
+    ref = sum(p["ref_chosen_logps"] for p in pairs) / len(pairs)
+    tokens = sum(len(p["chosen_ids"]) for p in pairs) / len(pairs)
+    return math.exp((ref - metrics["eval_logps/chosen"]) / max(1.0, tokens))
 
 
 def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, clock=None, reserve=0.0) -> Trained:
@@ -175,8 +195,17 @@ def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, coll
     dc = cfg.dpo_model
     early = dc.early_stopping_patience is not None and bool(tok_held)
     # The schedule the Trainer would get (evaluations, checkpoints, logging, warmup), so both engines train alike.
+    guard = None
+    eval_every = None
+    if dc.max_heldout_perplexity_ratio is not None and tok_held:
+        eval_every = max(1, -(-dc.max_steps // guard_evaluations(dc.max_steps)))
+
+        def guard(metrics: dict) -> bool:
+            ratio = chosen_perplexity_ratio(metrics, tok_held)
+            return ratio is None or ratio <= dc.max_heldout_perplexity_ratio
+
     args = finetune.trainer_args(settings, work / "loop", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to="none",
-                                 run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early)
+                                 run_name=f"{cfg.name}-{ASSET}", eval_every=eval_every, checkpoint_every=None, early_stopping=early)
     loop = dpo_loop.LoopSettings(
         steps=args["max_steps"], batch_size=dc.batch_size, learning_rate=args["learning_rate"], warmup_steps=args["warmup_steps"],
         beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed, eval_every=args["eval_steps"], checkpoint_every=args["save_steps"],
@@ -193,10 +222,16 @@ def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, coll
             return clock.must_stop
 
     result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
-                            json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step)
+                            json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step, guard=guard)
+    for entry in result.log:  # the guard's figure beside each evaluation
+        ratio = chosen_perplexity_ratio(entry, tok_held)
+        if ratio is not None:
+            entry["eval_chosen_perplexity_ratio"] = round(ratio, 5)
     return Trained(model=model, log=result.log, global_step=result.global_step, start_step=result.start_step,
                    tokens=result.tokens_trained, eval_metrics=result.eval_metrics, train_seconds=time.perf_counter() - t0,
-                   step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "")
+                   step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "",
+                   guard_step=result.guard_step if guard is not None else None, guard_stopped=result.guard_stopped,
+                   guard_backtracks=result.guard_backtracks)
 
 
 def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, clock=None, reserve=0.0) -> Trained:
@@ -236,6 +271,7 @@ def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, colla
 # Sampling the rejections may take at most this share of the stage's budget: the pairs not sampled by then are
 # dropped, and the rest of the budget is left for the reference pass, the steps and the evaluations.
 SAMPLING_SHARE = 0.5
+GUARD_EVALUATIONS = 8
 SEPARABILITY_NOTE = ("held-out pairs: the share whose chosen answer the reference (the model before DPO) finds more likely per "
                      "token, and the mean per-token log-prob margin; near 1 and large means the pairs are trivially separable")
 
@@ -252,7 +288,8 @@ def _skipped(cfg: PipelineConfig, output_dir: Path, why: str, tok_train: list[di
              dropped: Counter, clock, budget_seconds, budget_why: str, started: float, separable: dict | None = None) -> StageOutput:
     """DPO not trained, and why: the output holds the pairs and the reason but no adapter, so the eval report leaves
     DPO out and promotion considers SFT (a result of the run, not a failure)."""
-    write_json(output_dir / "training_log.json", [])
+    if not (output_dir / "training_log.json").exists():
+        write_json(output_dir / "training_log.json", [])
     stats = {
         "skipped": why, "trained": False, "pairs": len(tok_train), "eval_pairs": len(tok_held), "derivation": derivation["derivation"],
         "steps": 0, "rejected_sources": derivation.get("rejected_sources"), "seconds": round(time.perf_counter() - started, 3),
@@ -348,7 +385,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # the pairs it can afford at the reference pass's measured seconds per pair (an evaluation is the same forward).
     eval_pairs, per_pair = tok_held, (ref_seconds / len(ref_c) if ref_c and not cached else 0.0)
     if clock is not None and tok_held:
-        keep = budget.affordable(len(tok_held), per_pair, budget.eval_allowance(clock.budget, 3))
+        guarded = dc.max_heldout_perplexity_ratio is not None and engine == "loop"
+        keep = budget.affordable(len(tok_held), per_pair, budget.eval_allowance(clock.budget, guard_evaluations(dc.max_steps) if guarded else 3))
         eval_pairs = [tok_held[i] for i in budget.spread(len(tok_held), keep)]
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
@@ -361,6 +399,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                    "peak_rss_mb": peak_rss_mb(), "trainable_share": counts["trainable_share"]}
         tracker.log(summary)
         tracker.summary(summary)
+    if trained.guard_step == 0:
+        why = (f"every held-out evaluation found DPO's perplexity on the held-out chosen text above "
+               f"dpo_model.max_heldout_perplexity_ratio {dc.max_heldout_perplexity_ratio} x the SFT model's "
+               "(" + ", ".join(f"step {e['step']}: {e['eval_chosen_perplexity_ratio']}" for e in trained.log
+                               if e.get("eval_chosen_perplexity_ratio", 0) > dc.max_heldout_perplexity_ratio) + ")")
+        for folder in ("trainer", "loop"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+        write_json(output_dir / "training_log.json", trained.log)  # the evaluations that said no
+        return _skipped(cfg, output_dir, why, tok_train, tok_held, derivation, dropped, clock, budget_seconds, budget_why, started, separable)
     seconds = time.perf_counter() - started
     log, eval_metrics, train_seconds = trained.log, trained.eval_metrics, trained.train_seconds
     if trained.resume_note:
@@ -393,6 +440,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "precision": settings.value("precision"), "engine": engine,
         "budget_seconds": budget_seconds, "budget_spent_seconds": budget_spent, "pairs_seconds": round(pairs_seconds, 3),
         "eval_pairs_scored": len(eval_pairs), **pair_origin(derivation, dropped), "separability": separable,
+        "guard": ({"kept_step": trained.guard_step, "stopped_training": trained.guard_stopped, "backtracks": trained.guard_backtracks,
+                   "max_heldout_perplexity_ratio": dc.max_heldout_perplexity_ratio,
+                   "heldout_perplexity_ratio": finetune.last_logged(log, "eval_chosen_perplexity_ratio")}
+                  if trained.guard_step is not None else None),
     }
     # Whether this run read the reference log-probs from the cache is a fact of the run (shown in the Dagster
     # metadata), not of the model: the file, hashed with the output, says the same either way.

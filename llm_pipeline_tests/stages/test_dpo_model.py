@@ -253,3 +253,17 @@ def test_a_budgeted_run_accounts_for_all_its_parts(pipeline, tmp_path):
     # The clock started before the sampling: what it counted holds the pairs, the reference pass and the steps.
     assert s["budget_spent_seconds"] >= s["pairs_seconds"] and 1 <= s["eval_pairs_scored"] <= s["eval_pairs"]
     assert "sampling the rejections, the reference pass" in res.metadata["settings"]["budget"]["reason"]
+
+
+def test_the_held_out_guard_keeps_only_weights_within_its_ratio(pipeline):
+    cfg, results = pipeline
+    stats = results["dpo_model"].stats
+    limit = cfg.dpo_model.max_heldout_perplexity_ratio
+    if stats.get("skipped"):
+        assert "max_heldout_perplexity_ratio" in stats["skipped"]
+    else:
+        g = stats["guard"]
+        assert g["max_heldout_perplexity_ratio"] == limit and g["heldout_perplexity_ratio"] <= limit
+        log = json.loads((results["dpo_model"].output_dir / "training_log.json").read_text())
+        # An evaluation each step here (eight planned, two steps): the guard's figure beside each.
+        assert [e["step"] for e in log if "eval_chosen_perplexity_ratio" in e][:2] == [1, 2]
