@@ -21,7 +21,7 @@ from typing import Any
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import write_json
 from llm_pipeline.security import load_pretrained
-from llm_pipeline.training import budget, defaults, finetune, sft_packing
+from llm_pipeline.training import budget, defaults, embeddings, finetune, sft_packing
 from llm_pipeline.training.device import DevicePlan, peak_rss_mb, seed_everything, torch_threads
 from llm_pipeline.training.tracking import report_to, tracked_run
 
@@ -138,11 +138,23 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     extra = {"quantization_config": quant} if quant is not None else {"dtype": torch.float32}
     model = load_pretrained(AutoModelForCausalLM, base_dir, trust_remote_code=cfg.base_checkpoint.trust_remote_code, **extra)
     model.config.use_cache = False
+    new_rows = embeddings.added_rows(base_dir)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        new_rows += list(range(model.get_input_embeddings().num_embeddings, len(tokenizer)))
         model.resize_token_embeddings(len(tokenizer))
     if quant is not None:
         model = prepare_model_for_kbit_training(model)
     pcfg = finetune.peft_config(lc, method)
+    rows_note = None
+    if new_rows and pcfg is not None:
+        # The rows the original model lacked (domain terms, chat turn markers) train beside the adapter, in the
+        # embedding and the output layer, and are saved with it; with IA3 or prefix tuning they stay as they are.
+        if getattr(pcfg, "peft_type", None) is not None and pcfg.peft_type.value == "LORA":
+            pcfg.trainable_token_indices = embeddings.trainable_rows(model, sorted(set(new_rows)))
+            rows_note = (f"{len(set(new_rows))} rows the original model lacked train with the adapter "
+                         f"({'embedding and untied output layer' if isinstance(pcfg.trainable_token_indices, dict) else 'tied embedding'})")
+        else:
+            rows_note = f"{len(set(new_rows))} rows the original model lacked stay as they are: {method} trains no embedding rows"
     if pcfg is not None:
         model = get_peft_model(model, pcfg)
     counts = finetune.parameter_counts(model)
@@ -163,6 +175,8 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         op_macs=defaults.projection_macs(model.config, lc.batch_size * lc.max_length),  # packed rows are full length
     )
     settings.set("packing", packing, packing_reason if packing else packing_reason)
+    if rows_note is not None:
+        settings.set("new_token_rows", len(set(new_rows)), rows_note)
     settings.set("position_packing", position_packing, packing_reason)
     if settings.value("gradient_checkpointing") and pcfg is not None:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the embeddings are frozen
