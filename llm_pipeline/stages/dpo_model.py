@@ -376,24 +376,29 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if clock is not None and clock.left() <= 0:
         why = f"the budget of {budget_seconds:g} s was spent before the first step (pairs {pairs_seconds:.1f} s, reference pass {ref_seconds:.1f} s)"
         return _skipped(cfg, output_dir, why, tok_train, tok_held, derivation, dropped, clock, budget_seconds, budget_why, started, separable)
+    # Held-out evaluations (three: at a third, two thirds and the end; eight under the guard, plus its scoring of the
+    # SFT model) within their share of the budget, half for the pairs and half for the guard's documents: the pairs
+    # an evaluation can afford at the reference pass's measured seconds per pair (an evaluation is the same forward),
+    # the documents at its seconds per token.
+    guarded = dc.max_heldout_perplexity_ratio is not None and engine == "loop"
+    measured = bool(ref_c) and not cached
+    eval_pairs, per_pair = tok_held, (ref_seconds / len(ref_c) if measured else 0.0)
+    guard_tokens = None
+    if clock is not None:
+        allowance = budget.eval_allowance(clock.budget, guard_evaluations(dc.max_steps) + 1 if guarded else 3)
+        if tok_held:
+            keep = budget.affordable(len(tok_held), per_pair, allowance / (2 if guarded else 1))
+            eval_pairs = [tok_held[i] for i in budget.spread(len(tok_held), keep)]
+        if measured:
+            per_token = ref_seconds / max(1, sum(t["length"] for t in tok_train + tok_held))
+            guard_tokens = max(1, int(allowance / 2 / per_token))
     guard = None
-    if dc.max_heldout_perplexity_ratio is not None and engine == "loop":  # scores the SFT model's held-out documents once
+    if guarded:  # scores the SFT model's held-out documents once
         from llm_pipeline.training.dpo_guard import HeldOutGuard
 
         with torch_threads(settings.value("cpu_threads")):
-            guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio)
-    # Held-out evaluations (three: at a third, two thirds and the end; eight under the guard) within their share of
-    # the budget, half for the pairs and half for the guard's documents: each scores the pairs it can afford at the
-    # reference pass's measured seconds per pair (an evaluation is the same forward), the guard the documents it can
-    # afford at what scoring them for the SFT model took.
-    eval_pairs, per_pair = tok_held, (ref_seconds / len(ref_c) if ref_c and not cached else 0.0)
-    if clock is not None:
-        allowance = budget.eval_allowance(clock.budget, guard_evaluations(dc.max_steps) + 1 if guard is not None else 3)
-        if tok_held:
-            keep = budget.affordable(len(tok_held), per_pair, allowance / (2 if guard is not None else 1))
-            eval_pairs = [tok_held[i] for i in budget.spread(len(tok_held), keep)]
-        if guard is not None:
-            guard.fit_budget(allowance / 2)
+            guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio,
+                                       max_tokens=guard_tokens)
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl

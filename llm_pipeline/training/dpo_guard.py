@@ -1,7 +1,6 @@
 """What DPO does to the domain's own text, measured while it trains: the guard of dpo_model's loop.
 
-    guard = HeldOutGuard.build(model, tokenizer, shards, domains, max_ratio=1.03)   # scores the SFT model once
-    guard.fit_budget(allowance_seconds)        # under a time budget: fewer documents, the same for every evaluation
+    guard = HeldOutGuard.build(model, tokenizer, shards, domains, max_ratio=1.03, max_tokens=None)  # scores SFT once
     ok = guard(metrics)                        # at each held-out evaluation of the loop
 
 The promotion gate compares DPO's held-out perplexity with SFT's on every domain's held-out documents
@@ -39,8 +38,11 @@ class HeldOutGuard:
         self.figures: list[dict] = []  # one per evaluation: the worst domain and its ratio
 
     @classmethod
-    def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float) -> "HeldOutGuard | None":
-        """A guard on the first held-out documents of each domain; None when the eval split holds none."""
+    def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float,
+              max_tokens: int | None = None) -> "HeldOutGuard | None":
+        """A guard on the first held-out documents of each domain; None when the eval split holds none. Under a time
+        budget, `max_tokens` (what an evaluation can afford) keeps an even spread of them that fits, at least one."""
+        from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
         texts = []
@@ -49,11 +51,17 @@ class HeldOutGuard:
                 if i >= DOCUMENTS:
                     break
                 texts.append((domain, rec["text"][:DOCUMENT_CHARS]))
+        if texts and max_tokens is not None:
+            lengths = [len(ids) for ids in tokenize(tokenizer, [t for _, t in texts])]
+            n = len(texts)
+            while n > 1 and sum(lengths[i] for i in budget.spread(len(texts), n)) > max_tokens:
+                n -= 1
+            texts = [texts[i] for i in budget.spread(len(texts), n)]
         return cls(model, tokenizer, texts, max_ratio) if texts else None
 
     def fit_budget(self, allowance: float) -> int:
-        """Score only the documents an evaluation can afford in `allowance` seconds (spread over the domains, the
-        same ones at every evaluation; the reference scores are kept per document, so nothing is scored again)."""
+        """Score only the documents an evaluation can afford in `allowance` seconds, at what scoring them for the SFT
+        model took (an even spread, the same at every evaluation; the SFT model's scores are kept per document)."""
         per_doc = self.seconds / max(1, len(self.texts))
         n = budget.affordable(len(self.texts), per_doc, allowance)
         self.keep = budget.spread(len(self.texts), n)

@@ -230,9 +230,20 @@ def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline
     assert next(model.parameters()).dtype.is_floating_point
 
 
-def test_a_time_budget_stops_the_loop(pipeline, tmp_path):
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """The budget's clock advanced a fixed 20 ms per reading: sampling, the reference pass and the steps then spend
+    the same share of a budget on a quiet machine and a loaded one."""
+    from llm_pipeline.training import budget
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(budget, "now", lambda: 0.02 * next(ticks))
+
+
+def test_a_time_budget_stops_the_loop(pipeline, tmp_path, steady_clock):
     res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
     assert 0 < res.stats["steps"] < 100_000
+    assert res.stats["budget_spent_seconds"] <= 1.0 + 0.1  # a step's slack: a few clock readings
     budget = res.metadata["settings"]["budget"]
     assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]
 
@@ -289,3 +300,6 @@ def test_the_guard_scores_held_out_documents_against_the_sft_model(pipeline):
                 p.add_(torch.randn_like(p))
     assert not guard() and guard.figures[-1]["ratio"] > 1.03
     assert guard.fit_budget(0.0) == 1 and guard.summary()["documents"] == 1  # no time: one document, still a figure
+    # Under a budget only the documents an evaluation can afford are scored at all, the SFT model's pass included.
+    few = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, max_tokens=1)
+    assert len(few.texts) == 1 and len(few.reference) == 1
