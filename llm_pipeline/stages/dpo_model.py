@@ -394,11 +394,13 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
             guard_tokens = max(1, int(allowance / 2 / per_token))
     guard = None
     if guarded:  # scores the SFT model's held-out documents once
+        from llm_pipeline.training.corpus import iter_general
         from llm_pipeline.training.dpo_guard import HeldOutGuard
 
         with torch_threads(settings.value("cpu_threads")):
+            general = iter_general(cfg, "eval") if cfg.base_checkpoint.general_data and cfg.base_checkpoint.domain_ratio < 1 else ()
             guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio,
-                                       max_tokens=guard_tokens)
+                                       max_tokens=guard_tokens, general=general)
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl

@@ -8,14 +8,17 @@ The promotion gate compares DPO's held-out perplexity with SFT's on every domain
 another document's continuation as the rejected side, the chosen continuations grew more likely under DPO (ratio
 0.955) while the documents grew less (1.067 on the worst domain). So the guard scores held-out documents themselves,
 the way the report does (`evaluation/perplexity.score_texts`), on the first `DOCUMENTS` of each domain's eval split
-(each cut to `DOCUMENT_CHARS`), and compares each domain's perplexity with the SFT model's on the same documents.
+(each cut to `DOCUMENT_CHARS`) and of the held-out general text when continued pretraining mixed some in (a domain
+DPO never trains on), and compares each one's perplexity with the SFT model's on the same documents.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from llm_pipeline.training import budget
@@ -39,9 +42,10 @@ class HeldOutGuard:
 
     @classmethod
     def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float,
-              max_tokens: int | None = None) -> "HeldOutGuard | None":
-        """A guard on the first held-out documents of each domain; None when the eval split holds none. Under a time
-        budget, `max_tokens` (what an evaluation can afford) keeps an even spread of them that fits, at least one."""
+              max_tokens: int | None = None, general: Iterable[str] = ()) -> "HeldOutGuard | None":
+        """A guard on the first held-out documents of each domain, and of `general` (held-out general text, a domain
+        DPO never trains on, as `general`); None when there are none. Under a time budget, `max_tokens` (what an
+        evaluation can afford) keeps an even spread of them that fits, at least one."""
         from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
@@ -51,6 +55,7 @@ class HeldOutGuard:
                 if i >= DOCUMENTS:
                     break
                 texts.append((domain, rec["text"][:DOCUMENT_CHARS]))
+        texts += [("general", t[:DOCUMENT_CHARS]) for t in itertools.islice(general, DOCUMENTS)]
         if texts and max_tokens is not None:
             lengths = [len(ids) for ids in tokenize(tokenizer, [t for _, t in texts])]
             n = len(texts)

@@ -303,3 +303,8 @@ def test_the_guard_scores_held_out_documents_against_the_sft_model(pipeline):
     # Under a budget only the documents an evaluation can afford are scored at all, the SFT model's pass included.
     few = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, max_tokens=1)
     assert len(few.texts) == 1 and len(few.reference) == 1
+    # Held-out general text (continued pretraining's general_data) is a domain of its own: one DPO never trains on.
+    from llm_pipeline_tests.training.pretrained_fixture import general_texts
+
+    mixed = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, general=iter(general_texts(30)))
+    assert sum(d == "general" for d, _ in mixed.texts) == 12 and "general" in mixed.ratios()
