@@ -262,12 +262,16 @@ MAX_EVAL_SHARE = 0.1
 
 
 def _recorded_seconds(folder: Path | None) -> float:
-    """Seconds an upstream stage spent of its budget (stats.json: `budget_spent_seconds`, what its own clock counted,
-    evaluations included), else its training seconds (`train_seconds`, else `seconds`); 0 when absent."""
+    """Seconds an upstream stage spent of its budget (its stats: `budget_spent_seconds`, what its own clock counted,
+    evaluations included), else its training seconds (`train_seconds`, else `seconds`); 0 when absent. The runner
+    moves wall-clock figures out of stats.json into `.timings.json` (they must not change the output's hash):
+    `io.read_timed` puts them back, or every upstream stage would read as having spent nothing."""
+    from llm_pipeline.io import read_timed
+
     if folder is None:
         return 0.0
     try:
-        stats = json.loads((Path(folder) / "stats.json").read_text())
+        stats = read_timed(Path(folder))
     except (OSError, ValueError):
         return 0.0
     if not isinstance(stats, dict):

@@ -189,3 +189,18 @@ def test_time_before_the_first_step_is_spent_but_no_step_time(monkeypatch):
     clock.begin_steps()
     clock.step_done()
     assert clock.step_times and max(clock.step_times) < 5 and clock.spent() > 30
+
+
+def test_seconds_the_runner_moved_out_of_stats_still_count(tmp_path):
+    """The runner keeps wall-clock figures out of the hashed stats.json (in .timings.json): a stage that read only
+    stats.json saw its upstream stages spend nothing, and SFT and DPO each got the whole run's budget."""
+    from llm_pipeline.io import move_measured
+
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    up = {"base_checkpoint": _stats(tmp_path / "b", steps=3, seconds=250.0),
+          "lora_adapter": _stats(tmp_path / "l", steps=9, train_seconds=300.0, budget_spent_seconds=350.0)}
+    for folder in up.values():
+        move_measured(folder)
+        assert "seconds" not in (folder / "stats.json").read_text()
+    seconds, why = budget.stage_budget(cfg, "dpo_model", up)
+    assert seconds == 400.0 and "base_checkpoint 250 s, lora_adapter 350 s" in why
