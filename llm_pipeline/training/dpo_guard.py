@@ -27,6 +27,18 @@ DOCUMENTS = 12  # per domain: the sample's held-out split holds ~15 a domain; en
 DOCUMENT_CHARS = 2_000  # a few hundred tokens of each: the opening of a document is what a reader meets
 
 
+def first_of_each(texts: list[tuple[str, str]], n: int) -> list[int]:
+    """Indices of the first `n` texts of each domain: a guard short of time still looks at every domain (the gate
+    judges each one), with fewer documents of each."""
+    seen: dict[str, int] = defaultdict(int)
+    keep = []
+    for i, (domain, _) in enumerate(texts):
+        if seen[domain] < n:
+            seen[domain] += 1
+            keep.append(i)
+    return keep
+
+
 class HeldOutGuard:
     def __init__(self, model, tokenizer, texts: list[tuple[str, str]], max_ratio: float):
         from llm_pipeline.evaluation.models import LoadedModel
@@ -45,7 +57,7 @@ class HeldOutGuard:
               max_tokens: int | None = None, general: Iterable[str] = ()) -> "HeldOutGuard | None":
         """A guard on the first held-out documents of each domain, and of `general` (held-out general text, a domain
         DPO never trains on, as `general`); None when there are none. Under a time budget, `max_tokens` (what an
-        evaluation can afford) keeps an even spread of them that fits, at least one."""
+        evaluation can afford) keeps the first of each domain that fit, at least one of each."""
         from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
@@ -58,19 +70,21 @@ class HeldOutGuard:
         texts += [("general", t[:DOCUMENT_CHARS]) for t in itertools.islice(general, DOCUMENTS)]
         if texts and max_tokens is not None:
             lengths = [len(ids) for ids in tokenize(tokenizer, [t for _, t in texts])]
-            n = len(texts)
-            while n > 1 and sum(lengths[i] for i in budget.spread(len(texts), n)) > max_tokens:
+            n = DOCUMENTS
+            while n > 1 and sum(lengths[i] for i in first_of_each(texts, n)) > max_tokens:
                 n -= 1
-            texts = [texts[i] for i in budget.spread(len(texts), n)]
+            texts = [texts[i] for i in first_of_each(texts, n)]
         return cls(model, tokenizer, texts, max_ratio) if texts else None
 
     def fit_budget(self, allowance: float) -> int:
         """Score only the documents an evaluation can afford in `allowance` seconds, at what scoring them for the SFT
-        model took (an even spread, the same at every evaluation; the SFT model's scores are kept per document)."""
+        model took (the first of each domain, at least one, the same at every evaluation; the SFT model's scores are
+        kept per document)."""
         per_doc = self.seconds / max(1, len(self.texts))
-        n = budget.affordable(len(self.texts), per_doc, allowance)
-        self.keep = budget.spread(len(self.texts), n)
-        return n
+        groups = len({d for d, _ in self.texts})
+        n = max(1, budget.affordable(len(self.texts), per_doc, allowance) // groups)
+        self.keep = first_of_each(self.texts, n)
+        return len(self.keep)
 
     def _scores(self):
         import torch
