@@ -412,11 +412,22 @@ class DpoModelConfig(Section):
     gradient_checkpointing: bool | None = None
     cpu_threads: int | None = Field(default=None, ge=1)
     pairs_per_domain: int = Field(default=30, ge=1)
-    # The rejected side of synthetic pairs: the SFT model's own greedy continuation (the default: what the model
+    # The rejected side of synthetic pairs: the SFT model's own sampled continuation (the default: what the model
     # already says, so the pairs teach the domain's own text over it; costs a generation pass), or another document's
     # continuation (cheap, but trivially separable: a real run reached train loss 0.03 and moved the model away from
     # the domain text).
     rejected: Literal["other_document", "model_sample"] = "model_sample"
+    # Fewer training pairs than this (after the ones whose sample was blank, too short or the chosen text itself were
+    # dropped, or the budget ended the sampling) and DPO is skipped, with the reason in its stats: the SFT adapter
+    # then stands as the tuned model. A handful of pairs would only fit noise.
+    min_pairs: int = Field(default=8, ge=1)
+    # A guard on what DPO does to the domain's text (training/dpo_guard.py): at each held-out evaluation (eight in a
+    # run) every domain's perplexity on its first held-out documents under the policy, over the SFT model's (the
+    # promotion gate's measure, max_dpo_vs_sft_perplexity_ratio 1.05, on a subsample: hence a margin below it). An
+    # evaluation above this ratio sends training back to the weights of the latest one within it at half the learning
+    # rate (twice; the third ends training); the weights kept are always ones within it (none: DPO is skipped, with
+    # the reason). None = off. Our loop (engine loop) applies it.
+    max_heldout_perplexity_ratio: float | None = Field(default=1.03, gt=1)
     # Weight of a language-modelling term on the chosen answers (mean NLL per chosen token) added to the DPO loss, as
     # in RPO (Pang et al. 2024; TRL's rpo_alpha, 1.0 recommended there): DPO alone can lower the likelihood of the
     # chosen text too, as long as the rejected falls faster, which undoes what SFT taught. 0 = plain DPO.

@@ -32,7 +32,7 @@ from llm_pipeline.training import checkpoints
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device, projection_macs
 from llm_pipeline.training import budget, vocab_extension
-from llm_pipeline.training.embeddings import extension_pieces, keep_rows, resize_with_mean_init
+from llm_pipeline.training.embeddings import extension_pieces, keep_rows, resize_with_mean_init, trainable_rows, write_added_rows
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
@@ -116,12 +116,13 @@ def choose_method(cfg: PipelineConfig, plan, n_params: int) -> tuple[str, str]:
 
 
 def with_lora(model, cfg: PipelineConfig, new_rows: list[int]):
-    """The model with LoRA adapters on every linear layer and the new vocabulary rows trainable (the embedding and,
-    when tied, the output rows: extended terms must learn, not stay at their initial mean)."""
+    """The model with LoRA adapters on every linear layer and the new vocabulary rows trainable (the embedding's and
+    the output layer's, tied or not: extended terms must learn to be read and written, not stay at their initial
+    mean). The rest of both matrices stays frozen."""
     from peft import LoraConfig, get_peft_model
 
     r = cfg.base_checkpoint.lora_r
-    extra = {"trainable_token_indices": new_rows} if new_rows else {}
+    extra = {"trainable_token_indices": trainable_rows(model, new_rows)} if new_rows else {}
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM", **extra))
 
 
@@ -196,6 +197,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     save_trained_model(result, model, output_dir)  # every rank: a gather under DeepSpeed, then a barrier
     if result.is_main:
         tokenizer.save_pretrained(output_dir)
+        # The matrix holds a row per token of the tokenizer saved here once it grew (read from the tokenizer: under
+        # ZeRO-3 the weight itself is a partition).
+        if resize["new_vocab_size"] > resize["old_vocab_size"] and len(tokenizer) > resize["old_vocab_size"]:
+            write_added_rows(output_dir, resize["old_vocab_size"], len(tokenizer))  # for SFT, which trains these rows too
         write_json(output_dir / "training_log.json", result.log)
         # The output is complete (the runner only renames it now): the resume checkpoints have served their purpose.
         checkpoints.clear_checkpoints(checkpoint_dir(cfg))

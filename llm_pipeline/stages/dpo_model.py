@@ -16,6 +16,7 @@ corpus. The output adapter holds SFT+DPO and loads with
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -35,7 +36,9 @@ from llm_pipeline.training.tracking import report_to, tracked_run
 ASSET = "dpo_model"
 
 
-def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer) -> tuple[list[dict], list[dict], dict]:
+def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop=None) -> tuple[list[dict], list[dict], dict]:
+    """Training and held-out pairs, and how they were made. With `rejected: model_sample`, `should_stop()` (a budget
+    spent) ends the sampling early: the pairs not sampled by then are dropped (counted in `skipped`)."""
     dc = cfg.dpo_model
     skipped: Counter = Counter()
     if dc.data:
@@ -51,11 +54,29 @@ def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer) -> tuple[li
     train, held = fit_all(train, tokenizer, dc.max_length, skipped, **keys), fit_all(held, tokenizer, dc.max_length, skipped, **keys)
     if not train:
         raise preference_data.PreferenceDataError(f"no preference pairs could be built from the train split (skipped: {dict(skipped)})")
+    candidates = len(train) + len(held)
     if dc.rejected == "model_sample":
-        preference_data.model_rejections(train + held, model, tokenizer, max_new_tokens=dc.max_length // 3)
+        # Held-out pairs first: a budget that runs out mid-way still leaves pairs to measure on.
+        new_tokens = dc.max_length // 3
+        held = preference_data.model_rejections(held, model, tokenizer, new_tokens, cfg.seed, skipped, should_stop)
+        train = preference_data.model_rejections(train, model, tokenizer, new_tokens, cfg.seed + 1, skipped, should_stop)
         train, held = fit_all(train, tokenizer, dc.max_length, skipped, **keys), fit_all(held, tokenizer, dc.max_length, skipped, **keys)
     sources = Counter(p["rejected_source"] for p in train + held)
-    return train, held, {"derivation": "synthetic", "rejected": dc.rejected, "rejected_sources": dict(sources), "skipped": dict(skipped)}
+    return train, held, {"derivation": "synthetic", "rejected": dc.rejected, "rejected_sources": dict(sources),
+                         "candidate_pairs": candidates, "skipped": dict(skipped)}
+
+
+def separability(pairs: list[dict]) -> dict:
+    """How far the reference (the model before DPO) already tells chosen from rejected, from the reference log-probs
+    of each pair: the share of pairs whose chosen answer it finds more likely per token, and the mean per-token
+    margin. Pairs it already separates (share near 1, a large margin) teach DPO little. On the default run the SFT
+    model's own samples scored 0.12 (margin -0.82 nats a token: it prefers what it says), another document's
+    continuation 0.39 (-0.01)."""
+    if not pairs:
+        return {"pairs": 0}
+    margins = [p["ref_chosen_logps"] / max(1, len(p["chosen_ids"])) - p["ref_rejected_logps"] / max(1, len(p["rejected_ids"])) for p in pairs]
+    return {"pairs": len(pairs), "reference_prefers_chosen": round(sum(m > 0 for m in margins) / len(margins), 4),
+            "mean_per_token_margin": round(sum(margins) / len(margins), 4)}
 
 
 def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, lora_dir: Path, method: str) -> dict:
@@ -148,16 +169,37 @@ class Trained:
     resume_note: str = ""
     deepspeed: bool = False
     trainer: object = None
+    guard_step: int | None = None  # the step whose weights the held-out guard kept (None: no guard ran)
+    guard_stopped: bool = False
+    guard_backtracks: int = 0
 
 
-def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds=None) -> Trained:
+def guard_evaluations(max_steps: int) -> int:
+    """Held-out evaluations of a guarded run (an evaluation every eighth of it, the last at the end): the guard can
+    only keep weights it has seen evaluated, so it looks more often than the three of an unguarded run."""
+    return min(max_steps, GUARD_EVALUATIONS)
+
+
+def chosen_perplexity_ratio(metrics: dict, pairs: list[dict]) -> float | None:
+    """Held-out perplexity of the chosen (true) continuations under the policy over the reference's, from an
+    evaluation's mean chosen log-prob and the pairs' reference log-probs and lengths."""
+    if "eval_logps/chosen" not in metrics or not pairs:
+        return None
+    ref = sum(p["ref_chosen_logps"] for p in pairs) / len(pairs)
+    tokens = sum(len(p["chosen_ids"]) for p in pairs) / len(pairs)
+    return math.exp((ref - metrics["eval_logps/chosen"]) / max(1.0, tokens))
+
+
+def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, clock=None, reserve=0.0,
+                guard=None) -> Trained:
     from llm_pipeline.training import dpo_loop
 
     dc = cfg.dpo_model
     early = dc.early_stopping_patience is not None and bool(tok_held)
     # The schedule the Trainer would get (evaluations, checkpoints, logging, warmup), so both engines train alike.
+    eval_every = max(1, -(-dc.max_steps // guard_evaluations(dc.max_steps))) if guard is not None else None
     args = finetune.trainer_args(settings, work / "loop", max_steps=dc.max_steps, batch_size=dc.batch_size, seed=cfg.seed, report_to="none",
-                                 run_name=f"{cfg.name}-{ASSET}", eval_every=None, checkpoint_every=None, early_stopping=early)
+                                 run_name=f"{cfg.name}-{ASSET}", eval_every=eval_every, checkpoint_every=None, early_stopping=early)
     loop = dpo_loop.LoopSettings(
         steps=args["max_steps"], batch_size=dc.batch_size, learning_rate=args["learning_rate"], warmup_steps=args["warmup_steps"],
         beta=dc.beta, loss_type=dc.loss_type, seed=cfg.seed, eval_every=args["eval_steps"], checkpoint_every=args["save_steps"],
@@ -166,22 +208,28 @@ def _train_loop(cfg, model, tokenizer, settings, plan, tok_train, tok_held, coll
     )
     t0 = time.perf_counter()
     on_step = None
-    if budget_seconds is not None:  # the schedule stays over max_steps; the budget stops the loop before a step past it
-        clock = budget.Clock(budget_seconds)
-        clock.start()
+    if clock is not None:  # the schedule stays over max_steps; the budget stops the loop before a step past it
+        clock.begin_steps()
 
         def on_step(step: int) -> bool:
-            clock.step_done()
+            clock.step_done(reserve)  # room for the final evaluation
             return clock.must_stop
 
     result = dpo_loop.train(model, tok_train, tok_held, collator, loop, plan, work / "loop",
-                            json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step)
+                            json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step, guard=guard)
+    for entry in result.log:  # beside each evaluation: how the held-out chosen continuations moved
+        ratio = chosen_perplexity_ratio(entry, tok_held)
+        if ratio is not None:
+            entry["eval_chosen_perplexity_ratio"] = round(ratio, 5)
     return Trained(model=model, log=result.log, global_step=result.global_step, start_step=result.start_step,
                    tokens=result.tokens_trained, eval_metrics=result.eval_metrics, train_seconds=time.perf_counter() - t0,
-                   step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "")
+                   step_durations=result.step_durations, resume_note=result.resume_note if result.start_step else "",
+                   guard_step=result.guard_step if guard is not None else None, guard_stopped=result.guard_stopped,
+                   guard_backtracks=result.guard_backtracks)
 
 
-def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds=None) -> Trained:
+def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, clock=None, reserve=0.0,
+               guard=None) -> Trained:
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import DPOConfig
 
@@ -198,8 +246,9 @@ def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, colla
         args.eval_strategy = "no"
     timer = finetune.step_timer_callback()
     callbacks = [timer] + ([EarlyStoppingCallback(dc.early_stopping_patience)] if early else [])
-    if budget_seconds is not None:  # stops before a step past the budget; the schedule stays over max_steps
-        callbacks.append(budget.budget_callback(budget.Clock(budget_seconds), evaluate=False))
+    if clock is not None:  # stops before a step past the budget; the schedule stays over max_steps
+        clock.begin_steps()
+        callbacks.append(budget.budget_callback(clock, evaluate=False))
     trainer = dpo_train.make_trainer(model, tokenizer, args, tok_train, tok_held, collator, callbacks)
     trainer.sft_weight = dc.sft_weight  # the chosen answers' NLL term, as the loop adds it (DPOConfig has no field for it)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the log is saved to a file instead
@@ -212,6 +261,40 @@ def _train_trl(cfg, model, tokenizer, settings, plan, tok_train, tok_held, colla
                    eval_metrics=eval_metrics, train_seconds=train_seconds, step_durations=timer.durations,
                    resume_note=f"resumed from {Path(resume).name}" if resume else "",
                    deepspeed=bool(getattr(trainer, "is_deepspeed_enabled", False)), trainer=trainer)
+
+
+# Sampling the rejections may take at most this share of the stage's budget: the pairs not sampled by then are
+# dropped, and the rest of the budget is left for the reference pass, the steps and the evaluations.
+SAMPLING_SHARE = 0.5
+GUARD_EVALUATIONS = 8
+SEPARABILITY_NOTE = ("held-out pairs: the share whose chosen answer the reference (the model before DPO) finds more likely per "
+                     "token, and the mean per-token log-prob margin; near 1 and large means the pairs are trivially separable")
+
+
+def pair_origin(derivation: dict, dropped: Counter) -> dict:
+    """Where the training and held-out pairs' rejected sides came from, and what was dropped on the way, by reason."""
+    sources = derivation.get("rejected_sources") or {}
+    return {"pairs_from_samples": sources.get("model_sample", 0),
+            "pairs_from_fallback": sum(v for k, v in sources.items() if k != "model_sample" and not k.startswith("file:")),
+            "pairs_dropped": {**(derivation.get("skipped") or {}), **{f"tokenize:{k}": v for k, v in dropped.items()}}}
+
+
+def _skipped(cfg: PipelineConfig, output_dir: Path, why: str, tok_train: list[dict], tok_held: list[dict], derivation: dict,
+             dropped: Counter, clock, budget_seconds, budget_why: str, started: float, separable: dict | None = None) -> StageOutput:
+    """DPO not trained, and why: the output holds the pairs and the reason but no adapter, so the eval report leaves
+    DPO out and promotion considers SFT (a result of the run, not a failure)."""
+    if not (output_dir / "training_log.json").exists():
+        write_json(output_dir / "training_log.json", [])
+    stats = {
+        "skipped": why, "trained": False, "pairs": len(tok_train), "eval_pairs": len(tok_held), "derivation": derivation["derivation"],
+        "steps": 0, "rejected_sources": derivation.get("rejected_sources"), "seconds": round(time.perf_counter() - started, 3),
+        "budget_seconds": budget_seconds, "budget_spent_seconds": round(clock.spent(), 3) if clock is not None else None,
+        **pair_origin(derivation, dropped), "separability": separable,
+    }
+    write_json(output_dir / "training_summary.json", {"skipped": why, "pairs": len(tok_train), "steps": 0, "seconds": stats["seconds"],
+                                                      "tokens_trained": 0, "dropped_pairs": stats["pairs_dropped"]})
+    metadata = {"skipped": why, "data": derivation, "dropped_pairs": dict(dropped), "budget": budget_why}
+    return StageOutput(stats=stats, preview=f"DPO skipped: {why}. The SFT adapter stands as the tuned model.", metadata=metadata)
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
@@ -229,14 +312,31 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if method == "full" and dc.reference == "base":
         raise finetune.FinetuneError("dpo_model.reference 'base' disables an adapter; the SFT model here is a full fine-tune (use reference: sft)")
 
-    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer)
+    if plan.device == "cuda" and next(model.parameters()).device.type == "cpu" and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
+        # Sampling and the reference pass run before the Trainer places the model: on the GPU, not the CPU it was loaded on.
+        # (Under DeepSpeed the engine places and partitions the model itself.)
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    # One clock for the stage's share of the run's budget: sampling the rejections, the reference pass, training and
+    # the held-out evaluations all count against it.
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
+    if clock is not None:
+        clock.start()
+    started = time.perf_counter()
+    sampling_stop = (lambda: clock.spent() >= SAMPLING_SHARE * clock.budget) if clock is not None else None  # noqa: E731
+    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer, should_stop=sampling_stop)
+    pairs_seconds = time.perf_counter() - started
     write_jsonl(output_dir / "pairs_train.jsonl", train)
     write_jsonl(output_dir / "pairs_eval.jsonl", held)
     dropped: Counter = Counter()
     tok_train = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in train) if t]
     tok_held = [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in held) if t]
-    if not tok_train:
+    if not tok_train and dc.data:
         raise preference_data.PreferenceDataError(f"no preference pair fits dpo_model.max_length {dc.max_length} (dropped: {dict(dropped)})")
+    if len(tok_train) < dc.min_pairs:
+        why = (f"{len(tok_train)} training pairs, fewer than dpo_model.min_pairs {dc.min_pairs} (dropped while building: "
+               f"{derivation.get('skipped') or 'none'}; while tokenizing: {dict(dropped) or 'none'})")
+        return _skipped(cfg, output_dir, why, tok_train, tok_held, derivation, dropped, clock, budget_seconds, budget_why, started)
 
     counts = finetune.parameter_counts(model)
     settings = defaults.choose(
@@ -254,18 +354,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir),
         "reference": dc.reference, "max_length": dc.max_length, "precision": plan.precision,
     }
-    started = time.perf_counter()
-    if plan.device == "cuda" and next(model.parameters()).device.type == "cpu" and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true":
-        # The reference pass runs before the Trainer places the model: on the GPU, not the CPU it was loaded on.
-        # (Under DeepSpeed the engine places and partitions the model itself.)
-        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
+    ref_started = time.perf_counter()
     autocast = plan.dtype if plan.precision != "fp32" else None
     with torch_threads(settings.value("cpu_threads")):
         ref_c, ref_r, cached = ref_cache.load_or_compute(
             work / "ref_logps", tok_train + tok_held, identity,
             lambda pairs: dpo_train.reference_logps(model, pairs, collator, dpo_train.reference_batch_size(dc.batch_size, plan.device),
                                                   dc.reference, autocast))
-    ref_seconds = time.perf_counter() - started
+    ref_seconds = time.perf_counter() - ref_started
     for t, c, r in zip(tok_train + tok_held, ref_c, ref_r):
         t["ref_chosen_logps"], t["ref_rejected_logps"] = c, r
     settings.set("reference_logps", "cached" if cached else "computed once", f"{len(ref_c)} pairs; no reference forward during training")
@@ -274,17 +370,57 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                    "data": ref_cache.dataset_version(tok_train + tok_held)}
     engine, why = choose_engine(dc.engine)
     settings.set("engine", engine, why)
-    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
-    settings.set("budget", f"{budget_seconds:g} s" if budget_seconds is not None else "none", budget_why)
+    settings.set("budget", f"{budget_seconds:g} s" if budget_seconds is not None else "none", budget_why +
+                 ("; sampling the rejections, the reference pass, training and evaluations count against it" if clock is not None else ""))
+    separable = separability(tok_held or tok_train)
+    if clock is not None and clock.left() <= 0:
+        why = f"the budget of {budget_seconds:g} s was spent before the first step (pairs {pairs_seconds:.1f} s, reference pass {ref_seconds:.1f} s)"
+        return _skipped(cfg, output_dir, why, tok_train, tok_held, derivation, dropped, clock, budget_seconds, budget_why, started, separable)
+    # Held-out evaluations (three: at a third, two thirds and the end; eight under the guard, plus its scoring of the
+    # SFT model) within their share of the budget, half for the pairs and half for the guard's documents: the pairs
+    # an evaluation can afford at the reference pass's measured seconds per pair (an evaluation is the same forward),
+    # the documents at its seconds per token.
+    guarded = dc.max_heldout_perplexity_ratio is not None and engine == "loop"
+    measured = bool(ref_c) and not cached
+    eval_pairs, per_pair = tok_held, (ref_seconds / len(ref_c) if measured else 0.0)
+    guard_tokens = None
+    if clock is not None:
+        allowance = budget.eval_allowance(clock.budget, guard_evaluations(dc.max_steps) + 1 if guarded else 3)
+        if tok_held:
+            keep = budget.affordable(len(tok_held), per_pair, allowance / (2 if guarded else 1))
+            eval_pairs = [tok_held[i] for i in budget.spread(len(tok_held), keep)]
+        if measured:
+            per_token = ref_seconds / max(1, sum(t["length"] for t in tok_train + tok_held))
+            guard_tokens = max(1, int(allowance / 2 / per_token))
+    guard = None
+    if guarded:  # scores the SFT model's held-out documents once
+        from llm_pipeline.training.corpus import iter_general
+        from llm_pipeline.training.dpo_guard import HeldOutGuard
+
+        with torch_threads(settings.value("cpu_threads")):
+            general = iter_general(cfg, "eval") if cfg.base_checkpoint.general_data and cfg.base_checkpoint.domain_ratio < 1 else ()
+            guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio,
+                                       max_tokens=guard_tokens, general=general)
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl
-        trained = train_fn(cfg, model, tokenizer, settings, plan, tok_train, tok_held, collator, work, fingerprint, tracker, budget_seconds)
+        reserve = per_pair * len(eval_pairs) + (guard.seconds * len(guard.keep) / len(guard.texts) if guard is not None else 0.0)
+        trained = train_fn(cfg, model, tokenizer, settings, plan, tok_train, eval_pairs, collator, work, fingerprint, tracker, clock,
+                           reserve, guard)
+        budget_spent = round(clock.spent(), 3) if clock is not None else None
         pairs_seen = (trained.global_step - trained.start_step) * dc.batch_size
         summary = {"pairs_per_second": round(pairs_seen / trained.train_seconds, 2) if trained.train_seconds else None,
                    "peak_rss_mb": peak_rss_mb(), "trainable_share": counts["trainable_share"]}
         tracker.log(summary)
         tracker.summary(summary)
+    if trained.guard_step == 0:
+        why = (f"every held-out evaluation found DPO's perplexity on a domain's held-out documents above "
+               f"dpo_model.max_heldout_perplexity_ratio {dc.max_heldout_perplexity_ratio} x the SFT model's ("
+               + ", ".join(f"{f['worst_domain']} {f['ratio']}" for f in guard.figures) + ")")
+        for folder in ("trainer", "loop"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+        write_json(output_dir / "training_log.json", trained.log)  # the evaluations that said no
+        return _skipped(cfg, output_dir, why, tok_train, tok_held, derivation, dropped, clock, budget_seconds, budget_why, started, separable)
     seconds = time.perf_counter() - started
     log, eval_metrics, train_seconds = trained.log, trained.eval_metrics, trained.train_seconds
     if trained.resume_note:
@@ -315,6 +451,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "tokens_per_second": round(trained.tokens / train_seconds, 1) if train_seconds else None,
         "peak_rss_mb": summary["peak_rss_mb"], "trainable_params": counts["trainable_params"], "trainable_share": counts["trainable_share"],
         "precision": settings.value("precision"), "engine": engine,
+        "budget_seconds": budget_seconds, "budget_spent_seconds": budget_spent, "pairs_seconds": round(pairs_seconds, 3),
+        "eval_pairs_scored": len(eval_pairs), **pair_origin(derivation, dropped), "separability": separable,
+        "guard": ({"kept_step": trained.guard_step, "stopped_training": trained.guard_stopped, "backtracks": trained.guard_backtracks,
+                   **guard.summary()} if guard is not None and trained.guard_step is not None else None),
     }
     # Whether this run read the reference log-probs from the cache is a fact of the run (shown in the Dagster
     # metadata), not of the model: the file, hashed with the output, says the same either way.
@@ -334,6 +474,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     )
     metadata = {
         **plan.as_metadata(), "settings": settings.as_metadata(), "data": derivation, "dropped_pairs": dict(dropped),
+        "separability": {**separable, "what": SEPARABILITY_NOTE},
         "reference": ("the SFT model itself before the first update" if dc.reference == "sft" else "the same model with the SFT adapter disabled")
         + "; log-probs computed once per pair and cached (no second model in memory)",
         **tracker.metadata(),

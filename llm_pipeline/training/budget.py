@@ -85,6 +85,12 @@ class Clock:
         if self._started is None:
             self._started = self._last = now()
 
+    def begin_steps(self) -> None:
+        """Time the first step from now: what the clock counted before it (sampling, a reference pass) is spent, but
+        is no step's time, so it must not enter the step times the stop decision predicts from."""
+        self.start()
+        self._last = now()
+
     def spent(self) -> float:
         return self._before + (now() - self._started if self._started is not None else 0.0)
 
@@ -135,29 +141,73 @@ def lr_factor_fn(clock: Clock, max_steps: int | None, warmup: float):
     return factor
 
 
-def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evaluate: bool = True):
+# An evaluation batch runs the forward pass of a training step without its backward: it is budgeted at half a
+# step's time until the first evaluation has been timed (a forward is about a third of a step; half leaves room).
+EVAL_BATCH_STEP_SHARE = 0.5
+
+
+def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evaluate: bool = True,
+                    eval_rows: int = 0, set_eval_rows=None):
     """A TrainerCallback that starts the clock, evaluates and checkpoints at `eval_fractions` of the run and at its
     end (when `evaluate`), saves the clock beside every checkpoint, and stops training before a step that would not
-    finish within the budget."""
+    finish within the budget.
+
+    With `eval_rows` held-out rows and `set_eval_rows(indices)` (which makes the Trainer score those rows only),
+    every evaluation is kept within its part of MAX_EVAL_SHARE of the budget: before the first one, the rows it
+    can afford are estimated from the step time; after it, from what it took; `scored_rows` says how many were
+    scored (the same evenly spread rows at every evaluation unless a measured one ran over)."""
     from transformers import TrainerCallback
+
+    planned = len(eval_fractions) + 1  # the final evaluation too
 
     class BudgetCallback(TrainerCallback):
         def __init__(self):
             self.pending = sorted(eval_fractions)
             self.stopped_by_budget = False
-            # What an evaluation and checkpoint took (measured at the first one): the final one must fit too.
+            # What the next evaluation and its checkpoint will take (from the ones measured): the final one must fit.
             self.eval_seconds = 0.0
+            self.eval_seconds_total = 0.0
             self._eval_from: float | None = None
             self.evals = 0
             self.evals_skipped = 0
+            self.total_rows = eval_rows
+            self.scored_rows = eval_rows
+            self._batch = 1
+            self._row_seconds = 0.0  # an evaluation's seconds per scored row (the most measured)
+            self._save_seconds = 0.0  # a checkpoint's seconds (the most measured)
+            self._eval_took = 0.0
+
+        def _batches(self, rows: int) -> int:
+            return -(-rows // self._batch)
+
+        def _cap_rows(self, seconds_per_batch: float) -> None:
+            """Score only the rows an evaluation can afford at `seconds_per_batch`."""
+            if set_eval_rows is None or not self.total_rows:
+                return
+            batches = affordable(self._batches(self.total_rows), seconds_per_batch, eval_allowance(clock.budget, planned))
+            rows = min(self.total_rows, batches * self._batch)
+            if rows != self.scored_rows:
+                self.scored_rows = rows
+                set_eval_rows(spread(self.total_rows, rows))
+
+        def _reserve(self) -> float:
+            """Seconds the final evaluation and checkpoint need: as measured, else as estimated from the steps."""
+            if not evaluate:
+                return 0.0
+            if self.eval_seconds:
+                return self.eval_seconds
+            return self._batches(self.scored_rows or 1) * EVAL_BATCH_STEP_SHARE * clock.expected_step()
 
         def on_train_begin(self, args, state, control, **kwargs):
             clock.start()
+            self._batch = max(1, args.per_device_eval_batch_size)
             done = clock.progress(state.global_step, args.max_steps if args.max_steps < BUDGET_STEP_CAP else None)
             self.pending = [f for f in self.pending if f > done]  # a resumed run has passed some already
 
         def on_step_end(self, args, state, control, **kwargs):
-            clock.step_done(self.eval_seconds if evaluate else 0.0)
+            if evaluate and not self.evals and clock.step_times:
+                self._cap_rows(EVAL_BATCH_STEP_SHARE * clock.expected_step())
+            clock.step_done(self._reserve())
             cap = args.max_steps if args.max_steps < BUDGET_STEP_CAP else None
             done = clock.progress(state.global_step, cap)
             if clock.must_stop:
@@ -175,16 +225,24 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
                     self.evals_skipped += 1
             return control
 
-        def _evaluated(self) -> None:
-            if self._eval_from is not None:
-                self.eval_seconds = max(self.eval_seconds, now() - self._eval_from)
-
         def on_evaluate(self, args, state, control, **kwargs):
-            self._evaluated()
             self.evals += 1
+            if self._eval_from is None:
+                return
+            took = now() - self._eval_from
+            self._eval_took = took
+            self.eval_seconds_total += took
+            self._row_seconds = max(self._row_seconds, took / (self.scored_rows or 1))
+            # An evaluation that ran past its part (the estimate was low): the later ones score fewer rows.
+            if took > 1.25 * eval_allowance(clock.budget, planned) and self.scored_rows > self._batch:
+                self._cap_rows(took / self._batches(self.scored_rows))
+            self.eval_seconds = self._row_seconds * (self.scored_rows or 1) + self._save_seconds
 
         def on_save(self, args, state, control, **kwargs):
-            self._evaluated()
+            if self._eval_from is not None:  # the checkpoint after an evaluation: the final pair needs room for both
+                self._save_seconds = max(self._save_seconds, now() - self._eval_from - self._eval_took)
+                self.eval_seconds = self._row_seconds * (self.scored_rows or 1) + self._save_seconds
+                self._eval_from = None
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():  # rank 0 writes the checkpoint, and the clock beside it
                 clock.save(folder)
@@ -204,14 +262,23 @@ MAX_EVAL_SHARE = 0.1
 
 
 def _recorded_seconds(folder: Path | None) -> float:
-    """Training seconds an upstream stage recorded (stats.json: `train_seconds`, else `seconds`); 0 when absent."""
+    """Seconds an upstream stage spent of its budget (its stats: `budget_spent_seconds`, what its own clock counted,
+    evaluations included), else its training seconds (`train_seconds`, else `seconds`); 0 when absent. The runner
+    moves wall-clock figures out of stats.json into `.timings.json` (they must not change the output's hash):
+    `io.read_timed` puts them back, or every upstream stage would read as having spent nothing."""
+    from llm_pipeline.io import read_timed
+
     if folder is None:
         return 0.0
     try:
-        stats = json.loads((Path(folder) / "stats.json").read_text())
+        stats = read_timed(Path(folder))
     except (OSError, ValueError):
         return 0.0
-    value = stats.get("train_seconds", stats.get("seconds")) if isinstance(stats, dict) else None
+    if not isinstance(stats, dict):
+        return 0.0
+    value = stats.get("budget_spent_seconds")
+    if not isinstance(value, (int, float)):
+        value = stats.get("train_seconds", stats.get("seconds"))
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
@@ -241,3 +308,25 @@ def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tu
     return round(seconds, 1), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
                                f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares base {shares['base_checkpoint']:g}, "
                                f"SFT {shares['lora_adapter']:g}, DPO {shares['dpo_model']:g})")
+
+
+# ---------------------------------------------------------------- evaluations within their share
+def eval_allowance(budget_seconds: float, evaluations: int) -> float:
+    """Seconds one of `evaluations` held-out evaluations may take: together they stay within MAX_EVAL_SHARE."""
+    return MAX_EVAL_SHARE * budget_seconds / max(1, evaluations)
+
+
+def affordable(total: int, seconds_each: float, allowance: float) -> int:
+    """How many of `total` items (batches, pairs) an evaluation can score in `allowance` seconds at `seconds_each`:
+    at least one, so that a held-out figure always exists."""
+    if seconds_each <= 0:
+        return total
+    return max(1, min(total, int(allowance // seconds_each)))
+
+
+def spread(n: int, k: int) -> list[int]:
+    """`k` of the indices 0..n-1, evenly spaced (the first included): a subsample that keeps every part of an ordered
+    held-out set (domains, text rows and examples) and is the same at every evaluation of a run."""
+    if k >= n:
+        return list(range(n))
+    return [i * n // k for i in range(k)]

@@ -33,6 +33,9 @@ from llm_pipeline.training import checkpoints, dpo_pairs
 from llm_pipeline.training.device import DevicePlan, autocast
 from llm_pipeline.training.dpo_train import dpo_loss, rows_per_pass, with_sft_term
 
+# An evaluation the guard rejects sends training back to the weights it last accepted at half the learning rate, this
+# many times; the next rejection ends training.
+GUARD_BACKTRACKS = 2
 MEGABATCH = 50  # length grouping as the Trainer's sampler: sort by length within runs of up to 50 batches of a shuffled order
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")
 
@@ -67,6 +70,11 @@ class LoopResult:
     resume_note: str = ""
     stopped_early: bool = False
     best_step: int | None = None
+    # The held-out guard (`train(..., guard=)`): the step whose weights were kept (the latest evaluated within it;
+    # the start when none was), and whether an evaluation outside it ended training.
+    guard_step: int | None = None
+    guard_stopped: bool = False
+    guard_backtracks: int = 0
 
 
 def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -186,10 +194,13 @@ def _enable_gradient_checkpointing(model) -> None:
 
 
 def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, settings: LoopSettings, plan: DevicePlan,
-          checkpoint_dir: Path, fingerprint: str, tracker=None, on_step=None) -> LoopResult:
+          checkpoint_dir: Path, fingerprint: str, tracker=None, on_step=None, guard=None) -> LoopResult:
     """Train `model` (its trainable parameters) on tokenized pairs that carry their reference log-probs.
 
     `on_step(step)` is called after each optimizer step and may return True to stop (e.g. at a time budget).
+    `guard(metrics)` judges each held-out evaluation: one it rejects sends training back to the weights of the latest
+    evaluation it accepted (the starting weights when none) at half the learning rate, up to GUARD_BACKTRACKS times;
+    the next one ends training. The model leaves with weights the guard accepted (`result.guard_step` says whose).
     With held-out pairs, the model is evaluated every `eval_every` steps and at the end; with early stopping, training
     stops after `early_stopping_patience` evaluations without a lower held-out loss and the best weights are restored.
     """
@@ -221,6 +232,8 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
         best = dict(state["best"])
         result.start_step = int(state["step"])
 
+    guarded = guard is not None and bool(held_pairs)
+    accepted = {"step": result.start_step, "state": trainable.state_dict() if guarded else None}
     lengths = [p["length"] for p in train_pairs]
     per_epoch = -(-len(train_pairs) // settings.batch_size)
     epoch_batches: tuple[int, list[list[int]]] | None = None
@@ -279,6 +292,20 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
             result.log.append({**{k: round(v, 6) for k, v in metrics.items()}, "epoch": round(step / per_epoch, 4), "step": step})
             if tracker is not None:
                 tracker.log({k.replace("eval_", "eval/", 1): v for k, v in metrics.items()}, step=step)
+            if guarded:
+                if guard(metrics):
+                    accepted = {"step": step, "state": trainable.state_dict()}
+                elif result.guard_backtracks < GUARD_BACKTRACKS:
+                    # Back to the weights it accepted, at half the learning rate (fresh AdamW moments: the old ones
+                    # point where it just went too far); the step count goes on.
+                    result.guard_backtracks += 1
+                    trainable.load(accepted["state"])
+                    optimizer.state.clear()
+                    scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
+                    result.log.append({"guard": f"held-out evaluation outside the guard: back to the weights of step "
+                                                f"{accepted['step']} at half the learning rate", "step": step})
+                else:
+                    result.guard_stopped = stop = True
             if early:
                 if best["loss"] is None or metrics["eval_loss"] < best["loss"]:
                     best = {"loss": metrics["eval_loss"], "step": step, "state": trainable.state_dict(), "bad_evals": 0}
@@ -302,6 +329,13 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
             trainable.load(best["state"])  # the best evaluated weights, as load_best_model_at_end
             final = evaluate(model, held_pairs, collator, settings, plan)
             result.best_step = best["step"]
+        if guarded:
+            if guard(final):
+                accepted = {"step": step, "state": None}
+            else:  # back to the latest weights the guard accepted
+                trainable.load(accepted["state"])
+                final = evaluate(model, held_pairs, collator, settings, plan)
+            result.guard_step = accepted["step"]
         result.eval_metrics = final
         result.log.append({**{k: round(v, 6) for k, v in final.items()}, "epoch": round(step / per_epoch, 4), "step": step})
         if tracker is not None:

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import torch
 
-from llm_pipeline.io import read_json
+from llm_pipeline.io import read_json, write_json
 from llm_pipeline.training.vocab_extension import EXTENSION_FILE
+
+# Beside a base checkpoint whose embedding matrix grew for tokens the original model never had (domain terms, chat
+# turn markers): which rows, so that SFT trains them too (they may never have trained, e.g. with train_steps 0, and
+# turn markers only appear in SFT's chat-framed rows).
+ADDED_ROWS_FILE = "added_rows.json"
 
 
 def resize_with_mean_init(model, new_vocab_size: int, pieces: dict[int, list[int]]) -> dict[str, int]:
@@ -58,3 +63,26 @@ def keep_rows(model, keep: list[int]) -> None:
         model.get_input_embeddings().weight.copy_(rows_in)
         if rows_out is not None:
             model.get_output_embeddings().weight.copy_(rows_out)
+
+
+def trainable_rows(model, rows: list[int]) -> list[int] | dict[str, list[int]]:
+    """PEFT's `trainable_token_indices` for `rows` of `model`: the row ids alone when the output layer shares the
+    input embedding (PEFT ties the output rows to the input ones), else the same rows of both matrices by module
+    name, so that an untied LM head learns to predict the new tokens too (its new rows would otherwise stay at their
+    initial value, and the model could read the new tokens but never write them)."""
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight.data_ptr() == emb.weight.data_ptr():
+        return list(rows)
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(emb)]: list(rows), names[id(out)]: list(rows)}
+
+
+def write_added_rows(folder: Path, original_rows: int, rows_now: int) -> None:
+    write_json(Path(folder) / ADDED_ROWS_FILE, {"original_vocab_rows": original_rows, "vocab_rows": rows_now,
+                                                "rows": list(range(original_rows, rows_now))})
+
+
+def added_rows(folder: Path) -> list[int]:
+    """The embedding rows the base checkpoint added to the original model (none for a model trained from scratch)."""
+    path = Path(folder) / ADDED_ROWS_FILE
+    return [int(r) for r in read_json(path)["rows"]] if path.exists() else []

@@ -2,8 +2,9 @@
 
 A synthetic pair takes a prefix of a document as the prompt ("Continue this <domain> text: ..."), the document's
 true continuation as `chosen`, and as `rejected` either the continuation of another document of the same domain
-(`other_document`: fluent but off-topic) or the SFT model's own greedy continuation (`model_sample`: what the model
-already says, which DPO should move away from toward the real text). Which one is recorded per pair. Training
+(`other_document`: fluent but off-topic) or the SFT model's own sampled continuation (`model_sample`: what the model
+already says, which DPO should move away from toward the real text; a pair whose sample is blank, too short or the
+chosen text itself is dropped with that reason). Which one is recorded per pair. Training
 pairs come from train-split documents, held-out pairs from eval-split documents.
 """
 
@@ -80,16 +81,39 @@ def synthetic_pairs(shards: Path, domain: str, split: str, limit: int, seed: int
 
 
 SMALL_MODEL_PARAMS = 20_000_000  # as evaluation/models.py: below this, one intra-op thread decodes fastest on a CPU
+# How a rejection is drawn from the SFT model. Greedy decoding of a small SFT model degenerates (the default tiny
+# model wrote only newlines after the turn marker, so every pair fell back to another document's text); a sample
+# at temperature 0.8 within the top 95% of the probability mass, with repeated tokens damped, is what the model
+# says when it is asked, which is what DPO should move away from.
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "repetition_penalty": 1.3}
+MIN_SAMPLE_WORDS = 4  # a rejection of fewer words than this is no continuation to compare against
 
 
-def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -> int:
-    """Replace each pair's rejected side with the model's greedy continuation; returns how many were replaced.
+def sample_problem(sample: str, chosen: str) -> str | None:
+    """Why a sampled rejection is no negative (a named reason), or None when it is one."""
+    if not sample.strip():
+        return "sample_empty"
+    if " ".join(sample.split()) == " ".join(chosen.split()):
+        return "sample_equals_chosen"
+    if len(sample.split()) < MIN_SAMPLE_WORDS:
+        return "sample_too_short"
+    return None
 
-    A sample that is blank (the model stopped at once, or wrote only whitespace) or equal to `chosen` is no negative:
-    that pair keeps its other-document rejection, and `rejected_source` says which it got.
+
+def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, seed: int = 0,
+                     dropped: Counter | None = None, should_stop=None) -> list[dict]:
+    """The pairs whose rejected side is now the SFT model's own sampled continuation (`rejected_source`
+    `model_sample`), in order.
+
+    A pair whose sample fails `sample_problem` is dropped and counted in `dropped` under that reason: falling back
+    to another document's text would make the pair trivially separable. `should_stop()` is asked before each batch
+    of prompts (e.g. a time budget spent); the pairs not sampled then are dropped as `sampling_budget_spent`. The
+    samples depend on `seed` only, not on what ran before.
     """
     import torch
 
+    dropped = Counter() if dropped is None else dropped
+    was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
     threads = torch.get_num_threads()
@@ -98,35 +122,47 @@ def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -
     if next(model.parameters()).device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)
     try:
-        replaced = _sample_rejections(pairs, model, tokenizer, max_new_tokens)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            kept = _sample_rejections(pairs, model, tokenizer, max_new_tokens, dropped, should_stop)
     finally:
         torch.set_num_threads(threads)
         tokenizer.padding_side = "right"
-    return replaced
+        model.train(was_training)
+    return kept
 
 
-def _sample_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int) -> int:
+SAMPLE_BATCH = 16
+
+
+def _sample_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, dropped: Counter, should_stop) -> list[dict]:
     import torch
 
-    replaced = 0
+    kept = []
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for start in range(0, len(pairs), 16):
-            chunk = pairs[start : start + 16]
+        for start in range(0, len(pairs), SAMPLE_BATCH):
+            chunk = pairs[start : start + SAMPLE_BATCH]
+            if should_stop is not None and should_stop():
+                dropped["sampling_budget_spent"] += len(pairs) - start
+                break
             # Rendered to text, then tokenized with the template's markers as special ids: the prompt's own text is
             # defused first, so a "<|im_end|>" quoted in it cannot close the turn the sample continues.
             texts = [tokenizer.apply_chat_template(defused_messages(tokenizer, [{"role": "user", "content": p["prompt"]}]), tokenize=False,
                                                    add_generation_prompt=True) for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            # At least a quarter of the budget: a model that has not learned to answer yet stops at once, and an
-            # empty sample is no negative (the pair would fall back to another document's text, trivially separable).
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max(1, max_new_tokens // 4), do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            # At least a quarter of the budget: a model that has not learned to answer yet stops at once.
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max(1, max_new_tokens // 4),
+                                 pad_token_id=tokenizer.pad_token_id, **SAMPLING)
             for p, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :]):
                 sample = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                if sample and sample != p["chosen"].strip():
-                    p.update(rejected=sample, rejected_source="model_sample", rejected_id=None)
-                    replaced += 1
-    return replaced
+                problem = sample_problem(sample, p["chosen"])
+                if problem:
+                    dropped[problem] += 1
+                    continue
+                kept.append({**p, "rejected": sample, "rejected_source": "model_sample", "rejected_id": None})
+    return kept
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")

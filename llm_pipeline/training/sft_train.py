@@ -21,7 +21,7 @@ from typing import Any
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import write_json
 from llm_pipeline.security import load_pretrained
-from llm_pipeline.training import budget, defaults, finetune, sft_packing
+from llm_pipeline.training import budget, defaults, embeddings, finetune, sft_packing
 from llm_pipeline.training.device import DevicePlan, peak_rss_mb, seed_everything, torch_threads
 from llm_pipeline.training.tracking import report_to, tracked_run
 
@@ -138,11 +138,23 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     extra = {"quantization_config": quant} if quant is not None else {"dtype": torch.float32}
     model = load_pretrained(AutoModelForCausalLM, base_dir, trust_remote_code=cfg.base_checkpoint.trust_remote_code, **extra)
     model.config.use_cache = False
+    new_rows = embeddings.added_rows(base_dir)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        new_rows += list(range(model.get_input_embeddings().num_embeddings, len(tokenizer)))
         model.resize_token_embeddings(len(tokenizer))
     if quant is not None:
         model = prepare_model_for_kbit_training(model)
     pcfg = finetune.peft_config(lc, method)
+    rows_note = None
+    if new_rows and pcfg is not None:
+        # The rows the original model lacked (domain terms, chat turn markers) train beside the adapter, in the
+        # embedding and the output layer, and are saved with it; with IA3 or prefix tuning they stay as they are.
+        if getattr(pcfg, "peft_type", None) is not None and pcfg.peft_type.value == "LORA":
+            pcfg.trainable_token_indices = embeddings.trainable_rows(model, sorted(set(new_rows)))
+            rows_note = (f"{len(set(new_rows))} rows the original model lacked train with the adapter "
+                         f"({'embedding and untied output layer' if isinstance(pcfg.trainable_token_indices, dict) else 'tied embedding'})")
+        else:
+            rows_note = f"{len(set(new_rows))} rows the original model lacked stay as they are: {method} trains no embedding rows"
     if pcfg is not None:
         model = get_peft_model(model, pcfg)
     counts = finetune.parameter_counts(model)
@@ -163,6 +175,8 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         op_macs=defaults.projection_macs(model.config, lc.batch_size * lc.max_length),  # packed rows are full length
     )
     settings.set("packing", packing, packing_reason if packing else packing_reason)
+    if rows_note is not None:
+        settings.set("new_token_rows", len(set(new_rows)), rows_note)
     settings.set("position_packing", position_packing, packing_reason)
     if settings.value("gradient_checkpointing") and pcfg is not None:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-requiring input when the embeddings are frozen
@@ -195,14 +209,17 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         args.eval_strategy = "no"
     callbacks = [EarlyStoppingCallback(lc.early_stopping_patience)] if args.load_best_model_at_end else []
     budget_cb = None
+    full_eval = Dataset.from_list(eval_rows) if eval_rows else None
     if clock is not None:  # evaluations at shares of the budget unless eval_every sets them in steps
-        budget_cb = budget.budget_callback(clock, eval_fractions=(1 / 3, 2 / 3), evaluate=lc.eval_every is None and bool(eval_rows))
+        # Each evaluation scores the held-out rows it can afford within its part of the budget's evaluation share.
+        budget_cb = budget.budget_callback(clock, eval_fractions=(1 / 3, 2 / 3), evaluate=lc.eval_every is None and bool(eval_rows),
+                                           eval_rows=len(eval_rows), set_eval_rows=lambda keep: setattr(trainer, "eval_dataset", full_eval.select(keep)))
         callbacks.append(budget_cb)
     timer = finetune.step_timer_callback()
     callbacks.append(timer)
     callbacks.append(finetune.progress_callback("lora_adapter" if tag == "combined" else f"lora_adapter[{tag}]"))
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=full_eval,
         processing_class=tokenizer, data_collator=collator, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the log is saved to a file instead
@@ -216,8 +233,10 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
             clock.start()  # the budget is seconds of train(), the Trainer's own setup included
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.perf_counter() - started
-        budget_spent = round(clock.spent(), 3) if clock is not None else None
         eval_metrics = finetune.final_eval(trainer) if eval_rows else {}
+        # The final evaluation counts against the budget too (it ran inside train() unless early stopping reloads the
+        # best weights and scores them again here).
+        budget_spent = round(clock.spent(), 3) if clock is not None else None
         log = trainer.state.log_history
         steps_run = trainer.state.global_step - (int(Path(resume).name.split("-")[1]) if resume else 0)
         trained = dict(collator.trained(steps_run))
@@ -264,6 +283,12 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
                        "max_steps" if trainer.state.global_step >= (cap or budget.BUDGET_STEP_CAP) else "early_stopping"),
         "budget_seconds": budget_seconds,
         "budget_spent_seconds": budget_spent,
+        # Held-out rows: how many each evaluation scored of those there are (fewer under a budget, to keep the
+        # evaluations within budget.MAX_EVAL_SHARE of it), and the seconds the evaluations took.
+        "eval_rows": len(eval_rows),
+        "eval_rows_scored": budget_cb.scored_rows if budget_cb is not None and budget_cb.total_rows else len(eval_rows),
+        "eval_seconds": round(budget_cb.eval_seconds_total, 3) if budget_cb is not None else None,
+        "evals_skipped": budget_cb.evals_skipped if budget_cb is not None else 0,
         "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
         "learning_rate": settings.value("learning_rate"),
         "seconds": round(seconds, 3),

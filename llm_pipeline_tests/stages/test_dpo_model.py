@@ -48,11 +48,13 @@ def test_pairs_come_from_the_right_split(pipeline):
     assert train and held
     for p in train + held:
         assert p["chosen"] != p["rejected"] and p["source_id"] != p["rejected_id"]
-        # By default the rejected side is the SFT model's own continuation, another document's where it gave a blank
-        # one (this tiny SFT model writes only newlines yet); the stats count which.
-        assert p["rejected_source"] in ("model_sample", "other_document") and p["prompt"].startswith("Continue this")
-    sources = pipeline[1]["dpo_model"].stats["rejected_sources"]
-    assert sum(sources.values()) >= len(train) and set(sources) <= {"model_sample", "other_document"}
+        # By default the rejected side is the SFT model's own sampled continuation; a pair whose sample is no
+        # negative is dropped with its reason, never given another document's text (trivially separable).
+        assert p["rejected_source"] == "model_sample" and p["prompt"].startswith("Continue this")
+    stats = pipeline[1]["dpo_model"].stats
+    assert stats["rejected_sources"] == {"model_sample": len(train) + len(held)}
+    assert stats["pairs_from_samples"] == len(train) + len(held) and stats["pairs_from_fallback"] == 0
+    assert set(stats["pairs_dropped"]) <= {"sample_empty", "sample_equals_chosen", "sample_too_short"}
     assert all(int(p["source_id"].split("-")[1]) % 6 != 0 for p in train)
     assert all(int(p["source_id"].split("-")[1]) % 6 == 0 for p in held)
 
@@ -165,6 +167,10 @@ def test_user_preference_files_in_each_format(pipeline, tmp_path, rows):
 
 
 def test_model_sample_rejections_come_from_the_sft_model(pipeline):
+    """Sampled (the tiny SFT model's greedy continuation is only newlines), seeded, and a pair whose sample is no
+    negative is dropped under a named reason; a stop asked for before a batch drops the pairs not sampled."""
+    from collections import Counter
+
     from transformers import AutoTokenizer
 
     from llm_pipeline.training.preference_data import model_rejections
@@ -172,17 +178,39 @@ def test_model_sample_rejections_come_from_the_sft_model(pipeline):
     _, results = pipeline
     lora = results["lora_adapter"].output_dir
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(results["base_checkpoint"].output_dir), lora)
+    tok = AutoTokenizer.from_pretrained(lora)
     pairs = _jsonl(results["dpo_model"].output_dir / "pairs_train.jsonl")[:3]
-    before = [p["rejected"] for p in pairs]
-    replaced = model_rejections(pairs, model, AutoTokenizer.from_pretrained(lora), max_new_tokens=8)
-    sampled = [p for p in pairs if p["rejected_source"] == "model_sample"]
-    assert len(sampled) == replaced
-    for p, old in zip(pairs, before):
-        assert p["rejected"] != p["chosen"] and p["rejected"].strip()
-        if p["rejected_source"] == "model_sample":
-            assert p["rejected_id"] is None and p["rejected"] != old
-        else:  # an empty sample keeps the other-document rejection
-            assert p["rejected"] == old
+    pairs.append({**pairs[0], "chosen": "x"})
+    dropped = Counter()
+    kept = model_rejections(pairs, model, tok, max_new_tokens=12, seed=3, dropped=dropped)
+    assert len(kept) + sum(dropped.values()) == len(pairs) and set(dropped) <= {"sample_empty", "sample_equals_chosen", "sample_too_short"}
+    for p in kept:
+        assert p["rejected_source"] == "model_sample" and p["rejected_id"] is None
+        assert len(p["rejected"].split()) >= 4 and p["rejected"].strip() != p["chosen"].strip()
+    again = model_rejections(pairs, model, tok, max_new_tokens=12, seed=3)
+    assert [p["rejected"] for p in again] == [p["rejected"] for p in kept]  # the seed alone decides the samples
+    stopped = Counter()
+    assert model_rejections(pairs, model, tok, max_new_tokens=12, dropped=stopped, should_stop=lambda: True) == []
+    assert stopped == {"sampling_budget_spent": len(pairs)}
+
+
+def test_too_few_pairs_skip_dpo_with_the_reason(pipeline, tmp_path):
+    """Fewer usable pairs than min_pairs: no adapter, the reason in the stats, and the eval report's promotion then
+    considers SFT alone (DPO is left out, not failed)."""
+    res, out = _run(pipeline, tmp_path, max_steps=1, min_pairs=1000)
+    assert res.stats["trained"] is False and "fewer than dpo_model.min_pairs 1000" in res.stats["skipped"]
+    assert res.stats["steps"] == 0 and res.stats["pairs_from_samples"] >= res.stats["pairs"]
+    assert not (out / "adapter_config.json").exists() and (out / "pairs_train.jsonl").exists()
+    assert res.preview.startswith("DPO skipped:")
+
+
+def test_separability_is_measured_from_the_reference_log_probs(pipeline):
+    stats = pipeline[1]["dpo_model"].stats
+    sep = stats["separability"]
+    assert sep["pairs"] == stats["eval_pairs"] and 0 <= sep["reference_prefers_chosen"] <= 1
+    assert dpo_model.separability([{"ref_chosen_logps": -2.0, "chosen_ids": [1, 2], "ref_rejected_logps": -9.0, "rejected_ids": [1, 2, 3]},
+                                   {"ref_chosen_logps": -8.0, "chosen_ids": [1, 2], "ref_rejected_logps": -3.0, "rejected_ids": [1, 2, 3]}]) == {
+        "pairs": 2, "reference_prefers_chosen": 0.5, "mean_per_token_margin": round(((-1 + 3) + (-4 + 1)) / 2, 4)}
 
 
 def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline, tmp_path):
@@ -202,8 +230,82 @@ def test_a_qlora_adapter_trains_on_the_full_precision_base_without_cuda(pipeline
     assert next(model.parameters()).dtype.is_floating_point
 
 
-def test_a_time_budget_stops_the_loop(pipeline, tmp_path):
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """The budget's clock advanced a fixed 20 ms per reading: sampling, the reference pass and the steps then spend
+    the same share of a budget on a quiet machine and a loaded one."""
+    from llm_pipeline.training import budget
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(budget, "now", lambda: 0.02 * next(ticks))
+
+
+def test_a_time_budget_stops_the_loop(pipeline, tmp_path, steady_clock):
     res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
     assert 0 < res.stats["steps"] < 100_000
+    assert res.stats["budget_spent_seconds"] <= 1.0 + 0.1  # a step's slack: a few clock readings
     budget = res.metadata["settings"]["budget"]
     assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]
+
+
+def test_sampling_and_the_reference_pass_count_against_the_budget(pipeline, tmp_path):
+    """A budget spent before the first prompt is sampled: every pair is dropped as `sampling_budget_spent`, and
+    DPO is skipped with the reason (a result, not a failure)."""
+    res, out = _run(pipeline, tmp_path, max_steps=2, max_train_seconds=1e-6)
+    s = res.stats
+    assert s["trained"] is False and s["pairs"] == 0 and s["pairs_dropped"]["sampling_budget_spent"] > 0
+    assert s["budget_seconds"] == 1e-6 and s["budget_spent_seconds"] > 0
+
+
+def test_a_budgeted_run_accounts_for_all_its_parts(pipeline, tmp_path):
+    res, out = _run(pipeline, tmp_path, max_steps=2, max_train_seconds=600)
+    s = res.stats
+    assert s["steps"] == 2 and s["budget_seconds"] == 600
+    # The clock started before the sampling: what it counted holds the pairs, the reference pass and the steps.
+    assert s["budget_spent_seconds"] >= s["pairs_seconds"] and 1 <= s["eval_pairs_scored"] <= s["eval_pairs"]
+    assert "sampling the rejections, the reference pass" in res.metadata["settings"]["budget"]["reason"]
+
+
+def test_the_held_out_guard_keeps_only_weights_within_its_ratio(pipeline):
+    cfg, results = pipeline
+    stats = results["dpo_model"].stats
+    limit = cfg.dpo_model.max_heldout_perplexity_ratio
+    if stats.get("skipped"):
+        assert "max_heldout_perplexity_ratio" in stats["skipped"]
+    else:
+        g = stats["guard"]
+        assert g["max_ratio"] == limit and g["documents"] > 0 and g["domains"] == sorted(cfg.domain_names)
+        # An evaluation each step here (eight planned, two steps): a figure per evaluation, the kept one within it.
+        assert len(g["evaluations"]) >= 2 and g["kept_step"] >= 1
+        assert any(f["ratio"] <= limit for f in g["evaluations"])
+
+
+def test_the_guard_scores_held_out_documents_against_the_sft_model(pipeline):
+    import torch
+
+    from llm_pipeline.training.dpo_guard import HeldOutGuard
+
+    cfg, results = pipeline
+    model, _ = dpo_model.load_policy(cfg, results["base_checkpoint"].output_dir, results["lora_adapter"].output_dir)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(results["lora_adapter"].output_dir)
+    guard = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, max_ratio=1.03)
+    assert {d for d, _ in guard.texts} == set(cfg.domain_names)
+    assert all(abs(r - 1.0) < 1e-6 for r in guard.ratios().values())  # unchanged: the SFT model's own figure
+    assert guard() and guard.figures[-1]["ratio"] == 1.0
+    with torch.no_grad():  # an adapter pushed far off
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))
+    assert not guard() and guard.figures[-1]["ratio"] > 1.03
+    # No time: one document of each domain, still a figure for each (the gate judges every domain).
+    assert guard.fit_budget(0.0) == len(cfg.domain_names) and guard.summary()["domains"] == sorted(cfg.domain_names)
+    # Under a budget only the documents an evaluation can afford are scored at all, the SFT model's pass included.
+    few = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, max_tokens=1)
+    assert sorted(d for d, _ in few.texts) == sorted(cfg.domain_names) and len(few.reference) == len(cfg.domain_names)
+    # Held-out general text (continued pretraining's general_data) is a domain of its own: one DPO never trains on.
+    from llm_pipeline_tests.training.pretrained_fixture import general_texts
+
+    mixed = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, general=iter(general_texts(30)))
+    assert sum(d == "general" for d, _ in mixed.texts) == 12 and "general" in mixed.ratios()

@@ -61,7 +61,7 @@ def tiny_config(tmp_path: Path, **sections) -> PipelineConfig:
                             "max_positions": 64, "train_steps": 6, "seq_len": 32, "batch_size": 4,
                             "eval_every": 3, "checkpoint_every": 3},
         "lora_adapter": {"r": 4, "alpha": 8, "max_steps": 3, "batch_size": 4, "max_length": 64, "examples_per_domain": 6},
-        "dpo_model": {"max_steps": 2, "batch_size": 4, "max_length": 64, "pairs_per_domain": 4},
+        "dpo_model": {"max_steps": 2, "batch_size": 4, "max_length": 64, "pairs_per_domain": 4, "min_pairs": 2},
         "tracking": {"wandb": False},
     }
     for key, value in sections.items():

@@ -31,8 +31,9 @@ def write_general_jsonl(path: Path, n: int = 120) -> Path:
     return path
 
 
-def build_pretrained(seed: int = 0, vocab_size: int = 300, layers: int = 1):
-    """(model, tokenizer): a tiny Llama with a general-English byte-level BPE."""
+def build_pretrained(seed: int = 0, vocab_size: int = 300, layers: int = 1, tied: bool = True):
+    """(model, tokenizer): a tiny Llama with a general-English byte-level BPE (`tied`: the output layer shares the
+    input embedding, as in SmolLM2; untied, as in Llama 3 8B, it has rows of its own)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -41,7 +42,7 @@ def build_pretrained(seed: int = 0, vocab_size: int = 300, layers: int = 1):
     tok = train_bpe(general_texts(), vocab_size, 2, ["<|endoftext|>", "<|pad|>"])
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)

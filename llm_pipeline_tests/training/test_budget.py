@@ -154,3 +154,53 @@ def test_an_overrun_upstream_still_leaves_a_floor(tmp_path):
     cfg = _cfg(training={"max_train_seconds": 100})
     base = _stats(tmp_path / "base_checkpoint", seconds=500.0)
     assert budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})[0] == pytest.approx(100 * 0.5 / 20)
+
+
+def test_a_stage_records_what_its_clock_counted_before_its_training_seconds(tmp_path):
+    """DPO's sampling and reference pass, and SFT's final evaluation, count against the run's budget: the next stage's
+    share comes from `budget_spent_seconds` where a stage recorded it."""
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    up = {"base_checkpoint": _stats(tmp_path / "b", train_seconds=100.0),
+          "lora_adapter": _stats(tmp_path / "l", train_seconds=300.0, budget_spent_seconds=400.0)}
+    seconds, why = budget.stage_budget(cfg, "dpo_model", up)
+    assert seconds == 500.0 and "lora_adapter 400 s" in why
+
+
+@pytest.mark.parametrize("n,k,expected", [(10, 3, [0, 3, 6]), (5, 5, [0, 1, 2, 3, 4]), (4, 9, [0, 1, 2, 3]), (7, 1, [0])])
+def test_a_capped_evaluation_scores_evenly_spread_rows(n, k, expected):
+    assert budget.spread(n, k) == expected
+
+
+def test_an_evaluation_scores_what_its_share_of_the_budget_affords():
+    allowance = budget.eval_allowance(300.0, 3)
+    assert allowance == pytest.approx(budget.MAX_EVAL_SHARE * 100.0)  # three evaluations share a tenth of 300 s
+    assert budget.affordable(50, 2.0, allowance) == 5
+    assert budget.affordable(50, 100.0, allowance) == 1  # at least one: a held-out figure always exists
+    assert budget.affordable(3, 0.1, allowance) == 3 and budget.affordable(3, 0.0, allowance) == 3
+
+
+def test_time_before_the_first_step_is_spent_but_no_step_time(monkeypatch):
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(budget, "now", lambda: float(next(ticks)))
+    clock = Clock(100.0)
+    clock.start()
+    for _ in range(30):  # a reference pass: the clock read 30 times
+        clock.spent()
+    clock.begin_steps()
+    clock.step_done()
+    assert clock.step_times and max(clock.step_times) < 5 and clock.spent() > 30
+
+
+def test_seconds_the_runner_moved_out_of_stats_still_count(tmp_path):
+    """The runner keeps wall-clock figures out of the hashed stats.json (in .timings.json): a stage that read only
+    stats.json saw its upstream stages spend nothing, and SFT and DPO each got the whole run's budget."""
+    from llm_pipeline.io import move_measured
+
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    up = {"base_checkpoint": _stats(tmp_path / "b", steps=3, seconds=250.0),
+          "lora_adapter": _stats(tmp_path / "l", steps=9, train_seconds=300.0, budget_spent_seconds=350.0)}
+    for folder in up.values():
+        move_measured(folder)
+        assert "seconds" not in (folder / "stats.json").read_text()
+    seconds, why = budget.stage_budget(cfg, "dpo_model", up)
+    assert seconds == 400.0 and "base_checkpoint 250 s, lora_adapter 350 s" in why

@@ -184,3 +184,40 @@ def test_half_precision_steps_run_under_autocast(base, tmp_path, precision):
     result = dpo_loop.train(_policy(model), _pairs(4), _pairs(2), dpo_pairs.PairCollator(tok.pad_token_id),
                             _settings(steps=2), DevicePlan("cpu", precision, "test"), tmp_path / precision, "fp")
     assert result.global_step == 2 and all(math.isfinite(e.get("loss", e.get("eval_loss"))) for e in result.log)
+
+
+def test_the_guard_backtracks_at_half_the_rate_and_keeps_only_weights_it_accepted(base, tmp_path):
+    """A guard that accepts the first evaluation only: two returns to step 1's weights at half the learning rate,
+    then the stop; the model leaves with step 1's weights."""
+    model, tok = base
+    pairs, held = _pairs(8), _pairs(3)
+    seen, kept = [], {}
+
+    def guard(metrics):
+        seen.append(metrics["eval_loss"])
+        if len(seen) == 1:
+            kept.update(_trainable(policy))
+            return True
+        return False
+
+    policy = _policy(model)
+    result = dpo_loop.train(policy, pairs, held, dpo_pairs.PairCollator(tok.pad_token_id),
+                            _settings(steps=10, eval_every=1), FP32, tmp_path / "g", "fp", guard=guard)
+    assert result.guard_step == 1 and result.guard_backtracks == dpo_loop.GUARD_BACKTRACKS and result.guard_stopped
+    assert result.global_step == 2 + dpo_loop.GUARD_BACKTRACKS  # step 1 accepted, then one rejection per step
+    rates = [e["learning_rate"] for e in result.log if "learning_rate" in e]
+    assert rates[-1] < rates[0]  # halved twice (under the schedule's own decay)
+    assert [e["step"] for e in result.log if "guard" in e] == [2, 3]
+    for name, value in kept.items():
+        assert torch.equal(value, _trainable(policy)[name]), name
+
+
+def test_a_guard_that_accepts_nothing_leaves_the_starting_weights(base, tmp_path):
+    model, tok = base
+    policy = _policy(model)
+    start = _trainable(policy)
+    result = dpo_loop.train(policy, _pairs(8), _pairs(3), dpo_pairs.PairCollator(tok.pad_token_id),
+                            _settings(steps=6, eval_every=2), FP32, tmp_path / "n", "fp", guard=lambda m: False)
+    assert result.guard_step == 0 and result.guard_backtracks == 2  # at steps 2 and 4; the final one said no too
+    for name, value in start.items():
+        assert torch.equal(value, _trainable(policy)[name]), name
