@@ -17,6 +17,9 @@ def rlhf_config(root) -> PipelineConfig:
     return tiny_config(
         root,
         base_checkpoint={"train_steps": 80, "learning_rate": 1e-2, "eval_every": 40, "checkpoint_every": 40},
+        # Another document's text as the rejected side: six pairs the tiny reward model separates in 12 steps. Its
+        # own samples (the default) are gibberish it scores the same as the chosen text for longer than a test runs.
+        dpo_model={"rejected": "other_document"},
         reward_model={"max_steps": 12, "batch_size": 4},
         rl_model={"max_steps": 4, "max_new_tokens": 8, "eval_prompts": 6},
     )
