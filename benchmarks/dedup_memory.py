@@ -1,6 +1,8 @@
 """deduped_shards' peak memory at large document counts, without running the stages before it.
 
     python benchmarks/dedup_memory.py --docs 100000 1000000 [--modes single tasks]
+    python benchmarks/dedup_memory.py --child prepare ROOT N [SHARD_ROWS TASK_ROWS]   # one step, as the test runs it
+    python benchmarks/dedup_memory.py --child stage ROOT single|tasks
 
 A cleaned_corpus of short synthetic documents (60 words from a 5,000-word vocabulary, 10% near copies of a recent
 document, sources ``part-K.jsonl#L<n>``) is written straight into a data folder by one process; the stage then runs
@@ -27,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import OUT_DIR, emit, table  # noqa: E402
 
 
-def prepare(root: Path, n: int) -> None:
+def prepare(root: Path, n: int, shard_rows: int | None = None, task_rows: int | None = None) -> None:
+    """The corpus and config; `shard_rows`/`task_rows` (small in the test) set the shard and task sizes."""
     import random
 
     import xxhash
@@ -38,7 +41,7 @@ def prepare(root: Path, n: int) -> None:
     rng = random.Random(n)
     vocab = [f"w{i}" for i in range(5000)]
     folder = root / "data" / "cleaned_corpus" / "bench"
-    with ShardWriter(folder, max_rows=10_000) as w:
+    with ShardWriter(folder, max_rows=shard_rows or 10_000) as w:
         prev: list[str] = []
         for i in range(n):
             if prev and rng.random() < 0.1:
@@ -52,6 +55,10 @@ def prepare(root: Path, n: int) -> None:
                      "source": f"part-{i // 1000}.jsonl#L{i % 1000}", "text": text, "licence": "CC0"})
     (folder / MANIFEST).write_text(json.dumps({"stage": "cleaned_corpus"}))
     conf = {"data_dir": str(root / "data"), "domains": {"bench": {"sources": [{"path": "unused"}]}}}
+    if shard_rows:
+        conf["deduped_shards"] = {"shard_rows": shard_rows}
+    if task_rows:
+        conf["compute"] = {"task_rows": task_rows}
     (root / "config.yaml").write_text(yaml.safe_dump(conf))
 
 
@@ -87,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         if args.child[0] == "prepare":
-            prepare(Path(args.child[1]), int(args.child[2]))
+            prepare(Path(args.child[1]), *map(int, args.child[2:]))
         else:
             stage(Path(args.child[1]), args.child[2])
         return
