@@ -22,10 +22,10 @@ the first `--eval-chars` characters of `--eval-docs` of them per domain are scor
    0.01, warmup 5% then cosine to 10% over the budget, `pretrain.lr_lambda`), and variations of it: learning rate,
    rank, tokens per step (rows x length) and full-parameter training.
 4. Score: held-out perplexity and bits per byte per domain (`evaluation.perplexity.score_texts`, the eval_report's
-   scorer), the reduction against the untrained model, and that reduction per CPU-second of training.
+   scorer), the reduction against the original model, and that reduction per CPU-second of training.
 
 Results: one JSON line per setting in WORK/results.jsonl (a rerun skips settings already there; `--fresh` starts
-over), the summary in benchmarks/out/cpt_calibration.json, and the table printed.
+over), the summary in `--out` (benchmarks/out/cpt_calibration.json), and the table printed.
 """
 
 from __future__ import annotations
@@ -108,12 +108,14 @@ class CpuClock:
 
 # ------------------------------------------------------------------------------------------------ worker side
 
-def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_chars: int):
+def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_chars: int, untrained: list[str] = ()):
+    """Training texts of `domains` and the scored held-out slices; an `untrained` domain is only scored (every file
+    is held out), to see what a setting does to text it never trained on."""
     train, held = [], {}
-    for d in domains:
+    for d in [*domains, *untrained]:
         folder = corpora / d
         files = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
-        tr, ho = split_files(files, every)
+        tr, ho = ([], sorted(files)) if d in untrained else split_files(files, every)
         train += [(folder / n).read_text(encoding="utf-8", errors="replace") for n in tr]
         held[d] = heldout_texts(folder, ho, eval_docs, eval_chars)
     return train, held
@@ -214,7 +216,8 @@ def worker(args) -> None:
     tok = AutoTokenizer.from_pretrained(str(original))
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    train, held = corpus(Path(args.corpora), args.domains.split(","), args.heldout_every, args.eval_docs, args.eval_chars)
+    train, held = corpus(Path(args.corpora), args.domains.split(","), args.heldout_every, args.eval_docs, args.eval_chars,
+                         [d for d in args.untrained.split(",") if d])
     docs = tokenize(tok, train)
     results = work / "results.jsonl"
     for name in args.settings.split(","):
@@ -260,7 +263,9 @@ def save_original(work: Path) -> None:
     tmp.rename(work / "original")
 
 
-def summarize(rows: list[dict], budget: float) -> list[dict]:
+def summarize(rows: list[dict], trained: list[str]) -> list[dict]:
+    """One row per setting: perplexities, reductions against the original, and the mean reduction over the trained
+    domains per CPU-second; an untrained domain's reduction is reported but not averaged in."""
     base = next((r for r in rows if r["setting"] == "original"), None)
     if base is None:
         return []
@@ -270,12 +275,12 @@ def summarize(rows: list[dict], budget: float) -> list[dict]:
             continue
         red = {d: reduction(base["scores"][d]["perplexity"], v["perplexity"]) for d, v in r["scores"].items()}
         bpb = {d: reduction(base["scores"][d]["bits_per_byte"], v["bits_per_byte"]) for d, v in r["scores"].items()}
-        mean = sum(red.values()) / len(red)
+        mean = sum(red[d] for d in trained) / len(trained)
         out.append({"setting": r["setting"], "steps": r["steps"], "tokens": r["tokens"], "cpu_s": r["cpu_s"],
                     "s_per_step": round(r["cpu_s"] / max(1, r["steps"]), 1),
                     **{f"ppl_{d}": round(r["scores"][d]["perplexity"], 2) for d in r["scores"]},
                     **{f"red_{d}": f"{100 * v:.1f}%" for d, v in red.items()},
-                    "mean_red": f"{100 * mean:.1f}%", "mean_bpb_red": f"{100 * sum(bpb.values()) / len(bpb):.1f}%",
+                    "mean_red": f"{100 * mean:.1f}%", "mean_bpb_red": f"{100 * sum(bpb[d] for d in trained) / len(trained):.1f}%",
                     "red_per_1000_cpu_s": f"{1000 * 100 * mean / max(r['cpu_s'], 1e-9):.1f}%", "_mean": mean,
                     "peak_rss_mb": r.get("peak_rss_mb")})
     trl = next((o for o in out if o["setting"] == "trl"), None)
@@ -288,6 +293,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("corpora")
     ap.add_argument("--domains", default="legal_policies,meeting_minutes")
+    ap.add_argument("--untrained", default="", help="domains only scored, never trained on (all their files held out)")
     ap.add_argument("--budget", type=float, default=180.0, help="CPU-seconds of training per setting")
     ap.add_argument("--settings", default=",".join(DEFAULT_ORDER))
     ap.add_argument("--workers", type=int, default=2)
@@ -296,6 +302,7 @@ def main() -> None:
     ap.add_argument("--eval-docs", type=int, default=6)
     ap.add_argument("--eval-chars", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--out", default=str(OUT_DIR / "cpt_calibration.json"), help="where the summary JSON is written")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results in WORK/results.jsonl")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -318,16 +325,16 @@ def main() -> None:
     procs = []
     for i, lane in enumerate(l for l in lanes if l):
         cmd = [sys.executable, __file__, args.corpora, "--child", "--settings", ",".join(lane), "--work", str(work),
-               "--domains", args.domains, "--budget", str(args.budget), "--heldout-every", str(args.heldout_every),
+               "--domains", args.domains, "--untrained", args.untrained, "--budget", str(args.budget), "--heldout-every", str(args.heldout_every),
                "--eval-docs", str(args.eval_docs), "--eval-chars", str(args.eval_chars), "--seed", str(args.seed)]
         core = {cores[i % len(cores)]}
         procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
     failed = [p.args for p in procs if p.wait() != 0]
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    summary = summarize(rows, args.budget)
-    OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "cpt_calibration.json").write_text(json.dumps({"budget_cpu_s": args.budget, "rows": rows, "summary": summary}, indent=1))
-    doms = args.domains.split(",")
+    summary = summarize(rows, args.domains.split(","))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"budget_cpu_s": args.budget, "rows": rows, "summary": summary}, indent=1))
+    doms = args.domains.split(",") + [d for d in args.untrained.split(",") if d]
     cols = [("setting", "setting", "")] + [(f"ppl_{d}", f"ppl {d}", "") for d in doms] + \
            [(f"red_{d}", f"red {d}", "") for d in doms] + \
            [("mean_red", "mean red", ""), ("x_trl", "x TRL", ""), ("steps", "steps", ""), ("tokens", "tokens", ""),
