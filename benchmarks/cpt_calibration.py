@@ -281,7 +281,7 @@ def summarize(rows: list[dict], trained: list[str]) -> list[dict]:
                     **{f"ppl_{d}": round(r["scores"][d]["perplexity"], 2) for d in r["scores"]},
                     **{f"red_{d}": f"{100 * v:.1f}%" for d, v in red.items()},
                     "mean_red": f"{100 * mean:.1f}%", "mean_bpb_red": f"{100 * sum(bpb[d] for d in trained) / len(trained):.1f}%",
-                    "red_per_1000_cpu_s": f"{1000 * 100 * mean / max(r['cpu_s'], 1e-9):.1f}%", "_mean": mean,
+                    "red_per_100_cpu_s": f"{100 * 100 * mean / max(r['cpu_s'], 1e-9):.1f}%", "_mean": mean,
                     "peak_rss_mb": r.get("peak_rss_mb")})
     trl = next((o for o in out if o["setting"] == "trl"), None)
     for o in out:
@@ -338,7 +338,7 @@ def main() -> None:
     cols = [("setting", "setting", "")] + [(f"ppl_{d}", f"ppl {d}", "") for d in doms] + \
            [(f"red_{d}", f"red {d}", "") for d in doms] + \
            [("mean_red", "mean red", ""), ("x_trl", "x TRL", ""), ("steps", "steps", ""), ("tokens", "tokens", ""),
-            ("cpu_s", "CPU-s", ""), ("s_per_step", "s/step", ""), ("red_per_1000_cpu_s", "red/1000 CPU-s", ""),
+            ("cpu_s", "CPU-s", ""), ("s_per_step", "s/step", ""), ("red_per_100_cpu_s", "red per 100 CPU-s", ""),
             ("peak_rss_mb", "peak MB", "")]
     print(table(summary, cols))
     if failed:
