@@ -47,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT_DIR, peak_rss_mb, table  # noqa: E402
 from shipped_run import GGUF_FILE, MODEL_PACKAGE, TEXT_SUFFIXES, heldout_texts, split_files  # noqa: E402
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
+for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
 
 # Our base_checkpoint loop on a pretrained model on a CPU: LoRA on every linear layer, alpha = 2r, no dropout,
