@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import bisect
 import re
+from contextlib import ExitStack
 from functools import lru_cache
 
 import regex
 
 from spacy.attrs import IS_PUNCT, IS_STOP
 
-from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, candidate_offsets, token_table, use_numpy_blas,
+from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, cache_embeddings, candidate_offsets, token_table, use_numpy_blas,
                                            windowed_entities, without_capitals)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
@@ -348,10 +349,20 @@ def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[in
     return out
 
 
+# spaCy keeps a lexeme and its strings for every word it has ever tokenized (and the tokenizer caches every new
+# whitespace-delimited chunk): over a long corpus that grows without bound, ~10 KB per document of unseen words
+# (benchmarks/README.md). The analyzer makes its tokens inside a spaCy memory zone, which holds those as transient
+# and frees them when it closes; it is closed, and a new one opened, once this many strings have accumulated. A
+# word's lexeme is computed from the word alone, so a freed word tokenizes the same when it comes back: the
+# findings do not depend on where the zones fall (llm_pipeline_tests/curation/test_pii_engine.py).
+VOCAB_ZONE_STRINGS = 200_000  # ~20 MB of lexemes and strings; reopening a zone costs a few milliseconds
+
+
 class FastAnalyzer:
     """Presidio results for a batch of texts (see the module docstring for what is skipped and why)."""
 
-    def __init__(self, spacy_model: str, entities: list[str], score_threshold: float):
+    def __init__(self, spacy_model: str, entities: list[str], score_threshold: float,
+                 vocab_zone_strings: int = VOCAB_ZONE_STRINGS):
         import spacy
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
@@ -362,6 +373,7 @@ class FastAnalyzer:
         self.nlp = spacy.load(spacy_model, exclude=NON_NER_PIPES)
         self.ner = self.nlp.get_pipe("ner")
         self.fast_blas = use_numpy_blas(self.ner.model)
+        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
         self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}],
                                          ner_model_configuration=NerModelConfiguration(labels_to_ignore=NER_LABELS_IGNORED))
         self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
@@ -383,9 +395,34 @@ class FastAnalyzer:
                     pattern.compiled_regex = regex.compile(pattern.regex, flags=rec.global_regex_flags)
         self.gates = {rec.id: regex.compile(RECOGNIZER_GATES[rec.name], getattr(rec, "global_regex_flags", 0) or 0)
                       for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
+        # A pattern recognizer without a gate finds something only where one of its own patterns matches: those
+        # are searched first, and Presidio's call (a clock reading and a debug line per pattern, an explanation
+        # object per match, de-duplication), ~20 us a text, is made only where one does.
+        from presidio_analyzer import PatternRecognizer
+
+        self.own_patterns = {rec.id: [p.compiled_regex for p in rec.patterns]
+                             for rec in self.recognizers
+                             if type(rec).analyze is PatternRecognizer.analyze and rec.patterns and not rec.deny_list
+                             and rec.id not in self.gates and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
         self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
+        self.vocab_zone_strings = vocab_zone_strings
+        self._zone: ExitStack | None = None  # the open memory zone (VOCAB_ZONE_STRINGS)
+        self._strings_at_zone = 0
+
+    def _open_zone(self) -> None:
+        if self._zone is None:
+            self._strings_at_zone = len(self.nlp.vocab.strings)
+            self._zone = ExitStack()
+            self._zone.enter_context(self.nlp.memory_zone())
+
+    def release_vocab(self, force: bool = False) -> None:
+        """Close the memory zone (freeing the words it tokenized) once it holds `vocab_zone_strings` new strings,
+        or now with `force`. No spaCy object made in the zone may outlive this: analyze keeps none."""
+        if self._zone is not None and (force or len(self.nlp.vocab.strings) - self._strings_at_zone >= self.vocab_zone_strings):
+            self._zone.close()
+            self._zone = None
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -512,6 +549,13 @@ class FastAnalyzer:
         """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
         the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
         the candidate words near those spans (``near_spans``)."""
+        self._open_zone()
+        try:
+            return self._analyze(texts, batch_size, ner, focus)
+        finally:
+            self.release_vocab()
+
+    def _analyze(self, texts: list[str], batch_size: int, ner: list[bool] | None, focus: list | None) -> list[list]:
         from presidio_analyzer import RecognizerResult
 
         entities = [self._entities_for(t) for t in texts]
@@ -528,10 +572,12 @@ class FastAnalyzer:
                     pieces.extend((i, lo, hi) for lo, hi in self._pieces(rec, mode, texts[i], of))
                 pairs = self._run_joined(rec, texts, pieces)
             else:
-                gate = self.gates.get(rec.id)
+                gate, own = self.gates.get(rec.id), self.own_patterns.get(rec.id)
                 pairs = []
                 for i in wanted:
                     if (rec.name == "SpacyRecognizer" and not ents[i]) or (gate is not None and gate.search(texts[i]) is None):
+                        continue
+                    if own is not None and not any(p.search(texts[i]) for p in own):
                         continue
                     artifacts = self._artifacts(ents[i])  # the NER spans (all a recognizer reads: tokens are for context)
                     pairs.extend((i, r) for r in rec.analyze(text=texts[i], entities=entities[i], nlp_artifacts=artifacts))
