@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from contextlib import ExitStack
 from functools import lru_cache
 
 import regex
@@ -349,34 +348,31 @@ def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[in
     return out
 
 
-# spaCy keeps a lexeme and its strings for every word it has ever tokenized (and the tokenizer caches every new
-# whitespace-delimited chunk): over a long corpus that grows without bound, ~10 KB per document of unseen words
-# (benchmarks/README.md). The analyzer makes its tokens inside a spaCy memory zone, which holds those as transient
-# and frees them when it closes; it is closed, and a new one opened, once this many strings have accumulated. A
-# word's lexeme is computed from the word alone, so a freed word tokenizes the same when it comes back: the
-# findings do not depend on where the zones fall (llm_pipeline_tests/curation/test_pii_engine.py).
-VOCAB_ZONE_STRINGS = 200_000  # ~20 MB of lexemes and strings; reopening a zone costs a few milliseconds
+# spaCy keeps a lexeme and its strings for every word it has ever tokenized: over a long corpus that grows without
+# bound, ~10 KB per document of unseen words (benchmarks/README.md). Once the vocabulary holds this many strings more
+# than at load, the analyzer loads its spaCy pipeline afresh (~1 s) and the old one, vocabulary and all, is freed. A
+# word's lexeme is computed from the word alone, so a word tokenizes the same in the new vocabulary: the findings do
+# not depend on when that happens (llm_pipeline_tests/curation/test_pii_engine.py). spaCy's own memory zones free
+# them too, but its tokenizer caches nothing inside one, which made tokenizing ~4x slower.
+VOCAB_STRINGS = 200_000  # ~20-40 MB of lexemes, strings and tokenizer cache: English prose reaches it in ~10^5 documents
 
 
 class FastAnalyzer:
     """Presidio results for a batch of texts (see the module docstring for what is skipped and why)."""
 
     def __init__(self, spacy_model: str, entities: list[str], score_threshold: float,
-                 vocab_zone_strings: int = VOCAB_ZONE_STRINGS):
-        import spacy
+                 vocab_strings: int = VOCAB_STRINGS):
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
         _check_model(spacy_model)
         self.entities = list(entities)
         self.score_threshold = score_threshold
-        self.nlp = spacy.load(spacy_model, exclude=NON_NER_PIPES)
-        self.ner = self.nlp.get_pipe("ner")
-        self.fast_blas = use_numpy_blas(self.ner.model)
-        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
+        self.spacy_model = spacy_model
+        self.vocab_strings = vocab_strings
         self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}],
                                          ner_model_configuration=NerModelConfiguration(labels_to_ignore=NER_LABELS_IGNORED))
-        self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
+        self._load_pipeline()
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
         for rec in extra_recognizers():
             self.engine.registry.add_recognizer(rec)
@@ -407,22 +403,23 @@ class FastAnalyzer:
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
         self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
-        self.vocab_zone_strings = vocab_zone_strings
-        self._zone: ExitStack | None = None  # the open memory zone (VOCAB_ZONE_STRINGS)
-        self._strings_at_zone = 0
 
-    def _open_zone(self) -> None:
-        if self._zone is None:
-            self._strings_at_zone = len(self.nlp.vocab.strings)
-            self._zone = ExitStack()
-            self._zone.enter_context(self.nlp.memory_zone())
+    def _load_pipeline(self) -> None:
+        import spacy
+
+        self.nlp = spacy.load(self.spacy_model, exclude=NON_NER_PIPES)
+        self.ner = self.nlp.get_pipe("ner")
+        self.fast_blas = use_numpy_blas(self.ner.model)
+        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
+        self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
+        self.strings_at_load = len(self.nlp.vocab.strings)
+        self.reloads = getattr(self, "reloads", -1) + 1
 
     def release_vocab(self, force: bool = False) -> None:
-        """Close the memory zone (freeing the words it tokenized) once it holds `vocab_zone_strings` new strings,
-        or now with `force`. No spaCy object made in the zone may outlive this: analyze keeps none."""
-        if self._zone is not None and (force or len(self.nlp.vocab.strings) - self._strings_at_zone >= self.vocab_zone_strings):
-            self._zone.close()
-            self._zone = None
+        """Load the spaCy pipeline afresh (freeing the words its vocabulary gathered) once the vocabulary holds
+        `vocab_strings` strings more than at load, or now with `force`. No spaCy object outlives an analyze call."""
+        if force or len(self.nlp.vocab.strings) - self.strings_at_load >= self.vocab_strings:
+            self._load_pipeline()
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -549,7 +546,6 @@ class FastAnalyzer:
         """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
         the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
         the candidate words near those spans (``near_spans``)."""
-        self._open_zone()
         try:
             return self._analyze(texts, batch_size, ner, focus)
         finally:

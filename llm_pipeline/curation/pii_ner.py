@@ -149,7 +149,7 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
 EMBED_CACHE_SIZE = 50_000  # feature rows remembered (96 floats each: ~20 MB); the cache restarts when full
 
 
-def cache_embeddings(model) -> bool:
+def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
     """Make `model` (the NER component's thinc model, spaCy's ``parser_model``) embed each distinct row of token
     features once per batch, reusing the rows of earlier batches; returns whether its layout was the one expected
     (``extract_features >> list2ragged >> with_array(hash embeddings) >> with_array(maxout...) >> ragged2list``).
@@ -180,10 +180,11 @@ def cache_embeddings(model) -> bool:
         uniq, inverse = numpy.unique(rows, axis=0, return_inverse=True)
         keys = [row.tobytes() for row in uniq]
         todo = [k for k, key in enumerate(keys) if key not in cache]
+        if len(cache) + len(todo) > size:  # full: start again with this batch's rows
+            cache.clear()
+            todo = list(range(len(keys)))
         if todo:
             fresh = mix_layer.predict(hash_layer.predict(uniq[todo]))
-            if len(cache) + len(todo) > EMBED_CACHE_SIZE:
-                cache.clear()
             cache.update(zip((keys[k] for k in todo), fresh))
         width = embed.get_dim("nO")
         table = numpy.stack([cache[key] for key in keys]) if keys else numpy.zeros((0, width), dtype="float32")
