@@ -14,13 +14,16 @@ work they depend on:
   patterns the windows around digits; e-mail and IP patterns the whitespace-free runs holding an ``@``, a
   digit-dot-digit, ``::`` or hex-colon-hex; our street and labelled-name patterns only texts holding a street suffix
   or a label. The pieces of a whole batch are joined and each recognizer makes one pass over them, with Presidio's
-  own patterns and validation (Luhn, IBAN checksum, tldextract); findings are shifted back.
+  own patterns and validation (Luhn, IBAN checksum, tldextract); findings are shifted back. Any other pattern
+  recognizer is called only on the texts where one of its own patterns matches (``own_patterns``).
 - **Entities that cannot occur are not looked for**: no ``@`` means no e-mail; no digit means no card, IBAN, SSN
   or phone; tokens are made only for texts that need NER or context words.
 - **Context words** are looked for, with Presidio's enhancer, only around findings of recognizers that have them
   and only when one of those words is in the text.
 - The **phone recognizer** (python-phonenumbers, once per region over the whole text: the slowest recognizer)
   reads only windows around digits and parses only candidates that can be valid (curation.pii_phone).
+- **Memory**: spaCy's vocabulary gains a lexeme and strings for every new word; past ``VOCAB_STRINGS`` new strings
+  the pipeline is loaded afresh, so a long corpus does not grow the process without bound.
 
 The recognizer calls, context enhancement, score threshold and de-duplication are Presidio's own, in
 ``AnalyzerEngine.analyze``'s order. ``analyzer_engine()`` is Presidio's stock engine with the same recognizers; the
