@@ -154,8 +154,9 @@ def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
     features once per batch, reusing the rows of earlier batches; returns whether its layout was the one expected
     (``extract_features >> list2ragged >> with_array(hash embeddings) >> with_array(maxout...) >> ragged2list``).
 
-    The embedding of a row reads that row only, so the vectors are those of the full layer (compared in
-    llm_pipeline_tests/curation/test_pii_ner.py). Training is left to the original layer."""
+    The embedding of a row reads that row only, so the vectors are those of the full layer up to float rounding (the
+    matrix product runs over fewer rows; at most 4e-6 apart on presidio-research's 1,500 documents, with the same
+    entities: llm_pipeline_tests/curation/test_pii_ner.py). Training is left to the original layer."""
     from thinc.api import Model
 
     try:
