@@ -14,13 +14,16 @@ work they depend on:
   patterns the windows around digits; e-mail and IP patterns the whitespace-free runs holding an ``@``, a
   digit-dot-digit, ``::`` or hex-colon-hex; our street and labelled-name patterns only texts holding a street suffix
   or a label. The pieces of a whole batch are joined and each recognizer makes one pass over them, with Presidio's
-  own patterns and validation (Luhn, IBAN checksum, tldextract); findings are shifted back.
+  own patterns and validation (Luhn, IBAN checksum, tldextract); findings are shifted back. Any other pattern
+  recognizer is called only on the texts where one of its own patterns matches (``own_patterns``).
 - **Entities that cannot occur are not looked for**: no ``@`` means no e-mail; no digit means no card, IBAN, SSN
   or phone; tokens are made only for texts that need NER or context words.
 - **Context words** are looked for, with Presidio's enhancer, only around findings of recognizers that have them
   and only when one of those words is in the text.
 - The **phone recognizer** (python-phonenumbers, once per region over the whole text: the slowest recognizer)
   reads only windows around digits and parses only candidates that can be valid (curation.pii_phone).
+- **Memory**: spaCy's vocabulary gains a lexeme and strings for every new word; past ``VOCAB_STRINGS`` new strings
+  the pipeline is loaded afresh, so a long corpus does not grow the process without bound.
 
 The recognizer calls, context enhancement, score threshold and de-duplication are Presidio's own, in
 ``AnalyzerEngine.analyze``'s order. ``analyzer_engine()`` is Presidio's stock engine with the same recognizers; the
@@ -37,7 +40,7 @@ import regex
 
 from spacy.attrs import IS_PUNCT, IS_STOP
 
-from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, candidate_offsets, token_table, use_numpy_blas,
+from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, cache_embeddings, candidate_offsets, token_table, use_numpy_blas,
                                            windowed_entities, without_capitals)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
@@ -348,23 +351,33 @@ def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[in
     return out
 
 
+# spaCy keeps a lexeme and its strings for every word it has ever tokenized: over a long corpus that grows without
+# bound, ~10 KB per document of unseen words (benchmarks/README.md). Once the vocabulary holds this many strings more
+# than at load, the analyzer loads its spaCy pipeline afresh (~0.2 s) and the old one, vocabulary and all, is freed. A
+# word's lexeme is computed from the word alone, so a word tokenizes the same in the new vocabulary: the findings do
+# not depend on when that happens (llm_pipeline_tests/curation/test_pii_engine.py). spaCy's own memory zones free
+# them too, but its tokenizer caches nothing inside one, which made tokenizing ~4x slower.
+# ~20-40 MB of lexemes, strings and tokenizer cache. Documents with ~10 unseen words each (names, addresses, numbers)
+# reach it every ~14,000 documents; a reload takes ~0.2 s of CPU, under 1% of what those documents take.
+VOCAB_STRINGS = 200_000
+
+
 class FastAnalyzer:
     """Presidio results for a batch of texts (see the module docstring for what is skipped and why)."""
 
-    def __init__(self, spacy_model: str, entities: list[str], score_threshold: float):
-        import spacy
+    def __init__(self, spacy_model: str, entities: list[str], score_threshold: float,
+                 vocab_strings: int = VOCAB_STRINGS):
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
         _check_model(spacy_model)
         self.entities = list(entities)
         self.score_threshold = score_threshold
-        self.nlp = spacy.load(spacy_model, exclude=NON_NER_PIPES)
-        self.ner = self.nlp.get_pipe("ner")
-        self.fast_blas = use_numpy_blas(self.ner.model)
+        self.spacy_model = spacy_model
+        self.vocab_strings = vocab_strings
         self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}],
                                          ner_model_configuration=NerModelConfiguration(labels_to_ignore=NER_LABELS_IGNORED))
-        self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
+        self._load_pipeline()
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
         for rec in extra_recognizers():
             self.engine.registry.add_recognizer(rec)
@@ -383,9 +396,35 @@ class FastAnalyzer:
                     pattern.compiled_regex = regex.compile(pattern.regex, flags=rec.global_regex_flags)
         self.gates = {rec.id: regex.compile(RECOGNIZER_GATES[rec.name], getattr(rec, "global_regex_flags", 0) or 0)
                       for rec in self.recognizers if rec.name in RECOGNIZER_GATES}
+        # A pattern recognizer without a gate finds something only where one of its own patterns matches: those
+        # are searched first, and Presidio's call (a clock reading and a debug line per pattern, an explanation
+        # object per match, de-duplication), ~20 us a text, is made only where one does.
+        from presidio_analyzer import PatternRecognizer
+
+        self.own_patterns = {rec.id: [p.compiled_regex for p in rec.patterns]
+                             for rec in self.recognizers
+                             if type(rec).analyze is PatternRecognizer.analyze and rec.patterns and not rec.deny_list
+                             and rec.id not in self.gates and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
         self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
+
+    def _load_pipeline(self) -> None:
+        import spacy
+
+        self.nlp = spacy.load(self.spacy_model, exclude=NON_NER_PIPES)
+        self.ner = self.nlp.get_pipe("ner")
+        self.fast_blas = use_numpy_blas(self.ner.model)
+        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
+        self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
+        self.strings_at_load = len(self.nlp.vocab.strings)
+        self.reloads = getattr(self, "reloads", -1) + 1
+
+    def release_vocab(self, force: bool = False) -> None:
+        """Load the spaCy pipeline afresh (freeing the words its vocabulary gathered) once the vocabulary holds
+        `vocab_strings` strings more than at load, or now with `force`. No spaCy object outlives an analyze call."""
+        if force or len(self.nlp.vocab.strings) - self.strings_at_load >= self.vocab_strings:
+            self._load_pipeline()
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -512,6 +551,12 @@ class FastAnalyzer:
         """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
         the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
         the candidate words near those spans (``near_spans``)."""
+        try:
+            return self._analyze(texts, batch_size, ner, focus)
+        finally:
+            self.release_vocab()
+
+    def _analyze(self, texts: list[str], batch_size: int, ner: list[bool] | None, focus: list | None) -> list[list]:
         from presidio_analyzer import RecognizerResult
 
         entities = [self._entities_for(t) for t in texts]
@@ -528,10 +573,12 @@ class FastAnalyzer:
                     pieces.extend((i, lo, hi) for lo, hi in self._pieces(rec, mode, texts[i], of))
                 pairs = self._run_joined(rec, texts, pieces)
             else:
-                gate = self.gates.get(rec.id)
+                gate, own = self.gates.get(rec.id), self.own_patterns.get(rec.id)
                 pairs = []
                 for i in wanted:
                     if (rec.name == "SpacyRecognizer" and not ents[i]) or (gate is not None and gate.search(texts[i]) is None):
+                        continue
+                    if own is not None and not any(p.search(texts[i]) for p in own):
                         continue
                     artifacts = self._artifacts(ents[i])  # the NER spans (all a recognizer reads: tokens are for context)
                     pairs.extend((i, r) for r in rec.analyze(text=texts[i], entities=entities[i], nlp_artifacts=artifacts))

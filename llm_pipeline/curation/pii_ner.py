@@ -19,6 +19,10 @@ products, so the NER model here uses numpy's BLAS (``use_numpy_blas``), pinned t
 (``one_blas_thread``: one process stays on one core, worker processes do not oversubscribe). Where no OpenBLAS can
 be found to pin, blis stays.
 
+**Embeddings.** A token's embedding (four hashed lexeme features, then a maxout layer: a quarter of the network's
+work) depends on nothing but those features; ``cache_embeddings`` computes it once per distinct feature row and
+keeps the rows of words seen before (names, template words and the words around a tag recur across windows).
+
 **Decoder.** ``greedy_ner`` drives spaCy's transition loop from Python, one vectorized step for all windows of a
 batch; spaCy's own C loop re-acquires the GIL for every hidden unit of every step in the builds we use (see its
 docstring), which made it slower than the network.
@@ -139,6 +143,59 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
         active = ner.transition_states(active, model.predict(active))
     model.clear_memory()
     ner.set_annotations(docs, states)
+
+
+# ---------------------------------------------------------------- embeddings once per distinct token
+EMBED_CACHE_SIZE = 50_000  # feature rows remembered (96 floats each: ~20 MB); the cache restarts when full
+
+
+def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
+    """Make `model` (the NER component's thinc model, spaCy's ``parser_model``) embed each distinct row of token
+    features once per batch, reusing the rows of earlier batches; returns whether its layout was the one expected
+    (``extract_features >> list2ragged >> with_array(hash embeddings) >> with_array(maxout...) >> ragged2list``).
+
+    The embedding of a row reads that row only, so the vectors are those of the full layer up to float rounding (the
+    matrix product runs over fewer rows; at most 4e-6 apart on presidio-research's 1,500 documents, with the same
+    entities: llm_pipeline_tests/curation/test_pii_ner.py). Training is left to the original layer."""
+    from thinc.api import Model
+
+    try:
+        tok2vec = model.get_ref("tok2vec").layers[0]  # embed >> encode (the ref adds list2array >> linear)
+        embed = tok2vec.layers[0]
+        extract, _, hashed, mixed, _ = embed.layers
+        hash_layer, mix_layer = hashed.layers[0], mixed.layers[0]
+    except (KeyError, IndexError, ValueError):
+        return False
+    if not (extract.name == "extract_features" and hashed.name.startswith("with_array(") and embed.name.endswith("ragged2list")):
+        return False
+    cache: dict[bytes, object] = {}
+
+    def forward(layer, docs, is_train):
+        if is_train:
+            return embed(docs, is_train)
+        import numpy
+
+        feats = extract.predict(docs)
+        lengths = [len(f) for f in feats]
+        rows = numpy.ascontiguousarray(numpy.concatenate(feats)) if feats else numpy.zeros((0, 4), dtype="uint64")
+        uniq, inverse = numpy.unique(rows, axis=0, return_inverse=True)
+        keys = [row.tobytes() for row in uniq]
+        todo = [k for k, key in enumerate(keys) if key not in cache]
+        if len(cache) + len(todo) > size:  # full: start again with this batch's rows
+            cache.clear()
+            todo = list(range(len(keys)))
+        if todo:
+            fresh = mix_layer.predict(hash_layer.predict(uniq[todo]))
+            cache.update(zip((keys[k] for k in todo), fresh))
+        width = embed.get_dim("nO")
+        table = numpy.stack([cache[key] for key in keys]) if keys else numpy.zeros((0, width), dtype="float32")
+        out = table[inverse.reshape(-1)]
+        return numpy.split(out, numpy.cumsum(lengths)[:-1]) if lengths else [], lambda d: d
+
+    # In place of the embedding layer (its sublayers keep their weights and ops: call use_numpy_blas first, whose
+    # walk over the model no longer reaches them afterwards).
+    tok2vec.layers[0] = Model("cached_embed", forward, dims={"nO": embed.get_dim("nO")})
+    return True
 
 
 # ---------------------------------------------------------------- numpy's BLAS for the NER model, on one thread

