@@ -258,3 +258,25 @@ def test_a_run_killed_while_training_the_judge_resumes_it_from_its_checkpoint(pi
         a = load_file(str(whole / folder / "adapter_model.safetensors"))
         b = load_file(str(res.output_dir / folder / "adapter_model.safetensors"))
         assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), folder or "reward_model"
+
+
+def test_a_budget_bounds_both_models_and_their_evaluations(pipeline, tmp_path):
+    """A budget far below one step: the reward model and the judge each take the one step a run always takes and stop,
+    each evaluation scores one held-out pair, and the stage records its budget and what its clock counted."""
+    res, _ = _run(pipeline, tmp_path, max_train_seconds=0.001)
+    s, md = res.stats, res.metadata["budget"]
+    assert s["budget_seconds"] == 0.001 and s["budget_spent_seconds"] > 0
+    assert s["steps"] == 1 and s["stopped_by_budget"] and s["judge_steps"] == 1 and s["judge_stopped_by_budget"]
+    assert s["eval_pairs_scored"] == 1 < s["eval_pairs"] and md["eval_pairs"].startswith(f"1 of {s['eval_pairs']} ")
+    assert "reward_model.max_train_seconds set in config" in md["why"]
+    assert md["parts"]["reward_model"] is not None and md["parts"]["judge"] is not None
+
+
+def test_the_stage_takes_its_share_of_the_runs_budget(pipeline, tmp_path):
+    cfg, results = pipeline
+    training = cfg.training.model_copy(update={"max_train_seconds": 10_000.0})
+    res, _ = _run(pipeline.__class__((cfg.model_copy(update={"training": training}), results)), tmp_path)
+    # What SFT and the base model recorded is taken off first; the reward model's part is 0.05 of what is left over
+    # the shares of itself, DPO and RL (0.25).
+    assert res.stats["budget_seconds"] < 10_000 * 0.05 / 0.25 and "of training.max_train_seconds" in res.metadata["budget"]["why"]
+    assert res.stats["steps"] == 12  # the step cap ends a run the budget does not
