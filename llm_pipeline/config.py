@@ -540,6 +540,10 @@ class EvalReportConfig(Section):
     max_document_chars: int = Field(default=8_000, ge=16)  # one long document must not dominate the run time
     max_eval_pairs: int = Field(default=200, ge=1)  # held-out preference pairs scored (two forwards x 2 models each)
     max_task_examples: int = Field(default=60, ge=1)  # sft_eval rows generated greedily; generation is the slow part
+    # A time cap in seconds: the row caps above are lowered to what it affords at the forward speed training measured
+    # (stages/eval_report.py, budget_caps). None = a fifth of training.max_train_seconds when that is set (the report
+    # scores five models where a training step runs one), else no time cap.
+    max_seconds: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, ge=1)  # sequences per forward; 8 keeps a 135M model's logits under 1 GB
     samples: int = Field(default=3, ge=0)
     sample_max_new_tokens: int = Field(default=40, ge=1)
