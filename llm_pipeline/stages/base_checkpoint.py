@@ -64,12 +64,17 @@ VOCAB_CHECK_GROUP = 4  # documents scored with both tokenizers between two looks
 # evaluations the rest. A real run's check of 19 documents x 4,000 chars took ~700 s on one core after a 270 s share.
 VOCAB_CHECK_SHARE = 0.03
 EVALS_PLANNED = 3  # evaluations an eval chunk cap is sized for (the loop skips intermediate ones past its share)
+VOCAB_CHECK_MIN_CHARS = 400  # the least text a check scores: a few sentences per tokenizer, a figure at all
+CHARS_PER_TOKEN = 4  # English text in a BPE vocabulary: turns the tokens a check affords into characters
 
 
-def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int, allowance: float | None = None) -> tuple[dict, object | None]:
+def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int, allowance: float | None = None,
+                max_chars: int | None = None) -> tuple[dict, object | None]:
     """Does the vocabulary extension pay? Held-out bits per byte of the trained model with the extended tokenizer
     and with the original one, on the same documents. With an `allowance` in seconds, documents are scored a few at a
-    time, both ways, until the next group would pass it (at least one group is scored). Returns the record for the
+    time, both ways, until the next group would pass it (at least one group is scored); `max_chars` (what the
+    allowance affords at the measured forward speed) shortens the documents first, spread over as many as it covers
+    at VOCAB_CHECK_MIN_CHARS each. Returns the record for the
     stats (what was scored, in what time), and the original tokenizer (finished for the later stages) when the
     extension is to be dropped, else None."""
     import itertools
@@ -84,6 +89,10 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int,
     texts = [t[:VOCAB_CHECK_CHARS] for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
     if not texts:
         return {"checked": False, "why": "no held-out documents to measure the extension on", "kept": "extended"}, None
+    available = len(texts)
+    if max_chars is not None and max_chars < sum(map(len, texts)):
+        per_doc = min(VOCAB_CHECK_CHARS, max(VOCAB_CHECK_MIN_CHARS, max_chars // len(texts)))
+        texts = [texts[i][:per_doc] for i in budget.spread(len(texts), max(1, max_chars // per_doc))]
     name, original = load_base_tokenizer(cfg)
     vocab_extension.finish(original)
     was_training = model.training
@@ -110,34 +119,39 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int,
     lower = bpb["extended"] < bpb["original"] * (1 - gain)
     keep = lower or cfg.tokenizer.keep_extension == "always"
     record = {
-        "checked": True, "documents": scored, "documents_available": len(texts),
+        "checked": True, "documents": scored, "documents_available": available,
         "chars_scored": sum(len(t) for t in texts[:scored]), "seconds": round(time.perf_counter() - started, 3),
-        "allowance_seconds": round(allowance, 1) if allowance is not None else None,
+        "allowance_seconds": round(allowance, 1) if allowance is not None else None, "max_chars": max_chars,
         "tokens_added": added, "original_tokenizer": name,
         "extended_bits_per_byte": round(bpb["extended"], 5), "original_bits_per_byte": round(bpb["original"], 5),
         "change": round(bpb["extended"] / bpb["original"] - 1, 5), "kept": "extended" if keep else "original",
         "why": (f"the {added} domain terms {'lower' if lower else 'do not lower'} held-out bits per byte"
                 f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer"
-                f" on {scored} of {len(texts)} held-out documents{' (what the budget allowed)' if scored < len(texts) else ''})"
+                f" on {scored} of {available} held-out documents, {sum(len(t) for t in texts[:scored]):,} characters)"
                 + ("" if keep == lower else "; kept because tokenizer.keep_extension is 'always'")),
     }
     return record, None if keep else original
 
 
 def eval_cap(model, eval_tokens, seq_len: int, pad_id: int, batch_size: int, plan, allowance: float) -> tuple[int, float]:
-    """(chunks, seconds per chunk): how many held-out chunks one evaluation can score in `allowance` seconds, timed on
-    one batch of them now (that batch's seconds count against the budget like any evaluation's)."""
+    """(chunks, seconds per chunk): how many held-out chunks one evaluation can score in `allowance` seconds (at least
+    one), timed on one chunk now (its seconds count against the budget like any evaluation's; a chunk alone is
+    slower per chunk than in a batch, so the estimate errs on the cheap side)."""
     import time
 
     from llm_pipeline.training.pretrain import EVAL_MAX_CHUNKS
 
-    probe = PackedChunks(eval_tokens[: batch_size * seq_len], seq_len, pad_id)
+    probe = PackedChunks(eval_tokens[:seq_len], seq_len, pad_id)
     model.to(plan.device)  # where training will put it (and evaluate sends the batches)
     t0 = time.perf_counter()
-    evaluate(model, probe, batch_size, plan)
-    per_chunk = (time.perf_counter() - t0) / max(1, len(probe))
-    batches = budget.affordable(-(-EVAL_MAX_CHUNKS // batch_size), per_chunk * batch_size, allowance)
-    return min(EVAL_MAX_CHUNKS, batches * batch_size), per_chunk
+    evaluate(model, probe, 1, plan)
+    per_chunk = time.perf_counter() - t0
+    return budget.affordable(min(EVAL_MAX_CHUNKS, -(-len(eval_tokens) // seq_len)), per_chunk, allowance), per_chunk
+
+
+def check_chars(allowance: float, seconds_per_token: float) -> int:
+    """Characters the vocabulary check can score in `allowance` seconds: each is scored twice (both tokenizers)."""
+    return max(VOCAB_CHECK_MIN_CHARS, int(allowance / (2 * seconds_per_token) * CHARS_PER_TOKEN)) if seconds_per_token > 0 else 0
 
 
 LORA_MIN_PARAMS = 20_000_000  # below this a full step is cheap on a CPU too, and LoRA's overhead is not worth it
@@ -210,7 +224,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # Under a budget the held-out work stays within MAX_EVAL_SHARE of it: each evaluation scores only the chunks its
     # part affords (timed on one batch now), the vocabulary check gets VOCAB_CHECK_SHARE, and the loop trains within
     # what is left once the check and one evaluation (the final one, unmeasured until the first has run) are set aside.
-    loop_seconds, check_allowance, eval_chunks_cap, eval_share = budget_seconds, None, None, None
+    loop_seconds, check_allowance, eval_chunks_cap, eval_share, check_max_chars = budget_seconds, None, None, None, None
     # A multi-process launch keeps the uncapped evaluation: every rank must score the same chunks, and each would time its
     # own probe.
     if budget_seconds is not None and bc.train_steps > 0 and distributed_rank()[1] == 1:
@@ -222,6 +236,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                                                   eval_share * budget_seconds / EVALS_PLANNED)
             eval_chunks = PackedChunks(eval_tokens[: eval_chunks_cap * seq_len], seq_len, pad_id)
             eval_seconds = per_chunk * eval_chunks_cap
+            if checks_vocab:
+                check_max_chars = check_chars(check_allowance, per_chunk / seq_len)
         loop_seconds = max(budget_seconds - stage_clock.spent() - check_allowance - eval_seconds, budget_seconds / 20)
     settings = LoopSettings(
         max_seconds=loop_seconds, eval_share=eval_share,
@@ -253,7 +269,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         if world > 1:
             vocab["why"] = "not measured under a multi-process launch"
         else:
-            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms, check_allowance)
+            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms, check_allowance, check_max_chars)
             if original_tokenizer is not None:
                 keep_rows(model, vocab_extension.row_map(tokenizer, original_tokenizer))
                 tokenizer = original_tokenizer

@@ -319,7 +319,7 @@ def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tu
     seconds = max(left * shares[stage] / later, planned / 20)
     done = ", ".join(f"{s} {v:,.0f} s" for s, v in spent.items() if v) or "nothing yet"
     named = ", ".join(f"{s} {v:g}" for s, v in shares.items())
-    return round(seconds, 1), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
+    return round(seconds, 3), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
                                f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares {named})")
 
 
