@@ -160,6 +160,7 @@ class Part:
 
     def __init__(self, seconds: float, eval_seconds: float):
         self.clock = budget.Clock(max(seconds, 1e-3))
+        self.clock.start()  # building the model counts too
         self.eval_seconds = eval_seconds
 
 
