@@ -196,6 +196,15 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     sft, method = load_policy(cfg, base_dir, lora_dir)
     sampling_stop = (lambda: clock.spent() >= SAMPLING_SHARE * clock.budget) if clock is not None else None  # noqa: E731
     train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer, should_stop=sampling_stop)
+    if sampling_stop is not None and len(train) < dc.min_pairs and derivation.get("skipped", {}).get("sampling_budget_spent"):
+        # The budget ended the sampling with too few pairs to learn from. Unlike DPO, which then leaves the SFT model
+        # to stand, rl_model needs a reward model: other documents' text as the rejected side costs no sampling.
+        why = (f"the budget ended sampling the rejections with {len(train)} training pairs (fewer than dpo_model.min_pairs "
+               f"{dc.min_pairs}): other documents' text is the rejected side instead")
+        fallback = cfg.model_copy(update={"dpo_model": dc.model_copy(update={"rejected": "other_document"})})
+        sampled = derivation
+        train, held, derivation = build_pairs(fallback, inputs["deduped_shards"], sft, tokenizer)
+        derivation = {**derivation, "fallback": why, "sampled": sampled}
     dropped: Counter = Counter()
     tokenize = lambda rows: [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in rows) if t]  # noqa: E731
     judge_train: list[dict] = []

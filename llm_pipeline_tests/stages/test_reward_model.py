@@ -280,3 +280,19 @@ def test_the_stage_takes_its_share_of_the_runs_budget(pipeline, tmp_path):
     # the shares of itself, DPO and RL (0.25).
     assert res.stats["budget_seconds"] < 10_000 * 0.05 / 0.25 and "of training.max_train_seconds" in res.metadata["budget"]["why"]
     assert res.stats["steps"] == 12  # the step cap ends a run the budget does not
+
+
+def test_a_budget_spent_on_sampling_falls_back_to_other_documents_as_the_rejected_side(pipeline, tmp_path):
+    """Model-sampled rejections under a budget that ends the sampling at once: instead of failing for want of pairs
+    (rl_model needs a reward model), the stage takes other documents' text as the rejected side and says why."""
+    cfg, results = pipeline
+    cfg2 = cfg.model_copy(update={"reward_model": cfg.reward_model.model_copy(update={"max_train_seconds": 0.001}),
+                                  "dpo_model": cfg.dpo_model.model_copy(update={"rejected": "model_sample"}),
+                                  "allowed_roots": [str(tmp_path)]})
+    inputs = {name: results[name].output_dir for name in ("lora_adapter", "base_checkpoint", "tokenizer")}
+    inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
+    (tmp_path / "out").mkdir()
+    res = reward_model.run(cfg2, inputs, tmp_path / "out")
+    data = res.metadata["data"]
+    assert "budget ended sampling" in data["fallback"] and data["sampled"]["skipped"]["sampling_budget_spent"] > 0
+    assert res.stats["pairs"] > 0 and res.stats["steps"] == 1
