@@ -469,6 +469,9 @@ class RewardModelConfig(Section):
     # of ~11; docs/training.md). False: the reward model trains on every pair.
     judge: bool = True
     judge_max_steps: int | None = Field(default=None, ge=1)  # None = max_steps
+    # A budget in seconds for the reward model and its judge together (split by their step caps), evaluations
+    # included; None = this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
 
 RULE_REWARDS = ("ends_with_period", "ends_with_punctuation", "length", "distinct_words")
@@ -503,6 +506,9 @@ class RlModelConfig(Section):
     checkpoint_every: int | None = Field(default=None, ge=1)  # None = four checkpoints per run
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     cpu_threads: int | None = Field(default=None, ge=1)
+    # A budget in seconds: sampling, the steps and the before/after evaluations all count against it (max_steps stays
+    # a cap); None = this stage's share of training.max_train_seconds, or no budget when that is unset.
+    max_train_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("rule_rewards")
     @classmethod
@@ -536,6 +542,10 @@ class EvalReportConfig(Section):
     max_document_chars: int = Field(default=8_000, ge=16)  # one long document must not dominate the run time
     max_eval_pairs: int = Field(default=200, ge=1)  # held-out preference pairs scored (two forwards x 2 models each)
     max_task_examples: int = Field(default=60, ge=1)  # sft_eval rows generated greedily; generation is the slow part
+    # A time cap in seconds: the row caps above are lowered to what it affords at the forward speed training measured
+    # (stages/eval_report.py, budget_caps). None = a fifth of training.max_train_seconds when that is set (the report
+    # scores five models where a training step runs one), else no time cap.
+    max_seconds: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, ge=1)  # sequences per forward; 8 keeps a 135M model's logits under 1 GB
     samples: int = Field(default=3, ge=0)
     sample_max_new_tokens: int = Field(default=40, ge=1)
@@ -635,20 +645,27 @@ class TrainingConfig(Section):
     """One time budget for the run's training stages (training/budget.py, docs/training.md).
 
     Each training stage without a budget of its own gets, when it starts, the seconds still left of
-    `max_train_seconds` (the budget less what the upstream training stages recorded in their stats) times its share
-    over the shares of the stages not yet run. Continued pretraining, SFT and DPO each spend their part; a stage that
-    finishes early leaves its seconds to the later ones."""
+    `max_train_seconds` (the budget less what its upstream training stages recorded in their stats) times its share
+    over the shares of itself and every training stage not upstream of it. Continued pretraining, SFT, DPO, the reward
+    model (with its judge) and RL each spend their part, evaluations and sampling included; a stage that finishes
+    early leaves its seconds to the later ones."""
 
     max_train_seconds: float | None = Field(default=None, gt=0)
-    # SFT first: on a CPU it buys the most per second (the issue's 900 s SFT run beat 1,544 s of full-parameter
-    # continued pretraining on every trained domain); DPO last, it sharpens what SFT taught.
+    # Most of the budget goes where held-out perplexity comes down: continued pretraining and SFT (the issue's 900 s
+    # SFT run beat 1,544 s of full-parameter continued pretraining on every trained domain, so SFT gets the most).
+    # DPO, the reward model and RL sharpen answers rather than lower perplexity, and on a CPU they pay for sampling
+    # and a second model per step, so they get small parts: DPO 0.1, the reward model and its judge 0.05 together,
+    # RL 0.1 (its steps are mostly sampling).
     base_checkpoint_share: float = Field(default=0.3, ge=0)
-    lora_adapter_share: float = Field(default=0.5, ge=0)
-    dpo_model_share: float = Field(default=0.2, ge=0)
+    lora_adapter_share: float = Field(default=0.45, ge=0)
+    dpo_model_share: float = Field(default=0.1, ge=0)
+    reward_model_share: float = Field(default=0.05, ge=0)
+    rl_model_share: float = Field(default=0.1, ge=0)
 
     @model_validator(mode="after")
     def _some_share(self) -> "TrainingConfig":
-        if self.base_checkpoint_share + self.lora_adapter_share + self.dpo_model_share <= 0:
+        if (self.base_checkpoint_share + self.lora_adapter_share + self.dpo_model_share + self.reward_model_share
+                + self.rl_model_share) <= 0:
             raise ValueError("the stage shares of the training budget add up to 0")
         return self
 

@@ -104,7 +104,7 @@ def _pair_accuracy(lm: LoadedModel, pairs: list[dict], batch_size: int) -> float
 
 def vocabulary_gap(lm: LoadedModel, tokenizer) -> str | None:
     """Why a model cannot read the SFT tokenizer's ids (the SFT stage may add chat tokens the base model lacks)."""
-    rows = lm.model.get_input_embeddings().num_embeddings
+    rows = lm.model.get_input_embeddings().weight.shape[0]  # PEFT's trainable-token wrapper has no num_embeddings
     return None if rows >= len(tokenizer) else f"its embeddings have {rows} rows, the SFT tokenizer {len(tokenizer)} tokens"
 
 

@@ -36,7 +36,7 @@ from llm_pipeline.training.embeddings import extension_pieces, keep_rows, resize
 from llm_pipeline.training.launch import distributed_rank
 from llm_pipeline.training.model_source import load_base_model
 from llm_pipeline.training.packing import MixedChunks, PackedChunks, token_stream
-from llm_pipeline.training.pretrain import LoopSettings, evaluate, save_trained_model, train
+from llm_pipeline.training.pretrain import EVAL_MAX_CHUNKS, LoopSettings, evaluate, save_trained_model, train
 from llm_pipeline.training.tracking import Tracker, tracked_run
 
 ASSET = "base_checkpoint"
@@ -58,14 +58,29 @@ def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, v
 
 VOCAB_CHECK_DOCUMENTS = 48  # held-out documents per check: a stable bits-per-byte figure at two scoring passes' cost
 VOCAB_CHECK_CHARS = 4_000
+VOCAB_CHECK_GROUP = 4  # documents scored with both tokenizers between two looks at the clock
+# Under a budget, the stage's held-out work (its evaluations during training, the one of general text after it, and
+# the vocabulary check) stays within budget.MAX_EVAL_SHARE of its share: the check takes this part of it, the
+# evaluations the rest. A real run's check of 19 documents x 4,000 chars took ~700 s on one core after a 270 s share.
+VOCAB_CHECK_SHARE = 0.03
+EVALS_PLANNED = 3  # evaluations an eval chunk cap is sized for (the loop skips intermediate ones past its share)
+VOCAB_CHECK_MIN_CHARS = 400  # the least text a check scores: a few sentences per tokenizer, a figure at all
+CHARS_PER_TOKEN = 4  # English text in a BPE vocabulary: turns the tokens a check affords into characters
 
 
-def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int) -> tuple[dict, object | None]:
+def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int, allowance: float | None = None,
+                max_chars: int | None = None) -> tuple[dict, object | None]:
     """Does the vocabulary extension pay? Held-out bits per byte of the trained model with the extended tokenizer
-    and with the original one. Returns the record for the stats, and the original tokenizer (finished for the later
-    stages) when the extension is to be dropped, else None."""
+    and with the original one, on the same documents. With an `allowance` in seconds, documents are scored a few at a
+    time, both ways, until the next group would pass it (at least one group is scored); `max_chars` (what the
+    allowance affords at the measured forward speed) shortens the documents first, spread over as many as it covers
+    at VOCAB_CHECK_MIN_CHARS each. Returns the record for the
+    stats (what was scored, in what time), and the original tokenizer (finished for the later stages) when the
+    extension is to be dropped, else None."""
     import itertools
+    import time
 
+    from llm_pipeline import progress
     from llm_pipeline.evaluation.models import LoadedModel
     from llm_pipeline.evaluation.perplexity import score_texts, total
     from llm_pipeline.stages.tokenizer import load_base_tokenizer
@@ -74,27 +89,69 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int)
     texts = [t[:VOCAB_CHECK_CHARS] for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
     if not texts:
         return {"checked": False, "why": "no held-out documents to measure the extension on", "kept": "extended"}, None
+    available = len(texts)
+    if max_chars is not None and max_chars < sum(map(len, texts)):
+        per_doc = min(VOCAB_CHECK_CHARS, max(VOCAB_CHECK_MIN_CHARS, max_chars // len(texts)))
+        texts = [texts[i][:per_doc] for i in budget.spread(len(texts), max(1, max_chars // per_doc))]
     name, original = load_base_tokenizer(cfg)
     vocab_extension.finish(original)
     was_training = model.training
     model.eval()
+    scores: dict[str, list] = {"extended": [], "original": []}
+    started = time.perf_counter()
+    meter = progress.meter("base_checkpoint vocabulary check", total=len(texts), unit="document")
+    scored = 0
     try:
-        bpb = {label: total(score_texts(LoadedModel(label, model, tok, is_adapter=False), texts, batch_size=4)).bits_per_byte
-               for label, tok in (("extended", tokenizer), ("original", original))}
+        while scored < len(texts):
+            group = texts[scored : scored + VOCAB_CHECK_GROUP]
+            for label, tok in (("extended", tokenizer), ("original", original)):
+                scores[label] += score_texts(LoadedModel(label, model, tok, is_adapter=False), group, batch_size=4)
+            scored += len(group)
+            meter.update(scored)
+            spent = time.perf_counter() - started
+            if allowance is not None and spent + spent / scored * min(VOCAB_CHECK_GROUP, len(texts) - scored) > allowance:
+                break
     finally:
+        meter.close()
         model.train(was_training)
+    bpb = {label: total(s).bits_per_byte for label, s in scores.items()}
     gain = cfg.tokenizer.extension_min_gain
     lower = bpb["extended"] < bpb["original"] * (1 - gain)
     keep = lower or cfg.tokenizer.keep_extension == "always"
     record = {
-        "checked": True, "documents": len(texts), "tokens_added": added, "original_tokenizer": name,
+        "checked": True, "documents": scored, "documents_available": available,
+        "chars_scored": sum(len(t) for t in texts[:scored]), "seconds": round(time.perf_counter() - started, 3),
+        "allowance_seconds": round(allowance, 1) if allowance is not None else None, "max_chars": max_chars,
+        "tokens_added": added, "original_tokenizer": name,
         "extended_bits_per_byte": round(bpb["extended"], 5), "original_bits_per_byte": round(bpb["original"], 5),
         "change": round(bpb["extended"] / bpb["original"] - 1, 5), "kept": "extended" if keep else "original",
         "why": (f"the {added} domain terms {'lower' if lower else 'do not lower'} held-out bits per byte"
-                f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer)"
+                f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer"
+                f" on {scored} of {available} held-out documents, {sum(len(t) for t in texts[:scored]):,} characters)"
                 + ("" if keep == lower else "; kept because tokenizer.keep_extension is 'always'")),
     }
     return record, None if keep else original
+
+
+def eval_cap(model, eval_tokens, seq_len: int, pad_id: int, batch_size: int, plan, allowance: float) -> tuple[int, float]:
+    """(chunks, seconds per chunk): how many held-out chunks one evaluation can score in `allowance` seconds (at least
+    one), timed on one chunk now (its seconds count against the budget like any evaluation's; a chunk alone is
+    slower per chunk than in a batch, so the estimate errs on the cheap side)."""
+    import time
+
+    from llm_pipeline.training.pretrain import EVAL_MAX_CHUNKS
+
+    probe = PackedChunks(eval_tokens[:seq_len], seq_len, pad_id)
+    model.to(plan.device)  # where training will put it (and evaluate sends the batches)
+    t0 = time.perf_counter()
+    evaluate(model, probe, 1, plan)
+    per_chunk = time.perf_counter() - t0
+    return budget.affordable(min(EVAL_MAX_CHUNKS, -(-len(eval_tokens) // seq_len)), per_chunk, allowance), per_chunk
+
+
+def check_chars(allowance: float, seconds_per_token: float) -> int:
+    """Characters the vocabulary check can score in `allowance` seconds: each is scored twice (both tokenizers)."""
+    return max(VOCAB_CHECK_MIN_CHARS, int(allowance / (2 * seconds_per_token) * CHARS_PER_TOKEN)) if seconds_per_token > 0 else 0
 
 
 LORA_MIN_PARAMS = 20_000_000  # below this a full step is cheap on a CPU too, and LoRA's overhead is not worth it
@@ -154,13 +211,36 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         train_chunks = MixedChunks(domain_chunks, PackedChunks(general_tokens, seq_len, pad_id), bc.domain_ratio)
 
     budget_seconds, budget_why = budget.stage_budget(cfg, ASSET)
+    stage_clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
+    if stage_clock is not None:
+        stage_clock.start()
     n_params = sum(p.numel() for p in model.parameters())
     method, method_why = choose_method(cfg, plan, n_params)
     if method == "lora" and bc.train_steps > 0:
         model = with_lora(model, cfg, list(range(resize["old_vocab_size"], resize["new_vocab_size"])))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    added_terms = len(extension_pieces(inputs["tokenizer"]))
+    checks_vocab = bool(added_terms and resize["new_vocab_size"] > resize["old_vocab_size"])
+    # Under a budget the held-out work stays within MAX_EVAL_SHARE of it: each evaluation scores only the chunks its
+    # part affords (timed on one batch now), the vocabulary check gets VOCAB_CHECK_SHARE, and the loop trains within
+    # what is left once the check and one evaluation (the final one, unmeasured until the first has run) are set aside.
+    loop_seconds, check_allowance, eval_chunks_cap, eval_share, check_max_chars = budget_seconds, None, None, None, None
+    # A multi-process launch keeps the uncapped evaluation: every rank must score the same chunks, and each would time its
+    # own probe.
+    if budget_seconds is not None and bc.train_steps > 0 and distributed_rank()[1] == 1:
+        check_allowance = VOCAB_CHECK_SHARE * budget_seconds if checks_vocab else 0.0
+        eval_share = budget.MAX_EVAL_SHARE - (VOCAB_CHECK_SHARE if checks_vocab else 0.0)
+        eval_seconds = 0.0
+        if eval_chunks is not None:
+            eval_chunks_cap, per_chunk = eval_cap(model, eval_tokens, seq_len, pad_id, bc.batch_size, plan,
+                                                  eval_share * budget_seconds / EVALS_PLANNED)
+            eval_chunks = PackedChunks(eval_tokens[: eval_chunks_cap * seq_len], seq_len, pad_id)
+            eval_seconds = per_chunk * eval_chunks_cap
+            if checks_vocab:
+                check_max_chars = check_chars(check_allowance, per_chunk / seq_len)
+        loop_seconds = max(budget_seconds - stage_clock.spent() - check_allowance - eval_seconds, budget_seconds / 20)
     settings = LoopSettings(
-        max_seconds=budget_seconds,
+        max_seconds=loop_seconds, eval_share=eval_share,
         steps=bc.train_steps, batch_size=bc.batch_size, learning_rate=bc.lora_learning_rate if method == "lora" else bc.learning_rate, warmup_ratio=bc.warmup_ratio,
         weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=bc.eval_every,
         checkpoint_every=bc.checkpoint_every, seed=cfg.seed, early_stopping_patience=bc.early_stopping_patience,
@@ -178,22 +258,23 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         result = train(model, train_chunks, eval_chunks, settings, plan, checkpoint_dir(cfg), fingerprint, tracker)
         eval_ppl = math.exp(min(result.eval_loss, 50)) if result.eval_loss is not None else None
         if general_eval_tokens is not None and len(general_eval_tokens):
-            general_eval = evaluate(model, PackedChunks(general_eval_tokens, seq_len, pad_id), bc.batch_size, plan, result.accelerator)
+            general_cap = (eval_chunks_cap or len(general_eval_tokens)) * seq_len  # as many chunks as the domain evaluation
+            general_eval = evaluate(model, PackedChunks(general_eval_tokens[:general_cap], seq_len, pad_id), bc.batch_size, plan, result.accelerator)
         tracker.summary({"eval_loss": result.eval_loss, "eval_perplexity": eval_ppl, "general_eval_loss": general_eval})
 
     if hasattr(model, "merge_and_unload"):  # LoRA: the adapters and trained rows folded in, saved as a plain model
         model = model.merge_and_unload()
     vocab = {"checked": False, "why": "the tokenizer was not extended", "kept": "extended"}
-    added_terms = len(extension_pieces(inputs["tokenizer"]))
-    if added_terms and resize["new_vocab_size"] > resize["old_vocab_size"]:
+    if checks_vocab:
         if world > 1:
             vocab["why"] = "not measured under a multi-process launch"
         else:
-            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms)
+            vocab, original_tokenizer = vocab_check(cfg, model, tokenizer, shards, added_terms, check_allowance, check_max_chars)
             if original_tokenizer is not None:
                 keep_rows(model, vocab_extension.row_map(tokenizer, original_tokenizer))
                 tokenizer = original_tokenizer
 
+    budget_spent = round(stage_clock.spent(), 3) if stage_clock is not None else None  # saving is not training
     save_trained_model(result, model, output_dir)  # every rank: a gather under DeepSpeed, then a barrier
     if result.is_main:
         tokenizer.save_pretrained(output_dir)
@@ -222,6 +303,11 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "learning_rate": settings.learning_rate,
         "budget_seconds": budget_seconds,
         "budget": budget_why,
+        # What the stage's clock counted: the eval probe, training with its evaluations, the evaluation of general
+        # text, the vocabulary check and the merge (the next training stages' shares are taken from what is left).
+        "budget_spent_seconds": budget_spent,
+        "loop_budget_seconds": round(loop_seconds, 1) if loop_seconds is not None else None,
+        "eval_chunks_scored": min(len(eval_chunks), eval_chunks_cap or EVAL_MAX_CHUNKS) if eval_chunks is not None else 0,
         "stopped_by_budget": result.stopped_by_budget,
         "eval_seconds": round(result.eval_seconds, 3),
         "evals_skipped": result.evals_skipped,

@@ -42,6 +42,17 @@ from llm_pipeline.io import dvc_hash, file_md5, write_json
 from llm_pipeline.runner import code_version
 from llm_pipeline.stages import StageOutput
 
+# Under a run budget the report's cost follows it: eval_report.max_seconds, else this share of
+# training.max_train_seconds. The row caps come from that time and the training throughput the upstream stages
+# measured: a forward pass of a token costs about a third of a training step's (forward and backward); 2x the
+# training rate leaves room for padding, generation's one-token steps and a busier machine.
+EVAL_REPORT_SHARE = 0.2
+FORWARD_SPEEDUP = 2.0
+CHARS_PER_TOKEN = 4  # English text in a BPE vocabulary: converts the document character cap into tokens
+# How the time is spread: perplexity of every model on every domain, preference pairs and policy rewards (two
+# sequences of up to max_length per pair), greedy generation of the task, probe and adversarial prompts.
+SECTION_SHARES = {"perplexity": 0.45, "pairs": 0.2, "generation": 0.35}
+
 PLOTS = ("training_loss.png", "perplexity_by_domain.png", "dpo_rewards.png", "training_compute.png", "policy_rewards.png")
 
 
@@ -375,7 +386,59 @@ def _policies(cfg: PipelineConfig, inputs: dict[str, Path], loaded: dict[str, mo
     return result
 
 
+def _measured_tokens_per_second(inputs: dict[str, Path]) -> tuple[float | None, str | None]:
+    """The training throughput an upstream stage measured (base_checkpoint's, else lora_adapter's), and whose."""
+    from llm_pipeline.io import read_timed
+
+    for name in ("base_checkpoint", "lora_adapter"):
+        folder = inputs.get(name)
+        try:
+            value = read_timed(Path(folder)).get("tokens_per_second") if folder else None
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value), name
+    return None, None
+
+
+def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int):
+    """(the eval_report settings with row caps lowered to what the time cap affords, a record of why). The cap is
+    eval_report.max_seconds, else EVAL_REPORT_SHARE of training.max_train_seconds; without either the configured
+    caps hold."""
+    ec = cfg.eval_report
+    budget_s = cfg.training.max_train_seconds
+    seconds = ec.max_seconds if ec.max_seconds is not None else (EVAL_REPORT_SHARE * budget_s if budget_s else None)
+    if seconds is None:
+        return ec, {"capped": False, "why": "neither eval_report.max_seconds nor training.max_train_seconds is set: the configured row caps hold"}
+    tps, measured_by = _measured_tokens_per_second(inputs)
+    if tps is None:
+        return ec, {"capped": False, "seconds": seconds, "why": "no upstream stage recorded its training tokens per second: the configured row caps hold"}
+    tokens = seconds * tps * FORWARD_SPEEDUP / max(1, models_scored)  # forward tokens each model may score
+    domains = max(1, len(cfg.domain_names))
+    ppl_tokens = tokens * SECTION_SHARES["perplexity"] / domains
+    doc_tokens = ec.max_document_chars / CHARS_PER_TOKEN
+    docs = max(1, int(ppl_tokens // doc_tokens))
+    chars = ec.max_document_chars if docs > 1 else max(256, min(ec.max_document_chars, int(ppl_tokens * CHARS_PER_TOKEN)))
+    pair_tokens = 2 * (cfg.rl_model.max_length or cfg.dpo_model.max_length)
+    pairs = max(2, int(tokens * SECTION_SHARES["pairs"] // pair_tokens))
+    fixed = len(ec.probes) + len(ec.adversarial_prompts) + len(ec.prompts)  # asked of every model whatever the cap
+    prompt_tokens = cfg.lora_adapter.max_length // 2 + ec.sample_max_new_tokens
+    task = max(1, int(tokens * SECTION_SHARES["generation"] // prompt_tokens) - fixed)
+    caps = {"max_eval_documents": docs, "max_document_chars": chars, "max_eval_pairs": pairs, "max_task_examples": task,
+            "reward_prompts": max(2, pairs // (2 * ec.reward_samples))}
+    lowered = {k: min(getattr(ec, k), v) for k, v in caps.items()}
+    record = {"capped": any(lowered[k] < getattr(ec, k) for k in lowered), "seconds": round(seconds, 1),
+              "tokens_per_second": tps, "measured_by": measured_by, "models": models_scored, **lowered,
+              "why": (f"{seconds:,.0f} s ({'eval_report.max_seconds' if ec.max_seconds is not None else f'{EVAL_REPORT_SHARE:.0%} of training.max_train_seconds'})"
+                      f" at {tps:,.0f} training tokens/s ({measured_by}) x {FORWARD_SPEEDUP:g} for a forward pass, over {models_scored} models")}
+    return ec.model_copy(update=lowered), record
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
+    # Original (unless trained from scratch), base, SFT, DPO and RL when there is one: the models every section scores.
+    models_scored = 3 + (cfg.base_checkpoint.source != "scratch") + bool(inputs.get("rl_model") and Path(inputs["rl_model"]).is_dir())
+    capped, caps = budget_caps(cfg, inputs, models_scored)
+    cfg = cfg.model_copy(update={"eval_report": capped})
     ec = cfg.eval_report
     notes = data.Notes()
     timings: dict[str, float] = {}
@@ -551,6 +614,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "training": _training_summary(logs),
         "compute": spent,
         "lineage": _lineage(cfg, inputs, domains),
+        "evaluation_caps": caps,
         "notes": notes.items,
     }
     metrics = _clean(metrics)
@@ -580,4 +644,5 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "compute_md": report.compute_markdown(metrics),
         "policies_md": policy_tables.policy_markdown(metrics, report.md_table),
         "training_seconds": metrics["compute"]["total_seconds"],
+        "evaluation_caps": caps,
     })

@@ -33,8 +33,8 @@ from pathlib import Path
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.stages.dpo_model import build_pairs, load_policy
-from llm_pipeline.training import defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split
+from llm_pipeline.stages.dpo_model import SAMPLING_SHARE, build_pairs, load_policy
+from llm_pipeline.training import budget, defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split
 from llm_pipeline.training.dpo_train import pass_tokens
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.reward_scoring import build_reward_model
@@ -47,6 +47,7 @@ JUDGE = "judge"  # the judge's folder inside the output, and its role
 # training loss at 0.693 (0.6943 -> 0.6927); 3e-3 moved it within 80-120 steps; 2e-2 made it worse (0.705 -> 0.710).
 ADAPTER_RATE, FULL_RATE = 3e-3, 1e-5
 ADAPTER_WARMUP = 0.05
+EVALS_PER_MODEL = 3  # eval_every defaults to a third of the steps: two intermediate evaluations and the final one
 
 
 def _rel(cfg: PipelineConfig, path: Path) -> str:
@@ -109,9 +110,11 @@ class _Judged:
 
 
 def _train_one(cfg: PipelineConfig, role: str, paths: tuple[Path, Path], tokenizer, plan, method: str, tok_train: list[dict],
-               tok_held: list[dict], collator, steps: int, tracker, data_version: dict):
+               tok_held: list[dict], collator, steps: int, tracker, data_version: dict, part: "Part | None" = None):
     """Build one reward model from the SFT model and train it: (model, loop result, settings, parameter counts,
-    seconds). `role` is "reward_model" or "judge"; each has its own checkpoints, so a killed run resumes each."""
+    seconds). `role` is "reward_model" or "judge"; each has its own checkpoints, so a killed run resumes each. With a
+    `part` of the stage's budget, training stops before a step that would leave no room for the final evaluation,
+    and the intermediate evaluations are skipped once they would pass their share of it."""
     rc = cfg.reward_model
     base_dir, lora_dir = paths
     model, init = build_reward_model(base_dir, lora_dir, tokenizer.pad_token_id, r=cfg.lora_adapter.r, alpha=cfg.lora_adapter.alpha,
@@ -130,14 +133,35 @@ def _train_one(cfg: PipelineConfig, role: str, paths: tuple[Path, Path], tokeniz
     )
     fingerprint = {"config": cfg.fingerprint("reward_model", "dpo_model", "lora_adapter"), "seed": cfg.seed, "role": role,
                    "model": data_version["model"], "data": ref_cache.dataset_version(tok_train + tok_held), "precision": plan.precision}
+    on_step = eval_allowed = None
+    if part is not None:
+        clock = part.clock
+        clock.begin_steps()
+
+        def on_step(step: int) -> bool:
+            clock.step_done(part.eval_seconds)  # room for the final evaluation
+            return clock.must_stop
+
+        def eval_allowed(spent: float) -> bool:
+            return spent + 2 * part.eval_seconds <= budget.MAX_EVAL_SHARE * clock.budget  # this one and the final one
+
     with torch_threads(settings.value("cpu_threads")):
         t0 = time.perf_counter()
         result = reward_loop.train(model, tok_train, tok_held, collator, loop, plan, checkpoint_dir(cfg, role),
-                                   json.dumps(fingerprint, sort_keys=True), tracker)
+                                   json.dumps(fingerprint, sort_keys=True), tracker, on_step=on_step, eval_allowed=eval_allowed)
         seconds = time.perf_counter() - t0
     if result.start_step:
         settings.set("resumed", result.resume_note, "checkpoints of this run (same config, data and model) are continued")
     return model, result, settings, counts, seconds
+
+
+class Part:
+    """One model's part of the stage's budget: its own clock, and what one held-out evaluation is expected to take."""
+
+    def __init__(self, seconds: float, eval_seconds: float):
+        self.clock = budget.Clock(max(seconds, 1e-3))
+        self.clock.start()  # building the model counts too
+        self.eval_seconds = eval_seconds
 
 
 def checkpoint_dir(cfg: PipelineConfig, role: str) -> Path:
@@ -160,11 +184,27 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     started = time.perf_counter()
+    # One clock for the stage's share of the run's budget: sampling the rejections, the SFT baseline, both models'
+    # training and their evaluations count against it.
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
+    if clock is not None:
+        clock.start()
 
     # The SFT model builds the pairs (model-sampled rejections need it) and scores them for the likelihood baseline,
     # then leaves memory before the reward model is loaded.
     sft, method = load_policy(cfg, base_dir, lora_dir)
-    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer)
+    sampling_stop = (lambda: clock.spent() >= SAMPLING_SHARE * clock.budget) if clock is not None else None  # noqa: E731
+    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer, should_stop=sampling_stop)
+    if sampling_stop is not None and len(train) < dc.min_pairs and derivation.get("skipped", {}).get("sampling_budget_spent"):
+        # The budget ended the sampling with too few pairs to learn from. Unlike DPO, which then leaves the SFT model
+        # to stand, rl_model needs a reward model: other documents' text as the rejected side costs no sampling.
+        why = (f"the budget ended sampling the rejections with {len(train)} training pairs (fewer than dpo_model.min_pairs "
+               f"{dc.min_pairs}): other documents' text is the rejected side instead")
+        fallback = cfg.model_copy(update={"dpo_model": dc.model_copy(update={"rejected": "other_document"})})
+        sampled = derivation
+        train, held, derivation = build_pairs(fallback, inputs["deduped_shards"], sft, tokenizer)
+        derivation = {**derivation, "fallback": why, "sampled": sampled}
     dropped: Counter = Counter()
     tokenize = lambda rows: [t for t in (dpo_pairs.tokenize_pair(p, tokenizer, dc.max_length, dropped) for p in rows) if t]  # noqa: E731
     judge_train: list[dict] = []
@@ -189,33 +229,54 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if not tok_train:
         raise preference_data.PreferenceDataError(f"no preference pair fits dpo_model.max_length {dc.max_length} (dropped: {dict(dropped)})")
     collator = dpo_pairs.PairCollator(tokenizer.pad_token_id)
+    t_base = time.perf_counter()
     sft_acc = reward_baselines.sft_likelihood_accuracy(sft, tok_held, collator, rc.batch_size)
+    baseline_seconds = time.perf_counter() - t_base
     del sft
     gc.collect()
+    # Held-out pairs scored at each evaluation: all of them, or under a budget the evenly spread ones that keep every
+    # model's evaluations within MAX_EVAL_SHARE of it (a pair costs what it cost the SFT baseline: one forward of
+    # both answers).
+    eval_pairs, per_pair = tok_held, baseline_seconds / max(1, len(tok_held))
+    models = 2 if tok_judge else 1
+    if clock is not None and tok_held:
+        keep = budget.affordable(len(tok_held), per_pair, budget.eval_allowance(clock.budget, models * EVALS_PER_MODEL))
+        eval_pairs = [tok_held[i] for i in budget.spread(len(tok_held), keep)]
+    judge_steps = rc.judge_max_steps or rc.max_steps
+
+    def part(role: str) -> Part | None:
+        """The rest of the budget, split between the models still to train by their step caps."""
+        if clock is None:
+            return None
+        steps_left = rc.max_steps + (judge_steps if tok_judge else 0) if role == ASSET else judge_steps
+        mine = rc.max_steps if role == ASSET else judge_steps
+        return Part(max(0.0, clock.left()) * mine / steps_left, per_pair * len(eval_pairs))
 
     identity = {"model": {"base": file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir),
                           "sft": file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir)}}
     steps = rc.max_steps
     judged = None
     with tracked_run(cfg, ASSET, {**rc.model_dump(mode="json")}) as tracker:
+        rm_part = part(ASSET)
         model, result, settings, counts, train_seconds = _train_one(
-            cfg, ASSET, (base_dir, lora_dir), tokenizer, plan, method, tok_train, tok_held, collator, steps, tracker, identity)
+            cfg, ASSET, (base_dir, lora_dir), tokenizer, plan, method, tok_train, eval_pairs, collator, steps, tracker, identity, rm_part)
         model.save_pretrained(output_dir)
         del model
         gc.collect()
         if tok_judge:
             judge_dir = output_dir / JUDGE
             judge_dir.mkdir()
+            judge_part = part(JUDGE)
             judge_model, judge_result, judge_settings, _, judge_seconds = _train_one(
-                cfg, JUDGE, (base_dir, lora_dir), tokenizer, plan, method, tok_judge, tok_held, collator,
-                rc.judge_max_steps or steps, _Judged(tracker, result.global_step), identity)
+                cfg, JUDGE, (base_dir, lora_dir), tokenizer, plan, method, tok_judge, eval_pairs, collator,
+                judge_steps, _Judged(tracker, result.global_step), identity, judge_part)
             judge_model.save_pretrained(judge_dir)
             tokenizer.save_pretrained(judge_dir)
             write_jsonl(judge_dir / "pairs_train.jsonl", judge_train)
             write_json(judge_dir / "training_log.json", judge_result.log)
             del judge_model
             gc.collect()
-            judged = (judge_result, judge_settings, judge_seconds)
+            judged = (judge_result, judge_settings, judge_seconds, judge_part)
         tracker.summary({"eval_accuracy": result.eval_metrics.get("eval_accuracy"), "peak_rss_mb": peak_rss_mb(),
                          **({"judge/eval_accuracy": judged[0].eval_metrics.get("eval_accuracy")} if judged else {})})
 
@@ -226,6 +287,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     scoring_base = base_dir if method != "full" else lora_dir
     write_json(output_dir / "serving_manifest.json", serving_manifest(cfg, inputs, output_dir, scoring_base, tokenizer.pad_token_id))
 
+    budget_spent = round(clock.spent(), 3) if clock is not None else None
     ev = _held_out(result)
     length_acc = reward_baselines.length_accuracy(tok_held)
     accuracy = ev.get("eval_accuracy")
@@ -239,14 +301,20 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "train_accuracy": finetune.last_logged(result.log, "accuracy"),
         "steps": result.global_step, "learning_rate": settings.value("learning_rate"),
         "trainable_params": counts["trainable_params"], "precision": plan.precision, "peak_rss_mb": peak_rss_mb(),
+        "budget_seconds": budget_seconds, "budget_spent_seconds": budget_spent,
+        "stopped_by_budget": bool(rm_part and rm_part.clock.must_stop and result.global_step < steps),
+        "eval_pairs_scored": len(eval_pairs), "eval_seconds": round(result.eval_seconds, 3), "evals_skipped": result.evals_skipped,
+        "baseline_seconds": round(baseline_seconds, 3),
     }
     judge_md: dict = {"trained": judged is not None, "split": reward_split.RULE}
     if judged is not None:
-        jr, js, jsec = judged
+        jr, js, jsec, jpart = judged
         jev = _held_out(jr)
         stats.update({"judge_pairs": len(tok_judge), "judge_steps": jr.global_step, "judge_eval_accuracy": jev.get("eval_accuracy"),
                       "judge_eval_margin": jev.get("eval_margin"), "judge_train_loss": finetune.last_logged(jr.log, "loss"),
-                      "judge_shared_prompts": reward_split.shared_prompts(train, judge_train)})
+                      "judge_shared_prompts": reward_split.shared_prompts(train, judge_train),
+                      "judge_eval_seconds": round(jr.eval_seconds, 3),
+                      "judge_stopped_by_budget": bool(jpart and jpart.clock.must_stop and jr.global_step < judge_steps)})
         judge_md.update({"path": f"{ASSET}/{JUDGE}", "pairs": len(tok_judge), "reward_model_pairs": len(tok_train),
                          "shared_prompts": stats["judge_shared_prompts"], "eval_pairs": len(tok_held),
                          "eval_accuracy": jev.get("eval_accuracy"), "settings": js.as_metadata(), "train_seconds": round(jsec, 2)})
@@ -265,7 +333,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     )
     if judged is None:
         preview += f"\nJudge: {judge_note}.\n"
+    budget_md = {"seconds": budget_seconds, "why": budget_why,
+                 "parts": {"reward_model": round(rm_part.clock.budget, 1) if rm_part else None,
+                           "judge": round(judged[3].clock.budget, 1) if judged and judged[3] else None},
+                 "eval_pairs": f"{len(eval_pairs)} of {len(tok_held)} held-out pairs scored at each evaluation"
+                 + (" (evaluations kept within a tenth of the budget)" if len(eval_pairs) < len(tok_held) else "")}
     metadata = {**plan.as_metadata(), "settings": settings.as_metadata(), "data": derivation, "dropped_pairs": dict(dropped),
-                "judge": judge_md, "train_seconds": round(train_seconds, 2),
+                "judge": judge_md, "train_seconds": round(train_seconds, 2), "budget": budget_md,
                 "seconds": round(time.perf_counter() - started, 2), **tracker.metadata()}
     return StageOutput(stats=stats, preview=preview, metadata=metadata)

@@ -3,7 +3,11 @@
     llm-pipeline stage rl_model
 
 The policy is the base checkpoint with the lora_adapter loaded trainable (as in dpo_model); the reference for the KL
-penalty is that same model before the first update (`training/rl_loop.py`). The reward is the reward_model's score
+penalty is that same model before the first update (`training/rl_loop.py`). Under a time budget (rl_model.max_train_seconds,
+or its share of training.max_train_seconds) loading, sampling, the steps and both evaluations count against it:
+training stops before a step that would leave no room for the evaluations, and they score only the held-out prompts
+that keep them within a tenth of the budget (the SFT model is evaluated after training, with its weights swapped in,
+so that the number scored is known from the measured steps). The reward is the reward_model's score
 plus any rule rewards the config names (`training/rl_rewards.py`). Prompts are the reward model's preference-pair
 prompts (train pairs, both the reward model's and its judge's half, for training; held-out pairs for
 evaluation) or `rl_model.prompts_file`. Before and after
@@ -27,7 +31,7 @@ from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.security import confine
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.stages.dpo_model import load_policy
-from llm_pipeline.training import defaults, finetune, rl_loop, rl_prompts
+from llm_pipeline.training import budget, defaults, finetune, rl_loop, rl_prompts
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.preference_data import PreferenceDataError
 from llm_pipeline.training.reward_scoring import load_reward_model
@@ -83,6 +87,10 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     started = time.perf_counter()
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir, "reward_model": rm_dir})
+    clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
+    if clock is not None:
+        clock.start()
 
     train_p, held_p, prompt_source = _prompts(cfg, rm_dir)
     dropped: Counter = Counter()
@@ -134,12 +142,32 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
                    "model": identity, "prompts": hashlib.sha256(json.dumps([p["prompt_ids"] for p in train]).encode()).hexdigest()[:16],
                    "precision": plan.precision}
     reference = rl_loop.Reference(policy)
+    scored = {"prompts": len(held)}
+    on_step = None
+    if clock is not None:
+        settings.set("budget", f"{budget_seconds:g} s", budget_why + "; loading, sampling, the steps and the evaluations count against it")
+        clock.begin_steps()
+        per_step = loop.prompts_per_step * loop.generations
+
+        def on_step(step: int) -> bool:
+            # An evaluation samples one completion per prompt and scores it as a step does, without the backward: a
+            # step's seconds per completion bound what a prompt costs it. Two evaluations (SFT and RL) share the tenth.
+            clock.step_done()
+            per_prompt = clock.expected_step() / per_step
+            scored["prompts"] = budget.affordable(len(held), per_prompt, budget.eval_allowance(clock.budget, 2))
+            return clock.must_stop or not clock.another_step_fits(2 * per_prompt * scored["prompts"])
+
     with tracked_run(cfg, ASSET, {**rl.model_dump(mode="json"), **settings.values()}) as tracker, torch_threads(settings.value("cpu_threads")):
-        before = rl_loop.evaluate(policy, tokenizer, held, reward, reference, loop, plan, cfg.seed)
         t0 = time.perf_counter()
-        result = rl_loop.train(policy, tokenizer, train, reward, loop, plan, work, json.dumps(fingerprint, sort_keys=True), reference, tracker)
+        result = rl_loop.train(policy, tokenizer, train, reward, loop, plan, work, json.dumps(fingerprint, sort_keys=True), reference, tracker,
+                               on_step=on_step)
         train_seconds = time.perf_counter() - t0
+        held_all, held = held, [held[i] for i in budget.spread(len(held), scored["prompts"])]
+        t_eval = time.perf_counter()
+        with reference.active():  # the SFT model: the policy's weights before its first update
+            before = rl_loop.evaluate(policy, tokenizer, held, reward, reference, loop, plan, cfg.seed)
         after = rl_loop.evaluate(policy, tokenizer, held, reward, reference, loop, plan, cfg.seed)
+        eval_seconds = time.perf_counter() - t_eval
         tracker.summary({"eval/reward_sft": before["reward"], "eval/reward_rl": after["reward"], "eval/kl": after["kl"]})
     if result.start_step:
         settings.set("resumed", result.resume_note, "checkpoints of this run (same config, prompts and models) are continued")
@@ -167,6 +195,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "train_kl": finetune.last_logged(result.log, "kl"), "learning_rate": settings.value("learning_rate"),
         "kl_coef": rl.kl_coef, "generations_per_prompt": loop.generations, "prompts_per_step": loop.prompts_per_step,
         "trainable_params": counts["trainable_params"], "precision": plan.precision, "peak_rss_mb": peak_rss_mb(),
+        "eval_prompts_held_out": len(held_all), "budget_seconds": budget_seconds,
+        "budget_spent_seconds": round(clock.spent(), 3) if clock is not None else None,
+        "stopped_by_budget": bool(clock is not None and result.global_step < steps), "eval_seconds": round(eval_seconds, 3),
     }
     rows = "\n".join(f"| {s['prompt'][:60]!r} | {s['sft'][:60]!r} | {s['rl'][:60]!r} |" for s in samples[:3])
     preview = (
@@ -177,5 +208,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     rewards = {"reward_model_weight": rl.reward_model_weight, "rule_rewards": dict(rl.rule_rewards)}
     metadata = {**plan.as_metadata(), "settings": settings.as_metadata(), "reward": rewards, "prompts": prompt_source,
                 "dropped_prompts": dict(dropped), "train_seconds": round(train_seconds, 2),
+                "budget": {"seconds": budget_seconds, "why": budget_why,
+                           "eval_prompts": f"{len(held)} of {len(held_all)} held-out prompts scored for SFT and for RL"
+                           + (" (evaluations kept within a tenth of the budget)" if len(held) < len(held_all) else "")},
                 "seconds": round(time.perf_counter() - started, 2), **tracker.metadata()}
     return StageOutput(stats=stats, preview=preview, metadata=metadata)

@@ -255,7 +255,9 @@ BUDGET_STEP_CAP = 10**9
 
 
 # ---------------------------------------------------------------- one budget for the run
-TRAINING_STAGES = ("base_checkpoint", "lora_adapter", "dpo_model")
+# Every stage that trains, in run order. dpo_model and reward_model both follow lora_adapter and may run side by side;
+# rl_model follows reward_model.
+TRAINING_STAGES = ("base_checkpoint", "lora_adapter", "dpo_model", "reward_model", "rl_model")
 # Evaluations inside a budget may take at most this share of it: past it, the intermediate ones are skipped (the
 # final one stays). A real run's two SFT evaluations took 49% of a 900 s budget.
 MAX_EVAL_SHARE = 0.1
@@ -282,32 +284,43 @@ def _recorded_seconds(folder: Path | None) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
+def stage_shares(cfg) -> dict[str, float]:
+    """Each training stage's share of training.max_train_seconds (a base model kept as loaded has none)."""
+    shares = {s: float(getattr(cfg.training, f"{s}_share")) for s in TRAINING_STAGES}
+    if cfg.base_checkpoint.train_steps == 0:
+        shares["base_checkpoint"] = 0.0  # a model kept as loaded spends nothing
+    return shares
+
+
 def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tuple[float | None, str]:
     """(seconds, why) for one training stage: its own `max_train_seconds` when set; else its share of what is left
-    of `training.max_train_seconds` (the budget less the seconds the upstream training stages in `upstream`
-    recorded), split by share among this stage and the ones after it; else (None, why)."""
+    of `training.max_train_seconds`, else (None, why).
+
+    The rule: what is left is the budget less the seconds its upstream training stages (`upstream`: the ones it reads)
+    recorded; the stage gets its share of that over the shares of itself and every training stage not upstream of it.
+    Stages that run side by side (dpo_model and reward_model) then never count on each other's seconds, and each
+    later stage inherits what an earlier one left unused (or loses what it overran), so the parts add up to the
+    budget however the stages are ordered."""
     own = getattr(cfg, stage).max_train_seconds
     if own is not None:
         return float(own), f"{stage}.max_train_seconds set in config"
     tc = cfg.training
     if tc.max_train_seconds is None:
         return None, "no budget (neither training.max_train_seconds nor this stage's max_train_seconds is set)"
-    shares = {s: getattr(tc, f"{s}_share") for s in TRAINING_STAGES}
-    if cfg.base_checkpoint.train_steps == 0:
-        shares["base_checkpoint"] = 0.0  # a model kept as loaded spends nothing
-    index = TRAINING_STAGES.index(stage)
-    spent = {s: _recorded_seconds((upstream or {}).get(s)) for s in TRAINING_STAGES[:index]}
+    shares = stage_shares(cfg)
+    before = [s for s in TRAINING_STAGES if s in (upstream or {}) and s != stage]
+    spent = {s: _recorded_seconds((upstream or {}).get(s)) for s in before}
     left = max(0.0, tc.max_train_seconds - sum(spent.values()))
-    later = sum(shares[s] for s in TRAINING_STAGES[index:])
+    later = sum(v for s, v in shares.items() if s not in before)
     if not shares[stage] or not later:
-        return None, f"training.{stage}_share is 0: no budget of its own (max_steps alone ends it)"
+        return None, f"training.{stage}_share is 0: no budget of its own (its step cap alone ends it)"
     # A floor of a twentieth of the stage's planned part: an overrun upstream must not leave it no step at all.
     planned = tc.max_train_seconds * shares[stage] / sum(shares.values())
     seconds = max(left * shares[stage] / later, planned / 20)
     done = ", ".join(f"{s} {v:,.0f} s" for s, v in spent.items() if v) or "nothing yet"
-    return round(seconds, 1), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
-                               f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares base {shares['base_checkpoint']:g}, "
-                               f"SFT {shares['lora_adapter']:g}, DPO {shares['dpo_model']:g})")
+    named = ", ".join(f"{s} {v:g}" for s, v in shares.items())
+    return round(seconds, 3), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
+                               f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares {named})")
 
 
 # ---------------------------------------------------------------- evaluations within their share

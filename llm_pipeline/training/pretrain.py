@@ -57,6 +57,9 @@ class LoopSettings:
     # further along), the run stops before a step that would end past it, and intermediate evaluations are skipped
     # once they would take more than budget.MAX_EVAL_SHARE of it.
     max_seconds: float | None = None
+    # The share of max_seconds the evaluations may take (None = budget.MAX_EVAL_SHARE): less when the stage has other
+    # held-out work to fit in the same share.
+    eval_share: float | None = None
 
 
 @dataclass
@@ -352,7 +355,8 @@ def train(
             result.stopped_by_budget = clock.must_stop and done < settings.steps
         last = done == settings.steps or result.stopped_by_budget
         if done % settings.eval_every == 0 or last:
-            if last or clock is None or (evals + 1) * _longest_eval(result) <= budget.MAX_EVAL_SHARE * clock.budget:
+            share = budget.MAX_EVAL_SHARE if settings.eval_share is None else settings.eval_share
+            if last or clock is None or (evals + 1) * _longest_eval(result) <= share * clock.budget:
                 t_eval = time.perf_counter()
                 entry["eval_loss"] = evaluate(module, eval_chunks, settings.batch_size, plan, accelerator)
                 entry["eval_seconds"] = round(time.perf_counter() - t_eval, 3)

@@ -49,6 +49,12 @@ class RewardLoopSettings:
     max_grad_norm: float = 1.0
 
 
+@dataclass
+class RewardLoopResult(LoopResult):
+    eval_seconds: float = 0.0  # held-out evaluations, the final one included
+    evals_skipped: int = 0  # intermediate evaluations left out to keep within a budget's evaluation share
+
+
 def _terms(model, part: dict, settings: RewardLoopSettings, plan: DevicePlan) -> tuple[torch.Tensor, torch.Tensor]:
     with autocast(plan):
         chosen, rejected = pair_rewards(model, part)
@@ -63,14 +69,16 @@ def evaluate(model, pairs: list[dict], collator, settings: RewardLoopSettings, p
 
 
 def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, settings: RewardLoopSettings,
-          plan: DevicePlan, checkpoint_dir: Path, fingerprint: str, tracker=None, on_step=None) -> LoopResult:
+          plan: DevicePlan, checkpoint_dir: Path, fingerprint: str, tracker=None, on_step=None, eval_allowed=None) -> LoopResult:
     """Train the reward model's trainable parameters (adapter and head) on tokenized pairs; evaluates every
-    `eval_every` steps and at the end. `on_step(step)` may return True to stop (tests use it to stop a run)."""
+    `eval_every` steps and at the end. `on_step(step)` may return True to stop (a time budget; tests use it to stop a
+    run). `eval_allowed(seconds_so_far)` may return False to skip an intermediate evaluation (the final one stays):
+    evaluations then keep within their share of a budget. The result's `eval_seconds` is what they took."""
     if not train_pairs:
         raise ValueError("no training pairs")
     device = next(model.parameters()).device
     params, optimizer, scheduler, trainable, state, note = optimizer_and_resume(model, settings, checkpoint_dir, fingerprint)
-    result = LoopResult()
+    result = RewardLoopResult()
     result.resume_note = note
     if state is not None:
         result.log, result.tokens_trained = list(state["log"]), int(state["tokens_trained"])
@@ -123,10 +131,15 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
                 tracker.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
             window = []
         if held_pairs and step % settings.eval_every == 0 and step < settings.steps and not stop:
-            metrics = evaluate(model, held_pairs, collator, settings, plan)
-            result.log.append({**{k: round(v, 6) for k, v in metrics.items()}, "step": step})
-            if tracker is not None:
-                tracker.log({k.replace("eval_", "eval/", 1): v for k, v in metrics.items()}, step=step)
+            if eval_allowed is not None and not eval_allowed(result.eval_seconds):
+                result.evals_skipped += 1
+            else:
+                t_eval = time.perf_counter()
+                metrics = evaluate(model, held_pairs, collator, settings, plan)
+                result.eval_seconds += time.perf_counter() - t_eval
+                result.log.append({**{k: round(v, 6) for k, v in metrics.items()}, "step": step})
+                if tracker is not None:
+                    tracker.log({k.replace("eval_", "eval/", 1): v for k, v in metrics.items()}, step=step)
         if stop:
             break
         if step % settings.checkpoint_every == 0 and step < settings.steps:
@@ -135,6 +148,8 @@ def train(model, train_pairs: list[dict], held_pairs: list[dict], collator, sett
             last = time.perf_counter()
     result.global_step = step
     if held_pairs:
+        t_eval = time.perf_counter()
         result.eval_metrics = evaluate(model, held_pairs, collator, settings, plan)
+        result.eval_seconds += time.perf_counter() - t_eval
         result.log.append({**{k: round(v, 6) for k, v in result.eval_metrics.items()}, "step": step})
     return result

@@ -34,9 +34,12 @@ def _lora_config(adapter: dict | None, r: int, alpha: int):
     if adapter is None:  # a fully fine-tuned SFT model: a fresh adapter on it
         return LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
                           modules_to_save=["score"])
+    # An SFT adapter that trained the rows of an extended vocabulary carries them as trainable tokens: the reward
+    # model takes them over with the rest of the adapter (without them the SFT weights do not load).
+    extra = {"trainable_token_indices": adapter["trainable_token_indices"]} if adapter.get("trainable_token_indices") else {}
     return LoraConfig(task_type="SEQ_CLS", r=adapter["r"], lora_alpha=adapter["lora_alpha"], lora_dropout=0.0,
                       target_modules=adapter["target_modules"], use_dora=bool(adapter.get("use_dora")),
-                      modules_to_save=["score"])
+                      modules_to_save=["score"], **extra)
 
 
 def build_reward_model(base_dir: Path, sft_dir: Path, pad_token_id: int, *, r: int = 16, alpha: int = 32,

@@ -230,6 +230,31 @@ def test_the_run_budget_stops_pretraining_and_keeps_evaluations_within_a_tenth(t
     assert sum(evals[:-1]) <= 0.1 * 1.2 + max(evals) + 1e-6
 
 
+def test_under_a_budget_the_vocabulary_check_and_the_evaluations_fit_in_a_tenth_of_it(tmp_path):
+    """A budget far below one step, on a pretrained model whose tokenizer was extended: the evaluations score the
+    chunks their part affords (one at least), the vocabulary check scores the least text it scores (its part is 3% of
+    the budget) and says how much it scored, and the stage records what its clock counted."""
+    from llm_pipeline.stages.base_checkpoint import VOCAB_CHECK_MIN_CHARS, VOCAB_CHECK_SHARE
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "extend_max_new_tokens": 12, "keep_extension": "always"},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "train_steps": 1000, "batch_size": 2,
+                                       "eval_every": 1000, "max_train_seconds": 0.01})
+    write_deduped_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    res = run_stage(cfg, "base_checkpoint")
+    s, v = res.stats, res.stats["vocab_extension"]
+    assert s["budget_seconds"] == 0.01 and s["stopped_by_budget"] and s["steps"] == 1
+    assert s["loop_budget_seconds"] <= s["budget_seconds"] and s["eval_chunks_scored"] == 1  # the least: one chunk
+    # The check's 0.3 ms afford less than the least text it scores: a few sentences.
+    assert v["checked"] and v["max_chars"] == VOCAB_CHECK_MIN_CHARS and 0 < v["chars_scored"] <= VOCAB_CHECK_MIN_CHARS
+    assert 1 <= v["documents"] <= v["documents_available"]
+    assert v["allowance_seconds"] == round(VOCAB_CHECK_SHARE * 0.01, 1)
+    timed = read_timed(res.output_dir)
+    assert timed["budget_spent_seconds"] > 0 and timed["vocab_extension"]["seconds"] > 0
+
+
 def test_lora_continued_pretraining_trains_the_new_rows_and_saves_a_plain_model(tmp_path):
     from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
 

@@ -396,3 +396,30 @@ def test_a_stale_or_missing_rl_model_is_not_run_with_the_reason(upstream, tmp_pa
     assert "| RL | not run: rl_model was built from another lora_adapter" in md and "| DPO | not run: dpo_model did not load" in md
     assert res.stats["verdict"].startswith("RL not run (rl_model was built from another lora_adapter")
     assert "DPO not run (dpo_model did not load" in res.stats["verdict"] and res.stats["verdict"].endswith("SFT adapter promoted")
+
+
+def test_a_time_cap_lowers_the_rows_scored_and_says_so(upstream, tmp_path):
+    """eval_report.max_seconds far below what the configured caps cost at the training throughput the upstream
+    stages recorded: one document per domain, its first 256 characters, one task example, the fewest pairs; the caps
+    and why are in the metadata and metrics.json, and the report still ranks the models."""
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    shutil.copy(upstream / "canaries.json", tmp_path / "canaries.json")
+    res = run_stage(_config(tmp_path, max_seconds=0.05), "eval_report")
+    caps = res.metadata["evaluation_caps"]
+    assert caps["capped"] and caps["measured_by"] == "base_checkpoint" and "eval_report.max_seconds" in caps["why"]
+    assert (caps["max_eval_documents"], caps["max_document_chars"], caps["max_task_examples"], caps["max_eval_pairs"]) == (1, 256, 1, 2)
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    assert m["evaluation_caps"] == caps and all(n <= 1 for n in m["eval_documents"].values())
+    assert m["perplexity"] and res.stats
+
+
+def test_without_a_budget_or_a_time_cap_the_configured_caps_hold(upstream):
+    from llm_pipeline.stages.eval_report import budget_caps
+
+    cfg = _config(upstream)
+    ec, caps = budget_caps(cfg, {}, 4)
+    assert ec == cfg.eval_report and not caps["capped"] and "configured row caps hold" in caps["why"]
+    budgeted = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_train_seconds": 10_000.0})})
+    base = upstream / "data" / "base_checkpoint"
+    ec, caps = budget_caps(budgeted, {"base_checkpoint": base}, 4)
+    assert caps["seconds"] == 2_000 and "20% of training.max_train_seconds" in caps["why"]

@@ -258,3 +258,41 @@ def test_a_run_killed_while_training_the_judge_resumes_it_from_its_checkpoint(pi
         a = load_file(str(whole / folder / "adapter_model.safetensors"))
         b = load_file(str(res.output_dir / folder / "adapter_model.safetensors"))
         assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), folder or "reward_model"
+
+
+def test_a_budget_bounds_both_models_and_their_evaluations(pipeline, tmp_path):
+    """A budget far below one step: the reward model and the judge each take the one step a run always takes and stop,
+    each evaluation scores one held-out pair, and the stage records its budget and what its clock counted."""
+    res, _ = _run(pipeline, tmp_path, max_train_seconds=0.001)
+    s, md = res.stats, res.metadata["budget"]
+    assert s["budget_seconds"] == 0.001 and s["budget_spent_seconds"] > 0
+    assert s["steps"] == 1 and s["stopped_by_budget"] and s["judge_steps"] == 1 and s["judge_stopped_by_budget"]
+    assert s["eval_pairs_scored"] == 1 < s["eval_pairs"] and md["eval_pairs"].startswith(f"1 of {s['eval_pairs']} ")
+    assert "reward_model.max_train_seconds set in config" in md["why"]
+    assert md["parts"]["reward_model"] is not None and md["parts"]["judge"] is not None
+
+
+def test_the_stage_takes_its_share_of_the_runs_budget(pipeline, tmp_path):
+    cfg, results = pipeline
+    training = cfg.training.model_copy(update={"max_train_seconds": 10_000.0})
+    res, _ = _run(pipeline.__class__((cfg.model_copy(update={"training": training}), results)), tmp_path)
+    # What SFT and the base model recorded is taken off first; the reward model's part is 0.05 of what is left over
+    # the shares of itself, DPO and RL (0.25).
+    assert res.stats["budget_seconds"] < 10_000 * 0.05 / 0.25 and "of training.max_train_seconds" in res.metadata["budget"]["why"]
+    assert res.stats["steps"] == 12  # the step cap ends a run the budget does not
+
+
+def test_a_budget_spent_on_sampling_falls_back_to_other_documents_as_the_rejected_side(pipeline, tmp_path):
+    """Model-sampled rejections under a budget that ends the sampling at once: instead of failing for want of pairs
+    (rl_model needs a reward model), the stage takes other documents' text as the rejected side and says why."""
+    cfg, results = pipeline
+    cfg2 = cfg.model_copy(update={"reward_model": cfg.reward_model.model_copy(update={"max_train_seconds": 0.001}),
+                                  "dpo_model": cfg.dpo_model.model_copy(update={"rejected": "model_sample"}),
+                                  "allowed_roots": [str(tmp_path)]})
+    inputs = {name: results[name].output_dir for name in ("lora_adapter", "base_checkpoint", "tokenizer")}
+    inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
+    (tmp_path / "out").mkdir()
+    res = reward_model.run(cfg2, inputs, tmp_path / "out")
+    data = res.metadata["data"]
+    assert "budget ended sampling" in data["fallback"] and data["sampled"]["skipped"]["sampling_budget_spent"] > 0
+    assert res.stats["pairs"] > 0 and res.stats["steps"] == 1

@@ -46,6 +46,18 @@ def test_stats_compare_sft_and_rl_on_held_out_prompts(pipeline):
     assert "| prompt | SFT | RL |" in res.preview
 
 
+def test_a_budget_stops_training_and_caps_the_evaluations(pipeline, tmp_path):
+    """A budget far below one step: the one step a run always takes, then the evaluations score one held-out prompt
+    each (the least that gives a figure), and the stage records its budget and what its clock counted."""
+    res, out = _run(pipeline, tmp_path, max_train_seconds=0.001)
+    s = res.stats
+    assert s["steps"] == 1 and s["stopped_by_budget"] and s["budget_seconds"] == 0.001 and s["budget_spent_seconds"] > 0
+    assert s["eval_prompts"] == 1 < s["eval_prompts_held_out"]
+    assert res.metadata["budget"]["eval_prompts"].startswith(f"1 of {s['eval_prompts_held_out']} held-out prompts")
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 1
+    assert res.metadata["settings"]["budget"]["value"] == "0.001 s"
+
+
 def test_adapter_loads_with_plain_peft(pipeline):
     _, results = pipeline
     base = AutoModelForCausalLM.from_pretrained(results["base_checkpoint"].output_dir)

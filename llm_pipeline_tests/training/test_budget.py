@@ -114,6 +114,10 @@ def _cfg(**sections):
     return PipelineConfig.model_validate({"domains": {"legal": {"sources": [{"path": "in/legal"}]}}, **sections})
 
 
+# The three-stage split these tests were written for (base 0.3, SFT 0.5, DPO 0.2; no reward model or RL share).
+THREE = {"lora_adapter_share": 0.5, "dpo_model_share": 0.2, "reward_model_share": 0, "rl_model_share": 0}
+
+
 def _stats(folder, **stats):
     import json
 
@@ -128,12 +132,12 @@ def test_without_a_budget_no_stage_has_one():
 
 
 def test_a_stages_own_budget_wins():
-    cfg = _cfg(training={"max_train_seconds": 1000}, dpo_model={"max_train_seconds": 30})
+    cfg = _cfg(training={"max_train_seconds": 1000, **THREE}, dpo_model={"max_train_seconds": 30})
     assert budget.stage_budget(cfg, "dpo_model") == (30.0, "dpo_model.max_train_seconds set in config")
 
 
 def test_the_run_budget_is_split_by_share_over_what_is_left(tmp_path):
-    cfg = _cfg(training={"max_train_seconds": 1000})
+    cfg = _cfg(training={"max_train_seconds": 1000, **THREE})
     assert budget.stage_budget(cfg, "base_checkpoint")[0] == 300.0  # 0.3 of 1000
     # base_checkpoint spent 200 s instead of its 300: SFT gets 0.5 / (0.5 + 0.2) of the 800 s left.
     base = _stats(tmp_path / "base_checkpoint", seconds=200.0)
@@ -145,13 +149,13 @@ def test_the_run_budget_is_split_by_share_over_what_is_left(tmp_path):
 
 
 def test_a_model_kept_as_loaded_leaves_its_share_to_the_others():
-    cfg = _cfg(training={"max_train_seconds": 700}, base_checkpoint={"train_steps": 0})
+    cfg = _cfg(training={"max_train_seconds": 700, **THREE}, base_checkpoint={"train_steps": 0})
     assert budget.stage_budget(cfg, "lora_adapter")[0] == 500.0  # 0.5 / (0.5 + 0.2) of 700
     assert budget.stage_budget(cfg, "base_checkpoint")[0] is None
 
 
 def test_an_overrun_upstream_still_leaves_a_floor(tmp_path):
-    cfg = _cfg(training={"max_train_seconds": 100})
+    cfg = _cfg(training={"max_train_seconds": 100, **THREE})
     base = _stats(tmp_path / "base_checkpoint", seconds=500.0)
     assert budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})[0] == pytest.approx(100 * 0.5 / 20)
 
@@ -159,7 +163,7 @@ def test_an_overrun_upstream_still_leaves_a_floor(tmp_path):
 def test_a_stage_records_what_its_clock_counted_before_its_training_seconds(tmp_path):
     """DPO's sampling and reference pass, and SFT's final evaluation, count against the run's budget: the next stage's
     share comes from `budget_spent_seconds` where a stage recorded it."""
-    cfg = _cfg(training={"max_train_seconds": 1000})
+    cfg = _cfg(training={"max_train_seconds": 1000, **THREE})
     up = {"base_checkpoint": _stats(tmp_path / "b", train_seconds=100.0),
           "lora_adapter": _stats(tmp_path / "l", train_seconds=300.0, budget_spent_seconds=400.0)}
     seconds, why = budget.stage_budget(cfg, "dpo_model", up)
@@ -196,7 +200,7 @@ def test_seconds_the_runner_moved_out_of_stats_still_count(tmp_path):
     stats.json saw its upstream stages spend nothing, and SFT and DPO each got the whole run's budget."""
     from llm_pipeline.io import move_measured
 
-    cfg = _cfg(training={"max_train_seconds": 1000})
+    cfg = _cfg(training={"max_train_seconds": 1000, **THREE})
     up = {"base_checkpoint": _stats(tmp_path / "b", steps=3, seconds=250.0),
           "lora_adapter": _stats(tmp_path / "l", steps=9, train_seconds=300.0, budget_spent_seconds=350.0)}
     for folder in up.values():
@@ -204,3 +208,35 @@ def test_seconds_the_runner_moved_out_of_stats_still_count(tmp_path):
         assert "seconds" not in (folder / "stats.json").read_text()
     seconds, why = budget.stage_budget(cfg, "dpo_model", up)
     assert seconds == 400.0 and "base_checkpoint 250 s, lora_adapter 350 s" in why
+
+
+def test_every_training_stage_has_a_share_and_the_parts_add_up_to_the_budget(tmp_path):
+    """Five training stages, dpo_model and reward_model side by side after SFT, rl_model after the reward model: each
+    spends exactly its part, and the parts sum to the run's budget whichever of the two siblings runs first."""
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    shares = budget.stage_shares(cfg)
+    assert set(shares) == set(budget.TRAINING_STAGES) == {"base_checkpoint", "lora_adapter", "dpo_model", "reward_model", "rl_model"}
+    assert shares["base_checkpoint"] + shares["lora_adapter"] > 0.5 * sum(shares.values())  # most goes where perplexity drops
+    parts = {"base_checkpoint": budget.stage_budget(cfg, "base_checkpoint")[0]}
+    base = _stats(tmp_path / "b", budget_spent_seconds=parts["base_checkpoint"])
+    parts["lora_adapter"] = budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})[0]
+    lora = _stats(tmp_path / "l", budget_spent_seconds=parts["lora_adapter"])
+    up = {"base_checkpoint": base, "lora_adapter": lora}
+    parts["dpo_model"] = budget.stage_budget(cfg, "dpo_model", up)[0]
+    parts["reward_model"] = budget.stage_budget(cfg, "reward_model", up)[0]
+    rm = _stats(tmp_path / "r", budget_spent_seconds=parts["reward_model"])
+    parts["rl_model"] = budget.stage_budget(cfg, "rl_model", {**up, "reward_model": rm})[0]
+    assert sum(parts.values()) == pytest.approx(1000, abs=0.5)
+    for stage, seconds in parts.items():
+        assert seconds == pytest.approx(1000 * shares[stage] / sum(shares.values()), abs=0.2)
+
+
+def test_seconds_a_sibling_leaves_unused_are_not_counted_on_twice(tmp_path):
+    """The reward model finished early: RL inherits its unused seconds, DPO's part (unknown to RL) stays reserved."""
+    cfg = _cfg(training={"max_train_seconds": 1000})
+    up = {"base_checkpoint": _stats(tmp_path / "b", budget_spent_seconds=300.0),
+          "lora_adapter": _stats(tmp_path / "l", budget_spent_seconds=450.0),
+          "reward_model": _stats(tmp_path / "r", budget_spent_seconds=10.0)}
+    seconds, why = budget.stage_budget(cfg, "rl_model", up)
+    # 240 s left; DPO's and RL's shares (0.1 each) split it: DPO planned 100, RL gets 120 (its 100 + the 40 less DPO's 20).
+    assert seconds == pytest.approx(240 * 0.1 / 0.2) and "reward_model 10 s" in why
