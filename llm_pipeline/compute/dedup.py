@@ -2,8 +2,8 @@
 gathered in one process.
 
 1. hash tasks, one per range of cleaned_corpus rows: exact hashes, MinHash signatures and LSH band keys; the
-   signatures and keys go to the task's scratch files (curation.dedup_spill), only the fixed-width columns (id,
-   source, length, hash; curation.dedup_columns) come back;
+   fixed-width columns (id, source, length, hash; curation.dedup_columns), signatures and keys go to the task's
+   scratch files (curation.dedup_spill), only their names and row counts come back;
 2. the driver orders the rows by preference (``keep``) and drops exact duplicates, as the single-process stage;
 3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an LSH bucket meets in one task;
 4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate pairs of their buckets exactly as the single-process stage
@@ -14,8 +14,9 @@ gathered in one process.
    member of each stays -- the same clusters, kept copies and drop reasons as the single-process stage;
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
 
-The driver holds per document its fixed-width columns (~70 bytes: the order of preference needs them) and the
-decisions (9 bytes), never a signature or a Python object per document. With ``scope: global`` the cross-domain
+The driver reads the columns from the tasks' files one at a time, for the step that needs them (the order of
+preference, the exact groups), and holds per document the decision (one byte), never a signature or a Python object
+per document. With ``scope: global`` the cross-domain
 query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
 as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
 does.
@@ -28,7 +29,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR, Task, iter_task_batches, shard_tasks
@@ -52,8 +52,7 @@ def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Has
     if key not in state:  # the permutations, once per worker
         state[key] = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
     batches = iter_task_batches(task, ["id", "source", "text"], stage.READ_BATCH)
-    rows = (task.stop if task.stop is not None else pq.ParquetFile(task.path).metadata.num_rows) - task.start
-    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name), rows=rows)
+    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name))
 
 
 def _bits(n: int) -> int:
@@ -155,7 +154,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     with executor or executor_for(cfg) as ex:
         parts = ex.map(hash_task, tasks, cfg, str(output_dir), label=f"deduped_shards[{domain}] hashing tasks")
         starts = np.cumsum([0] + [len(p) for p in parts])
-        hashed = Hashed.concat(parts) if parts else hash_pass([], None, None)  # empties `parts` as it copies
+        hashed = Hashed.concat(parts)  # the tasks' column files, joined: nothing per document comes back
         near = _Near(ex, cfg, hashed.spilled, output_dir, domain) if hashed.spilled is not None else None
         decided = stage.decide(cfg, domain, hashed, src, embedder, near=near)
         # Each task carries its own rows' decisions, not the whole domain's.
@@ -166,7 +165,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         for task in tasks:
             with open(output_dir / TASK_DIR / f"{task.name}.dropped.jsonl", "rb") as part:
                 shutil.copyfileobj(part, dropped)
+    out = stage.stage_output(domain, hashed, decided, written)  # reads the kept copies' ids from the task files
     shutil.rmtree(output_dir / TASK_DIR, ignore_errors=True)
-    out = stage.stage_output(domain, hashed, decided, written)
     out.metadata.update(tasks=len(tasks), **placement)
     return out
