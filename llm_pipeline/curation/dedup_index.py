@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -97,6 +98,18 @@ def read(path: Path, params: list[int], source: Path) -> dict[str, np.ndarray] |
     out = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
     out["keys"] = out["keys"].T
     return out
+
+
+def release(index: dict[str, np.ndarray]) -> None:
+    """Drop the pages a query has touched from this process's resident set (they stay in the kernel's page cache).
+    A mapped file's pages count as the process's memory for as long as it is mapped: reading every band of an
+    index of m entries left 4 x bands x m bytes resident, 80 MB at a million entries and 20 bands."""
+    for arr in index.values():
+        base = arr
+        while base is not None and getattr(base, "_mmap", None) is None:
+            base = getattr(base, "base", None)
+        if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+            base._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def read_rows(folder: Path, rows: np.ndarray, columns: list[str]) -> dict[int, dict]:

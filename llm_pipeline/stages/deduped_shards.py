@@ -137,6 +137,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
                 for k, at in entries.items():  # the smallest id among the entries with this hash
                     drops[int(todo[k])] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
                     alive[todo[k]] = False
+            dedup_index.release(index)
         if dcfg.near and alive.any():
             todo = np.flatnonzero(alive)
             m = len(index["rows"])
@@ -144,6 +145,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
             for b in range(dcfg.banding[0]):
                 codes.append(np.unique(band_match_codes(dedup_index.fold32(hashed.spilled.band(b, rows[todo])),
                                                         index["keys"][:, b])))
+                dedup_index.release(index)  # one band of the other domain's keys resident at a time
             flat = np.unique(np.concatenate(codes))
             del codes
             qi, oj = flat // max(m, 1), flat % max(m, 1)
@@ -159,6 +161,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
                              np.searchsorted(chunk, oj[sel]), dcfg.threshold)
                 for q, j in zip(qi[sel][ok].tolist(), np.searchsorted(chunk, oj[sel][ok]).tolist()):
                     matches.setdefault(q, []).append(recs[int(at[j])]["id"])
+            dedup_index.release(index)
             for q, kept_ids in matches.items():
                 drops[int(todo[q])] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
                 alive[todo[q]] = False
