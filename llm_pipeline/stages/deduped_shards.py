@@ -91,6 +91,8 @@ class _Bands:
         return self.bands
 
     def __getitem__(self, b: int) -> np.ndarray:
+        if self.spilled is None:  # a domain with no documents split into no tasks: no spill files, no keys
+            return np.zeros(0, dtype=np.uint64)
         return self.spilled.band(b, self.rows)
 
 
