@@ -4,9 +4,10 @@ Two passes over the domain's shards. Pass 1 streams the text and writes, per doc
 beside the output: its id (bytes), source (the file's rank and the trailing line or row number), length and exact
 hash, ~70 bytes (curation.dedup_columns), and its MinHash signature and LSH band keys (curation.dedup_spill). Each
 step below reads back one column, one band or one block of pairs at a time; what stays in memory per document is
-the decision (one byte) and, while a step runs, the columns it sorts (see benchmarks/README.md on memory). The decisions are then made on those arrays, in the order of preference
-(``keep``; by default the longest text first, then the earliest source, then the smallest id), so the kept set does
-not depend on input order and a partial copy never displaces the full document:
+the decision (one byte) and, while a step runs, the columns it sorts (benchmarks/README.md, memory). The decisions
+are made in the order of preference (``keep``; by default the longest text first, then the earliest source, then
+the smallest id), so the kept set does not depend on input order and a partial copy never displaces the full
+document:
 
 1. exact duplicates (same normalized-text hash): the preferred copy stays;
 2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold, with the banding derived from the
