@@ -2,20 +2,22 @@
 gathered in one process.
 
 1. hash tasks, one per range of cleaned_corpus rows: exact hashes, MinHash signatures and LSH band keys; the
-   signatures and keys go to the task's scratch files (curation.dedup_spill), only the fixed-width columns (id,
-   source, length, hash; curation.dedup_columns) come back;
+   fixed-width columns (id, source, length, hash; curation.dedup_columns), signatures and keys go to the task's
+   scratch files (curation.dedup_spill), only their names and row counts come back;
 2. the driver orders the rows by preference (``keep``) and drops exact duplicates, as the single-process stage;
 3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an LSH bucket meets in one task;
-4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate pairs of their buckets exactly as the single-process stage
-   does (curation.dedup.candidate_pair_arrays over a part of the rows);
+4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate
+   pairs of their buckets exactly as the single-process stage does (curation.dedup.candidate_pair_arrays over a
+   part of the rows) into a file each, which the driver merges one at a time (each pair once);
 5. verify tasks, one per pair of hash tasks, load those two tasks' signatures and keep the pairs at or above the
    threshold;
 6. the driver joins the verified pairs (few: one per near duplicate, give or take) into clusters; the preferred
    member of each stays -- the same clusters, kept copies and drop reasons as the single-process stage;
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
 
-The driver holds per document its fixed-width columns (~70 bytes: the order of preference needs them) and the
-decisions (9 bytes), never a signature or a Python object per document. With ``scope: global`` the cross-domain
+The driver reads the columns from the tasks' files one at a time, for the step that needs them (the order of
+preference, the exact groups), and holds per document the decision (one byte), never a signature or a Python object
+per document. With ``scope: global`` the cross-domain
 query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
 as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
 does.
@@ -24,11 +26,10 @@ does.
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR, Task, iter_task_batches, shard_tasks
@@ -52,8 +53,7 @@ def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Has
     if key not in state:  # the permutations, once per worker
         state[key] = MinHasher(dcfg.num_perm, dcfg.ngram, cfg.seed)
     batches = iter_task_batches(task, ["id", "source", "text"], stage.READ_BATCH)
-    rows = (task.stop if task.stop is not None else pq.ParquetFile(task.path).metadata.num_rows) - task.start
-    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name), rows=rows)
+    return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name))
 
 
 def _bits(n: int) -> int:
@@ -77,18 +77,20 @@ def shuffle_task(state: dict, item: tuple[Part, np.ndarray], out_dir: str, n: in
         np.savez(_scratch(out_dir) / f"{spilled.name}.part{p:04d}.npz", band=band[sel], key=masked[sel], rank=rank[sel])
 
 
-def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: int, bands: int) -> np.ndarray:
-    """The candidate pairs (ranks i < j) of every bucket in one partition, as the single-process stage lists them."""
+def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: int, bands: int) -> int:
+    """The candidate pairs (ranks i < j) of every bucket in one partition, as the single-process stage lists them,
+    into ``pairs<partition>.npy`` as sorted codes ``i * n + j``; returns how many."""
     parts = [np.load(_scratch(out_dir) / f"{name}.part{partition:04d}.npz") for name in names]
     band = np.concatenate([p["band"] for p in parts])
     key = np.concatenate([p["key"] for p in parts])
     rank = np.concatenate([p["rank"] for p in parts])
-    found = [np.zeros((0, 2), dtype=np.int64)]
+    flat = np.zeros(0, dtype=np.int64)
     for b in range(bands):
         sel = band == b
         i, j = candidate_pair_arrays(key[sel][:, None], rank[sel], n)
-        found.append(np.stack([i, j], axis=1))
-    return np.unique(np.concatenate(found), axis=0)
+        flat = np.union1d(flat, i * n + j)
+    np.save(_scratch(out_dir) / f"pairs{partition:04d}.npy", flat)
+    return len(flat)
 
 
 def verify_task(state: dict, item: tuple[Part, Part, np.ndarray, np.ndarray], num_perm: int, threshold: float) -> np.ndarray:
@@ -129,24 +131,53 @@ class _Near:
         self.ex.map(shuffle_task, items, self.out_dir, n, partitions, dcfg.banding[0], label=f"{label} shuffle tasks")
         del items
         names = [p.name for p in parts]
-        pairs = self.ex.map(bucket_task, list(range(partitions)), self.out_dir, names, n, dcfg.banding[0],
-                            label=f"{label} bucket tasks")
-        pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-        ti, li = self.spilled.where(rows[pairs[:, 0]])
-        tj, lj = self.spilled.where(rows[pairs[:, 1]])
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for k, key in enumerate(zip(ti.tolist(), tj.tolist())):
-            groups[key].append(k)
-        order = sorted(groups)
-        checks = [(parts[a], parts[b], li[groups[(a, b)]], lj[groups[(a, b)]]) for a, b in order]
+        self.ex.map(bucket_task, list(range(partitions)), self.out_dir, names, n, dcfg.banding[0],
+                    label=f"{label} bucket tasks")
+        # A pair that shares several bands can come from several partitions (one per band key): merged here one
+        # partition's file at a time, so the driver holds each pair once, as codes i * n + j in (i, j) order.
+        flat = np.zeros(0, dtype=np.int64)
+        for p in range(partitions):
+            path = _scratch(self.out_dir) / f"pairs{p:04d}.npy"
+            flat = np.union1d(flat, np.load(path))
+            path.unlink()
+        i, j = flat // max(n, 1), flat % max(n, 1)
+        del flat
+        ti, li = self.spilled.where(rows[i])
+        tj, lj = self.spilled.where(rows[j])
+        # Grouped by the pair of hash tasks their members come from: one verify task per group.
+        group = ti * len(parts) + tj
+        order = np.argsort(group, kind="stable")
+        keys, first = np.unique(group[order], return_index=True)
+        bounds = np.append(first, len(order))
+        del group, ti, tj
+        sel = [order[bounds[k]: bounds[k + 1]] for k in range(len(keys))]
+        checks = [(parts[int(g) // len(parts)], parts[int(g) % len(parts)], li[at], lj[at]) for g, at in zip(keys, sel)]
         verdicts = self.ex.map(verify_task, checks, dcfg.num_perm, dcfg.threshold, label=f"{label} verify tasks")
+        del checks
+        ok = np.zeros(len(i), dtype=bool)
+        for at, verdict in zip(sel, verdicts):
+            ok[at] = verdict
         uf = UnionFind(n)
-        ok = np.zeros(len(pairs), dtype=bool)
-        for (a, b), verdict in zip(order, verdicts):
-            ok[groups[(a, b)]] = verdict
-        for i, j in sorted(map(tuple, pairs[ok].tolist())):  # the single-process order: sorted (i, j)
-            uf.union(i, j)
+        for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # the single-process order: sorted (i, j)
+            uf.union(a, b)
         return uf
+
+
+class _WriteItems(Sequence):
+    """The write tasks' items, each built when the executor takes it: a task carries its own rows' decisions and
+    kept ids, and the driver never holds every task's at once (a Python string per drop, ~25 MB at 100,000 drops)."""
+
+    def __init__(self, tasks: list[Task], starts: np.ndarray, decided: stage.Decided):
+        self.tasks, self.starts, self.decided = tasks, starts, decided
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, k: int) -> tuple[Task, int, stage.Decided]:
+        if not 0 <= k < len(self.tasks):
+            raise IndexError(k)
+        lo, hi = int(self.starts[k]), int(self.starts[k + 1])
+        return self.tasks[k], lo, self.decided.rows(lo, hi)
 
 
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str, embedder, executor=None) -> StageOutput:
@@ -155,18 +186,17 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     with executor or executor_for(cfg) as ex:
         parts = ex.map(hash_task, tasks, cfg, str(output_dir), label=f"deduped_shards[{domain}] hashing tasks")
         starts = np.cumsum([0] + [len(p) for p in parts])
-        hashed = Hashed.concat(parts) if parts else hash_pass([], None, None)  # empties `parts` as it copies
+        hashed = Hashed.concat(parts)  # the tasks' column files, joined: nothing per document comes back
         near = _Near(ex, cfg, hashed.spilled, output_dir, domain) if hashed.spilled is not None else None
         decided = stage.decide(cfg, domain, hashed, src, embedder, near=near)
-        # Each task carries its own rows' decisions, not the whole domain's.
-        items = [(task, int(starts[k]), decided.rows(int(starts[k]), int(starts[k + 1]))) for k, task in enumerate(tasks)]
-        written = ex.map(write_task, items, cfg, domain, str(output_dir), label=f"deduped_shards[{domain}] writing tasks")
+        written = ex.map(write_task, _WriteItems(tasks, starts, decided), cfg, domain, str(output_dir),
+                         label=f"deduped_shards[{domain}] writing tasks")
         placement = ex.placement.metadata()
     with open(output_dir / "dropped.jsonl", "wb") as dropped:
         for task in tasks:
             with open(output_dir / TASK_DIR / f"{task.name}.dropped.jsonl", "rb") as part:
                 shutil.copyfileobj(part, dropped)
+    out = stage.stage_output(domain, hashed, decided, written)  # reads the kept copies' ids from the task files
     shutil.rmtree(output_dir / TASK_DIR, ignore_errors=True)
-    out = stage.stage_output(domain, hashed, decided, written)
     out.metadata.update(tasks=len(tasks), **placement)
     return out

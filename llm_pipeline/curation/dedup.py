@@ -39,7 +39,7 @@ MAX_HASH_32 = np.uint64(0xFFFFFFFF)
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}“”‘’«»–—…]+")
 # Shingles per matrix block: num_perm x 4096 x 4 bytes (2 MB at 128) stays in cache; larger blocks ran slower.
 _SHINGLE_BLOCK = 4096
-_PAIR_BLOCK = 1 << 16  # candidate pairs verified at once: two (block, num_perm) uint32 gathers, 64 MB at 128
+_PAIR_BLOCK = 1 << 13  # candidate pairs verified at once: two (block, num_perm) uint32 gathers, 8 MB at 128
 MAX_BUCKET_ALL_PAIRS = 64
 
 

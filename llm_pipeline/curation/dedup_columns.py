@@ -1,19 +1,28 @@
-"""deduped_shards' pass 1: per document, the fixed-width columns its decisions need, and the order of preference.
+"""deduped_shards' pass 1: per document, the fixed-width columns its decisions need, kept on disk, and the order of
+preference.
 
-In memory per document: its id as bytes (32 for the pipeline's xxh3-128 ids), its source as two integers (the rank
-of its file and its trailing line or row number: ``a.jsonl#L9``), its text length and its normalized-text hash,
-~70 bytes in numpy arrays; no Python object per document. Its MinHash signature and band keys go to disk
-(curation.dedup_spill). The distinct file names are the one list of strings kept, one entry per source file.
+Per document: its id as bytes (32 for the pipeline's xxh3-128 ids), its source as two integers (the rank of its file
+and its trailing line or row number: ``a.jsonl#L9``), its text length and its normalized-text hash, ~70 bytes. They
+are appended batch by batch to files beside the signatures (curation.dedup_spill), one file per column and part
+(``<part>.ids``, ``<part>.line``, ...), not held in memory: at a million documents they were ~80 MB resident for
+the whole stage, on top of every later step's working memory. Each decision step reads back only the column it
+needs, for as long as it needs it (8 bytes per document for an integer column), and the ids are read row by row
+for the rows that need one (kept copies, the preview's pair). The distinct file names are the one list of strings
+kept, one entry per source file.
 
 The order of preference sorts these columns with ``np.lexsort``: ``longest`` = the longest text first, then the
 earliest source (files in natural order, ``part-2`` before ``part-10``, then the line number), then the smallest id;
-``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. The sort is stable, so rows that
-tie on everything stay in stream order.
+``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. The id enters the sort as its
+first 8 bytes (a big-endian integer: the same order as the bytes); rows that tie on that too are ordered on their
+whole ids, read for those rows only. The sort is stable, so rows that tie on everything stay in stream order.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +31,9 @@ from llm_pipeline.curation.dedup_spill import Part, Spilled, SpillWriter
 
 _DIGITS = re.compile(r"(\d+)")
 _TRAILING = re.compile(r"^(.*?)(\d{1,18})$", re.S)  # at most 18 digits: the number fits an int64
+COLUMNS = {"file_of": np.int32, "line": np.int64, "lengths": np.int64, "hashes": np.uint64}
+ID_WIDTH = 32  # the pipeline's ids: 32 hex digits; a longer id widens the part's id file
+_COPY_ROWS = 1 << 16  # rows per read when an id file is widened or its prefixes are read
 
 
 def natural_key(text: str | None) -> tuple:
@@ -35,118 +47,197 @@ def split_source(source: str | None) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (source or "", -1)
 
 
-class Hashed:
-    """Pass 1's per-document columns, in stream order (the text is read again in pass 2)."""
+@dataclass(frozen=True)
+class ColumnPart:
+    """One stream of rows' columns on disk (the single-process stage: one part; the task split: one per hash task).
+    `files` are the source file names its ``file_of`` column indexes."""
 
-    def __init__(self, ids: np.ndarray, files: list[str], file_of: np.ndarray, line: np.ndarray, lengths: np.ndarray,
-                 hashes: np.ndarray, bytes_in: int, spilled: Spilled | None):
-        self.ids, self.files, self.file_of, self.line = ids, files, file_of, line
-        self.lengths, self.hashes, self.bytes_in, self.spilled = lengths, hashes, bytes_in, spilled
+    folder: str
+    name: str
+    n: int
+    width: int
+    files: tuple[str, ...]
+
+    def path(self, column: str) -> Path:
+        return Path(self.folder) / f"{self.name}.{column}"
+
+    def column(self, column: str) -> np.ndarray:
+        return np.fromfile(self.path(column), dtype=COLUMNS[column])
+
+    def id_prefixes(self) -> np.ndarray:
+        """Each row's first 8 id bytes as a big-endian integer (zero-padded): the ids' byte order, 8 bytes a row."""
+        out = np.zeros(self.n, dtype=np.uint64)
+        take = min(8, self.width)
+        with open(self.path("ids"), "rb") as f:
+            for lo in range(0, self.n, _COPY_ROWS):
+                k = min(_COPY_ROWS, self.n - lo)
+                raw = np.frombuffer(f.read(k * self.width), dtype=np.uint8).reshape(k, self.width)
+                head = np.zeros((k, 8), dtype=np.uint8)
+                head[:, :take] = raw[:, :take]
+                out[lo: lo + k] = head.view(">u8").ravel()
+        return out
+
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of rows of this part (in the order given), one read per row, as the signatures are read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(len(rows), dtype=f"S{self.width}")
+        if len(rows) == 0:
+            return out
+        view = memoryview(out).cast("B")
+        w = self.width
+        fd = os.open(self.path("ids"), os.O_RDONLY)
+        try:
+            for k in np.argsort(rows, kind="stable").tolist():
+                if os.preadv(fd, [view[k * w: (k + 1) * w]], int(rows[k]) * w) != w:
+                    raise OSError(f"{self.path('ids')}: short read at row {rows[k]}")
+        finally:
+            os.close(fd)
+        return out
+
+    def remove(self) -> None:
+        for column in ["ids", *COLUMNS]:
+            try:
+                os.unlink(self.path(column))
+            except FileNotFoundError:
+                pass
+
+
+class ColumnWriter:
+    """Appends one part's columns, batch by batch."""
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name, self.n, self.width = Path(folder), name, 0, ID_WIDTH
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.out = {c: open(self.folder / f"{name}.{c}", "wb") for c in ["ids", *COLUMNS]}
+
+    def append(self, ids: np.ndarray, **columns: np.ndarray) -> None:
+        if ids.dtype.itemsize > self.width:
+            self._widen(ids.dtype.itemsize)
+        np.ascontiguousarray(ids, dtype=f"S{self.width}").tofile(self.out["ids"])
+        for c, dtype in COLUMNS.items():
+            np.ascontiguousarray(columns[c], dtype=dtype).tofile(self.out[c])
+        self.n += len(ids)
+
+    def _widen(self, width: int) -> None:
+        """Rewrite the ids written so far at a new width (a longer id than any before: rare, one copy)."""
+        self.out["ids"].close()
+        path = self.folder / f"{self.name}.ids"
+        tmp = path.with_name(path.name + ".wide")
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for lo in range(0, self.n, _COPY_ROWS):
+                k = min(_COPY_ROWS, self.n - lo)
+                np.frombuffer(src.read(k * self.width), dtype=f"S{self.width}").astype(f"S{width}").tofile(dst)
+        os.replace(tmp, path)
+        self.width = width
+        self.out["ids"] = open(path, "ab")
+
+    def close(self, files: list[str]) -> ColumnPart:
+        for f in self.out.values():
+            f.close()
+        return ColumnPart(str(self.folder), self.name, self.n, self.width, tuple(files))
+
+
+class Hashed:
+    """Pass 1's per-document columns, in stream order, on disk as consecutive parts (the text is read again in
+    pass 2). Nothing per document is held here."""
+
+    def __init__(self, parts: list[ColumnPart], bytes_in: int, spilled: Spilled | None):
+        self.parts, self.bytes_in, self.spilled = list(parts), bytes_in, spilled
+        self.starts = np.cumsum([0] + [p.n for p in self.parts]).astype(np.int64)
+        files: dict[str, int] = {}
+        self._remap = [np.array([files.setdefault(f, len(files)) for f in p.files] or [0], dtype=np.int32)
+                       for p in self.parts]
+        self.files = list(files)
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return int(self.starts[-1])
 
     @classmethod
     def concat(cls, parts: list["Hashed"]) -> "Hashed":
-        """One stream of the parts' rows, in part order (the hash tasks of compute.dedup). The list is emptied as
-        each part is copied, so the columns are not held twice over."""
-        n = sum(len(p) for p in parts)
-        width = max([p.ids.dtype.itemsize for p in parts] or [1])
-        out = cls(np.empty(n, f"S{width}"), [], np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
-                  np.empty(n, np.uint64), 0, None)
-        files: dict[str, int] = {}
-        spilled: list[Spilled] = []
-        at = 0
-        while parts:
-            p = parts.pop(0)
-            k = len(p)
-            remap = np.array([files.setdefault(f, len(files)) for f in p.files] or [0], dtype=np.int32)
-            out.ids[at: at + k], out.file_of[at: at + k] = p.ids, remap[p.file_of]
-            out.line[at: at + k], out.lengths[at: at + k], out.hashes[at: at + k] = p.line, p.lengths, p.hashes
-            out.bytes_in += p.bytes_in
-            if p.spilled is not None:
-                spilled.append(p.spilled)
-            at += k
-        out.files = list(files)
-        if spilled:
-            out.spilled = Spilled([q for s in spilled for q in s.parts], spilled[0].num_perm, spilled[0].bands)
+        """One stream of the parts' rows, in part order (the hash tasks of compute.dedup): the parts' files are
+        joined, nothing is copied."""
+        spilled = [p.spilled for p in parts if p.spilled is not None]
+        joined = Spilled([q for s in spilled for q in s.parts], spilled[0].num_perm, spilled[0].bands) if spilled else None
+        return cls([c for p in parts for c in p.parts], sum(p.bytes_in for p in parts), joined)
+
+    def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """One column over every row (or `rows`, in their order); ``file_of`` indexes ``self.files``."""
+        col = np.zeros(len(self), dtype=COLUMNS[name])
+        for k, p in enumerate(self.parts):
+            part = p.column(name)
+            col[self.starts[k]: self.starts[k + 1]] = self._remap[k][part] if name == "file_of" else part
+            del part
+        return col if rows is None else col[np.asarray(rows, dtype=np.int64)]
+
+    def ids(self, rows: np.ndarray) -> np.ndarray:
+        """Ids (bytes) of stream rows, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        width = max([p.width for p in self.parts] or [1])
+        out = np.zeros(len(rows), dtype=f"S{width}")
+        t = np.searchsorted(self.starts, rows, side="right") - 1
+        for k in np.unique(t).tolist():
+            sel = np.flatnonzero(t == k)
+            out[sel] = self.parts[k].ids(rows[sel] - self.starts[k])
         return out
 
     def id_of(self, row: int) -> str:
-        return self.ids[row].decode("utf-8")
+        return self.ids(np.array([row]))[0].decode("utf-8")
+
+    def _id_prefixes(self) -> np.ndarray:
+        out = np.zeros(len(self), dtype=np.uint64)
+        for k, p in enumerate(self.parts):
+            out[self.starts[k]: self.starts[k + 1]] = p.id_prefixes()
+        return out
 
     def preference_order(self, keep: str) -> np.ndarray:
         """Rows from the one to keep first to the one to keep last (``deduped_shards.keep``); ties end on the id, so
         the order, and the kept set, do not depend on the order rows arrived in."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
         order = sorted(range(len(self.files)), key=lambda k: natural_key(self.files[k]))
         rank = np.empty(len(self.files), dtype=np.int64)
         rank[order] = np.arange(len(self.files))
-        src = rank[self.file_of] if len(self.files) else np.zeros(len(self), dtype=np.int64)
-        if keep == "longest":
-            keys = (self.ids, self.line, src, -self.lengths)  # np.lexsort: the last key is the primary one
+        ids = self._id_prefixes()
+        if keep == "longest":  # np.lexsort: the last key is the primary one
+            keys = [ids, self.column("line"), rank[self.column("file_of")], -self.column("lengths")]
         elif keep == "earliest_source":
-            keys = (self.ids, -self.lengths, self.line, src)
+            keys = [ids, -self.column("lengths"), self.column("line"), rank[self.column("file_of")]]
         else:
-            keys = (self.ids,)
-        return np.lexsort(keys).astype(np.int64) if len(self) else np.zeros(0, dtype=np.int64)
+            keys = [ids]
+        by = np.lexsort(keys).astype(np.int64)
+        tied = np.ones(len(by) - 1, dtype=bool)
+        for key in keys:
+            ordered = key[by]
+            tied &= ordered[1:] == ordered[:-1]
+            del ordered
+        del keys, ids
+        if tied.any():  # equal up to the ids' first 8 bytes: those runs ordered on the whole ids
+            self._order_ties(by, tied)
+        return by
+
+    def _order_ties(self, by: np.ndarray, tied: np.ndarray) -> None:
+        after = np.concatenate([[False], tied])  # position p ties with p - 1
+        pos = np.flatnonzero(after | np.concatenate([tied, [False]]))
+        run = np.cumsum(~after[pos])
+        by[pos] = by[pos][np.lexsort((self.ids(by[pos]), run))]
 
 
-class _Columns:
-    """The fixed-width columns, filled batch by batch into arrays allocated once for the expected row count (grown
-    by doubling if more rows come): no per-batch arrays to concatenate, which held the columns twice at the end of
-    the pass and left the heap fragmented."""
-
-    def __init__(self, rows: int):
-        rows = max(rows, 1)
-        self.n, self.width = 0, 32  # the pipeline's ids: 32 hex digits; a longer id widens the column
-        self.ids = np.zeros(rows, dtype=f"S{self.width}")
-        self.file_of = np.zeros(rows, dtype=np.int32)
-        self.line = np.zeros(rows, dtype=np.int64)
-        self.lengths = np.zeros(rows, dtype=np.int64)
-        self.hashes = np.zeros(rows, dtype=np.uint64)
-
-    def append(self, ids: np.ndarray, file_of, line, lengths, hashes) -> None:
-        k = len(ids)
-        if self.n + k > len(self.hashes):
-            size = max(self.n + k, 2 * len(self.hashes))
-            for name in ("ids", "file_of", "line", "lengths", "hashes"):
-                old = getattr(self, name)
-                new = np.zeros(size, dtype=old.dtype)
-                new[: self.n] = old[: self.n]
-                setattr(self, name, new)
-        if ids.dtype.itemsize > self.width:
-            self.width = ids.dtype.itemsize
-            self.ids = self.ids.astype(f"S{self.width}")
-        lo, hi = self.n, self.n + k
-        self.ids[lo:hi], self.file_of[lo:hi], self.line[lo:hi] = ids, file_of, line
-        self.lengths[lo:hi], self.hashes[lo:hi] = lengths, hashes
-        self.n = hi
-
-    def arrays(self) -> tuple:
-        names = ("ids", "file_of", "line", "lengths", "hashes")
-        if self.n == len(self.hashes):
-            return tuple(getattr(self, name) for name in names)
-        return tuple(getattr(self, name)[: self.n].copy() for name in names)
-
-
-def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to=None, meter=None,
-              rows: int = 0) -> Hashed:
-    """Pass 1 over record batches (id, source, text): the columns in memory (sized for `rows`, the expected count);
-    signatures and band keys (when `banding` is given) appended to ``spill_to = (folder, part name)``."""
-    columns = _Columns(rows)
+def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to, meter=None) -> Hashed:
+    """Pass 1 over record batches (id, source, text): the columns, and the signatures and band keys (when `banding`
+    is given), appended to files in ``spill_to = (folder, part name)``."""
+    folder, name = spill_to
+    columns = ColumnWriter(folder, name)
     files: dict[str, int] = {}
-    writer = None
-    if banding is not None:
-        folder, name = spill_to
-        writer = SpillWriter(folder, name, hasher.num_perm, banding[0])
+    writer = SpillWriter(folder, name, hasher.num_perm, banding[0]) if banding is not None else None
     bytes_in = 0
     for batch in batches:
         texts = [r["text"] or "" for r in batch]
         where = [split_source(r.get("source")) for r in batch]
         columns.append(np.array([(r["id"] or "").encode("utf-8") for r in batch], dtype="S"),
-                       np.array([files.setdefault(f, len(files)) for f, _ in where], dtype=np.int32),
-                       np.array([k for _, k in where], dtype=np.int64), np.array([len(t) for t in texts], dtype=np.int64),
-                       np.array([exact_hash(t) for t in texts], dtype=np.uint64))
+                       file_of=np.array([files.setdefault(f, len(files)) for f, _ in where], dtype=np.int32),
+                       line=np.array([k for _, k in where], dtype=np.int64),
+                       lengths=np.array([len(t) for t in texts], dtype=np.int64),
+                       hashes=np.array([exact_hash(t) for t in texts], dtype=np.uint64))
         bytes_in += sum(len(t.encode("utf-8")) for t in texts)
         if writer is not None:
             sigs = hasher.signatures(texts)
@@ -154,8 +245,7 @@ def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None
         if meter is not None:
             meter.update(columns.n)
     spilled = Spilled([writer.close()], hasher.num_perm, banding[0]) if writer is not None else None
-    ids, file_of, line, lengths, hashes = columns.arrays()
-    return Hashed(ids, list(files), file_of, line, lengths, hashes, bytes_in, spilled)
+    return Hashed([columns.close(list(files))], bytes_in, spilled)
 
 
-__all__ = ["Hashed", "Part", "hash_pass", "natural_key", "split_source"]
+__all__ = ["ColumnPart", "Hashed", "Part", "hash_pass", "natural_key", "split_source"]

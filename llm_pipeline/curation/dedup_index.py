@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -67,14 +68,13 @@ def write(path: Path, rows: np.ndarray, hashes: np.ndarray, key_bands, params: l
     np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32)[order])
     np.save(tmp / "hashes.npy", hashes[order])
     n_bands = len(key_bands)
-    if len(order) == 0:  # an empty file cannot be mapped for writing
-        np.save(tmp / "keys.npy", np.zeros((n_bands, 0), dtype=np.uint32))
-    else:
-        out = np.lib.format.open_memmap(tmp / "keys.npy", mode="w+", dtype=np.uint32, shape=(n_bands, len(order)))
+    # Appended band by band through a file: a writable mapping kept every band's pages in the resident set (4 bytes
+    # per entry and band, ~72 MB at a million entries) until it was closed.
+    with open(tmp / "keys.npy", "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
+                                                   "fortran_order": False, "shape": (n_bands, len(order))})
         for b in range(n_bands):
-            out[b] = fold32(key_bands[b])[order]
-            out.flush()
-        del out
+            fold32(key_bands[b])[order].tofile(out)
     (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params] + [FORMAT], "source": source_fingerprint(source)}))
     old = None
     if path.exists():
@@ -98,6 +98,18 @@ def read(path: Path, params: list[int], source: Path) -> dict[str, np.ndarray] |
     out = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
     out["keys"] = out["keys"].T
     return out
+
+
+def release(index: dict[str, np.ndarray]) -> None:
+    """Drop the pages a query has touched from this process's resident set (they stay in the kernel's page cache).
+    A mapped file's pages count as the process's memory for as long as it is mapped: reading every band of an
+    index of m entries left 4 x bands x m bytes resident, 80 MB at a million entries and 20 bands."""
+    for arr in index.values():
+        base = arr
+        while base is not None and getattr(base, "_mmap", None) is None:
+            base = getattr(base, "base", None)
+        if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+            base._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def read_rows(folder: Path, rows: np.ndarray, columns: list[str]) -> dict[int, dict]:

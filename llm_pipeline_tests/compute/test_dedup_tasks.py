@@ -97,3 +97,21 @@ def test_spread_near_dedup_decides_as_the_single_process(tmp_path, keep):
     assert results["single", "medicine"][0]["dropped"].get("exact_duplicate_cross_domain") == 1
     for name in ("rows", "hashes", "keys"):
         assert (results["single", "index"][name] == results["tasks", "index"][name]).all()
+
+
+@pytest.mark.parametrize("engine", ["single", "tasks"])
+def test_an_empty_domain_keeps_nothing_and_indexes_nothing(tmp_path, engine):
+    """No rows means no hash task and no spill files: the stage still ends with empty outputs and an index of no
+    entries that a later domain can query."""
+    cfg = make_cfg(tmp_path, scope="global")
+    write_cleaned(cfg.data_path, "legal", [])
+    src, out = cfg.data_path / "cleaned_corpus" / "legal", tmp_path / "out"
+    out.mkdir()
+    if engine == "tasks":
+        result = dedup.run(cfg, {"cleaned_corpus": src}, out, "legal", None, executor=LocalExecutor())
+    else:
+        from llm_pipeline.stages import deduped_shards
+
+        result = deduped_shards.run(cfg, {"cleaned_corpus": src}, out, "legal")
+    assert result.stats["documents_in"] == result.stats["documents_kept"] == 0
+    assert read_index(cfg, "legal")["keys"].shape == (0, cfg.deduped_shards.banding[0])

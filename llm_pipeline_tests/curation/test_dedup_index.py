@@ -52,3 +52,33 @@ def test_fold_keeps_equal_keys_equal():
     sigs = h.signatures(["the same words in the same order here", "the same words in the same order here", "other"])
     folded = dedup_index.fold32(band_keys(sigs, 20, 6))
     assert (folded[0] == folded[1]).all() and (folded[0] != folded[2]).any()
+
+
+def mapped_kb(path):
+    """Resident KB of this process's mapping of `path` (/proc/self/smaps): pages of a mapped file count as the
+    process's memory while they are mapped."""
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:  # a mapping's first line: address range, perms, offset, dev, inode
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head[0] == "Rss:":
+                rss += int(head[1])
+    return rss
+
+
+def test_a_query_leaves_no_band_of_the_index_resident(tmp_path):
+    """After release, the pages a query read through the mapping are no longer in the process's resident set: a
+    domain querying a large earlier domain holds one band of its keys at a time, not all of them."""
+    n = 50_000
+    src = tmp_path / "cleaned"
+    src.mkdir()
+    (src / MANIFEST).write_text("{}")
+    keys = np.random.default_rng(1).integers(0, 2**63, size=(20, n), dtype=np.uint64)
+    dedup_index.write(tmp_path / "big.idx", np.arange(n), np.arange(n, dtype=np.uint64), keys, PARAMS, src)
+    index = dedup_index.read(tmp_path / "big.idx", PARAMS, src)
+    total = int(sum(int(np.asarray(index["keys"][:, b]).sum() % 7) for b in range(20)))
+    assert total >= 0 and mapped_kb(tmp_path / "big.idx" / "keys.npy") > 20 * n * 4 // 1024 // 2
+    dedup_index.release(index)
+    assert mapped_kb(tmp_path / "big.idx" / "keys.npy") == 0

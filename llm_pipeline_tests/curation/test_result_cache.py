@@ -97,3 +97,34 @@ def test_pii_audit_reuses_verdicts_for_unchanged_texts(tmp_path, monkeypatch):
     assert {f["entity"] for f in first[1]} >= {"PERSON", "EMAIL_ADDRESS"} and all(f["source"] == "1.txt" for f in first[1])
     assert analyzed == [3]  # the second audit analyzed nothing
     assert "maria" not in json.dumps(first[1]).lower()  # findings stay masked
+
+
+def test_the_code_fingerprint_leaves_out_only_modules_cleaned_corpus_never_imports():
+    """Editing deduplication must not throw away every cleaned result, and leaving a module out must not let a
+    change that does shape a cleaned document be served stale: no module cleaned_corpus (or its task form) imports,
+    at the top or inside a function, is among the ones left out."""
+    import ast
+    from pathlib import Path
+
+    from llm_pipeline.curation import result_cache
+
+    root = Path(result_cache.__file__).resolve().parents[1]
+    assert all((root / "curation" / name).exists() for name in result_cache.OTHER_STAGES)
+    # config.py is not followed: the settings a result depends on enter the fingerprint as values
+    # (cleaned_corpus.result_fingerprint), and it imports curation.dedup only to check deduped_shards' banding.
+    todo, seen = [root / "stages" / "cleaned_corpus.py", root / "compute" / "clean.py"], {root / "config.py"}
+    while todo:  # the modules of llm_pipeline that the stage imports, transitively
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith("llm_pipeline."):
+                    parts = name.split(".")[1:]
+                    todo += [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
+    assert not {p.name for p in seen if p.parent.name == "curation"} & result_cache.OTHER_STAGES
+    assert {"cleaning.py", "filters.py", "pii.py"} <= {p.name for p in seen}  # the walk did find the stage's modules

@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import xxhash
@@ -267,3 +268,36 @@ def test_the_banding_is_derived_from_the_threshold_unless_pinned(tmp_path):
     assert make_cfg(tmp_path / "a").deduped_shards.banding == (20, 6)
     assert make_cfg(tmp_path / "b", threshold=0.4).deduped_shards.banding == (42, 3)
     assert make_cfg(tmp_path / "c", bands=16, rows=8).deduped_shards.banding == (16, 8)  # consistent with 0.7: kept
+
+
+def test_decisions_hold_a_byte_per_document_and_verify_pairs_in_bounded_blocks(tmp_path, monkeypatch):
+    """What stays in memory per document is the reason code; kept copies are one entry per drop; candidate pairs are
+    verified a block at a time, the signatures of no more than a block's members read at once. A block of one pair
+    decides as the default block does."""
+    from llm_pipeline.curation import dedup_spill
+    from llm_pipeline.stages import deduped_shards as stage
+
+    many = LEGAL + [edit(BASE[k], 2, 10 + k) for k in range(3, 12)]  # more pairs than a block of 4
+    reads = []
+    real_sigs = dedup_spill.Spilled.sigs
+    monkeypatch.setattr(dedup_spill.Spilled, "sigs", lambda self, rows: reads.append(len(rows)) or real_sigs(self, rows))
+    outcome = {}
+    for block in (stage._PAIR_BLOCK, 4):
+        monkeypatch.setattr(stage, "_PAIR_BLOCK", block)
+        c = make_cfg(tmp_path / f"block{block}", scope="domain")
+        write_cleaned(c.data_path, "legal", many)
+        reads.clear()
+        result = run_stage(c, "deduped_shards", "legal")
+        assert max(reads) <= 2 * block and (block > 4 or len(reads) >= 3)
+        outcome[block] = (kept_ids(result), dropped(result), result.stats)
+    assert outcome[4] == outcome[max(outcome)]
+    assert outcome[4][2]["dropped"] == {"exact_duplicate": 1, "near_duplicate": 11}
+
+    c = make_cfg(tmp_path / "direct", scope="domain")
+    write_cleaned(c.data_path, "legal", many)
+    src = c.data_path / "cleaned_corpus" / "legal"
+    hashed = stage.hash_pass(stage.iter_batches(src, columns=["id", "source", "text"]), stage.MinHasher(128, 5, c.seed),
+                             c.deduped_shards.banding, (tmp_path / "spill", "all"))
+    decided = stage.decide(c, "legal", hashed, src, None)
+    assert decided.reason.dtype == np.int8 and len(decided.reason) == len(many)
+    assert len(decided.drops) == len(decided.kept) == 12 and (np.diff(decided.drops) > 0).all()
