@@ -151,7 +151,8 @@ def rewrite_heldout(corpora: Path, work: Path, trained: list[str], untrained: st
     (work / "heldout.json").write_text(json.dumps(held), encoding="utf-8")
 
 
-def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every: int, eval_docs: int, eval_chars: int) -> dict:
+def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every: int, eval_docs: int, eval_chars: int,
+            new_tokens: int | None = None) -> dict:
     """Copy the training files into the work folder, pick the held-out texts, write the user's config."""
     sources = work / "sources"
     if sources.exists():
@@ -179,7 +180,7 @@ def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every
         "name": "shipped-run",
         "data_dir": "data",
         "domains": {d: {"sources": [{"path": f"sources/{d}"}]} for d in trained},
-        "tokenizer": {"mode": "extend"},
+        "tokenizer": {"mode": "extend", **({} if new_tokens is None else {"extend_max_new_tokens": new_tokens})},
         "base_checkpoint": {"source": "gguf", "model_package": MODEL_PACKAGE, "gguf_file": GGUF_FILE},
         "training": {"max_train_seconds": None},
     }
@@ -406,6 +407,8 @@ def main() -> None:
     ap.add_argument("--eval-chars", type=int, default=1500, help="characters scored from the start of each")
     ap.add_argument("--sample-seconds", type=float, default=0.5)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help="tokenizer.extend_max_new_tokens of the user's config (default: the config's default; 0: no terms added)")
     ap.add_argument("--finish", action="store_true", help="score and report the arms an earlier run left in --work")
     ap.add_argument("--child", default=None)
     ap.add_argument("--deadline", type=float, default=None)
@@ -428,7 +431,7 @@ def main() -> None:
     work.mkdir(parents=True)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     load_before = os.getloadavg()
-    prep = prepare(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
+    prep = prepare(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars, a.new_tokens)
     config = write_config(work, prep["config"], a.budget)
     print(f"config {config}; files {prep['counts']}", flush=True)
     orig = subprocess.run(_child_cmd(work, "original"), stdout=subprocess.PIPE, text=True)
@@ -464,7 +467,7 @@ def finish(a, work: Path, trained: list[str]) -> None:
         ours = arms["ours"]
         ours["stages"] = stage_table(work, json.loads((work / "rss_samples.json").read_text()), ours["started"] + ours["wall_seconds"])
     if a.corpora is not None:  # rescoring on the slice given now
-        rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
+        rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars, a.new_tokens)
     # The scorers at once (one torch thread each; the system shares the cores among them).
     procs = {w: subprocess.Popen(_child_cmd(work, f"score-{w}"), stdout=subprocess.PIPE, text=True) for w in SCORE_GROUPS}
     scores: dict = {}
