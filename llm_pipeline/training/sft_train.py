@@ -66,7 +66,7 @@ def probe_eval(model, collator, rows: list[dict]) -> float:
     try:
         t = budget.now()
         with torch.no_grad():
-            next_token_loss(model, batch)
+            float(next_token_loss(model, batch)[0])  # read back: on a GPU the forward is asynchronous until then
         return budget.now() - t
     finally:
         model.train(was_training)
