@@ -300,7 +300,7 @@ def _skipped(cfg: PipelineConfig, output_dir: Path, why: str, tok_train: list[di
         "skipped": why, "trained": False, "pairs": len(tok_train), "eval_pairs": len(tok_held), "derivation": derivation["derivation"],
         "steps": 0, "rejected_sources": derivation.get("rejected_sources"), "seconds": round(time.perf_counter() - started, 3),
         "budget_seconds": budget_seconds, "budget_spent_seconds": round(clock.spent(), 3) if clock is not None else None,
-        **pair_origin(derivation, dropped), "separability": separable, "sampling": derivation.get("sampling"),
+        **pair_origin(derivation, dropped), "separability": separable,
     }
     write_json(output_dir / "training_summary.json", {"skipped": why, "pairs": len(tok_train), "steps": 0, "seconds": stats["seconds"],
                                                       "tokens_trained": 0, "dropped_pairs": stats["pairs_dropped"]})
@@ -339,6 +339,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer, allowance=sampling,
                                           cache_dir=sample_cache(cfg, base_dir, lora_dir))
     if dc.rejected == "model_sample" and not dc.data:
+        # In the metadata only: whether the samples were drawn or read back depends on which stage ran first, and the
+        # output's bytes must not.
         derivation["sampling"] = sampling.summary()
     pairs_seconds = time.perf_counter() - started
     write_jsonl(output_dir / "pairs_train.jsonl", train)
@@ -467,8 +469,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "peak_rss_mb": summary["peak_rss_mb"], "trainable_params": counts["trainable_params"], "trainable_share": counts["trainable_share"],
         "precision": settings.value("precision"), "engine": engine,
         "budget_seconds": budget_seconds, "budget_spent_seconds": budget_spent, "pairs_seconds": round(pairs_seconds, 3),
-        # Sampling the rejections: its part of the budget, what it spent, a sample's measured seconds, how many were cut.
-        "sampling": derivation.get("sampling"),
         "eval_pairs_scored": len(eval_pairs), **pair_origin(derivation, dropped), "separability": separable,
         "guard": ({"kept_step": trained.guard_step, "stopped_training": trained.guard_stopped, "backtracks": trained.guard_backtracks,
                    **guard.summary()} if guard is not None and trained.guard_step is not None else None),

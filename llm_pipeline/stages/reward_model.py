@@ -310,8 +310,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "stopped_by_budget": bool(rm_part and rm_part.clock.must_stop and result.global_step < steps),
         "eval_pairs_scored": len(eval_pairs), "eval_seconds": round(result.eval_seconds, 3), "evals_skipped": result.evals_skipped,
         "baseline_seconds": round(baseline_seconds, 3),
-        # Sampling the rejections (most read from dpo_model's samples): its part of the budget, spent, cut.
-        "sampling": derivation.get("sampling") or (derivation.get("sampled") or {}).get("sampling"),
     }
     judge_md: dict = {"trained": judged is not None, "split": reward_split.RULE}
     if judged is not None:

@@ -244,7 +244,7 @@ def test_a_time_budget_stops_the_loop(pipeline, tmp_path, steady_clock):
     res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
     assert 0 < res.stats["steps"] < 100_000
     assert res.stats["budget_spent_seconds"] <= 1.0 + 0.1  # a step's slack: a few clock readings
-    sampling = res.stats["sampling"]  # within its share, but for one batch's estimate
+    sampling = res.metadata["data"]["sampling"]  # within its share, but for one batch's estimate
     assert sampling["spent_seconds"] <= sampling["allowance_seconds"] + sampling["item_seconds"] + 0.1
     budget = res.metadata["settings"]["budget"]
     assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]
@@ -262,11 +262,11 @@ def test_sampling_and_the_reference_pass_count_against_the_budget(pipeline, tmp_
     s = res.stats
     assert s["trained"] is False and s["pairs"] == 0 and s["pairs_dropped"]["sampling_budget_spent"] > 0
     assert s["budget_seconds"] == 1e-6 and s["budget_spent_seconds"] > 0
-    assert s["sampling"]["items"] == 0 and s["sampling"]["items_cut"] == s["pairs_dropped"]["sampling_budget_spent"]
+    assert res.metadata["data"]["sampling"]["items"] == 0 and res.metadata["data"]["sampling"]["items_cut"] == s["pairs_dropped"]["sampling_budget_spent"]
     # Sampled once without a budget, the same prompts are read back under the spent one: no pair is cut.
     full, _ = _run(pipeline, tmp_path / "full", max_steps=1)
     again, _ = _run(pipeline, tmp_path / "warm", max_steps=2, max_train_seconds=1e-6)
-    assert "sampling_budget_spent" not in again.stats["pairs_dropped"] and again.stats["sampling"]["items"] == 0
+    assert "sampling_budget_spent" not in again.stats["pairs_dropped"] and again.metadata["data"]["sampling"]["items"] == 0
     assert again.stats["pairs"] == full.stats["pairs"] and again.stats["pairs_from_samples"] == full.stats["pairs_from_samples"]
 
 

@@ -312,9 +312,9 @@ def test_the_samples_dpo_model_drew_are_read_not_drawn_again(pipeline, tmp_path)
     for name in ("dpo", "rm"):
         (tmp_path / name).mkdir()
     dpo = dpo_model.run(cfg2, inputs, tmp_path / "dpo")
-    assert dpo.stats["sampling"]["items"] > 0 and dpo.stats["pairs_from_samples"] > 0
+    assert dpo.metadata["data"]["sampling"]["items"] > 0 and dpo.stats["pairs_from_samples"] > 0
     res = reward_model.run(cfg2, inputs, tmp_path / "rm")
-    sampling = res.stats["sampling"]
-    assert sampling["items"] == 0 and sampling["items_reused"] == dpo.stats["sampling"]["items"] + dpo.stats["sampling"]["items_reused"]
+    sampling = res.metadata["data"]["sampling"]
+    assert sampling["items"] == 0 and sampling["items_reused"] == dpo.metadata["data"]["sampling"]["items"] + dpo.metadata["data"]["sampling"]["items_reused"]
     assert "fallback" not in res.metadata["data"] and "sampling_budget_spent" not in res.metadata["data"]["skipped"]
     assert (tmp_path / "rm" / "pairs_eval.jsonl").read_text() == (tmp_path / "dpo" / "pairs_eval.jsonl").read_text()
