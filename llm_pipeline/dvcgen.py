@@ -49,6 +49,10 @@ PARAMS = {
     "rl_model": ["rl_model", "reward_model", "dpo_model", "seed", "tracking"],
     "eval_report": ["eval_report"],
 }
+# Stages that read the run's one time budget (training.max_train_seconds and the stages' shares of it): a change to
+# it must re-run them. Named only when the config file has a `training` section: DVC fails a stage whose params name a
+# key the file lacks, and without the section no budget is set.
+BUDGETED = ("base_checkpoint", "lora_adapter", "dpo_model", "reward_model", "rl_model", "eval_report")
 COMMON_CODE = ["llm_pipeline/runner.py", "llm_pipeline/io.py", "llm_pipeline/metrics.py"]
 
 
@@ -82,6 +86,8 @@ def build(cfg: PipelineConfig, config_arg: str) -> dict:
                 else:
                     deps.append(f"{data}/{dep}")
             params = list(PARAMS[name])
+            if name in BUDGETED and "training" in cfg.model_fields_set:
+                params.append("training")
             if domain is not None:
                 params.append(f"domains.{domain}")
             else:

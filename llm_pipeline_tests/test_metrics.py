@@ -74,3 +74,15 @@ def test_a_config_without_canaries_checks_none(repo):
     # The sample corpus's planted canaries belong to the default config only, never to a user's config by default.
     assert EvalReportConfig().canaries_file is None
     assert load_config(repo / "configs/default.yaml", root=repo).eval_report.canaries_file == "data/sample/canaries.json"
+
+
+def test_dvc_yaml_reruns_the_budgeted_stages_when_the_budget_changes(tmp_path, make_fast_config):
+    budgeted = ("base_checkpoint", "lora_adapter", "dpo_model", "reward_model", "rl_model", "eval_report")
+    cfg = load_config(make_fast_config(tmp_path, domains=["legal"], training={"max_train_seconds": 60}), root=tmp_path)
+    stages = build(cfg, "fast.yaml")["stages"]
+    for name in budgeted:
+        assert "training" in stages[name]["params"][0]["fast.yaml"], name
+    assert "training" not in stages["tokenizer"]["params"][0]["fast.yaml"]
+    # A config without the section names no `training` param: DVC fails a stage whose params the file lacks.
+    bare = load_config(make_fast_config(tmp_path / "bare", domains=["legal"]), root=tmp_path)
+    assert all("training" not in s["params"][0]["fast.yaml"] for s in build(bare, "fast.yaml")["stages"].values())

@@ -81,6 +81,29 @@ def _sample(lm: LoadedModel, tokenizer, prompts: list[dict], settings: Settings)
     return batches
 
 
+# A prompt's KL to SFT (two forwards of its samples) and its scoring by each reward model (a forward each) are counted
+# at half its sampling, which decodes the same tokens one forward per token: an allowance, not a measurement.
+SCORING_MARGIN = 1.5
+
+
+def affordable_prompts(lm: LoadedModel, tokenizer, prompts: list[dict], settings: Settings, policies: int,
+                       allowance: float) -> tuple[int, dict]:
+    """How many of `prompts` the comparison of `policies` models can afford in `allowance` seconds, from one
+    sampling batch of `lm` timed on the budget's clock (a capped report's policy rewards took 324 s of a 36 s cap
+    when their prompts were sized from training throughput: sampling is one forward per token)."""
+    from llm_pipeline.training import budget
+
+    k = min(len(prompts), max(1, settings.batch_size // max(1, settings.samples)))
+    t = budget.now()
+    _sample(lm, tokenizer, prompts[:k], settings)
+    took = budget.now() - t
+    per_prompt = took / max(1, k) * max(1, policies) * SCORING_MARGIN
+    n = min(len(prompts), int(max(0.0, allowance - took) // per_prompt)) if per_prompt > 0 else len(prompts)
+    return n, {"allowance_seconds": round(allowance, 3), "probe_seconds": round(took, 3), "probe_prompts": k,
+               "prompt_seconds": round(per_prompt, 4), "prompts_available": len(prompts), "prompts": n,
+               "prompts_cut": len(prompts) - n}
+
+
 @torch.no_grad()
 def _sequence_logps(lm: LoadedModel, batch: dict) -> torch.Tensor:
     from llm_pipeline.training import rl_loop

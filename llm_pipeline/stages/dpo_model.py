@@ -36,9 +36,20 @@ from llm_pipeline.training.tracking import report_to, tracked_run
 ASSET = "dpo_model"
 
 
-def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop=None) -> tuple[list[dict], list[dict], dict]:
-    """Training and held-out pairs, and how they were made. With `rejected: model_sample`, `should_stop()` (a budget
-    spent) ends the sampling early: the pairs not sampled by then are dropped (counted in `skipped`)."""
+def sample_cache(cfg: PipelineConfig, base_dir: Path, lora_dir: Path) -> Path:
+    """The folder of the SFT model's sampled rejections, shared by dpo_model and reward_model (which sample the same
+    prompts from the same model): keyed by the base checkpoint's and the SFT adapter's hashes."""
+    base = file_md5(base_dir / MANIFEST) if (base_dir / MANIFEST).exists() else dvc_hash(base_dir)
+    sft = file_md5(lora_dir / "adapter_model.safetensors") if (lora_dir / "adapter_model.safetensors").exists() else dvc_hash(lora_dir)
+    return cfg.data_path / ".checkpoints" / "rejection_samples" / f"{base[:12]}-{sft[:12]}"
+
+
+def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop=None, allowance=None,
+                cache_dir: Path | None = None) -> tuple[list[dict], list[dict], dict]:
+    """Training and held-out pairs, and how they were made. With `rejected: model_sample`, `allowance` (a
+    `budget.Allowance`: the sampling's part of a budget) or `should_stop()` ends the sampling early: the pairs not
+    sampled by then are dropped (counted in `skipped`); `cache_dir` (`sample_cache`) keeps the samples for the next
+    stage that needs them."""
     dc = cfg.dpo_model
     skipped: Counter = Counter()
     if dc.data:
@@ -58,8 +69,8 @@ def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop
     if dc.rejected == "model_sample":
         # Held-out pairs first: a budget that runs out mid-way still leaves pairs to measure on.
         new_tokens = dc.max_length // 3
-        held = preference_data.model_rejections(held, model, tokenizer, new_tokens, cfg.seed, skipped, should_stop)
-        train = preference_data.model_rejections(train, model, tokenizer, new_tokens, cfg.seed + 1, skipped, should_stop)
+        held = preference_data.model_rejections(held, model, tokenizer, new_tokens, cfg.seed, skipped, should_stop, allowance, cache_dir)
+        train = preference_data.model_rejections(train, model, tokenizer, new_tokens, cfg.seed + 1, skipped, should_stop, allowance, cache_dir)
         train, held = fit_all(train, tokenizer, dc.max_length, skipped, **keys), fit_all(held, tokenizer, dc.max_length, skipped, **keys)
     sources = Counter(p["rejected_source"] for p in train + held)
     return train, held, {"derivation": "synthetic", "rejected": dc.rejected, "rejected_sources": dict(sources),
@@ -323,8 +334,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     if clock is not None:
         clock.start()
     started = time.perf_counter()
-    sampling_stop = (lambda: clock.spent() >= SAMPLING_SHARE * clock.budget) if clock is not None else None  # noqa: E731
-    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer, should_stop=sampling_stop)
+    # Sampling the rejections within its share of the budget, timed per sample (budget.Allowance).
+    sampling = budget.Allowance(SAMPLING_SHARE * clock.budget - clock.spent() if clock is not None else None)
+    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], model, tokenizer, allowance=sampling,
+                                          cache_dir=sample_cache(cfg, base_dir, lora_dir))
+    if dc.rejected == "model_sample" and not dc.data:
+        # In the metadata only: whether the samples were drawn or read back depends on which stage ran first, and the
+        # output's bytes must not.
+        derivation["sampling"] = sampling.summary()
     pairs_seconds = time.perf_counter() - started
     write_jsonl(output_dir / "pairs_train.jsonl", train)
     write_jsonl(output_dir / "pairs_eval.jsonl", held)

@@ -33,7 +33,7 @@ from pathlib import Path
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.stages.dpo_model import SAMPLING_SHARE, build_pairs, load_policy
+from llm_pipeline.stages.dpo_model import SAMPLING_SHARE, build_pairs, load_policy, sample_cache
 from llm_pipeline.training import budget, defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split
 from llm_pipeline.training.dpo_train import pass_tokens
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
@@ -194,9 +194,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # The SFT model builds the pairs (model-sampled rejections need it) and scores them for the likelihood baseline,
     # then leaves memory before the reward model is loaded.
     sft, method = load_policy(cfg, base_dir, lora_dir)
-    sampling_stop = (lambda: clock.spent() >= SAMPLING_SHARE * clock.budget) if clock is not None else None  # noqa: E731
-    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer, should_stop=sampling_stop)
-    if sampling_stop is not None and len(train) < dc.min_pairs and derivation.get("skipped", {}).get("sampling_budget_spent"):
+    # The samples dpo_model drew from the same SFT model are read from their shared folder (`sample_cache`), not
+    # drawn again; what is not there yet is sampled within this stage's sampling share, timed per sample.
+    sampling = budget.Allowance(SAMPLING_SHARE * clock.budget - clock.spent() if clock is not None else None)
+    train, held, derivation = build_pairs(cfg, inputs["deduped_shards"], sft, tokenizer, allowance=sampling,
+                                          cache_dir=sample_cache(cfg, base_dir, lora_dir))
+    if dc.rejected == "model_sample" and not dc.data:
+        derivation["sampling"] = sampling.summary()
+    if clock is not None and len(train) < dc.min_pairs and derivation.get("skipped", {}).get("sampling_budget_spent"):
         # The budget ended the sampling with too few pairs to learn from. Unlike DPO, which then leaves the SFT model
         # to stand, rl_model needs a reward model: other documents' text as the rejected side costs no sampling.
         why = (f"the budget ended sampling the rejections with {len(train)} training pairs (fewer than dpo_model.min_pairs "

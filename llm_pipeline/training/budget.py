@@ -176,6 +176,7 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             self._row_seconds = 0.0  # an evaluation's seconds per scored row (the most measured)
             self._save_seconds = 0.0  # a checkpoint's seconds (the most measured)
             self._eval_took = 0.0
+            self.probe_seconds = None  # the timed held-out rows before training, when probed
 
         def _batches(self, rows: int) -> int:
             return -(-rows // self._batch)
@@ -185,17 +186,34 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             if set_eval_rows is None or not self.total_rows:
                 return
             batches = affordable(self._batches(self.total_rows), seconds_per_batch, eval_allowance(clock.budget, planned))
-            rows = min(self.total_rows, batches * self._batch)
+            self._set_rows(min(self.total_rows, batches * self._batch))
+
+        def _set_rows(self, rows: int) -> None:
             if rows != self.scored_rows:
                 self.scored_rows = rows
                 set_eval_rows(spread(self.total_rows, rows))
 
+        def probed(self, rows: int, seconds: float) -> None:
+            """An evaluation of `rows` held-out rows timed before training (`probe_eval`): the rows every evaluation
+            scores and the final one's reserve follow from it, not from a guess at a step's share. Row by row, not
+            batch by batch: a model whose one batch passes an evaluation's part scores fewer rows than a batch."""
+            if not evaluate or rows <= 0:
+                return
+            self._row_seconds = max(self._row_seconds, seconds / rows)
+            self.eval_seconds_total += seconds
+            self.probe_seconds = seconds
+            if set_eval_rows is not None and self.total_rows:
+                self._set_rows(affordable(self.total_rows, self._row_seconds, eval_allowance(clock.budget, planned)))
+
         def _reserve(self) -> float:
-            """Seconds the final evaluation and checkpoint need: as measured, else as estimated from the steps."""
+            """Seconds the final evaluation and checkpoint need: as measured (by an evaluation, else by the probe),
+            else as estimated from the steps."""
             if not evaluate:
                 return 0.0
             if self.eval_seconds:
                 return self.eval_seconds
+            if self._row_seconds:
+                return self._row_seconds * (self.scored_rows or 1)
             return self._batches(self.scored_rows or 1) * EVAL_BATCH_STEP_SHARE * clock.expected_step()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -205,7 +223,7 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
             self.pending = [f for f in self.pending if f > done]  # a resumed run has passed some already
 
         def on_step_end(self, args, state, control, **kwargs):
-            if evaluate and not self.evals and clock.step_times:
+            if evaluate and not self.evals and not self._row_seconds and clock.step_times:
                 self._cap_rows(EVAL_BATCH_STEP_SHARE * clock.expected_step())
             clock.step_done(self._reserve())
             cap = args.max_steps if args.max_steps < BUDGET_STEP_CAP else None
@@ -218,7 +236,8 @@ def budget_callback(clock: Clock, eval_fractions: tuple[float, ...] = (), evalua
                 self.pending = [f for f in self.pending if f > done]
                 # Evaluations may take MAX_EVAL_SHARE of the budget: once one more would pass it, the intermediate
                 # ones are skipped (the final one, reserved for in the stop decision, stays).
-                if final or (self.evals + 1) * self.eval_seconds <= MAX_EVAL_SHARE * clock.budget:
+                # (Room is kept for the final one: this one and it must both fit.)
+                if final or self.eval_seconds_total + 2 * self._reserve() <= MAX_EVAL_SHARE * clock.budget:
                     control.should_evaluate = control.should_save = True
                     self._eval_from = now()
                 else:
@@ -343,3 +362,67 @@ def spread(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return [i * n // k for i in range(k)]
+
+
+# ---------------------------------------------------------------- work done item by item within a part
+class Allowance:
+    """Work done item by item (sampled rejections, generations, scored prompts) within `seconds`.
+
+        allowance = Allowance(30.0)
+        while todo:
+            n = allowance.fits(len(todo))   # 0: nothing more fits
+            with allowance.timing(n):
+                do(todo[:n])
+
+    What an item costs is measured, not guessed: the first item runs alone (unmeasured, it is the one item a bounded
+    part may pass its seconds by), after that `fits` counts the items whose measured cost ends within what is left.
+    The latest measurement is used (a batch of several items costs less per item than one alone), so the error is
+    at most that of one batch's estimate. `summary()` is what a stage records to show the part held."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = None if seconds is None else max(0.0, float(seconds))  # None: unbounded (timed only)
+        self._start = now()
+        self.per_item = 0.0  # seconds per item, as last measured
+        self.items = 0  # items done (measured)
+        self.cut = 0  # items asked for that did not fit
+        self.reused = 0  # items an earlier run had done (read back, at no cost)
+
+    def spent(self) -> float:
+        return now() - self._start
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - self.spent()
+
+    def fits(self, n: int) -> int:
+        """How many of the next `n` items end within the allowance (one, to measure, while none has been timed)."""
+        left = self.left()
+        if n <= 0 or left <= 0:
+            return 0
+        if math.isinf(left):
+            return n
+        if not self.items:
+            return 1
+        return min(n, int(left // self.per_item)) if self.per_item > 0 else n
+
+    def record(self, n: int, seconds: float) -> None:
+        if n > 0:
+            self.per_item = max(0.0, seconds) / n
+            self.items += n
+
+    def timing(self, n: int):
+        """A context that measures `n` items' work."""
+        allowance = self
+
+        class _Timing:
+            def __enter__(self):
+                self.t = now()
+
+            def __exit__(self, *exc):
+                if exc[0] is None:
+                    allowance.record(n, now() - self.t)
+
+        return _Timing()
+
+    def summary(self) -> dict:
+        return {"allowance_seconds": None if self.seconds is None else round(self.seconds, 3), "spent_seconds": round(self.spent(), 3),
+                "item_seconds": round(self.per_item, 4), "items": self.items, "items_cut": self.cut, "items_reused": self.reused}

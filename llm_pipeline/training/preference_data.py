@@ -101,14 +101,20 @@ def sample_problem(sample: str, chosen: str) -> str | None:
 
 
 def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, seed: int = 0,
-                     dropped: Counter | None = None, should_stop=None) -> list[dict]:
+                     dropped: Counter | None = None, should_stop=None, allowance=None, cache_dir: Path | None = None) -> list[dict]:
     """The pairs whose rejected side is now the SFT model's own sampled continuation (`rejected_source`
     `model_sample`), in order.
 
     A pair whose sample fails `sample_problem` is dropped and counted in `dropped` under that reason: falling back
     to another document's text would make the pair trivially separable. `should_stop()` is asked before each batch
-    of prompts (e.g. a time budget spent); the pairs not sampled then are dropped as `sampling_budget_spent`. The
-    samples depend on `seed` only, not on what ran before.
+    of prompts (e.g. a time budget spent); the pairs not sampled then are dropped as `sampling_budget_spent`.
+    `allowance` (a `budget.Allowance`) bounds the sampling by measured time instead: the first prompt is sampled alone
+    to time it, and each later batch is cut to the prompts that still fit (the rest dropped as above).
+
+    Batches are fixed (the first prompt, then SAMPLE_BATCH at a time) and each is seeded from `seed` and its start, so
+    the samples depend on the seed only, not on what ran before (a batch the budget cut short holds fewer prompts
+    and samples differently). With `cache_dir` (one folder per SFT model) a sampled batch is kept there, and any
+    stage that samples the same prompts from the same model reads it instead of sampling again.
     """
     import torch
 
@@ -123,8 +129,7 @@ def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, s
         torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            kept = _sample_rejections(pairs, model, tokenizer, max_new_tokens, dropped, should_stop)
+            kept = _sample_rejections(pairs, model, tokenizer, max_new_tokens, seed, dropped, should_stop, allowance, cache_dir)
     finally:
         torch.set_num_threads(threads)
         tokenizer.padding_side = "right"
@@ -135,33 +140,86 @@ def model_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, s
 SAMPLE_BATCH = 16
 
 
-def _sample_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, dropped: Counter, should_stop) -> list[dict]:
+def _batches(n: int) -> list[tuple[int, int]]:
+    """(start, end) of each sampling batch: the first prompt alone (it times a sample), then SAMPLE_BATCH at a time."""
+    return [(0, min(1, n))] + [(s, min(n, s + SAMPLE_BATCH)) for s in range(1, n, SAMPLE_BATCH)] if n else []
+
+
+def _cache_file(cache_dir: Path, seed: int, start: int, max_new_tokens: int, chunk: list[dict]) -> Path:
+    key = json.dumps({"seed": seed, "start": start, "max_new_tokens": max_new_tokens, "sampling": SAMPLING,
+                      "prompts": [p["prompt"] for p in chunk]}, sort_keys=True, default=str)
+    return Path(cache_dir) / (xxhash.xxh3_128_hexdigest(key.encode("utf-8")) + ".json")
+
+
+def _sample_rejections(pairs: list[dict], model, tokenizer, max_new_tokens: int, seed: int, dropped: Counter, should_stop,
+                       allowance, cache_dir: Path | None) -> list[dict]:
     import torch
+
+    from llm_pipeline.io import write_json
+
+    def cached(start: int, chunk: list[dict]) -> tuple[Path | None, list[str] | None]:
+        if cache_dir is None:
+            return None, None
+        path = _cache_file(cache_dir, seed, start, max_new_tokens, chunk)
+        return path, (json.loads(path.read_text(encoding="utf-8"))["samples"] if path.exists() else None)
 
     kept = []
     device = next(model.parameters()).device
     with torch.no_grad():
-        for start in range(0, len(pairs), SAMPLE_BATCH):
-            chunk = pairs[start : start + SAMPLE_BATCH]
+        for start, end in _batches(len(pairs)):
+            chunk = pairs[start:end]
             if should_stop is not None and should_stop():
                 dropped["sampling_budget_spent"] += len(pairs) - start
                 break
-            # Rendered to text, then tokenized with the template's markers as special ids: the prompt's own text is
-            # defused first, so a "<|im_end|>" quoted in it cannot close the turn the sample continues.
-            texts = [tokenizer.apply_chat_template(defused_messages(tokenizer, [{"role": "user", "content": p["prompt"]}]), tokenize=False,
-                                                   add_generation_prompt=True) for p in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            # At least a quarter of the budget: a model that has not learned to answer yet stops at once.
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max(1, max_new_tokens // 4),
-                                 pad_token_id=tokenizer.pad_token_id, **SAMPLING)
-            for p, ids in zip(chunk, out[:, enc["input_ids"].shape[1] :]):
-                sample = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                problem = sample_problem(sample, p["chosen"])
-                if problem:
-                    dropped[problem] += 1
-                    continue
-                kept.append({**p, "rejected": sample, "rejected_source": "model_sample", "rejected_id": None})
+            path, samples = cached(start, chunk)
+            if samples is None and allowance is not None:
+                fit = allowance.fits(len(chunk))
+                if fit < len(chunk):  # the budget ends the sampling in this batch: the prompts not sampled are dropped
+                    allowance.cut += len(pairs) - start - fit
+                    dropped["sampling_budget_spent"] += len(pairs) - start - fit
+                    if not fit:
+                        break
+                    chunk = chunk[:fit]
+                    path, samples = cached(start, chunk)
+            if samples is None:
+                torch.manual_seed(seed * 1_000_003 + start)
+                if allowance is not None:
+                    with allowance.timing(len(chunk)):
+                        samples = _generate(chunk, model, tokenizer, max_new_tokens, device)
+                else:
+                    samples = _generate(chunk, model, tokenizer, max_new_tokens, device)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_json(path, {"samples": samples})
+            elif allowance is not None:
+                allowance.reused += len(chunk)
+            kept += _keep(chunk, samples, dropped)
+            if len(chunk) < end - start:
+                break
+    return kept
+
+
+def _generate(chunk: list[dict], model, tokenizer, max_new_tokens: int, device) -> list[str]:
+    # Rendered to text, then tokenized with the template's markers as special ids: the prompt's own text is
+    # defused first, so a "<|im_end|>" quoted in it cannot close the turn the sample continues.
+    texts = [tokenizer.apply_chat_template(defused_messages(tokenizer, [{"role": "user", "content": p["prompt"]}]), tokenize=False,
+                                           add_generation_prompt=True) for p in chunk]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = {k: v.to(device) for k, v in enc.items()}
+    # At least a quarter of the budget: a model that has not learned to answer yet stops at once.
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max(1, max_new_tokens // 4),
+                         pad_token_id=tokenizer.pad_token_id, **SAMPLING)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out[:, enc["input_ids"].shape[1] :]]
+
+
+def _keep(chunk: list[dict], samples: list[str], dropped: Counter) -> list[dict]:
+    kept = []
+    for p, sample in zip(chunk, samples):
+        problem = sample_problem(sample, p["chosen"])
+        if problem:
+            dropped[problem] += 1
+            continue
+        kept.append({**p, "rejected": sample, "rejected_source": "model_sample", "rejected_id": None})
     return kept
 
 

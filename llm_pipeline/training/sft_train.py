@@ -51,6 +51,27 @@ def next_token_loss(model, inputs: dict) -> tuple["torch.Tensor", "torch.Tensor"
     return loss, (logits.argmax(-1) == labels).sum(), int(labels.numel())
 
 
+def probe_eval(model, collator, rows: list[dict]) -> float:
+    """Seconds one held-out row's evaluation takes, measured before training on the budget's clock.
+
+    An evaluation's cost was guessed as half a step per batch; on SmolLM2 at a 180 s budget the final evaluation of
+    4 rows took ~6x that and the stage ran 6x past its part. Held-out rows are full-length packed text where training
+    rows hold short examples too, and a first forward carries warm-up: timing a real row is what tells."""
+    import torch
+
+    was_training = model.training
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collator(rows[:1]).items()}
+    model.eval()
+    try:
+        t = budget.now()
+        with torch.no_grad():
+            float(next_token_loss(model, batch)[0])  # read back: on a GPU the forward is asynchronous until then
+        return budget.now() - t
+    finally:
+        model.train(was_training)
+
+
 def make_trainer_class():
     """SFTTrainer with `next_token_loss`; built on first use so that importing this module does not import TRL."""
     from trl import SFTTrainer
@@ -231,6 +252,9 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
     with tracked_run(cfg, f"lora_adapter-{tag}" if tag != "combined" else "lora_adapter", run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         if clock is not None:
             clock.start()  # the budget is seconds of train(), the Trainer's own setup included
+        if budget_cb is not None and budget_cb.total_rows and trainer.use_plain_loss and not getattr(trainer, "is_deepspeed_enabled", False):
+            # Timed on the clock: what the evaluations may score, and the final one's reserve, follow from it.
+            budget_cb.probed(1, probe_eval(model, collator, eval_rows))
         trainer.train(resume_from_checkpoint=resume)
         train_seconds = time.perf_counter() - started
         eval_metrics = finetune.final_eval(trainer) if eval_rows else {}
@@ -289,6 +313,8 @@ def train_adapter(cfg: PipelineConfig, plan: DevicePlan, method: str, base_dir: 
         "eval_rows_scored": budget_cb.scored_rows if budget_cb is not None and budget_cb.total_rows else len(eval_rows),
         "eval_seconds": round(budget_cb.eval_seconds_total, 3) if budget_cb is not None else None,
         "evals_skipped": budget_cb.evals_skipped if budget_cb is not None else 0,
+        # One held-out row timed before training (counted in eval_seconds): what sized the evaluations and the reserve.
+        "eval_probe_seconds": round(budget_cb.probe_seconds, 3) if budget_cb is not None and budget_cb.probe_seconds is not None else None,
         "resumed_from_step": int(Path(resume).name.split("-")[1]) if resume else None,
         "learning_rate": settings.value("learning_rate"),
         "seconds": round(seconds, 3),

@@ -53,3 +53,48 @@ def test_prompts_are_framed_with_the_chat_template(tiny_lm):
     assert framed.startswith("<|user|>\n") and framed.endswith("<|assistant|>\n")
     convo = [{"role": "user", "content": "Hi"}]
     assert frame_prompt(tiny_lm.tokenizer, convo) == "<|user|>\nHi\n<|assistant|>\n" and prompt_text(convo) == "Hi"
+
+
+def test_the_generation_section_is_sized_from_a_timed_batch(tiny_lm, monkeypatch):
+    """Under eval_report's time cap a batch of prompts is generated and timed (here the budget's clock reads a
+    second per reading: the batch took 1 s), and the prompts each model answers are cut to what the section's share
+    affords: the task examples first, then the probe and adversarial lists alike; the record says what was cut."""
+    import itertools
+
+    from llm_pipeline.stages.eval_report import SECTION_SHARES, size_generation
+    from llm_pipeline.training import budget
+
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "now", lambda: float(next(ticks)))
+    counts = {"task": 10, "extra": 1, "probes": 4, "adversarial": 4}
+    first = ["the court held", "a tenant may", "the patient was", "dosage of"]
+    # 20 s cap: the section's 7 s less the 1 s probe, at 0.25 s a prompt x 2 rounds (4 models on 2 workers): 12 fit.
+    keep, record = size_generation(tiny_lm, first, counts, 20.0, 4, 4, models_n=4, workers=2)
+    assert SECTION_SHARES["generation"] == 0.35 and record["prompt_seconds"] == 0.5 and record["prompts_affordable"] == 12
+    assert keep == {"task": 3, "extra": 1, "probes": 4, "adversarial": 4} and record["cut"] == {"task": 7}
+    # A cap the probe alone uses up: no task example, and the fixed lists are cut too (the extra samples stay).
+    keep, record = size_generation(tiny_lm, first, counts, 4.0, 4, 4, models_n=4, workers=2)
+    assert keep == {"task": 0, "extra": 1, "probes": 0, "adversarial": 0} and record["prompts_affordable"] == 0
+
+
+def test_policy_reward_prompts_are_sized_from_a_timed_sampling_batch(tiny_lm, monkeypatch):
+    """The comparison's prompts follow from one sampling batch timed on the budget's clock (a second a reading here):
+    per prompt, its sampling share x the models compared x the scoring margin."""
+    import itertools
+    from collections import Counter
+
+    from llm_pipeline.evaluation import policy_rewards
+    from llm_pipeline.training import budget
+
+    tok = tiny_lm.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    prompts = policy_rewards.fit(tok, ["the court held that", "a tenant may", "the patient was given", "dosage of"] * 3, 24, Counter())
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "now", lambda: float(next(ticks)))
+    settings = policy_rewards.Settings(samples=2, max_new_tokens=4, max_length=32, batch_size=8)  # 4 prompts a batch
+    n, cap = policy_rewards.affordable_prompts(tiny_lm, tok, prompts, settings, policies=3, allowance=10.0)
+    per = 1.0 / 4 * 3 * policy_rewards.SCORING_MARGIN
+    assert cap["probe_prompts"] == 4 and cap["prompt_seconds"] == per and n == int(9.0 // per) == 8
+    assert cap["prompts_cut"] == len(prompts) - 8
+    assert policy_rewards.affordable_prompts(tiny_lm, tok, prompts, settings, policies=3, allowance=0.5)[0] == 0

@@ -244,17 +244,66 @@ def test_a_time_budget_stops_the_loop(pipeline, tmp_path, steady_clock):
     res, _ = _run(pipeline, tmp_path, max_steps=100_000, max_train_seconds=1.0)
     assert 0 < res.stats["steps"] < 100_000
     assert res.stats["budget_spent_seconds"] <= 1.0 + 0.1  # a step's slack: a few clock readings
+    sampling = res.metadata["data"]["sampling"]  # within its share, but for one batch's estimate
+    assert sampling["spent_seconds"] <= sampling["allowance_seconds"] + sampling["item_seconds"] + 0.1
     budget = res.metadata["settings"]["budget"]
     assert budget["value"] == "1 s" and "dpo_model.max_train_seconds" in budget["reason"]
 
 
 def test_sampling_and_the_reference_pass_count_against_the_budget(pipeline, tmp_path):
     """A budget spent before the first prompt is sampled: every pair is dropped as `sampling_budget_spent`, and
-    DPO is skipped with the reason (a result, not a failure)."""
-    res, out = _run(pipeline, tmp_path, max_steps=2, max_train_seconds=1e-6)
+    DPO is skipped with the reason (a result, not a failure). Samples an earlier run kept cost nothing and are used."""
+    import shutil
+
+    cfg, results = pipeline
+    cache = dpo_model.sample_cache(cfg, results["base_checkpoint"].output_dir, results["lora_adapter"].output_dir)
+    shutil.rmtree(cache, ignore_errors=True)
+    res, out = _run(pipeline, tmp_path / "cold", max_steps=2, max_train_seconds=1e-6)
     s = res.stats
     assert s["trained"] is False and s["pairs"] == 0 and s["pairs_dropped"]["sampling_budget_spent"] > 0
     assert s["budget_seconds"] == 1e-6 and s["budget_spent_seconds"] > 0
+    assert res.metadata["data"]["sampling"]["items"] == 0 and res.metadata["data"]["sampling"]["items_cut"] == s["pairs_dropped"]["sampling_budget_spent"]
+    # Sampled once without a budget, the same prompts are read back under the spent one: no pair is cut.
+    full, _ = _run(pipeline, tmp_path / "full", max_steps=1)
+    again, _ = _run(pipeline, tmp_path / "warm", max_steps=2, max_train_seconds=1e-6)
+    assert "sampling_budget_spent" not in again.stats["pairs_dropped"] and again.metadata["data"]["sampling"]["items"] == 0
+    assert again.stats["pairs"] == full.stats["pairs"] and again.stats["pairs_from_samples"] == full.stats["pairs_from_samples"]
+
+
+def test_the_sampling_stops_where_its_share_would_be_passed(pipeline, monkeypatch):
+    """A sample costs a second on the budget's clock: the first prompt is sampled alone to time it, the next batch
+    is cut to what fits, and the sampling ends within its allowance (one sample's slack at most), the rest dropped
+    under its reason."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from llm_pipeline.training import budget, preference_data
+
+    _, results = pipeline
+    t = [0.0]
+    monkeypatch.setattr(budget, "now", lambda: t[0])
+    real = preference_data._generate
+
+    def costly(chunk, *args):
+        t[0] += 1.0 * len(chunk)
+        return real(chunk, *args)
+
+    monkeypatch.setattr(preference_data, "_generate", costly)
+    lora = results["lora_adapter"].output_dir
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(results["base_checkpoint"].output_dir), lora)
+    tok = AutoTokenizer.from_pretrained(lora)
+    pairs = (_jsonl(results["dpo_model"].output_dir / "pairs_train.jsonl") * 20)[:20]
+    allowance, dropped = budget.Allowance(5.5), Counter()
+    kept = preference_data.model_rejections(pairs, model, tok, max_new_tokens=8, seed=3, dropped=dropped, allowance=allowance)
+    summary = allowance.summary()
+    assert summary["items"] == 5 and summary["item_seconds"] == 1.0 and summary["spent_seconds"] <= 5.5
+    assert dropped["sampling_budget_spent"] == 15 == summary["items_cut"]
+    assert len(kept) + sum(dropped.values()) == len(pairs)
+    # Nothing fits: nothing is sampled, every pair dropped with the reason.
+    none, dropped = budget.Allowance(0.0), Counter()
+    assert preference_data.model_rejections(pairs, model, tok, max_new_tokens=8, dropped=dropped, allowance=none) == []
+    assert dropped == {"sampling_budget_spent": 20} and none.summary()["items"] == 0
 
 
 def test_a_budgeted_run_accounts_for_all_its_parts(pipeline, tmp_path):

@@ -411,6 +411,14 @@ def test_a_time_cap_lowers_the_rows_scored_and_says_so(upstream, tmp_path):
     m = json.loads((res.output_dir / "metrics.json").read_text())
     assert m["evaluation_caps"] == caps and all(n <= 1 for n in m["eval_documents"].values())
     assert m["perplexity"] and res.stats
+    # Generation sized from a timed batch: 0.05 s affords no prompt, so the task examples and the fixed lists are cut.
+    gen = m["generation_cap"]
+    assert gen["prompts_affordable"] == 0 and gen["kept"]["task"] == 0 and gen["cut"].get("task") == 1
+    assert m["probes"]["probes"] == gen["kept"]["probes"] and m["adversarial"]["prompts"] == gen["kept"]["adversarial"]
+    # The policy rewards too: a timed sampling batch says no prompt fits, and the section says why instead of running.
+    pol = m["policies"]
+    assert pol["cap"]["prompts"] == 0 and pol["cap"]["prompts_cut"] == pol["cap"]["prompts_available"] > 0
+    assert pol["why"].startswith("the time cap leaves")
 
 
 def test_without_a_budget_or_a_time_cap_the_configured_caps_hold(upstream):

@@ -325,3 +325,28 @@ def test_an_untied_models_new_rows_train_in_continued_pretraining_and_sft(tmp_pa
     # DPO trains on from this adapter, its token rows included (its reference pass merges and restores them).
     dpo = run_stage(cfg, "dpo_model")
     assert dpo.stats.get("skipped") or any("trainable_tokens_delta" in k for k in load_file(dpo.output_dir / "adapter_model.safetensors"))
+
+
+def test_an_evaluation_dearer_than_a_step_stays_within_its_share(pipeline, tmp_path, monkeypatch):
+    """A held-out row costs 0.3 s on the budget's clock and a training step 0.1 s (on SmolLM2 the final evaluation
+    was ~6x the half-step-per-batch guess). One row is timed before training: every evaluation scores the rows
+    that fit, the intermediate ones are skipped once they and the final one would pass a tenth of the budget, and
+    training stops early enough for the final one."""
+    from llm_pipeline.training import budget, sft_train
+
+    t = [0.0]
+    monkeypatch.setattr(budget, "now", lambda: t[0])
+    real = sft_train.next_token_loss
+
+    def costed(model, inputs):
+        t[0] += 0.1 if model.training else 0.3 * inputs["input_ids"].shape[0]
+        return real(model, inputs)
+
+    monkeypatch.setattr(sft_train, "next_token_loss", costed)
+    res, out = _run(pipeline, tmp_path, max_steps=None, max_train_seconds=8.0)
+    s = res.stats
+    assert s["eval_probe_seconds"] == pytest.approx(0.3) and s["eval_rows_scored"] == 1 < s["eval_rows"]
+    assert s["eval_seconds"] <= budget.MAX_EVAL_SHARE * 8.0 + 0.3  # a tenth of the budget, one row's slack
+    assert s["budget_spent_seconds"] <= 8.0 + 0.1 + 1e-6  # the final evaluation fitted its reserve
+    log = json.loads((out / "training_log.json").read_text())
+    assert [e["step"] for e in log if "eval_loss" in e][-1] == s["steps"] and s["evals_skipped"] >= 1

@@ -296,3 +296,25 @@ def test_a_budget_spent_on_sampling_falls_back_to_other_documents_as_the_rejecte
     data = res.metadata["data"]
     assert "budget ended sampling" in data["fallback"] and data["sampled"]["skipped"]["sampling_budget_spent"] > 0
     assert res.stats["pairs"] > 0 and res.stats["steps"] == 1
+
+
+def test_the_samples_dpo_model_drew_are_read_not_drawn_again(pipeline, tmp_path):
+    """dpo_model and reward_model build the same pairs from the same SFT model: the rejections dpo_model sampled are
+    read back by reward_model (none sampled again), so even a budget that allows no sampling keeps every pair."""
+    from llm_pipeline.stages import dpo_model
+
+    cfg, results = pipeline
+    cfg2 = cfg.model_copy(update={"reward_model": cfg.reward_model.model_copy(update={"max_train_seconds": 0.001}),
+                                  "dpo_model": cfg.dpo_model.model_copy(update={"rejected": "model_sample", "max_steps": 1}),
+                                  "allowed_roots": [str(tmp_path)]})
+    inputs = {name: results[name].output_dir for name in ("lora_adapter", "base_checkpoint", "tokenizer")}
+    inputs["deduped_shards"] = cfg.data_path / "deduped_shards"
+    for name in ("dpo", "rm"):
+        (tmp_path / name).mkdir()
+    dpo = dpo_model.run(cfg2, inputs, tmp_path / "dpo")
+    assert dpo.metadata["data"]["sampling"]["items"] > 0 and dpo.stats["pairs_from_samples"] > 0
+    res = reward_model.run(cfg2, inputs, tmp_path / "rm")
+    sampling = res.metadata["data"]["sampling"]
+    assert sampling["items"] == 0 and sampling["items_reused"] == dpo.metadata["data"]["sampling"]["items"] + dpo.metadata["data"]["sampling"]["items_reused"]
+    assert "fallback" not in res.metadata["data"] and "sampling_budget_spent" not in res.metadata["data"]["skipped"]
+    assert (tmp_path / "rm" / "pairs_eval.jsonl").read_text() == (tmp_path / "dpo" / "pairs_eval.jsonl").read_text()

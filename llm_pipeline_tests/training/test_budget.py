@@ -240,3 +240,23 @@ def test_seconds_a_sibling_leaves_unused_are_not_counted_on_twice(tmp_path):
     seconds, why = budget.stage_budget(cfg, "rl_model", up)
     # 240 s left; DPO's and RL's shares (0.1 each) split it: DPO planned 100, RL gets 120 (its 100 + the 40 less DPO's 20).
     assert seconds == pytest.approx(240 * 0.1 / 0.2) and "reward_model 10 s" in why
+
+
+def test_an_allowance_times_the_first_item_then_counts_what_fits(monkeypatch):
+    t = [0.0]
+    monkeypatch.setattr(budget, "now", lambda: t[0])
+    allowance = budget.Allowance(10.0)
+    assert allowance.fits(16) == 1  # nothing measured yet: one item, to time it
+    with allowance.timing(1):
+        t[0] += 2.0
+    assert allowance.fits(16) == 4  # 8 s left at 2 s an item
+    with allowance.timing(4):
+        t[0] += 6.0  # a batch costs less per item than one alone: the latest measurement counts
+    assert allowance.per_item == 1.5 and allowance.fits(16) == 1
+    t[0] += 1.0
+    assert allowance.fits(16) == 0 and allowance.left() == 1.0  # less than an item left
+    summary = allowance.summary()
+    assert summary["items"] == 5 and summary["spent_seconds"] == 9.0 and summary["item_seconds"] == 1.5
+    unbounded = budget.Allowance(None)
+    assert unbounded.fits(16) == 16 and unbounded.summary()["allowance_seconds"] is None
+    assert budget.Allowance(0.0).fits(3) == 0
