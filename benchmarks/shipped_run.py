@@ -467,7 +467,7 @@ def finish(a, work: Path, trained: list[str]) -> None:
         ours = arms["ours"]
         ours["stages"] = stage_table(work, json.loads((work / "rss_samples.json").read_text()), ours["started"] + ours["wall_seconds"])
     if a.corpora is not None:  # rescoring on the slice given now
-        rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars, a.new_tokens)
+        rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
     # The scorers at once (one torch thread each; the system shares the cores among them).
     procs = {w: subprocess.Popen(_child_cmd(work, f"score-{w}"), stdout=subprocess.PIPE, text=True) for w in SCORE_GROUPS}
     scores: dict = {}
