@@ -26,6 +26,7 @@ pairs, no training log, no canaries file) becomes a note in the report, not a fa
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import Counter
@@ -173,6 +174,16 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
             overall.add(s)
         ppl[name] = {"by_domain": by_domain, "overall": overall.as_dict()}
     return ppl, doc_scores, cache.stats()
+
+
+def _skip_reason(folder: Path) -> str | None:
+    """Why a training stage made no model, as its stats say (e.g. dpo_model with too few pairs), else None."""
+    try:
+        stats = json.loads((Path(folder) / "stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    why = stats.get("skipped") if isinstance(stats, dict) else None
+    return f"{Path(folder).name} skipped training: {why}" if isinstance(why, str) and why else None
 
 
 def _original_model(cfg: PipelineConfig, notes: data.Notes) -> tuple[models.LoadedModel | None, dict, list[Path], str | None]:
@@ -517,7 +528,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
     for m, folder in tuned.items():
         if m not in loaded:
-            not_run[m] = f"{folder.name} did not load (see notes)"
+            not_run[m] = _skip_reason(folder) or f"{folder.name} did not load (see notes)"
     review_model = next(m for m in ("dpo", "sft", "base") if m in loaded)
     timings["load"] = time.perf_counter() - t0
 

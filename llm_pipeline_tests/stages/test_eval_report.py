@@ -431,3 +431,18 @@ def test_without_a_budget_or_a_time_cap_the_configured_caps_hold(upstream):
     base = upstream / "data" / "base_checkpoint"
     ec, caps = budget_caps(budgeted, {"base_checkpoint": base}, 4)
     assert caps["seconds"] == 2_000 and "20% of training.max_train_seconds" in caps["why"]
+
+
+def test_a_stage_that_skipped_training_is_not_run_with_its_own_reason(tmp_path):
+    """dpo_model skipping DPO (too few pairs) leaves no adapter: the report and the verdict say why, not 'did not load'."""
+    from llm_pipeline.stages.eval_report import _skip_reason
+
+    folder = tmp_path / "dpo_model"
+    folder.mkdir()
+    assert _skip_reason(folder) is None  # no stats: the caller falls back to "did not load"
+    (folder / "stats.json").write_text(json.dumps({"skipped": "3 training pairs, fewer than dpo_model.min_pairs 8", "trained": False}))
+    assert _skip_reason(folder) == "dpo_model skipped training: 3 training pairs, fewer than dpo_model.min_pairs 8"
+    (folder / "stats.json").write_text(json.dumps({"steps": 4}))
+    assert _skip_reason(folder) is None
+    (folder / "stats.json").write_text("{not json")
+    assert _skip_reason(folder) is None
