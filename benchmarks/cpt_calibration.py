@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import OUT_DIR, peak_rss_mb, table  # noqa: E402
-from shipped_run import GGUF_FILE, MODEL_PACKAGE, TEXT_SUFFIXES, heldout_texts, split_files  # noqa: E402
+from shipped_run import GGUF_FILE, MODEL_PACKAGE, TEXT_SUFFIXES, heldout_texts, save_gguf_folder, split_files  # noqa: E402
 
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
@@ -246,20 +246,12 @@ def save_original(work: Path) -> None:
     """The GGUF model dequantized to fp32 as base_checkpoint loads it, saved once as a plain folder."""
     if (work / "original" / "config.json").is_file():
         return
-    from transformers import AutoTokenizer
-
     from llm_pipeline.config import BaseCheckpointConfig
-    from llm_pipeline.training.model_source import ModelLocation, gguf_model, load_from, package_folder
+    from llm_pipeline.training.model_source import ModelLocation, package_folder
 
     # gguf_model reads only the base_checkpoint section; a whole pipeline config would need domains.
     cfg = SimpleNamespace(base_checkpoint=BaseCheckpointConfig(source="gguf", model_package=MODEL_PACKAGE, gguf_file=GGUF_FILE))
-    loc = ModelLocation(str(package_folder(MODEL_PACKAGE)), GGUF_FILE)
-    model = gguf_model(cfg, loc)
-    tok = load_from(loc, AutoTokenizer, "tokenizer", weights=False)
-    tmp = work / "original.tmp"
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(work / "original")
+    save_gguf_folder(cfg, ModelLocation(str(package_folder(MODEL_PACKAGE)), GGUF_FILE), work / "original")
 
 
 def summarize(rows: list[dict], trained: list[str]) -> list[dict]:

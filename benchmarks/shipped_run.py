@@ -207,20 +207,28 @@ def _pin(cores: set[int] | None):
 
 def original_child(work: Path) -> None:
     """The original model as a save_pretrained folder (the GGUF dequantized to fp32, as base_checkpoint loads it)."""
-    from transformers import AutoTokenizer
-
     from llm_pipeline.config import load_config
-    from llm_pipeline.training.model_source import gguf_model, load_from, model_location
+    from llm_pipeline.training.model_source import model_location
 
     cfg = load_config(work / "shipped-run.yaml")
-    loc = model_location(cfg)
+    model = save_gguf_folder(cfg, model_location(cfg), work / "original")
+    emit({"original": str(work / "original"), "parameters": sum(p.numel() for p in model.parameters())})
+
+
+def save_gguf_folder(cfg, loc, dest: Path):
+    """The GGUF model of `cfg.base_checkpoint` at `loc`, dequantized to fp32 as base_checkpoint loads it, saved with
+    its tokenizer as a save_pretrained folder at `dest` (written beside it, then renamed); returns the model."""
+    from transformers import AutoTokenizer
+
+    from llm_pipeline.training.model_source import gguf_model, load_from
+
     model = gguf_model(cfg, loc)
     tok = load_from(loc, AutoTokenizer, "tokenizer", weights=False)
-    tmp = work / "original.tmp"
+    tmp = dest.with_name(dest.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(work / "original")
-    emit({"original": str(work / "original"), "parameters": sum(p.numel() for p in model.parameters())})
+    tmp.rename(dest)
+    return model
 
 
 def trl_child(work: Path, deadline: float | None, stop_file: Path | None) -> None:

@@ -1,25 +1,13 @@
 """The pure helpers of benchmarks/cpt_calibration.py: how training rows are cut, the CPU-second clock the schedule
 follows, and the summary against the original model and the TRL recipe."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cc():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("cpt_calibration", BENCH / "cpt_calibration.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("cpt_calibration")
 
 
 def test_packed_rows_keep_every_token_with_eos_between_documents(cc):

@@ -1,25 +1,13 @@
 """The pure helpers of benchmarks/shipped_run.py: the held-out split, stage windows from Dagster events, per-stage
 peak memory and the verdicts against the issue's targets."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sr():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("shipped_run", BENCH / "shipped_run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("shipped_run")
 
 
 def test_split_holds_out_every_nth_file_and_trains_on_the_rest(sr):
