@@ -22,6 +22,7 @@ import json
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from llm_pipeline.io import write_json
@@ -409,19 +410,12 @@ class Allowance:
             self.per_item = max(0.0, seconds) / n
             self.items += n
 
+    @contextmanager
     def timing(self, n: int):
-        """A context that measures `n` items' work."""
-        allowance = self
-
-        class _Timing:
-            def __enter__(self):
-                self.t = now()
-
-            def __exit__(self, *exc):
-                if exc[0] is None:
-                    allowance.record(n, now() - self.t)
-
-        return _Timing()
+        """A context that measures `n` items' work (work that raised is not recorded)."""
+        start = now()
+        yield
+        self.record(n, now() - start)
 
     def summary(self) -> dict:
         return {"allowance_seconds": None if self.seconds is None else round(self.seconds, 3), "spent_seconds": round(self.spent(), 3),
