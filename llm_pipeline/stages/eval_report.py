@@ -328,6 +328,9 @@ def _scorers(cfg: PipelineConfig, inputs: dict[str, Path], tokenizer, notes: dat
     if why:
         return {}, {"reward_model": {"why": why}, "judge": {"why": why}}
     stats = data.read_json_file(rm_dir / "stats.json") or {}
+    if isinstance(stats.get("skipped"), str) and stats["skipped"]:  # e.g. the step floor: its part bought too few steps
+        why = f"reward_model skipped training: {stats['skipped']}"
+        return {}, {"reward_model": {"why": why}, "judge": {"why": why}}
     summary = (data.read_json_file(rm_dir / "training_summary.json") or {}).get("judge") or {}
     lora_dir = Path(inputs["lora_adapter"])
     scoring_base = Path(inputs["base_checkpoint"]) if (lora_dir / "adapter_config.json").exists() else lora_dir
