@@ -423,18 +423,28 @@ def _measured_tokens_per_second(inputs: dict[str, Path]) -> tuple[float | None, 
     return None, None
 
 
-def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int):
-    """(the eval_report settings with row caps lowered to what the time cap affords, a record of why). The cap is
-    eval_report.max_seconds, else EVAL_REPORT_SHARE of training.max_train_seconds; without either the configured
-    caps hold."""
-    ec = cfg.eval_report
+def time_cap(cfg: PipelineConfig) -> float | None:
+    """The stage's time cap in seconds, loading included: eval_report.max_seconds, else EVAL_REPORT_SHARE of
+    training.max_train_seconds, else None."""
     budget_s = cfg.training.max_train_seconds
-    seconds = ec.max_seconds if ec.max_seconds is not None else (EVAL_REPORT_SHARE * budget_s if budget_s else None)
+    return cfg.eval_report.max_seconds if cfg.eval_report.max_seconds is not None else (EVAL_REPORT_SHARE * budget_s if budget_s else None)
+
+
+def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int, loading: dict | None = None):
+    """(the eval_report settings with row caps lowered to what the time cap affords, a record of why). The cap
+    (`time_cap`) covers the whole stage: `loading` (what loading the models took, and what the loads still to come
+    are expected to take) is taken off it first, and the rows are sized from what is left. Without a cap the
+    configured caps hold."""
+    ec = cfg.eval_report
+    cap = seconds = time_cap(cfg)
     if seconds is None:
         return ec, {"capped": False, "why": "neither eval_report.max_seconds nor training.max_train_seconds is set: the configured row caps hold"}
+    if loading:
+        seconds = max(0.0, cap - loading.get("load_seconds", 0.0) - loading.get("pending_load_seconds", 0.0))
     tps, measured_by = _measured_tokens_per_second(inputs)
     if tps is None:
-        return ec, {"capped": False, "seconds": seconds, "why": "no upstream stage recorded its training tokens per second: the configured row caps hold"}
+        return ec, {"capped": False, "seconds": seconds, "cap_seconds": cap, **(loading or {}),
+                    "why": "no upstream stage recorded its training tokens per second: the configured row caps hold"}
     tokens = seconds * tps * FORWARD_SPEEDUP / max(1, models_scored)  # forward tokens each model may score
     domains = max(1, len(cfg.domain_names))
     ppl_tokens = tokens * SECTION_SHARES["perplexity"] / domains
@@ -449,10 +459,13 @@ def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int
     caps = {"max_eval_documents": docs, "max_document_chars": chars, "max_eval_pairs": pairs, "max_task_examples": task,
             "reward_prompts": max(2, pairs // (2 * ec.reward_samples))}
     lowered = {k: min(getattr(ec, k), v) for k, v in caps.items()}
-    record = {"capped": any(lowered[k] < getattr(ec, k) for k in lowered), "seconds": round(seconds, 1),
-              "tokens_per_second": tps, "measured_by": measured_by, "models": models_scored, **lowered,
-              "why": (f"{seconds:,.0f} s ({'eval_report.max_seconds' if ec.max_seconds is not None else f'{EVAL_REPORT_SHARE:.0%} of training.max_train_seconds'})"
-                      f" at {tps:,.0f} training tokens/s ({measured_by}) x {FORWARD_SPEEDUP:g} for a forward pass, over {models_scored} models")}
+    source = 'eval_report.max_seconds' if ec.max_seconds is not None else f'{EVAL_REPORT_SHARE:.0%} of training.max_train_seconds'
+    left = (f"{seconds:,.0f} s left of the {cap:,.0f} s cap ({source}) after loading the models "
+            f"({loading.get('load_seconds', 0.0):,.0f} s, {loading.get('pending_load_seconds', 0.0):,.0f} s more expected)"
+            if loading else f"{seconds:,.0f} s ({source})")
+    record = {"capped": any(lowered[k] < getattr(ec, k) for k in lowered), "seconds": round(seconds, 1), "cap_seconds": round(cap, 1),
+              "tokens_per_second": tps, "measured_by": measured_by, "models": models_scored, **lowered, **(loading or {}),
+              "why": f"{left} at {tps:,.0f} training tokens/s ({measured_by}) x {FORWARD_SPEEDUP:g} for a forward pass, over {models_scored} models"}
     return ec.model_copy(update=lowered), record
 
 
@@ -490,18 +503,52 @@ def size_generation(lm: models.LoadedModel, first: list, counts: dict[str, int],
     return keep, record
 
 
+# Under a time cap, the original model (loaded after the trained ones) is left out when loading the trained ones
+# already took this share of the cap: what is left must still score the models that can ship.
+ORIGINAL_LOAD_SHARE = 0.5
+
+
+def _reward_loads(inputs: dict[str, Path]) -> int:
+    """Reward models the policy-rewards section will load (the reward model and its judge), 0 when they skipped."""
+    rm_dir = Path(inputs["reward_model"]) if inputs.get("reward_model") else None
+    if rm_dir is None:
+        return 0
+    return sum((folder / "adapter_config.json").is_file() for folder in (rm_dir, rm_dir / "judge"))
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    # Original (unless trained from scratch), base, SFT, DPO and RL when there is one: the models every section scores.
-    models_scored = 3 + (cfg.base_checkpoint.source != "scratch") + bool(inputs.get("rl_model") and Path(inputs["rl_model"]).is_dir())
-    capped, caps = budget_caps(cfg, inputs, models_scored)
-    cfg = cfg.model_copy(update={"eval_report": capped})
-    ec = cfg.eval_report
+    from llm_pipeline.training import budget
+
+    # The time cap covers the whole stage: the models load first, on the budget's clock, and the rows each section
+    # scores are sized from what is left (a real run's report took 282 s and 407 s against a 180 s cap that left
+    # loading out).
+    started = budget.now()
     notes = data.Notes()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     lora_dir, dpo_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["dpo_model"]), Path(inputs["base_checkpoint"])
     rl_dir, rl_why = _rl_input(inputs)
     not_run: dict[str, str] = {"rl": rl_why} if rl_why else {}
+    tuned = {"sft": lora_dir, "dpo": dpo_dir, **({"rl": rl_dir} if rl_dir else {})}
+    loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
+    trained_load = budget.now() - started
+    cap = time_cap(cfg)
+    if cap is not None and trained_load >= ORIGINAL_LOAD_SHARE * cap and cfg.base_checkpoint.source != "scratch":
+        why = (f"not loaded: the time cap ({cap:,.0f} s) was {trained_load / cap:.0%} spent loading the trained models "
+               f"({trained_load:,.1f} s)")
+        notes.add(f"the original pretrained model is {why}; models are compared with base_checkpoint only.")
+        original, original_info, original_folders, original_name = None, {"why": f"the original pretrained model was {why}"}, [], None
+    else:
+        original, original_info, original_folders, original_name = _original_model(cfg, notes)
+    load_seconds = budget.now() - started
+    per_model = load_seconds / max(1, len(loaded) + (original is not None))
+    loading = {"load_seconds": round(load_seconds, 3), "models_loaded": len(loaded) + (original is not None),
+               "pending_loads": _reward_loads(inputs), "pending_load_seconds": round(per_model * _reward_loads(inputs), 3)}
+    # Original (unless trained from scratch or left out), base, SFT, DPO and RL when there is one: what every section scores.
+    models_scored = len(loaded) + (original is not None)
+    capped, caps = budget_caps(cfg, inputs, models_scored, loading if cap is not None else None)
+    cfg = cfg.model_copy(update={"eval_report": capped})
+    ec = cfg.eval_report
 
     # -- held-out data
     domains = data.domain_folders(inputs["deduped_shards"], cfg.domain_names, notes)
@@ -526,9 +573,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     plot_jobs = {"training_loss.png": drawing.submit(plots.loss_curves, logs, output_dir / "training_loss.png"),
                  "dpo_rewards.png": drawing.submit(plots.dpo_rewards, logs["dpo"], output_dir / "dpo_rewards.png")}
 
-    # -- models
-    tuned = {"sft": lora_dir, "dpo": dpo_dir, **({"rl": rl_dir} if rl_dir else {})}
-    loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
+    # -- models (loaded above)
     for m, folder in tuned.items():
         if m not in loaded:
             not_run[m] = _skip_reason(folder) or f"{folder.name} did not load (see notes)"
@@ -540,7 +585,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         t = time.perf_counter()
         tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
         folders = {"base": [base_dir, *tok_dir], **{m: [base_dir, *tok_dir, f] for m, f in tuned.items()}}
-        original, original_info, folders["original"], original_name = _original_model(cfg, notes)
+        folders["original"] = original_folders
         scored = {**loaded, **({"original": original} if original is not None else {})}
         ppl, doc_scores, ppl_cache = _perplexities(cfg, scored, docs, domains, folders, models.parallel_workers(scored, threads),
                                                    identities={"original": original_name} if original_name else None)
@@ -566,7 +611,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # -- 2b. SFT vs DPO vs RL on the same held-out prompts: rewards under the reward model and its judge, KL to SFT
         t = time.perf_counter()
         # Under a time cap the policy rewards get the pairs' share less what preference accuracy took.
-        allowance = caps["seconds"] * SECTION_SHARES["pairs"] - timings["preference"] if caps.get("seconds") and caps.get("tokens_per_second") else None
+        allowance = caps["seconds"] * SECTION_SHARES["pairs"] - timings["preference"] if caps.get("seconds") is not None and caps.get("tokens_per_second") else None
         policies = _policies(cfg, inputs, loaded, pairs_eval, not_run, notes, allowance)
         plot_jobs["policy_rewards.png"] = drawing.submit(plots.policy_rewards, policies, output_dir / "policy_rewards.png")
         timings["policies"] = time.perf_counter() - t
@@ -576,7 +621,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         task_rows = sft_eval[: ec.max_task_examples]
         probe_list, adversarial_list = list(ec.probes), list(ec.adversarial_prompts)
         generation_cap = None
-        if caps.get("seconds") and caps.get("tokens_per_second"):
+        if caps.get("seconds") is not None and caps.get("tokens_per_second"):
             # Under a time cap the prompts each model answers are sized from a timed batch (size_generation).
             counts = {"task": len(task_rows), "extra": len(ec.prompts) + (0 if task_rows else ec.samples),
                       "probes": len(probe_list), "adversarial": len(adversarial_list)}
