@@ -1,7 +1,7 @@
 """The step floor: a training stage whose part of the run budget cannot buy `training.min_steps` steps is skipped.
 
     why, record = step_floor.check(cfg, "dpo_model", budget_seconds, budget_why, {"lora_adapter": lora_dir, ...})
-    if why: return step_floor.skipped_output(output_dir, "DPO", why, record, ...)
+    if why: return step_floor.skipped_output(output_dir, "dpo_model", why, record, budget_seconds, budget_why, seconds)
 
 On a 2-core CPU with training.max_train_seconds 900, dpo_model, reward_model and rl_model got 43-96 s each: one step
 or none of a 135M model with its reference or reward model (40-80 s per step). Such a stage spends its part without
@@ -23,6 +23,9 @@ these give DPO ~2.7x, the reward model and its judge ~4x and RL ~3.8x an SFT ste
 measured 40-80 s per step of each: the estimates are on the low side, so a stage is skipped only when even an
 optimistic count falls short. The steps may use the part less the evaluations' MAX_EVAL_SHARE (sampling the DPO
 rejections is not subtracted: samples cached by a sibling stage cost nothing).
+
+Up front (`plan`): once base_checkpoint has recorded its tokens per second, the stages whose prospective part would
+fall short are planned out and `budget.stage_budget` gives their shares to the stages that run (lora_adapter first).
 
 The floor applies to a part of training.max_train_seconds only: a stage's own `max_train_seconds` is the user's
 explicit choice and is honoured. `training.min_steps: 0` turns the floor off. Without an upstream measurement (a
@@ -80,12 +83,65 @@ def step_tokens(cfg, stage: str) -> float:
     raise ValueError(f"no step floor for stage {stage!r}")
 
 
+def _recorded(folder: Path | None) -> dict:
+    try:
+        stats = read_timed(Path(folder)) if folder is not None else None
+    except (OSError, ValueError):
+        stats = None
+    return stats if isinstance(stats, dict) else {}
+
+
+def plan(cfg, upstream: dict[str, Path]) -> dict[str, dict]:
+    """The stages planned out as soon as base_checkpoint has trained: {stage: record with `why`}.
+
+    From base_checkpoint's measured tokens per second and the seconds it spent, each of dpo_model, reward_model and
+    rl_model gets the part it would get if every later stage ran (what is left x its share over the shares of
+    lora_adapter and the three); one whose part buys fewer than min_steps steps is out (and rl_model with the reward
+    model it learns from), and `budget.stage_budget` hands its share to the stages that run (lora_adapter, and a
+    sibling that clears the floor). Computed from base_checkpoint's record alone, so every later stage reads the same
+    plan."""
+    tc = cfg.training
+    base = upstream.get("base_checkpoint")
+    if tc.max_train_seconds is None or not tc.min_steps or base is None:
+        return {}
+    stats = _recorded(base)
+    tps = stats.get("tokens_per_second")
+    if not isinstance(tps, (int, float)) or tps <= 0:
+        return {}
+    spent = stats.get("budget_spent_seconds")
+    if not isinstance(spent, (int, float)):
+        spent = stats.get("seconds") if isinstance(stats.get("seconds"), (int, float)) else 0.0
+    from llm_pipeline.training.budget import stage_shares
+
+    shares = stage_shares(cfg)
+    left = max(0.0, tc.max_train_seconds - spent)
+    later = sum(v for s, v in shares.items() if s != "base_checkpoint")
+    out: dict[str, dict] = {}
+    for stage in ("dpo_model", "reward_model", "rl_model"):
+        if getattr(cfg, stage).max_train_seconds is not None or not shares[stage] or not later:
+            continue
+        part = left * shares[stage] / later
+        step = step_tokens(cfg, stage) / tps
+        steps = int(part * (1 - MAX_EVAL_SHARE) // step) if step > 0 else tc.min_steps
+        if steps < tc.min_steps:
+            out[stage] = {"planned_share_seconds": round(part, 1), "estimated_step_seconds": round(step, 3), "affordable_steps": steps,
+                          "why": (f"planned out after base_checkpoint: its share, ~{part:,.0f} s, buys ~{steps} step{'s' if steps != 1 else ''} "
+                                  f"at ~{step:,.0f} s/step (estimated from base_checkpoint's {tps:,.0f} tokens/s); needs >= "
+                                  f"{tc.min_steps} (training.min_steps), so the share went to the stages that run")}
+    if "reward_model" in out and "rl_model" not in out and cfg.rl_model.reward_model_weight and cfg.rl_model.max_train_seconds is None:
+        out["rl_model"] = {"why": "planned out after base_checkpoint: the reward model it learns from is (" + out["reward_model"]["why"] + ")"}
+    return out
+
+
 def check(cfg, stage: str, budget_seconds: float | None, budget_why: str, upstream: dict[str, Path]) -> tuple[str | None, dict]:
     """(why the stage is skipped, or None; the estimate, for the stats)."""
     min_steps = cfg.training.min_steps
     if budget_seconds is None or not min_steps or getattr(cfg, stage).max_train_seconds is not None:
         return None, {"checked": False, "why": "no part of training.max_train_seconds" if budget_seconds is None or min_steps
                       else "training.min_steps is 0"}
+    planned = plan(cfg, upstream).get(stage)
+    if planned is not None:
+        return planned["why"], {"checked": True, "min_steps": min_steps, "planned": True, **planned}
     per_token, source = seconds_per_token(upstream)
     if per_token is None:
         return None, {"checked": False, "why": source}

@@ -73,14 +73,41 @@ def test_skipped_stages_say_why_load_nothing_and_rl_follows_the_reward_model(pip
     (lora / ".timings.json").write_text(json.dumps(timings))
     # (The stages' parts follow from what base_checkpoint and lora_adapter recorded as spent: a few seconds here.)
     dpo = run_stage(budgeted, "dpo_model")
-    assert dpo.stats["skipped"].startswith("share ") and "needs >= 5 (training.min_steps)" in dpo.stats["skipped"]
+    # Planned out as soon as base_checkpoint recorded its speed, or by lora_adapter's measured steps: either way, why.
+    assert dpo.stats["skipped"].startswith(("share ", "planned out")) and "needs >= 5 (training.min_steps)" in dpo.stats["skipped"]
     assert dpo.stats["budget_seconds"] == budget.stage_budget(budgeted, "dpo_model", {"base_checkpoint": results["base_checkpoint"].output_dir, "lora_adapter": lora})[0]
     assert not (dpo.output_dir / "adapter_config.json").exists() and dpo.stats["step_floor"]["affordable_steps"] < 5
     rm = run_stage(budgeted, "reward_model")
-    assert rm.stats["skipped"].startswith("share ") and not (rm.output_dir / "adapter_config.json").exists()
+    assert "needs >= 5 (training.min_steps)" in rm.stats["skipped"] and not (rm.output_dir / "adapter_config.json").exists()
     rl = run_stage(budgeted, "rl_model")
     assert rl.stats["skipped"] and rl.stats["steps"] == 0
     from llm_pipeline.stages.eval_report import _skip_reason
 
-    assert _skip_reason(dpo.output_dir).startswith("dpo_model skipped training: share ")
+    assert _skip_reason(dpo.output_dir) == f"dpo_model skipped training: {dpo.stats['skipped']}"
     assert _skip_reason(rl.output_dir).startswith("rl_model skipped training: ")
+
+
+def test_planned_up_front_the_shares_of_stages_that_cannot_run_go_to_lora_adapter(tmp_path):
+    """As soon as base_checkpoint has recorded its speed (a real 2-core run: 67 tokens/s, 270 s of a 900 s budget),
+    the stages whose part would buy too few steps are planned out, and lora_adapter gets what is left; each of them,
+    when it starts, skips with the plan's reason. A budget that affords them plans nothing out."""
+    base = tmp_path / "base_checkpoint"
+    base.mkdir()
+    write_json(base / "stats.json", {"tokens_per_second": 67.0, "budget_spent_seconds": 270.0})
+    defaults = {"dpo_model": {"batch_size": 8, "max_length": 128}, "reward_model": {"batch_size": 8}}
+    cfg = tiny_config(tmp_path, training={"max_train_seconds": 900}, **defaults)
+    planned = step_floor.plan(cfg, {"base_checkpoint": base})
+    assert {"dpo_model", "reward_model", "rl_model"} == set(planned)
+    assert planned["dpo_model"]["planned_share_seconds"] == 90.0 and planned["dpo_model"]["affordable_steps"] == 1
+    assert "the reward model it learns from is" in planned["rl_model"]["why"] or "affordable_steps" in planned["rl_model"]
+    seconds, why = budget.stage_budget(cfg, "lora_adapter", {"base_checkpoint": base})
+    assert seconds == 630.0 and "planned out by training.min_steps: dpo_model, reward_model, rl_model" in why
+    skip, record = step_floor.check(cfg, "dpo_model", 4.5, "", {"base_checkpoint": base, "lora_adapter": tmp_path / "none"})
+    assert skip.startswith("planned out after base_checkpoint: its share, ~90 s, buys ~1 step at ~41 s/step") and record["planned"]
+    # Ten times the budget: every stage's part buys its steps, and the shares stay as configured.
+    rich = tiny_config(tmp_path, training={"max_train_seconds": 9000}, **defaults)
+    assert step_floor.plan(rich, {"base_checkpoint": base}) == {}
+    assert budget.stage_budget(rich, "lora_adapter", {"base_checkpoint": base})[0] == round(8730 * 0.45 / 0.7, 3)
+    # The floor off: nothing is planned out.
+    off = tiny_config(tmp_path, training={"max_train_seconds": 900, "min_steps": 0}, **defaults)
+    assert step_floor.plan(off, {"base_checkpoint": base}) == {}
