@@ -83,6 +83,11 @@ def step_tokens(cfg, stage: str) -> float:
     raise ValueError(f"no step floor for stage {stage!r}")
 
 
+def _seconds(value: float) -> str:
+    """A step time for a reason line: whole seconds on a real model, two significant figures on a tiny one."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _recorded(folder: Path | None) -> dict:
     try:
         stats = read_timed(Path(folder)) if folder is not None else None
@@ -126,7 +131,7 @@ def plan(cfg, upstream: dict[str, Path]) -> dict[str, dict]:
         if steps < tc.min_steps:
             out[stage] = {"planned_share_seconds": round(part, 1), "estimated_step_seconds": round(step, 3), "affordable_steps": steps,
                           "why": (f"planned out after base_checkpoint: its share, ~{part:,.0f} s, buys ~{steps} step{'s' if steps != 1 else ''} "
-                                  f"at ~{step:,.0f} s/step (estimated from base_checkpoint's {tps:,.0f} tokens/s); needs >= "
+                                  f"at ~{_seconds(step)} s/step (estimated from base_checkpoint's {tps:,.0f} tokens/s); needs >= "
                                   f"{tc.min_steps} (training.min_steps), so the share went to the stages that run")}
     if "reward_model" in out and "rl_model" not in out and cfg.rl_model.reward_model_weight and cfg.rl_model.max_train_seconds is None:
         out["rl_model"] = {"why": "planned out after base_checkpoint: the reward model it learns from is (" + out["reward_model"]["why"] + ")"}
@@ -151,7 +156,7 @@ def check(cfg, stage: str, budget_seconds: float | None, budget_why: str, upstre
               "share_seconds": round(budget_seconds, 1), "from": source}
     if steps >= min_steps:
         return None, record
-    why = (f"share {budget_seconds:,.0f} s buys ~{steps} step{'s' if steps != 1 else ''} at ~{step:,.0f} s/step "
+    why = (f"share {budget_seconds:,.0f} s buys ~{steps} step{'s' if steps != 1 else ''} at ~{_seconds(step)} s/step "
            f"(estimated from {source}); needs >= {min_steps} (training.min_steps)")
     return why, record
 

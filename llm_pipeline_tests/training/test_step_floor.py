@@ -85,6 +85,10 @@ def test_skipped_stages_say_why_load_nothing_and_rl_follows_the_reward_model(pip
 
     assert _skip_reason(dpo.output_dir) == f"dpo_model skipped training: {dpo.stats['skipped']}"
     assert _skip_reason(rl.output_dir).startswith("rl_model skipped training: ")
+    # The CLI's line for the stage says it skipped, not a blank.
+    from llm_pipeline.defs.local_run import _headline
+
+    assert _headline(dpo.stats).startswith("skipped: ") and len(_headline(dpo.stats)) <= 99
 
 
 def test_planned_up_front_the_shares_of_stages_that_cannot_run_go_to_lora_adapter(tmp_path):
