@@ -230,9 +230,11 @@ def vocab_trial(cfg: PipelineConfig, model, tokenizer, data: _Data, shards: Path
         trial_seconds = (VOCAB_TRIAL_SHARE - VOCAB_CHECK_SHARE) * budget_seconds
         steps = bc.train_steps  # the clock ends the trial
     peft_model = with_lora(model, cfg, new_rows)
+    # No warmup: the trial is a few steps, and under a budget the first would run at a sliver of the rate (the new rows
+    # must move for the check to mean anything); the decay still ends it low.
     settings = LoopSettings(
         max_seconds=trial_seconds, steps=steps, batch_size=bc.batch_size, learning_rate=bc.lora_learning_rate,
-        warmup_ratio=bc.warmup_ratio, weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=steps + 1,
+        warmup_ratio=0.0, weight_decay=bc.weight_decay, grad_clip=bc.grad_clip, eval_every=steps + 1,
         checkpoint_every=steps + 1, seed=cfg.seed, schedule=bc.lr_schedule,
     )
     # No evaluation, no checkpoint and no tracked steps (the main training's step numbers start again at 1): the trial
