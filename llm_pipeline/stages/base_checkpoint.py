@@ -245,7 +245,7 @@ def vocab_trial(cfg: PipelineConfig, model, tokenizer, data: _Data, shards: Path
         max_chars = check_chars(check_allowance, result.seconds / max(1, result.session_tokens) / 3)  # a forward ~ 1/3 of a step
     record, original = vocab_check(cfg, peft_model, tokenizer, shards, added, check_allowance, max_chars)
     record["decided"] = ("before the main training, on a trial of LoRA and the new rows "
-                         f"({result.steps_done} steps, {result.session_tokens:,} tokens, {result.seconds:.1f} s)")
+                         f"({result.steps_done} step{'s' if result.steps_done != 1 else ''}, {result.session_tokens:,} tokens, {result.seconds:.1f} s)")
     record.update(trial_steps=result.steps_done, trial_tokens=result.session_tokens, trial_seconds=round(result.seconds, 3),
                   trial_loss=result.log[-1]["loss"] if result.log else None)
     return peft_model, record, original, result
