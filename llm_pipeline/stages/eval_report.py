@@ -394,6 +394,12 @@ def _policies(cfg: PipelineConfig, inputs: dict[str, Path], loaded: dict[str, mo
         policies[m] = loaded[m]
     settings = policy_rewards.Settings(samples=ec.reward_samples, max_new_tokens=max_new, max_length=max_length, seed=cfg.seed)
     cap = None
+    if allowance is not None and allowance <= 0:
+        # Loading and the earlier sections spent the cap: not even the one timed sampling batch runs.
+        cap = {"allowance_seconds": round(allowance, 3), "probe_seconds": 0.0, "probe_prompts": 0, "prompt_seconds": None,
+               "prompts_available": len(prompts), "prompts": 0, "prompts_cut": len(prompts)}
+        return {"why": "the time cap leaves no time for policy rewards (loading the models and the earlier sections spent it)",
+                "not_run": not_run, "cap": cap}
     if allowance is not None and "sft" in policies:
         n, cap = policy_rewards.affordable_prompts(policies["sft"], tokenizer, prompts, settings, len(policies), allowance)
         if not n:
@@ -481,11 +487,15 @@ def size_generation(lm: models.LoadedModel, first: list, counts: dict[str, int],
     from llm_pipeline.training import budget
 
     allowance = seconds * SECTION_SHARES["generation"]
-    t = budget.now()
-    generation.greedy(lm, first, max_new_tokens, batch_size)
-    took = budget.now() - t
-    per_prompt = took / max(1, len(first)) * -(-models_n // max(1, workers))  # models run `workers` at a time
-    fit = int(max(0.0, allowance - took) // per_prompt) if per_prompt > 0 else sum(counts.values())
+    took = per_prompt = 0.0
+    if allowance > 0:
+        t = budget.now()
+        generation.greedy(lm, first, max_new_tokens, batch_size)
+        took = budget.now() - t
+        per_prompt = took / max(1, len(first)) * -(-models_n // max(1, workers))  # models run `workers` at a time
+        fit = int(max(0.0, allowance - took) // per_prompt) if per_prompt > 0 else sum(counts.values())
+    else:  # loading spent the cap: no timed batch; only the few extra samples the report shows side by side stay
+        fit = 0
     keep = dict(counts)
     over = sum(counts.values()) - fit
     cut = min(keep["task"], max(0, over))  # the task examples first
@@ -497,7 +507,7 @@ def size_generation(lm: models.LoadedModel, first: list, counts: dict[str, int],
         cut_a = min(counts["adversarial"], over - cut_p)
         keep["probes"] -= cut_p
         keep["adversarial"] -= cut_a
-    record = {"allowance_seconds": round(allowance, 3), "probe_seconds": round(took, 3), "probe_prompts": len(first),
+    record = {"allowance_seconds": round(allowance, 3), "probe_seconds": round(took, 3), "probe_prompts": len(first) if allowance > 0 else 0,
               "prompt_seconds": round(per_prompt, 4), "prompts_affordable": fit, "kept": keep,
               "cut": {k: counts[k] - keep[k] for k in counts if counts[k] != keep[k]}}
     return keep, record
@@ -675,8 +685,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # -- 4. error analysis: the hardest held-out documents, exported for review
         t = time.perf_counter()
         worst = _worst_documents(docs, review_scores, ec.review_per_domain)
-        items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
         review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
+        if worst and cap is not None and budget.now() - started >= cap:
+            # Generating review suggestions is not sized by any cap: once the cap is spent, the export waits for a run
+            # with more time.
+            review_summary["why"] = f"not run: the time cap ({cap:,.0f} s) was spent before the error analysis"
+            notes.add(f"the error analysis was {review_summary['why'].removeprefix('not run: ')}; no review items were exported.")
+            worst = []
+        items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
         if items:
             review_summary.update(review.export_review(output_dir / "review", items, list(docs)))
             generated[f"{review_model} (review)"] = [x["response_b"] for x in items]

@@ -419,6 +419,9 @@ def test_a_time_cap_lowers_the_rows_scored_and_says_so(upstream, tmp_path):
     pol = m["policies"]
     assert pol["cap"]["prompts"] == 0 and pol["cap"]["prompts_cut"] == pol["cap"]["prompts_available"] > 0
     assert pol["why"].startswith("the time cap leaves")
+    # Loading alone spent the 0.05 s: no section timed a batch it could not afford, and the error analysis says why.
+    assert gen["probe_prompts"] == 0 and pol["cap"]["probe_prompts"] == 0
+    assert m["review"]["why"].startswith("not run: the time cap (0 s) was spent") and m["review"]["records"] == 0
 
 
 def test_without_a_budget_or_a_time_cap_the_configured_caps_hold(upstream):
