@@ -661,6 +661,12 @@ class TrainingConfig(Section):
     dpo_model_share: float = Field(default=0.1, ge=0)
     reward_model_share: float = Field(default=0.05, ge=0)
     rl_model_share: float = Field(default=0.1, ge=0)
+    # The step floor (training/step_floor.py): dpo_model, reward_model or rl_model is skipped, with the reason, when its
+    # part of max_train_seconds cannot buy this many steps at the step time estimated from what base_checkpoint and
+    # lora_adapter measured (on a 2-core CPU a 900 s budget gave them 43-96 s: one 40-80 s step or none, spent without
+    # teaching). Decided as soon as base_checkpoint has trained, so the shares of the stages planned out go to the
+    # stages that run (lora_adapter first). Five: fewer steps than that are mostly warmup and decay. 0 = no floor.
+    min_steps: int = Field(default=5, ge=0)
 
     @model_validator(mode="after")
     def _some_share(self) -> "TrainingConfig":

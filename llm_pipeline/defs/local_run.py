@@ -55,6 +55,9 @@ def plan(cfg: PipelineConfig, select: list[str] | None = None, partition: str | 
 def _headline(stats: dict) -> str:
     keys = [("documents_kept", "kept"), ("documents_in", "in"), ("vocab_size", "vocab"), ("parameters", "params"),
             ("eval_loss", "eval loss"), ("train_loss", "loss"), ("eval_reward_gain", "held-out reward gain"), ("eval_kl_to_sft", "KL to SFT")]
+    if isinstance(stats.get("skipped"), str) and stats["skipped"]:  # a training stage that did not train, and why
+        why = stats["skipped"]
+        return f"skipped: {why if len(why) <= 90 else why[:89] + '…'}"
     parts = []
     for k, label in keys:
         v = stats.get(k)

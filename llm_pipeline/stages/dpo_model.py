@@ -28,7 +28,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.security import confine, load_adapter, load_pretrained
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.training import budget, defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache
+from llm_pipeline.training import budget, defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache, step_floor
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.sft_data import fit_all, write_jsonl
 from llm_pipeline.training.tracking import report_to, tracked_run
@@ -316,6 +316,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     lora_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["base_checkpoint"])
     plan = plan_device(dc.precision, varying_shapes=True)
     seed_everything(cfg.seed)
+    # The stage's share of the run's budget, decided before anything loads: a share that cannot buy
+    # training.min_steps steps skips the stage (training/step_floor.py).
+    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    floor_why, floor = step_floor.check(cfg, ASSET, budget_seconds, budget_why, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    if floor_why:
+        return step_floor.skipped_output(output_dir, ASSET, floor_why, floor, budget_seconds, budget_why, 0.0)
     tokenizer = AutoTokenizer.from_pretrained(lora_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -329,7 +335,6 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
     # One clock for the stage's share of the run's budget: sampling the rejections, the reference pass, training and
     # the held-out evaluations all count against it.
-    budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
     clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
     if clock is not None:
         clock.start()

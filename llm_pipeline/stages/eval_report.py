@@ -328,6 +328,9 @@ def _scorers(cfg: PipelineConfig, inputs: dict[str, Path], tokenizer, notes: dat
     if why:
         return {}, {"reward_model": {"why": why}, "judge": {"why": why}}
     stats = data.read_json_file(rm_dir / "stats.json") or {}
+    if isinstance(stats.get("skipped"), str) and stats["skipped"]:  # e.g. the step floor: its part bought too few steps
+        why = f"reward_model skipped training: {stats['skipped']}"
+        return {}, {"reward_model": {"why": why}, "judge": {"why": why}}
     summary = (data.read_json_file(rm_dir / "training_summary.json") or {}).get("judge") or {}
     lora_dir = Path(inputs["lora_adapter"])
     scoring_base = Path(inputs["base_checkpoint"]) if (lora_dir / "adapter_config.json").exists() else lora_dir
@@ -391,6 +394,12 @@ def _policies(cfg: PipelineConfig, inputs: dict[str, Path], loaded: dict[str, mo
         policies[m] = loaded[m]
     settings = policy_rewards.Settings(samples=ec.reward_samples, max_new_tokens=max_new, max_length=max_length, seed=cfg.seed)
     cap = None
+    if allowance is not None and allowance <= 0:
+        # Loading and the earlier sections spent the cap: not even the one timed sampling batch runs.
+        cap = {"allowance_seconds": round(allowance, 3), "probe_seconds": 0.0, "probe_prompts": 0, "prompt_seconds": None,
+               "prompts_available": len(prompts), "prompts": 0, "prompts_cut": len(prompts)}
+        return {"why": "the time cap leaves no time for policy rewards (loading the models and the earlier sections spent it)",
+                "not_run": not_run, "cap": cap}
     if allowance is not None and "sft" in policies:
         n, cap = policy_rewards.affordable_prompts(policies["sft"], tokenizer, prompts, settings, len(policies), allowance)
         if not n:
@@ -420,18 +429,28 @@ def _measured_tokens_per_second(inputs: dict[str, Path]) -> tuple[float | None, 
     return None, None
 
 
-def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int):
-    """(the eval_report settings with row caps lowered to what the time cap affords, a record of why). The cap is
-    eval_report.max_seconds, else EVAL_REPORT_SHARE of training.max_train_seconds; without either the configured
-    caps hold."""
-    ec = cfg.eval_report
+def time_cap(cfg: PipelineConfig) -> float | None:
+    """The stage's time cap in seconds, loading included: eval_report.max_seconds, else EVAL_REPORT_SHARE of
+    training.max_train_seconds, else None."""
     budget_s = cfg.training.max_train_seconds
-    seconds = ec.max_seconds if ec.max_seconds is not None else (EVAL_REPORT_SHARE * budget_s if budget_s else None)
+    return cfg.eval_report.max_seconds if cfg.eval_report.max_seconds is not None else (EVAL_REPORT_SHARE * budget_s if budget_s else None)
+
+
+def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int, loading: dict | None = None):
+    """(the eval_report settings with row caps lowered to what the time cap affords, a record of why). The cap
+    (`time_cap`) covers the whole stage: `loading` (what loading the models took, and what the loads still to come
+    are expected to take) is taken off it first, and the rows are sized from what is left. Without a cap the
+    configured caps hold."""
+    ec = cfg.eval_report
+    cap = seconds = time_cap(cfg)
     if seconds is None:
         return ec, {"capped": False, "why": "neither eval_report.max_seconds nor training.max_train_seconds is set: the configured row caps hold"}
+    if loading:
+        seconds = max(0.0, cap - loading.get("load_seconds", 0.0) - loading.get("pending_load_seconds", 0.0))
     tps, measured_by = _measured_tokens_per_second(inputs)
     if tps is None:
-        return ec, {"capped": False, "seconds": seconds, "why": "no upstream stage recorded its training tokens per second: the configured row caps hold"}
+        return ec, {"capped": False, "seconds": seconds, "cap_seconds": cap, **(loading or {}),
+                    "why": "no upstream stage recorded its training tokens per second: the configured row caps hold"}
     tokens = seconds * tps * FORWARD_SPEEDUP / max(1, models_scored)  # forward tokens each model may score
     domains = max(1, len(cfg.domain_names))
     ppl_tokens = tokens * SECTION_SHARES["perplexity"] / domains
@@ -446,10 +465,13 @@ def budget_caps(cfg: PipelineConfig, inputs: dict[str, Path], models_scored: int
     caps = {"max_eval_documents": docs, "max_document_chars": chars, "max_eval_pairs": pairs, "max_task_examples": task,
             "reward_prompts": max(2, pairs // (2 * ec.reward_samples))}
     lowered = {k: min(getattr(ec, k), v) for k, v in caps.items()}
-    record = {"capped": any(lowered[k] < getattr(ec, k) for k in lowered), "seconds": round(seconds, 1),
-              "tokens_per_second": tps, "measured_by": measured_by, "models": models_scored, **lowered,
-              "why": (f"{seconds:,.0f} s ({'eval_report.max_seconds' if ec.max_seconds is not None else f'{EVAL_REPORT_SHARE:.0%} of training.max_train_seconds'})"
-                      f" at {tps:,.0f} training tokens/s ({measured_by}) x {FORWARD_SPEEDUP:g} for a forward pass, over {models_scored} models")}
+    source = 'eval_report.max_seconds' if ec.max_seconds is not None else f'{EVAL_REPORT_SHARE:.0%} of training.max_train_seconds'
+    left = (f"{seconds:,.0f} s left of the {cap:,.0f} s cap ({source}) after loading the models "
+            f"({loading.get('load_seconds', 0.0):,.0f} s, {loading.get('pending_load_seconds', 0.0):,.0f} s more expected)"
+            if loading else f"{seconds:,.0f} s ({source})")
+    record = {"capped": any(lowered[k] < getattr(ec, k) for k in lowered), "seconds": round(seconds, 1), "cap_seconds": round(cap, 1),
+              "tokens_per_second": tps, "measured_by": measured_by, "models": models_scored, **lowered, **(loading or {}),
+              "why": f"{left} at {tps:,.0f} training tokens/s ({measured_by}) x {FORWARD_SPEEDUP:g} for a forward pass, over {models_scored} models"}
     return ec.model_copy(update=lowered), record
 
 
@@ -465,11 +487,15 @@ def size_generation(lm: models.LoadedModel, first: list, counts: dict[str, int],
     from llm_pipeline.training import budget
 
     allowance = seconds * SECTION_SHARES["generation"]
-    t = budget.now()
-    generation.greedy(lm, first, max_new_tokens, batch_size)
-    took = budget.now() - t
-    per_prompt = took / max(1, len(first)) * -(-models_n // max(1, workers))  # models run `workers` at a time
-    fit = int(max(0.0, allowance - took) // per_prompt) if per_prompt > 0 else sum(counts.values())
+    took = per_prompt = 0.0
+    if allowance > 0:
+        t = budget.now()
+        generation.greedy(lm, first, max_new_tokens, batch_size)
+        took = budget.now() - t
+        per_prompt = took / max(1, len(first)) * -(-models_n // max(1, workers))  # models run `workers` at a time
+        fit = int(max(0.0, allowance - took) // per_prompt) if per_prompt > 0 else sum(counts.values())
+    else:  # loading spent the cap: no timed batch; only the few extra samples the report shows side by side stay
+        fit = 0
     keep = dict(counts)
     over = sum(counts.values()) - fit
     cut = min(keep["task"], max(0, over))  # the task examples first
@@ -481,24 +507,58 @@ def size_generation(lm: models.LoadedModel, first: list, counts: dict[str, int],
         cut_a = min(counts["adversarial"], over - cut_p)
         keep["probes"] -= cut_p
         keep["adversarial"] -= cut_a
-    record = {"allowance_seconds": round(allowance, 3), "probe_seconds": round(took, 3), "probe_prompts": len(first),
+    record = {"allowance_seconds": round(allowance, 3), "probe_seconds": round(took, 3), "probe_prompts": len(first) if allowance > 0 else 0,
               "prompt_seconds": round(per_prompt, 4), "prompts_affordable": fit, "kept": keep,
               "cut": {k: counts[k] - keep[k] for k in counts if counts[k] != keep[k]}}
     return keep, record
 
 
+# Under a time cap, the original model (loaded after the trained ones) is left out when loading the trained ones
+# already took this share of the cap: what is left must still score the models that can ship.
+ORIGINAL_LOAD_SHARE = 0.5
+
+
+def _reward_loads(inputs: dict[str, Path]) -> int:
+    """Reward models the policy-rewards section will load (the reward model and its judge), 0 when they skipped."""
+    rm_dir = Path(inputs["reward_model"]) if inputs.get("reward_model") else None
+    if rm_dir is None:
+        return 0
+    return sum((folder / "adapter_config.json").is_file() for folder in (rm_dir, rm_dir / "judge"))
+
+
 def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: str | None = None) -> StageOutput:
-    # Original (unless trained from scratch), base, SFT, DPO and RL when there is one: the models every section scores.
-    models_scored = 3 + (cfg.base_checkpoint.source != "scratch") + bool(inputs.get("rl_model") and Path(inputs["rl_model"]).is_dir())
-    capped, caps = budget_caps(cfg, inputs, models_scored)
-    cfg = cfg.model_copy(update={"eval_report": capped})
-    ec = cfg.eval_report
+    from llm_pipeline.training import budget
+
+    # The time cap covers the whole stage: the models load first, on the budget's clock, and the rows each section
+    # scores are sized from what is left (a real run's report took 282 s and 407 s against a 180 s cap that left
+    # loading out).
+    started = budget.now()
     notes = data.Notes()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     lora_dir, dpo_dir, base_dir = Path(inputs["lora_adapter"]), Path(inputs["dpo_model"]), Path(inputs["base_checkpoint"])
     rl_dir, rl_why = _rl_input(inputs)
     not_run: dict[str, str] = {"rl": rl_why} if rl_why else {}
+    tuned = {"sft": lora_dir, "dpo": dpo_dir, **({"rl": rl_dir} if rl_dir else {})}
+    loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
+    trained_load = budget.now() - started
+    cap = time_cap(cfg)
+    if cap is not None and trained_load >= ORIGINAL_LOAD_SHARE * cap and cfg.base_checkpoint.source != "scratch":
+        why = (f"not loaded: the time cap ({cap:,.0f} s) was {trained_load / cap:.0%} spent loading the trained models "
+               f"({trained_load:,.1f} s)")
+        notes.add(f"the original pretrained model is {why}; models are compared with base_checkpoint only.")
+        original, original_info, original_folders, original_name = None, {"why": f"the original pretrained model was {why}"}, [], None
+    else:
+        original, original_info, original_folders, original_name = _original_model(cfg, notes)
+    load_seconds = budget.now() - started
+    per_model = load_seconds / max(1, len(loaded) + (original is not None))
+    loading = {"load_seconds": round(load_seconds, 3), "models_loaded": len(loaded) + (original is not None),
+               "pending_loads": _reward_loads(inputs), "pending_load_seconds": round(per_model * _reward_loads(inputs), 3)}
+    # Original (unless trained from scratch or left out), base, SFT, DPO and RL when there is one: what every section scores.
+    models_scored = len(loaded) + (original is not None)
+    capped, caps = budget_caps(cfg, inputs, models_scored, loading if cap is not None else None)
+    cfg = cfg.model_copy(update={"eval_report": capped})
+    ec = cfg.eval_report
 
     # -- held-out data
     domains = data.domain_folders(inputs["deduped_shards"], cfg.domain_names, notes)
@@ -523,9 +583,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     plot_jobs = {"training_loss.png": drawing.submit(plots.loss_curves, logs, output_dir / "training_loss.png"),
                  "dpo_rewards.png": drawing.submit(plots.dpo_rewards, logs["dpo"], output_dir / "dpo_rewards.png")}
 
-    # -- models
-    tuned = {"sft": lora_dir, "dpo": dpo_dir, **({"rl": rl_dir} if rl_dir else {})}
-    loaded = models.load_models(base_dir, tuned, notes, tokenizer_dir=inputs.get("tokenizer"))
+    # -- models (loaded above)
     for m, folder in tuned.items():
         if m not in loaded:
             not_run[m] = _skip_reason(folder) or f"{folder.name} did not load (see notes)"
@@ -537,7 +595,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         t = time.perf_counter()
         tok_dir = [Path(inputs["tokenizer"])] if inputs.get("tokenizer") and Path(inputs["tokenizer"]).is_dir() else []
         folders = {"base": [base_dir, *tok_dir], **{m: [base_dir, *tok_dir, f] for m, f in tuned.items()}}
-        original, original_info, folders["original"], original_name = _original_model(cfg, notes)
+        folders["original"] = original_folders
         scored = {**loaded, **({"original": original} if original is not None else {})}
         ppl, doc_scores, ppl_cache = _perplexities(cfg, scored, docs, domains, folders, models.parallel_workers(scored, threads),
                                                    identities={"original": original_name} if original_name else None)
@@ -563,7 +621,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # -- 2b. SFT vs DPO vs RL on the same held-out prompts: rewards under the reward model and its judge, KL to SFT
         t = time.perf_counter()
         # Under a time cap the policy rewards get the pairs' share less what preference accuracy took.
-        allowance = caps["seconds"] * SECTION_SHARES["pairs"] - timings["preference"] if caps.get("seconds") and caps.get("tokens_per_second") else None
+        allowance = caps["seconds"] * SECTION_SHARES["pairs"] - timings["preference"] if caps.get("seconds") is not None and caps.get("tokens_per_second") else None
         policies = _policies(cfg, inputs, loaded, pairs_eval, not_run, notes, allowance)
         plot_jobs["policy_rewards.png"] = drawing.submit(plots.policy_rewards, policies, output_dir / "policy_rewards.png")
         timings["policies"] = time.perf_counter() - t
@@ -573,7 +631,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         task_rows = sft_eval[: ec.max_task_examples]
         probe_list, adversarial_list = list(ec.probes), list(ec.adversarial_prompts)
         generation_cap = None
-        if caps.get("seconds") and caps.get("tokens_per_second"):
+        if caps.get("seconds") is not None and caps.get("tokens_per_second"):
             # Under a time cap the prompts each model answers are sized from a timed batch (size_generation).
             counts = {"task": len(task_rows), "extra": len(ec.prompts) + (0 if task_rows else ec.samples),
                       "probes": len(probe_list), "adversarial": len(adversarial_list)}
@@ -627,8 +685,14 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         # -- 4. error analysis: the hardest held-out documents, exported for review
         t = time.perf_counter()
         worst = _worst_documents(docs, review_scores, ec.review_per_domain)
-        items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
         review_summary: dict[str, Any] = {"model": review_model, "per_domain": ec.review_per_domain, "records": 0}
+        if worst and cap is not None and budget.now() - started >= cap:
+            # Generating review suggestions is not sized by any cap: once the cap is spent, the export waits for a run
+            # with more time.
+            review_summary["why"] = f"not run: the time cap ({cap:,.0f} s) was spent before the error analysis"
+            notes.add(f"the error analysis was {review_summary['why'].removeprefix('not run: ')}; no review items were exported.")
+            worst = []
+        items = _review_items(cfg, loaded[review_model], loaded["base"], worst, notes) if worst else []
         if items:
             review_summary.update(review.export_review(output_dir / "review", items, list(docs)))
             generated[f"{review_model} (review)"] = [x["response_b"] for x in items]

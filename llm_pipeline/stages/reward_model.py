@@ -34,7 +34,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.stages.dpo_model import SAMPLING_SHARE, build_pairs, load_policy, sample_cache
-from llm_pipeline.training import budget, defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split
+from llm_pipeline.training import budget, defaults, dpo_pairs, finetune, preference_data, ref_cache, reward_baselines, reward_loop, reward_split, step_floor
 from llm_pipeline.training.dpo_train import pass_tokens
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.reward_scoring import build_reward_model
@@ -187,6 +187,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     # One clock for the stage's share of the run's budget: sampling the rejections, the SFT baseline, both models'
     # training and their evaluations count against it.
     budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    floor_why, floor = step_floor.check(cfg, ASSET, budget_seconds, budget_why, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    if floor_why:  # before the SFT model loads: a share that buys too few steps buys nothing (training/step_floor.py)
+        return step_floor.skipped_output(output_dir, ASSET, floor_why, floor, budget_seconds, budget_why, time.perf_counter() - started)
     clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
     if clock is not None:
         clock.start()

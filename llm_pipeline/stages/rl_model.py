@@ -27,11 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
+from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, read_timed, write_json
 from llm_pipeline.security import confine
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.stages.dpo_model import load_policy
-from llm_pipeline.training import budget, defaults, finetune, rl_loop, rl_prompts
+from llm_pipeline.training import budget, defaults, finetune, rl_loop, rl_prompts, step_floor
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.preference_data import PreferenceDataError
 from llm_pipeline.training.reward_scoring import load_reward_model
@@ -88,6 +88,12 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         tokenizer.pad_token = tokenizer.eos_token
     started = time.perf_counter()
     budget_seconds, budget_why = budget.stage_budget(cfg, ASSET, {"base_checkpoint": base_dir, "lora_adapter": lora_dir, "reward_model": rm_dir})
+    floor_why, floor = step_floor.check(cfg, ASSET, budget_seconds, budget_why, {"base_checkpoint": base_dir, "lora_adapter": lora_dir})
+    rm_skipped = (read_timed(rm_dir) or {}).get("skipped") if (rm_dir / "stats.json").exists() else None
+    if not floor_why and rm_skipped and rl.reward_model_weight:
+        floor_why = f"reward_model skipped training ({rm_skipped}): no reward model to learn from"
+    if floor_why:  # before the policy and the reward model load (training/step_floor.py)
+        return step_floor.skipped_output(output_dir, ASSET, floor_why, floor, budget_seconds, budget_why, time.perf_counter() - started)
     clock = budget.Clock(budget_seconds) if budget_seconds is not None else None
     if clock is not None:
         clock.start()

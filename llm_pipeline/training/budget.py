@@ -331,7 +331,12 @@ def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tu
     before = [s for s in TRAINING_STAGES if s in (upstream or {}) and s != stage]
     spent = {s: _recorded_seconds((upstream or {}).get(s)) for s in before}
     left = max(0.0, tc.max_train_seconds - sum(spent.values()))
-    later = sum(v for s, v in shares.items() if s not in before)
+    # Stages the step floor planned out once base_checkpoint had measured its speed (step_floor.plan): their shares
+    # go to the stages that run. (The stage itself, if planned out, keeps its figure: it is skipped before training.)
+    from llm_pipeline.training import step_floor
+
+    out = [s for s in step_floor.plan(cfg, upstream or {}) if s != stage and s not in before]
+    later = sum(v for s, v in shares.items() if s not in before and s not in out)
     if not shares[stage] or not later:
         return None, f"training.{stage}_share is 0: no budget of its own (its step cap alone ends it)"
     # A floor of a twentieth of the stage's planned part: an overrun upstream must not leave it no step at all.
@@ -339,8 +344,9 @@ def stage_budget(cfg, stage: str, upstream: dict[str, Path] | None = None) -> tu
     seconds = max(left * shares[stage] / later, planned / 20)
     done = ", ".join(f"{s} {v:,.0f} s" for s, v in spent.items() if v) or "nothing yet"
     named = ", ".join(f"{s} {v:g}" for s, v in shares.items())
+    moved = f"; planned out by training.min_steps: {', '.join(out)}" if out else ""
     return round(seconds, 3), (f"{shares[stage] / later:.0%} of the {left:,.0f} s left of training.max_train_seconds "
-                               f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares {named})")
+                               f"{tc.max_train_seconds:,.0f} (spent upstream: {done}; shares {named}{moved})")
 
 
 # ---------------------------------------------------------------- evaluations within their share

@@ -245,7 +245,8 @@ def test_under_a_budget_the_vocabulary_check_and_the_evaluations_fit_in_a_tenth_
     run_stage(cfg, "tokenizer")
     res = run_stage(cfg, "base_checkpoint")
     s, v = res.stats, res.stats["vocab_extension"]
-    assert s["budget_seconds"] == 0.01 and s["stopped_by_budget"] and s["steps"] == 1
+    # One step of the vocabulary trial (kept: its weights carry on), one of the main training.
+    assert s["budget_seconds"] == 0.01 and s["stopped_by_budget"] and s["steps"] == 2 and v["trial_steps"] == 1
     assert s["loop_budget_seconds"] <= s["budget_seconds"] and s["eval_chunks_scored"] == 1  # the least: one chunk
     # The check's 0.3 ms afford less than the least text it scores: a few sentences.
     assert v["checked"] and v["max_chars"] == VOCAB_CHECK_MIN_CHARS and 0 < v["chars_scored"] <= VOCAB_CHECK_MIN_CHARS
@@ -279,6 +280,36 @@ def test_lora_continued_pretraining_trains_the_new_rows_and_saves_a_plain_model(
     assert moved  # the new rows trained away from their mean initialisation
     assert not torch.equal(new["model.layers.0.self_attn.q_proj.weight"], old["model.layers.0.self_attn.q_proj.weight"])  # LoRA merged
     assert model.get_input_embeddings().weight.shape[0] == s["vocab_size"]
+
+
+def test_a_dropped_extension_costs_only_the_trial_and_the_main_training_uses_the_original_tokenizer(tmp_path):
+    """The vocabulary is decided before the main training: a trial (a tenth of train_steps) trains LoRA and the new
+    rows on the extended tokenization, the check finds no gain of 90%, and the main training then runs all its steps
+    on text tokenized without the terms, with no new rows (trainable or saved)."""
+    from transformers import AutoTokenizer
+
+    from llm_pipeline_tests.training.pretrained_fixture import save_pretrained_folder
+
+    base_dir = save_pretrained_folder(tmp_path / "general-base")
+    cfg = tiny_config(tmp_path, tokenizer={"mode": "extend", "extend_max_new_tokens": 12, "extension_min_gain": 0.9},
+                      base_checkpoint={"source": "pretrained", "model": str(base_dir), "method": "lora", "lora_r": 4,
+                                       "train_steps": 10, "batch_size": 2, "eval_every": 10, "lora_learning_rate": 1e-2})
+    write_deduped_shards(cfg.data_path)
+    extended = run_stage(cfg, "tokenizer").stats
+    res = run_stage(cfg, "base_checkpoint")
+    s, v = res.stats, res.stats["vocab_extension"]
+    assert v["kept"] == "original" and v["trial_steps"] == 1 and v["trial_tokens"] > 0
+    assert v["decided"].startswith("before the main training") and v["original_bits_per_byte"] > 0
+    assert s["steps"] == 10  # the trial's step is not counted: its weights were dropped with the terms
+    assert s["vocab_size"] == extended["vocab_size"] - extended["tokens_added"] == len(AutoTokenizer.from_pretrained(res.output_dir))
+    old = load_file(base_dir / "model.safetensors")["model.embed_tokens.weight"]
+    new = load_file(res.output_dir / "model.safetensors")["model.embed_tokens.weight"]
+    torch.testing.assert_close(new, old)  # LoRA trained the layers; no row was added, none trained
+    assert not (res.output_dir / "added_rows.json").exists()
+    # The main training read the text as the original tokenizer cuts it: more tokens than with the domain terms.
+    from llm_pipeline.stages.base_checkpoint import _Data
+
+    assert s["corpus_train_tokens"] > len(_Data(cfg, AutoTokenizer.from_pretrained(cfg.data_path / "tokenizer"), cfg.data_path / "deduped_shards", 64).train_tokens)
 
 
 def test_auto_method_keeps_small_and_scratch_models_full(pipeline):

@@ -419,6 +419,9 @@ def test_a_time_cap_lowers_the_rows_scored_and_says_so(upstream, tmp_path):
     pol = m["policies"]
     assert pol["cap"]["prompts"] == 0 and pol["cap"]["prompts_cut"] == pol["cap"]["prompts_available"] > 0
     assert pol["why"].startswith("the time cap leaves")
+    # Loading alone spent the 0.05 s: no section timed a batch it could not afford, and the error analysis says why.
+    assert gen["probe_prompts"] == 0 and pol["cap"]["probe_prompts"] == 0
+    assert m["review"]["why"].startswith("not run: the time cap (0 s) was spent") and m["review"]["records"] == 0
 
 
 def test_without_a_budget_or_a_time_cap_the_configured_caps_hold(upstream):
@@ -446,3 +449,43 @@ def test_a_stage_that_skipped_training_is_not_run_with_its_own_reason(tmp_path):
     assert _skip_reason(folder) is None
     (folder / "stats.json").write_text("{not json")
     assert _skip_reason(folder) is None
+
+
+class _Clock:
+    """budget.now replaced: every reading advances `step` seconds, so that loading 'takes' a known time whatever the
+    machine's load."""
+
+    def __init__(self, step: float):
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize("tick", [20.0, 60.0])
+def test_the_time_cap_covers_loading_the_models(upstream, tmp_path, monkeypatch, tick):
+    """eval_report.max_seconds 100: the models load first, on the budget's clock, and the rows are sized from what is
+    left. At 20 s per reading the trained models take 20 s, the original 20 s more: 60 s are left. At 60 s loading the
+    trained models already took 60% of the cap: the original model is not loaded, the report says why, and the gates
+    compare with base_checkpoint only."""
+    from llm_pipeline.training import budget
+
+    shutil.copytree(upstream / "data", tmp_path / "data", ignore=shutil.ignore_patterns("eval_report"))
+    original = _with_original(tmp_path)
+    cfg = tiny_config(tmp_path, samples=0, prompts=[], probes=[], adversarial_prompts=[], review_per_domain=0, max_seconds=100)
+    cfg.base_checkpoint.source, cfg.base_checkpoint.model, cfg.tokenizer.mode = "pretrained", str(original), "extend"
+    monkeypatch.setattr(budget, "now", _Clock(tick))
+    res = run_stage(cfg, "eval_report")
+    caps = res.metadata["evaluation_caps"]
+    m = json.loads((res.output_dir / "metrics.json").read_text())
+    assert caps["cap_seconds"] == 100 and "left of the 100 s cap (eval_report.max_seconds) after loading the models" in caps["why"]
+    if tick == 20.0:
+        assert caps["load_seconds"] == 40 and caps["seconds"] == 60 and caps["models_loaded"] == 4
+        assert "original" in m["perplexity"]
+    else:
+        assert caps["load_seconds"] == 120 and caps["seconds"] == 0 and caps["models_loaded"] == 3
+        assert "original" not in m["perplexity"] and "not loaded: the time cap (100 s) was 60% spent" in m["original"]["why"]
+        assert any("original pretrained model is not loaded" in n for n in m["notes"])
+        # The fewest rows: one document per domain, its first 256 characters.
+        assert (caps["max_eval_documents"], caps["max_document_chars"]) == (1, 256)

@@ -18,7 +18,8 @@ UPSTREAM = {"base_checkpoint": (), "lora_adapter": ("base_checkpoint",), "dpo_mo
 def test_every_training_stage_takes_its_part_of_one_budget(tmp_path, seconds):
     """600 s: the step caps end every stage first, and each later stage inherits what the earlier ones left.
     2 s: the budget ends them, each after at least the one step a run always takes."""
-    cfg = tiny_config(tmp_path, training={"max_train_seconds": seconds}, dpo_model={"rejected": "other_document"},
+    # The step floor off: at 2 s every part is below it, and this test is about how the parts are handed out.
+    cfg = tiny_config(tmp_path, training={"max_train_seconds": seconds, "min_steps": 0}, dpo_model={"rejected": "other_document"},
                       reward_model={"max_steps": 4, "batch_size": 4}, rl_model={"max_steps": 2, "max_new_tokens": 8, "eval_prompts": 4})
     write_deduped_shards(cfg.data_path)
     out = {}
