@@ -32,6 +32,7 @@ benchmarks (benchmarks/pii_recall.py, run_curation.py) use it, one document at a
 
 from __future__ import annotations
 
+
 import bisect
 import re
 from functools import lru_cache
@@ -40,7 +41,8 @@ import regex
 
 from spacy.attrs import IS_PUNCT, IS_STOP
 
-from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, cache_embeddings, candidate_offsets, token_table, use_numpy_blas,
+from llm_pipeline.curation.pii_ner import (NER_AFTER, NER_BEFORE, cache_embeddings, candidate_offsets, pyramid_encoder,
+                                           token_table, use_numpy_blas,
                                            windowed_entities, without_capitals)
 from llm_pipeline.curation.pii_phone import DigitWindowPhoneRecognizer, digit_windows  # noqa: F401 - re-exported
 
@@ -377,7 +379,8 @@ class FastAnalyzer:
         self.vocab_strings = vocab_strings
         self.nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}],
                                          ner_model_configuration=NerModelConfiguration(labels_to_ignore=NER_LABELS_IGNORED))
-        self._load_pipeline()
+        self.pipeline = shared_pipeline(spacy_model, vocab_strings)
+        self.nlp_engine.nlp = {"en": self.pipeline.nlp}
         self.engine = AnalyzerEngine(nlp_engine=self.nlp_engine, supported_languages=["en"])
         for rec in extra_recognizers():
             self.engine.registry.add_recognizer(rec)
@@ -407,24 +410,23 @@ class FastAnalyzer:
                              and rec.id not in self.gates and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
-        self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
 
-    def _load_pipeline(self) -> None:
-        import spacy
+    # The spaCy pipeline and what it gathers are the process's, shared with the analyzers of other entity lists
+    # (the later passes read with NER's entities only): see SharedPipeline.
+    nlp = property(lambda self: self.pipeline.nlp)
+    ner = property(lambda self: self.pipeline.ner)
+    strings_at_load = property(lambda self: self.pipeline.strings_at_load)
+    reloads = property(lambda self: self.pipeline.reloads)
+    window_memo = property(lambda self: self.pipeline.window_memo)
 
-        self.nlp = spacy.load(self.spacy_model, exclude=NON_NER_PIPES)
-        self.ner = self.nlp.get_pipe("ner")
-        self.fast_blas = use_numpy_blas(self.ner.model)
-        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
-        self.nlp_engine.nlp = {"en": self.nlp}  # loaded here, without the pipes NER does not need
-        self.strings_at_load = len(self.nlp.vocab.strings)
-        self.reloads = getattr(self, "reloads", -1) + 1
+    def _sync_pipeline(self) -> None:
+        if self.nlp_engine.nlp.get("en") is not self.pipeline.nlp:  # reloaded since this analyzer last looked
+            self.nlp_engine.nlp = {"en": self.pipeline.nlp}  # loaded without the pipes NER does not need
 
     def release_vocab(self, force: bool = False) -> None:
         """Load the spaCy pipeline afresh (freeing the words its vocabulary gathered) once the vocabulary holds
         `vocab_strings` strings more than at load, or now with `force`. No spaCy object outlives an analyze call."""
-        if force or len(self.nlp.vocab.strings) - self.strings_at_load >= self.vocab_strings:
-            self._load_pipeline()
+        self.pipeline.release_vocab(force)
 
     def _entities_for(self, text: str) -> list[str]:
         has_digit = _DIGIT.search(text) is not None
@@ -551,6 +553,7 @@ class FastAnalyzer:
         """Presidio ``RecognizerResult`` lists, one per text; NER reads only the texts `ner` marks (default: all),
         the others get the pattern recognizers alone. `focus` (per text, character spans or None) limits NER to
         the candidate words near those spans (``near_spans``)."""
+        self._sync_pipeline()
         try:
             return self._analyze(texts, batch_size, ner, focus)
         finally:
@@ -589,6 +592,71 @@ class FastAnalyzer:
                 found[i].setdefault(rec, []).append(r)
         return [self._finish(text, [r for rs in by_rec.values() for r in rs], list(by_rec), doc, ents_i)
                 for text, by_rec, doc, ents_i in zip(texts, found, docs, ents)]
+
+
+class SharedPipeline:
+    """The spaCy pipeline (tokenizer and NER) of one model in this process, with what it gathers: its vocabulary,
+    the NER embeddings cache and the windows read before (``window_memo``).
+
+    The analyzers of one model with different entity lists share it (the later redaction passes read with NER's
+    entities only): a word the first pass tokenized is known to the later pass, and an embedding or a window the
+    first computed serves it, where an own pipeline each made every word of a later pass new again (0.69 s of
+    loading and ~40 us per new word)."""
+
+    def __init__(self, spacy_model: str, vocab_strings: int):
+        self.spacy_model = spacy_model
+        self.vocab_strings = vocab_strings
+        self.reloads = -1
+        self.window_memo: dict = {}  # NER windows read before -> their entities (curation.pii_ner.windowed_entities)
+        self.load()
+
+    def load(self) -> None:
+        import spacy
+
+        self.nlp = spacy.load(self.spacy_model, exclude=NON_NER_PIPES)
+        self.ner = self.nlp.get_pipe("ner")
+        self.lexeme_attributes = trim_lexeme_attributes(self.nlp, self.ner.model)
+        self.fast_blas = use_numpy_blas(self.ner.model)
+        self.cached_embeddings = cache_embeddings(self.ner.model)  # after use_numpy_blas (see its docstring)
+        self.pyramid = self.cached_embeddings and pyramid_encoder(self.ner.model)
+        self.strings_at_load = len(self.nlp.vocab.strings)
+        self.reloads += 1
+
+    def release_vocab(self, force: bool = False) -> None:
+        """Load afresh (see FastAnalyzer.release_vocab); the window memo holds label ids and token texts only, so it
+        stays valid."""
+        if force or len(self.nlp.vocab.strings) - self.strings_at_load >= self.vocab_strings:
+            self.load()
+
+
+# What a lexeme must say besides the features NER embeds: the flags the context enhancer's keywords read (_artifacts)
+# and IS_SPACE, which NER's transition system reads (no entity starts or ends on a whitespace token).
+LEXEME_ATTRIBUTES_READ = ("LOWER", "NORM", "IS_STOP", "IS_PUNCT", "IS_SPACE")
+
+
+def trim_lexeme_attributes(nlp, ner_model) -> list[str]:
+    """Drop the vocabulary's getters for lexeme attributes nothing here reads (like_url, is_currency, is_title...);
+    returns the attributes kept.
+
+    A word the vocabulary has not seen costs a call to every getter (23 in en_core_web_sm, ~40 us a word), and the
+    names, numbers and addresses PII text is made of are mostly new words: on presidio-research's 1,500 documents
+    tokenizing took 0.194 s with every getter, 0.154 s with these. The NER features are read from the model
+    (``extract_features``' columns), so a model embedding other attributes keeps them."""
+    from spacy import attrs
+
+    columns = [c for node in ner_model.walk() if node.name == "extract_features" for c in node.attrs.get("columns", ())]
+    if not columns:  # a model whose features are not where expected: every getter stays
+        return sorted(attrs.NAMES[k] for k in nlp.vocab.lex_attr_getters)
+    keep = {attrs.IDS[name] for name in (*columns, *LEXEME_ATTRIBUTES_READ) if name in attrs.IDS}
+    for key in [k for k in nlp.vocab.lex_attr_getters if k not in keep]:
+        del nlp.vocab.lex_attr_getters[key]
+    return sorted(attrs.NAMES[k] for k in nlp.vocab.lex_attr_getters)
+
+
+@lru_cache(maxsize=4)
+def shared_pipeline(spacy_model: str, vocab_strings: int = VOCAB_STRINGS) -> SharedPipeline:
+    """One pipeline per process, model and vocabulary bound."""
+    return SharedPipeline(spacy_model, vocab_strings)
 
 
 @lru_cache(maxsize=4)

@@ -17,7 +17,11 @@ its verdicts, and skips only what provably cannot match:
 - a candidate's verdict is **memoized**: it depends only on the candidate, its two neighbouring characters and
   the region, and not on the region at all when the candidate starts with ``+`` (the country code then comes from
   the number itself), so an international number is parsed once instead of eight times, and a number that recurs
-  across documents once per corpus.
+  across documents once per corpus;
+- the matcher extracts the same candidates from a window whatever the region, and differs only in which it accepts:
+  after a region that matched nothing, the next regions **check that region's candidates** instead of extracting
+  them again, and run the matcher only where one verifies (0.120 -> 0.078 CPU-s on presidio-research's 1,500
+  documents, the same matches).
 
 llm_pipeline_tests/curation/test_pii_phone.py checks the results against Presidio's recognizer on the whole text.
 """
@@ -197,8 +201,10 @@ class _GatedMatcher(PhoneNumberMatcher):
     def __init__(self, text: str, region: str, leniency: int, memo: dict):
         super().__init__(text, region, leniency=leniency)
         self._memo = memo
+        self.tried: list[tuple[str, int]] = []  # every (candidate, offset) the matcher asked about, in order
 
     def _parse_and_verify(self, candidate, offset):
+        self.tried.append((candidate, offset))
         start = _START_CHAR.search(candidate)
         plus = start is not None and start.group() in "+\uFF0B"
         if nsn_digits(candidate) < digit_floor(self.preferred_region, plus):
@@ -233,10 +239,20 @@ class DigitWindowPhoneRecognizer(PhoneRecognizer):
         for lo, hi in digit_windows(text):
             window = text[lo:hi]
             digits = nsn_digits(window)
+            # The candidates the matcher extracts from a window do not depend on the region, only on which of them
+            # matched: once a region's matcher found nothing, the next region's would ask about the same candidates
+            # in the same order. Those are checked directly; the matcher runs only when one of them verifies.
+            tried: list[tuple[str, int]] | None = None
             for region in self.supported_regions:
                 if digits < min(digit_floor(region, True), digit_floor(region, False)):
                     continue
-                for match in _GatedMatcher(window, region, self.leniency, self._memo):
+                matcher = _GatedMatcher(window, region, self.leniency, self._memo)
+                if tried is not None and not any(matcher._parse_and_verify(c, at) for c, at in tried):
+                    continue
+                matcher.tried = []
+                matches = list(matcher)
+                tried = matcher.tried if not matches else None
+                for match in matches:
                     r = self._get_recognizer_result(match, text, region, nlp_artifacts)
                     r.start += lo
                     r.end += lo

