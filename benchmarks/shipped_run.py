@@ -131,6 +131,16 @@ def verdicts(scores: dict[str, dict[str, dict]], shipped: str | None, trained: l
     bpb_change = ship[untrained]["bits_per_byte"] / orig[untrained]["bits_per_byte"] - 1
     out["untrained"] = {"ppl_change": round(change, 4), "bpb_change": round(bpb_change, 4), "target_met": change <= TARGET_UNTRAINED}
     out["met"] = ok and change <= TARGET_UNTRAINED
+    if all("perplexity_outside_pii" in scores[m][d] for m in ("original", shipped) for d in trained + [untrained]):
+        # The same comparisons over the text outside the PII spans (not the issue's targets: a second view).
+        side: dict = {}
+        for d in trained:
+            ours = reduction(orig[d]["perplexity_outside_pii"], ship[d]["perplexity_outside_pii"])
+            theirs = reduction(orig[d]["perplexity_outside_pii"], trl[d]["perplexity_outside_pii"]) if trl else None
+            side[d] = {"ppl_reduction": round(ours, 4), "trl_ppl_reduction": None if theirs is None else round(theirs, 4),
+                       "ratio": round(ours / theirs, 2) if theirs else None}
+        side["untrained_ppl_change"] = round(ship[untrained]["perplexity_outside_pii"] / orig[untrained]["perplexity_outside_pii"] - 1, 4)
+        out["outside_pii"] = side
     return out
 
 
@@ -149,6 +159,7 @@ def rewrite_heldout(corpora: Path, work: Path, trained: list[str], untrained: st
         files = [p.name for p in (corpora / d).iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
         held[d] = heldout_texts(corpora / d, files if d == untrained else split_files(files, every)[1], eval_docs, eval_chars)
     (work / "heldout.json").write_text(json.dumps(held), encoding="utf-8")
+    (work / "heldout_pii.json").unlink(missing_ok=True)
 
 
 def prepare(corpora: Path, work: Path, trained: list[str], untrained: str, every: int, eval_docs: int, eval_chars: int,
@@ -306,6 +317,8 @@ def score_child(work: Path, which: str) -> None:
         models = load_models(work / "original", adapters, notes)
         models["original"] = models.pop("base")
     held = json.loads((work / "heldout.json").read_text(encoding="utf-8"))
+    pii_path = work / "heldout_pii.json"
+    pii = json.loads(pii_path.read_text(encoding="utf-8")) if pii_path.is_file() else {}
     wanted = set(only.split(",")) if only else set(models)
     out = {}
     for name, lm in models.items():
@@ -316,7 +329,59 @@ def score_child(work: Path, which: str) -> None:
             s = total(score_texts(lm, texts, batch_size=4))
             out[name][d] = {"perplexity": round(s.perplexity, 4), "bits_per_byte": round(s.bits_per_byte, 5), "tokens": s.tokens,
                             "vocab": len(lm.tokenizer)}
+            if d in pii:
+                o = score_outside(lm, texts, pii[d])
+                out[name][d].update({"perplexity_outside_pii": round(o.perplexity, 4),
+                                     "bits_per_byte_outside_pii": round(o.bits_per_byte, 5), "tokens_outside_pii": o.tokens})
     emit({"scores": out, "notes": list(getattr(notes, "items", []) or [])})
+
+
+def pii_spans(texts: list[str]) -> list[list[list[int]]]:
+    """The character spans cleaned_corpus's default PII redaction finds in each text (what the pipeline trains
+    without: replaced by tags, then read as surrogates)."""
+    from llm_pipeline.config import CleanedCorpusConfig
+    from llm_pipeline.curation.pii import PiiRedactor, _resolve_overlaps
+
+    with PiiRedactor(CleanedCorpusConfig(pii_processes=1)) as redactor:
+        return [[[r.start, r.end] for r in _resolve_overlaps(found)] for found in redactor.analyze_batch(texts)]
+
+
+def score_outside(lm, texts: list[str], spans: list[list[list[int]]]):
+    """Perplexity and bits per byte over the tokens that do not touch a PII span (and the bytes outside the spans):
+    how well a model predicts a domain's language apart from the names, organisations, places and addresses in it,
+    which a model trained on redacted text was kept from learning. Windows as `score_texts` cuts them."""
+    import torch
+    import torch.nn.functional as F
+
+    from llm_pipeline.evaluation.perplexity import Score, context_token, windows
+
+    tok = lm.tokenizer
+    ctx = context_token(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = Score()
+    encodings = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    for text, enc, found in zip(texts, encodings, spans):
+        inside = bytearray(len(text))
+        for a, b in found:
+            inside[a:b] = b"\x01" * (b - a)
+        out.bytes += sum(len(c.encode("utf-8")) for c, flag in zip(text, inside) if not flag)
+        out.documents += 1
+        lead = [ctx] if ctx is not None else []
+        seq = lead + list(enc.ids)
+        offsets = [None] * len(lead) + list(enc.offsets)
+        start = 0
+        for w in windows(seq, lm.window):
+            with torch.inference_mode():
+                ids = torch.tensor([w], dtype=torch.long, device=next(lm.model.parameters()).device)
+                logits = lm.model(input_ids=ids).logits[0, :-1].float()
+                nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").tolist()
+            for j, value in enumerate(nll, start=start + 1):
+                a, b = offsets[j]
+                if not any(inside[a:b]):
+                    out.nll += value
+                    out.tokens += 1
+            start += lm.window - 1
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- parent
@@ -476,6 +541,9 @@ def finish(a, work: Path, trained: list[str]) -> None:
         ours["stages"] = stage_table(work, json.loads((work / "rss_samples.json").read_text()), ours["started"] + ours["wall_seconds"])
     if a.corpora is not None:  # rescoring on the slice given now
         rewrite_heldout(a.corpora.resolve(), work, trained, a.untrained, a.heldout_every, a.eval_docs, a.eval_chars)
+    if not (work / "heldout_pii.json").is_file():
+        held = json.loads((work / "heldout.json").read_text(encoding="utf-8"))
+        (work / "heldout_pii.json").write_text(json.dumps({d: pii_spans(texts) for d, texts in held.items()}), encoding="utf-8")
     # The scorers at once (one torch thread each; the system shares the cores among them).
     procs = {w: subprocess.Popen(_child_cmd(work, f"score-{w}"), stdout=subprocess.PIPE, text=True) for w in SCORE_GROUPS}
     scores: dict = {}
@@ -517,6 +585,11 @@ def print_report(r: dict, trained: list[str], untrained: str) -> None:
     for d in trained + [untrained]:
         cols += [(f"{d}_ppl", f"{d[:12]} ppl", ".2f"), (f"{d}_bpb", f"{d[:12]} bpb", ".4f")]
     print(table(rows, cols))
+    if all("perplexity_outside_pii" in r["scores"][m].get(d, {}) for m in r["scores"] for d in trained + [untrained]):
+        print("the same, over the tokens outside the PII spans cleaned_corpus's redaction finds in the held-out text:")
+        print(table([{"model": row["model"], **{f"{d}_ppl": r["scores"][m][d]["perplexity_outside_pii"] for d in trained + [untrained]},
+                      **{f"{d}_bpb": r["scores"][m][d]["bits_per_byte_outside_pii"] for d in trained + [untrained]}}
+                     for m, row in zip([m for m in ("original", "base", "sft", "dpo", "rl", "trl") if m in r["scores"]], rows)], cols))
     print(f"promoted: {r['promoted']} ({r.get('promotion_summary')})")
     print(json.dumps(r["verdicts"], indent=2))
 

@@ -67,3 +67,25 @@ def test_verdicts_name_the_target_missed(sr, ship, why):
 
 def test_verdicts_without_a_promoted_model_are_not_met(sr):
     assert sr.verdicts({}, None, ["med"], "fin") == {"shipped": None, "met": False, "why": "no model was promoted"}
+
+
+def test_scoring_outside_pii_spans_leaves_their_tokens_and_bytes_out(sr):
+    """Without spans the outside-PII score is score_texts' own (windows and all); with a span, the tokens touching it
+    and its bytes are not counted."""
+    import math
+    import random
+
+    from evaluation.fixtures import DOMAINS, document, make_model, make_tokenizer
+
+    from llm_pipeline.evaluation.models import LoadedModel
+    from llm_pipeline.evaluation.perplexity import score_texts, total
+
+    rng = random.Random(0)
+    tok = make_tokenizer([document(rng, d) for d in DOMAINS for _ in range(20)])
+    lm = LoadedModel("base", make_model(len(tok), max_positions=16), tok, is_adapter=False)
+    texts = [document(rng, "legal"), "Ada Quill signed the minutes on behalf of the committee."]
+    full = total(score_texts(lm, texts))
+    bare = sr.score_outside(lm, texts, [[], []])
+    assert bare.tokens == full.tokens and bare.bytes == full.bytes and math.isclose(bare.nll, full.nll, rel_tol=1e-4)
+    outside = sr.score_outside(lm, texts, [[], [[0, 8]]])  # "Ada Quill"
+    assert outside.bytes == full.bytes - 8 and 0 < outside.tokens < full.tokens
