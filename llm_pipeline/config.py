@@ -661,6 +661,10 @@ class TrainingConfig(Section):
     dpo_model_share: float = Field(default=0.1, ge=0)
     reward_model_share: float = Field(default=0.05, ge=0)
     rl_model_share: float = Field(default=0.1, ge=0)
+    # The training stages (continued pretraining, SFT, DPO) read each PII tag of the shards (<PERSON>, <DATE_TIME>,
+    # ...) filled with a made-up value of its type (training/tag_fill.py): trained on the tags, the model learns them
+    # instead of names and dates. The shards keep the tags; the tokenizer stage reads them as they are.
+    fill_redaction_tags: bool = True
 
     @model_validator(mode="after")
     def _some_share(self) -> "TrainingConfig":

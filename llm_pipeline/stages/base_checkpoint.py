@@ -29,6 +29,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import write_json
 from llm_pipeline.stages import StageOutput
 from llm_pipeline.training import checkpoints
+from llm_pipeline.training import tag_fill
 from llm_pipeline.training.corpus import count_documents, iter_general, iter_texts, require_train_documents
 from llm_pipeline.training.device import cpu_threads_for, plan_device, projection_macs
 from llm_pipeline.training import budget, vocab_extension
@@ -196,8 +197,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
 
     seq_len = min(bc.seq_len, model.config.max_position_embeddings)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "train")), tokenizer.eos_token_id)
-    eval_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "eval")), tokenizer.eos_token_id)
+    filler = tag_fill.for_config(cfg)  # the shards' PII tags read as made-up values of their type
+    train_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "train", filler)), tokenizer.eos_token_id)
+    eval_tokens = token_stream(tokenizer, (t for _, t in iter_texts(shards, cfg.domain_names, "eval", filler)), tokenizer.eos_token_id)
     domain_chunks = PackedChunks(train_tokens, seq_len, pad_id)
     eval_chunks = PackedChunks(eval_tokens, seq_len, pad_id) if len(eval_tokens) else None
     general_quarantined: dict[str, int] = {}
@@ -322,6 +324,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "embeddings_added": resize["new_vocab_size"] - resize["old_vocab_size"],
         "embeddings_mean_initialised": resize["mean_initialised"],
         "vocab_extension": vocab,
+        "redaction_tags_filled": filler.stats() if filler is not None else None,
         "lr_schedule": bc.lr_schedule,
         "processes": result.world_size,
     }
