@@ -140,7 +140,22 @@ def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_c
     return train, held
 
 
-TEXT_MODES = ("raw", "redacted", "filled")
+TEXT_MODES = ("raw", "redacted", "filled", "filled_masked")
+
+
+def masked_ids(tok, texts_spans: list[tuple[str, list[tuple[int, int]]]]) -> list[list[int]]:
+    """Token ids of each text, a token overlapping a surrogate span stored as -(id + 1): `train_one` feeds it as
+    input but leaves it out of the loss (the model reads natural text and is not taught the made-up values)."""
+    out = []
+    for e, (_, spans) in zip(tok.backend_tokenizer.encode_batch([t for t, _ in texts_spans], add_special_tokens=False), texts_spans):
+        ids, k = [], 0
+        for t, (a, b) in zip(e.ids, e.offsets):
+            while k < len(spans) and spans[k][1] <= a:
+                k += 1
+            inside = k < len(spans) and spans[k][0] < b and a < spans[k][1]
+            ids.append(-t - 1 if inside else t)
+        out.append(ids)
+    return out
 
 
 def split_setting(item: str) -> tuple[str, str]:
@@ -255,10 +270,13 @@ def train_one(name: str, s: dict, original: Path, docs: list[list[int]], eos: in
             longest = max(len(r) for r in micro)
             ids = torch.full((len(micro), longest), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
+            keep = torch.zeros_like(ids, dtype=torch.bool)
             for i, r in enumerate(micro):
-                ids[i, : len(r)] = torch.tensor(r)
+                row = torch.tensor(r)
+                ids[i, : len(r)] = torch.where(row < 0, -row - 1, row)  # a negative id: a token kept out of the loss
                 mask[i, : len(r)] = 1
-            labels = ids.masked_fill(mask == 0, -100)
+                keep[i, : len(r)] = row >= 0
+            labels = ids.masked_fill(~keep, -100)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (sum(len(r) for r in micro) / n_tokens)
             loss.backward()
             step_loss += float(loss.detach())
@@ -296,13 +314,14 @@ def worker(args) -> None:
         if mode not in docs_by_mode:
             train, held = corpus(Path(args.corpora), domains, args.heldout_every, args.eval_docs, args.eval_chars,
                                  untrained, work / "redacted" if mode != "raw" else None)
-            if mode == "filled":
+            if mode in ("filled", "filled_masked"):
                 from llm_pipeline.training.tag_fill import TagFiller
 
                 filler = TagFiller(seed=args.seed)
-                train = [filler.fill(t) for t in train]
+                filled = [filler.fill_with_spans(t) for t in train]
                 filled_counts = dict(filler.filled)
-            docs_by_mode[mode] = tokenize(tok, train)
+                train = [t for t, _ in filled]
+            docs_by_mode[mode] = masked_ids(tok, filled) if mode == "filled_masked" else tokenize(tok, train)
         docs = docs_by_mode[mode]
         wall = time.time()
         if name == "original":
@@ -313,10 +332,12 @@ def worker(args) -> None:
         else:
             row = {"setting": item, **train_one(name, SETTINGS[name], original, docs, eos, pad, args.budget, args.seed)}
             row["train_text"] = mode
-            if mode == "filled":
+            if mode in ("filled", "filled_masked"):
                 row["filled_tags"] = filled_counts
             model = row.pop("model")
         row["scores"] = score(model, tok, held)
+        if args.keep_models and name != "original":  # for a closer look later (a LoRA setting saves its adapter)
+            model.save_pretrained(str(work / "models" / item))
         row["config"] = SETTINGS.get(name, {})
         row["wall_s"] = round(time.time() - wall, 1)
         row["peak_rss_mb"] = round(peak_rss_mb())
@@ -385,6 +406,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=str(OUT_DIR / "cpt_calibration.json"), help="where the summary JSON is written")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results in WORK/results.jsonl")
+    ap.add_argument("--keep-models", action="store_true", help="save each trained model (a LoRA adapter) under WORK/models/")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -415,6 +437,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, args.corpora, "--child", "--settings", ",".join(lane), "--work", str(work),
                "--domains", args.domains, "--untrained", args.untrained, "--budget", str(args.budget), "--heldout-every", str(args.heldout_every),
                "--eval-docs", str(args.eval_docs), "--eval-chars", str(args.eval_chars), "--seed", str(args.seed)]
+        cmd += ["--keep-models"] if args.keep_models else []
         core = {cores[i % len(cores)]}
         procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
     failed = [p.args for p in procs if p.wait() != 0]

@@ -54,6 +54,8 @@ def _fingerprint(cfg: PipelineConfig, n_train_tokens: int, n_eval_tokens: int, v
         blob += f":{n_general}"
     if world > 1:  # the batches each step draws depend on the number of processes
         blob += f":world{world}"
+    if not cfg.training.fill_redaction_tags:  # the text read as the shards hold it (training.tag_fill)
+        blob += ":tags"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -74,7 +74,8 @@ def _fingerprint(cfg: PipelineConfig, inputs: dict[str, Path], tag: str) -> dict
         m = Path(inputs["deduped_shards"]) / d / MANIFEST
         if m.exists():
             manifests[f"deduped_shards/{d}"] = file_md5(m)
-    return {"config": cfg.fingerprint("lora_adapter"), "seed": cfg.seed, "inputs": manifests, "adapter": tag}
+    return {"config": cfg.fingerprint("lora_adapter"), "seed": cfg.seed, "inputs": manifests, "adapter": tag,
+            "tags_filled": cfg.training.fill_redaction_tags}
 
 
 def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, adapters: list[dict]) -> dict:

@@ -225,9 +225,13 @@ class TagFiller:
 
     def fill(self, text: str) -> str:
         """`text` with every tag of a known type replaced by a surrogate; a text without tags comes back as is."""
+        return self.fill_with_spans(text)[0]
+
+    def fill_with_spans(self, text: str) -> tuple[str, list[tuple[int, int]]]:
+        """`fill`, and where each surrogate stands in the filled text ((start, end) character offsets)."""
         if "<" not in text:
-            return text
-        parts, last, any_filled = [], 0, False
+            return text, []
+        parts, spans, last, at = [], [], 0, 0
         for m in TAG.finditer(text):
             entity, digest = m.group(1), m.group(2)
             key = f"#{digest}" if digest else text[max(0, m.start() - CONTEXT_CHARS) : m.start()]
@@ -235,15 +239,17 @@ class TagFiller:
             if value is None:
                 self.unfilled[entity] += 1
                 continue
+            at += m.start() - last
             parts += [text[last : m.start()], value]
+            spans.append((at, at + len(value)))
+            at += len(value)
             last = m.end()
             self.filled[entity] += 1
-            any_filled = True
-        if not any_filled:
-            return text
+        if not spans:
+            return text, []
         self.documents += 1
         parts.append(text[last:])
-        return "".join(parts)
+        return "".join(parts), spans
 
     def stats(self) -> dict:
         """For a stage's stats: tags filled per type, tags left per type, documents changed."""

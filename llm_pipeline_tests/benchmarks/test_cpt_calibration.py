@@ -53,7 +53,7 @@ def test_summary_averages_trained_domains_only_and_compares_with_trl(cc):
 def test_a_setting_names_the_text_it_trains_on(cc):
     assert cc.split_setting("lora_3e-3") == ("lora_3e-3", "raw")
     assert cc.split_setting("lora_3e-3@filled") == ("lora_3e-3", "filled")
-    assert set(cc.TEXT_MODES) == {"raw", "redacted", "filled"}
+    assert set(cc.TEXT_MODES) == {"raw", "redacted", "filled", "filled_masked"}
 
 
 def test_tag_density_counts_tags_per_thousand_characters_by_type(cc):
@@ -73,3 +73,16 @@ def test_training_text_comes_from_the_redacted_copy_and_held_out_text_stays_raw(
     train, held = cc.corpus(raw, ["legal"], 7, 6, 100, redacted=red)
     assert len(train) == 7 and all(t.startswith("<PERSON>") for t in train)
     assert held["legal"] and all("Dana Reyes" in t for t in held["legal"])
+
+
+def test_masked_ids_mark_the_tokens_of_surrogates(cc):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["Minutes", "by", "Maya", "Lee", "of", "Acme", ".", "[UNK]"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    text = "Minutes by Maya Lee of Acme ."
+    ids = cc.masked_ids(tok, [(text, [(11, 19), (23, 27)])])[0]
+    assert ids == [0, 1, -3, -4, 4, -6, 6]

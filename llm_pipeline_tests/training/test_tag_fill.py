@@ -117,3 +117,12 @@ def test_corpus_reads_filled_text_only_with_a_filler(tmp_path):
     assert not any(TAG.search(t) for t in filled) and filled[1] == redact_mode
     assert filler.filled["PERSON"] == 2 and filler.filled["URL"] == 1 and filler.documents == 1
     assert [t for _, t in iter_texts(shards, ["legal"], "eval", TagFiller(seed=1))] == [TagFiller(seed=1).fill(MINUTES)]
+
+
+def test_fill_with_spans_says_where_each_surrogate_stands():
+    filler = TagFiller(seed=2)
+    text, spans = filler.fill_with_spans("Dear <PERSON>, see <URL> and <NOPE> by <DATE_TIME>.")
+    assert text == TagFiller(seed=2).fill("Dear <PERSON>, see <URL> and <NOPE> by <DATE_TIME>.")
+    assert len(spans) == 3 and text[: spans[0][0]] == "Dear " and text[spans[0][1] :].startswith(", see ")
+    assert text[spans[1][0] : spans[1][1]].startswith("https://") and text[spans[2][1] :] == "."
+    assert filler.fill_with_spans("no tags") == ("no tags", [])
