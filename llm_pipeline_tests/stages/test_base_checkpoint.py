@@ -297,3 +297,5 @@ def test_training_reads_the_shards_tags_filled_and_counts_them(tmp_path):
     # Every document of both splits is read once for training or held-out loss; each holds one tag of each type.
     assert filled["documents"] == 36 and filled["filled"] == {t: 36 for t in ("DATE_TIME", "EMAIL_ADDRESS", "LOCATION",
                                                                               "ORGANIZATION", "PERSON")}
+    # The surrogates' tokens are read, not predicted: the held-out loss counts the rest.
+    assert res.stats["eval_loss"] is not None and res.stats["eval_loss"] == res.stats["eval_loss"]
