@@ -126,3 +126,9 @@ def test_fill_with_spans_says_where_each_surrogate_stands():
     assert len(spans) == 3 and text[: spans[0][0]] == "Dear " and text[spans[0][1] :].startswith(", see ")
     assert text[spans[1][0] : spans[1][1]].startswith("https://") and text[spans[2][1] :] == "."
     assert filler.fill_with_spans("no tags") == ("no tags", [])
+
+
+def test_a_city_and_country_surrogate_names_the_city_s_own_country():
+    pairs = {TagFiller(seed=0).surrogate("LOCATION", str(i)) for i in range(400)}
+    shown = [p.split(", ") for p in pairs if ", " in p]
+    assert shown and all(tag_fill.CITY_COUNTRY[city] == country for city, country in shown)
