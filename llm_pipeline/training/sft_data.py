@@ -219,8 +219,14 @@ def corpus_texts(shards: Path, domain: str, split: str, filler: TagFiller | None
     The documents are held in memory as text: the packer needs all of them to fill rows best-fit (the sample's train
     split is about 1 MB; a corpus of gigabytes wants a streaming packer over a token file instead).
     """
-    return [{"text": rec["text"], "domain": domain, "source_id": rec["id"]}
-            for rec in iter_documents(shards, domain, split, filler=filler) if rec["text"].strip()]
+    out = []
+    for rec in iter_documents(shards, domain, split):
+        if not rec["text"].strip():
+            continue
+        text, spans = filler.fill_with_spans(rec["text"]) if filler is not None else (rec["text"], [])
+        # The surrogates that fill PII tags are read but not predicted (`no_loss`, as in continued pretraining).
+        out.append({"text": text, "domain": domain, "source_id": rec["id"], **({"no_loss": spans} if spans else {})})
+    return out
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

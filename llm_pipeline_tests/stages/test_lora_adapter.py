@@ -366,6 +366,9 @@ def test_sft_records_read_the_shards_tags_filled_with_surrogates(pipeline, tmp_p
     assert train and held and not any("<PERSON>" in t or "<DATE_TIME>" in t for t in texts)
     filled = how["redaction_tags_filled"]
     assert filled["filled"]["PERSON"] >= len([r for r in train + held if "text" in r]) and filled["unfilled"] == {}
+    documents = [r for r in train + held if "text" in r]
+    # A document's surrogates are marked to be read, not predicted: each span holds the surrogate, not a tag.
+    assert documents and all(r["no_loss"] and all(r["text"][a:b].strip() for a, b in r["no_loss"]) for r in documents)
     off = cfg2.model_copy(update={"training": cfg.training.model_copy(update={"fill_redaction_tags": False})})
     train, held, how = lora_adapter.build_records(off, shards, tokenizer)
     assert how["redaction_tags_filled"] is None and any("<PERSON>" in r.get("text", "") for r in train)
