@@ -24,6 +24,14 @@ the first `--eval-chars` characters of `--eval-docs` of them per domain are scor
 4. Score: held-out perplexity and bits per byte per domain (`evaluation.perplexity.score_texts`, the eval_report's
    scorer), the reduction against the original model, and that reduction per CPU-second of training.
 
+5. `--train-text` trains each setting on the training files as they are (`raw`), as the pipeline's curated shards
+   hold them (`redacted`: cleaned_corpus's `PiiRedactor` with the default config, so names, organisations, places
+   and dates are `<PERSON>`, `<ORGANIZATION>`, ... tags), or with those tags filled with surrogates of their type
+   (`filled`: `training.tag_fill`, what the training stages read). The redaction runs once per work folder and is
+   cached under WORK/redacted/ with the tags per 1,000 characters per type (WORK/redacted/tags.json). A row of a
+   setting trained on other than raw text is named `SETTING@redacted` / `SETTING@filled`; every row is scored on the
+   same raw held-out slices.
+
 Results: one JSON line per setting in WORK/results.jsonl (a rerun skips settings already there; `--fresh` starts
 over), the summary in `--out` (benchmarks/out/cpt_calibration.json), and the table printed.
 """
@@ -107,17 +115,95 @@ class CpuClock:
 
 # ------------------------------------------------------------------------------------------------ worker side
 
-def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_chars: int, untrained: list[str] = ()):
+def training_files(corpora: Path, domains: list[str], every: int) -> list[tuple[str, str]]:
+    """(domain, file name) of every training file, sorted."""
+    out = []
+    for d in domains:
+        files = [p.name for p in (corpora / d).iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
+        out += [(d, n) for n in split_files(files, every)[0]]
+    return out
+
+
+def corpus(corpora: Path, domains: list[str], every: int, eval_docs: int, eval_chars: int, untrained: list[str] = (),
+           redacted: Path | None = None):
     """Training texts of `domains` and the scored held-out slices; an `untrained` domain is only scored (every file
-    is held out), to see what a setting does to text it never trained on."""
-    train, held = [], {}
+    is held out), to see what a setting does to text it never trained on. With `redacted` (a folder written by
+    `redact_training_files`), the training texts are read from there; the held-out slices are always the raw files."""
+    train = [((redacted or corpora) / d / n).read_text(encoding="utf-8", errors="replace")
+             for d, n in training_files(corpora, domains, every)]
+    held = {}
     for d in [*domains, *untrained]:
         folder = corpora / d
         files = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
-        tr, ho = ([], sorted(files)) if d in untrained else split_files(files, every)
-        train += [(folder / n).read_text(encoding="utf-8", errors="replace") for n in tr]
+        ho = sorted(files) if d in untrained else split_files(files, every)[1]
         held[d] = heldout_texts(folder, ho, eval_docs, eval_chars)
     return train, held
+
+
+TEXT_MODES = ("raw", "redacted", "filled", "filled_masked")
+
+
+def masked_ids(tok, texts_spans: list[tuple[str, list[tuple[int, int]]]]) -> list[list[int]]:
+    """Token ids of each text, a token overlapping a surrogate span stored as -(id + 1): `train_one` feeds it as
+    input but leaves it out of the loss (the model reads natural text and is not taught the made-up values)."""
+    out = []
+    for e, (_, spans) in zip(tok.backend_tokenizer.encode_batch([t for t, _ in texts_spans], add_special_tokens=False), texts_spans):
+        ids, k = [], 0
+        for t, (a, b) in zip(e.ids, e.offsets):
+            while k < len(spans) and spans[k][1] <= a:
+                k += 1
+            inside = k < len(spans) and spans[k][0] < b and a < spans[k][1]
+            ids.append(-t - 1 if inside else t)
+        out.append(ids)
+    return out
+
+
+def split_setting(item: str) -> tuple[str, str]:
+    """"lora_3e-3@redacted" -> ("lora_3e-3", "redacted"); a bare name trains on the raw files."""
+    name, _, mode = item.partition("@")
+    return name, mode or "raw"
+
+
+def tag_density(texts: list[str]) -> dict:
+    """Replacement tags per 1,000 characters, per tag type and in all, over `texts`."""
+    from collections import Counter
+
+    from llm_pipeline.training.tag_fill import TAG
+
+    chars = sum(len(t) for t in texts)
+    counts = Counter(m.group(1) for t in texts for m in TAG.finditer(t))
+    per_k = {k: round(1000 * v / max(chars, 1), 3) for k, v in counts.most_common()}
+    return {"characters": chars, "tags": sum(counts.values()), "per_1000_chars": round(1000 * sum(counts.values()) / max(chars, 1), 3),
+            "per_1000_chars_by_type": per_k, "counts": dict(counts.most_common())}
+
+
+def redact_training_files(corpora: Path, domains: list[str], every: int, out: Path) -> dict:
+    """The training files with cleaned_corpus's PII redaction applied (`PiiRedactor`, default config: type tags),
+    written once under `out` (one file per training file); the tag density of the result (also in out/tags.json)."""
+    done = out / "tags.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    from llm_pipeline.config import CleanedCorpusConfig
+    from llm_pipeline.curation.pii import PiiRedactor
+
+    files = training_files(corpora, domains, every)
+    texts = [(corpora / d / n).read_text(encoding="utf-8", errors="replace") for d, n in files]
+    start = time.time()
+    redacted: list[str] = []
+    with PiiRedactor(CleanedCorpusConfig()) as redactor:
+        for i in range(0, len(texts), 16):
+            redacted += [t for t, _ in redactor.redact_batch(texts[i : i + 16])]
+            print(f"redacted {len(redacted)}/{len(texts)} training files", file=sys.stderr, flush=True)
+    for (d, n), text in zip(files, redacted):
+        (out / d).mkdir(parents=True, exist_ok=True)
+        (out / d / n).write_text(text, encoding="utf-8")
+    info = {"seconds": round(time.time() - start, 1), "files": len(files), "by_domain": {}}
+    for d in domains:
+        info["by_domain"][d] = tag_density([t for (dd, _), t in zip(files, redacted) if dd == d])
+    info["all"] = tag_density(redacted)
+    done.write_text(json.dumps(info, indent=1))
+    return info
 
 
 def score(model, tok, held: dict[str, list[str]]) -> dict[str, dict]:
@@ -184,10 +270,13 @@ def train_one(name: str, s: dict, original: Path, docs: list[list[int]], eos: in
             longest = max(len(r) for r in micro)
             ids = torch.full((len(micro), longest), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
+            keep = torch.zeros_like(ids, dtype=torch.bool)
             for i, r in enumerate(micro):
-                ids[i, : len(r)] = torch.tensor(r)
+                row = torch.tensor(r)
+                ids[i, : len(r)] = torch.where(row < 0, -row - 1, row)  # a negative id: a token kept out of the loss
                 mask[i, : len(r)] = 1
-            labels = ids.masked_fill(mask == 0, -100)
+                keep[i, : len(r)] = row >= 0
+            labels = ids.masked_fill(~keep, -100)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (sum(len(r) for r in micro) / n_tokens)
             loss.backward()
             step_loss += float(loss.detach())
@@ -215,11 +304,25 @@ def worker(args) -> None:
     tok = AutoTokenizer.from_pretrained(str(original))
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    train, held = corpus(Path(args.corpora), args.domains.split(","), args.heldout_every, args.eval_docs, args.eval_chars,
-                         [d for d in args.untrained.split(",") if d])
-    docs = tokenize(tok, train)
+    untrained = [d for d in args.untrained.split(",") if d]
+    domains = args.domains.split(",")
+    docs_by_mode: dict[str, list[list[int]]] = {}
+    filled_counts: dict[str, int] = {}
     results = work / "results.jsonl"
-    for name in args.settings.split(","):
+    for item in args.settings.split(","):
+        name, mode = split_setting(item)
+        if mode not in docs_by_mode:
+            train, held = corpus(Path(args.corpora), domains, args.heldout_every, args.eval_docs, args.eval_chars,
+                                 untrained, work / "redacted" if mode != "raw" else None)
+            if mode in ("filled", "filled_masked"):
+                from llm_pipeline.training.tag_fill import TagFiller
+
+                filler = TagFiller(seed=args.seed)
+                filled = [filler.fill_with_spans(t) for t in train]
+                filled_counts = dict(filler.filled)
+                train = [t for t, _ in filled]
+            docs_by_mode[mode] = masked_ids(tok, filled) if mode == "filled_masked" else tokenize(tok, train)
+        docs = docs_by_mode[mode]
         wall = time.time()
         if name == "original":
             from transformers import AutoModelForCausalLM
@@ -227,16 +330,21 @@ def worker(args) -> None:
             model = AutoModelForCausalLM.from_pretrained(str(original), dtype=torch.float32)
             row = {"setting": "original", "steps": 0, "tokens": 0, "cpu_s": 0.0}
         else:
-            row = {"setting": name, **train_one(name, SETTINGS[name], original, docs, eos, pad, args.budget, args.seed)}
+            row = {"setting": item, **train_one(name, SETTINGS[name], original, docs, eos, pad, args.budget, args.seed)}
+            row["train_text"] = mode
+            if mode in ("filled", "filled_masked"):
+                row["filled_tags"] = filled_counts
             model = row.pop("model")
         row["scores"] = score(model, tok, held)
+        if args.keep_models and name != "original":  # for a closer look later (a LoRA setting saves its adapter)
+            model.save_pretrained(str(work / "models" / item))
         row["config"] = SETTINGS.get(name, {})
         row["wall_s"] = round(time.time() - wall, 1)
         row["peak_rss_mb"] = round(peak_rss_mb())
         del model
         with results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"[{name}] {row['steps']} steps, {row['tokens']} tokens, {row['cpu_s']} CPU-s: "
+        print(f"[{item}] {row['steps']} steps, {row['tokens']} tokens, {row['cpu_s']} CPU-s: "
               + ", ".join(f"{d} {v['perplexity']:.2f}" for d, v in row["scores"].items()), file=sys.stderr, flush=True)
 
 
@@ -287,6 +395,9 @@ def main() -> None:
     ap.add_argument("--untrained", default="", help="domains only scored, never trained on (all their files held out)")
     ap.add_argument("--budget", type=float, default=180.0, help="CPU-seconds of training per setting")
     ap.add_argument("--settings", default=",".join(DEFAULT_ORDER))
+    ap.add_argument("--train-text", default="raw",
+                    help="comma-separated: raw, redacted (as the curated shards hold it), filled (tags filled with surrogates); "
+                         "each setting is trained on each")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/work/data/cptcal")
     ap.add_argument("--heldout-every", type=int, default=7)
@@ -295,16 +406,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", default=str(OUT_DIR / "cpt_calibration.json"), help="where the summary JSON is written")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results in WORK/results.jsonl")
+    ap.add_argument("--keep-models", action="store_true", help="save each trained model (a LoRA adapter) under WORK/models/")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         worker(args)
         return
-    unknown = [s for s in args.settings.split(",") if s not in SETTINGS]
+    unknown = [s for s in args.settings.split(",") if split_setting(s)[0] not in SETTINGS]
+    modes = args.train_text.split(",")
+    unknown += [f"text {m}" for m in {*modes, *(split_setting(s)[1] for s in args.settings.split(","))} if m not in TEXT_MODES]
     if unknown:
-        sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+        sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}; text: {', '.join(TEXT_MODES)}")
+    args.settings = ",".join(s if m == "raw" else f"{s}@{m}" for m in modes for s in args.settings.split(","))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if any(split_setting(s)[1] != "raw" for s in args.settings.split(",")):
+        tags = redact_training_files(Path(args.corpora), args.domains.split(","), args.heldout_every, work / "redacted")
+        print(f"redacted training text: {tags['all']['per_1000_chars']} tags per 1,000 characters "
+              f"({', '.join(f'{k} {v}' for k, v in tags['all']['per_1000_chars_by_type'].items())})", file=sys.stderr)
     results = work / "results.jsonl"
     if args.fresh and results.exists():
         results.unlink()
@@ -318,13 +437,16 @@ def main() -> None:
         cmd = [sys.executable, __file__, args.corpora, "--child", "--settings", ",".join(lane), "--work", str(work),
                "--domains", args.domains, "--untrained", args.untrained, "--budget", str(args.budget), "--heldout-every", str(args.heldout_every),
                "--eval-docs", str(args.eval_docs), "--eval-chars", str(args.eval_chars), "--seed", str(args.seed)]
+        cmd += ["--keep-models"] if args.keep_models else []
         core = {cores[i % len(cores)]}
         procs.append(subprocess.Popen(cmd, preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
     failed = [p.args for p in procs if p.wait() != 0]
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     summary = summarize(rows, args.domains.split(","))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"budget_cpu_s": args.budget, "rows": rows, "summary": summary}, indent=1))
+    tags = work / "redacted" / "tags.json"
+    Path(args.out).write_text(json.dumps({"budget_cpu_s": args.budget, "rows": rows, "summary": summary,
+                                          "redacted_tags": json.loads(tags.read_text()) if tags.is_file() else None}, indent=1))
     doms = args.domains.split(",") + [d for d in args.untrained.split(",") if d]
     cols = [("setting", "setting", "")] + [(f"ppl_{d}", f"ppl {d}", "") for d in doms] + \
            [(f"red_{d}", f"red {d}", "") for d in doms] + \

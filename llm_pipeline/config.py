@@ -667,6 +667,10 @@ class TrainingConfig(Section):
     # teaching). Decided as soon as base_checkpoint has trained, so the shares of the stages planned out go to the
     # stages that run (lora_adapter first). Five: fewer steps than that are mostly warmup and decay. 0 = no floor.
     min_steps: int = Field(default=5, ge=0)
+    # The training stages (continued pretraining, SFT, DPO) read each PII tag of the shards (<PERSON>, <DATE_TIME>,
+    # ...) filled with a made-up value of its type (training/tag_fill.py): trained on the tags, the model learns them
+    # instead of names and dates. The shards keep the tags; the tokenizer stage reads them as they are.
+    fill_redaction_tags: bool = True
 
     @model_validator(mode="after")
     def _some_share(self) -> "TrainingConfig":

@@ -28,7 +28,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, dvc_hash, file_md5, write_json
 from llm_pipeline.security import confine, load_adapter, load_pretrained
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.training import budget, defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache, step_floor
+from llm_pipeline.training import budget, defaults, dpo_pairs, dpo_train, finetune, preference_data, ref_cache, step_floor, tag_fill
 from llm_pipeline.training.device import peak_rss_mb, plan_device, seed_everything, torch_threads
 from llm_pipeline.training.sft_data import fit_all, write_jsonl
 from llm_pipeline.training.tracking import report_to, tracked_run
@@ -58,9 +58,10 @@ def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop
         return train, held, {"derivation": "files", "files": list(dc.data), "format": dc.data_format, "skipped": dict(skipped)}
     train, held = [], []
     held_per_domain = max(2, dc.pairs_per_domain // 5)
+    filler = tag_fill.for_config(cfg)  # the shards' PII tags read as made-up values of their type
     for domain in cfg.domain_names:
-        train += preference_data.synthetic_pairs(shards, domain, "train", dc.pairs_per_domain, cfg.seed, skipped)
-        held += preference_data.synthetic_pairs(shards, domain, "eval", held_per_domain, cfg.seed, skipped)
+        train += preference_data.synthetic_pairs(shards, domain, "train", dc.pairs_per_domain, cfg.seed, skipped, filler)
+        held += preference_data.synthetic_pairs(shards, domain, "eval", held_per_domain, cfg.seed, skipped, filler)
     keys = {"answer_keys": ("chosen", "rejected")}
     train, held = fit_all(train, tokenizer, dc.max_length, skipped, **keys), fit_all(held, tokenizer, dc.max_length, skipped, **keys)
     if not train:
@@ -74,7 +75,8 @@ def build_pairs(cfg: PipelineConfig, shards: Path, model, tokenizer, should_stop
         train, held = fit_all(train, tokenizer, dc.max_length, skipped, **keys), fit_all(held, tokenizer, dc.max_length, skipped, **keys)
     sources = Counter(p["rejected_source"] for p in train + held)
     return train, held, {"derivation": "synthetic", "rejected": dc.rejected, "rejected_sources": dict(sources),
-                         "candidate_pairs": candidates, "skipped": dict(skipped)}
+                         "candidate_pairs": candidates, "skipped": dict(skipped),
+                         "redaction_tags_filled": filler.stats() if filler is not None else None}
 
 
 def separability(pairs: list[dict]) -> dict:
@@ -422,7 +424,7 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         with torch_threads(settings.value("cpu_threads")):
             general = iter_general(cfg, "eval") if cfg.base_checkpoint.general_data and cfg.base_checkpoint.domain_ratio < 1 else ()
             guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio,
-                                       max_tokens=guard_tokens, general=general)
+                                       max_tokens=guard_tokens, general=general, filler=tag_fill.for_config(cfg))
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl

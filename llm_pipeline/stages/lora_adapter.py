@@ -21,7 +21,7 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.io import MANIFEST, file_md5, write_json
 from llm_pipeline.security import confine
 from llm_pipeline.stages import StageOutput
-from llm_pipeline.training import finetune, sft_data
+from llm_pipeline.training import finetune, sft_data, tag_fill
 from llm_pipeline.training.device import plan_device
 from llm_pipeline.training.sft_train import train_adapter
 
@@ -36,12 +36,13 @@ def build_records(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[di
         train, held = sft_data.read_user_examples(paths, lc.data_format, lc.field_map)
         return train, held, {"derivation": "files", "files": list(lc.data), "field_map": dict(lc.field_map)}
     skipped: Counter = Counter()
+    filler = tag_fill.for_config(cfg)  # the shards' PII tags read as made-up values of their type
     train, held = [], []
     # A fifth as many held out: enough for a stable eval loss. None at all when the run is documents only.
     eval_per_domain = max(1, lc.examples_per_domain // 5) if lc.examples_per_domain else 0
     for domain in cfg.domain_names:
-        train += sft_data.derive_examples(shards, domain, "train", lc.examples_per_domain, cfg.seed, skipped)
-        held += sft_data.derive_examples(shards, domain, "eval", eval_per_domain, cfg.seed, skipped)
+        train += sft_data.derive_examples(shards, domain, "train", lc.examples_per_domain, cfg.seed, skipped, filler)
+        held += sft_data.derive_examples(shards, domain, "eval", eval_per_domain, cfg.seed, skipped, filler)
     train = sft_data.fit_all(train, tokenizer, lc.max_length, skipped)
     held = sft_data.fit_all(held, tokenizer, lc.max_length, skipped)
     if not train and lc.examples_per_domain:
@@ -49,13 +50,14 @@ def build_records(cfg: PipelineConfig, shards: Path, tokenizer) -> tuple[list[di
     texts, held_texts = [], []
     if lc.corpus_text:
         for domain in cfg.domain_names:
-            texts += sft_data.corpus_texts(shards, domain, "train")
-            held_texts += sft_data.corpus_texts(shards, domain, "eval")
+            texts += sft_data.corpus_texts(shards, domain, "train", filler)
+            held_texts += sft_data.corpus_texts(shards, domain, "eval", filler)
     if not train and not texts:
         raise sft_data.SftDataError("examples_per_domain is 0 and the train split holds no document text to train on")
     how = {"derivation": "templates" if lc.examples_per_domain else "documents",
            "templates": list(sft_data.TEMPLATES) if lc.examples_per_domain else [], "skipped": dict(skipped),
-           "corpus_text_documents": len(texts), "corpus_text_eval_documents": len(held_texts)}
+           "corpus_text_documents": len(texts), "corpus_text_eval_documents": len(held_texts),
+           "redaction_tags_filled": filler.stats() if filler is not None else None}
     return train + texts, held + held_texts, how
 
 
@@ -72,7 +74,8 @@ def _fingerprint(cfg: PipelineConfig, inputs: dict[str, Path], tag: str) -> dict
         m = Path(inputs["deduped_shards"]) / d / MANIFEST
         if m.exists():
             manifests[f"deduped_shards/{d}"] = file_md5(m)
-    return {"config": cfg.fingerprint("lora_adapter"), "seed": cfg.seed, "inputs": manifests, "adapter": tag}
+    return {"config": cfg.fingerprint("lora_adapter"), "seed": cfg.seed, "inputs": manifests, "adapter": tag,
+            "tags_filled": cfg.training.fill_redaction_tags}
 
 
 def serving_manifest(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, adapters: list[dict]) -> dict:

@@ -2,6 +2,8 @@
 
 Every training stage reads documents through this module so the train/eval rule (``split`` column written by the
 deduped_shards stage from ``llm_pipeline.splits``) is applied in one place. Documents stream a batch at a time.
+With a ``filler`` (``training.tag_fill.for_config``), each text comes with its PII tags filled with surrogates:
+the training stages pass one, the tokenizer stage does not.
 General text for continued pretraining (``base_checkpoint.general_data``) is read here too, split by the same
 id-hash rule, so its held-out part can show whether the model forgets general text while it learns the domain.
 """
@@ -16,6 +18,7 @@ import xxhash
 
 from llm_pipeline.io import iter_batches, shard_files
 from llm_pipeline.splits import split_of
+from llm_pipeline.training.tag_fill import TagFiller
 
 SPLITS = ("train", "eval")
 COLUMNS = ["id", "domain", "text", "split"]
@@ -32,8 +35,10 @@ def domain_folder(shards_dir: Path, domain: str) -> Path:
     return folder
 
 
-def iter_documents(shards_dir: Path, domain: str, split: str, columns: list[str] | None = None) -> Iterator[dict]:
-    """Stream one domain's documents of one split ('train' or 'eval'); empty texts are skipped (nothing to learn)."""
+def iter_documents(shards_dir: Path, domain: str, split: str, columns: list[str] | None = None,
+                   filler: TagFiller | None = None) -> Iterator[dict]:
+    """Stream one domain's documents of one split ('train' or 'eval'); empty texts are skipped (nothing to learn).
+    With `filler`, each text's PII tags are filled with surrogates (the filler counts them)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     wanted = sorted(set(columns or COLUMNS) | {"split", "text"})
@@ -45,13 +50,15 @@ def iter_documents(shards_dir: Path, domain: str, split: str, columns: list[str]
     for batch in iter_batches(folder, columns=wanted, batch_size=512):
         for rec in batch:
             if rec["split"] == split and rec["text"]:
+                if filler is not None:
+                    rec["text"] = filler.fill(rec["text"])
                 yield rec
 
 
-def iter_texts(shards_dir: Path, domains: list[str], split: str) -> Iterator[tuple[str, str]]:
-    """(domain, text) for every document of `split`, domain after domain."""
+def iter_texts(shards_dir: Path, domains: list[str], split: str, filler: TagFiller | None = None) -> Iterator[tuple[str, str]]:
+    """(domain, text) for every document of `split`, domain after domain (tags filled with `filler`, if given)."""
     for domain in domains:
-        for rec in iter_documents(shards_dir, domain, split, columns=["id", "text", "split"]):
+        for rec in iter_documents(shards_dir, domain, split, columns=["id", "text", "split"], filler=filler):
             yield domain, rec["text"]
 
 

@@ -54,16 +54,17 @@ class HeldOutGuard:
 
     @classmethod
     def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float,
-              max_tokens: int | None = None, general: Iterable[str] = ()) -> "HeldOutGuard | None":
+              max_tokens: int | None = None, general: Iterable[str] = (), filler=None) -> "HeldOutGuard | None":
         """A guard on the first held-out documents of each domain, and of `general` (held-out general text, a domain
         DPO never trains on, as `general`); None when there are none. Under a time budget, `max_tokens` (what an
-        evaluation can afford) keeps the first of each domain that fit, at least one of each."""
+        evaluation can afford) keeps the first of each domain that fit, at least one of each. `filler` fills the
+        documents' PII tags as the training stages read them (``training.tag_fill``)."""
         from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
         texts = []
         for domain in domains:
-            for i, rec in enumerate(iter_documents(shards, domain, "eval", columns=["id", "text", "split"])):
+            for i, rec in enumerate(iter_documents(shards, domain, "eval", columns=["id", "text", "split"], filler=filler)):
                 if i >= DOCUMENTS:
                     break
                 texts.append((domain, rec["text"][:DOCUMENT_CHARS]))

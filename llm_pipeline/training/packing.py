@@ -4,6 +4,9 @@ Packing uses every token (no per-document truncation or padding, except the tail
 chunks is a pure function of (seed, step), so a run resumed from a checkpoint at step k sees exactly the batches an
 uninterrupted run would have seen from step k on. `MixedChunks` draws a fixed share of rows from domain chunks and
 the rest from general-text chunks (continued pretraining), under the same rule.
+
+A token stored as -(id + 1) in a stream is read but not predicted (its label is ignored): the tokens of the
+surrogates that fill PII tags (training.tag_fill), so the model reads natural text without learning made-up values.
 """
 
 from __future__ import annotations
@@ -61,22 +64,46 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fals
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def token_stream(tokenizer, texts: Iterable[str], eos_id: int) -> np.ndarray:
-    """All texts tokenized and concatenated, an eos after each document.
+def masked_ids(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[list[int]]:
+    """`plain_ids`, each token that overlaps one of its text's character `spans` stored as -(id + 1) (read, not
+    predicted). A tokenizer without offsets (not a fast one) gives the plain ids."""
+    try:
+        enc = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    except NotImplementedError:
+        return plain_ids(tokenizer, texts)
+    out = []
+    for ids, offsets, marks in zip(enc["input_ids"], enc["offset_mapping"], spans):
+        row, k = [], 0
+        for t, (a, b) in zip(ids, offsets):
+            while k < len(marks) and marks[k][1] <= a:
+                k += 1
+            row.append(-t - 1 if k < len(marks) and marks[k][0] < b and a < marks[k][1] else t)
+        out.append(row)
+    return out
+
+
+def token_stream(tokenizer, texts: Iterable[str | tuple[str, list[tuple[int, int]]]], eos_id: int) -> np.ndarray:
+    """All texts tokenized and concatenated, an eos after each document. An item may be (text, spans): the tokens
+    of those character spans are stored as -(id + 1), read but not predicted (`PackedChunks`).
 
     Token ids are held in memory as one int32 array (4 bytes a token: 100M tokens = 400 MB); corpora beyond that
     want a memory-mapped token file, which this array can become without changing the chunk logic.
     """
     parts: list[np.ndarray] = []
     batch: list[str] = []
+    marks: list[list[tuple[int, int]]] = []
 
     def flush() -> None:
-        for ids in plain_ids(tokenizer, batch):
+        ids_list = masked_ids(tokenizer, batch, marks) if any(marks) else plain_ids(tokenizer, batch)
+        for ids in ids_list:
             parts.append(np.asarray(ids + [eos_id], dtype=np.int32))
         batch.clear()
+        marks.clear()
 
-    for text in texts:
+    for item in texts:
+        text, spans = item if isinstance(item, tuple) else (item, [])
         batch.append(text)
+        marks.append(spans)
         if len(batch) >= ENCODE_BATCH:
             flush()
     if batch:
@@ -103,13 +130,15 @@ class PackedChunks:
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         ids = np.full((len(indices), self.seq_len), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
+        learn = np.zeros(ids.shape, dtype=bool)
         for row, i in enumerate(indices):
             piece = self.tokens[i * self.seq_len : (i + 1) * self.seq_len]
-            ids[row, : len(piece)] = piece
+            ids[row, : len(piece)] = np.where(piece < 0, -piece.astype(np.int64) - 1, piece)
             mask[row, : len(piece)] = 1
+            learn[row, : len(piece)] = piece >= 0
         input_ids = torch.from_numpy(ids)
         attention = torch.from_numpy(mask)
-        labels = input_ids.masked_fill(attention == 0, IGNORE_INDEX)
+        labels = input_ids.masked_fill(torch.from_numpy(~learn), IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
     def batch_for_step(self, step: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import xxhash
 
 from llm_pipeline.training.corpus import iter_documents
+from llm_pipeline.training.tag_fill import TagFiller
 from llm_pipeline.training.packing import defused_messages
 from llm_pipeline.training.sft_data import _read_table
 
@@ -50,10 +51,12 @@ def prompt_for(domain: str, prefix: str) -> str:
     return f"Continue this {domain} text:\n{prefix}"
 
 
-def synthetic_pairs(shards: Path, domain: str, split: str, limit: int, seed: int, skipped: Counter) -> list[dict]:
-    """Up to `limit` pairs whose rejected side is another document's continuation (rotated by a seeded offset)."""
+def synthetic_pairs(shards: Path, domain: str, split: str, limit: int, seed: int, skipped: Counter,
+                    filler: TagFiller | None = None) -> list[dict]:
+    """Up to `limit` pairs whose rejected side is another document's continuation (rotated by a seeded offset); PII
+    tags filled with `filler`, if given."""
     pieces = []
-    for rec in iter_documents(shards, domain, split):
+    for rec in iter_documents(shards, domain, split, filler=filler):
         parts = split_document(rec["text"])
         if parts is None:
             skipped["too_short"] += 1

@@ -23,6 +23,7 @@ import pandas as pd
 import xxhash
 
 from llm_pipeline.training.corpus import iter_documents
+from llm_pipeline.training.tag_fill import TagFiller
 
 TEMPLATES = ("continue", "summarise", "heading")
 MIN_WORDS = 12  # below this a document cannot give both a meaningful prompt and a completion
@@ -66,11 +67,12 @@ def make_example(text: str, domain: str, template: str) -> tuple[dict | None, st
     raise ValueError(f"unknown template {template!r}")
 
 
-def derive_examples(shards: Path, domain: str, split: str, limit: int, seed: int, skipped: Counter) -> Iterator[dict]:
+def derive_examples(shards: Path, domain: str, split: str, limit: int, seed: int, skipped: Counter,
+                    filler: TagFiller | None = None) -> Iterator[dict]:
     """Up to `limit` examples from one domain's documents of `split`, templates in rotation (falling back in turn
-    when a document does not fit one)."""
+    when a document does not fit one); PII tags filled with `filler`, if given."""
     made = 0
-    for i, rec in enumerate(iter_documents(shards, domain, split)):
+    for i, rec in enumerate(iter_documents(shards, domain, split, filler=filler)):
         if made >= limit:
             return
         start = (i + seed) % len(TEMPLATES)
@@ -211,13 +213,20 @@ def read_user_examples(paths: list[Path], fmt: str, field_map: dict[str, str] | 
     return train, held
 
 
-def corpus_texts(shards: Path, domain: str, split: str) -> list[dict]:
+def corpus_texts(shards: Path, domain: str, split: str, filler: TagFiller | None = None) -> list[dict]:
     """Every document of one domain's split as a plain-text record, for packing into training rows.
 
     The documents are held in memory as text: the packer needs all of them to fill rows best-fit (the sample's train
     split is about 1 MB; a corpus of gigabytes wants a streaming packer over a token file instead).
     """
-    return [{"text": rec["text"], "domain": domain, "source_id": rec["id"]} for rec in iter_documents(shards, domain, split) if rec["text"].strip()]
+    out = []
+    for rec in iter_documents(shards, domain, split):
+        if not rec["text"].strip():
+            continue
+        text, spans = filler.fill_with_spans(rec["text"]) if filler is not None else (rec["text"], [])
+        # The surrogates that fill PII tags are read but not predicted (`no_loss`, as in continued pretraining).
+        out.append({"text": text, "domain": domain, "source_id": rec["id"], **({"no_loss": spans} if spans else {})})
+    return out
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_pipeline.training.packing import chat_ids, plain_ids
+from llm_pipeline.training.packing import chat_ids, masked_ids, plain_ids
 
 IGNORE = -100
 # Architectures whose transformers 5 implementation builds its mask with `masking_utils.create_causal_mask`, which
@@ -61,16 +61,25 @@ def _plain(rec: dict) -> bool:
 
 
 def _text_segment(rec: dict, ids: list[int], tokenizer) -> Segment:
-    """A plain-text record's segment: its ids and an end-of-text token, every one of them a label."""
+    """A plain-text record's segment: its ids and an end-of-text token, every one of them a label but the tokens
+    stored as -(id + 1) (a surrogate's, from the record's `no_loss` spans: read, not predicted)."""
     ids = list(ids) + [tokenizer.eos_token_id]
-    return Segment(ids, list(ids), str(rec.get("domain", "user")), "text")
+    return Segment([t if t >= 0 else -t - 1 for t in ids], [t if t >= 0 else IGNORE for t in ids],
+                   str(rec.get("domain", "user")), "text")
+
+
+def _text_ids(records: list[dict], tokenizer) -> list[list[int]]:
+    texts = [r["text"] for r in records]
+    if any(r.get("no_loss") for r in records):
+        return masked_ids(tokenizer, texts, [[tuple(s) for s in r.get("no_loss") or []] for r in records])
+    return plain_ids(tokenizer, texts)
 
 
 def encode(rec: dict, tokenizer, completion_only: bool) -> Segment:
     """One record as a segment; labels are IGNORE on what the loss must skip (prompt, user turns)."""
     domain = str(rec.get("domain", "user"))
     if _plain(rec):
-        return _text_segment(rec, plain_ids(tokenizer, [rec["text"]])[0], tokenizer)
+        return _text_segment(rec, _text_ids([rec], tokenizer)[0], tokenizer)
     if "prompt" in rec:
         messages = [{"role": "user", "content": rec["prompt"]}, {"role": "assistant", "content": rec["completion"]}]
     else:
@@ -95,7 +104,7 @@ def encode_all(records: list[dict], tokenizer, completion_only: bool) -> list[Se
     """`encode` for every record, the plain-text ones tokenized in one batched call (the same ids, without a
     tokenizer call per document, which dominated on corpora of thousands of documents)."""
     plain = [i for i, r in enumerate(records) if _plain(r)]
-    ids = plain_ids(tokenizer, [records[i]["text"] for i in plain]) if plain else []
+    ids = _text_ids([records[i] for i in plain], tokenizer) if plain else []
     out: list[Segment | None] = [None] * len(records)
     for i, seq in zip(plain, ids):
         out[i] = _text_segment(records[i], seq, tokenizer)

@@ -48,3 +48,41 @@ def test_summary_averages_trained_domains_only_and_compares_with_trl(cc):
     assert fast["x_trl"] == pytest.approx(0.225 / 0.05, abs=0.01)
     assert fast["red_per_100_cpu_s"] == "22.5%" and fast["s_per_step"] == 25.0
     assert cc.summarize(rows[1:], ["legal"]) == []  # no original scored yet: nothing to compare with
+
+
+def test_a_setting_names_the_text_it_trains_on(cc):
+    assert cc.split_setting("lora_3e-3") == ("lora_3e-3", "raw")
+    assert cc.split_setting("lora_3e-3@filled") == ("lora_3e-3", "filled")
+    assert set(cc.TEXT_MODES) == {"raw", "redacted", "filled", "filled_masked"}
+
+
+def test_tag_density_counts_tags_per_thousand_characters_by_type(cc):
+    texts = ["<PERSON> met <PERSON:0123456789abcdef> at <ORGANIZATION>." + "x" * 960, "no tags " * 125]
+    d = cc.tag_density(texts)
+    assert d["characters"] == sum(len(t) for t in texts) and d["tags"] == 3
+    assert d["counts"] == {"PERSON": 2, "ORGANIZATION": 1}
+    assert d["per_1000_chars_by_type"]["PERSON"] == pytest.approx(2000 / d["characters"], abs=1e-3)
+
+
+def test_training_text_comes_from_the_redacted_copy_and_held_out_text_stays_raw(cc, tmp_path):
+    raw, red = tmp_path / "raw", tmp_path / "red"
+    for i in range(8):
+        for root, text in ((raw, f"Dana Reyes wrote memo {i}."), (red, f"<PERSON> wrote memo {i}.")):
+            (root / "legal").mkdir(parents=True, exist_ok=True)
+            (root / "legal" / f"m{i}.txt").write_text(text)
+    train, held = cc.corpus(raw, ["legal"], 7, 6, 100, redacted=red)
+    assert len(train) == 7 and all(t.startswith("<PERSON>") for t in train)
+    assert held["legal"] and all("Dana Reyes" in t for t in held["legal"])
+
+
+def test_masked_ids_mark_the_tokens_of_surrogates(cc):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["Minutes", "by", "Maya", "Lee", "of", "Acme", ".", "[UNK]"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    text = "Minutes by Maya Lee of Acme ."
+    ids = cc.masked_ids(tok, [(text, [(11, 19), (23, 27)])])[0]
+    assert ids == [0, 1, -3, -4, 4, -6, 6]

@@ -315,3 +315,18 @@ def test_a_dropped_extension_costs_only_the_trial_and_the_main_training_uses_the
 def test_auto_method_keeps_small_and_scratch_models_full(pipeline):
     s = pipeline[1]["base_checkpoint"].stats
     assert s["method"] == "full" and "from scratch" in s["method_reason"]
+
+
+def test_training_reads_the_shards_tags_filled_and_counts_them(tmp_path):
+    from llm_pipeline_tests.training.fixtures import write_tagged_shards
+
+    cfg = tiny_config(tmp_path, base_checkpoint={"train_steps": 2, "eval_every": 2, "checkpoint_every": 2})
+    write_tagged_shards(cfg.data_path)
+    run_stage(cfg, "tokenizer")
+    res = run_stage(cfg, "base_checkpoint")
+    filled = res.stats["redaction_tags_filled"]
+    # Every document of both splits is read once for training or held-out loss; each holds one tag of each type.
+    assert filled["documents"] == 36 and filled["filled"] == {t: 36 for t in ("DATE_TIME", "EMAIL_ADDRESS", "LOCATION",
+                                                                              "ORGANIZATION", "PERSON")}
+    # The surrogates' tokens are read, not predicted: the held-out loss counts the rest.
+    assert res.stats["eval_loss"] is not None and res.stats["eval_loss"] == res.stats["eval_loss"]

@@ -358,3 +358,18 @@ def test_the_guard_scores_held_out_documents_against_the_sft_model(pipeline):
 
     mixed = HeldOutGuard.build(model, tok, cfg.data_path / "deduped_shards", cfg.domain_names, 1.03, general=iter(general_texts(30)))
     assert sum(d == "general" for d, _ in mixed.texts) == 12 and "general" in mixed.ratios()
+
+
+def test_pairs_read_the_shards_tags_filled_with_surrogates(pipeline, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llm_pipeline_tests.training.fixtures import write_tagged_shards
+
+    cfg, results = pipeline
+    shards = write_tagged_shards(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(results["tokenizer"].output_dir)
+    cfg2 = cfg.model_copy(update={"dpo_model": cfg.dpo_model.model_copy(update={"rejected": "other_document"})})
+    train, held, how = dpo_model.build_pairs(cfg2, shards, None, tokenizer)
+    assert train and held
+    assert not any("<" in p[k] for p in train + held for k in ("prompt", "chosen", "rejected"))
+    assert how["redaction_tags_filled"]["filled_total"] > 0

@@ -350,3 +350,25 @@ def test_an_evaluation_dearer_than_a_step_stays_within_its_share(pipeline, tmp_p
     assert s["budget_spent_seconds"] <= 8.0 + 0.1 + 1e-6  # the final evaluation fitted its reserve
     log = json.loads((out / "training_log.json").read_text())
     assert [e["step"] for e in log if "eval_loss" in e][-1] == s["steps"] and s["evals_skipped"] >= 1
+
+
+def test_sft_records_read_the_shards_tags_filled_with_surrogates(pipeline, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llm_pipeline_tests.training.fixtures import write_tagged_shards
+
+    cfg, results = pipeline
+    shards = write_tagged_shards(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(results["tokenizer"].output_dir)
+    cfg2 = cfg.model_copy(update={"lora_adapter": cfg.lora_adapter.model_copy(update={"corpus_text": True})})
+    train, held, how = lora_adapter.build_records(cfg2, shards, tokenizer)
+    texts = [json.dumps(r) for r in train + held]
+    assert train and held and not any("<PERSON>" in t or "<DATE_TIME>" in t for t in texts)
+    filled = how["redaction_tags_filled"]
+    assert filled["filled"]["PERSON"] >= len([r for r in train + held if "text" in r]) and filled["unfilled"] == {}
+    documents = [r for r in train + held if "text" in r]
+    # A document's surrogates are marked to be read, not predicted: each span holds the surrogate, not a tag.
+    assert documents and all(r["no_loss"] and all(r["text"][a:b].strip() for a, b in r["no_loss"]) for r in documents)
+    off = cfg2.model_copy(update={"training": cfg.training.model_copy(update={"fill_redaction_tags": False})})
+    train, held, how = lora_adapter.build_records(off, shards, tokenizer)
+    assert how["redaction_tags_filled"] is None and any("<PERSON>" in r.get("text", "") for r in train)

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.io import MANIFEST, ShardWriter, write_json
+from llm_pipeline.io import MANIFEST, ShardWriter, iter_batches, shard_files, write_json
 
 VOCAB = {
     "legal": ["contract", "tenant", "landlord", "clause", "liability", "agreement", "court", "statute", "party", "breach",
@@ -96,3 +96,21 @@ def built_pipeline(tmp_path_factory, upto: str):
         if name not in results:
             results[name] = run_stage(cfg, name)
     return cfg, results
+
+
+TAGGED = " <PERSON> of <ORGANIZATION> signed it on <DATE_TIME> in <LOCATION>; write to <EMAIL_ADDRESS>."
+
+
+def write_tagged_shards(data_dir: Path, docs_per_domain: int = 18) -> Path:
+    """`write_deduped_shards`, with PII type tags in every document as cleaned_corpus's type_tag mode writes them."""
+    root = write_deduped_shards(data_dir, docs_per_domain=docs_per_domain)
+    for domain in VOCAB:
+        rows = [rec for batch in iter_batches(root / domain) for rec in batch]
+        for path in shard_files(root / domain):
+            path.unlink()
+        with ShardWriter(root / domain, max_rows=25) as writer:
+            for rec in rows:
+                head, _, body = rec["text"].partition("\n\n")
+                writer.write({**rec, "text": f"{head}\n\n{body}{TAGGED}"})
+        write_json(root / domain / MANIFEST, {"stage": "deduped_shards", "domain": domain})
+    return root

@@ -74,3 +74,23 @@ def test_special_token_text_in_sft_records_never_becomes_a_special_id():
     template_only = [tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>")] + [tok.eos_token_id]
     for seg in segs[1:]:
         assert [t for t in seg.ids if t in special] == template_only
+
+
+def test_surrogate_spans_are_read_but_not_predicted():
+    from llm_pipeline.training.packing import token_stream
+
+    tok = _tokenizer()
+    text = "The tenant Maya Lee wrote to the landlord."
+    start = text.index("Maya Lee")
+    plain = token_stream(tok, [text], tok.eos_token_id)
+    marked = token_stream(tok, [(text, [(start, start + len("Maya Lee"))]), "The tenant wrote."], tok.eos_token_id)
+    n = len(plain)
+    assert (np.where(marked[:n] < 0, -marked[:n] - 1, marked[:n]) == plain).all()  # the same tokens, some marked
+    held = [i for i in range(n) if marked[i] < 0]
+    assert held and tok.decode(plain[held].tolist()).strip() == "Maya Lee"
+    assert (marked[n:] >= 0).all()  # a document without spans is not marked
+    batch = PackedChunks(marked, 64, tok.pad_token_id).batch([0])
+    assert batch["input_ids"][0, :n].tolist() == plain.tolist()
+    labels = batch["labels"][0]
+    assert all(labels[i] == IGNORE_INDEX for i in held)
+    assert all(labels[i] == plain[i] for i in range(n) if i not in held)

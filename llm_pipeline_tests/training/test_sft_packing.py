@@ -81,3 +81,17 @@ def test_batched_encoding_gives_what_one_record_at_a_time_gives():
         batched = sft_packing.encode_all(records, tok, completion_only)
         single = [sft_packing.encode(r, tok, completion_only) for r in records]
         assert [(s.ids, s.labels, s.domain, s.kind) for s in batched] == [(s.ids, s.labels, s.domain, s.kind) for s in single]
+
+
+def test_a_text_record_s_no_loss_spans_are_read_but_not_predicted():
+    from llm_pipeline_tests.training.test_packing import _tokenizer
+
+    tok = _tokenizer()
+    text = "The tenant Maya Lee wrote to the landlord."
+    start = text.index("Maya Lee")
+    plain, marked = sft_packing.encode_all([{"text": text}, {"text": text, "no_loss": [[start, start + 8]]}], tok, True)
+    assert marked.ids == plain.ids and plain.labels == plain.ids
+    skipped = [i for i, label in enumerate(marked.labels) if label == IGNORE]
+    assert skipped and tok.decode([marked.ids[i] for i in skipped]).strip() == "Maya Lee"
+    assert all(marked.labels[i] == plain.ids[i] for i in range(len(plain.ids)) if i not in skipped)
+    assert sft_packing.encode({"text": text, "no_loss": [[start, start + 8]]}, tok, True).labels == marked.labels
