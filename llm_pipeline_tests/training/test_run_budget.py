@@ -30,7 +30,10 @@ def test_every_training_stage_takes_its_part_of_one_budget(tmp_path, seconds):
         expected, why = budget.stage_budget(cfg, stage, {u: out[u] for u in UPSTREAM[stage]})
         assert recorded[stage]["budget_seconds"] == expected, (stage, why)
         assert recorded[stage]["budget_spent_seconds"] > 0, stage
-        assert recorded[stage]["steps"] >= 1, stage
+        # On a loaded machine a 2 s budget can be gone before DPO's first step (building the pairs and the reference
+        # pass count against it): the stage then says so instead of training.
+        skipped = recorded[stage].get("skipped") or ""
+        assert recorded[stage]["steps"] >= 1 or "spent before the first step" in skipped, (stage, skipped)
     base, lora = (recorded[s]["budget_spent_seconds"] for s in ("base_checkpoint", "lora_adapter"))
     # The siblings split what SFT left by their shares; RL takes its share of what the reward model left of it.
     left = max(0.0, seconds - base - lora)
