@@ -35,6 +35,9 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from llm_pipeline.evaluation.canaries import RUN, distinctive_parts, load_canaries
+from llm_pipeline.evaluation.data import Notes
+
 # A replacement tag as cleaned_corpus writes it: <PERSON> (type_tag mode) or <PERSON:1f3a9c0b2d4e5f60> (hash mode).
 TAG = re.compile(r"<([A-Z][A-Z_]*[A-Z])(?::([0-9a-f]{16}))?>")
 CONTEXT_CHARS = 48  # characters before a tag that pick its surrogate
@@ -189,26 +192,13 @@ SURROGATES = {
     "MEDICAL_LICENSE": lambda rng: "XX" + _digits(rng, 7),
 }
 
-_RUN = re.compile(r"[^\W_]+")
-
-
-def _parts(text: str, min_chars: int) -> set[str]:
-    """What the canary check looks for (evaluation.canaries.distinctive_parts): letter/digit runs of at least
-    `min_chars`, and a number-like text's runs joined."""
-    runs = [r.lower() for r in _RUN.findall(text)]
-    parts = {r for r in runs if len(r) >= min_chars}
-    joined = "".join(runs)
-    if any(c.isdigit() for c in joined) and len(joined) >= min_chars:
-        parts.add(joined)
-    return parts
-
-
 class TagFiller:
     """Fills replacement tags with surrogates; `filled` and `unfilled` count tags per type over every call."""
 
     def __init__(self, seed: int = 0, avoid: Iterable[str] = (), min_part_chars: int = 6):
         self.seed = seed
-        self.avoid = set().union(*(_parts(a, min_part_chars) for a in avoid)) if avoid else set()
+        # What the canary check looks for in a text (evaluation.canaries.distinctive_parts).
+        self.avoid = {p for a in avoid for p in distinctive_parts(a, min_part_chars)}
         self.filled: Counter[str] = Counter()
         self.unfilled: Counter[str] = Counter()  # tags of a type without surrogates, or no clear surrogate found
         self.documents = 0  # texts that had a tag filled
@@ -217,7 +207,7 @@ class TagFiller:
         if not self.avoid:
             return True
         low = value.lower()
-        joined = "".join(_RUN.findall(low))
+        joined = "".join(RUN.findall(low))
         return not any(p in low or p in joined for p in self.avoid)
 
     def surrogate(self, entity: str, key: str) -> str | None:
@@ -279,16 +269,8 @@ def for_config(cfg) -> TagFiller | None:
 
 
 def canary_texts(cfg) -> list[str]:
-    """The texts of the configured canaries file ([] when there is none or it cannot be read: the canary check
-    itself reports that)."""
-    import json
-
+    """The texts of the configured canaries ([] when there is no file or it cannot be read: the canary check itself
+    reports that)."""
     name = cfg.eval_report.canaries_file
-    if not name:
-        return []
-    path = cfg.resolve(name)
-    try:
-        items = json.loads(path.read_text(encoding="utf-8")).get("canaries", [])
-        return [str(c["text"]) for c in items if isinstance(c, dict) and c.get("text")]
-    except (OSError, ValueError, AttributeError):
-        return []
+    canaries = load_canaries(cfg.resolve(name), Notes(), cfg.eval_report.canary_min_part_chars) if name else None
+    return [c.text for c in canaries or []]
