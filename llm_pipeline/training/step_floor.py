@@ -47,15 +47,7 @@ LABELS = {"dpo_model": "DPO", "reward_model": "reward model", "rl_model": "RL"}
 def seconds_per_token(upstream: dict[str, Path]) -> tuple[float | None, str]:
     """Seconds per trained token (forward and backward) as measured upstream, and where the figure came from."""
     for stage in ("lora_adapter", "base_checkpoint"):
-        folder = upstream.get(stage)
-        if folder is None:
-            continue
-        try:
-            stats = read_timed(Path(folder))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(stats, dict):
-            continue
+        stats = _recorded(upstream.get(stage))
         step, tokens, steps = stats.get("step_seconds"), stats.get("tokens_trained"), stats.get("steps")
         if stage == "lora_adapter" and all(isinstance(v, (int, float)) and v > 0 for v in (step, tokens, steps)):
             per_step = tokens / steps
