@@ -268,7 +268,10 @@ def pyramid_encoder(model) -> bool:
         if all(z is None for z in zones) or not Xs:
             return encode.predict(Xs), lambda d: d
         lengths = [len(x) for x in Xs]
-        X = encode.ops.flatten(Xs, pad=pad)
+        flat = encode.ops.flatten(Xs, pad=pad)
+        edged = numpy.zeros((len(flat) + 2, flat.shape[1]), dtype=flat.dtype)  # seq2col's zeros past either end
+        X = edged[1:-1]  # a view: the layers update the rows in place
+        X[:] = flat
         exact = numpy.zeros(len(X), dtype=bool)
         at = pad
         for n, zone in zip(lengths, zones):
@@ -281,7 +284,6 @@ def pyramid_encoder(model) -> bool:
             rows = numpy.flatnonzero(_dilate(exact, depth - 1 - k))
             if not len(rows):
                 break
-            edged = numpy.concatenate([X[:1] * 0, X, X[:1] * 0])  # seq2col's zeros past either end
             cols = numpy.concatenate([edged[rows], edged[rows + 1], edged[rows + 2]], axis=1)
             X[rows] += step.predict(cols)
         return encode.ops.unflatten(X, numpy.asarray(lengths, dtype="int32"), pad=pad), lambda d: d
