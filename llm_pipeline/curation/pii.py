@@ -14,7 +14,8 @@ Around Presidio, what it misses on its own:
   - **names** found by NER are extended over hyphenated and particle-joined parts ("Quillfeather-Vromm",
     "van der Berg") and the honorific before them, so no half of a name stays behind; **places** over the house
     number before and the postal code after them; NRP findings that name no group and organisations in capitals
-    (headings, acronyms) are dropped (curation.pii_spans);
+    (headings, acronyms) are dropped, and so are organisations made of capitalised common nouns the same document
+    writes in lower case ("the Project", "Customer", "Personal Data") (curation.pii_spans);
   - **our own tags** are never found again: a later pass reading ``<PHONE_NUMBER>`` as a name would write
     ``<<PERSON>>``;
   - **source paths** are read part by part (curation.pii_source);
@@ -49,7 +50,7 @@ from pathlib import Path
 
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.pii_ner import other_language_entities
-from llm_pipeline.curation.pii_spans import (TYPE_TAG, Span, _heading, _not_a_group, extend_addresses,  # noqa: F401 - re-exported
+from llm_pipeline.curation.pii_spans import (TYPE_TAG, Span, _heading, _not_a_group, common_nouns, extend_addresses,  # noqa: F401 - re-exported
                                               extend_names, only_tags, outside_tags)
 from llm_pipeline.curation.pii_engine import NER_ENTITIES, PiiConfigError, analyzer_engine, fast_analyzer  # noqa: F401 - re-exported
 
@@ -325,7 +326,7 @@ class PiiRedactor:
                 r.start += offset
                 r.end += offset
                 per_text[i].append(r)
-        return [outside_tags(text, [r for r in found if not _heading(text, r) and not _not_a_group(text, r)])
+        return [outside_tags(text, common_nouns(text, [r for r in found if not _heading(text, r) and not _not_a_group(text, r)]))
                 for text, found in zip(texts, per_text)]
 
     def redact_text(self, text: str, results: list) -> tuple[str, dict[str, int]]:

@@ -418,3 +418,31 @@ def test_redacted_contact_block_leaves_nothing_for_the_audit():
     ((redacted, _),) = redactor.redact_batch([text], ["en"])
     (again,) = redactor.analyze_batch([redacted])
     assert [redacted[r.start : r.end] for r in again if not only_tags(redacted[r.start : r.end])] == []
+
+
+@pytest.mark.parametrize(
+    "text, finding, dropped",
+    [("The Council agreed. Each council member votes.", "Council", True),
+     ("Customer Content stays with the customer; content is not sold.", "Customer Content", True),
+     ("See the Terms of Service: these terms cover the service.", "Terms of Service", True),
+     ("The Council agreed.", "Council", False),  # never written in lower case here: kept as found
+     ("GitHub hosts the github mirror.", "GitHub", False),  # a name keeps its own case
+     ("Moreno, Davis and Wallace signed; the davis cup is unrelated.", "Moreno, Davis and Wallace", False)],
+)
+def test_capitalised_common_nouns_are_not_organisations(text, finding, dropped):
+    from llm_pipeline.curation.pii import Span, common_nouns
+
+    at = text.index(finding)
+    span = Span(at, at + len(finding), "ORGANIZATION", 0.85)
+    assert (common_nouns(text, [span]) == []) is dropped
+    person = Span(at, at + len(finding), "PERSON", 0.85)  # only organisations: "Mark" who says "mark" is a person
+    assert common_nouns(text, [person]) == [person]
+
+
+def test_defined_terms_of_a_contract_stay_in_the_text(redactor):
+    text = ("1. Definitions. \"Customer\" means the entity that accepts these terms. \"Personal Data\" means any "
+            "personal data the customer gives us.\n2. The Customer may end this agreement at any time. Personal "
+            "Data is deleted within 30 days. Contact Dana Reyes at dana.reyes@example.org.")
+    (out, counts), = redactor.redact_batch([text])
+    assert "The Customer may end" in out and "Personal Data is deleted" in out, out
+    assert "Dana Reyes" not in out and "dana.reyes@example.org" not in out, out
