@@ -5,6 +5,7 @@ document also writes in lower case) are dropped."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -136,6 +137,32 @@ def _capitalised_common(word: str, lower: set[str]) -> bool:
     return word[0].isupper() and (len(word) == 1 or word[1:].islower()) and word.lower() in lower
 
 
+def _lower_words(text: str, found: list) -> set[str]:
+    """The lower-case words of `text` outside every finding and every tag. Outside, so that the evidence is the same
+    in the first pass, the later passes and the no_pii_left audit, which read the text with the findings replaced: a
+    "council" that is only part of a redacted URL (".../leadership-council/issues") would otherwise let "Council" stay
+    in the first pass and be found by the audit."""
+    cut = sorted([(r.start, r.end) for r in found] + [m.span() for m in TYPE_TAG.finditer(text)])
+    starts = [a for a, _ in cut]
+    reach, ends = 0, []
+    for _, b in cut:  # the furthest end among the cuts starting at or before each one
+        reach = max(reach, b)
+        ends.append(reach)
+    words = set()
+    for m in _WORD.finditer(text):
+        w = m.group()
+        if not w.islower() or w in words:
+            continue
+        i = bisect.bisect_right(starts, m.start()) - 1  # the last cut starting at or before the word
+        if i >= 0 and ends[i] > m.start():
+            continue
+        j = bisect.bisect_left(starts, m.end())  # a cut starting inside the word
+        if j > 0 and starts[j - 1] >= m.start() and starts[j - 1] < m.end():
+            continue
+        words.add(w)
+    return words
+
+
 def common_nouns(text: str, found: list) -> list:
     """`found` without the ORGANIZATION findings made only of capitalised words that the same text also writes in
     lower case ("the Project", "Council", "Customer", "Personal Data", "Terms of Service"). spaCy's small model reads
@@ -148,7 +175,7 @@ def common_nouns(text: str, found: list) -> list:
     organisations: a person called Mark in a text that says "mark" is still a person."""
     if not any(r.entity_type == "ORGANIZATION" for r in found):
         return found
-    lower = {w for w in _WORD.findall(text) if w.islower()}
+    lower = _lower_words(text, found)
     out = []
     for r in found:
         if r.entity_type == "ORGANIZATION":
