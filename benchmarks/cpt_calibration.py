@@ -177,7 +177,7 @@ def tag_density(texts: list[str]) -> dict:
             "per_1000_chars_by_type": per_k, "counts": dict(counts.most_common())}
 
 
-def redact_training_files(corpora: Path, domains: list[str], every: int, out: Path) -> dict:
+def redact_training_files(corpora: Path, domains: list[str], every: int, out: Path, overrides: dict | None = None) -> dict:
     """The training files with cleaned_corpus's PII redaction applied (`PiiRedactor`, default config: type tags),
     written once under `out` (one file per training file); the tag density of the result (also in out/tags.json)."""
     done = out / "tags.json"
@@ -191,14 +191,14 @@ def redact_training_files(corpora: Path, domains: list[str], every: int, out: Pa
     texts = [(corpora / d / n).read_text(encoding="utf-8", errors="replace") for d, n in files]
     start = time.time()
     redacted: list[str] = []
-    with PiiRedactor(CleanedCorpusConfig()) as redactor:
+    with PiiRedactor(CleanedCorpusConfig(**(overrides or {}))) as redactor:
         for i in range(0, len(texts), 16):
             redacted += [t for t, _ in redactor.redact_batch(texts[i : i + 16])]
             print(f"redacted {len(redacted)}/{len(texts)} training files", file=sys.stderr, flush=True)
     for (d, n), text in zip(files, redacted):
         (out / d).mkdir(parents=True, exist_ok=True)
         (out / d / n).write_text(text, encoding="utf-8")
-    info = {"seconds": round(time.time() - start, 1), "files": len(files), "by_domain": {}}
+    info = {"seconds": round(time.time() - start, 1), "files": len(files), "redaction_settings": overrides or {}, "by_domain": {}}
     for d in domains:
         info["by_domain"][d] = tag_density([t for (dd, _), t in zip(files, redacted) if dd == d])
     info["all"] = tag_density(redacted)
@@ -398,6 +398,9 @@ def main() -> None:
     ap.add_argument("--train-text", default="raw",
                     help="comma-separated: raw, redacted (as the curated shards hold it), filled (tags filled with surrogates); "
                          "each setting is trained on each")
+    ap.add_argument("--redaction", action="append", default=[], metavar="KEY=JSON",
+                    help="a cleaned_corpus setting for the redaction of the training text, e.g. pii_keep_common_nouns=false "
+                         "(the redacted text is cached per work folder: use a fresh --work for other settings)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default="/work/data/cptcal")
     ap.add_argument("--heldout-every", type=int, default=7)
@@ -421,7 +424,10 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if any(split_setting(s)[1] != "raw" for s in args.settings.split(",")):
-        tags = redact_training_files(Path(args.corpora), args.domains.split(","), args.heldout_every, work / "redacted")
+        overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.redaction)}
+        tags = redact_training_files(Path(args.corpora), args.domains.split(","), args.heldout_every, work / "redacted", overrides)
+        if tags.get("redaction_settings", {}) != overrides:
+            sys.exit(f"{work / 'redacted'} was redacted with {tags.get('redaction_settings', {})}, not {overrides}: use another --work")
         print(f"redacted training text: {tags['all']['per_1000_chars']} tags per 1,000 characters "
               f"({', '.join(f'{k} {v}' for k, v in tags['all']['per_1000_chars_by_type'].items())})", file=sys.stderr)
     results = work / "results.jsonl"

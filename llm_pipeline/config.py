@@ -112,6 +112,10 @@ class CleanedCorpusConfig(Section):
             "US_DRIVER_LICENSE", "UK_NHS", "MEDICAL_LICENSE", "DATE_TIME", "AGE",
         ]
     )
+    # An ORGANIZATION finding made only of capitalised words that the same document also writes in lower case ("the
+    # Council", "Customer", "Personal Data": defined terms, bodies named by their role) stays in the text. False =
+    # redacted as spaCy found it (in two real domain corpora that took a third of the organisation findings).
+    pii_keep_common_nouns: bool = True
     pii_mode: Literal["redact", "mask", "type_tag", "hash"] = "type_tag"
     pii_hash_salt_env: str = "LLM_PIPELINE_PII_SALT"  # the salt comes from the environment, never the config
     pii_score_threshold: float = Field(default=0.4, ge=0, le=1)

@@ -326,8 +326,12 @@ class PiiRedactor:
                 r.start += offset
                 r.end += offset
                 per_text[i].append(r)
-        return [outside_tags(text, common_nouns(text, [r for r in found if not _heading(text, r) and not _not_a_group(text, r)]))
-                for text, found in zip(texts, per_text)]
+        keep_nouns = self.cfg.pii_keep_common_nouns
+        out = []
+        for text, found in zip(texts, per_text):
+            found = [r for r in found if not _heading(text, r) and not _not_a_group(text, r)]
+            out.append(outside_tags(text, common_nouns(text, found) if keep_nouns else found))
+        return out
 
     def redact_text(self, text: str, results: list) -> tuple[str, dict[str, int]]:
         counts: Counter[str] = Counter()

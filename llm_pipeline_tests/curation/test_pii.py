@@ -470,3 +470,13 @@ def test_the_audit_agrees_with_the_redaction_on_common_nouns(redactor):
     (out, _), = redactor.redact_batch([text])
     again = [r for r in redactor.analyze_batch([out])[0] if not only_tags(out[r.start : r.end])]
     assert again == [], (out, again)
+
+
+def test_common_nouns_can_be_redacted_as_found():
+    text = "The Council met. The council members voted. Contact Dana Reyes."
+    keep = PiiRedactor(CleanedCorpusConfig(pii_processes=1))
+    strict = PiiRedactor(CleanedCorpusConfig(pii_processes=1, pii_keep_common_nouns=False))
+    kept = [text[r.start : r.end] for r in keep.analyze_batch([text])[0]]
+    found = [text[r.start : r.end] for r in strict.analyze_batch([text])[0]]
+    assert "Council" not in kept and "Dana Reyes" in kept
+    assert "Council" in found and set(kept) <= set(found)
