@@ -12,8 +12,9 @@ bits per byte, the DPO guard, base_checkpoint's vocabulary check) reads the text
 - ``tags``: ``training.fill_redaction_tags`` off, so the tags are read as they are and left out of the score;
 - ``none``: PII redaction off, or a mode that writes no tags: the text is scored whole.
 
-In the first two modes a tag cut in two by a document character cap (``<PERS`` at the end) is left out too, and so
-is a tag of a type the filler has no surrogate for.
+In the first two modes each span takes the space before it along (a tokenizer joins it to the word after it), a
+tag cut in two by a document character cap (``<PERS`` at the end) is left out too, and so is a tag of a type the
+filler has no surrogate for.
 
     view = HeldOut.for_config(cfg)
     texts, spans = view.prepare(raw_texts, max_chars=4_000)
@@ -68,6 +69,9 @@ class HeldOut:
         cut = CUT_TAG.search(text)
         if cut is not None and not any(a <= cut.start() < b for a, b in spans):
             spans.append((cut.start(), len(text)))
+        # The space before a span goes with it: word-piece vocabularies spell " Elena" as one token, so whether that
+        # space is scored would otherwise depend on which surrogate was drawn (and on the tokenizer).
+        spans = [(a - 1 if a > 0 and text[a - 1] == " " else a, b) for a, b in spans]
         return text, spans
 
     def prepare(self, texts: list[str], max_chars: int | None = None, group: str | None = None

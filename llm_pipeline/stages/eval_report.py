@@ -1,7 +1,8 @@
 """eval_report: held-out comparison of the base, SFT, DPO and RL models, written as report.md, report.html and metrics.json.
 
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
-eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
+eval-split documents (PII tags filled as training reads them, the surrogates read but not scored:
+`evaluation/heldout.py`), DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
 sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial prompts, an n-gram contamination check
 and a PII canary search; shows what each model's training cost and bought (the settings each training stage chose and
 why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background

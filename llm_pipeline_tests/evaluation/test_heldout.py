@@ -15,9 +15,9 @@ def test_surrogates_are_the_spans_left_out_and_unfillable_tags_too():
     text, spans = view.prepare_one(TEXT)
     assert "<PERSON>" not in text and "<SECRET_CODE>" in text  # a type without surrogates stays a tag
     parts = _spans_text(text, spans)
-    assert len(parts) == 5 and "<SECRET_CODE>" in parts
+    assert len(parts) == 5 and " <SECRET_CODE>" in parts  # each with the space before it
     outside = "".join(c for i, c in enumerate(text) if not any(a <= i < b for a, b in spans))
-    assert outside == "Signed by  for  on ; see  and ."  # everything but the surrogates and the tag
+    assert outside == "Signed by for on; see and."  # everything but the surrogates and the tag
     assert view.prepare_one(TEXT) == (text, spans)  # deterministic
     assert HeldOut("surrogates", TagFiller(seed=4)).prepare_one(TEXT)[0] != text
 
@@ -25,7 +25,7 @@ def test_surrogates_are_the_spans_left_out_and_unfillable_tags_too():
 def test_with_filling_off_the_tags_are_the_spans():
     text, spans = HeldOut("tags").prepare_one(TEXT)
     assert text == TEXT
-    assert _spans_text(text, spans) == ["<PERSON>", "<ORGANIZATION>", "<DATE_TIME>", "<SECRET_CODE>", "<URL:0123456789abcdef>"]
+    assert _spans_text(text, spans) == [" <PERSON>", " <ORGANIZATION>", " <DATE_TIME>", " <SECRET_CODE>", " <URL:0123456789abcdef>"]
 
 
 @pytest.mark.parametrize("mode", ["tags", "surrogates"])
@@ -33,7 +33,7 @@ def test_a_cap_clips_spans_and_leaves_out_a_tag_it_cut(mode):
     view = HeldOut(mode, TagFiller(seed=0) if mode == "surrogates" else None)
     full, _ = view.prepare_one("Paid to <PERSON> in full.")
     text, spans = view.prepare_one("Paid to <PERSON> in full.", max_chars=12)
-    assert text == full[:12] and spans == [(8, 12)]  # "<PER" or the surrogate's start: left out either way
+    assert text == full[:12] and spans == [(7, 12)]  # "<PER" or the surrogate's start: left out either way
 
 
 def test_no_tags_in_the_shards_means_every_character_scored():
@@ -46,8 +46,8 @@ def test_counts_per_domain_and_one_line():
     view.prepare([TEXT, "no tags"], group="legal")
     view.prepare(["<PERSON> wrote."], group="medicine")
     s = view.summary()
-    assert s["spans_left_out"] == 6 and s["by_domain"] == {"legal": {"spans": 5, "chars": 68}, "medicine": {"spans": 1, "chars": 8}}
-    assert view.line().startswith("Held-out scores leave out 6 PII tags (76 characters) — legal: 5 (68 characters); medicine: 1 (8 characters)")
+    assert s["spans_left_out"] == 6 and s["by_domain"] == {"legal": {"spans": 5, "chars": 73}, "medicine": {"spans": 1, "chars": 8}}
+    assert view.line().startswith("Held-out scores leave out 6 PII tags (81 characters) — legal: 5 (73 characters); medicine: 1 (8 characters)")
 
 
 def test_the_mode_follows_the_config(tmp_path):

@@ -29,4 +29,4 @@ def test_the_check_leaves_surrogates_or_tags_out_of_both_scores(tmp_path):
     cfg.training.fill_redaction_tags = False
     tags, _ = vocab_check(cfg, model, tok, shards, added)
     assert tags["left_out_of_score"]["mode"] == "tags" and tags["left_out_of_score"]["spans"] == filled["left_out_of_score"]["spans"]
-    assert tags["left_out_of_score"]["chars"] == tags["documents"] * len("<PERSON><ORGANIZATION><DATE_TIME><LOCATION><EMAIL_ADDRESS>")
+    assert tags["left_out_of_score"]["chars"] == tags["documents"] * len(" <PERSON> <ORGANIZATION> <DATE_TIME> <LOCATION> <EMAIL_ADDRESS>")

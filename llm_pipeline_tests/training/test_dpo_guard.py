@@ -36,8 +36,8 @@ def test_with_filling_off_the_tags_are_left_out(setup):
     shards, tok, model = setup
     g = HeldOutGuard.build(model, tok, shards, list(VOCAB), 1.03)
     assert all("<PERSON>" in t for _, t in g.texts)
-    assert all([t[a:b] for a, b in sp][0] == "<PERSON>" for (_, t), sp in zip(g.texts, g.skip))
-    tag_chars = sum(len(m.group()) for m in TAG.finditer(TAGGED))
+    assert all([t[a:b] for a, b in sp][0] == " <PERSON>" for (_, t), sp in zip(g.texts, g.skip))
+    tag_chars = sum(len(m.group()) + 1 for m in TAG.finditer(TAGGED))  # each with the space before it
     assert g.left_out == {"mode": "tags", "spans": 5 * len(g.texts), "chars": tag_chars * len(g.texts)}
     # Under a token budget the spans follow the documents kept.
     few = HeldOutGuard.build(model, tok, shards, list(VOCAB), 1.03, max_tokens=1)
