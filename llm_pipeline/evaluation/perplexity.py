@@ -6,6 +6,12 @@ the first starts with the last token of the one before, so every document token 
 
 - perplexity = exp(total NLL / scored tokens): token-weighted, so long documents count for what they are.
 - bits per byte = total NLL (nats) / ln 2 / UTF-8 bytes: comparable across tokenizers, unlike perplexity.
+
+`skip` leaves character spans of each text out of the score (the surrogates that fill PII tags, or the tags
+themselves: `evaluation/heldout.py`): a token whose characters touch a span is still read as context but not
+scored, and the bytes inside the spans do not count. The bytes left out are the spans' own, whatever the tokenizer,
+so bits per byte still compares across tokenizers (the few characters a token straddling a span's edge holds outside
+it stay in the byte count without their NLL: the same bytes for every model).
 """
 
 from __future__ import annotations
@@ -76,8 +82,9 @@ def windows(ids: list[int], size: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def window_nll(model, batch: list[list[int]], pad_id: int) -> list[float]:
-    """Summed next-token NLL (nats) of each window in one padded forward pass."""
+def window_nll(model, batch: list[list[int]], pad_id: int, weights: list[list[int] | None] | None = None) -> list[float]:
+    """Summed next-token NLL (nats) of each window in one padded forward pass. `weights`, per window, says for each
+    target (the window's tokens after the first) whether it counts (1) or is only read (0); None counts them all."""
     longest = max(len(w) for w in batch)
     device = next(model.parameters()).device  # a model still on the GPU it trained on (base_checkpoint's check)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
@@ -89,7 +96,11 @@ def window_nll(model, batch: list[list[int]], pad_id: int) -> list[float]:
     logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
     targets = input_ids[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape)
-    nll = nll * mask[:, 1:]
+    keep = mask[:, 1:].clone()
+    for i, w in enumerate(weights or []):
+        if w is not None:
+            keep[i, : len(w)] = torch.tensor(w, dtype=torch.long)
+    nll = nll * keep.to(nll.device)
     return nll.sum(dim=1).tolist()
 
 
@@ -102,26 +113,80 @@ def tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
+def encode(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and their (start, end) character offsets in each text, without special tokens: what `score_texts`
+    needs to leave spans out (`token_ids` and `offsets`). A fast tokenizer only: a slow one has no offsets."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"leaving spans out of a score needs a fast tokenizer's offsets; {type(tokenizer).__name__} has none")
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    return [e.ids for e in encodings], [[tuple(o) for o in e.offsets] for e in encodings]
+
+
+def _merged(spans) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in spans if b > a):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def bytes_outside(text: str, spans) -> int:
+    """UTF-8 bytes of `text` outside the character `spans`."""
+    inside = sum(len(text[a:b].encode("utf-8")) for a, b in _merged(spans))
+    return len(text.encode("utf-8")) - inside
+
+
+def scored_flags(text_len: int, offsets: list[tuple[int, int]], spans) -> list[int]:
+    """1 for each token scored, 0 for one whose characters touch a span (read as context only)."""
+    merged = _merged(spans)
+    if not merged:
+        return [1] * len(offsets)
+    inside = bytearray(text_len + 1)
+    for a, b in merged:
+        inside[a:b] = b"\x01" * (b - a)
+    return [0 if b > a and inside.find(1, a, b) != -1 else 1 for a, b in offsets]
+
+
 def score_texts(lm: LoadedModel, texts: list[str], batch_size: int = 8, window: int | None = None,
-                token_ids: list[list[int]] | None = None) -> list[Score]:
+                token_ids: list[list[int]] | None = None, skip: list | None = None,
+                offsets: list[list[tuple[int, int]]] | None = None) -> list[Score]:
     """One `Score` per text. Windows of all texts are batched together, shortest first, to waste little padding.
-    `token_ids` are the texts already tokenized with `lm.tokenizer` (models sharing a tokenizer tokenize once)."""
+    `token_ids` are the texts already tokenized with `lm.tokenizer` (models sharing a tokenizer tokenize once).
+    `skip`: per text, (start, end) character spans left out of the score (see the module docstring); it needs the
+    tokens' `offsets` (`encode`), which are computed here when `token_ids` come without them."""
     tok = lm.tokenizer
     size = window or lm.window
     ctx = context_token(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = [Score(bytes=len(t.encode("utf-8")), documents=1) for t in texts]
-    jobs: list[tuple[int, list[int]]] = []
+    skip = skip if skip is not None and any(skip) else None
+    if skip is not None and len(skip) != len(texts):
+        raise ValueError(f"skip has {len(skip)} entries for {len(texts)} texts")
+    if skip is not None and offsets is None:
+        token_ids, offsets = encode(tok, texts)
     all_ids = token_ids if token_ids is not None else tokenize(tok, texts)
+    scores = [Score(bytes=bytes_outside(t, skip[i]) if skip is not None else len(t.encode("utf-8")), documents=1)
+              for i, t in enumerate(texts)]
+    jobs: list[tuple[int, list[int], list[int] | None]] = []
     for i, ids in enumerate(all_ids):
-        seq = ([ctx] if ctx is not None else []) + list(ids)
-        for w in windows(seq, size):
-            jobs.append((i, w))
-            scores[i].tokens += len(w) - 1
+        lead = [ctx] if ctx is not None else []
+        seq = lead + list(ids)
+        flags = None
+        if skip is not None and skip[i]:
+            flags = [1] * len(lead) + scored_flags(len(texts[i]), offsets[i], skip[i])
+        for k, w in enumerate(windows(seq, size)):
+            start = k * (size - 1)
+            weights = flags[start + 1 : start + len(w)] if flags is not None else None
+            jobs.append((i, w, weights))
+            scores[i].tokens += sum(weights) if weights is not None else len(w) - 1
     jobs.sort(key=lambda job: len(job[1]))
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        for (i, _), nll in zip(chunk, window_nll(lm.model, [w for _, w in chunk], pad_id)):
+        weights = [wt for _, _, wt in chunk]
+        nlls = window_nll(lm.model, [w for _, w, _ in chunk], pad_id, weights if any(x is not None for x in weights) else None)
+        for (i, _, _), nll in zip(chunk, nlls):
             scores[i].nll += nll
     return scores
 

@@ -290,8 +290,10 @@ def sections(metrics: dict) -> list[tuple[str, str, Table | None, list[str]]]:
     out = [("Summary", "Held-out numbers per model; SFT and DPO are compared with the base model.", summary_table(metrics), [])]
     if "gates" in metrics:
         out.append(("Promotion gates", checks.gates_intro(metrics), checks.gates_table(metrics), []))
-    out.append(("Perplexity by domain", "Token-weighted perplexity on the eval-split documents of each domain.", perplexity_table(metrics, "perplexity", 2), ["perplexity_by_domain.png"]))
-    out.append(("Bits per byte", "Total NLL / ln 2 / UTF-8 bytes: comparable across tokenizers.", perplexity_table(metrics, "bits_per_byte", 3), []))
+    scoring = (metrics.get("perplexity_scoring") or {}).get("line")
+    scoring = f" {scoring}" if scoring else ""
+    out.append(("Perplexity by domain", f"Token-weighted perplexity on the eval-split documents of each domain.{scoring}", perplexity_table(metrics, "perplexity", 2), ["perplexity_by_domain.png"]))
+    out.append(("Bits per byte", "Total NLL / ln 2 / UTF-8 bytes outside what was left out: comparable across tokenizers.", perplexity_table(metrics, "bits_per_byte", 3), []))
     out.append(("Against the original model and base_checkpoint", reference_intro(metrics), reference_table(metrics), []))
     out.append(("SFT vs DPO vs RL on the same held-out prompts", policy_tables.policy_intro(metrics), policy_tables.policy_table(metrics)
                 if (metrics.get("policies") or {}).get("models") else None, ["policy_rewards.png"]))

@@ -79,25 +79,32 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int,
     and with the original one, on the same documents. With an `allowance` in seconds, documents are scored a few at a
     time, both ways, until the next group would pass it (at least one group is scored); `max_chars` (what the
     allowance affords at the measured forward speed) shortens the documents first, spread over as many as it covers
-    at VOCAB_CHECK_MIN_CHARS each. Returns the record for the
+    at VOCAB_CHECK_MIN_CHARS each. The documents' PII tags are read as training reads them (filled with surrogates)
+    and the surrogates left out of both scores (with filling off, the tags: `evaluation/heldout.py`): the terms never
+    include them, and how either tokenizer spells a made-up name or a `<PERSON>` says nothing about the domain.
+    Returns the record for the
     stats (what was scored, in what time), and the original tokenizer (finished for the later stages) when the
     extension is to be dropped, else None."""
     import itertools
     import time
 
     from llm_pipeline import progress
+    from llm_pipeline.evaluation.heldout import HeldOut
     from llm_pipeline.evaluation.models import LoadedModel
     from llm_pipeline.evaluation.perplexity import score_texts, total
     from llm_pipeline.stages.tokenizer import load_base_tokenizer
     from llm_pipeline.training import vocab_extension
 
-    texts = [t[:VOCAB_CHECK_CHARS] for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
-    if not texts:
+    view = HeldOut.for_config(cfg)
+    raw = [t for _, t in itertools.islice(iter_texts(shards, cfg.domain_names, "eval"), VOCAB_CHECK_DOCUMENTS)]
+    if not raw:
         return {"checked": False, "why": "no held-out documents to measure the extension on", "kept": "extended"}, None
-    available = len(texts)
-    if max_chars is not None and max_chars < sum(map(len, texts)):
-        per_doc = min(VOCAB_CHECK_CHARS, max(VOCAB_CHECK_MIN_CHARS, max_chars // len(texts)))
-        texts = [texts[i][:per_doc] for i in budget.spread(len(texts), max(1, max_chars // per_doc))]
+    available = len(raw)
+    prepared = [view.prepare_one(t, VOCAB_CHECK_CHARS) for t in raw]
+    if max_chars is not None and max_chars < sum(len(t) for t, _ in prepared):
+        per_doc = min(VOCAB_CHECK_CHARS, max(VOCAB_CHECK_MIN_CHARS, max_chars // len(raw)))
+        prepared = [view.prepare_one(raw[i], per_doc) for i in budget.spread(len(raw), max(1, max_chars // per_doc))]
+    texts, skip = [t for t, _ in prepared], [sp for _, sp in prepared]
     name, original = load_base_tokenizer(cfg)
     vocab_extension.finish(original)
     was_training = model.training
@@ -108,9 +115,9 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int,
     scored = 0
     try:
         while scored < len(texts):
-            group = texts[scored : scored + VOCAB_CHECK_GROUP]
+            group, spans = texts[scored : scored + VOCAB_CHECK_GROUP], skip[scored : scored + VOCAB_CHECK_GROUP]
             for label, tok in (("extended", tokenizer), ("original", original)):
-                scores[label] += score_texts(LoadedModel(label, model, tok, is_adapter=False), group, batch_size=4)
+                scores[label] += score_texts(LoadedModel(label, model, tok, is_adapter=False), group, batch_size=4, skip=spans)
             scored += len(group)
             meter.update(scored)
             spent = time.perf_counter() - started
@@ -130,6 +137,9 @@ def vocab_check(cfg: PipelineConfig, model, tokenizer, shards: Path, added: int,
         "tokens_added": added, "original_tokenizer": name,
         "extended_bits_per_byte": round(bpb["extended"], 5), "original_bits_per_byte": round(bpb["original"], 5),
         "change": round(bpb["extended"] / bpb["original"] - 1, 5), "kept": "extended" if keep else "original",
+        # The same spans for both tokenizers, so the two figures divide the same bytes.
+        "left_out_of_score": {"mode": view.mode, "spans": sum(map(len, skip[:scored])),
+                              "chars": sum(b - a for sp in skip[:scored] for a, b in sp)},
         "why": (f"the {added} domain terms {'lower' if lower else 'do not lower'} held-out bits per byte"
                 f"{f' by more than {gain:.1%}' if gain else ''} ({bpb['extended']:.4f} vs {bpb['original']:.4f} with the original tokenizer"
                 f" on {scored} of {available} held-out documents, {sum(len(t) for t in texts[:scored]):,} characters)"

@@ -1,7 +1,8 @@
 """eval_report: held-out comparison of the base, SFT, DPO and RL models, written as report.md, report.html and metrics.json.
 
 Reads every upstream output (see docs/ARCHITECTURE.md), computes per-domain perplexity and bits per byte on the
-eval-split documents, DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
+eval-split documents (PII tags filled as training reads them, the surrogates read but not scored:
+`evaluation/heldout.py`), DPO preference accuracy on held-out pairs, ROUGE-L / exact match of greedy completions on
 sft_eval, a few-shot probe set, side-by-side samples, answers to adversarial prompts, an n-gram contamination check
 and a PII canary search; shows what each model's training cost and bought (the settings each training stage chose and
 why, data trained on against data available, wall time; `evaluation/compute.py`); draws the plots (on a background
@@ -38,10 +39,11 @@ from safetensors import SafetensorError
 
 from llm_pipeline.config import PipelineConfig
 from llm_pipeline.evaluation import cache as cache_mod
-from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, models, perplexity, plots, policy_rewards, policy_tables, preference, probes, report, report_checks, review
+from llm_pipeline.evaluation import canaries, compute, contamination, data, gates, generation, heldout, models, perplexity, plots, policy_rewards, policy_tables, preference, probes, report, report_checks, review
 from llm_pipeline.io import dvc_hash, file_md5, write_json
 from llm_pipeline.runner import code_version
 from llm_pipeline.stages import StageOutput
+from llm_pipeline.training import tag_fill
 
 # Under a run budget the report's cost follows it: eval_report.max_seconds, else this share of
 # training.max_train_seconds. The row caps come from that time and the training throughput the upstream stages
@@ -116,7 +118,7 @@ def _training_summary(logs: dict[str, list[dict]]) -> dict:
 
 def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], docs: dict[str, list[data.EvalDocument]],
                   domains: dict[str, Path], folders: dict[str, list[Path]], workers: int = 1,
-                  identities: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
+                  identities: dict[str, str] | None = None, view: heldout.HeldOut | None = None) -> tuple[dict, dict, dict]:
     """Per model: perplexity and bits per byte by domain and overall, and the per-document scores.
 
     A model's scores on a domain are read from the result cache when neither the model's files nor the domain's
@@ -124,13 +126,25 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
     scored and the result kept (`identities`: a name standing for a model that has no folder of its own, such as a
     hub id). Documents are tokenized once per distinct tokenizer, not once per model. With
     `workers` > 1 (small models on a CPU, one intra-op thread each) the (model, domain) scorings run in that many
-    threads at once: the forward passes release the GIL, so each gets a core of its own."""
+    threads at once: the forward passes release the GIL, so each gets a core of its own.
+
+    Every model reads the same text (`view`, evaluation/heldout.py): PII tags filled as training read them, and the
+    surrogates (or, with filling off, the tags) left out of every model's score, so ratios between models compare
+    like with like."""
     ec = cfg.eval_report
+    view = view or heldout.HeldOut.for_config(cfg)
+    # The text each document is scored as, and the spans left out of it: the same for every model.
+    scored_text: dict[str, tuple[list[str], list[list[tuple[int, int]]]]] = {
+        d: view.prepare([x.text for x in ds], group=d) for d, ds in docs.items()}
+    # The key holds the text as scored and the spans left out, not the filler's settings: a change of seed or canaries
+    # that draws other surrogates retires the entry, one that draws the same keeps it.
+    scored_hash = {d: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:32] for d, v in scored_text.items()}
     identities = identities or {}
     cache = cache_mod.ResultCache(cfg.data_path)
-    code = cache_mod.source_version(perplexity, data)
+    code = cache_mod.source_version(perplexity, data, heldout, tag_fill)
     shard_hash = {d: dvc_hash(p) for d, p in domains.items()}
-    token_ids: dict[tuple[str, str], list[list[int]]] = {}
+    # Per (tokenizer, domain): token ids and their character offsets (the spans left out need them).
+    token_ids: dict[tuple[str, str], tuple[list[list[int]], list[list[tuple[int, int]]]]] = {}
     folder_ids = {f: cache_mod.model_identity(f) for f in {f for fs in folders.values() for f in fs}}  # each folder hashed once
     per_doc: dict[tuple[str, str], list[perplexity.Score]] = {}
     todo: list[tuple[str, str, str, tuple[str, str]]] = []  # (model, domain, cache key, token ids key)
@@ -141,21 +155,27 @@ def _perplexities(cfg: PipelineConfig, loaded: dict[str, models.LoadedModel], do
             if not ds:
                 continue
             key = cache.key(model=identity, shard=shard_hash[d], window=lm.window, code=code, eval_fraction=cfg.eval_fraction,
-                            max_eval_documents=ec.max_eval_documents, max_document_chars=ec.max_document_chars)
+                            max_eval_documents=ec.max_eval_documents, max_document_chars=ec.max_document_chars,
+                            scoring=view.mode, scored=scored_hash[d])
             hit = cache.get("perplexity", key)
             if hit is not None and hit.get("ids") == [x.id for x in ds]:
                 per_doc[(name, d)] = perplexity.from_rows(hit["scores"])
                 continue
             if (vocab, d) not in token_ids:
-                token_ids[(vocab, d)] = perplexity.tokenize(lm.tokenizer, [x.text for x in ds])
+                texts = scored_text[d][0]
+                # A slow tokenizer has no offsets: its texts can be scored whole only (score_texts says so if asked more).
+                token_ids[(vocab, d)] = (perplexity.encode(lm.tokenizer, texts) if hasattr(lm.tokenizer, "backend_tokenizer")
+                                         else (perplexity.tokenize(lm.tokenizer, texts), None))
             todo.append((name, d, key, (vocab, d)))
 
     def score(job: tuple[str, str, str, tuple[str, str]]) -> list[perplexity.Score]:
         name, d, _, ids = job
-        return perplexity.score_texts(loaded[name], [x.text for x in docs[d]], ec.batch_size, token_ids=token_ids[ids])
+        texts, spans = scored_text[d]
+        ids_, offsets = token_ids[ids]
+        return perplexity.score_texts(loaded[name], texts, ec.batch_size, token_ids=ids_, offsets=offsets, skip=spans)
 
     # Longest first, so that no thread is left with a large job at the end.
-    todo.sort(key=lambda job: -sum(map(len, token_ids[job[3]])))
+    todo.sort(key=lambda job: -sum(map(len, token_ids[job[3]][0])))
     results = models.parallel_map(score, todo, workers, "eval-ppl")
     for (name, d, key, _), scores in zip(todo, results):
         cache.put("perplexity", key, {"ids": [x.id for x in docs[d]], "scores": perplexity.to_rows(scores)})
@@ -597,8 +617,9 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         folders = {"base": [base_dir, *tok_dir], **{m: [base_dir, *tok_dir, f] for m, f in tuned.items()}}
         folders["original"] = original_folders
         scored = {**loaded, **({"original": original} if original is not None else {})}
+        view = heldout.HeldOut.for_config(cfg)
         ppl, doc_scores, ppl_cache = _perplexities(cfg, scored, docs, domains, folders, models.parallel_workers(scored, threads),
-                                                   identities={"original": original_name} if original_name else None)
+                                                   identities={"original": original_name} if original_name else None, view=view)
         del original, scored  # scored on held-out text only: the gates need its bits per byte, not its generations
         review_scores = doc_scores.get(review_model, {})
         timings["perplexity"] = time.perf_counter() - t
@@ -733,6 +754,8 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "original": original_info,
         "eval_documents": {d: len(ds) for d, ds in docs.items()},
         "perplexity": ppl,
+        # What the held-out scores left out, and why (the same text and spans for every model).
+        "perplexity_scoring": {**view.summary(), "line": view.line()},
         "preference": pref,
         "policies": policies,
         "tasks": tasks,
@@ -778,4 +801,5 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
         "policies_md": policy_tables.policy_markdown(metrics, report.md_table),
         "training_seconds": metrics["compute"]["total_seconds"],
         "evaluation_caps": caps,
+        "perplexity_scoring": metrics["perplexity_scoring"]["line"],
     })

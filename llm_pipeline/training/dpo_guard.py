@@ -9,7 +9,9 @@ another document's continuation as the rejected side, the chosen continuations g
 0.955) while the documents grew less (1.067 on the worst domain). So the guard scores held-out documents themselves,
 the way the report does (`evaluation/perplexity.score_texts`), on the first `DOCUMENTS` of each domain's eval split
 (each cut to `DOCUMENT_CHARS`) and of the held-out general text when continued pretraining mixed some in (a domain
-DPO never trains on), and compares each one's perplexity with the SFT model's on the same documents.
+DPO never trains on), and compares each one's perplexity with the SFT model's on the same documents. The documents'
+PII tags are filled as training read them and the surrogates left out of the score (with filling off, the tags
+themselves; `evaluation/heldout.py`): a surrogate is a random made-up value, and how a model guesses it is noise.
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ def first_of_each(texts: list[tuple[str, str]], n: int) -> list[int]:
 
 
 class HeldOutGuard:
-    def __init__(self, model, tokenizer, texts: list[tuple[str, str]], max_ratio: float):
+    def __init__(self, model, tokenizer, texts: list[tuple[str, str]], max_ratio: float,
+                 skip: list[list[tuple[int, int]]] | None = None, left_out: dict | None = None):
         from llm_pipeline.evaluation.models import LoadedModel
+        from llm_pipeline.evaluation.perplexity import encode
 
         self.lm = LoadedModel("policy", model, tokenizer, is_adapter=True)
         self.texts = texts
+        self.skip = skip if skip is not None else [[] for _ in texts]  # per text: character spans not scored
+        self.left_out = left_out or {}
+        # The tokenizer does not change while DPO trains: every evaluation reads the same ids and offsets.
+        self.ids, self.offsets = encode(tokenizer, [t for _, t in texts]) if any(self.skip) else (None, None)
         self.max_ratio = max_ratio
         self.keep = list(range(len(texts)))
         started = time.perf_counter()
@@ -54,28 +62,37 @@ class HeldOutGuard:
 
     @classmethod
     def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float,
-              max_tokens: int | None = None, general: Iterable[str] = (), filler=None) -> "HeldOutGuard | None":
+              max_tokens: int | None = None, general: Iterable[str] = (), filler=None, view=None) -> "HeldOutGuard | None":
         """A guard on the first held-out documents of each domain, and of `general` (held-out general text, a domain
         DPO never trains on, as `general`); None when there are none. Under a time budget, `max_tokens` (what an
-        evaluation can afford) keeps the first of each domain that fit, at least one of each. `filler` fills the
-        documents' PII tags as the training stages read them (``training.tag_fill``)."""
+        evaluation can afford) keeps the first of each domain that fit, at least one of each. `view`
+        (``evaluation.heldout.HeldOut.for_config``) says how the documents' PII tags are read and left out of the
+        score; without it, `filler` (``training.tag_fill.for_config``) fills them and the surrogates are left out,
+        and with neither the tags themselves are left out."""
+        from llm_pipeline.evaluation.heldout import HeldOut
         from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
-        texts = []
+        if view is None:
+            view = HeldOut("surrogates", filler) if filler is not None else HeldOut("tags")
+        texts, skip = [], []
         for domain in domains:
-            for i, rec in enumerate(iter_documents(shards, domain, "eval", columns=["id", "text", "split"], filler=filler)):
-                if i >= DOCUMENTS:
-                    break
-                texts.append((domain, rec["text"][:DOCUMENT_CHARS]))
-        texts += [("general", t[:DOCUMENT_CHARS]) for t in itertools.islice(general, DOCUMENTS)]
+            raw = [rec["text"] for rec in itertools.islice(iter_documents(shards, domain, "eval", columns=["id", "text", "split"]), DOCUMENTS)]
+            scored, spans = view.prepare(raw, max_chars=DOCUMENT_CHARS, group=domain)
+            texts += [(domain, t) for t in scored]
+            skip += spans
+        general = [t[:DOCUMENT_CHARS] for t in itertools.islice(general, DOCUMENTS)]  # not redacted: scored whole
+        texts += [("general", t) for t in general]
+        skip += [[] for _ in general]
         if texts and max_tokens is not None:
             lengths = [len(ids) for ids in tokenize(tokenizer, [t for _, t in texts])]
             n = DOCUMENTS
             while n > 1 and sum(lengths[i] for i in first_of_each(texts, n)) > max_tokens:
                 n -= 1
-            texts = [texts[i] for i in first_of_each(texts, n)]
-        return cls(model, tokenizer, texts, max_ratio) if texts else None
+            kept = first_of_each(texts, n)
+            texts, skip = [texts[i] for i in kept], [skip[i] for i in kept]
+        left_out = {"mode": view.mode, "spans": sum(map(len, skip)), "chars": sum(b - a for sp in skip for a, b in sp)}
+        return cls(model, tokenizer, texts, max_ratio, skip, left_out) if texts else None
 
     def fit_budget(self, allowance: float) -> int:
         """Score only the documents an evaluation can afford in `allowance` seconds, at what scoring them for the SFT
@@ -97,7 +114,11 @@ class HeldOutGuard:
         model.eval()
         try:
             with torch.no_grad():
-                return score_texts(self.lm, [self.texts[i][1] for i in self.keep], batch_size=8)
+                texts = [self.texts[i][1] for i in self.keep]
+                if self.ids is None:
+                    return score_texts(self.lm, texts, batch_size=8)
+                return score_texts(self.lm, texts, batch_size=8, token_ids=[self.ids[i] for i in self.keep],
+                                   offsets=[self.offsets[i] for i in self.keep], skip=[self.skip[i] for i in self.keep])
         finally:
             model.train(was_training)
 
@@ -121,4 +142,5 @@ class HeldOutGuard:
     def summary(self) -> dict:
         domains = sorted({self.texts[i][0] for i in self.keep})
         return {"documents": len(self.keep), "domains": domains, "max_ratio": self.max_ratio,
-                "evaluations": self.figures, "reference_seconds": round(self.seconds, 3)}
+                "evaluations": self.figures, "reference_seconds": round(self.seconds, 3),
+                "left_out_of_score": self.left_out}

@@ -61,3 +61,58 @@ def test_totals_are_token_weighted():
     assert t.perplexity == pytest.approx(math.exp(2.0))
     assert t.bits_per_byte == pytest.approx(40 / math.log(2) / 80)
     assert math.isnan(Score().perplexity)
+
+
+# -- spans left out of the score (the surrogates that fill PII tags)
+
+NAMED = "The tenant Zorblax Quint pays the landlord."
+
+
+def test_empty_spans_change_nothing(tiny_lm):
+    from llm_pipeline.evaluation.perplexity import encode
+
+    texts = [TEXT, NAMED, "Short one."]
+    plain = score_texts(tiny_lm, texts, window=6)
+    ids, offsets = encode(tiny_lm.tokenizer, texts)
+    for got in (score_texts(tiny_lm, texts, window=6, skip=[[], [], []]),
+                score_texts(tiny_lm, texts, window=6, token_ids=ids, offsets=offsets, skip=[[], [], []])):
+        assert [(s.nll, s.tokens, s.bytes) for s in got] == [(s.nll, s.tokens, s.bytes) for s in plain]
+
+
+@pytest.mark.parametrize("size", [64, 6, 2])
+def test_tokens_touching_a_span_are_read_but_not_scored(tiny_lm, size):
+    """By hand: the tokens whose characters overlap "Zorblax Quint" are context only; the bytes inside the span do
+    not count. The same for any window size (windows after the first start with the token before them)."""
+    from llm_pipeline.evaluation.perplexity import encode
+
+    start = NAMED.index("Zorblax")
+    span = (start, start + len("Zorblax Quint"))
+    (ids,), (offsets,) = encode(tiny_lm.tokenizer, [NAMED])
+    touching = [a < span[1] and span[0] < b for a, b in offsets]
+    assert 0 < sum(touching) < len(ids)  # the span is some tokens, not all
+    seq = [tiny_lm.tokenizer.eos_token_id] + ids
+    with torch.no_grad():
+        expected = 0.0
+        for k, w in enumerate(windows(seq, size)):
+            logp = torch.log_softmax(tiny_lm.model(input_ids=torch.tensor([w])).logits[0].double(), dim=-1)
+            for j in range(len(w) - 1):
+                if not touching[k * (size - 1) + j]:  # target j+1 of the window is document token k*(size-1)+j
+                    expected -= logp[j, w[j + 1]].item()
+    (s,) = score_texts(tiny_lm, [NAMED], window=size, skip=[[span]])
+    assert s.tokens == len(ids) - sum(touching)
+    assert s.bytes == len(NAMED.encode("utf-8")) - len("Zorblax Quint")
+    assert s.nll == pytest.approx(expected, rel=1e-4)
+    # Scored tokens are those outside the span; the ones inside still shape what follows them as context.
+    (whole,) = score_texts(tiny_lm, [NAMED], window=size)
+    assert whole.tokens == s.tokens + sum(touching) and whole.nll > s.nll
+
+
+def test_spans_in_a_batch_apply_to_their_own_text_only(tiny_lm):
+    texts = [NAMED, TEXT, NAMED]
+    start = NAMED.index("Zorblax")
+    skip = [[(start, start + 7)], [], []]
+    batched = score_texts(tiny_lm, texts, batch_size=3, skip=skip)
+    alone = [score_texts(tiny_lm, [t], batch_size=1, skip=[sp])[0] for t, sp in zip(texts, skip)]
+    assert [(s.tokens, s.bytes) for s in batched] == [(s.tokens, s.bytes) for s in alone]
+    assert [s.nll for s in batched] == pytest.approx([s.nll for s in alone], rel=1e-4)
+    assert batched[0].tokens < batched[2].tokens
