@@ -419,12 +419,13 @@ def run(cfg: PipelineConfig, inputs: dict[str, Path], output_dir: Path, domain: 
     guard = None
     if guarded:  # scores the SFT model's held-out documents once
         from llm_pipeline.training.corpus import iter_general
+        from llm_pipeline.evaluation.heldout import HeldOut
         from llm_pipeline.training.dpo_guard import HeldOutGuard
 
         with torch_threads(settings.value("cpu_threads")):
             general = iter_general(cfg, "eval") if cfg.base_checkpoint.general_data and cfg.base_checkpoint.domain_ratio < 1 else ()
             guard = HeldOutGuard.build(model, tokenizer, inputs["deduped_shards"], cfg.domain_names, dc.max_heldout_perplexity_ratio,
-                                       max_tokens=guard_tokens, general=general, filler=tag_fill.for_config(cfg))
+                                       max_tokens=guard_tokens, general=general, view=HeldOut.for_config(cfg))
     run_config = {**dc.model_dump(mode="json"), **settings.values()}
     with tracked_run(cfg, ASSET, run_config) as tracker, torch_threads(settings.value("cpu_threads")):
         train_fn = _train_loop if engine == "loop" else _train_trl
