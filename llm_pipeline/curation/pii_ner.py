@@ -36,7 +36,7 @@ import re
 from contextlib import contextmanager
 from functools import lru_cache
 
-from spacy.attrs import IDX, LENGTH, SPACY
+from spacy.attrs import ENT_IOB, IDX, IS_SPACE, LENGTH, SENT_START, SPACY
 from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.tokens import Doc, Span
 
@@ -142,16 +142,123 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
     spaCy's ``greedy_parse`` steps through the transitions in C without the GIL, but in the spaCy and thinc builds
     we use every maxout unit of every step re-acquires the GIL (a Cython exception/trace check inside
     ``thinc.linalg.Vec.arg_max``), which made decoding ~2.5x slower than the network itself. Here each step is one
-    vectorized call for all states of the batch (the same hidden and output layers, spaCy's own
-    ``transition_states`` to pick and apply the best valid action) with the GIL held; the entities are the same
-    (llm_pipeline_tests/curation/test_pii_ner.py)."""
+    vectorized call for all states of the batch (the same hidden and output layers) with the GIL held, and the best
+    valid action is picked and applied by ``_BiluoSteps`` in numpy: spaCy's own ``transition_states`` checks the 74
+    actions' validity one C call at a time, each paying the same check (~6 us a token, 0.14 s of presidio-research's
+    1,500 documents). The entities are the same (llm_pipeline_tests/curation/test_pii_ner.py)."""
+    steps = _biluo_steps(ner)
+    table = [doc.to_array([IS_SPACE, ENT_IOB, SENT_START]) for doc in docs] if steps is not None else []
+    # Preset entities or sentence starts (never in the windows read here) make other actions valid: spaCy decides.
+    if steps is None or any(t[:, 1].any() or (t[1:, 2] == 1).any() for t in table if len(t)):
+        model = ner.model.predict(docs)
+        states = ner.moves.init_batch(docs)
+        active = [s for s in states if not s.is_final()]
+        while active:
+            active = ner.transition_states(active, model.predict(active))
+        model.clear_memory()
+        ner.set_annotations(docs, states)
+        return
     model = ner.model.predict(docs)
-    states = ner.moves.init_batch(docs)
-    active = [s for s in states if not s.is_final()]
-    while active:
-        active = ner.transition_states(active, model.predict(active))
-    model.clear_memory()
-    ner.set_annotations(docs, states)
+    try:
+        found = steps.decode(model, [len(doc) for doc in docs], [t[:, 0] for t in table])
+    finally:
+        model.clear_memory()
+    for doc, ents in zip(docs, found):
+        doc.set_ents([Span(doc, a, b, label=label) for a, b, label in ents], default="outside")
+
+
+class _BiluoSteps:
+    """spaCy's BILUO transition system for NER on documents without preset entities or sentence starts, a step for
+    all documents at once: every action reads one token, so after step t each document is at its token t.
+
+    The validity rules are spaCy's (``spacy/pipeline/_parser_internals/ner.pyx``) for such documents: B(egin) and
+    I(n) need a token after this one, B and U(nit) a non-whitespace token and no open entity, I and L(ast) the open
+    entity's label, O(ut) no open entity; the label-less U- is never valid. Which actions are valid depends only on
+    (open entity's label or none, a token after this one, whitespace), so each combination's mask is computed once."""
+
+    def __init__(self, names: list[str]):
+        import numpy
+
+        kinds = [n.split("-", 1)[0] for n in names]
+        labels = [n.split("-", 1)[1] if "-" in n else "" for n in names]
+        self.labels = sorted({lab for lab in labels if lab})
+        code = {lab: k + 1 for k, lab in enumerate(self.labels)}  # 0: no label / no open entity
+        self.kind = numpy.array(["BILUO".index(k) for k in kinds], dtype=numpy.int64)
+        self.label = numpy.array([code.get(lab, 0) for lab in labels], dtype=numpy.int64)
+        has = self.label > 0
+        # penalty[(open label) * 4 + more * 2 + space]: 0 for a valid action, -inf for an invalid one
+        self.penalty = numpy.full(((len(self.labels) + 1) * 4, len(names)), -numpy.inf, dtype="float32")
+        for open_label in range(len(self.labels) + 1):
+            for more in (0, 1):
+                for space in (0, 1):
+                    is_open, same = open_label > 0, self.label == open_label
+                    valid = {0: has & (not is_open) & bool(more) & (not space), 1: has & is_open & bool(more) & same,
+                             2: has & is_open & same, 3: has & (not is_open) & (not space),
+                             4: numpy.full(len(names), not is_open)}
+                    ok = numpy.zeros(len(names), dtype=bool)
+                    for k, v in valid.items():
+                        ok |= (self.kind == k) & v
+                    self.penalty[open_label * 4 + more * 2 + space, ok] = 0.0
+
+    def decode(self, model, lengths: list[int], spaces: list) -> list[list[tuple[int, int, str]]]:
+        """(start, end, label) per document, from the ParserStepModel ``ner.model.predict(docs)`` made."""
+        import numpy
+
+        n = numpy.asarray(lengths, dtype=numpy.int64)
+        offset = numpy.concatenate([[0], numpy.cumsum(n)[:-1]]).astype(numpy.int64)
+        space = numpy.concatenate(spaces).astype(bool) if len(spaces) else numpy.zeros(0, dtype=bool)
+        start = numpy.full(len(n), -1, dtype=numpy.int64)  # token (batch-wide) where the open entity starts
+        open_label = numpy.zeros(len(n), dtype=numpy.int64)
+        unseen = model._class_mask == 0
+        found: list[tuple] = []
+        active = numpy.flatnonzero(n > 0)  # in batch order, as spaCy's states: the same rows, the same products
+        t = 0
+        while len(active):
+            b0 = offset[active] + t
+            opened = start[active]
+            is_open = opened >= 0
+            ids = numpy.empty((len(active), 3), dtype=numpy.int32)  # the state's features: B(0), E(0), B(0)-1
+            ids[:, 0] = b0
+            ids[:, 1] = numpy.where(is_open, opened, -1)
+            ids[:, 2] = numpy.where(is_open, b0 - 1, -1)
+            scores = model.vec2scores.predict(model.state2vec.predict(ids)) if model.attrs["has_upper"] else \
+                numpy.asarray(model.state2vec.predict(ids))
+            if unseen.any():
+                scores[:, unseen] = numpy.nanmin(scores)
+            state = open_label[active] * 4 + (n[active] - t >= 2) * 2 + space[b0]
+            guess = numpy.argmax(scores + self.penalty[state], axis=1)  # the first best, as spaCy's arg_max_if_valid
+            kind, label = self.kind[guess], self.label[guess]
+            begin, unit, last = kind == 0, kind == 3, kind == 2
+            if unit.any():
+                found += zip(active[unit].tolist(), [t] * int(unit.sum()), [t + 1] * int(unit.sum()), label[unit].tolist())
+            if last.any():
+                docs_ = active[last]
+                found += zip(docs_.tolist(), (start[docs_] - offset[docs_]).tolist(), [t + 1] * len(docs_), label[last].tolist())
+                start[docs_] = -1
+                open_label[docs_] = 0
+            if begin.any():
+                start[active[begin]] = b0[begin]
+                open_label[active[begin]] = label[begin]
+            t += 1
+            active = active[n[active] > t]
+        out: list[list[tuple[int, int, str]]] = [[] for _ in lengths]
+        for i, a, b, label in sorted(found):
+            out[i].append((a, b, self.labels[label - 1]))
+        return out
+
+
+def _biluo_steps(ner):
+    """The numpy decoder for `ner`'s actions, or None where they (or its state features) are not the BILUO ones."""
+    key = id(ner.moves)
+    if key not in _STEPS:
+        names = [ner.moves.get_class_name(i) for i in range(ner.moves.n_moves)]
+        ok = (all(n == "O" or (n[:2] in ("B-", "I-", "L-", "U-")) for n in names) and "O" in names
+              and ner.model.get_ref("lower").get_dim("nF") == 3)
+        _STEPS[key] = (_BiluoSteps(names) if ok else None, ner.moves)  # the moves object kept: its id stays its own
+    return _STEPS[key][0]
+
+
+_STEPS: dict = {}
 
 
 # ---------------------------------------------------------------- embeddings once per distinct token
