@@ -567,7 +567,8 @@ class FastAnalyzer:
         found: list[dict] = [{} for _ in texts]  # per text: recognizer -> its results
         digit_windows_cache: dict[int, list] = {}
         for rec in self.recognizers:
-            wanted = [i for i, e in enumerate(entities) if not set(rec.supported_entities).isdisjoint(e)]
+            supported = set(rec.supported_entities)
+            wanted = [i for i, e in enumerate(entities) if not supported.isdisjoint(e)]
             mode = RUN_ON.get(rec.name)
             if mode is not None:
                 pieces = []

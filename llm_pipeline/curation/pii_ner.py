@@ -53,10 +53,11 @@ def candidate_offsets(text: str) -> list[int]:
     as part of a name ("<PERSON> deemed") only finds the words next to it."""
     out = []
     tags = [m.span() for m in _TAG.finditer(text)] if "<" in text else []
+    tag_starts = [a for a, _ in tags]  # in order and disjoint: only the last tag starting before a word can hold it
     for m in _LETTERS.finditer(text):
         word = m.group()
         if word[0].isupper() and (word.lower() not in STOP_WORDS or sum(c.isupper() for c in word) > 1):
-            if tags and any(a < m.start() < b for a, b in tags):
+            if tags and (k := bisect.bisect_left(tag_starts, m.start()) - 1) >= 0 and m.start() < tags[k][1]:
                 continue
             out.append(m.start())
     return out
@@ -85,9 +86,17 @@ def ner_windows(token_starts: list[int], offsets: list[int], n_tokens: int, befo
 
 def token_table(doc: Doc, text: str) -> tuple[list[int], list[str], list[bool]]:
     """(start offsets, texts, trailing-space flags) of the tokens of `doc`, the tokenization of `text`, read from its
-    arrays (building a spaCy Token object per token costs more than the rest of this)."""
-    rows = doc.to_array([IDX, LENGTH, SPACY]).tolist()
-    return [r[0] for r in rows], [text[r[0] : r[0] + r[1]] for r in rows], [bool(r[2]) for r in rows]
+    arrays (building a spaCy Token object per token costs more than the rest of this). Kept with the document: the
+    focus of a later pass, the windows and the context words read it."""
+    table = doc.user_data.get(TOKEN_TABLE)
+    if table is None:
+        rows = doc.to_array([IDX, LENGTH, SPACY]).tolist()
+        table = doc.user_data[TOKEN_TABLE] = ([r[0] for r in rows], [text[r[0] : r[0] + r[1]] for r in rows],
+                                              [bool(r[2]) for r in rows])
+    return table
+
+
+TOKEN_TABLE = "pii_token_table"  # Doc.user_data key
 
 
 # Entities of windows already read, by the window's words and spaces: a window is read as a document of its own, so
