@@ -173,11 +173,16 @@ def test_default_processes_follow_the_cpu_count(monkeypatch):
     assert PiiRedactor(CleanedCorpusConfig()).processes == 2
 
 
-# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only near replacements.
+# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only where a candidate's
+# window (4 tokens before it, 5 after) holds a changed token. Token k starts at 10 * k.
 NEAR = [
     (list(range(0, 400, 10)), [0, 50, 200, 390], [(50, 58)], [0, 50]),
-    (list(range(0, 400, 10)), [0, 50, 200, 390], [(300, 310)], [200, 390]),
-    (list(range(0, 400, 10)), [0, 50, 200, 390], [(340, 350)], [390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(250, 258)], [200]),  # 5 tokens after token 20: in its window
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(260, 268)], []),  # 6 after: outside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(160, 168)], [200]),  # 4 before: inside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(150, 158)], []),  # 5 before: outside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(120, 171)], [200]),  # a span over several tokens: its last counts
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(350, 358)], [390]),  # 4 before the last token
     (list(range(0, 400, 10)), [0, 50, 200, 390], [], []),
 ]
 
