@@ -293,7 +293,9 @@ def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
         return False
     if not (extract.name == "extract_features" and hashed.name.startswith("with_array(") and embed.name.endswith("ragged2list")):
         return False
-    cache: dict[bytes, object] = {}
+    # Feature row (as bytes) -> its row in `store`, the embeddings computed so far.
+    cache: dict[bytes, int] = {}
+    store: list = []  # [array (size, width)], allocated at the first batch
 
     def forward(layer, docs, is_train):
         if is_train:
@@ -304,17 +306,24 @@ def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
         lengths = [len(f) for f in feats]
         rows = numpy.ascontiguousarray(numpy.concatenate(feats)) if feats else numpy.zeros((0, 4), dtype="uint64")
         uniq, inverse = numpy.unique(rows, axis=0, return_inverse=True)
-        keys = [row.tobytes() for row in uniq]
+        uniq = numpy.ascontiguousarray(uniq)
+        keys = uniq.view(numpy.dtype((numpy.void, uniq.shape[1] * uniq.itemsize))).ravel().tolist()  # one bytes a row
         todo = [k for k, key in enumerate(keys) if key not in cache]
         if len(cache) + len(todo) > size:  # full: start again with this batch's rows
             cache.clear()
             todo = list(range(len(keys)))
+        width = embed.get_dim("nO")
         if todo:
             fresh = mix_layer.predict(hash_layer.predict(uniq[todo]))
-            cache.update(zip((keys[k] for k in todo), fresh))
-        width = embed.get_dim("nO")
-        table = numpy.stack([cache[key] for key in keys]) if keys else numpy.zeros((0, width), dtype="float32")
-        out = table[inverse.reshape(-1)]
+            if not store or store[0].shape[0] < max(size, len(todo)):
+                store[:] = [numpy.empty((max(size, len(todo)), width), dtype=fresh.dtype)]
+            at = len(cache)
+            store[0][at : at + len(todo)] = fresh
+            cache.update(zip((keys[k] for k in todo), range(at, at + len(todo))))
+        if not keys:
+            return [numpy.zeros((0, width), dtype="float32") for _ in lengths], lambda d: d
+        at = numpy.fromiter(map(cache.__getitem__, keys), dtype=numpy.intp, count=len(keys))
+        out = store[0][at[inverse.reshape(-1)]]
         return numpy.split(out, numpy.cumsum(lengths)[:-1]) if lengths else [], lambda d: d
 
     # In place of the embedding layer (its sublayers keep their weights and ops: call use_numpy_blas first, whose
