@@ -331,7 +331,18 @@ RECOGNIZER_GATES = {
     "PhoneShapeRecognizer": r"\d\d",
     "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old|yrs?\s+old|(?:was|were|is|are|am)\s+\d)|\d\s?(?i:y/?o)\b",
     "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
+    # Presidio's case-insensitive ID and date patterns, tried at every word of a text (0.03 CPU-s of
+    # presidio-research's 1,500 documents for the licence patterns alone): every alternative of the licence patterns
+    # holds a letter next to a digit (or the "]" of its "A-Z]{2}" alternative before one) or six digits in a row,
+    # a passport number eight digits, a medical licence seven, every date form a digit next to "-", "/" or ".".
+    "UsLicenseRecognizer": r"[A-Z\]][0-9]|[0-9][A-Z]|[0-9]{6}",
+    "UsPassportRecognizer": r"[0-9]{8}",
+    "MedicalLicenseRecognizer": r"\d{7}",
+    "DateRecognizer": r"\d[-/.]|[-/.]\d",
 }
+# Gated recognizers whose own patterns are still searched (``own_patterns``) once the gate is there: the gate is far
+# cheaper than the patterns, but passes many texts they do not match.
+GATES_BEFORE_PATTERNS = {"UsLicenseRecognizer", "UsPassportRecognizer", "MedicalLicenseRecognizer", "DateRecognizer"}
 
 
 def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[int, int]]) -> list[int]:
@@ -406,7 +417,7 @@ class FastAnalyzer:
         self.own_patterns = {rec.id: [p.compiled_regex for p in rec.patterns]
                              for rec in self.recognizers
                              if type(rec).analyze is PatternRecognizer.analyze and rec.patterns and not rec.deny_list
-                             and rec.id not in self.gates and rec.name not in RUN_ON}
+                             and (rec.id not in self.gates or rec.name in GATES_BEFORE_PATTERNS) and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
 
