@@ -419,6 +419,7 @@ class FastAnalyzer:
                              if type(rec).analyze is PatternRecognizer.analyze and rec.patterns and not rec.deny_list
                              and (rec.id not in self.gates or rec.name in GATES_BEFORE_PATTERNS) and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
+        self._lowered_context: dict[str, list[str]] = {}  # recognizer id -> its context words in lower case
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)
 
     # The spaCy pipeline and what it gathers are the process's, shared with the analyzers of other entity lists
@@ -537,6 +538,12 @@ class FastAnalyzer:
                         if not stop and not punct and lemma not in ("-pron-", "be") for part in lemma.split(":")]
         return art
 
+    def _context_words(self, rec) -> list[str]:
+        words = self._lowered_context.get(rec.id)
+        if words is None:
+            words = self._lowered_context[rec.id] = [word.lower() for word in rec.context]
+        return words
+
     def _finish(self, text: str, results: list, used: list, doc, ents: list) -> list:
         """``AnalyzerEngine.analyze`` after the recognizer calls: context words, score threshold, de-duplication."""
         from presidio_analyzer import EntityRecognizer, RecognizerResult
@@ -545,8 +552,10 @@ class FastAnalyzer:
         # lower-cased tokens, so a recognizer none of whose context words is in the lower-cased text cannot gain
         # anything: only findings of the others go through Presidio's enhancer (the engine's per-recognizer step
         # before it returns findings unchanged for all of Presidio's recognizers), and tokens are made only then.
+        if not results:
+            return []
         lowered = text.lower()
-        ids = {rec.id for rec in used if rec.context and any(word.lower() in lowered for word in rec.context)}
+        ids = {rec.id for rec in used if rec.context and any(word in lowered for word in self._context_words(rec))}
         if ids:
             doc = doc if doc is not None else self.nlp.make_doc(text)
             key = RecognizerResult.RECOGNIZER_IDENTIFIER_KEY
@@ -576,6 +585,7 @@ class FastAnalyzer:
         docs, ents = self._entities(texts, entities, batch_size, ner or [True] * len(texts), focus)
         found: list[dict] = [{} for _ in texts]  # per text: recognizer -> its results
         digit_windows_cache: dict[int, list] = {}
+        artifacts_of: dict[int, object] = {}
         for rec in self.recognizers:
             supported = set(rec.supported_entities)
             wanted = [i for i, e in enumerate(entities) if not supported.isdisjoint(e)]
@@ -594,7 +604,9 @@ class FastAnalyzer:
                         continue
                     if own is not None and not any(p.search(texts[i]) for p in own):
                         continue
-                    artifacts = self._artifacts(ents[i])  # the NER spans (all a recognizer reads: tokens are for context)
+                    if i not in artifacts_of:  # the NER spans (all a recognizer reads: tokens are for context)
+                        artifacts_of[i] = self._artifacts(ents[i])
+                    artifacts = artifacts_of[i]
                     pairs.extend((i, r) for r in rec.analyze(text=texts[i], entities=entities[i], nlp_artifacts=artifacts))
             for i, r in pairs:
                 meta = r.recognition_metadata = r.recognition_metadata or {}  # as the engine's own bookkeeping
