@@ -328,7 +328,9 @@ RECOGNIZER_GATES = {
     "ObfuscatedEmailRecognizer": _OBFUSCATED_AT.pattern,
     "WrittenDateRecognizer": r"\b(?:1[89]|20)\d\d\b",
     "UrlRecognizer": r"\.[A-Za-z]|//",
-    "PhoneShapeRecognizer": r"\d\d",
+    # A labelled phone number follows a phone word or precedes one ("108office" too), an international one starts
+    # with "+" and a digit.
+    "PhoneShapeRecognizer": r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|registered|call|reach|text|office|home|work)|\+\d",
     "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old|yrs?\s+old|(?:was|were|is|are|am)\s+\d)|\d\s?(?i:y/?o)\b",
     "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
     # Presidio's case-insensitive ID and date patterns, tried at every word of a text (0.03 CPU-s of

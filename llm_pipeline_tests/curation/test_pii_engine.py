@@ -51,6 +51,7 @@ EDGES = [
     "Dr. Odalys Quennell-Brisk lives at 12 Riverside Drive, Boston.",
     "",
     "no digits, no capitals, nothing to find here at all",
+    "Phone: 467 3395; call me on 21 284 698 2548 or +447700 921 916, desk 655 437 108office, 21 253 109 8211-Office",
 ]
 
 
