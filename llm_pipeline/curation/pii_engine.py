@@ -330,7 +330,8 @@ RECOGNIZER_GATES = {
     "UrlRecognizer": r"\.[A-Za-z]|//",
     # A labelled phone number follows a phone word or precedes one ("108office" too), an international one starts
     # with "+" and a digit.
-    "PhoneShapeRecognizer": r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|registered|call|reach|text|office|home|work)|\+\d",
+    "PhoneShapeRecognizer": r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|registered|call|reach|text|office|home"
+                            r"|work)|\+\d",
     "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old|yrs?\s+old|(?:was|were|is|are|am)\s+\d)|\d\s?(?i:y/?o)\b",
     "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
     # Presidio's case-insensitive ID and date patterns, tried at every word of a text (0.03 CPU-s of
@@ -355,8 +356,8 @@ def near_spans(token_starts: list[int], offsets: list[int], spans: list[tuple[in
     found nothing more on either.) A tag's own capitals ("<PERSON>") stay a candidate: the audit reads them as one,
     and NER around them can tag a word next to a tag ("<PERSON> deemed"), which the passes must have seen before
     the audit does."""
-    ranges = [(bisect.bisect_right(token_starts, a) - 1 - NER_AFTER, bisect.bisect_right(token_starts, max(a, b - 1)) - 1 + NER_BEFORE)
-              for a, b in spans]
+    ranges = [(bisect.bisect_right(token_starts, a) - 1 - NER_AFTER,
+               bisect.bisect_right(token_starts, max(a, b - 1)) - 1 + NER_BEFORE) for a, b in spans]
     out = []
     for off in offsets:
         i = bisect.bisect_right(token_starts, off) - 1
@@ -419,7 +420,8 @@ class FastAnalyzer:
         self.own_patterns = {rec.id: [p.compiled_regex for p in rec.patterns]
                              for rec in self.recognizers
                              if type(rec).analyze is PatternRecognizer.analyze and rec.patterns and not rec.deny_list
-                             and (rec.id not in self.gates or rec.name in GATES_BEFORE_PATTERNS) and rec.name not in RUN_ON}
+                             and (rec.id not in self.gates or rec.name in GATES_BEFORE_PATTERNS)
+                             and rec.name not in RUN_ON}
         self.run_ner = bool(NER_ENTITIES & set(self.entities))
         self._lowered_context: dict[str, list[str]] = {}  # recognizer id -> its context words in lower case
         self.whole_text_ner = False  # every NER entity taken starts with a capital (NER_LABELS_IGNORED)

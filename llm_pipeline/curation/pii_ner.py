@@ -24,7 +24,8 @@ work) depends on nothing but those features; ``cache_embeddings`` computes it on
 keeps the rows of words seen before (names, template words and the words around a tag recur across windows).
 
 **Decoder.** ``greedy_ner`` drives spaCy's transition loop from Python, one vectorized step for all windows of a
-batch; spaCy's own C loop re-acquires the GIL for every hidden unit of every step in the builds we use (see its
+batch, and picks and applies the actions in numpy (``_BiluoSteps``); spaCy's own C loop re-acquires the GIL for every
+hidden unit of every step in the builds we use, and its validity check for every action of every token (see its
 docstring), which made it slower than the network.
 """
 
@@ -239,10 +240,12 @@ class _BiluoSteps:
             kind, label = self.kind[guess], self.label[guess]
             begin, unit, last = kind == 0, kind == 3, kind == 2
             if unit.any():
-                found += zip(active[unit].tolist(), [t] * int(unit.sum()), [t + 1] * int(unit.sum()), label[unit].tolist())
+                k = int(unit.sum())
+                found += zip(active[unit].tolist(), [t] * k, [t + 1] * k, label[unit].tolist())
             if last.any():
                 docs_ = active[last]
-                found += zip(docs_.tolist(), (start[docs_] - offset[docs_]).tolist(), [t + 1] * len(docs_), label[last].tolist())
+                found += zip(docs_.tolist(), (start[docs_] - offset[docs_]).tolist(), [t + 1] * len(docs_),
+                             label[last].tolist())
                 start[docs_] = -1
                 open_label[docs_] = 0
             if begin.any():
