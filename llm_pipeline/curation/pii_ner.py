@@ -261,13 +261,14 @@ class _BiluoSteps:
 
 def _biluo_steps(ner):
     """The numpy decoder for `ner`'s actions, or None where they (or its state features) are not the BILUO ones."""
-    key = id(ner.moves)
+    # Keyed by the actions' names, not by the pipe: a pipe (and the vocabulary its moves hold) must be freed when the
+    # pipeline is loaded afresh (SharedPipeline.release_vocab).
+    names = tuple(ner.moves.get_class_name(i) for i in range(ner.moves.n_moves))
+    key = (names, ner.model.get_ref("lower").get_dim("nF"))
     if key not in _STEPS:
-        names = [ner.moves.get_class_name(i) for i in range(ner.moves.n_moves)]
-        ok = (all(n == "O" or (n[:2] in ("B-", "I-", "L-", "U-")) for n in names) and "O" in names
-              and ner.model.get_ref("lower").get_dim("nF") == 3)
-        _STEPS[key] = (_BiluoSteps(names) if ok else None, ner.moves)  # the moves object kept: its id stays its own
-    return _STEPS[key][0]
+        ok = all(n == "O" or n[:2] in ("B-", "I-", "L-", "U-") for n in names) and "O" in names and key[1] == 3
+        _STEPS[key] = _BiluoSteps(list(names)) if ok else None
+    return _STEPS[key]
 
 
 _STEPS: dict = {}
