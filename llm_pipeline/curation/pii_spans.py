@@ -5,7 +5,6 @@ document also writes in lower case) are dropped."""
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass
 
@@ -133,34 +132,40 @@ def _not_a_group(text: str, r) -> bool:
     return not (last.lower() in _NRP_WORDS or _NRP_SUFFIX.search(last))
 
 
-def _capitalised_common(word: str, lower: set[str]) -> bool:
-    return word[0].isupper() and (len(word) == 1 or word[1:].islower()) and word.lower() in lower
+def _outside_findings(text: str, found: list) -> str:
+    """`text` with every finding and every tag cut out (a space in their place). The evidence is read outside them so
+    that it is the same in the first pass, the later passes and the no_pii_left audit, which read the text with the
+    findings replaced: a "council" that is only part of a redacted URL (".../council/issues") would otherwise let
+    "Council" stay in the first pass and be found by the audit."""
+    cuts = sorted([(r.start, r.end) for r in found] + [m.span() for m in TYPE_TAG.finditer(text)])
+    parts, last = [], 0
+    for a, b in cuts:
+        if a > last:
+            parts.append(text[last:a])
+        if b > last:
+            parts.append(" ")
+            last = b
+    parts.append(text[last:])
+    return "".join(parts)
 
 
-def _lower_words(text: str, found: list) -> set[str]:
-    """The lower-case words of `text` outside every finding and every tag. Outside, so that the evidence is the same
-    in the first pass, the later passes and the no_pii_left audit, which read the text with the findings replaced: a
-    "council" that is only part of a redacted URL (".../leadership-council/issues") would otherwise let "Council" stay
-    in the first pass and be found by the audit."""
-    cut = sorted([(r.start, r.end) for r in found] + [m.span() for m in TYPE_TAG.finditer(text)])
-    starts = [a for a, _ in cut]
-    reach, ends = 0, []
-    for _, b in cut:  # the furthest end among the cuts starting at or before each one
-        reach = max(reach, b)
-        ends.append(reach)
-    words = set()
-    for m in _WORD.finditer(text):
-        w = m.group()
-        if not w.islower() or w in words:
-            continue
-        i = bisect.bisect_right(starts, m.start()) - 1  # the last cut starting at or before the word
-        if i >= 0 and ends[i] > m.start():
-            continue
-        j = bisect.bisect_left(starts, m.end())  # a cut starting inside the word
-        if j > 0 and starts[j - 1] >= m.start() and starts[j - 1] < m.end():
-            continue
-        words.add(w)
-    return words
+def _written_lower(word: str, outside: str, seen: dict[str, bool]) -> bool:
+    """Whether `word` in lower case stands as a word of its own in `outside` (not inside "leadership-council")."""
+    low = word.lower()
+    if low not in seen:
+        seen[low] = False
+        at = outside.find(low)
+        while at >= 0:  # str.find, not a regex per word: a pattern per word would fill re's compile cache
+            end = at + len(low)
+            if (at == 0 or not _joins(outside[at - 1])) and (end == len(outside) or not _joins(outside[end])):
+                seen[low] = True
+                break
+            at = outside.find(low, at + 1)
+    return seen[low]
+
+
+def _joins(c: str) -> bool:
+    return c.isalnum() or c in "_'’-"
 
 
 def common_nouns(text: str, found: list) -> list:
@@ -175,13 +180,14 @@ def common_nouns(text: str, found: list) -> list:
     organisations: a person called Mark in a text that says "mark" is still a person."""
     if not any(r.entity_type == "ORGANIZATION" for r in found):
         return found
-    lower = _lower_words(text, found)
+    outside, seen = None, {}
     out = []
     for r in found:
         if r.entity_type == "ORGANIZATION":
-            words = _WORD.findall(text[r.start : r.end])
-            capitalised = [w for w in words if not w.islower()]
-            if capitalised and all(_capitalised_common(w, lower) for w in capitalised):
-                continue
+            capitalised = [w for w in _WORD.findall(text[r.start : r.end]) if not w.islower()]
+            if capitalised and all(w[0].isupper() and (len(w) == 1 or w[1:].islower()) for w in capitalised):
+                outside = _outside_findings(text, found) if outside is None else outside
+                if all(_written_lower(w, outside, seen) for w in capitalised):
+                    continue
         out.append(r)
     return out
