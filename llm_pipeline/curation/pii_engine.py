@@ -206,6 +206,20 @@ def long_card_recognizer():
     return rec
 
 
+# A card number right after the words that name it ("credit card 4716 9876 2234 1561", "Card no: 5500-0000-0000-
+# 0004"): four groups of digits, taken whether or not they pass the Luhn check. An invented or mistyped number written
+# as a card number is still what a reader takes for one; elsewhere the Luhn check keeps order numbers and amounts.
+_CARD_WORD = r"(?i:\b(?:credit|debit|payment|bank|visa|mastercard|amex)?\s*card(?:\s+(?:no\.?|number|#))?\s*(?:is\s+)?[:.]?\s*)"
+LABELLED_CARD_REGEX = r"(?<=" + _CARD_WORD + r")\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?![\d])"
+
+
+def labelled_card_recognizer():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    return PatternRecognizer(supported_entity="CREDIT_CARD", name="LabelledCardRecognizer",
+                             patterns=[Pattern("labelled_card", LABELLED_CARD_REGEX, 0.6)], supported_language="en")
+
+
 # Dates with the month written out ("May 2nd, 1975", "15 March 1962", "March 15, 1962"): Presidio's DateRecognizer
 # takes the numeric forms. Day, month and year together, as in a date of birth; a year or a month alone stays.
 _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
@@ -284,7 +298,8 @@ def age_and_postal_code_recognizers() -> list:
 def extra_recognizers() -> list:
     """Our recognizers, added to Presidio's in both engines."""
     return [labelled_name_recognizer(), street_address_recognizer(), double_barrelled_name_recognizer(),
-            obfuscated_email_recognizer(), long_card_recognizer(), written_date_recognizer(), phone_shape_recognizer(),
+            obfuscated_email_recognizer(), long_card_recognizer(), labelled_card_recognizer(), written_date_recognizer(),
+            phone_shape_recognizer(),
             *age_and_postal_code_recognizers()]
 
 
@@ -332,6 +347,7 @@ RECOGNIZER_GATES = {
     # with "+" and a digit.
     "PhoneShapeRecognizer": r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|registered|call|reach|text|office|home"
                             r"|work)|\+\d",
+    "LabelledCardRecognizer": r"(?i)card",
     "AgeRecognizer": r"(?i)\b(?:turn|aged?\b|years?[- ]old|yrs?\s+old|(?:was|were|is|are|am)\s+\d)|\d\s?(?i:y/?o)\b",
     "PostalCodeRecognizer": r"(?i)\b(?:zip|postal|postcode|post code|plz)\b",
     # Presidio's case-insensitive ID and date patterns, tried at every word of a text (0.03 CPU-s of

@@ -502,3 +502,17 @@ def test_common_nouns_can_be_redacted_as_found():
     found = [text[r.start : r.end] for r in strict.analyze_batch([text])[0]]
     assert "Council" not in kept and "Dana Reyes" in kept
     assert "Council" in found and set(kept) <= set(found)
+
+
+@pytest.mark.parametrize(
+    "text, gone, kept",
+    [("The support log holds the credit card 4716 9876 2234 1561 of a customer.", "4716 9876 2234 1561", "support log"),
+     ("Card no: 5500-0000-0000-0005 expires soon.", "5500-0000-0000-0005", "expires"),
+     # Not after a card word, and failing the Luhn check: an order number stays.
+     ("Order 4716 9876 2234 1561 shipped on time.", None, "4716 9876 2234 1561")],
+)
+def test_a_card_number_after_card_words_goes_whatever_its_check_digit(redactor, text, gone, kept):
+    (out, _), = redactor.redact_batch([text])
+    assert kept in out, out
+    if gone:
+        assert gone not in out and "<CREDIT_CARD>" in out, out
