@@ -348,40 +348,11 @@ def pii_spans(texts: list[str]) -> list[list[list[int]]]:
 
 def score_outside(lm, texts: list[str], spans: list[list[list[int]]]):
     """Perplexity and bits per byte over the tokens that do not touch a PII span (and the bytes outside the spans):
-    how well a model predicts a domain's language apart from the names, organisations, places and addresses in it,
-    which a model trained on redacted text was kept from learning. Windows as `score_texts` cuts them."""
-    import torch
-    import torch.nn.functional as F
+    how well a model predicts a domain's language apart from the names, organisations and places in it, which a
+    model trained on redacted text was kept from learning (`score_texts` with `skip`, the eval_report's scorer)."""
+    from llm_pipeline.evaluation.perplexity import score_texts, total
 
-    from llm_pipeline.evaluation.perplexity import Score, context_token, windows
-
-    tok = lm.tokenizer
-    ctx = context_token(tok)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    out = Score()
-    encodings = tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    for text, enc, found in zip(texts, encodings, spans):
-        inside = bytearray(len(text))
-        for a, b in found:
-            inside[a:b] = b"\x01" * (b - a)
-        out.bytes += sum(len(c.encode("utf-8")) for c, flag in zip(text, inside) if not flag)
-        out.documents += 1
-        lead = [ctx] if ctx is not None else []
-        seq = lead + list(enc.ids)
-        offsets = [None] * len(lead) + list(enc.offsets)
-        start = 0
-        for w in windows(seq, lm.window):
-            with torch.inference_mode():
-                ids = torch.tensor([w], dtype=torch.long, device=next(lm.model.parameters()).device)
-                logits = lm.model(input_ids=ids).logits[0, :-1].float()
-                nll = F.cross_entropy(logits, ids[0, 1:], reduction="none").tolist()
-            for j, value in enumerate(nll, start=start + 1):
-                a, b = offsets[j]
-                if not any(inside[a:b]):
-                    out.nll += value
-                    out.tokens += 1
-            start += lm.window - 1
-    return out
+    return total(score_texts(lm, texts, batch_size=4, skip=[[tuple(s) for s in found] for found in spans]))
 
 
 # -------------------------------------------------------------------------------------------------- parent

@@ -62,19 +62,17 @@ class HeldOutGuard:
 
     @classmethod
     def build(cls, model, tokenizer, shards: Path, domains: list[str], max_ratio: float,
-              max_tokens: int | None = None, general: Iterable[str] = (), filler=None, view=None) -> "HeldOutGuard | None":
+              max_tokens: int | None = None, general: Iterable[str] = (), view=None) -> "HeldOutGuard | None":
         """A guard on the first held-out documents of each domain, and of `general` (held-out general text, a domain
         DPO never trains on, as `general`); None when there are none. Under a time budget, `max_tokens` (what an
         evaluation can afford) keeps the first of each domain that fit, at least one of each. `view`
         (``evaluation.heldout.HeldOut.for_config``) says how the documents' PII tags are read and left out of the
-        score; without it, `filler` (``training.tag_fill.for_config``) fills them and the surrogates are left out,
-        and with neither the tags themselves are left out."""
+        score; without it the tags themselves are left out."""
         from llm_pipeline.evaluation.heldout import HeldOut
         from llm_pipeline.evaluation.perplexity import tokenize
         from llm_pipeline.training.corpus import iter_documents
 
-        if view is None:
-            view = HeldOut("surrogates", filler) if filler is not None else HeldOut("tags")
+        view = view if view is not None else HeldOut("tags")
         texts, skip = [], []
         for domain in domains:
             raw = [rec["text"] for rec in itertools.islice(iter_documents(shards, domain, "eval", columns=["id", "text", "split"]), DOCUMENTS)]

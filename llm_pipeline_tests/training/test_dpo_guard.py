@@ -3,6 +3,7 @@
 import pytest
 
 from evaluation.fixtures import make_model, make_tokenizer
+from llm_pipeline.evaluation.heldout import HeldOut
 from llm_pipeline.evaluation.perplexity import score_texts
 from llm_pipeline.training.dpo_guard import HeldOutGuard
 from llm_pipeline.training.tag_fill import TAG, TagFiller
@@ -18,7 +19,7 @@ def setup(tmp_path_factory):
 
 def test_surrogates_are_read_but_not_scored(setup):
     shards, tok, model = setup
-    guards = [HeldOutGuard.build(model, tok, shards, list(VOCAB), 1.03, filler=TagFiller(seed=s)) for s in (0, 9)]
+    guards = [HeldOutGuard.build(model, tok, shards, list(VOCAB), 1.03, view=HeldOut("surrogates", TagFiller(seed=s))) for s in (0, 9)]
     for g in guards:
         assert g.texts and not any(TAG.search(t) for _, t in g.texts)  # every tag filled
         assert all(len(sp) == 5 for sp in g.skip)  # the five surrogates of each document, left out
