@@ -6,7 +6,8 @@ For each size a synthetic corpus (benchmarks/synthetic.curation_corpus: ~1.5 KB 
 in JSONL files of 1,000 documents) is written once; then, per engine, raw_corpus, cleaned_corpus, cleaned_corpus
 again (the reuse path: every result from the task caches) and deduped_shards each run in a fresh process. Figures:
 the stage process's own peak (VmHWM: the driver, for the Ray engine) and, for Ray, the largest peak RSS of any of
-its worker processes (sampled every 0.1 s, a floor). The table ends with the growth from the smallest to the largest
+its worker processes (sampled every 0.1 s, a floor); wall seconds, and CPU seconds of the stage process and its
+descendants (sampled too, so a floor for Ray) per MB of the JSONL files. The table ends with the growth from the smallest to the largest
 size, in bytes per added document, and the ratio of the peaks: flat means the ratio stays near 1 (issue target: at
 10x the documents, <= 1.2x). PII redaction is off unless --pii: it changes the time, not the memory per document.
 """
@@ -61,6 +62,7 @@ class WorkerPeaks(threading.Thread):
 
         self.psutil, self.every = psutil, every
         self.peak: dict[int, tuple[str, int]] = {}
+        self.cpu: dict[int, float] = {}  # last CPU seconds seen per descendant (one that lives < a sample is missed)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -69,8 +71,10 @@ class WorkerPeaks(threading.Thread):
             for p in me.children(recursive=True):
                 try:
                     rss, name = p.memory_info().rss, p.name()
+                    t = p.cpu_times()
                 except self.psutil.Error:
                     continue
+                self.cpu[p.pid] = t.user + t.system
                 self.peak[p.pid] = (name, max(rss, self.peak.get(p.pid, ("", 0))[1]))
             self.stop.wait(self.every)
 
@@ -91,9 +95,13 @@ def stage(root: Path, engine: str, step: str) -> None:
     result = run_stage(cfg, step.removesuffix("_reuse"), "bench")
     sampler.stop.set()
     sampler.join()
+    own = os.times()
+    cpu = own.user + own.system + sum(sampler.cpu.values())
+    raw_mb = sum(f.stat().st_size for f in (root / "corpus").iterdir()) / 1e6  # the JSONL files, text and framing
     emit({"engine": engine, "step": step, "documents_in": result.stats.get("documents_in"),
           "peak_mb": round(peak_rss_mb(), 1), "worker_peak_mb": sampler.worker_peak_mb(),
-          "reused": result.metadata.get("documents_reused"), "seconds": round(result.seconds, 1)})
+          "reused": result.metadata.get("documents_reused"), "seconds": round(result.seconds, 1),
+          "cpu_s": round(cpu, 1), "cpu_s_per_mb": round(cpu / raw_mb, 3), "raw_mb": round(raw_mb, 1)})
 
 
 def main() -> None:
@@ -119,7 +127,7 @@ def main() -> None:
             for engine in args.engines:
                 last = max(STEPS.index(s) for s in args.steps)  # a stage needs the ones before it to have run
                 for step in [s for k, s in enumerate(STEPS) if s in args.steps or (k < last and s != "cleaned_corpus_reuse")]:
-                    row = run_child(Path(__file__), "stage", [str(root), engine, step], timeout=1800)
+                    row = run_child(Path(__file__), "stage", [str(root), engine, step], timeout=7200)
                     row.update(docs=docs, engine=engine, step=step)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
@@ -135,6 +143,7 @@ def main() -> None:
                         b[f"{out}_b_per_doc"] = round((b[key] - a[key]) * 2**20 / (large - small), 1)
                         b[f"{out}_ratio"] = round(b[key] / a[key], 3)
     print(table(ok, [("engine", "engine", ""), ("step", "stage", ""), ("docs", "docs", ","), ("seconds", "s", ""),
+                     ("cpu_s_per_mb", "CPU-s/MB", ""),
                      ("peak_mb", "peak MB", ""), ("growth_b_per_doc", "B/doc added", ""), ("growth_ratio", "x", ""),
                      ("worker_peak_mb", "worker peak MB", ""), ("worker_growth_b_per_doc", "worker B/doc", ""),
                      ("worker_growth_ratio", "worker x", "")]))
