@@ -192,6 +192,7 @@ class PiiRedactor:
         # replaced the span next to it, and the first pass already looked for it there.
         self._later_key = (cfg.spacy_model, tuple(e for e in self.entities if e in NER_ENTITIES), cfg.pii_score_threshold)
         fast_analyzer(*self._key)  # loads (and checks) the model now, so a bad config fails before any data is read
+        self._allow = frozenset(t.strip() for t in cfg.pii_allow if t.strip())  # whole findings that stay (config)
         self._pool: ProcessPoolExecutor | None = None
         self._seen = 0  # documents (pieces) analyzed so far
         self._source_memo: dict[str, str] = {}  # many documents share a source file
@@ -329,7 +330,8 @@ class PiiRedactor:
         keep_nouns = self.cfg.pii_keep_common_nouns
         out = []
         for text, found in zip(texts, per_text):
-            found = [r for r in found if not _heading(text, r) and not _not_a_group(text, r)]
+            found = [r for r in found if not _heading(text, r) and not _not_a_group(text, r)
+                     and text[r.start : r.end] not in self._allow]
             out.append(outside_tags(text, common_nouns(text, found) if keep_nouns else found))
         return out
 

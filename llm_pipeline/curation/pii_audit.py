@@ -22,7 +22,8 @@ def audit_fingerprint(cfg: PipelineConfig) -> str:
 
     c = cfg.cleaned_corpus
     return fingerprint(audit=True, spacy_model=c.spacy_model, entities=c.pii_entities, threshold=c.pii_score_threshold,
-                       chunk_chars=c.pii_chunk_chars, keep_common_nouns=c.pii_keep_common_nouns)
+                       chunk_chars=c.pii_chunk_chars, keep_common_nouns=c.pii_keep_common_nouns,
+                       allow=sorted(c.pii_allow))
 
 
 def residual_pii(folder: Path, cfg: PipelineConfig, batch_size: int = 256, domain: str | None = None) -> tuple[int, list[dict]]:

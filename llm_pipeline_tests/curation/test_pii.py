@@ -504,6 +504,28 @@ def test_common_nouns_can_be_redacted_as_found():
     assert "Council" in found and set(kept) <= set(found)
 
 
+def test_allowed_terms_stay_and_the_audit_reads_the_same_list(tmp_path):
+    from llm_pipeline.config import PipelineConfig
+    from llm_pipeline.curation.pii_audit import audit_fingerprint
+
+    # spaCy's small model reads the chat product of real meeting minutes as a person; the project says it is not.
+    text = ("Action item: move the discussion to Zulip before Friday. Dana Reyes will post the summary in Zulip. "
+            "Zulip Inc sent the invoice.")
+    plain = PiiRedactor(CleanedCorpusConfig(pii_processes=1))
+    allowed = PiiRedactor(CleanedCorpusConfig(pii_processes=1, pii_allow=["Zulip", "  "]))
+    assert "Zulip" in [text[r.start : r.end] for r in plain.analyze_batch([text])[0]]
+    (out, counts), = allowed.redact_batch([text])
+    assert out.count("Zulip") == 2 and "Dana Reyes" not in out and counts.get("PERSON")
+    assert "Zulip Inc" not in out  # a finding that holds more than an allowed term is redacted as found
+    assert [r for r in allowed.analyze_batch([out])[0] if not only_tags(out[r.start : r.end])] == []
+    assert "Zulip" in [out[r.start : r.end] for r in plain.analyze_batch([out])[0]]
+    # An audit verdict, or a cached cleaned result, made under another list is not reused.
+    base = {"domains": {"d": {"sources": [{"path": "x"}]}}}
+    one = PipelineConfig.model_validate(base)
+    two = PipelineConfig.model_validate({**base, "cleaned_corpus": {"pii_allow": ["Zulip"]}})
+    assert audit_fingerprint(one) != audit_fingerprint(two)
+
+
 @pytest.mark.parametrize(
     "text, gone, kept",
     [("The support log holds the credit card 4716 9876 2234 1561 of a customer.", "4716 9876 2234 1561", "support log"),
