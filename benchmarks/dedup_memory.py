@@ -90,6 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--modes", nargs="+", default=["single", "tasks"], choices=["single", "tasks"])
+    ap.add_argument("--task-rows", type=int, default=0,
+                    help="rows per task in tasks mode (default: compute.task_rows); 1000 gives 1,000 tasks at 1M "
+                         "documents, as the Ray engine makes from 1,000 input files")
     ap.add_argument("--child", nargs="+")
     args = ap.parse_args()
     if args.child:
@@ -104,7 +107,8 @@ def main() -> None:
         for n in args.docs:
             root = Path(tmp) / str(n)
             root.mkdir()
-            subprocess.run([sys.executable, __file__, "--child", "prepare", str(root), str(n)], check=True, env=env)
+            sizes = ["0", str(args.task_rows)] if args.task_rows else []
+            subprocess.run([sys.executable, __file__, "--child", "prepare", str(root), str(n), *sizes], check=True, env=env)
             for mode in args.modes:
                 proc = subprocess.run([sys.executable, __file__, "--child", "stage", str(root), mode], env=env,
                                       stdout=subprocess.PIPE, text=True, check=True)

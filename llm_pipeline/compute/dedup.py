@@ -5,12 +5,17 @@ gathered in one process.
    fixed-width columns (id, source, length, hash; curation.dedup_columns), signatures and keys go to the task's
    scratch files (curation.dedup_spill), only their names and row counts come back;
 2. the driver orders the rows by preference (``keep``) and drops exact duplicates, as the single-process stage;
-3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an LSH bucket meets in one task;
-4. bucket tasks, one per partition (as many as hash tasks, so each holds about one task's keys), list the candidate
-   pairs of their buckets exactly as the single-process stage does (curation.dedup.candidate_pair_arrays over a
-   part of the rows) into a file each, which the driver merges one at a time (each pair once);
-5. verify tasks, one per pair of hash tasks, load those two tasks' signatures and keep the pairs at or above the
-   threshold;
+3. shuffle: each hash task's band keys of the remaining rows go to the partition of their key, so every member of an
+   LSH bucket meets in one task; a hash task writes one file, its entries grouped by partition, and the offsets of
+   the groups (not a file per partition: with a file per task and partition, 1,000 tasks made a million files);
+4. bucket tasks, one per partition (enough partitions that each holds at most KEYS_PER_PARTITION band keys: a
+   bucket task's memory does not grow with the corpus, and their number grows with the keys, not with the square of
+   the tasks), read their group from every hash task's file through a memory map, list the candidate pairs of their
+   buckets exactly as the single-process stage does (curation.dedup.candidate_pair_arrays over a part of the rows)
+   into a file each, which the driver merges one at a time (each pair once);
+5. verify tasks load the signatures of the pairs' members from the two hash tasks' files each pair joins, and keep
+   the pairs at or above the threshold; a task takes the pairs of several pairs of hash tasks, at least
+   VERIFY_PAIRS, so their number follows the pairs, not the square of the tasks;
 6. the driver joins the verified pairs (few: one per near duplicate, give or take) into clusters; the preferred
    member of each stays -- the same clusters, kept copies and drop reasons as the single-process stage;
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
@@ -56,6 +61,13 @@ def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Has
     return hash_pass(batches, state[key], dcfg.banding if dcfg.near else None, (_scratch(out_dir), task.name))
 
 
+# Band keys one bucket task reads at most (x 20 bytes: band, key and rank), but for a single LSH bucket larger than
+# that. 1M documents x 20 bands = 10 partitions.
+KEYS_PER_PARTITION = 2_000_000
+VERIFY_PAIRS = 8_192  # candidate pairs per verify task, at least (whole groups of one pair of hash tasks)
+_ENTRY = np.dtype([("band", "<i4"), ("key", "<u8"), ("rank", "<i8")])
+
+
 def _bits(n: int) -> int:
     return max(1, (n - 1).bit_length())  # as candidate_pair_arrays masks keys for a set of n rows
 
@@ -71,19 +83,25 @@ def shuffle_task(state: dict, item: tuple[Part, np.ndarray], out_dir: str, n: in
     masked = keys & ~low  # the bucket the single-process sort puts each key in
     band = np.broadcast_to(np.arange(keys.shape[1], dtype=np.int32), keys.shape)
     rank = np.broadcast_to(ranks[:, None], keys.shape)
-    part = ((masked >> np.uint64(_bits(n))) % np.uint64(partitions)).astype(np.int64)
-    for p in range(partitions):
-        sel = part == p
-        np.savez(_scratch(out_dir) / f"{spilled.name}.part{p:04d}.npz", band=band[sel], key=masked[sel], rank=rank[sel])
+    part = ((masked >> np.uint64(_bits(n))) % np.uint64(partitions)).astype(np.int64).ravel()
+    order = np.argsort(part, kind="stable")  # grouped by partition, each group in row order
+    entries = np.empty(len(order), dtype=_ENTRY)
+    entries["band"], entries["key"], entries["rank"] = band.ravel()[order], masked.ravel()[order], rank.ravel()[order]
+    np.save(_scratch(out_dir) / f"{spilled.name}.shuffled.npy", entries)
+    np.save(_scratch(out_dir) / f"{spilled.name}.offsets.npy", np.searchsorted(part[order], np.arange(partitions + 1)))
 
 
 def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: int, bands: int) -> int:
     """The candidate pairs (ranks i < j) of every bucket in one partition, as the single-process stage lists them,
     into ``pairs<partition>.npy`` as sorted codes ``i * n + j``; returns how many."""
-    parts = [np.load(_scratch(out_dir) / f"{name}.part{partition:04d}.npz") for name in names]
-    band = np.concatenate([p["band"] for p in parts])
-    key = np.concatenate([p["key"] for p in parts])
-    rank = np.concatenate([p["rank"] for p in parts])
+    groups = []
+    for name in names:
+        lo, hi = np.load(_scratch(out_dir) / f"{name}.offsets.npy")[partition: partition + 2]
+        if hi > lo:
+            groups.append(np.array(np.load(_scratch(out_dir) / f"{name}.shuffled.npy", mmap_mode="r")[lo:hi]))
+    entries = np.concatenate(groups) if groups else np.zeros(0, dtype=_ENTRY)
+    del groups
+    band, key, rank = entries["band"], entries["key"], entries["rank"]
     flat = np.zeros(0, dtype=np.int64)
     for b in range(bands):
         sel = band == b
@@ -93,11 +111,29 @@ def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: 
     return len(flat)
 
 
-def verify_task(state: dict, item: tuple[Part, Part, np.ndarray, np.ndarray], num_perm: int, threshold: float) -> np.ndarray:
-    """Of candidate pairs between two hash tasks' rows (local row numbers), those at or above the threshold."""
-    a, b, i, j = item
-    ia, ib = np.unique(i), np.unique(j)
-    return similar(a.sigs(ia, num_perm), np.searchsorted(ia, i), b.sigs(ib, num_perm), np.searchsorted(ib, j), threshold)
+def verify_task(state: dict, items: list[tuple[Part, Part, np.ndarray, np.ndarray]], num_perm: int, threshold: float) -> np.ndarray:
+    """Of candidate pairs between two hash tasks' rows (local row numbers), those at or above the threshold; for
+    several pairs of hash tasks, the verdicts one after the other."""
+    out = []
+    for a, b, i, j in items:
+        ia, ib = np.unique(i), np.unique(j)
+        out.append(similar(a.sigs(ia, num_perm), np.searchsorted(ia, i), b.sigs(ib, num_perm), np.searchsorted(ib, j), threshold))
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def verify_batches(sizes: Sequence[int], least: int | None = None) -> list[range]:
+    """Consecutive groups taken together until they hold at least `least` pairs (VERIFY_PAIRS; the last batch may
+    hold fewer)."""
+    least = VERIFY_PAIRS if least is None else least
+    out, start, held = [], 0, 0
+    for k, size in enumerate(sizes):
+        held += size
+        if held >= least:
+            out.append(range(start, k + 1))
+            start, held = k + 1, 0
+    if start < len(sizes):
+        out.append(range(start, len(sizes)))
+    return out
 
 
 def write_task(state: dict, item: tuple[Task, int, stage.Decided], cfg: PipelineConfig, domain: str, out_dir: str) -> dict:
@@ -122,9 +158,9 @@ class _Near:
         starts, parts = self.spilled.starts, self.spilled.parts
         rank_of = np.full(len(self.spilled), -1, dtype=np.int64)
         rank_of[rows] = np.arange(n)
-        # As many partitions as hash tasks (at least one per worker): a bucket task holds ~one task's rows of keys
-        # whatever the corpus size, not 1/workers of the domain.
-        partitions = max(1, self.cfg.compute.workers, len(parts))
+        # At most KEYS_PER_PARTITION keys a bucket task (at least one task per worker): a bucket task's memory is
+        # bounded whatever the corpus size, and the shuffle writes one file per hash task.
+        partitions = max(1, self.cfg.compute.workers, -(-n * dcfg.banding[0] // KEYS_PER_PARTITION))
         label = f"deduped_shards[{self.domain}]"
         items = [(p, rank_of[starts[k]: starts[k + 1]]) for k, p in enumerate(parts)]
         del rank_of
@@ -152,11 +188,13 @@ class _Near:
         del group, ti, tj
         sel = [order[bounds[k]: bounds[k + 1]] for k in range(len(keys))]
         checks = [(parts[int(g) // len(parts)], parts[int(g) % len(parts)], li[at], lj[at]) for g, at in zip(keys, sel)]
-        verdicts = self.ex.map(verify_task, checks, dcfg.num_perm, dcfg.threshold, label=f"{label} verify tasks")
+        batches = verify_batches([len(at) for at in sel])
+        verdicts = self.ex.map(verify_task, [checks[b.start: b.stop] for b in batches], dcfg.num_perm, dcfg.threshold,
+                               label=f"{label} verify tasks")
         del checks
         ok = np.zeros(len(i), dtype=bool)
-        for at, verdict in zip(sel, verdicts):
-            ok[at] = verdict
+        for b, verdict in zip(batches, verdicts):
+            ok[np.concatenate([sel[k] for k in b]) if len(b) else np.zeros(0, dtype=np.int64)] = verdict
         uf = UnionFind(n)
         for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # the single-process order: sorted (i, j)
             uf.union(a, b)

@@ -115,3 +115,47 @@ def test_an_empty_domain_keeps_nothing_and_indexes_nothing(tmp_path, engine):
         result = deduped_shards.run(cfg, {"cleaned_corpus": src}, out, "legal")
     assert result.stats["documents_in"] == result.stats["documents_kept"] == 0
     assert read_index(cfg, "legal")["keys"].shape == (0, cfg.deduped_shards.banding[0])
+
+
+def test_many_partitions_and_verify_batches_decide_as_one_and_write_a_file_per_task(tmp_path, monkeypatch):
+    """Small partitions (many bucket tasks) and verify tasks of several pairs of hash tasks give the single-process
+    decisions; the shuffle writes one file of entries (and one of offsets) per hash task, whatever the partitions."""
+    texts = corpus()
+    single = make_cfg(tmp_path / "single")
+    write_cleaned(single.data_path, "legal", texts)
+    expected = run_stage(single, "deduped_shards", "legal")
+    monkeypatch.setattr(dedup, "KEYS_PER_PARTITION", 40)
+    monkeypatch.setattr(dedup, "VERIFY_PAIRS", 3)
+    seen = {}
+    bucket, verify = dedup.bucket_task, dedup.verify_task
+
+    def bucket_once(state, partition, out_dir, names, n, bands):
+        if not seen:
+            scratch = dedup._scratch(out_dir)
+            seen.update(tasks=len(names), shuffled=len(list(scratch.glob("*.shuffled.npy"))),
+                        other=len(list(scratch.glob("*.npz"))))
+        seen["partitions"] = max(seen.get("partitions", 0), partition + 1)
+        return bucket(state, partition, out_dir, names, n, bands)
+
+    def verify_counted(state, items, num_perm, threshold):
+        seen.setdefault("verify", []).append(len(items))
+        return verify(state, items, num_perm, threshold)
+
+    monkeypatch.setattr(dedup, "bucket_task", bucket_once)
+    monkeypatch.setattr(dedup, "verify_task", verify_counted)
+    cfg = make_cfg(tmp_path / "tasks")
+    write_cleaned(cfg.data_path, "legal", texts)
+    out = tmp_path / "tasks" / "out"
+    out.mkdir()
+    got = dedup.run(cfg, {"cleaned_corpus": cfg.data_path / "cleaned_corpus" / "legal"}, out, "legal", None,
+                    executor=LocalExecutor())
+    assert {k: v for k, v in got.stats.items() if k != "shards"} == {k: v for k, v in expected.stats.items() if k != "shards"}
+    assert list(iter_records(out)) == list(iter_records(expected.output_dir))
+    assert seen["partitions"] > seen["tasks"] > 5  # more partitions than tasks ...
+    assert seen["shuffled"] == seen["tasks"] and seen["other"] == 0  # ... and still one shuffle file per task
+    assert len(seen["verify"]) > 1 and max(seen["verify"]) > 1  # verify tasks over several pairs of hash tasks
+
+
+def test_verify_batches_hold_at_least_the_least_pairs():
+    assert dedup.verify_batches([5, 1, 1, 9, 2], least=6) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert dedup.verify_batches([], least=6) == []
