@@ -1,13 +1,14 @@
 """deduped_shards' peak memory at large document counts, without running the stages before it.
 
-    python benchmarks/dedup_memory.py --docs 100000 1000000 [--modes single tasks]
+    python benchmarks/dedup_memory.py --docs 100000 1000000 [--modes single tasks ray] [--task-rows 1000]
     python benchmarks/dedup_memory.py --child prepare ROOT N [SHARD_ROWS TASK_ROWS]   # one step, as the test runs it
-    python benchmarks/dedup_memory.py --child stage ROOT single|tasks
+    python benchmarks/dedup_memory.py --child stage ROOT single|tasks|ray
 
 A cleaned_corpus of short synthetic documents (60 words from a 5,000-word vocabulary, 10% near copies of a recent
 document, sources ``part-K.jsonl#L<n>``) is written straight into a data folder by one process; the stage then runs
 in a fresh process, single-stream (``single``) or split into tasks in that one process (``tasks``: compute.dedup
-with the local executor, so the driver's and the workers' memory add up). The figure is the stage's peak (VmHWM)
+with the local executor, so the driver's and the workers' memory add up), or on the Ray engine (``ray``: a
+single-node Ray the run starts, 2 workers; the driver's peak, and the largest sampled RSS of its workers). The figure is the stage's peak (VmHWM)
 less what the process held after its imports, with the system allocator for Arrow and two malloc arenas (the
 defaults keep freed memory for a time that depends on thread timing; see
 llm_pipeline_tests/stages/test_deduped_shards_memory.py, which runs the same at 5k and 50k).
@@ -76,20 +77,31 @@ def stage(root: Path, mode: str) -> None:
     out = root / f"out-{mode}"
     out.mkdir()
     before = peak_rss_mb()
+    workers = None
     t0 = time.perf_counter()
     if mode == "tasks":
         result = dedup.run(cfg, {"cleaned_corpus": folder}, out, "bench", None, executor=LocalExecutor())
+    elif mode == "ray":  # a single-node Ray started by the run, 2 workers: the driver's peak, and its workers'
+        from stage_memory import WorkerPeaks
+
+        cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"engine": "ray", "address": None})})
+        workers = WorkerPeaks()
+        workers.start()
+        result = dedup.run(cfg, {"cleaned_corpus": folder}, out, "bench", None)
+        workers.stop.set()
+        workers.join()
     else:
         result = deduped_shards.run(cfg, {"cleaned_corpus": folder}, out, "bench")
     emit({"mode": mode, "documents_in": result.stats["documents_in"], "dropped": result.stats["dropped"],
           "seconds": round(time.perf_counter() - t0, 1), "after_imports_mb": round(before, 1),
-          "peak_mb": round(peak_rss_mb(), 1), "added_mb": round(peak_rss_mb() - before, 1)})
+          "peak_mb": round(peak_rss_mb(), 1), "added_mb": round(peak_rss_mb() - before, 1),
+          "worker_peak_mb": workers.worker_peak_mb() if workers else None})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--modes", nargs="+", default=["single", "tasks"], choices=["single", "tasks"])
+    ap.add_argument("--modes", nargs="+", default=["single", "tasks"], choices=["single", "tasks", "ray"])
     ap.add_argument("--task-rows", type=int, default=0,
                     help="rows per task in tasks mode (default: compute.task_rows); 1000 gives 1,000 tasks at 1M "
                          "documents, as the Ray engine makes from 1,000 input files")
@@ -128,7 +140,7 @@ def main() -> None:
             b["peak_ratio"] = round(b["peak_mb"] / a["peak_mb"], 3)
     print(table(rows, [("mode", "mode", ""), ("docs", "docs", ","), ("seconds", "s", ""), ("after_imports_mb", "imports MB", ""),
                        ("peak_mb", "peak MB", ""), ("added_mb", "stage adds MB", ""), ("b_per_added_doc", "B/doc added", ""),
-                       ("peak_ratio", "peak x", "")]))
+                       ("peak_ratio", "peak x", ""), ("worker_peak_mb", "worker peak MB", "")]))
     OUT_DIR.mkdir(exist_ok=True)
     (OUT_DIR / "dedup_memory.json").write_text(json.dumps(rows, indent=2))
 
