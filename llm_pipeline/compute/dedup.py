@@ -194,7 +194,7 @@ class _Near:
         del checks
         ok = np.zeros(len(i), dtype=bool)
         for b, verdict in zip(batches, verdicts):
-            ok[np.concatenate([sel[k] for k in b]) if len(b) else np.zeros(0, dtype=np.int64)] = verdict
+            ok[np.concatenate([sel[k] for k in b])] = verdict  # a batch holds one group at least
         uf = UnionFind(n)
         for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # the single-process order: sorted (i, j)
             uf.union(a, b)
