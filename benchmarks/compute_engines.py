@@ -2,7 +2,8 @@
 
     python benchmarks/compute_engines.py --docs 1000 3000 [--no-pii] [--engines local ray datatrove]
 
-Each (engine, size) runs in a fresh process. Figures per run: wall seconds, docs/s and MB/s (raw MB over the three
+The corpus of each size is written once, by a process of its own, and read by every engine. Each (engine, size) runs
+in a fresh process. Figures per run: wall seconds, docs/s and MB/s (raw MB over the three
 stages' wall time), CPU seconds of the whole process tree (the driver, Ray's own processes and its workers, sampled
 every 0.2 s by psutil; a process that lives less than one sample is missed, so the figure is a floor), CPU-s per
 raw MB, peak RSS of the driver and the largest sum of RSS over the tree, and the near-dup index's bytes per indexed
@@ -82,7 +83,17 @@ def write_corpus(src: Path, docs: int) -> float:
     return sum(len(t.encode()) for t in texts) / 1e6
 
 
-def datatrove(python: str, docs: int, pii: bool) -> None:
+def corpus_mb(src: Path) -> float:
+    """The text MB of a corpus write_corpus wrote (what every engine's MB/s and CPU-s/MB divide by)."""
+    return sum(len(json.loads(line)["text"].encode()) for f in sorted(src.iterdir()) for line in open(f, encoding="utf-8")) / 1e6
+
+
+def child_timeout(docs: int) -> int:
+    """Seconds a run may take: an hour, or 20 ms per document (the local engine with PII goes at ~200-260 docs/s here)."""
+    return max(3600, docs // 50)
+
+
+def datatrove(python: str, src: Path, docs: int, pii: bool) -> None:
     """DataTrove's LocalPipelineExecutor (2 workers) on the same corpus (datatrove_child.pipeline), in its own venv."""
     import subprocess
 
@@ -90,15 +101,15 @@ def datatrove(python: str, docs: int, pii: bool) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         root = Path(tmp)
-        raw_mb = write_corpus(root / "corpus", docs)
+        raw_mb = corpus_mb(src)
         (root / "config.yaml").write_text(json.dumps({"domains": {"bench": {"sources": [{"path": "x"}]}}}))
         bands, rows = load_config(root / "config.yaml", root=root).deduped_shards.banding
         sampler = TreeSampler()
         sampler.start()
         started = time.perf_counter()
-        proc = subprocess.run([python, str(Path(__file__).with_name("datatrove_child.py")), "pipeline", str(root / "corpus"),
+        proc = subprocess.run([python, str(Path(__file__).with_name("datatrove_child.py")), "pipeline", str(src),
                                "2", "1" if pii else "0", str(bands), str(rows)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, timeout=3600)
+                              text=True, timeout=child_timeout(docs))
         wall = time.perf_counter() - started
         sampler.stop.set()
         sampler.join()
@@ -112,7 +123,7 @@ def datatrove(python: str, docs: int, pii: bool) -> None:
               "kept": out["kept"], "pii": pii, "banding": [bands, rows]})
 
 
-def child(engine: str, docs: int, pii: bool) -> None:
+def child(engine: str, src: Path, docs: int, pii: bool) -> None:
     import yaml
 
     from llm_pipeline.config import load_config
@@ -122,9 +133,9 @@ def child(engine: str, docs: int, pii: bool) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
         root = Path(tmp)
-        src = root / "corpus"
-        raw_mb = write_corpus(src, docs)
+        raw_mb = corpus_mb(src)
         conf = {"data_dir": str(root / "data"), "domains": {"bench": {"sources": [{"path": str(src)}]}},
+                "allowed_roots": [str(src)],
                 "cleaned_corpus": {"pii": pii}, "validation": {"enabled": False},
                 "compute": {"engine": engine, "workers": 2, "task_rows": FILE_DOCS}}
         (root / "config.yaml").write_text(yaml.safe_dump(conf))
@@ -163,21 +174,28 @@ def main() -> None:
     ap.add_argument("--child", nargs="+")
     args = ap.parse_args()
     if args.child:
-        engine, docs, pii = args.child[:3]
-        if engine == "datatrove":
-            datatrove(args.child[3], int(docs), pii == "1")
+        engine, src, docs, pii = args.child[0], Path(args.child[1]), int(args.child[2]), args.child[3] == "1"
+        if engine == "prepare":
+            emit({"raw_mb": round(write_corpus(src, docs), 2)})
+        elif engine == "datatrove":
+            datatrove(args.child[4], src, docs, pii)
         else:
-            child(engine, int(docs), pii == "1")
+            child(engine, src, docs, pii)
         return
     rows = []
     for docs in args.docs:
-        for engine in args.engines:
-            extra = [args.datatrove_python] if engine == "datatrove" else []
-            row = run_child(Path(__file__), engine, [str(docs), "0" if args.no_pii else "1", *extra], timeout=3600)
-            row.setdefault("engine", engine)
-            row.setdefault("docs", docs)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        with tempfile.TemporaryDirectory(prefix="bench-engines-corpus-") as tmp:
+            src = Path(tmp) / "corpus"
+            # one corpus per size, written by a process of its own (so no engine's peak RSS holds the generator's texts)
+            run_child(Path(__file__), "prepare", [str(src), str(docs), "0"], timeout=child_timeout(docs))
+            for engine in args.engines:
+                extra = [args.datatrove_python] if engine == "datatrove" else []
+                row = run_child(Path(__file__), engine, [str(src), str(docs), "0" if args.no_pii else "1", *extra],
+                                timeout=child_timeout(docs))
+                row.setdefault("engine", engine)
+                row.setdefault("docs", docs)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     ok = [r for r in rows if "error" not in r]
     print(table(ok, [("engine", "engine", ""), ("docs", "docs", ","), ("wall_s", "wall s", ""),
                      ("docs_per_s", "docs/s", ""), ("mb_per_s", "MB/s", ""), ("cpu_s_per_mb", "CPU-s/MB", ""),
