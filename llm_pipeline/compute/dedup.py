@@ -12,17 +12,21 @@ gathered in one process.
    bucket task's memory does not grow with the corpus, and their number grows with the keys, not with the square of
    the tasks), read their group from every hash task's file through a memory map, list the candidate pairs of their
    buckets exactly as the single-process stage does (curation.dedup.candidate_pair_arrays over a part of the rows)
-   into a file each, which the driver merges one at a time (each pair once);
-5. verify tasks load the signatures of the pairs' members from the two hash tasks' files each pair joins, and keep
-   the pairs at or above the threshold; a task takes the pairs of several pairs of hash tasks, at least
-   VERIFY_PAIRS, so their number follows the pairs, not the square of the tasks;
-6. the driver joins the verified pairs (few: one per near duplicate, give or take) into clusters; the preferred
-   member of each stays -- the same clusters, kept copies and drop reasons as the single-process stage;
+   into a file each, sorted;
+5. the driver reads the pairs in ranges of their first member (PAIRS_PER_RANGE pairs or about), each range from
+   every partition's file and merged (each pair once); verify tasks load the signatures of the pairs' members from
+   the two hash tasks' files each pair joins, and keep the pairs at or above the threshold; a task takes the pairs
+   of several pairs of hash tasks, at least VERIFY_PAIRS, so their number follows the pairs, not the square of the
+   tasks;
+6. the driver joins the verified pairs (few: one per near duplicate, give or take) into clusters over their members
+   only (curation.dedup.pair_clusters); the preferred member of each stays -- the same clusters, kept copies and
+   drop reasons as the single-process stage;
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
 
 The driver reads the columns from the tasks' files one at a time, for the step that needs them (the order of
-preference, the exact groups), and holds per document the decision (one byte), never a signature or a Python object
-per document. With ``scope: global`` the cross-domain
+preference, the exact groups), and holds per document the order of preference (8 bytes) and the decision (one
+byte), and while a step runs one or two more int64 columns (~25 bytes per document at the peak), never a signature,
+a candidate pair per document or a Python object per document. With ``scope: global`` the cross-domain
 query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
 as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
 does.
@@ -39,7 +43,7 @@ import numpy as np
 from llm_pipeline.compute.executor import executor_for
 from llm_pipeline.compute.plan import TASK_DIR, Task, iter_task_batches, shard_tasks
 from llm_pipeline.config import PipelineConfig
-from llm_pipeline.curation.dedup import MinHasher, UnionFind, candidate_pair_arrays, similar
+from llm_pipeline.curation.dedup import MinHasher, candidate_pair_arrays, pair_clusters, similar
 from llm_pipeline.curation.dedup_columns import Hashed, hash_pass
 from llm_pipeline.curation.dedup_spill import Part, Spilled
 from llm_pipeline.stages import StageOutput
@@ -65,6 +69,7 @@ def hash_task(state: dict, task: Task, cfg: PipelineConfig, out_dir: str) -> Has
 # that. 1M documents x 20 bands = 10 partitions.
 KEYS_PER_PARTITION = 2_000_000
 VERIFY_PAIRS = 8_192  # candidate pairs per verify task, at least (whole groups of one pair of hash tasks)
+PAIRS_PER_RANGE = 65_536  # candidate pairs the driver holds at once (~100 bytes each with their task numbers)
 _ENTRY = np.dtype([("band", "<i4"), ("key", "<u8"), ("rank", "<i8")])
 
 
@@ -93,7 +98,7 @@ def shuffle_task(state: dict, item: tuple[Part, np.ndarray], out_dir: str, n: in
 
 def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: int, bands: int) -> int:
     """The candidate pairs (ranks i < j) of every bucket in one partition, as the single-process stage lists them,
-    into ``pairs<partition>.npy`` as sorted codes ``i * n + j``; returns how many."""
+    into ``pairs<partition>.bin`` as sorted int64 codes ``i * n + j``; returns how many."""
     groups = []
     for name in names:
         lo, hi = np.load(_scratch(out_dir) / f"{name}.offsets.npy")[partition: partition + 2]
@@ -107,7 +112,7 @@ def bucket_task(state: dict, partition: int, out_dir: str, names: list[str], n: 
         sel = band == b
         i, j = candidate_pair_arrays(key[sel][:, None], rank[sel], n)
         flat = np.union1d(flat, i * n + j)
-    np.save(_scratch(out_dir) / f"pairs{partition:04d}.npy", flat)
+    flat.tofile(_scratch(out_dir) / f"pairs{partition:04d}.bin")  # raw int64: the driver reads ranges of it
     return len(flat)
 
 
@@ -152,12 +157,13 @@ class _Near:
     def __init__(self, ex, cfg: PipelineConfig, spilled: Spilled, out_dir: Path, domain: str):
         self.ex, self.cfg, self.spilled, self.out_dir, self.domain = ex, cfg, spilled, str(out_dir), domain
 
-    def __call__(self, rows: np.ndarray) -> UnionFind:
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(rows)
         dcfg = self.cfg.deduped_shards
         starts, parts = self.spilled.starts, self.spilled.parts
         rank_of = np.full(len(self.spilled), -1, dtype=np.int64)
-        rank_of[rows] = np.arange(n)
+        for lo in range(0, n, 1 << 16):  # each row's place in `rows` (no second column of n for the right side)
+            rank_of[rows[lo: lo + (1 << 16)]] = np.arange(lo, min(n, lo + (1 << 16)))
         # At most KEYS_PER_PARTITION keys a bucket task (at least one task per worker): a bucket task's memory is
         # bounded whatever the corpus size, and the shuffle writes one file per hash task.
         partitions = max(1, self.cfg.compute.workers, -(-n * dcfg.banding[0] // KEYS_PER_PARTITION))
@@ -167,38 +173,60 @@ class _Near:
         self.ex.map(shuffle_task, items, self.out_dir, n, partitions, dcfg.banding[0], label=f"{label} shuffle tasks")
         del items
         names = [p.name for p in parts]
-        self.ex.map(bucket_task, list(range(partitions)), self.out_dir, names, n, dcfg.banding[0],
-                    label=f"{label} bucket tasks")
-        # A pair that shares several bands can come from several partitions (one per band key): merged here one
-        # partition's file at a time, so the driver holds each pair once, as codes i * n + j in (i, j) order.
-        flat = np.zeros(0, dtype=np.int64)
-        for p in range(partitions):
-            path = _scratch(self.out_dir) / f"pairs{p:04d}.npy"
-            flat = np.union1d(flat, np.load(path))
+        counts = self.ex.map(bucket_task, list(range(partitions)), self.out_dir, names, n, dcfg.banding[0],
+                             label=f"{label} bucket tasks")
+        # The pairs in ranges of their first member (each partition's file is sorted by i * n + j): one range's pairs
+        # are merged across the partitions' files (a pair that shares several bands can come from several, once per
+        # band key) and verified before the next range is read. The driver holds one range's pairs (PAIRS_PER_RANGE
+        # or about) and the verified ones, never every candidate pair.
+        paths = [_scratch(self.out_dir) / f"pairs{p:04d}.bin" for p in range(partitions)]
+        ranges = max(1, -(-sum(counts) // PAIRS_PER_RANGE))
+        bounds = [n * (n * r // ranges) for r in range(ranges + 1)]  # codes from i = n * r // ranges on
+        cuts = [_cuts(path, count, bounds) for path, count in zip(paths, counts)]
+        verified = [np.zeros(0, dtype=np.int64)]
+        for r in range(ranges):
+            flat = np.unique(np.concatenate([np.zeros(0, np.int64)] + [
+                np.fromfile(path, dtype=np.int64, count=int(c[r + 1] - c[r]), offset=int(c[r]) * 8)
+                for path, c in zip(paths, cuts) if c[r + 1] > c[r]]))
+            where = f" (pairs {r + 1} of {ranges})" if ranges > 1 else ""
+            verified.append(flat[self._verify(flat, rows, f"{label} verify tasks{where}")])
+            del flat
+        for path in paths:
             path.unlink()
-        i, j = flat // max(n, 1), flat % max(n, 1)
-        del flat
-        ti, li = self.spilled.where(rows[i])
-        tj, lj = self.spilled.where(rows[j])
-        # Grouped by the pair of hash tasks their members come from: one verify task per group.
+        ok = np.concatenate(verified)  # sorted and unique: the ranges are disjoint and in order
+        return pair_clusters(ok // max(n, 1), ok % max(n, 1))
+
+    def _verify(self, flat: np.ndarray, rows: np.ndarray, label: str) -> np.ndarray:
+        """Which of the candidate pairs (codes i * n + j of positions in `rows`) are near duplicates, by verify tasks
+        grouped by the pair of hash tasks their members come from."""
+        n, parts, dcfg = len(rows), self.spilled.parts, self.cfg.deduped_shards
+        ti, li = self.spilled.where(rows[flat // max(n, 1)])
+        tj, lj = self.spilled.where(rows[flat % max(n, 1)])
         group = ti * len(parts) + tj
+        del ti, tj
         order = np.argsort(group, kind="stable")
         keys, first = np.unique(group[order], return_index=True)
+        del group
         bounds = np.append(first, len(order))
-        del group, ti, tj
         sel = [order[bounds[k]: bounds[k + 1]] for k in range(len(keys))]
         checks = [(parts[int(g) // len(parts)], parts[int(g) % len(parts)], li[at], lj[at]) for g, at in zip(keys, sel)]
         batches = verify_batches([len(at) for at in sel])
         verdicts = self.ex.map(verify_task, [checks[b.start: b.stop] for b in batches], dcfg.num_perm, dcfg.threshold,
-                               label=f"{label} verify tasks")
-        del checks
-        ok = np.zeros(len(i), dtype=bool)
+                               label=label)
+        ok = np.zeros(len(flat), dtype=bool)
         for b, verdict in zip(batches, verdicts):
             ok[np.concatenate([sel[k] for k in b])] = verdict  # a batch holds one group at least
-        uf = UnionFind(n)
-        for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # the single-process order: sorted (i, j)
-            uf.union(a, b)
-        return uf
+        return ok
+
+
+def _cuts(path: Path, count: int, bounds: list[int]) -> np.ndarray:
+    """Where each bound falls in a sorted pairs file; the mapping is dropped at once (it touched a few pages)."""
+    if count == 0:
+        return np.zeros(len(bounds), dtype=np.int64)
+    codes = np.memmap(path, dtype=np.int64, mode="r", shape=(count,))
+    cuts = np.searchsorted(codes, bounds)
+    del codes
+    return cuts
 
 
 class _WriteItems(Sequence):

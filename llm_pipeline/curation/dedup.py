@@ -192,6 +192,24 @@ class UnionFind:
                 return roots
             roots = up
 
+    def moved(self) -> tuple[np.ndarray, np.ndarray]:
+        """The members whose root is another member, sorted, and those roots."""
+        roots = self.roots()
+        moved = np.flatnonzero(roots != np.arange(len(roots)))
+        return moved, roots[moved]
+
+
+def pair_clusters(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UnionFind(n).moved() after the unions of pairs (i, j), for members in a set of any size n, holding only the
+    pairs' members: the roots are the clusters' smallest members either way, so the result is the same, in memory
+    that follows the pairs (one per near duplicate, give or take), not the set."""
+    members = np.unique(np.concatenate([i, j]))
+    uf = UnionFind(len(members))
+    for a, b in zip(np.searchsorted(members, i).tolist(), np.searchsorted(members, j).tolist()):
+        uf.union(a, b)
+    moved, roots = uf.moved()
+    return members[moved], members[roots]
+
 
 def candidate_pair_arrays(keys: np.ndarray, rows: np.ndarray | None = None, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) sharing a band key, sorted, as two arrays. Within a bucket of up to

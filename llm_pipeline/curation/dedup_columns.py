@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash
-from llm_pipeline.curation.dedup_spill import Part, Spilled, SpillWriter
+from llm_pipeline.curation.dedup_spill import _index, Part, Spilled, SpillWriter
 
 _DIGITS = re.compile(r"(\d+)")
 _TRAILING = re.compile(r"^(.*?)(\d{1,18})$", re.S)  # at most 18 digits: the number fits an int64
 COLUMNS = {"file_of": np.int32, "line": np.int64, "lengths": np.int64, "hashes": np.uint64}
 ID_WIDTH = 32  # the pipeline's ids: 32 hex digits; a longer id widens the part's id file
 _COPY_ROWS = 1 << 16  # rows per read when an id file is widened or its prefixes are read
+_TIE_ROWS = 1 << 13  # rows per block when the sorted keys are compared for ties
 
 
 def natural_key(text: str | None) -> tuple:
@@ -137,6 +138,13 @@ class ColumnWriter:
         return ColumnPart(str(self.folder), self.name, self.n, self.width, tuple(files))
 
 
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """`values` as int32 when every one fits (the same order, half the bytes), else as they are."""
+    if len(values) and np.iinfo(np.int32).min <= values.min() and values.max() <= np.iinfo(np.int32).max:
+        return values.astype(np.int32)
+    return values
+
+
 class Hashed:
     """Pass 1's per-document columns, in stream order, on disk as consecutive parts (the text is read again in
     pass 2). Nothing per document is held here."""
@@ -167,7 +175,7 @@ class Hashed:
             part = p.column(name)
             col[self.starts[k]: self.starts[k + 1]] = self._remap[k][part] if name == "file_of" else part
             del part
-        return col if rows is None else col[np.asarray(rows, dtype=np.int64)]
+        return col if rows is None else col[_index(rows)]
 
     def ids(self, rows: np.ndarray) -> np.ndarray:
         """Ids (bytes) of stream rows, in the order given."""
@@ -195,21 +203,24 @@ class Hashed:
         if len(self) == 0:
             return np.zeros(0, dtype=np.int64)
         order = sorted(range(len(self.files)), key=lambda k: natural_key(self.files[k]))
-        rank = np.empty(len(self.files), dtype=np.int64)
+        rank = np.empty(len(self.files), dtype=np.int32)
         rank[order] = np.arange(len(self.files))
         ids = self._id_prefixes()
+        # The keys at 4 bytes a row where their values fit (lines, lengths and file ranks always do in practice):
+        # the keys and the sort are the peak of the driver's memory in deduped_shards.
         if keep == "longest":  # np.lexsort: the last key is the primary one
-            keys = [ids, self.column("line"), rank[self.column("file_of")], -self.column("lengths")]
+            keys = [ids, _narrow(self.column("line")), rank[self.column("file_of")], _narrow(-self.column("lengths"))]
         elif keep == "earliest_source":
-            keys = [ids, -self.column("lengths"), self.column("line"), rank[self.column("file_of")]]
+            keys = [ids, _narrow(-self.column("lengths")), _narrow(self.column("line")), rank[self.column("file_of")]]
         else:
             keys = [ids]
-        by = np.lexsort(keys).astype(np.int64)
+        by = np.lexsort(keys).astype(np.int64, copy=False)  # intp already: no second copy
         tied = np.ones(len(by) - 1, dtype=bool)
-        for key in keys:
-            ordered = key[by]
-            tied &= ordered[1:] == ordered[:-1]
-            del ordered
+        for lo in range(0, len(by) - 1, _TIE_ROWS):  # a block at a time: no sorted copy of a whole key
+            at = by[lo: lo + _TIE_ROWS + 1]
+            for key in keys:
+                ordered = key[at]
+                tied[lo: lo + len(at) - 1] &= ordered[1:] == ordered[:-1]
         del keys, ids
         if tied.any():  # equal up to the ids' first 8 bytes: those runs ordered on the whole ids
             self._order_ties(by, tied)

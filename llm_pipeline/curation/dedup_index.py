@@ -57,14 +57,16 @@ def source_fingerprint(folder: Path) -> str:
 
 def write(path: Path, rows: np.ndarray, hashes: np.ndarray, key_bands, params: list[int], source: Path) -> None:
     """Replace the index folder at `path` (a temp folder renamed into place). `key_bands[b]` is band b's 64-bit keys
-    of the entries (for an (n, bands) array: its ``.T``; or a sequence that reads each band when asked, so no more
-    than one band's column is in memory); entries are stored sorted by hash."""
+    of the entries, or those keys folded already (uint32), as an (n, bands) array's ``.T`` or a sequence that reads
+    each band when asked (so no more than one band's column is in memory); entries are stored sorted by hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     hashes = np.asarray(hashes, dtype=np.uint64)
     order = np.argsort(hashes, kind="stable")
+    if len(order) < 2**31:
+        order = order.astype(np.int32)  # held through every band below: 4 bytes an entry
     np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32)[order])
     np.save(tmp / "hashes.npy", hashes[order])
     n_bands = len(key_bands)
@@ -74,7 +76,9 @@ def write(path: Path, rows: np.ndarray, hashes: np.ndarray, key_bands, params: l
         np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
                                                    "fortran_order": False, "shape": (n_bands, len(order))})
         for b in range(n_bands):
-            fold32(key_bands[b])[order].tofile(out)
+            band = key_bands[b]
+            (band if band.dtype == np.uint32 else fold32(band))[order].tofile(out)  # folded already, or now
+            del band
     (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params] + [FORMAT], "source": source_fingerprint(source)}))
     old = None
     if path.exists():

@@ -46,9 +46,9 @@ from llm_pipeline.config import PipelineConfig
 from llm_pipeline.curation.dedup import (
     SIGNATURE_SCHEME,
     MinHasher,
-    UnionFind,
     band_match_codes,
     band_pair_codes,
+    pair_clusters,
     similar,
 )
 from llm_pipeline.curation import dedup_index
@@ -83,7 +83,8 @@ def _cleaned(cfg: PipelineConfig, domain: str) -> Path:
 
 
 class _Bands:
-    """Band keys of some rows, read from the spill files one band at a time when asked (dedup_index.write)."""
+    """Band keys of some rows, folded to 32 bits (dedup_index.fold32), read from the spill files one band at a time
+    when asked (dedup_index.write)."""
 
     def __init__(self, spilled: Spilled | None, rows: np.ndarray, bands: int):
         self.spilled, self.rows, self.bands = spilled, rows, bands
@@ -93,13 +94,15 @@ class _Bands:
 
     def __getitem__(self, b: int) -> np.ndarray:
         if self.spilled is None:  # a domain with no documents split into no tasks: no spill files, no keys
-            return np.zeros(0, dtype=np.uint64)
-        return self.spilled.band(b, self.rows)
+            return np.zeros(0, dtype=np.uint32)
+        # Folded part by part, then gathered: 4 bytes a row, not the 64-bit column and its gathered copy.
+        col = np.concatenate([np.zeros(0, np.uint32)] + [dedup_index.fold32(p.band(b)) for p in self.spilled.parts])
+        return col[self.rows]
 
 
 def write_index(cfg: PipelineConfig, domain: str, rows: np.ndarray, hashes: np.ndarray, key_bands) -> None:
     """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus."""
-    dedup_index.write(index_path(cfg, domain), np.asarray(rows, dtype=np.int64), hashes, key_bands, _params(cfg).tolist(),
+    dedup_index.write(index_path(cfg, domain), rows, hashes, key_bands, _params(cfg).tolist(),
                       _cleaned(cfg, domain))
 
 
@@ -282,45 +285,49 @@ class Decided:
         return len(np.unique(self.hashed.ids(own))) + len(set(self.cross.values()))
 
 
-def _mark(rows: np.ndarray, clusters: UnionFind) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose cluster root (the first of `rows` in the cluster, by preference) is another row, and that row:
-    (dropped rows, their kept rows)."""
-    roots = clusters.roots()
-    moved = np.flatnonzero(roots != np.arange(len(rows)))
-    return rows[moved], rows[roots[moved]]
+def _mark(rows: np.ndarray, clusters: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose cluster root (the first of `rows` in the cluster, by preference) is another row, and that row, from
+    the clusters' (moved positions, their roots' positions) in `rows`: (dropped rows, their kept rows)."""
+    moved, roots = clusters
+    return rows[moved], rows[roots]
 
 
-def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> UnionFind:
+def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Clusters of `rows` (stream rows in order of preference; cluster members by position in `rows`) from their
-    spilled band keys, one band at a time, and their signatures, one block of pairs at a time."""
+    spilled band keys, one band at a time, and their signatures, one block of pairs at a time: (positions whose
+    root is another, those roots), as UnionFind.moved gives them."""
     n = len(rows)
     spilled = hashed.spilled
     flat = np.zeros(0, dtype=np.int64)
     for b in range(spilled.bands):  # merged band by band: a pair that shares every band is held once, not per band
         flat = np.union1d(flat, band_pair_codes(spilled.band(b, rows), None, n))
-    uf = UnionFind(n)
+    verified = [np.zeros(0, dtype=np.int64)]
     for lo in range(0, len(flat), _PAIR_BLOCK):
         i, j = flat[lo: lo + _PAIR_BLOCK] // n, flat[lo: lo + _PAIR_BLOCK] % n
         at = np.unique(np.concatenate([i, j]))
         sigs = spilled.sigs(rows[at])
-        ok = similar(sigs, np.searchsorted(at, i), sigs, np.searchsorted(at, j), threshold)
-        for a, b in zip(i[ok].tolist(), j[ok].tolist()):  # sorted (i, j): the order the single pass unites them in
-            uf.union(a, b)
-    return uf
+        verified.append(flat[lo: lo + _PAIR_BLOCK][similar(sigs, np.searchsorted(at, i), sigs, np.searchsorted(at, j), threshold)])
+    ok = np.concatenate(verified)
+    return pair_clusters(ok // max(n, 1), ok % max(n, 1))
 
 
 def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None) -> Decided:
-    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference) replaces
-    near_clusters when the pairs are found elsewhere (compute.dedup: by tasks over the hash tasks' files)."""
+    """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference, as
+    near_clusters returns them) replaces near_clusters when the pairs are found elsewhere (compute.dedup: by tasks
+    over the hash tasks' files). Per document it holds the order of preference, the reason codes and, in one step at
+    a time, one or two more int64 columns (~25 bytes per document at the peak); the rest follows the pairs and drops."""
     dcfg = cfg.deduped_shards
     n = len(hashed)
-    by_pref = hashed.preference_order(dcfg.keep)
+    # Row numbers at 4 bytes below 2**31 rows (a domain's driver holds this column, and the rows and survivors taken
+    # from it, through every step).
+    by_pref = hashed.preference_order(dcfg.keep).astype(np.int32 if n < 2**31 else np.int64)
     reason = np.zeros(n, dtype=np.int8)
     drops: list[np.ndarray] = [np.zeros(0, np.int64)]  # dropped rows, and the row of each one's kept copy
     keeps: list[np.ndarray] = [np.zeros(0, np.int64)]
 
     if dcfg.exact and n:
-        h = hashed.column("hashes")[by_pref]
+        h = hashed.column("hashes")
+        h = h[by_pref]  # the column's own array freed before the sort's
         order = np.argsort(h, kind="stable")  # within a hash, the order of preference
         h = h[order]
         later = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions that repeat the hash before them: few
@@ -342,18 +349,17 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         if why == "near_duplicate":
             clusters = near(rows) if near is not None else near_clusters(hashed, rows, dcfg.threshold)
         else:
-            clusters = semantic_clusters(_embed_rows(embedder, src, rows.tolist()), dcfg.semantic_threshold)
+            clusters = semantic_clusters(_embed_rows(embedder, src, rows.tolist()), dcfg.semantic_threshold).moved()
         dup, kept = _mark(rows, clusters)
         del clusters, rows
         reason[dup] = _CODE[why]
         drops.append(dup)
         keeps.append(kept)
-    survivors = by_pref[reason[by_pref] == 0]
-
     cross_kept: dict[int, tuple[str, str]] = {}
     index_used: list[str] = []
     index_missing: list[str] = []
     if dcfg.scope == "global":
+        survivors = by_pref[reason[by_pref] == 0]
         cross, index_used, index_missing = _cross_domain(cfg, domain, hashed, survivors)
         for k, (why, other, other_id) in cross.items():
             reason[survivors[k]] = _CODE[why]
@@ -362,16 +368,18 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         keeps.append(np.full(len(cross_kept), -1, dtype=np.int64))
         write_index(cfg, domain, survivors, hashed.column("hashes", survivors),
                     _Bands(hashed.spilled, survivors, dcfg.banding[0] if dcfg.near else 0))
-    del survivors
+        del survivors
     dropped, kept = np.concatenate(drops), np.concatenate(keeps)
     del drops, keeps
     order = np.argsort(dropped, kind="stable")
     decided = Decided(reason, dropped[order], kept[order], cross_kept, hashed, domain, {}, index_used, index_missing)
     del order, dropped, kept
     # The preview's example pair: the first near duplicate in order of preference, and its kept copy (when in this domain).
-    near_rows = by_pref[(reason[by_pref] != 0) & (reason[by_pref] != _CODE["exact_duplicate"])]
-    if len(near_rows):
-        ex = int(near_rows[0])
+    ordered = reason[by_pref]
+    first = np.flatnonzero((ordered != 0) & (ordered != _CODE["exact_duplicate"]))[:1]
+    del ordered
+    if len(first):
+        ex = int(by_pref[first[0]])
         kd, kid = decided.kept_as(ex)
         decided.pair = {"row": ex, "id": hashed.id_of(ex), "reason": decided.why(ex), "kept_domain": kd, "kept_id": kid}
     return decided

@@ -20,6 +20,7 @@ from llm_pipeline.curation.dedup import (
     match_against,
     near_duplicate_clusters,
     normalize_text,
+    pair_clusters,
 )
 
 rng = random.Random(7)
@@ -167,6 +168,22 @@ def test_union_find_root_is_smallest():
     uf.union(3, 1)
     assert {uf.find(i) for i in (1, 2, 3, 4)} == {1}
     assert uf.find(0) == 0
+
+
+def test_pair_clusters_are_the_union_find_over_every_member():
+    rng = np.random.default_rng(4)
+    n = 1_000
+    codes = np.unique(rng.integers(0, n, size=(300, 2)) @ np.array([n, 1]))
+    i, j = codes // n, codes % n
+    i, j = i[i < j], j[i < j]
+    uf = UnionFind(n)
+    for a, b in zip(i.tolist(), j.tolist()):
+        uf.union(a, b)
+    moved, roots = pair_clusters(i, j)
+    expected_moved, expected_roots = uf.moved()
+    assert moved.tolist() == expected_moved.tolist() and roots.tolist() == expected_roots.tolist()
+    assert len(moved) > 50
+    assert [a.tolist() for a in pair_clusters(np.zeros(0, np.int64), np.zeros(0, np.int64))] == [[], []]
 
 
 def test_batch_signatures_equal_one_document_at_a_time_and_the_plain_definition():

@@ -47,6 +47,17 @@ def test_order_of_preference_equals_a_sort_in_memory(tmp_path, recs, keep):
     assert hashed.preference_order(keep).tolist() == in_memory_order(recs, keep)
 
 
+@pytest.mark.parametrize("keep", ["longest", "earliest_source"])
+def test_order_of_preference_with_ties_across_blocks_and_a_line_past_32_bits(tmp_path, recs, keep, monkeypatch):
+    from llm_pipeline.curation import dedup_columns
+
+    monkeypatch.setattr(dedup_columns, "_TIE_ROWS", 7)  # ties compared in blocks: runs that cross a block's end
+    recs[10]["source"] = f"part-3.jsonl#L{2**31 + 5}"  # a line that does not fit the 4-byte key: that key stays wide
+    recs[11]["source"] = "part-3.jsonl#L2"
+    hashed = hash_pass(batches(recs, 64), None, None, (tmp_path, "all"))
+    assert hashed.preference_order(keep).tolist() == in_memory_order(recs, keep)
+
+
 def test_parts_read_back_as_one_stream(tmp_path, recs):
     """Hash tasks write a part each; joined, they read as the single pass does (file names remapped)."""
     whole = hash_pass(batches(recs, 64), None, None, (tmp_path / "one", "all"))

@@ -36,6 +36,8 @@ def test_index_is_small_mapped_and_stale_after_its_source_changes(tmp_path):
     order = np.argsort(hashes)  # entries sorted by hash: an exact lookup is a binary search on the mapped array
     assert (index["hashes"] == hashes[order]).all() and (index["rows"] == order).all()
     assert (index["keys"] == dedup_index.fold32(keys)[order]).all()
+    dedup_index.write(tmp_path / "folded.idx", np.arange(n), hashes, dedup_index.fold32(keys).T, PARAMS, src)
+    assert (dedup_index.read(tmp_path / "folded.idx", PARAMS, src)["keys"] == index["keys"]).all()  # keys folded already
     assert dedup_index.read(path, [*PARAMS[:-1], 3], src) is None  # another signature scheme
     cleaned(src, n + 1)  # the cleaned output was rebuilt: rows may point elsewhere now
     assert dedup_index.read(path, PARAMS, src) is None
