@@ -202,6 +202,12 @@ def main() -> None:
                      ("driver_peak_rss_mb", "driver peak MB", ""), ("process_peak_rss_mb", "largest process MB", ""),
                      ("tree_peak_rss_mb", "tree peak MB", ""),
                      ("index_bytes_per_doc", "index B/doc", "")]))
+    for docs in args.docs:  # each engine against the local engine of the same run, same corpus
+        base = next((r for r in ok if r["docs"] == docs and r["engine"] == "local"), None)
+        for r in (r for r in ok if base and r["docs"] == docs and r is not base):
+            print(f"{r['engine']} at {docs:,} docs: {r['docs_per_s'] / base['docs_per_s']:.2f}x the local engine's docs/s "
+                  f"(local {base['docs_per_s'] / r['docs_per_s']:.2f}x it), {r['cpu_s_per_mb'] / base['cpu_s_per_mb']:.2f}x "
+                  f"its CPU-s/MB")
     for r in ok:
         cpu_days = r["cpu_s_per_mb"] * 1e6 / 86400
         print(f"{r['engine']} at {r['docs']:,} docs: 1 TB = {cpu_days:,.0f} CPU-days; on 10 machines x 16 cores "
