@@ -24,9 +24,9 @@ gathered in one process.
 7. write tasks write each range's kept documents (``shard-<task>-*.parquet``) and drops.
 
 The driver reads the columns from the tasks' files one at a time, for the step that needs them (the order of
-preference, the exact groups), and holds per document the order of preference (8 bytes) and the decision (one
-byte), and while a step runs one or two more int64 columns (~25 bytes per document at the peak), never a signature,
-a candidate pair per document or a Python object per document. With ``scope: global`` the cross-domain
+preference, the exact groups), and holds per document the order of preference (4 bytes) and the decision (one
+byte), and while a step runs a sort's keys or a column and its order (~30 bytes per document at the peak), never
+a signature, a candidate pair per document or a Python object per document. With ``scope: global`` the cross-domain
 query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
 as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
 does.

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash
-from llm_pipeline.curation.dedup_spill import _index, Part, Spilled, SpillWriter
+from llm_pipeline.curation.dedup_spill import row_index, Part, Spilled, SpillWriter
 
 _DIGITS = re.compile(r"(\d+)")
 _TRAILING = re.compile(r"^(.*?)(\d{1,18})$", re.S)  # at most 18 digits: the number fits an int64
@@ -175,7 +175,7 @@ class Hashed:
             part = p.column(name)
             col[self.starts[k]: self.starts[k + 1]] = self._remap[k][part] if name == "file_of" else part
             del part
-        return col if rows is None else col[_index(rows)]
+        return col if rows is None else col[row_index(rows)]
 
     def ids(self, rows: np.ndarray) -> np.ndarray:
         """Ids (bytes) of stream rows, in the order given."""

@@ -101,7 +101,7 @@ class Spilled:
     def band(self, b: int, rows: np.ndarray | None = None) -> np.ndarray:
         """Band b's keys of every row (or of `rows`, in their order): the only column of keys in memory."""
         col = np.concatenate([np.zeros(0, np.uint64)] + [p.band(b) for p in self.parts])
-        return col if rows is None else col[_index(rows)]
+        return col if rows is None else col[row_index(rows)]
 
     def sigs(self, rows: np.ndarray) -> np.ndarray:
         """Signatures of stream rows, in the order given."""
@@ -124,6 +124,6 @@ class Spilled:
                     pass
 
 
-def _index(rows) -> np.ndarray:
+def row_index(rows) -> np.ndarray:
     """Row numbers to index with: an integer array as it is (int32 rows stay 4 bytes), anything else as int64."""
     return rows if isinstance(rows, np.ndarray) and rows.dtype.kind in "iu" else np.asarray(rows, dtype=np.int64)

@@ -315,7 +315,8 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
     """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference, as
     near_clusters returns them) replaces near_clusters when the pairs are found elsewhere (compute.dedup: by tasks
     over the hash tasks' files). Per document it holds the order of preference, the reason codes and, in one step at
-    a time, one or two more int64 columns (~25 bytes per document at the peak); the rest follows the pairs and drops."""
+    a time, a sort's keys or a column and its order (~30 bytes per document at the peak); the rest follows the pairs
+    and drops."""
     dcfg = cfg.deduped_shards
     n = len(hashed)
     # Row numbers at 4 bytes below 2**31 rows (a domain's driver holds this column, and the rows and survivors taken
