@@ -25,11 +25,12 @@ gathered in one process.
 
 The driver reads the columns from the tasks' files one at a time, for the step that needs them (the order of
 preference, the exact groups), and holds per document the order of preference (4 bytes) and the decision (one
-byte), and while a step runs a sort's keys or a column and its order (~30 bytes per document at the peak), never
-a signature, a candidate pair per document or a Python object per document. With ``scope: global`` the cross-domain
-query and the index read the survivors' keys and signatures from the hash tasks' files, one band or block at a time,
-as the single-process stage reads its own. Semantic dedup, when on, embeds in the driver as the single-process stage
-does.
+byte), and while a step runs a sort's key and order or a column (~20 bytes per document at the peak), never a
+signature, a candidate pair per document or a Python object per document. The decisions run with glibc's mmap
+threshold fixed (llm_pipeline.memory.large_frees_returned): each step's freed arrays leave the resident set at once.
+With ``scope: global`` the cross-domain query and the index read the survivors' keys and signatures from the hash
+tasks' files, one band or block at a time, as the single-process stage reads its own. Semantic dedup, when on,
+embeds in the driver as the single-process stage does.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class _Near:
         n = len(rows)
         dcfg = self.cfg.deduped_shards
         starts, parts = self.spilled.starts, self.spilled.parts
-        rank_of = np.full(len(self.spilled), -1, dtype=np.int64)
+        rank_of = np.full(len(self.spilled), -1, dtype=np.int32 if n < 2**31 else np.int64)
         for lo in range(0, n, 1 << 16):  # each row's place in `rows` (no second column of n for the right side)
             rank_of[rows[lo: lo + (1 << 16)]] = np.arange(lo, min(n, lo + (1 << 16)))
         # At most KEYS_PER_PARTITION keys a bucket task (at least one task per worker): a bucket task's memory is

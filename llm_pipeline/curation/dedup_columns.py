@@ -12,9 +12,10 @@ kept, one entry per source file.
 
 The order of preference sorts these columns with ``np.lexsort``: ``longest`` = the longest text first, then the
 earliest source (files in natural order, ``part-2`` before ``part-10``, then the line number), then the smallest id;
-``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. The id enters the sort as its
-first 8 bytes (a big-endian integer: the same order as the bytes); rows that tie on that too are ordered on their
-whole ids, read for those rows only. The sort is stable, so rows that tie on everything stay in stream order.
+``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. Rows that tie on every key are
+then ordered on their ids: on their first 8 bytes (a big-endian integer: the same order as the bytes; for
+``smallest_id`` these are the sort's key), then, for rows that tie on those too, on their whole ids, read for those
+rows only. The sorts are stable, so rows that tie on everything stay in stream order.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_pipeline.curation.dedup import MinHasher, band_keys, exact_hash
-from llm_pipeline.curation.dedup_spill import row_index, Part, Spilled, SpillWriter
+from llm_pipeline.curation.dedup_spill import Part, Spilled, SpillWriter, ascending, gather_sorted, row_index
 
 _DIGITS = re.compile(r"(\d+)")
 _TRAILING = re.compile(r"^(.*?)(\d{1,18})$", re.S)  # at most 18 digits: the number fits an int64
@@ -145,6 +146,18 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _ties(by: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """``tied[p]``: the rows at sorted positions p and p + 1 are equal on every key (compared a block of
+    ``_TIE_ROWS`` at a time: no sorted copy of a whole key)."""
+    tied = np.ones(max(len(by) - 1, 0), dtype=bool)
+    for lo in range(0, len(by) - 1, _TIE_ROWS):
+        at = by[lo: lo + _TIE_ROWS + 1]
+        for key in keys:
+            ordered = key[at]
+            tied[lo: lo + len(at) - 1] &= ordered[1:] == ordered[:-1]
+    return tied
+
+
 class Hashed:
     """Pass 1's per-document columns, in stream order, on disk as consecutive parts (the text is read again in
     pass 2). Nothing per document is held here."""
@@ -169,12 +182,17 @@ class Hashed:
         return cls([c for p in parts for c in p.parts], sum(p.bytes_in for p in parts), joined)
 
     def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """One column over every row (or `rows`, in their order); ``file_of`` indexes ``self.files``."""
+        """One column over every row (or `rows`, in their order; ascending rows are read part by part, without the
+        whole column); ``file_of`` indexes ``self.files``."""
+        def part(k: int) -> np.ndarray:
+            values = self.parts[k].column(name)
+            return self._remap[k][values] if name == "file_of" else values
+
+        if rows is not None and ascending(rows):
+            return gather_sorted(self.starts, rows, part, COLUMNS[name])
         col = np.zeros(len(self), dtype=COLUMNS[name])
-        for k, p in enumerate(self.parts):
-            part = p.column(name)
-            col[self.starts[k]: self.starts[k + 1]] = self._remap[k][part] if name == "file_of" else part
-            del part
+        for k in range(len(self.parts)):
+            col[self.starts[k]: self.starts[k + 1]] = part(k)
         return col if rows is None else col[row_index(rows)]
 
     def ids(self, rows: np.ndarray) -> np.ndarray:
@@ -205,32 +223,77 @@ class Hashed:
         order = sorted(range(len(self.files)), key=lambda k: natural_key(self.files[k]))
         rank = np.empty(len(self.files), dtype=np.int32)
         rank[order] = np.arange(len(self.files))
-        ids = self._id_prefixes()
         # The keys at 4 bytes a row where their values fit (lines, lengths and file ranks always do in practice):
-        # the keys and the sort are the peak of the driver's memory in deduped_shards.
-        if keep == "longest":  # np.lexsort: the last key is the primary one
-            keys = [ids, _narrow(self.column("line")), rank[self.column("file_of")], _narrow(-self.column("lengths"))]
-        elif keep == "earliest_source":
-            keys = [ids, _narrow(-self.column("lengths")), _narrow(self.column("line")), rank[self.column("file_of")]]
+        # the keys and the sort are the peak of the driver's memory in deduped_shards. With ``longest`` and
+        # ``earliest_source`` the ids stay out of the sort: a file and a line name one document, so rows that tie on
+        # every key are few, and only those are then ordered on their ids.
+        primary_first = {"longest": [("lengths", -1), ("file_of", 1), ("line", 1)],
+                         "earliest_source": [("file_of", 1), ("line", 1), ("lengths", -1)]}.get(keep)
+        packed = self._packed_key(primary_first, rank) if primary_first else None
+        if packed is not None:  # one 8-byte key: its stable sort holds 20 bytes a row, a lexsort of three 24
+            keys = [packed]
+            by = np.argsort(packed, kind="stable")
         else:
-            keys = [ids]
-        by = np.lexsort(keys).astype(np.int64, copy=False)  # intp already: no second copy
-        tied = np.ones(len(by) - 1, dtype=bool)
-        for lo in range(0, len(by) - 1, _TIE_ROWS):  # a block at a time: no sorted copy of a whole key
-            at = by[lo: lo + _TIE_ROWS + 1]
-            for key in keys:
-                ordered = key[at]
-                tied[lo: lo + len(at) - 1] &= ordered[1:] == ordered[:-1]
-        del keys, ids
-        if tied.any():  # equal up to the ids' first 8 bytes: those runs ordered on the whole ids
-            self._order_ties(by, tied)
+            if keep == "longest":  # np.lexsort: the last key is the primary one
+                keys = [_narrow(self.column("line")), rank[self.column("file_of")], _narrow(-self.column("lengths"))]
+            elif keep == "earliest_source":
+                keys = [_narrow(-self.column("lengths")), _narrow(self.column("line")), rank[self.column("file_of")]]
+            else:
+                keys = [self._id_prefixes()]
+            by = np.lexsort(keys)
+        by = by.astype(np.int64, copy=False)  # intp already: no second copy
+        tied = _ties(by, keys)
+        del keys, packed
+        if keep != "smallest_id" and tied.sum() > len(by) // 64:  # many ties: the prefixes first, read in one pass
+            tied = self._order_ties(by, tied, prefixes=True)
+        if tied.any():  # the whole ids of the rows still tied (read row by row)
+            self._order_ties(by, tied, prefixes=False)
         return by
 
-    def _order_ties(self, by: np.ndarray, tied: np.ndarray) -> None:
+    def _packed_key(self, columns: list[tuple[str, int]], rank: np.ndarray) -> np.ndarray | None:
+        """The columns (primary first; sign -1: descending) packed into one int64 that sorts as they do, each
+        shifted to start at 0 and given the bits its range needs, built part by part; None when they need more
+        than 63 bits."""
+        def part(k: int, name: str, sign: int) -> np.ndarray:
+            values = self.parts[k].column(name)
+            values = rank[self._remap[k][values]] if name == "file_of" else values
+            return values.astype(np.int64, copy=False) * sign
+
+        spans = []
+        for name, sign in columns:
+            lows, highs = [], []
+            for k, p in enumerate(self.parts):
+                if p.n:
+                    values = part(k, name, sign)
+                    lows.append(int(values.min()))
+                    highs.append(int(values.max()))
+            low, high = min(lows), max(highs)
+            spans.append((name, sign, low, max(1, (high - low).bit_length())))
+        if sum(bits for *_, bits in spans) > 63:
+            return None
+        packed = np.empty(len(self), dtype=np.int64)
+        for k, p in enumerate(self.parts):
+            key = np.zeros(p.n, dtype=np.int64)
+            for name, sign, low, bits in spans:
+                key = (key << np.int64(bits)) | (part(k, name, sign) - np.int64(low))
+            packed[self.starts[k]: self.starts[k + 1]] = key
+        return packed
+
+    def _order_ties(self, by: np.ndarray, tied: np.ndarray, prefixes: bool) -> np.ndarray:
+        """Each run of tied positions of `by` (``tied[p]``: positions p and p + 1 tie) ordered, stably, on the ids'
+        first 8 bytes (`prefixes`) or on the whole ids; returns which neighbours still tie after that."""
         after = np.concatenate([[False], tied])  # position p ties with p - 1
         pos = np.flatnonzero(after | np.concatenate([tied, [False]]))
-        run = np.cumsum(~after[pos])
-        by[pos] = by[pos][np.lexsort((self.ids(by[pos]), run))]
+        del after
+        run = np.cumsum(np.concatenate([[True], ~tied[pos[:-1]]]))  # runs of consecutive tied positions
+        rows = by[pos]
+        values = self._id_prefixes()[rows] if prefixes else self.ids(rows)
+        sub = np.lexsort((values, run))
+        by[pos] = rows[sub]
+        values, run = values[sub], run[sub]
+        still = np.zeros(len(tied), dtype=bool)
+        still[pos[:-1][(run[1:] == run[:-1]) & (values[1:] == values[:-1])]] = True
+        return still
 
 
 def hash_pass(batches, hasher: MinHasher | None, banding: tuple[int, int] | None, spill_to, meter=None) -> Hashed:

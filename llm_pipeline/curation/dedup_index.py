@@ -55,29 +55,64 @@ def source_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+_SORT_ROWS = 1 << 16  # entries per block when the hashes' top byte is taken
+
+
+def hash_order(hashes: np.ndarray) -> np.ndarray:
+    """``np.argsort(hashes, kind="stable")`` as int32 (below 2**31 entries), sorted a bucket of the top byte at a
+    time: the hashes, a byte and the 4-byte order per entry at the peak (13 bytes), where one argsort held its 8-byte
+    order, its buffer and then the 4-byte copy (20)."""
+    n = len(hashes)
+    order = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    top = np.empty(n, dtype=np.uint8)
+    for lo in range(0, n, _SORT_ROWS):
+        top[lo: lo + _SORT_ROWS] = hashes[lo: lo + _SORT_ROWS] >> np.uint64(56)
+    at = 0
+    for b in np.flatnonzero(np.bincount(top, minlength=256)).tolist():
+        rows = np.flatnonzero(top == b)  # ascending: equal hashes (one bucket) keep their order
+        order[at: at + len(rows)] = rows[np.argsort(hashes[rows], kind="stable")]
+        at += len(rows)
+    return order
+
+
+def _header(out, dtype, shape: tuple) -> None:
+    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+
+
+def _write_taken(out, values: np.ndarray, order: np.ndarray, dtype) -> None:
+    """``values[order]`` appended to `out` a block of `order` at a time: no taken copy of the whole column."""
+    for lo in range(0, len(order), _SORT_ROWS):
+        values[order[lo: lo + _SORT_ROWS]].astype(dtype, copy=False).tofile(out)
+
+
 def write(path: Path, rows: np.ndarray, hashes: np.ndarray, key_bands, params: list[int], source: Path) -> None:
-    """Replace the index folder at `path` (a temp folder renamed into place). `key_bands[b]` is band b's 64-bit keys
+    """Replace the index folder at `path` (a temp folder renamed into place). `hashes` are the entries' hashes, or a
+    function that reads them (then they are freed before the bands are read). `key_bands[b]` is band b's 64-bit keys
     of the entries, or those keys folded already (uint32), as an (n, bands) array's ``.T`` or a sequence that reads
     each band when asked (so no more than one band's column is in memory); entries are stored sorted by hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    order = np.argsort(hashes, kind="stable")
-    if len(order) < 2**31:
-        order = order.astype(np.int32)  # held through every band below: 4 bytes an entry
-    np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.uint32)[order])
-    np.save(tmp / "hashes.npy", hashes[order])
+    hashes = np.asarray(hashes() if callable(hashes) else hashes, dtype=np.uint64)
+    order = hash_order(hashes)  # held through every band below: 4 bytes an entry
+    # Every array is written in hash order a block at a time: no sorted copy of a whole column.
+    for name, values, dtype in (("rows", np.asarray(rows), np.uint32), ("hashes", hashes, np.uint64)):
+        with open(tmp / f"{name}.npy", "wb") as out:
+            _header(out, dtype, (len(order),))
+            _write_taken(out, values, order, dtype)
+    del hashes, values  # read by a function: gone before the bands are read
     n_bands = len(key_bands)
     # Appended band by band through a file: a writable mapping kept every band's pages in the resident set (4 bytes
     # per entry and band, ~72 MB at a million entries) until it was closed.
     with open(tmp / "keys.npy", "wb") as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint32)),
-                                                   "fortran_order": False, "shape": (n_bands, len(order))})
+        _header(out, np.uint32, (n_bands, len(order)))
         for b in range(n_bands):
             band = key_bands[b]
-            (band if band.dtype == np.uint32 else fold32(band))[order].tofile(out)  # folded already, or now
+            folded = band if band.dtype == np.uint32 else fold32(band)  # folded already, or now
+            _write_taken(out, folded, order, np.uint32)
+            del folded
             del band
     (tmp / "meta.json").write_text(json.dumps({"params": [int(p) for p in params] + [FORMAT], "source": source_fingerprint(source)}))
     old = None

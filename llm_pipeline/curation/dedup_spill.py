@@ -127,3 +127,19 @@ class Spilled:
 def row_index(rows) -> np.ndarray:
     """Row numbers to index with: an integer array as it is (int32 rows stay 4 bytes), anything else as int64."""
     return rows if isinstance(rows, np.ndarray) and rows.dtype.kind in "iu" else np.asarray(rows, dtype=np.int64)
+
+
+def ascending(rows: np.ndarray) -> bool:
+    return len(rows) < 2 or bool((rows[1:] >= rows[:-1]).all())
+
+
+def gather_sorted(starts: np.ndarray, rows: np.ndarray, read_part, dtype) -> np.ndarray:
+    """``read_part(k)[rows - starts[k]]`` over the parts, for ascending stream `rows`: the result and one part's
+    column in memory, not a column over every row and its gathered copy."""
+    out = np.empty(len(rows), dtype=dtype)
+    cut = np.searchsorted(rows, starts)
+    for k in range(len(starts) - 1):
+        lo, hi = int(cut[k]), int(cut[k + 1])
+        if hi > lo:
+            out[lo:hi] = read_part(k)[rows[lo:hi] - starts[k]]
+    return out

@@ -53,9 +53,10 @@ from llm_pipeline.curation.dedup import (
 )
 from llm_pipeline.curation import dedup_index
 from llm_pipeline.curation.dedup_columns import Hashed, hash_pass
-from llm_pipeline.curation.dedup_spill import SPILL_DIR, Spilled
+from llm_pipeline.curation.dedup_spill import SPILL_DIR, Spilled, ascending, gather_sorted
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches, shard_files
+from llm_pipeline.memory import large_frees_returned, release_freed_memory
 from llm_pipeline.splits import split_of
 from llm_pipeline.stages import StageOutput
 
@@ -95,13 +96,21 @@ class _Bands:
     def __getitem__(self, b: int) -> np.ndarray:
         if self.spilled is None:  # a domain with no documents split into no tasks: no spill files, no keys
             return np.zeros(0, dtype=np.uint32)
-        # Folded part by part, then gathered: 4 bytes a row, not the 64-bit column and its gathered copy.
-        col = np.concatenate([np.zeros(0, np.uint32)] + [dedup_index.fold32(p.band(b)) for p in self.spilled.parts])
+        # Folded part by part: 4 bytes a row, not the 64-bit column and its gathered copy; ascending rows are
+        # gathered part by part too, without the column over every row.
+        parts = self.spilled.parts
+        if ascending(self.rows):
+            return gather_sorted(self.spilled.starts, self.rows, lambda k: dedup_index.fold32(parts[k].band(b)),
+                                 np.uint32)
+        col = np.empty(len(self.spilled), dtype=np.uint32)
+        for k, p in enumerate(parts):
+            col[self.spilled.starts[k]: self.spilled.starts[k + 1]] = dedup_index.fold32(p.band(b))
         return col[self.rows]
 
 
-def write_index(cfg: PipelineConfig, domain: str, rows: np.ndarray, hashes: np.ndarray, key_bands) -> None:
-    """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus."""
+def write_index(cfg: PipelineConfig, domain: str, rows: np.ndarray, hashes, key_bands) -> None:
+    """Replace a domain's index entries (curation.dedup_index): `rows` are the entries' rows in its cleaned_corpus,
+    `hashes` their hashes or a function that reads them."""
     dedup_index.write(index_path(cfg, domain), rows, hashes, key_bands, _params(cfg).tolist(),
                       _cleaned(cfg, domain))
 
@@ -311,38 +320,69 @@ def near_clusters(hashed: Hashed, rows: np.ndarray, threshold: float) -> tuple[n
     return pair_clusters(ok // max(n, 1), ok % max(n, 1))
 
 
+_HASH_ROWS = 1 << 16  # rows per block when each row's hash is looked up among the repeated ones
+
+
+def exact_groups(hashed: Hashed, by_pref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows whose normalized-text hash an earlier row in order of preference has, that row for each). The hash
+    column is sorted in place to find the hashes that repeat (few), then read again and looked up among those a block
+    at a time: ~14 bytes a document at the peak (the column, a flag, the order of preference), not a stable sort's
+    order, its buffer and a sorted copy of the column (~30)."""
+    h = hashed.column("hashes")
+    h.sort()
+    repeated = np.unique(h[1:][h[1:] == h[:-1]])
+    del h
+    if not len(repeated):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    h = hashed.column("hashes")
+    hit = np.zeros(len(h), dtype=bool)
+    for lo in range(0, len(h), _HASH_ROWS):
+        block = h[lo: lo + _HASH_ROWS]
+        at = np.minimum(np.searchsorted(repeated, block), len(repeated) - 1)
+        hit[lo: lo + len(block)] = repeated[at] == block
+    del h
+    rows = by_pref[hit[by_pref]].astype(np.int64)  # the rows of a repeated hash, in order of preference
+    del hit
+    hashes = hashed.column("hashes", rows)
+    order = np.argsort(hashes, kind="stable")  # within a hash, the order of preference
+    hashes = hashes[order]
+    first = np.concatenate([[True], hashes[1:] != hashes[:-1]])
+    group = np.cumsum(first) - 1
+    return rows[order[~first]], rows[order[first]][group[~first]]
+
+
 def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near=None) -> Decided:
     """The decisions from pass 1's columns. `near(rows)` (clusters of `rows`, given in order of preference, as
     near_clusters returns them) replaces near_clusters when the pairs are found elsewhere (compute.dedup: by tasks
     over the hash tasks' files). Per document it holds the order of preference, the reason codes and, in one step at
-    a time, a sort's keys or a column and its order (~30 bytes per document at the peak); the rest follows the pairs
-    and drops."""
+    a time, a sort's key and order or a column (~20 bytes per document at the peak: the order of preference's packed
+    key, its sort and the sort's buffer; the index's hashes, their order and its sort by the top byte); the rest
+    follows the pairs and drops."""
+    # Each step's arrays handed back to the system when freed, not kept in the heap under the next step's: the peak
+    # is one step's (llm_pipeline.memory.large_frees_returned). Only here: the hash and write passes allocate and
+    # free batch arrays by the thousand, which then cost a page fault each.
+    with large_frees_returned():
+        return _decide(cfg, domain, hashed, src, embedder, near)
+
+
+def _decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder, near) -> Decided:
     dcfg = cfg.deduped_shards
     n = len(hashed)
     # Row numbers at 4 bytes below 2**31 rows (a domain's driver holds this column, and the rows and survivors taken
     # from it, through every step).
     by_pref = hashed.preference_order(dcfg.keep).astype(np.int32 if n < 2**31 else np.int64)
+    release_freed_memory()  # each step's freed arrays handed back before the next step's: the peak is one step's
     reason = np.zeros(n, dtype=np.int8)
     drops: list[np.ndarray] = [np.zeros(0, np.int64)]  # dropped rows, and the row of each one's kept copy
     keeps: list[np.ndarray] = [np.zeros(0, np.int64)]
 
     if dcfg.exact and n:
-        h = hashed.column("hashes")
-        h = h[by_pref]  # the column's own array freed before the sort's
-        order = np.argsort(h, kind="stable")  # within a hash, the order of preference
-        h = h[order]
-        later = np.flatnonzero(h[1:] == h[:-1]) + 1  # sorted positions that repeat the hash before them: few
-        del h
-        first = np.ones(n, dtype=bool)
-        first[later] = False
-        starts = np.flatnonzero(first)  # each hash's first (its preferred) position
-        del first
-        rep = starts[np.searchsorted(starts, later, side="right") - 1]
-        dup = by_pref[order[later]]
+        dup, rep = exact_groups(hashed, by_pref)
         reason[dup] = _CODE["exact_duplicate"]
         drops.append(dup)
-        keeps.append(by_pref[order[rep]])
-        del order, starts, rep, dup
+        keeps.append(rep)
+        del dup, rep
+        release_freed_memory()
     for why, step in (("near_duplicate", dcfg.near and n), ("semantic_duplicate", embedder is not None)):
         if not step:
             continue
@@ -356,6 +396,7 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         reason[dup] = _CODE[why]
         drops.append(dup)
         keeps.append(kept)
+        release_freed_memory()
     cross_kept: dict[int, tuple[str, str]] = {}
     index_used: list[str] = []
     index_missing: list[str] = []
@@ -367,8 +408,9 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
             cross_kept[int(survivors[k])] = (other, other_id)
         drops.append(np.array(sorted(cross_kept), dtype=np.int64))
         keeps.append(np.full(len(cross_kept), -1, dtype=np.int64))
-        write_index(cfg, domain, survivors, hashed.column("hashes", survivors),
-                    _Bands(hashed.spilled, survivors, dcfg.banding[0] if dcfg.near else 0))
+        # The index's entries in row order (they are stored by hash, so the order given does not matter): read
+        # part by part below.
+        entries = np.sort(survivors)
         del survivors
     dropped, kept = np.concatenate(drops), np.concatenate(keeps)
     del drops, keeps
@@ -383,6 +425,13 @@ def decide(cfg: PipelineConfig, domain: str, hashed: Hashed, src: Path, embedder
         ex = int(by_pref[first[0]])
         kd, kid = decided.kept_as(ex)
         decided.pair = {"row": ex, "id": hashed.id_of(ex), "reason": decided.why(ex), "kept_domain": kd, "kept_id": kid}
+    del by_pref
+    if dcfg.scope == "global":  # last, with nothing per document held but the reasons: its sort is the step's peak
+        release_freed_memory()
+        write_index(cfg, domain, entries, lambda: hashed.column("hashes", entries),
+                    _Bands(hashed.spilled, entries, dcfg.banding[0] if dcfg.near else 0))
+        del entries
+        release_freed_memory()
     return decided
 
 

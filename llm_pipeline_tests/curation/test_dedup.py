@@ -170,13 +170,24 @@ def test_union_find_root_is_smallest():
     assert uf.find(0) == 0
 
 
-def test_pair_clusters_are_the_union_find_over_every_member():
+def _graphs():
     rng = np.random.default_rng(4)
     n = 1_000
     codes = np.unique(rng.integers(0, n, size=(300, 2)) @ np.array([n, 1]))
-    i, j = codes // n, codes % n
+    yield "random", codes // n, codes % n
+    codes = np.unique(rng.integers(0, n, size=(3_000, 2)) @ np.array([n, 1]))  # dense: a few large clusters
+    yield "dense", codes // n, codes % n
+    path = rng.permutation(n)  # one long chain over shuffled members: many hooking rounds
+    yield "chain", path[:-1], path[1:]
+    yield "star", np.zeros(n - 1, dtype=np.int64), np.arange(1, n)
+
+
+@pytest.mark.parametrize("name", ["random", "dense", "chain", "star"])
+def test_pair_clusters_are_the_union_find_over_every_member(name):
+    _, i, j = next(g for g in _graphs() if g[0] == name)
+    i, j = np.minimum(i, j), np.maximum(i, j)
     i, j = i[i < j], j[i < j]
-    uf = UnionFind(n)
+    uf = UnionFind(1_000)
     for a, b in zip(i.tolist(), j.tolist()):
         uf.union(a, b)
     moved, roots = pair_clusters(i, j)

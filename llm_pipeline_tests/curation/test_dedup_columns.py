@@ -47,15 +47,38 @@ def test_order_of_preference_equals_a_sort_in_memory(tmp_path, recs, keep):
     assert hashed.preference_order(keep).tolist() == in_memory_order(recs, keep)
 
 
+@pytest.mark.parametrize("line", [2**31 + 5, 10**18 - 1])
 @pytest.mark.parametrize("keep", ["longest", "earliest_source"])
-def test_order_of_preference_with_ties_across_blocks_and_a_line_past_32_bits(tmp_path, recs, keep, monkeypatch):
+def test_order_of_preference_with_ties_across_blocks_and_a_line_past_32_bits(tmp_path, recs, keep, line, monkeypatch):
     from llm_pipeline.curation import dedup_columns
 
     monkeypatch.setattr(dedup_columns, "_TIE_ROWS", 7)  # ties compared in blocks: runs that cross a block's end
-    recs[10]["source"] = f"part-3.jsonl#L{2**31 + 5}"  # a line that does not fit the 4-byte key: that key stays wide
+    packed = []
+    real = Hashed._packed_key
+    monkeypatch.setattr(Hashed, "_packed_key", lambda *a: packed.append(real(*a)) or packed[-1])
+    # A line past 32 bits: one packed key still (2**31 + 5), or too wide to pack with the others (10**18 - 1: the
+    # sort falls back to one key per column, the line's at 8 bytes).
+    recs[10]["source"] = f"part-3.jsonl#L{line}"
     recs[11]["source"] = "part-3.jsonl#L2"
     hashed = hash_pass(batches(recs, 64), None, None, (tmp_path, "all"))
     assert hashed.preference_order(keep).tolist() == in_memory_order(recs, keep)
+    assert (packed[0] is None) == (line > 2**40)
+
+
+@pytest.mark.parametrize("keep", ["longest", "earliest_source"])
+def test_order_of_preference_with_few_ties_reads_only_their_ids(tmp_path, recs, keep, monkeypatch):
+    """Sources that name one document each but for a few: only the tied rows' ids are read, and the order is still
+    the sort in memory."""
+    for k, r in enumerate(recs):
+        r["source"] = f"part-{k % 12}.jsonl#L{k}" if k % 100 else "part-0.jsonl#L0"  # rows 0, 100, 200 tie
+        r["text"] = "word " * 2 if k % 100 == 0 else r["text"]
+    hashed = hash_pass(batches(recs, 64), None, None, (tmp_path, "all"))
+    read = []
+    real = Hashed.ids
+    monkeypatch.setattr(Hashed, "ids", lambda self, rows: read.append(len(rows)) or real(self, rows))
+    monkeypatch.setattr(Hashed, "_id_prefixes", lambda self: pytest.fail("few ties: no pass over every id"))
+    assert hashed.preference_order(keep).tolist() == in_memory_order(recs, keep)
+    assert read == [3]
 
 
 def test_parts_read_back_as_one_stream(tmp_path, recs):

@@ -84,3 +84,15 @@ def test_a_query_leaves_no_band_of_the_index_resident(tmp_path):
     assert total >= 0 and mapped_kb(tmp_path / "big.idx" / "keys.npy") > 20 * n * 4 // 1024 // 2
     dedup_index.release(index)
     assert mapped_kb(tmp_path / "big.idx" / "keys.npy") == 0
+
+
+def test_hash_order_is_a_stable_argsort_bucket_by_bucket(monkeypatch):
+    monkeypatch.setattr(dedup_index, "_SORT_ROWS", 333)  # the top bytes taken in several blocks
+    rng = np.random.default_rng(2)
+    hashes = rng.integers(0, 2**64 - 1, size=5_000, dtype=np.uint64)
+    hashes[::7] = hashes[3]  # repeated hashes keep their row order
+    hashes[:40] = np.arange(40, dtype=np.uint64)  # one bucket's worth of small values: top byte 0
+    order = dedup_index.hash_order(hashes)
+    assert order.dtype == np.int32
+    assert order.tolist() == np.argsort(hashes, kind="stable").tolist()
+    assert dedup_index.hash_order(np.zeros(0, dtype=np.uint64)).tolist() == []

@@ -301,3 +301,30 @@ def test_decisions_hold_a_byte_per_document_and_verify_pairs_in_bounded_blocks(t
     decided = stage.decide(c, "legal", hashed, src, None)
     assert decided.reason.dtype == np.int8 and len(decided.reason) == len(many)
     assert len(decided.drops) == len(decided.kept) == 12 and (np.diff(decided.drops) > 0).all()
+
+
+@pytest.mark.parametrize("hash_rows", [1 << 16, 7])
+def test_exact_groups_keep_each_hash_first_in_order_of_preference(tmp_path, monkeypatch, hash_rows):
+    """Every row whose hash an earlier row in order of preference has is dropped for that row. Rows are looked up
+    among the repeated hashes a block at a time (blocks of 7 rows: groups across blocks)."""
+    from llm_pipeline.stages import deduped_shards as stage
+
+    monkeypatch.setattr(stage, "_HASH_ROWS", hash_rows)
+    rng = random.Random(5)
+    texts = [f"text {rng.randrange(40)}" for _ in range(200)]  # at most 40 distinct texts over 200 rows
+    recs = [{"id": f"{k:032x}", "source": f"part-{k % 3}.jsonl#L{k}", "text": t} for k, t in enumerate(texts)]
+    hashed = stage.hash_pass([recs[k: k + 64] for k in range(0, 200, 64)], None, None, (tmp_path, "all"))
+    by_pref = hashed.preference_order("longest").astype(np.int32)
+    dup, rep = stage.exact_groups(hashed, by_pref)
+    first: dict[int, int] = {}
+    want = {}
+    h = hashed.column("hashes")
+    for row in by_pref.tolist():
+        if int(h[row]) in first:
+            want[row] = first[int(h[row])]
+        else:
+            first[int(h[row])] = row
+    assert dict(zip(dup.tolist(), rep.tolist())) == want and len(dup) == 200 - len(first) > 150
+    distinct = [dict(r, text=f"text {k}") for k, r in enumerate(recs[:40])]
+    unique = stage.hash_pass([distinct], None, None, (tmp_path / "u", "all"))
+    assert [len(a) for a in stage.exact_groups(unique, unique.preference_order("longest"))] == [0, 0]
