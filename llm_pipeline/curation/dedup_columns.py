@@ -10,9 +10,10 @@ needs, for as long as it needs it (8 bytes per document for an integer column), 
 for the rows that need one (kept copies, the preview's pair). The distinct file names are the one list of strings
 kept, one entry per source file.
 
-The order of preference sorts these columns with ``np.lexsort``: ``longest`` = the longest text first, then the
-earliest source (files in natural order, ``part-2`` before ``part-10``, then the line number), then the smallest id;
-``earliest_source`` = the source first, then the length; ``smallest_id`` = the id. Rows that tie on every key are
+The order of preference sorts these columns (packed into one 8-byte key where they fit 63 bits, else with
+``np.lexsort``): ``longest`` = the longest text first, then the earliest source (files in natural order, ``part-2``
+before ``part-10``, then the line number), then the smallest id; ``earliest_source`` = the source first, then the
+length; ``smallest_id`` = the id. Rows that tie on every key are
 then ordered on their ids: on their first 8 bytes (a big-endian integer: the same order as the bytes; for
 ``smallest_id`` these are the sort's key), then, for rows that tie on those too, on their whole ids, read for those
 rows only. The sorts are stable, so rows that tie on everything stay in stream order.
@@ -223,8 +224,8 @@ class Hashed:
         order = sorted(range(len(self.files)), key=lambda k: natural_key(self.files[k]))
         rank = np.empty(len(self.files), dtype=np.int32)
         rank[order] = np.arange(len(self.files))
-        # The keys at 4 bytes a row where their values fit (lines, lengths and file ranks always do in practice):
-        # the keys and the sort are the peak of the driver's memory in deduped_shards. With ``longest`` and
+        # The keys and the sort are a peak of the driver's memory in deduped_shards: one packed 8-byte key where the
+        # columns fit 63 bits (they do in practice), else 4-byte keys where their values fit. With ``longest`` and
         # ``earliest_source`` the ids stay out of the sort: a file and a line name one document, so rows that tie on
         # every key are few, and only those are then ordered on their ids.
         primary_first = {"longest": [("lengths", -1), ("file_of", 1), ("line", 1)],
