@@ -53,7 +53,7 @@ from llm_pipeline.curation.dedup import (
 )
 from llm_pipeline.curation import dedup_index
 from llm_pipeline.curation.dedup_columns import Hashed, hash_pass
-from llm_pipeline.curation.dedup_spill import SPILL_DIR, Spilled, ascending, gather_sorted
+from llm_pipeline.curation.dedup_spill import SPILL_DIR, Spilled, gather_sorted
 from llm_pipeline.curation.semantic_dedup import load_embedder, semantic_clusters
 from llm_pipeline.io import ShardWriter, iter_batches, shard_files
 from llm_pipeline.memory import large_frees_returned, release_freed_memory
@@ -84,8 +84,8 @@ def _cleaned(cfg: PipelineConfig, domain: str) -> Path:
 
 
 class _Bands:
-    """Band keys of some rows, folded to 32 bits (dedup_index.fold32), read from the spill files one band at a time
-    when asked (dedup_index.write)."""
+    """Band keys of some rows (ascending), folded to 32 bits (dedup_index.fold32), read from the spill files one band
+    at a time when asked (dedup_index.write)."""
 
     def __init__(self, spilled: Spilled | None, rows: np.ndarray, bands: int):
         self.spilled, self.rows, self.bands = spilled, rows, bands
@@ -96,16 +96,9 @@ class _Bands:
     def __getitem__(self, b: int) -> np.ndarray:
         if self.spilled is None:  # a domain with no documents split into no tasks: no spill files, no keys
             return np.zeros(0, dtype=np.uint32)
-        # Folded part by part: 4 bytes a row, not the 64-bit column and its gathered copy; ascending rows are
-        # gathered part by part too, without the column over every row.
+        # Folded and gathered part by part (`rows` ascending): 4 bytes a row, no column over every row.
         parts = self.spilled.parts
-        if ascending(self.rows):
-            return gather_sorted(self.spilled.starts, self.rows, lambda k: dedup_index.fold32(parts[k].band(b)),
-                                 np.uint32)
-        col = np.empty(len(self.spilled), dtype=np.uint32)
-        for k, p in enumerate(parts):
-            col[self.spilled.starts[k]: self.spilled.starts[k + 1]] = dedup_index.fold32(p.band(b))
-        return col[self.rows]
+        return gather_sorted(self.spilled.starts, self.rows, lambda k: dedup_index.fold32(parts[k].band(b)), np.uint32)
 
 
 def write_index(cfg: PipelineConfig, domain: str, rows: np.ndarray, hashes, key_bands) -> None:
@@ -325,8 +318,8 @@ _HASH_ROWS = 1 << 16  # rows per block when each row's hash is looked up among t
 
 def exact_groups(hashed: Hashed, by_pref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows whose normalized-text hash an earlier row in order of preference has, that row for each). The hash
-    column is sorted in place to find the hashes that repeat (few), then read again and looked up among those a block
-    at a time: ~14 bytes a document at the peak (the column, a flag, the order of preference), not a stable sort's
+    column is sorted in place to find the hashes that repeat (few), then read once more and looked up among those a
+    block at a time: ~14 bytes a document at the peak (the column, a flag, the order of preference), not a stable sort's
     order, its buffer and a sorted copy of the column (~30)."""
     h = hashed.column("hashes")
     h.sort()
@@ -340,10 +333,9 @@ def exact_groups(hashed: Hashed, by_pref: np.ndarray) -> tuple[np.ndarray, np.nd
         block = h[lo: lo + _HASH_ROWS]
         at = np.minimum(np.searchsorted(repeated, block), len(repeated) - 1)
         hit[lo: lo + len(block)] = repeated[at] == block
-    del h
     rows = by_pref[hit[by_pref]].astype(np.int64)  # the rows of a repeated hash, in order of preference
-    del hit
-    hashes = hashed.column("hashes", rows)
+    hashes = h[rows]
+    del h, hit
     order = np.argsort(hashes, kind="stable")  # within a hash, the order of preference
     hashes = hashes[order]
     first = np.concatenate([[True], hashes[1:] != hashes[:-1]])
