@@ -116,7 +116,8 @@ def datatrove(python: str, src: Path, docs: int, pii: bool) -> None:
         out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
         cpu = sum(sampler.cpu.values())
         emit({"engine": "datatrove (LocalPipelineExecutor, 2 workers)", "docs": docs, "raw_mb": round(raw_mb, 2),
-              "wall_s": round(wall, 1), "docs_per_s": round(docs / wall, 1), "mb_per_s": round(raw_mb / wall, 3),
+              "wall_s": round(wall, 1), "stage_wall_s": out.get("stage_wall_s"), "docs_per_s": round(docs / wall, 1),
+              "mb_per_s": round(raw_mb / wall, 3),
               "cpu_s": round(cpu, 1), "cpu_s_per_mb": round(cpu / raw_mb, 2), "driver_peak_rss_mb": round(out["peak_rss_mb"], 1),
               "tree_peak_rss_mb": round(sampler.peak_tree_rss / 2**20, 1),
               "process_peak_rss_mb": round(sampler.peak_process_rss / 2**20, 1), "index_bytes_per_doc": None,

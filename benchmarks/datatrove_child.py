@@ -142,8 +142,11 @@ def pipeline(corpus: Path, workers: int = 2, pii: bool = False, buckets: int = 2
         ]
         t0 = time.perf_counter()
         cpu0 = _cpu_s()
+        stage_s = []
         for k, (steps, n_tasks) in enumerate(stages):
+            s0 = time.perf_counter()
             LocalPipelineExecutor(pipeline=steps, tasks=n_tasks, workers=workers, logging_dir=str(t / f"logs{k}")).run()
+            stage_s.append(round(time.perf_counter() - s0, 2))
         secs = time.perf_counter() - t0
         cpu = _cpu_s() - cpu0
         kept = 0
@@ -153,7 +156,9 @@ def pipeline(corpus: Path, workers: int = 2, pii: bool = False, buckets: int = 2
             with (gzip.open if f.suffix == ".gz" else open)(f, "rt", encoding="utf-8") as fh:
                 kept += sum(1 for _ in fh)
     return {"documents": docs, "kept": kept, "seconds": secs, "docs_per_s": docs / secs, "mb_per_s": mb / secs,
-            "cpu_s": cpu, "cpu_s_per_mb": cpu / mb, "raw_mb": mb}
+            "cpu_s": cpu, "cpu_s_per_mb": cpu / mb, "raw_mb": mb,
+            # clean + filters / signatures / buckets / clusters / filter + write, in that order
+            "stage_wall_s": dict(zip(["clean", "signatures", "buckets", "clusters", "dedup_filter"], stage_s))}
 
 
 if __name__ == "__main__":

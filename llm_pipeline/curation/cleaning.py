@@ -186,7 +186,13 @@ _INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u200b\u20
 _STRAY_JOINER = re.compile("(?<![^\x00-\x7f])[\u200c\u200d]|[\u200c\u200d](?![^\x00-\x7f])")
 
 
+# Either kind: one search finds that a text (almost every text) has nothing for the two substitutions to do.
+_MAYBE_INVISIBLE = re.compile(_INVISIBLE.pattern[:-1] + "\u200c\u200d]")
+
+
 def strip_invisible(text: str) -> str:
+    if not _MAYBE_INVISIBLE.search(text):
+        return text
     return _STRAY_JOINER.sub("", _INVISIBLE.sub("", text))
 
 
@@ -227,7 +233,8 @@ def remove_urls(text: str) -> str:
 def normalize_whitespace(text: str) -> str:
     """Collapse runs of spaces, strip every line, and keep at most one blank line between paragraphs."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    # one pass over the text: a run of blanks never holds a line break, so none crosses a line
+    lines = [line.strip() for line in _SPACES.sub(" ", text).split("\n")]
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 

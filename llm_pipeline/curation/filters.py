@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate
 
 from llm_pipeline.config import CleanedCorpusConfig
 from llm_pipeline.curation.langid import detect_language, language_verdict
@@ -37,6 +38,27 @@ POLICY_PHRASES = (
 )
 
 
+def _has_alnum(word: str) -> bool:
+    """Whether a word has a letter or digit (the whole-word test first: most words are nothing else)."""
+    return word.isalnum() or any(c.isalnum() for c in word)
+
+
+def _has_alpha(word: str) -> bool:
+    return word.isalpha() or any(c.isalpha() for c in word)
+
+
+def _has_stop_words(words: list[str], at_least: int) -> bool:
+    """Whether `words` hold at least `at_least` stop words (counting stops there: prose has two in its first line)."""
+    if at_least <= 0:
+        return True
+    for w in words:
+        if w.lower() in STOP_WORDS:
+            at_least -= 1
+            if not at_least:
+                return True
+    return False
+
+
 @dataclass
 class Doc:
     """A document's text with the views the filters share, each computed once."""
@@ -47,7 +69,7 @@ class Doc:
 
     @cached_property
     def words(self) -> list[str]:
-        return [w for w in WORD_RE.findall(self.text) if any(c.isalnum() for c in w)]
+        return [w for w in WORD_RE.findall(self.text) if _has_alnum(w)]
 
     def has_more_words_than(self, limit: int) -> bool:
         """Whether the text has more than `limit` words, found without holding more than `limit` of them: an 8 MiB
@@ -58,7 +80,7 @@ class Doc:
         words = []
         for match in WORD_RE.finditer(self.text):
             word = match.group()
-            if any(c.isalnum() for c in word):
+            if _has_alnum(word):
                 if len(words) == limit:
                     return True
                 words.append(word)
@@ -156,32 +178,45 @@ class GopherRepetition(Filter):
             return False, "dup_line_frac"
         if line_char_frac > 0.20:
             return False, "dup_line_char_frac"
-        words = [w.lower() for w in doc.words]
-        total_chars = sum(len(w) for w in words) or 1
+        words = list(map(str.lower, doc.words))
+        total_chars = sum(map(len, words)) or 1
         for n, limit in self.top_ngrams:
-            grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
-            if not grams:
+            if len(words) < n:
                 break
-            gram, count = Counter(grams).most_common(1)[0]
-            if count > 1 and len(gram.replace(" ", "")) * count / total_chars > limit:
+            # n-grams as tuples of words: a word holds no space, so this counts what " ".join would, in the same
+            # order of first occurrence (so the same gram wins a tie), without building a string per position
+            gram, count = Counter(_ngrams(words, n)).most_common(1)[0]
+            if count > 1 and sum(map(len, gram)) * count / total_chars > limit:
                 return False, f"top_{n}_gram"
-        for n, limit in self.dup_ngrams:
-            if self._dup_ngram_char_frac(words, n) / total_chars > limit:
+        prefix = list(accumulate(map(len, words), initial=0))
+        for k, (n, limit) in enumerate(self.dup_ngrams):
+            covered = self._dup_ngram_chars(words, n, prefix)
+            if covered / total_chars > limit:
                 return False, f"duplicated_{n}_n_grams"
+            # A repeated m-gram (m > n) is made of repeated n-grams, so it covers no word they do not: the shares
+            # only fall as n grows. Once this one is under every later limit, no later rule can fire.
+            if all(m > n and covered / total_chars <= rest for m, rest in self.dup_ngrams[k + 1 :]):
+                break
         return True
 
     @staticmethod
-    def _dup_ngram_char_frac(words: list[str], n: int) -> int:
-        """Characters of words covered by an n-gram that occurred before (each word counted once)."""
+    def _dup_ngram_chars(words: list[str], n: int, prefix: list[int]) -> int:
+        """Characters of words covered by an n-gram that occurred before (each word counted once); ``prefix[i]`` is
+        the characters of the first i words."""
         seen: set[tuple[str, ...]] = set()
-        covered = [False] * len(words)
-        for i in range(len(words) - n + 1):
-            gram = tuple(words[i : i + n])
+        covered = end = 0  # words before `end` are counted already
+        for i, gram in enumerate(_ngrams(words, n)):
             if gram in seen:
-                for j in range(i, i + n):
-                    covered[j] = True
-            seen.add(gram)
-        return sum(len(w) for w, c in zip(words, covered) if c)
+                covered += prefix[i + n] - prefix[max(i, end)]
+                end = i + n
+            else:
+                seen.add(gram)
+        return covered
+
+
+def _ngrams(words: list[str], n: int):
+    """The n-grams of `words` as tuples, in order."""
+    return zip(*(words[k:] for k in range(n)))
 
 
 class LineShape(Filter):
@@ -236,7 +271,7 @@ class GopherQuality(Filter):
         words = doc.words
         if not words:
             return False, "gopher_no_words"
-        mean_len = sum(len(w) for w in words) / len(words)
+        mean_len = sum(map(len, words)) / len(words)
         if not 3 <= mean_len <= 10:
             return False, "gopher_mean_word_length"
         symbols = doc.text.count("#") + sum(doc.text.count(e) for e in ELLIPSES)
@@ -250,15 +285,15 @@ class GopherQuality(Filter):
         # Gopher counts whitespace-separated words here: "4.9.1," or "198.51.100.7" is one non-alphabetic word, not
         # four, which would otherwise sink technical prose full of versions and addresses. Pure punctuation ("|" of a
         # markdown table, a dash) is not a word at all.
-        spaced = [w for w in doc.text.split() if any(c.isalnum() for c in w)]
-        if spaced and sum(any(c.isalpha() for c in w) for w in spaced) / len(spaced) < self.min_alpha_word_ratio:
+        spaced = [w for w in doc.text.split() if _has_alnum(w)]
+        if spaced and sum(map(_has_alpha, spaced)) / len(spaced) < self.min_alpha_word_ratio:
             return False, "gopher_alpha_words"
         # The stop-word list is English (other languages skip the rule), and short texts (an FAQ answer, a caption)
         # can be good prose without any of the eight words, so the rule applies from `stop_words_min_words` on.
         if (
             doc.language in ("", "en")
             and len(words) >= self.stop_words_min_words
-            and sum(w.lower() in STOP_WORDS for w in words) < self.min_stop_words
+            and not _has_stop_words(words, self.min_stop_words)
         ):
             return False, "gopher_stop_words"
         return True

@@ -204,3 +204,58 @@ def test_first_failure_names_the_first_rule():
     filters = build_filters(CleanedCorpusConfig(min_words=8))
     assert first_failure(Doc(PROSE), filters) is None
     assert first_failure(Doc("too short"), filters) == "too_few_words"
+
+
+def _reference_ngram_rules(words, top_ngrams, dup_ngrams):
+    """The n-gram rules written out plainly, string by string and n by n, to check the fast path against."""
+    from collections import Counter
+
+    total = sum(len(w) for w in words) or 1
+    for n, limit in top_ngrams:
+        grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if not grams:
+            break
+        gram, count = Counter(grams).most_common(1)[0]
+        if count > 1 and len(gram.replace(" ", "")) * count / total > limit:
+            return f"top_{n}_gram"
+    for n, limit in dup_ngrams:
+        seen, covered = set(), [False] * len(words)
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i : i + n])
+            if gram in seen:
+                covered[i : i + n] = [True] * n
+            seen.add(gram)
+        if sum(len(w) for w, c in zip(words, covered) if c) / total > limit:
+            return f"duplicated_{n}_n_grams"
+    return True
+
+
+@pytest.mark.parametrize("profile", ["web", "domain", "unordered"])
+def test_ngram_rules_give_the_plain_rules_verdicts(profile):
+    """Tuples for strings, covered characters from prefix sums and the early stop (a repeated m-gram is made of
+    repeated n-grams for n < m) change no verdict: random texts with pasted runs of every length, at every share."""
+    import random
+
+    from llm_pipeline.curation.filters import DOMAIN_DUP_NGRAMS, DOMAIN_TOP_NGRAMS
+
+    rules = {"web": (GopherRepetition.TOP_NGRAMS, GopherRepetition.DUP_NGRAMS),
+             "domain": (DOMAIN_TOP_NGRAMS, DOMAIN_DUP_NGRAMS),
+             # a later rule with a shorter n may not be skipped
+             "unordered": (((3, 0.5),), ((8, 0.30), (5, 0.35), (6, 0.05)))}[profile]
+    rng = random.Random(7)
+    vocab = [f"w{i}" + "x" * (i % 7) for i in range(60)]
+    seen_verdicts = set()
+    for _ in range(600):
+        words = [rng.choice(vocab[: rng.randint(3, 60)]) for _ in range(rng.randint(0, 120))]
+        for _ in range(rng.randint(0, 4)):  # paste an earlier run of words later on
+            if len(words) > 2:
+                i = rng.randrange(len(words) - 1)
+                run = words[i : i + rng.randint(2, 14)]
+                j = rng.randrange(len(words) + 1)
+                words[j:j] = run * rng.randint(1, 3)
+        text = " ".join(words)
+        expected = _reference_ngram_rules([w.lower() for w in Doc(text).words], *rules)
+        got = GopherRepetition(*rules, count_rules=False).filter(Doc(text))
+        assert (got if got is True else got[1]) == expected, text
+        seen_verdicts.add(expected)
+    assert len(seen_verdicts) >= 4  # the texts reach several rules, not only "keep"
