@@ -139,6 +139,8 @@ def test_bidi_controls_and_zero_width_characters_are_removed():
     # Joiners that shape a script or an emoji sequence stay.
     kept, _ = clean_document("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 and \U0001f468\u200d\U0001f469", "txt", cfg)
     assert "\u200c" in kept and "\u200d" in kept
+    # A joiner alone between Latin letters (no other invisible character to find first) still goes.
+    assert clean_document("Pay\u200cPal and pass\u200dword", "txt", cfg)[0] == "PayPal and password"
 
 
 def _cpu(fn, repeat: int = 3) -> float:
