@@ -179,15 +179,16 @@ def strip_xml(text: str) -> str:
 # ---------------------------------------------------------------- invisible characters
 # Bidirectional overrides and isolates reorder what a reader sees (the "Trojan Source" trick), and zero-width and
 # tag characters hide text from reviewers while a tokenizer still reads it: neither belongs in training text.
-_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u200b\u2060-\u2064\ufeff\u180e\u00ad"
-                        "\U000e0000-\U000e007f]")
+_INVISIBLE_CHARS = ("\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c\u200b\u2060-\u2064\ufeff\u180e\u00ad"
+                    "\U000e0000-\U000e007f")
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 # Zero-width (non-)joiners shape Persian, Indic scripts and emoji sequences: kept between two non-ASCII characters,
 # removed elsewhere (between Latin letters they only hide a word from a search or a filter).
 _STRAY_JOINER = re.compile("(?<![^\x00-\x7f])[\u200c\u200d]|[\u200c\u200d](?![^\x00-\x7f])")
 
 
 # Either kind: one search finds that a text (almost every text) has nothing for the two substitutions to do.
-_MAYBE_INVISIBLE = re.compile(_INVISIBLE.pattern[:-1] + "\u200c\u200d]")
+_MAYBE_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}\u200c\u200d]")
 
 
 def strip_invisible(text: str) -> str:
